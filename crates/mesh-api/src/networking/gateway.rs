@@ -1,0 +1,166 @@
+//! `Gateway` (the Istio kind, not Gateway API): ports and hosts a gateway proxy serves.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::validate_port;
+use crate::validate::Validator;
+
+/// Istio's `Gateway` spec, unchanged.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "Gateway",
+    namespaced,
+    derive = "PartialEq",
+    shortname = "gw",
+    category = "istio-io",
+    category = "networking-istio-io"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Servers: port, hosts and TLS settings.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    /// Labels of the gateway workloads this applies to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One listener of a gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    /// The port and its protocol.
+    pub port: Port,
+    /// Address to bind to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// Hosts served, optionally `namespace/host`.
+    pub hosts: Vec<String>,
+    /// TLS settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsSettings>,
+    /// Default endpoint for traffic that matches no host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_endpoint: Option<String>,
+    /// Name of the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A port with its protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    /// Port number.
+    pub number: u32,
+    /// HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, TCP or TLS.
+    pub protocol: String,
+    /// Port name.
+    #[serde(default)]
+    pub name: String,
+    /// Port on the workload the traffic goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u32>,
+}
+
+/// TLS settings of a gateway server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// Redirect plain HTTP to HTTPS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+    /// PASSTHROUGH, SIMPLE, MUTUAL, AUTO_PASSTHROUGH, ISTIO_MUTUAL or OPTIONAL_MUTUAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ServerTlsMode>,
+    /// Server certificate file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<String>,
+    /// Server key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// CA certificates to verify clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// Certificate revocation list file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    /// Secret holding the certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    /// Several secrets (e.g. RSA and ECDSA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_names: Vec<String>,
+    /// Acceptable client SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Pinned client SPKI hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_spki: Vec<String>,
+    /// Pinned client certificate hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_hash: Vec<String>,
+    /// Lowest TLS version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_protocol_version: Option<String>,
+    /// Highest TLS version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_protocol_version: Option<String>,
+    /// Allowed cipher suites.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+}
+
+/// Gateway TLS modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerTlsMode {
+    /// Route by SNI without terminating.
+    Passthrough,
+    /// Terminate TLS.
+    Simple,
+    /// Terminate mTLS with user certificates.
+    Mutual,
+    /// Route by the SNI `outbound_.PORT_.SUBSET_.HOST` without terminating: east-west.
+    AutoPassthrough,
+    /// Terminate mTLS with mesh certificates.
+    IstioMutual,
+    /// mTLS when the client presents a certificate.
+    OptionalMutual,
+}
+
+impl GatewaySpec {
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        if self.servers.is_empty() {
+            v.field("servers", |v| v.error("at least one server is required"));
+        }
+        v.each("servers", &self.servers, |v, s| {
+            v.field("port", |v| {
+                v.field("number", |v| validate_port(v, s.port.number));
+                const PROTOCOLS: &[&str] = &[
+                    "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS",
+                ];
+                if !PROTOCOLS.contains(&s.port.protocol.to_ascii_uppercase().as_str()) {
+                    v.field("protocol", |v| {
+                        v.error(format!(
+                            "unknown protocol {:?}; use one of {}",
+                            s.port.protocol,
+                            PROTOCOLS.join(", ")
+                        ))
+                    });
+                }
+            });
+            if s.hosts.is_empty() {
+                v.field("hosts", |v| {
+                    v.error("at least one host is required (use \"*\" for all)")
+                });
+            }
+        });
+    }
+}

@@ -1,0 +1,448 @@
+//! `security.istio.io`: PeerAuthentication, AuthorizationPolicy, RequestAuthentication.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{PolicyTargetReference, WorkloadSelector, validate_port};
+use crate::duration::Duration;
+use crate::validate::Validator;
+
+/// Istio's `PeerAuthentication` spec, unchanged: which mTLS mode a workload accepts.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "PeerAuthentication",
+    namespaced,
+    derive = "PartialEq",
+    shortname = "pa",
+    category = "istio-io",
+    category = "security-istio-io"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    /// Workloads this applies to; the whole namespace (or mesh, in the root
+    /// namespace) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// The mode for all ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<PeerMtls>,
+    /// Per-port overrides, keyed by the workload's port number.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<u32, PeerMtls>,
+}
+
+/// `mtls:` of a PeerAuthentication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerMtls {
+    /// UNSET, DISABLE, PERMISSIVE or STRICT.
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+/// Inbound mTLS modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent (namespace, then mesh; PERMISSIVE at the top).
+    #[default]
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// mTLS and plaintext both accepted.
+    Permissive,
+    /// mTLS only: plaintext is refused.
+    Strict,
+}
+
+impl PeerAuthenticationSpec {
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        if !self.port_level_mtls.is_empty()
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.match_labels.is_empty())
+        {
+            v.field("portLevelMtls", |v| {
+                v.error("port-level settings need a workload selector (ports belong to workloads)")
+            });
+        }
+        v.each_entry("portLevelMtls", &self.port_level_mtls, |v, port, _| {
+            validate_port(v, *port)
+        });
+    }
+}
+
+/// Istio's `AuthorizationPolicy` spec, unchanged.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    derive = "PartialEq",
+    shortname = "ap",
+    category = "istio-io",
+    category = "security-istio-io",
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    /// Workloads this applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// A resource this applies to (instead of a selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Several resources this applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// Rules, ORed. With ALLOW, no rules means deny everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    /// ALLOW (default), DENY, AUDIT or CUSTOM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<AuthorizationAction>,
+    /// External authorizer for CUSTOM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ExtensionProvider>,
+}
+
+/// What a matching AuthorizationPolicy does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthorizationAction {
+    /// Allow matching requests; with any ALLOW policy present, others are denied.
+    #[default]
+    Allow,
+    /// Deny matching requests (evaluated before ALLOW).
+    Deny,
+    /// Record matching requests; no effect on the decision.
+    Audit,
+    /// Ask an external authorizer.
+    Custom,
+}
+
+/// External authorizer reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtensionProvider {
+    /// Provider name from the mesh config.
+    pub name: String,
+}
+
+/// One rule: from, to and when, ANDed; each list ORed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// Sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<RuleFrom>,
+    /// Operations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<RuleTo>,
+    /// Extra conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
+}
+
+/// `from:` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleFrom {
+    /// The source.
+    pub source: Source,
+}
+
+/// `to:` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleTo {
+    /// The operation.
+    pub operation: Operation,
+}
+
+/// Who sends the request. Fields are ANDed; values in a field are ORed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// Peer identities (`cluster.local/ns/NS/sa/SA`), `*` wildcards at either end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    /// Peer identities excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+    /// JWT principals (`iss/sub`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    /// JWT principals excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
+    /// Namespaces of the peer identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Namespaces excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
+    /// Peer IPs or CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_blocks: Vec<String>,
+    /// Peer IPs or CIDRs excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ip_blocks: Vec<String>,
+    /// Original client IPs (X-Forwarded-For) or CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ip_blocks: Vec<String>,
+    /// Original client IPs excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_remote_ip_blocks: Vec<String>,
+    /// Service accounts (`NS/SA`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Service accounts excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
+}
+
+/// What the request does. Fields are ANDed; values in a field are ORed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Operation {
+    /// Host header values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Host header values excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
+    /// Destination ports (as strings, per Istio).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// Destination ports excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<String>,
+    /// HTTP methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// HTTP methods excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    /// Paths, `*` wildcards at either end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Paths excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+}
+
+/// A `when:` condition on a request attribute.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    /// Attribute: `request.headers[NAME]`, `source.ip`, `source.principal`, …
+    pub key: String,
+    /// Accepted values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Rejected values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
+}
+
+/// Attributes a `when:` condition may test.
+pub const CONDITION_KEYS: &[&str] = &[
+    "request.headers[",
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims[",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+    "experimental.envoy.filters.",
+];
+
+impl AuthorizationPolicySpec {
+    /// The action in force (ALLOW when unset).
+    pub fn effective_action(&self) -> AuthorizationAction {
+        self.action.unwrap_or_default()
+    }
+
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        if self.selector.is_some() && (self.target_ref.is_some() || !self.target_refs.is_empty()) {
+            v.error("set only one of selector, targetRef and targetRefs");
+        }
+        if self.effective_action() == AuthorizationAction::Custom && self.provider.is_none() {
+            v.field("provider", |v| v.error("action CUSTOM needs a provider"));
+        }
+        if self.effective_action() != AuthorizationAction::Custom && self.provider.is_some() {
+            v.field("provider", |v| {
+                v.error("a provider is only used with action CUSTOM")
+            });
+        }
+        v.each("rules", &self.rules, |v, rule| {
+            v.each("from", &rule.from, |v, f| {
+                v.field("source", |v| {
+                    let s = &f.source;
+                    for (name, blocks) in [
+                        ("ipBlocks", &s.ip_blocks),
+                        ("notIpBlocks", &s.not_ip_blocks),
+                        ("remoteIpBlocks", &s.remote_ip_blocks),
+                        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+                    ] {
+                        v.each(name, blocks, |v, b| validate_cidr(v, b));
+                    }
+                });
+            });
+            v.each("to", &rule.to, |v, t| {
+                v.field("operation", |v| {
+                    for (name, ports) in [("ports", &t.operation.ports), ("notPorts", &t.operation.not_ports)] {
+                        v.each(name, ports, |v, p| match p.parse::<u32>() {
+                            Ok(n) => validate_port(v, n),
+                            Err(_) => v.error(format!("{p:?} is not a port number")),
+                        });
+                    }
+                });
+            });
+            v.each("when", &rule.when, |v, c| {
+                if !CONDITION_KEYS.iter().any(|k| c.key.starts_with(k)) {
+                    v.field("key", |v| {
+                        v.error(format!(
+                            "unknown attribute {:?}; use e.g. request.headers[x-user], source.ip, source.principal",
+                            c.key
+                        ))
+                    });
+                }
+                if c.values.is_empty() && c.not_values.is_empty() {
+                    v.error("set values or notValues");
+                }
+            });
+        });
+    }
+}
+
+fn validate_cidr(v: &mut Validator, block: &str) {
+    let ok = match block.split_once('/') {
+        Some((ip, len)) => match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+            (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+            (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+            _ => false,
+        },
+        None => block.parse::<std::net::IpAddr>().is_ok(),
+    };
+    if !ok {
+        v.error(format!("{block:?} is not an IP address or CIDR"));
+    }
+}
+
+/// Istio's `RequestAuthentication` spec, unchanged: which JWTs a workload accepts.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "RequestAuthentication",
+    namespaced,
+    derive = "PartialEq",
+    shortname = "ra",
+    category = "istio-io",
+    category = "security-istio-io"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthenticationSpec {
+    /// Workloads this applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// A resource this applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Several resources this applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// Accepted token issuers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One accepted JWT issuer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Where to fetch the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Inline JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// Headers the token may come in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters the token may come in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_params: Vec<String>,
+    /// Cookies the token may come in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cookies: Vec<String>,
+    /// Header to forward the verified payload in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_payload_to_header: Option<String>,
+    /// Keep the original token on the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_original_token: Option<bool>,
+    /// Copy claims to headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// JWKS fetch timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// A header carrying a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    /// Header name.
+    pub name: String,
+    /// Prefix before the token (e.g. `Bearer `).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// A claim copied to a header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// Header name.
+    pub header: String,
+    /// Claim name.
+    pub claim: String,
+}
+
+impl RequestAuthenticationSpec {
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        v.each("jwtRules", &self.jwt_rules, |v, r| {
+            v.required("issuer", &r.issuer);
+            if r.jwks.is_some() && r.jwks_uri.is_some() {
+                v.error("set only one of jwks and jwksUri");
+            }
+            if let Some(jwks) = &r.jwks
+                && serde_json::from_str::<serde_json::Value>(jwks).is_err()
+            {
+                v.field("jwks", |v| v.error("is not a JSON Web Key Set document"));
+            }
+        });
+    }
+}

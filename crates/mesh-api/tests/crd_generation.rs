@@ -1,0 +1,40 @@
+//! The checked-in CRDs are exactly what the types generate.
+
+#[test]
+fn checked_in_crds_are_current() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/crds/istio-crds.yaml"
+    );
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    let generated = mesh_api::crd::render_yaml();
+    assert!(
+        on_disk == generated,
+        "{} is stale; regenerate it with `{}`",
+        mesh_api::crd::CRD_FILE,
+        mesh_api::crd::REGENERATE
+    );
+}
+
+#[test]
+fn every_kind_serves_its_versions_with_v1_stored() {
+    for crd in mesh_api::crd::crds() {
+        let served: Vec<_> = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.as_str())
+            .collect();
+        let stored: Vec<_> = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.storage)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(stored, ["v1"], "{}", crd.spec.names.kind);
+        assert!(served.contains(&"v1beta1"), "{}", crd.spec.names.kind);
+        assert_eq!(crd.spec.scope, "Namespaced");
+    }
+}

@@ -1,0 +1,31 @@
+//! Logging and tracing setup shared by every Isthmus binary: one call at start-up
+//! installs a `tracing` subscriber that writes human-readable or JSON lines to stderr,
+//! filtered by `RUST_LOG` (default `info`). OTLP span export and the Prometheus
+//! registry join this crate with the data plane.
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Compact text for terminals.
+    #[default]
+    Text,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+/// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
+/// Calling it twice is harmless (the second call does nothing).
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.compact().try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

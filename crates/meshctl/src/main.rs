@@ -1,0 +1,45 @@
+//! `meshctl`: the Isthmus command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod ca;
+mod crds;
+mod quickstart;
+
+/// The Isthmus multi-cluster service mesh command line.
+#[derive(Debug, Parser)]
+#[command(name = "meshctl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the federated trust root, cluster intermediates and trust bundles.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Print (or write) the CustomResourceDefinitions of the Istio kinds Isthmus reads.
+    Crds(crds::CrdsArgs),
+    /// Show federation at work on this machine: one root, two clusters, one mTLS call.
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+fn main() -> ExitCode {
+    mesh_telemetry::init_logging(mesh_telemetry::LogFormat::Text, "warn");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Crds(args) => crds::run(args),
+        Command::Quickstart(args) => quickstart::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
