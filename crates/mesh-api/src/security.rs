@@ -33,7 +33,15 @@ pub struct PeerAuthenticationSpec {
     pub mtls: Option<PeerMtls>,
     /// Per-port overrides, keyed by the workload's port number.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "port_keyed_map::<PeerMtls>")]
     pub port_level_mtls: BTreeMap<u32, PeerMtls>,
+}
+
+/// A map keyed by port number. schemars describes integer keys with
+/// `patternProperties`, which CRD schemas forbid; the API server sees string keys.
+fn port_keyed_map<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let value = generator.subschema_for::<T>();
+    schemars::json_schema!({ "type": "object", "additionalProperties": value })
 }
 
 /// `mtls:` of a PeerAuthentication.

@@ -1,0 +1,78 @@
+//! Finding (and if needed building) the Kubernetes binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Paths of `etcd`, `kube-apiserver` and `kube-controller-manager`.
+#[derive(Debug, Clone)]
+pub struct KubeBins {
+    dir: PathBuf,
+}
+
+impl KubeBins {
+    /// The binaries in `dir`, checked to exist.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let bins = Self { dir: dir.into() };
+        for p in [bins.etcd(), bins.kube_apiserver()] {
+            if !p.is_file() {
+                bail!(
+                    "{} is missing; build it with tools/build-kube-bins.sh",
+                    p.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+
+    /// `ISTHMUS_KUBE_BIN_DIR` when set; otherwise runs `tools/build-kube-bins.sh`, which
+    /// returns the cached build at once or builds it (several minutes, cold).
+    pub fn locate() -> anyhow::Result<Self> {
+        if let Some(dir) = std::env::var_os("ISTHMUS_KUBE_BIN_DIR") {
+            return Self::in_dir(dir).context("ISTHMUS_KUBE_BIN_DIR");
+        }
+        let script = workspace_root().join("tools/build-kube-bins.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Self::in_dir(dir)
+    }
+
+    /// The directory holding the binaries.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `etcd`.
+    pub fn etcd(&self) -> PathBuf {
+        self.dir.join("etcd")
+    }
+
+    /// `kube-apiserver`.
+    pub fn kube_apiserver(&self) -> PathBuf {
+        self.dir.join("kube-apiserver")
+    }
+
+    /// `kube-controller-manager`.
+    pub fn kube_controller_manager(&self) -> PathBuf {
+        self.dir.join("kube-controller-manager")
+    }
+}
+
+/// The repository root (this crate lives in `testbed/`).
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
