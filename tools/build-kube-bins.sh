@@ -19,8 +19,19 @@ key=$(cat "$mod/go.mod" "$mod/go.sum" "$0" | sha256sum | cut -c1-16)
 root=${ISTHMUS_KUBE_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/isthmus/kube-bins}
 out="$root/$key"
 
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/etcd" ]; then
+have_all() { [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/etcd" ]; }
+if have_all; then
   echo "kube binaries: cached ($k8s_version) in $out" >&2
+  echo "$out"
+  exit 0
+fi
+
+# Several test binaries may ask at once: one builds, the others wait for it.
+mkdir -p "$root"
+exec 9>"$root/.lock"
+flock 9
+if have_all; then
+  echo "kube binaries: built meanwhile ($k8s_version) in $out" >&2
   echo "$out"
   exit 0
 fi
