@@ -173,6 +173,64 @@ spec:
     let reread = mesh_api::from_value(serde_json::to_value(&dynamic).unwrap()).unwrap();
     assert_eq!(reread.key(), "shop/reviews");
 
+    // The cacerts Secret that `meshctl ca intermediate --secret-namespace` writes is
+    // accepted as is (server-side dry run).
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some("istio-system".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let root = mesh_identity::RootCa::generate(
+        &"mesh.example".parse().unwrap(),
+        mesh_identity::ca::ROOT_VALIDITY,
+    )
+    .unwrap();
+    let cacerts = root
+        .intermediate(cluster, mesh_identity::ca::INTERMEDIATE_VALIDITY)
+        .unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = yaml(&cacerts.secret_manifest("istio-system"));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "istio-system");
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let created = secrets.create(&dry, &secret).await.unwrap();
+    assert_eq!(created.data.unwrap().len(), 4);
+    assert!(
+        secrets.get_opt("cacerts").await.unwrap().is_none(),
+        "a dry run stores nothing"
+    );
+
+    // The CRD schema refuses a misspelled field under strict validation, as
+    // `kubectl apply` does by default.
+    let typo = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "typo", "namespace": ns},
+        "spec": {"hosts": ["reviews"], "http": [{"rout": [{"destination": {"host": "reviews"}}]}]}
+    });
+    let err = raw
+        .patch(
+            "typo",
+            &PatchParams::apply("isthmus-test").validation_strict(),
+            &Patch::Apply(&typo),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(".spec.http[0].rout: field not declared in schema"),
+        "{err}"
+    );
+
     let slice = slices.get(&format!("reviews-{cluster}")).await.unwrap();
     assert_eq!(slice.endpoints[0].addresses, ["10.10.0.7"]);
     assert_eq!(
