@@ -1,5 +1,32 @@
-//! The Isthmus data plane library: listeners and traffic capture, protocol detection,
-//! routing by the Istio API, load balancing, health, retries, mTLS and tunnels. The
-//! sidecar binary, the east-west gateway and discovery's test clients are built on it.
+//! The Isthmus data plane library: routing by the Istio API over sidecar-to-sidecar
+//! mTLS. The sidecar binary, the east-west gateway and discovery's test clients are
+//! built on it.
 //!
-//! Not built yet: this crate is an empty skeleton until the sidecar data plane lands.
+//! - [`config`]: what a proxy is told (node, services, endpoints, Istio resources),
+//!   from a YAML file today and from discovery's stream later.
+//! - [`state`]: the compiled state, swapped atomically; a rejected update keeps the
+//!   last good state.
+//! - [`routes`]: VirtualService HTTP routes compiled for this proxy.
+//! - [`outbound`], [`inbound`], [`pool`]: the data path (explicit outbound mode,
+//!   STRICT mTLS inbound, HTTP/2 multiplexed upstream connections with Istio's SNI).
+//!
+//! Built so far: HTTP/1.1 and h2c from the application, HTTP/2 over mTLS between
+//! sidecars, VirtualService matches/weights/rewrites/redirects/direct responses/
+//! header edits/timeouts, DestinationRule subsets with round-robin and random
+//! balancing, Envoy-style response flags and a JSON access log.
+
+pub mod config;
+pub mod error;
+pub mod http_util;
+pub mod inbound;
+pub mod outbound;
+pub mod pool;
+pub mod routes;
+pub mod sidecar;
+pub mod sni;
+pub mod state;
+
+pub use config::{ConfigBundle, ProxyConfig};
+pub use error::{ConfigError, ResponseFlag};
+pub use sidecar::{Sidecar, SidecarOptions};
+pub use state::{ProxyState, StateStore};

@@ -1,0 +1,183 @@
+//! Inbound mesh traffic: mTLS terminated with the workload identity (STRICT: a
+//! plaintext connection is refused), the service port read from the SNI
+//! `outbound_.PORT_.SUBSET_.HOST`, and each request forwarded to the local application
+//! with the caller's identity in `x-forwarded-client-cert`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_identity::Identity;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::ResponseFlag;
+use crate::http_util::{Body, boxed, flagged};
+use crate::sni::parse_outbound_sni;
+use crate::state::StateStore;
+
+/// The inbound side of a sidecar.
+#[derive(Clone)]
+pub struct Inbound {
+    /// Live config (to map service ports to workload ports).
+    pub store: Arc<StateStore>,
+    /// Where the application listens.
+    pub app_ip: IpAddr,
+    local_id: String,
+    acceptor: TlsAcceptor,
+    client: Client<HttpConnector, Body>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("app_ip", &self.app_ip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// An inbound side serving `identity` and forwarding to the app at `app_ip`.
+    pub fn new(store: Arc<StateStore>, identity: &Identity, app_ip: IpAddr) -> Self {
+        let config = identity.server_config(&[b"h2", b"http/1.1"]);
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            store,
+            app_ip,
+            local_id: identity.cert().id().to_string(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.connection(tcp, peer).await });
+        }
+    }
+
+    async fn connection(self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let tls = match self.acceptor.accept(tcp).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                // Plaintext, an untrusted peer or a foreign trust domain all end here:
+                // the connection is closed without a response.
+                tracing::info!(target: "access", direction = "inbound", %peer, response_flags = "UAEX", reason = %mesh_identity::explain(&e), "connection refused");
+                return;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        let caller = mesh_identity::peer_id(conn.peer_certificates(), &peer.to_string())
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let target = conn
+            .server_name()
+            .and_then(parse_outbound_sni)
+            .map(|s| s.port);
+        let service = hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            let caller = caller.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.forward(req, &caller, target).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+            tracing::debug!(%peer, error = %e, "inbound connection ended");
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        caller: &str,
+        service_port: Option<u16>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let state = self.store.snapshot();
+        let Some(service_port) = service_port else {
+            return flagged(
+                ResponseFlag::NoRoute,
+                "the connection carried no outbound SNI",
+            );
+        };
+        // The workload port behind the service port, from this node's own services.
+        let target_port = state
+            .services
+            .values()
+            .filter(|s| s.namespace == state.node.namespace)
+            .flat_map(|s| s.ports.iter())
+            .find(|p| p.port == service_port)
+            .map_or(service_port, |p| p.target_port);
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        parts.uri = match Uri::builder()
+            .scheme("http")
+            .authority(SocketAddr::new(self.app_ip, target_port).to_string())
+            .path_and_query(path.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => return flagged(ResponseFlag::NoRoute, &e.to_string()),
+        };
+        parts.version = http::Version::HTTP_11;
+        if !authority.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&authority)
+        {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={caller}", self.local_id)) {
+            parts.headers.insert("x-forwarded-client-cert", v);
+        }
+        let resp = self
+            .client
+            .request(Request::from_parts(parts, boxed(body)))
+            .await;
+        let (resp, flag) = match resp {
+            Ok(r) => {
+                let (parts, body) = r.into_parts();
+                (Response::from_parts(parts, boxed(body)), None)
+            }
+            Err(e) => (
+                flagged(
+                    ResponseFlag::UpstreamConnectionFailure,
+                    &format!("local application on port {target_port}: {e}"),
+                ),
+                Some(ResponseFlag::UpstreamConnectionFailure),
+            ),
+        };
+        tracing::info!(
+            target: "access",
+            direction = "inbound",
+            path = %path,
+            status = resp.status().as_u16(),
+            response_flags = flag.map_or("-", ResponseFlag::code),
+            source_principal = %caller,
+            duration_ms = started.elapsed().as_millis() as u64,
+        );
+        resp
+    }
+}

@@ -1,0 +1,139 @@
+//! Upstream connections to other sidecars: mTLS with the workload identity, SNI in
+//! Istio's format, HTTP/2 multiplexed, one connection per (endpoint, SNI) reused
+//! until it closes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_identity::Identity;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::ResponseFlag;
+use crate::http_util::Body;
+
+/// Why an upstream request failed, classified for the response flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {detail}")]
+pub struct UpstreamError {
+    /// The flag.
+    pub flag: ResponseFlag,
+    /// What happened.
+    pub detail: String,
+}
+
+impl UpstreamError {
+    fn new(flag: ResponseFlag, detail: impl Into<String>) -> Self {
+        Self {
+            flag,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Open HTTP/2 connections by (endpoint, SNI).
+type Connections = HashMap<(SocketAddr, String), SendRequest<Body>>;
+
+/// The pool. Cloning shares it.
+#[derive(Clone)]
+pub struct MeshPool {
+    connector: TlsConnector,
+    connect_timeout: Duration,
+    conns: Arc<Mutex<Connections>>,
+}
+
+impl std::fmt::Debug for MeshPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshPool").finish_non_exhaustive()
+    }
+}
+
+impl MeshPool {
+    /// A pool presenting `identity`'s certificate and verifying peers with its trust.
+    pub fn new(identity: &Identity, connect_timeout: Duration) -> Self {
+        let config = identity.client_config(vec![], &[b"h2"]);
+        Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            connect_timeout,
+            conns: Arc::default(),
+        }
+    }
+
+    /// Sends `req` to the sidecar at `endpoint`, presenting `sni`.
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        sni: &str,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let key = (endpoint, sni.to_owned());
+        let cached = self
+            .conns
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+        let mut sender = match cached {
+            Some(s) => s,
+            None => {
+                let s = self.connect(endpoint, sni).await?;
+                if let Ok(mut m) = self.conns.lock() {
+                    m.insert(key.clone(), s.clone());
+                }
+                s
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| UpstreamError::new(ResponseFlag::UpstreamReset, e.to_string()))?;
+        sender.send_request(req).await.map_err(|e| {
+            if let Ok(mut m) = self.conns.lock() {
+                m.remove(&key);
+            }
+            UpstreamError::new(ResponseFlag::UpstreamReset, format!("{endpoint}: {e}"))
+        })
+    }
+
+    async fn connect(
+        &self,
+        endpoint: SocketAddr,
+        sni: &str,
+    ) -> Result<SendRequest<Body>, UpstreamError> {
+        let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| {
+                uf(format!(
+                    "{endpoint}: connect timed out after {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(|e| uf(format!("{endpoint}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
+        let tls = self.connector.connect(name, tcp).await.map_err(|e| {
+            uf(format!(
+                "{endpoint}: mTLS handshake failed: {}",
+                mesh_identity::explain(&e)
+            ))
+        })?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| uf(format!("{endpoint}: HTTP/2 handshake failed: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+fn rustls_server_name(sni: &str) -> Result<rustls_pki_types::ServerName<'static>, String> {
+    rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())
+}

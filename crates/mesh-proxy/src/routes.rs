@@ -1,0 +1,444 @@
+//! HTTP routes compiled from VirtualServices: regexes built once, host names resolved,
+//! weights summed, and conditions that depend only on this proxy (`sourceLabels`,
+//! `sourceNamespace`, `gateways`) decided at compile time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use mesh_api::common::{StringMatch, StringMatchKind};
+use mesh_api::networking::{HttpMatchRequest, HttpRoute, HttpRouteDestination};
+use regex::Regex;
+
+use crate::config::Node;
+use crate::state::resolve_host;
+
+/// A compiled string condition.
+#[derive(Debug, Clone)]
+pub enum StrMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Whole value matches (RE2 semantics: anchored at both ends).
+    Regex(Regex),
+}
+
+impl StrMatch {
+    fn compile(m: &StringMatch, ignore_case: bool) -> Result<Self, String> {
+        let lower = |s: &str| {
+            if ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_owned()
+            }
+        };
+        match m.kind() {
+            Some(StringMatchKind::Exact(s)) => Ok(Self::Exact(lower(s))),
+            Some(StringMatchKind::Prefix(s)) => Ok(Self::Prefix(lower(s))),
+            Some(StringMatchKind::Regex(r)) => {
+                let flags = if ignore_case { "(?i)" } else { "" };
+                Regex::new(&format!("{flags}^(?:{r})$"))
+                    .map(Self::Regex)
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("set exactly one of exact, prefix or regex".into()),
+        }
+    }
+
+    /// Whether `value` satisfies the condition.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => value == s,
+            Self::Prefix(p) => value.starts_with(p.as_str()),
+            Self::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// What a request looks like to the router.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Query string, without `?`.
+    pub query: Option<&'a str>,
+    /// Authority (Host), port included if given.
+    pub authority: &'a str,
+    /// Scheme.
+    pub scheme: &'a str,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+    /// Destination port.
+    pub port: u16,
+}
+
+/// One compiled match block (all fields ANDed).
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    uri: Option<StrMatch>,
+    ignore_uri_case: bool,
+    scheme: Option<StrMatch>,
+    method: Option<StrMatch>,
+    authority: Option<StrMatch>,
+    headers: Vec<(HeaderName, StrMatch)>,
+    without_headers: Vec<(HeaderName, StrMatch)>,
+    query: Vec<(String, StrMatch)>,
+    port: Option<u16>,
+}
+
+impl RouteMatch {
+    /// The `uri.prefix` of this match, which `rewrite.uri` replaces.
+    pub fn uri_prefix(&self) -> Option<&str> {
+        match &self.uri {
+            Some(StrMatch::Prefix(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the request meets every condition.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        if let Some(p) = self.port
+            && p != req.port
+        {
+            return false;
+        }
+        if let Some(m) = &self.uri {
+            let ok = if self.ignore_uri_case {
+                m.matches(&req.path.to_ascii_lowercase())
+            } else {
+                m.matches(req.path)
+            };
+            if !ok {
+                return false;
+            }
+        }
+        let single = |m: &Option<StrMatch>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
+        if !single(&self.scheme, req.scheme)
+            || !single(&self.method, req.method)
+            || !single(&self.authority, req.authority)
+        {
+            return false;
+        }
+        for (name, m) in &self.headers {
+            let ok = req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| m.matches(v)));
+            if !ok {
+                return false;
+            }
+        }
+        for (name, m) in &self.without_headers {
+            if req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| m.matches(v)))
+            {
+                return false;
+            }
+        }
+        for (key, m) in &self.query {
+            let found = req.query.unwrap_or_default().split('&').any(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                k == key && m.matches(v)
+            });
+            if !found {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A destination with its share of traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedDestination {
+    /// Fully qualified service host.
+    pub host: String,
+    /// Subset name ("" for none).
+    pub subset: String,
+    /// Service port, when the route names one.
+    pub port: Option<u16>,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// What a matching route does.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Forward to one of these destinations by weight.
+    Forward(Vec<WeightedDestination>),
+    /// Answer with a redirect.
+    Redirect {
+        /// New path, if any.
+        uri: Option<String>,
+        /// New authority, if any.
+        authority: Option<String>,
+        /// Status (3xx).
+        code: u16,
+    },
+    /// Answer directly.
+    DirectResponse {
+        /// Status.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+}
+
+/// A compiled HTTP route.
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    /// Name for logs (`namespace/vs-name[.route-name]`).
+    pub name: String,
+    /// Match blocks, ORed; empty matches everything.
+    pub matches: Vec<RouteMatch>,
+    /// The action.
+    pub action: RouteAction,
+    /// Whole-request timeout.
+    pub timeout: Option<Duration>,
+    /// Prefix or path rewrite.
+    pub rewrite_uri: Option<String>,
+    /// Authority rewrite.
+    pub rewrite_authority: Option<String>,
+    /// Request header edits: set, add, remove.
+    pub request_headers: HeaderEdits,
+    /// Response header edits.
+    pub response_headers: HeaderEdits,
+}
+
+/// Header edits of a route.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    /// Overwrite.
+    pub set: Vec<(String, String)>,
+    /// Append.
+    pub add: Vec<(String, String)>,
+    /// Remove.
+    pub remove: Vec<String>,
+}
+
+impl CompiledRoute {
+    /// Whether the request matches this route.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
+    /// The route a service gets when no VirtualService names it: all traffic to it.
+    pub fn default_for(host: &str) -> Self {
+        Self {
+            name: format!("default/{host}"),
+            matches: Vec::new(),
+            action: RouteAction::Forward(vec![WeightedDestination {
+                host: host.to_owned(),
+                subset: String::new(),
+                port: None,
+                weight: 1,
+            }]),
+            timeout: None,
+            rewrite_uri: None,
+            rewrite_authority: None,
+            request_headers: HeaderEdits::default(),
+            response_headers: HeaderEdits::default(),
+        }
+    }
+
+    /// Compiles one `http` entry of a VirtualService in `namespace`. Returns `None`
+    /// when the route can never apply to this proxy (source labels, namespace or
+    /// gateways exclude it).
+    pub(crate) fn compile(
+        vs_key: &str,
+        namespace: &str,
+        index: usize,
+        route: &HttpRoute,
+        node: &Node,
+    ) -> Result<Option<Self>, String> {
+        let mut matches = Vec::new();
+        for (mi, m) in route.matches.iter().enumerate() {
+            if !applies_to_node(m, node) {
+                continue;
+            }
+            matches.push(compile_match(m).map_err(|e| format!("http[{index}].match[{mi}]: {e}"))?);
+        }
+        if !route.matches.is_empty() && matches.is_empty() {
+            return Ok(None);
+        }
+        let action = if let Some(r) = &route.redirect {
+            RouteAction::Redirect {
+                uri: r.uri.clone(),
+                authority: r.authority.clone(),
+                code: r.effective_code() as u16,
+            }
+        } else if let Some(d) = &route.direct_response {
+            RouteAction::DirectResponse {
+                status: d.status as u16,
+                body: d
+                    .body
+                    .as_ref()
+                    .and_then(|b| b.string.clone())
+                    .unwrap_or_default(),
+            }
+        } else {
+            RouteAction::Forward(weighted(&route.route, namespace))
+        };
+        let edits = |ops: Option<&mesh_api::common::HeaderOperations>| {
+            ops.map(|o| HeaderEdits {
+                set: pairs(&o.set),
+                add: pairs(&o.add),
+                remove: o.remove.clone(),
+            })
+            .unwrap_or_default()
+        };
+        let headers = route.headers.as_ref();
+        Ok(Some(Self {
+            name: match &route.name {
+                Some(n) => format!("{vs_key}.{n}"),
+                None => format!("{vs_key}#{index}"),
+            },
+            matches,
+            action,
+            timeout: route.timeout.filter(|t| !t.is_zero()).map(|t| t.as_std()),
+            rewrite_uri: route.rewrite.as_ref().and_then(|r| r.uri.clone()),
+            rewrite_authority: route.rewrite.as_ref().and_then(|r| r.authority.clone()),
+            request_headers: edits(headers.and_then(|h| h.request.as_ref())),
+            response_headers: edits(headers.and_then(|h| h.response.as_ref())),
+        }))
+    }
+}
+
+fn pairs(m: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn applies_to_node(m: &HttpMatchRequest, node: &Node) -> bool {
+    let labels_ok = m
+        .source_labels
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v));
+    let ns_ok = m
+        .source_namespace
+        .as_ref()
+        .is_none_or(|ns| *ns == node.namespace);
+    let gw_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
+    labels_ok && ns_ok && gw_ok
+}
+
+fn compile_match(m: &HttpMatchRequest) -> Result<RouteMatch, String> {
+    let one =
+        |sm: &Option<StringMatch>, name: &str, ic: bool| -> Result<Option<StrMatch>, String> {
+            sm.as_ref()
+                .map(|s| StrMatch::compile(s, ic).map_err(|e| format!("{name}: {e}")))
+                .transpose()
+        };
+    let header_list = |map: &BTreeMap<String, StringMatch>,
+                       field: &str|
+     -> Result<Vec<(HeaderName, StrMatch)>, String> {
+        map.iter()
+            .map(|(k, v)| {
+                let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("{field}: {k:?} is not a header name"))?;
+                Ok((
+                    name,
+                    StrMatch::compile(v, false).map_err(|e| format!("{field}[{k}]: {e}"))?,
+                ))
+            })
+            .collect()
+    };
+    Ok(RouteMatch {
+        uri: one(&m.uri, "uri", m.ignore_uri_case)?,
+        ignore_uri_case: m.ignore_uri_case,
+        scheme: one(&m.scheme, "scheme", false)?,
+        method: one(&m.method, "method", false)?,
+        authority: one(&m.authority, "authority", false)?,
+        headers: header_list(&m.headers, "headers")?,
+        without_headers: header_list(&m.without_headers, "withoutHeaders")?,
+        query: m
+            .query_params
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    StrMatch::compile(v, false).map_err(|e| format!("queryParams[{k}]: {e}"))?,
+                ))
+            })
+            .collect::<Result<_, String>>()?,
+        port: m.port.map(|p| p as u16),
+    })
+}
+
+fn weighted(dests: &[HttpRouteDestination], namespace: &str) -> Vec<WeightedDestination> {
+    let weights: Vec<_> = dests.iter().map(|d| d.weight).collect();
+    let effective = mesh_api::networking::effective_weights(&weights);
+    dests
+        .iter()
+        .zip(effective)
+        .map(|(d, weight)| WeightedDestination {
+            host: resolve_host(&d.destination.host, namespace),
+            subset: d.destination.subset_name().to_owned(),
+            port: d.destination.port.map(|p| p.number as u16),
+            weight,
+        })
+        .collect()
+}
+
+/// Picks a destination by weight; `sample` is uniform in [0, 1).
+pub fn pick_weighted(dests: &[WeightedDestination], sample: f64) -> Option<&WeightedDestination> {
+    let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = (sample * total as f64) as u64;
+    for d in dests {
+        if point < u64::from(d.weight) {
+            return Some(d);
+        }
+        point -= u64::from(d.weight);
+    }
+    dests.last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(subset: &str, weight: u32) -> WeightedDestination {
+        WeightedDestination {
+            host: "r".into(),
+            subset: subset.into(),
+            port: None,
+            weight,
+        }
+    }
+
+    #[test]
+    fn weighted_pick_follows_the_weights() {
+        let d = [dest("v1", 90), dest("v3", 10)];
+        assert_eq!(pick_weighted(&d, 0.0).unwrap().subset, "v1");
+        assert_eq!(pick_weighted(&d, 0.899).unwrap().subset, "v1");
+        assert_eq!(pick_weighted(&d, 0.9).unwrap().subset, "v3");
+        assert_eq!(pick_weighted(&d, 0.9999).unwrap().subset, "v3");
+        assert!(pick_weighted(&[dest("v1", 0)], 0.5).is_none());
+    }
+
+    #[test]
+    fn regex_matches_the_whole_value() {
+        let m = StrMatch::compile(
+            &StringMatch {
+                regex: Some("/api/v[12]".into()),
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
+        assert!(m.matches("/api/v1"));
+        assert!(
+            !m.matches("/api/v1/extra"),
+            "RE2 semantics in Istio: full match"
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! A whole sidecar in one value: outbound and inbound listeners over one config store
+//! and one identity, started on the given addresses (ephemeral ports in tests).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_identity::Identity;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::pool::MeshPool;
+use crate::state::StateStore;
+
+/// Where a sidecar listens and where its application is.
+#[derive(Debug, Clone)]
+pub struct SidecarOptions {
+    /// Outbound (explicit mode) listener, 15001 in a pod.
+    pub outbound: SocketAddr,
+    /// Inbound mTLS listener, 15006 in a pod.
+    pub inbound: SocketAddr,
+    /// Address of the local application.
+    pub app_ip: IpAddr,
+    /// TCP connect timeout towards other sidecars.
+    pub connect_timeout: Duration,
+}
+
+/// A running sidecar. Dropping it stops its listeners.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The live config.
+    pub store: Arc<StateStore>,
+    /// The workload identity.
+    pub identity: Identity,
+    /// Bound outbound address.
+    pub outbound_addr: SocketAddr,
+    /// Bound inbound address.
+    pub inbound_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Sidecar {
+    /// Binds both listeners and starts serving.
+    pub async fn start(
+        store: Arc<StateStore>,
+        identity: Identity,
+        options: SidecarOptions,
+    ) -> std::io::Result<Self> {
+        let out_listener = TcpListener::bind(options.outbound).await?;
+        let in_listener = TcpListener::bind(options.inbound).await?;
+        let outbound_addr = out_listener.local_addr()?;
+        let inbound_addr = in_listener.local_addr()?;
+        let outbound = Outbound {
+            store: store.clone(),
+            pool: MeshPool::new(&identity, options.connect_timeout),
+        };
+        let inbound = Inbound::new(store.clone(), &identity, options.app_ip);
+        let tasks = vec![
+            tokio::spawn(serve_outbound(out_listener, outbound)),
+            tokio::spawn(inbound.serve(in_listener)),
+        ];
+        Ok(Self {
+            store,
+            identity,
+            outbound_addr,
+            inbound_addr,
+            tasks,
+        })
+    }
+}
+
+async fn serve_outbound(listener: TcpListener, outbound: Outbound) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbound accept failed");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let outbound = outbound.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let outbound = outbound.clone();
+                async move { Ok::<_, std::convert::Infallible>(outbound.handle(req).await) }
+            });
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "outbound connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,447 @@
+//! The proxy's compiled state and its store. An update is compiled and validated
+//! off the hot path; only a fully valid state is swapped in, atomically, and the
+//! data path reads one snapshot per request. A rejected update leaves the last good
+//! state in force and is reported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use mesh_api::Resource;
+use mesh_api::networking::SimpleLb;
+
+use crate::config::{CLUSTER_DOMAIN, ConfigBundle, INBOUND_PORT, Node};
+use crate::error::ConfigError;
+use crate::routes::CompiledRoute;
+
+/// How a port speaks, from its name or `appProtocol` as Istio reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (or h2c if the client speaks it).
+    Http,
+    /// HTTP/2.
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+    /// Not declared: sniffed per connection.
+    Unknown,
+}
+
+impl Protocol {
+    /// Istio's rule: `appProtocol` first, else the port name's prefix before `-`.
+    pub fn from_port(name: &str, app_protocol: Option<&str>) -> Self {
+        let key = app_protocol.unwrap_or_else(|| name.split('-').next().unwrap_or_default());
+        match key.to_ascii_lowercase().as_str() {
+            "http" | "http-web" => Self::Http,
+            "http2" | "h2c" => Self::Http2,
+            "grpc" | "grpc-web" => Self::Grpc,
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Self::Tcp,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Whether requests on this port are routed as HTTP.
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Http2 | Self::Grpc)
+    }
+}
+
+/// A service port.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServicePort {
+    /// Name.
+    pub name: String,
+    /// Service port.
+    pub port: u16,
+    /// Workload port.
+    pub target_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// One endpoint as the data path uses it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoint {
+    /// Where the endpoint's sidecar accepts mesh traffic.
+    pub inbound: SocketAddr,
+    /// Workload labels.
+    pub labels: BTreeMap<String, String>,
+    /// Service account.
+    pub service_account: Option<String>,
+    /// Cluster.
+    pub cluster: String,
+    /// Network.
+    pub network: String,
+    /// Locality.
+    pub locality: String,
+    /// Weight.
+    pub weight: u32,
+    /// Ready.
+    pub ready: bool,
+}
+
+/// A service with its endpoints.
+#[derive(Debug, serde::Serialize)]
+pub struct Service {
+    /// Fully qualified host, `name.namespace.svc.cluster.local`.
+    pub host: String,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Service {
+    /// The port a request should use: the one named, else the only one, else the first
+    /// HTTP port.
+    pub fn port(&self, wanted: Option<u16>) -> Option<&ServicePort> {
+        match wanted {
+            Some(p) => self.ports.iter().find(|sp| sp.port == p),
+            None if self.ports.len() == 1 => self.ports.first(),
+            None => self
+                .ports
+                .iter()
+                .find(|sp| sp.protocol.is_http())
+                .or(self.ports.first()),
+        }
+    }
+}
+
+/// What a DestinationRule says about a host, compiled.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DestinationPolicy {
+    /// Rule that defined it (`namespace/name`).
+    pub rule: String,
+    /// Subsets: name → labels.
+    pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Load-balancing algorithm.
+    #[serde(skip)]
+    pub lb: Option<SimpleLb>,
+    #[serde(skip)]
+    round_robin: AtomicUsize,
+}
+
+impl DestinationPolicy {
+    /// The endpoints of `service` in `subset` that are ready, or why there are none.
+    pub fn select<'a>(
+        policy: Option<&Self>,
+        service: &'a Service,
+        subset: &str,
+    ) -> Result<Vec<&'a Arc<Endpoint>>, String> {
+        let labels = if subset.is_empty() {
+            None
+        } else {
+            match policy.and_then(|p| p.subsets.get(subset)) {
+                Some(l) => Some(l),
+                None => {
+                    return Err(format!(
+                        "subset {subset:?} of {} is not defined by any DestinationRule",
+                        service.host
+                    ));
+                }
+            }
+        };
+        Ok(service
+            .endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter(|e| labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+            .collect())
+    }
+
+    /// Picks one endpoint by the configured algorithm (round robin when unset).
+    pub fn pick<'a>(
+        policy: Option<&Self>,
+        candidates: &[&'a Arc<Endpoint>],
+    ) -> Option<&'a Arc<Endpoint>> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let random = policy.and_then(|p| p.lb) == Some(SimpleLb::Random);
+        let i = match policy {
+            Some(p) if !random => p.round_robin.fetch_add(1, Ordering::Relaxed),
+            _ => rand::random::<u32>() as usize,
+        };
+        Some(candidates[i % candidates.len()])
+    }
+}
+
+/// Everything the data path needs, compiled from one config.
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    /// Version of the config this was compiled from.
+    pub version: String,
+    /// This proxy's workload.
+    pub node: Node,
+    /// Services by fully qualified host.
+    pub services: HashMap<String, Arc<Service>>,
+    /// HTTP routes by host; a service without a VirtualService gets a default route.
+    pub routes: HashMap<String, Arc<Vec<CompiledRoute>>>,
+    /// Destination policies by host.
+    pub policies: HashMap<String, Arc<DestinationPolicy>>,
+}
+
+/// `name`, `name.ns`, `name.ns.svc` or an FQDN, resolved the way Kubernetes DNS would
+/// from `namespace`.
+pub fn resolve_host(host: &str, namespace: &str) -> String {
+    let host = host.trim_end_matches('.');
+    match host.matches('.').count() {
+        0 => format!("{host}.{namespace}.svc.{CLUSTER_DOMAIN}"),
+        1 => format!("{host}.svc.{CLUSTER_DOMAIN}"),
+        2 if host.ends_with(".svc") => format!("{host}.{CLUSTER_DOMAIN}"),
+        _ => host.to_owned(),
+    }
+}
+
+impl ProxyState {
+    /// Compiles a config. Every problem is collected; any problem rejects the whole
+    /// update.
+    pub fn compile(bundle: &ConfigBundle, origin: &str) -> Result<Self, ConfigError> {
+        let node = bundle.proxy.node.clone();
+        let mut errors = Vec::new();
+        let mut services = HashMap::new();
+        for svc in &bundle.proxy.services {
+            let host = resolve_host(&svc.name, &svc.namespace);
+            let ports = svc
+                .ports
+                .iter()
+                .map(|p| ServicePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port: p.target_port.unwrap_or(p.port),
+                    protocol: Protocol::from_port(&p.name, p.app_protocol.as_deref()),
+                })
+                .collect();
+            let endpoints = svc
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Arc::new(Endpoint {
+                        inbound: SocketAddr::new(e.address, e.inbound_port.unwrap_or(INBOUND_PORT)),
+                        labels: e.labels.clone(),
+                        service_account: e.service_account.clone(),
+                        cluster: e.cluster.clone(),
+                        network: e.network.clone(),
+                        locality: e.locality.clone(),
+                        weight: e.weight.unwrap_or(1),
+                        ready: e.ready,
+                    })
+                })
+                .collect();
+            if services
+                .insert(
+                    host.clone(),
+                    Arc::new(Service {
+                        host: host.clone(),
+                        name: svc.name.clone(),
+                        namespace: svc.namespace.clone(),
+                        ports,
+                        endpoints,
+                    }),
+                )
+                .is_some()
+            {
+                errors.push(format!("service {host} is listed twice"));
+            }
+        }
+
+        let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
+        let mut policies = HashMap::new();
+        for r in &bundle.resources {
+            let key = r.key();
+            let ns = r
+                .metadata()
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            match r {
+                Resource::VirtualService(vs) => {
+                    if !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh")
+                    {
+                        continue; // gateway-only routes do not apply to sidecars
+                    }
+                    let mut compiled = Vec::new();
+                    for (i, route) in vs.spec.http.iter().enumerate() {
+                        match CompiledRoute::compile(&key, &ns, i, route, &node) {
+                            Ok(Some(c)) => compiled.push(c),
+                            Ok(None) => {}
+                            Err(e) => errors.push(format!("VirtualService {key}: spec.{e}")),
+                        }
+                    }
+                    for host in &vs.spec.hosts {
+                        let fqdn = resolve_host(host, &ns);
+                        // As in Istio, the first VirtualService for a host wins.
+                        routes.entry(fqdn).or_insert_with(|| compiled.clone());
+                    }
+                }
+                Resource::DestinationRule(dr) => {
+                    let fqdn = resolve_host(&dr.spec.host, &ns);
+                    let policy = DestinationPolicy {
+                        rule: key.clone(),
+                        subsets: dr
+                            .spec
+                            .subsets
+                            .iter()
+                            .map(|s| (s.name.clone(), s.labels.clone()))
+                            .collect(),
+                        lb: dr
+                            .spec
+                            .traffic_policy
+                            .as_ref()
+                            .and_then(|t| t.load_balancer.as_ref())
+                            .and_then(|l| l.simple),
+                        round_robin: AtomicUsize::new(0),
+                    };
+                    if policies.insert(fqdn.clone(), Arc::new(policy)).is_some() {
+                        errors.push(format!(
+                            "DestinationRule {key}: host {fqdn} already has a DestinationRule"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for host in services.keys() {
+            routes
+                .entry(host.clone())
+                .or_insert_with(|| vec![CompiledRoute::default_for(host)]);
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::many(origin, errors));
+        }
+        Ok(Self {
+            version: bundle.proxy.version.clone(),
+            node,
+            services,
+            routes: routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            policies,
+        })
+    }
+
+    /// The service a request's authority names, from the caller's namespace.
+    pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<Service>> {
+        let host = strip_port(authority);
+        self.services.get(&resolve_host(host, &self.node.namespace))
+    }
+}
+
+/// `host:port` → `host` (IPv6 literals keep their brackets).
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split_once(']')
+            .map_or(authority, |(h, _)| h)
+            .trim_start_matches('[');
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// The port in an authority, if any.
+pub fn authority_port(authority: &str) -> Option<u16> {
+    authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+/// Holds the live state; see the module documentation.
+#[derive(Debug)]
+pub struct StateStore {
+    current: ArcSwap<ProxyState>,
+    last_rejection: ArcSwap<Option<ConfigError>>,
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        Self::new(ProxyState::default())
+    }
+}
+
+impl StateStore {
+    /// A store starting with `state`.
+    pub fn new(state: ProxyState) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(state),
+            last_rejection: ArcSwap::from_pointee(None),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<ProxyState> {
+        self.current.load_full()
+    }
+
+    /// Compiles and installs `bundle`, or keeps the current state and records why not.
+    pub fn apply(&self, bundle: &ConfigBundle, origin: &str) -> Result<(), ConfigError> {
+        match ProxyState::compile(bundle, origin) {
+            Ok(state) => {
+                tracing::info!(version = %state.version, services = state.services.len(), "config applied");
+                self.current.store(Arc::new(state));
+                self.last_rejection.store(Arc::new(None));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, version = %self.current.load().version, "config rejected; keeping the last good config");
+                self.last_rejection.store(Arc::new(Some(e.clone())));
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a YAML config and applies it (see [`StateStore::apply`]).
+    pub fn apply_yaml(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let bundle = ConfigBundle::from_yaml(text, origin).inspect_err(|e| {
+            tracing::warn!(error = %e, "config rejected; keeping the last good config");
+            self.last_rejection.store(Arc::new(Some(e.clone())));
+        })?;
+        self.apply(&bundle, origin)
+    }
+
+    /// Why the last update was refused, if it was.
+    pub fn last_rejection(&self) -> Option<ConfigError> {
+        self.last_rejection.load().as_ref().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_resolve_like_kubernetes_dns() {
+        assert_eq!(
+            resolve_host("reviews", "shop"),
+            "reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.other", "shop"),
+            "reviews.other.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.other.svc", "shop"),
+            "reviews.other.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.other.svc.cluster.local", "shop"),
+            "reviews.other.svc.cluster.local"
+        );
+        assert_eq!(strip_port("reviews:9080"), "reviews");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(authority_port("reviews:9080"), Some(9080));
+    }
+
+    #[test]
+    fn protocol_follows_istio_port_naming() {
+        assert_eq!(Protocol::from_port("http-web", None), Protocol::Http);
+        assert_eq!(Protocol::from_port("grpc", None), Protocol::Grpc);
+        assert_eq!(Protocol::from_port("tcp-db", None), Protocol::Tcp);
+        assert_eq!(Protocol::from_port("web", Some("http2")), Protocol::Http2);
+        assert_eq!(Protocol::from_port("web", None), Protocol::Unknown);
+    }
+}

@@ -1,0 +1,483 @@
+//! A client app → sidecar A (explicit mode) → mTLS → sidecar B1/B2 → backends v1/v2, all
+//! on real loopback sockets, driven by Istio documents as users write them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
+use mesh_identity::{
+    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert, WorkloadCsr,
+};
+use mesh_proxy::{Sidecar, SidecarOptions, StateStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Mesh {
+    root: RootCa,
+    east: ClusterCa,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let root = RootCa::generate(&"mesh.example".parse().unwrap(), ROOT_VALIDITY).unwrap();
+        let east = root.intermediate("east", INTERMEDIATE_VALIDITY).unwrap();
+        Self { root, east }
+    }
+
+    fn identity(&self, ns: &str, sa: &str) -> Identity {
+        let id = SpiffeId::new("mesh.example".parse().unwrap(), ns, sa).unwrap();
+        let csr = WorkloadCsr::generate(&id).unwrap();
+        let issued = self
+            .east
+            .sign_csr(&csr.csr_pem, &id, Duration::from_secs(3600))
+            .unwrap();
+        let cert = WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "test").unwrap();
+        let td = "mesh.example".parse().unwrap();
+        let bundle = TrustBundle::from_pem(td, self.root.cert_pem().as_bytes(), "root").unwrap();
+        Identity::new(
+            cert,
+            TrustConfig::new("mesh.example".parse().unwrap(), bundle),
+        )
+        .unwrap()
+    }
+}
+
+/// A backend that answers `NAME path=… x-user=… xfcc=…`, optionally after a delay.
+async fn backend(name: &'static str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        let header = |h: &str| {
+                            req.headers()
+                                .get(h)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_owned()
+                        };
+                        let body = format!(
+                            "{name} path={} x-user={} xfcc={}",
+                            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                            header("x-user"),
+                            header("x-forwarded-client-cert")
+                        );
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn opts() -> SidecarOptions {
+    SidecarOptions {
+        outbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        app_ip: "127.0.0.1".parse().unwrap(),
+        connect_timeout: Duration::from_secs(1),
+    }
+}
+
+/// The config of a server-side sidecar: its own service with the backend's port.
+fn server_config(version: &str, backend_port: u16) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+version: server-{version}
+node: {{name: reviews-{version}, namespace: shop, serviceAccount: reviews, labels: {{app: reviews, version: {version}}}}}
+services:
+- name: reviews
+  namespace: shop
+  ports: [{{name: http, port: 9080, targetPort: {backend_port}}}]
+"
+    )
+}
+
+struct World {
+    _servers: Vec<Sidecar>,
+    client: Sidecar,
+    v1_inbound: SocketAddr,
+    v2_inbound: SocketAddr,
+}
+
+fn client_config(v1: SocketAddr, v2: SocketAddr, extra: &str) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+version: client-1
+node: {{name: productpage-1, namespace: shop, serviceAccount: productpage, labels: {{app: productpage}}}}
+services:
+- name: reviews
+  namespace: shop
+  ports: [{{name: http, port: 9080}}]
+  endpoints:
+  - {{address: 127.0.0.1, inboundPort: {}, labels: {{app: reviews, version: v1}}, serviceAccount: reviews}}
+  - {{address: 127.0.0.1, inboundPort: {}, labels: {{app: reviews, version: v2}}, serviceAccount: reviews}}
+- name: ratings
+  namespace: shop
+  ports: [{{name: http, port: 9080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+  - {{name: v3, labels: {{version: v3}}}}
+{extra}",
+        v1.port(),
+        v2.port()
+    )
+}
+
+async fn world(extra: &str, v2_delay: Duration) -> World {
+    let mesh = Mesh::new();
+    let b1 = backend("v1", Duration::ZERO).await;
+    let b2 = backend("v2", v2_delay).await;
+    let mut servers = Vec::new();
+    for (version, port) in [("v1", b1.port()), ("v2", b2.port())] {
+        let store = Arc::new(StateStore::default());
+        store
+            .apply_yaml(&server_config(version, port), "test")
+            .unwrap();
+        servers.push(
+            Sidecar::start(store, mesh.identity("shop", "reviews"), opts())
+                .await
+                .unwrap(),
+        );
+    }
+    let (v1_inbound, v2_inbound) = (servers[0].inbound_addr, servers[1].inbound_addr);
+    let store = Arc::new(StateStore::default());
+    store
+        .apply_yaml(&client_config(v1_inbound, v2_inbound, extra), "test")
+        .unwrap();
+    let client = Sidecar::start(store, mesh.identity("shop", "productpage"), opts())
+        .await
+        .unwrap();
+    World {
+        _servers: servers,
+        client,
+        v1_inbound,
+        v2_inbound,
+    }
+}
+
+/// Sends a GET through the client sidecar, as an app in explicit mode does.
+async fn get(
+    sidecar: SocketAddr,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let tcp = TcpStream::connect(sidecar).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", authority);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn default_route_reaches_both_versions_over_mtls_with_caller_identity() {
+    let w = world("", Duration::ZERO).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, body) = get(w.client.outbound_addr, "reviews:9080", "/reviews/1", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("xfcc=By=spiffe://mesh.example/ns/shop/sa/reviews;URI=spiffe://mesh.example/ns/shop/sa/productpage"), "{body}");
+        seen.insert(body.split(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "round robin over both endpoints"
+    );
+}
+
+#[tokio::test]
+async fn canary_90_10_split_holds_within_tolerance() {
+    let w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+",
+        Duration::ZERO,
+    )
+    .await;
+    let n = 400;
+    let mut v2 = 0;
+    for _ in 0..n {
+        let (status, body) = get(
+            w.client.outbound_addr,
+            "reviews.shop.svc.cluster.local:9080",
+            "/",
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200);
+        if body.starts_with("v2") {
+            v2 += 1;
+        }
+    }
+    // Expected 40, standard deviation 6: 4 sigma either side.
+    assert!((16..=64).contains(&v2), "v2 got {v2} of {n}");
+}
+
+#[tokio::test]
+async fn header_match_rewrite_and_edits_route_as_istio_does() {
+    let w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+    route:
+    - destination: {host: reviews, subset: v2}
+    headers:
+      request: {set: {x-user: jason-was-here}}
+  - match:
+    - uri: {prefix: /api/v1/}
+    rewrite: {uri: /}
+    route:
+    - destination: {host: reviews, subset: v1}
+  - match:
+    - uri: {exact: /old}
+    redirect: {uri: /new, redirectCode: 302}
+  - match:
+    - uri: {regex: \"/health(z)?\"}
+    directResponse: {status: 200, body: {string: healthy}}
+  - route:
+    - destination: {host: reviews, subset: v1}
+",
+        Duration::ZERO,
+    )
+    .await;
+    let a = w.client.outbound_addr;
+    let (_, body) = get(a, "reviews:9080", "/x", &[("end-user", "jason")]).await;
+    assert!(
+        body.starts_with("v2") && body.contains("x-user=jason-was-here"),
+        "{body}"
+    );
+    let (_, body) = get(a, "reviews:9080", "/x", &[("end-user", "alice")]).await;
+    assert!(
+        body.starts_with("v1") && body.contains("x-user=-"),
+        "{body}"
+    );
+    let (_, body) = get(a, "reviews:9080", "/api/v1/reviews/7?full=1", &[]).await;
+    assert!(body.contains("path=/reviews/7?full=1"), "{body}");
+    let (status, _) = get(a, "reviews:9080", "/old", &[]).await;
+    assert_eq!(status, 302);
+    let (status, body) = get(a, "reviews:9080", "/healthz", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "healthy"));
+}
+
+#[tokio::test]
+async fn failures_never_hang_and_answer_with_the_right_status() {
+    let w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /slow}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+    timeout: 200ms
+  - match: [{uri: {prefix: /v3}}]
+    route: [{destination: {host: reviews, subset: v3}}]
+  - match: [{uri: {prefix: /nosubset}}]
+    route: [{destination: {host: reviews, subset: v9}}]
+  - match: [{uri: {prefix: /fine}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings}}]
+",
+        Duration::from_secs(5),
+    )
+    .await;
+    let a = w.client.outbound_addr;
+    let t = std::time::Instant::now();
+    assert_eq!(
+        get(a, "reviews:9080", "/slow", &[]).await.0,
+        504,
+        "UT: timeout"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        get(a, "reviews:9080", "/other", &[]).await.0,
+        404,
+        "NR: no route matches"
+    );
+    assert_eq!(
+        get(a, "nosuch:80", "/", &[]).await.0,
+        404,
+        "NR: unknown service"
+    );
+    assert_eq!(
+        get(a, "reviews:9080", "/v3", &[]).await.0,
+        503,
+        "UH: subset without endpoints"
+    );
+    let (status, body) = get(a, "reviews:9080", "/nosubset", &[]).await;
+    assert_eq!(status, 503, "UH: undefined subset");
+    assert!(body.contains("subset \"v9\""), "{body}");
+    assert_eq!(
+        get(a, "ratings:9080", "/", &[]).await.0,
+        503,
+        "UH: service without endpoints"
+    );
+    assert_eq!(get(a, "reviews:9080", "/fine", &[]).await.0, 200);
+    let _ = (w.v1_inbound, w.v2_inbound);
+}
+
+#[tokio::test]
+async fn connect_failure_is_503() {
+    let w = world("", Duration::ZERO).await;
+    // Point every endpoint at a closed port.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = client_config(closed, closed, "");
+    w.client.store.apply_yaml(&yaml, "test").unwrap();
+    let (status, body) = get(w.client.outbound_addr, "reviews:9080", "/", &[]).await;
+    assert_eq!(status, 503, "UF");
+    assert!(
+        body.contains("Connection refused") || body.contains("refused"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_update_is_rejected_while_traffic_keeps_flowing() {
+    let w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}}]}]
+",
+        Duration::ZERO,
+    )
+    .await;
+    let a = w.client.outbound_addr;
+    let load = tokio::spawn(async move {
+        let mut ok = 0;
+        for _ in 0..100 {
+            let (status, body) = get(a, "reviews:9080", "/", &[]).await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body.starts_with("v1"), "{body}");
+            ok += 1;
+        }
+        ok
+    });
+    let bad = client_config(
+        w.v1_inbound,
+        w.v2_inbound,
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v2}}], timeout: soon}]
+",
+    );
+    let err = w
+        .client
+        .store
+        .apply_yaml(&bad, "reviews.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("VirtualService shop/reviews: spec.http[0].timeout: invalid duration"),
+        "{err}"
+    );
+    assert!(w.client.store.last_rejection().is_some());
+    assert_eq!(
+        w.client.store.snapshot().version,
+        "client-1",
+        "the last good config stays"
+    );
+    assert_eq!(load.await.unwrap(), 100, "no request failed");
+}
+
+#[tokio::test]
+async fn inbound_refuses_plaintext_and_untrusted_callers() {
+    let w = world("", Duration::ZERO).await;
+    // Plaintext HTTP straight at a sidecar's inbound port: closed without a response.
+    let mut tcp = TcpStream::connect(w.v1_inbound).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        !String::from_utf8_lossy(&buf[..n]).contains("v1"),
+        "plaintext must not reach the app"
+    );
+
+    // A sidecar with a certificate from another root cannot reach it either.
+    let rogue = Mesh::new();
+    let store = Arc::new(StateStore::default());
+    store
+        .apply_yaml(&client_config(w.v1_inbound, w.v2_inbound, ""), "test")
+        .unwrap();
+    let intruder = Sidecar::start(store, rogue.identity("shop", "productpage"), opts())
+        .await
+        .unwrap();
+    let (status, body) = get(intruder.outbound_addr, "reviews:9080", "/", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("does not reach a trusted root"), "{body}");
+}
