@@ -1,9 +1,139 @@
-//! The Isthmus sidecar proxy: a thin binary over `mesh-proxy`.
-//!
-//! Not built yet: the data plane is an empty skeleton, so this binary only says so and
-//! exits with a failure status rather than pretending to proxy traffic.
+//! The Isthmus sidecar proxy: a thin binary over `mesh-proxy`. It reads its config
+//! and certificates from files, watches them, and serves outbound (explicit mode) and
+//! inbound (mTLS) traffic until SIGTERM or SIGINT.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("isthmus sidecar: the data plane is not available in this build");
-    std::process::ExitCode::FAILURE
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_identity::{Identity, TrustBundle, TrustConfig, WorkloadCert};
+use mesh_proxy::{Sidecar, SidecarOptions, StateStore};
+
+/// The Isthmus sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "sidecar", version, about)]
+struct Args {
+    /// Proxy config: a ProxyConfig document and Istio documents (YAML). Re-read when it
+    /// changes; an invalid version is refused and the last good one stays in force.
+    #[arg(long, env = "ISTHMUS_PROXY_CONFIG")]
+    config: PathBuf,
+    /// Directory with cert-chain.pem, key.pem and root-cert.pem (as written by
+    /// `meshctl ca workload`). Re-read when they change.
+    #[arg(long, env = "ISTHMUS_CERT_DIR")]
+    cert_dir: PathBuf,
+    /// Outbound listener (explicit mode).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    outbound: SocketAddr,
+    /// Inbound mTLS listener.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    inbound: SocketAddr,
+    /// Address of the local application.
+    #[arg(long, default_value = "127.0.0.1")]
+    app_ip: IpAddr,
+    /// Write logs as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+fn load_identity(dir: &Path) -> anyhow::Result<(WorkloadCert, TrustConfig)> {
+    let cert = WorkloadCert::load(&dir.join("cert-chain.pem"), &dir.join("key.pem"))?;
+    let td = cert.id().trust_domain().clone();
+    let root = dir.join("root-cert.pem");
+    let pem = std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
+    let bundle = TrustBundle::from_pem(td.clone(), &pem, &root.display().to_string())?;
+    Ok((cert, TrustConfig::new(td, bundle)))
+}
+
+fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let format = if args.json_logs {
+        mesh_telemetry::LogFormat::Json
+    } else {
+        mesh_telemetry::LogFormat::Text
+    };
+    mesh_telemetry::init_logging(format, "info");
+
+    let (cert, trust) = load_identity(&args.cert_dir)?;
+    let identity = Identity::new(cert, trust)?;
+    let store = Arc::new(StateStore::default());
+    let origin = args.config.display().to_string();
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
+    store.apply_yaml(&text, &origin)?;
+
+    let options = SidecarOptions {
+        outbound: args.outbound,
+        inbound: args.inbound,
+        app_ip: args.app_ip,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let sidecar = Sidecar::start(store.clone(), identity.clone(), options).await?;
+    tracing::info!(
+        id = %identity.cert().id(),
+        outbound = %sidecar.outbound_addr,
+        inbound = %sidecar.inbound_addr,
+        version = %store.snapshot().version,
+        "sidecar ready"
+    );
+
+    let config_files = vec![args.config.clone()];
+    let cert_files: Vec<PathBuf> = ["cert-chain.pem", "key.pem", "root-cert.pem"]
+        .iter()
+        .map(|f| args.cert_dir.join(f))
+        .collect();
+    let (mut config_seen, mut certs_seen) = (modified(&config_files), modified(&cert_files));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let now = modified(&config_files);
+        if now != config_seen {
+            config_seen = now;
+            match std::fs::read_to_string(&args.config) {
+                // A refusal is logged by the store; the last good config stays.
+                Ok(text) => {
+                    let _ = store.apply_yaml(&text, &origin);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %origin, "cannot read config; keeping the last good one")
+                }
+            }
+        }
+        let now = modified(&cert_files);
+        if now != certs_seen {
+            certs_seen = now;
+            let result = load_identity(&args.cert_dir).and_then(|(cert, trust)| {
+                // During a root rotation only one order is valid: a certificate from the
+                // new root needs the new trust first, and the reverse.
+                if identity.rotate_cert(cert.clone()).is_ok() {
+                    identity.update_trust(trust)?;
+                } else {
+                    identity.update_trust(trust)?;
+                    identity.rotate_cert(cert)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "certificate files refused; keeping the current certificate");
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    drop(sidecar);
+    Ok(())
 }
