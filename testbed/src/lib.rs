@@ -6,11 +6,14 @@
 //! kubeconfig per cluster. Every process is stopped when its [`ControlPlane`] is
 //! dropped (panics included) and killed by the kernel if the owning thread dies.
 //!
+//! [`netns`] gives tests separate hosts: network namespaces joined by veth pairs.
+//!
 //! The mesh on top (discovery, gateways, sample workloads) joins this crate with the
 //! federation and testbed work.
 
 mod bins;
 mod control_plane;
+pub mod netns;
 mod pki;
 mod process;
 

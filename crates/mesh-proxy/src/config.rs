@@ -93,6 +93,10 @@ pub struct ServiceConfig {
     pub name: String,
     /// Namespace.
     pub namespace: String,
+    /// Virtual IPs (the Kubernetes ClusterIP): captured connections to them are
+    /// routed to this service.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
     /// Ports.
     pub ports: Vec<ServicePortConfig>,
     /// Endpoints (in any cluster or network).

@@ -15,6 +15,7 @@
 //! header edits/timeouts, DestinationRule subsets with round-robin and random
 //! balancing, Envoy-style response flags and a JSON access log.
 
+pub mod capture;
 pub mod config;
 pub mod error;
 pub mod http_util;

@@ -3,6 +3,7 @@
 //! by the VirtualService, picks an endpoint of the chosen subset, and forwards it over
 //! mTLS to that endpoint's sidecar.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,14 +36,19 @@ struct Outcome {
 }
 
 impl Outbound {
-    /// Handles one request from the application.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Handles one request from the application. `captured` is the original
+    /// destination of a transparently captured connection.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        captured: Option<SocketAddr>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let authority = authority_of(&req);
         let mut outcome = Outcome::default();
-        let resp = self.route(req, &authority, &mut outcome).await;
+        let resp = self.route(req, &authority, captured, &mut outcome).await;
         tracing::info!(
             target: "access",
             direction = "outbound",
@@ -63,6 +69,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         authority: &str,
+        captured: Option<SocketAddr>,
         out: &mut Outcome,
     ) -> Response<Body> {
         let state = self.store.snapshot();
@@ -70,14 +77,20 @@ impl Outbound {
             out.flag = Some(flag);
             flagged(flag, detail)
         };
-        let Some(service) = state.service_for_authority(authority) else {
+        let service = match captured {
+            Some(dst) => state.service_for_ip(dst.ip()),
+            None => state.service_for_authority(authority),
+        };
+        let Some(service) = service else {
             return fail(
                 out,
                 ResponseFlag::NoRoute,
                 &format!("no service named {authority:?}"),
             );
         };
-        let req_port = authority_port(authority)
+        let req_port = captured
+            .map(|d| d.port())
+            .or_else(|| authority_port(authority))
             .or_else(|| service.port(None).map(|p| p.port))
             .unwrap_or(80);
         let routes = state.routes.get(&service.host).cloned().unwrap_or_default();

@@ -10,7 +10,6 @@ use std::time::Duration;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_identity::Identity;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::ResponseFlag;
@@ -104,16 +103,18 @@ impl MeshPool {
         sni: &str,
     ) -> Result<SendRequest<Body>, UpstreamError> {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| {
-                uf(format!(
-                    "{endpoint}: connect timed out after {:?}",
-                    self.connect_timeout
-                ))
-            })?
-            .map_err(|e| uf(format!("{endpoint}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            crate::capture::connect_marked(endpoint),
+        )
+        .await
+        .map_err(|_| {
+            uf(format!(
+                "{endpoint}: connect timed out after {:?}",
+                self.connect_timeout
+            ))
+        })?
+        .map_err(|e| uf(format!("{endpoint}: {e}")))?;
         let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
         let tls = self.connector.connect(name, tcp).await.map_err(|e| {
             uf(format!(

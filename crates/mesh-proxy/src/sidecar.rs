@@ -80,6 +80,7 @@ impl Sidecar {
 }
 
 async fn serve_outbound(listener: TcpListener, outbound: Outbound) {
+    let local = listener.local_addr().ok();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -89,11 +90,21 @@ async fn serve_outbound(listener: TcpListener, outbound: Outbound) {
             }
         };
         let _ = tcp.set_nodelay(true);
+        // A connection redirected by the capture rules still knows where it was going;
+        // one made to the listener itself is explicit mode.
+        let captured = crate::capture::original_dst(&tcp)
+            .filter(|dst| Some(*dst) != local && dst.port() != local.map_or(0, |l| l.port()));
         let outbound = outbound.clone();
         tokio::spawn(async move {
+            if let Some(dst) = captured
+                && outbound.store.snapshot().service_for_ip(dst.ip()).is_none()
+            {
+                passthrough(tcp, dst).await;
+                return;
+            }
             let service = hyper::service::service_fn(move |req| {
                 let outbound = outbound.clone();
-                async move { Ok::<_, std::convert::Infallible>(outbound.handle(req).await) }
+                async move { Ok::<_, std::convert::Infallible>(outbound.handle(req, captured).await) }
             });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -104,5 +115,19 @@ async fn serve_outbound(listener: TcpListener, outbound: Outbound) {
                 tracing::debug!(%peer, error = %e, "outbound connection ended");
             }
         });
+    }
+}
+
+/// A captured connection to something outside the mesh goes where it was going,
+/// untouched (Istio's `ALLOW_ANY` outbound policy).
+async fn passthrough(mut downstream: tokio::net::TcpStream, dst: SocketAddr) {
+    match crate::capture::connect_marked(dst).await {
+        Ok(mut upstream) => {
+            let r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+            tracing::info!(target: "access", direction = "outbound", upstream_host = %dst, upstream_cluster = "PassthroughCluster", bytes = ?r.ok(), "tcp passthrough");
+        }
+        Err(e) => {
+            tracing::info!(target: "access", direction = "outbound", upstream_host = %dst, upstream_cluster = "PassthroughCluster", response_flags = "UF", error = %e, "tcp passthrough failed");
+        }
     }
 }

@@ -94,6 +94,8 @@ pub struct Service {
     pub name: String,
     /// Namespace.
     pub namespace: String,
+    /// Virtual IPs.
+    pub addresses: Vec<std::net::IpAddr>,
     /// Ports.
     pub ports: Vec<ServicePort>,
     /// Endpoints.
@@ -244,6 +246,7 @@ impl ProxyState {
                         host: host.clone(),
                         name: svc.name.clone(),
                         namespace: svc.namespace.clone(),
+                        addresses: svc.addresses.clone(),
                         ports,
                         endpoints,
                     }),
@@ -325,6 +328,11 @@ impl ProxyState {
             routes: routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             policies,
         })
+    }
+
+    /// The service whose virtual IP a captured connection was sent to.
+    pub fn service_for_ip(&self, ip: std::net::IpAddr) -> Option<&Arc<Service>> {
+        self.services.values().find(|s| s.addresses.contains(&ip))
     }
 
     /// The service a request's authority names, from the caller's namespace.

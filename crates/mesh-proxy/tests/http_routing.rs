@@ -1,97 +1,19 @@
 //! A client app → sidecar A (explicit mode) → mTLS → sidecar B1/B2 → backends v1/v2, all
 //! on real loopback sockets, driven by Istio documents as users write them.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
-use mesh_identity::{
-    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert, WorkloadCsr,
-};
-use mesh_proxy::{Sidecar, SidecarOptions, StateStore};
+use mesh_proxy::{Sidecar, StateStore};
+use support::{Mesh, backend, opts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-struct Mesh {
-    root: RootCa,
-    east: ClusterCa,
-}
-
-impl Mesh {
-    fn new() -> Self {
-        let root = RootCa::generate(&"mesh.example".parse().unwrap(), ROOT_VALIDITY).unwrap();
-        let east = root.intermediate("east", INTERMEDIATE_VALIDITY).unwrap();
-        Self { root, east }
-    }
-
-    fn identity(&self, ns: &str, sa: &str) -> Identity {
-        let id = SpiffeId::new("mesh.example".parse().unwrap(), ns, sa).unwrap();
-        let csr = WorkloadCsr::generate(&id).unwrap();
-        let issued = self
-            .east
-            .sign_csr(&csr.csr_pem, &id, Duration::from_secs(3600))
-            .unwrap();
-        let cert = WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "test").unwrap();
-        let td = "mesh.example".parse().unwrap();
-        let bundle = TrustBundle::from_pem(td, self.root.cert_pem().as_bytes(), "root").unwrap();
-        Identity::new(
-            cert,
-            TrustConfig::new("mesh.example".parse().unwrap(), bundle),
-        )
-        .unwrap()
-    }
-}
-
-/// A backend that answers `NAME path=… x-user=… xfcc=…`, optionally after a delay.
-async fn backend(name: &'static str, delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<Incoming>| async move {
-                        tokio::time::sleep(delay).await;
-                        let header = |h: &str| {
-                            req.headers()
-                                .get(h)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("-")
-                                .to_owned()
-                        };
-                        let body = format!(
-                            "{name} path={} x-user={} xfcc={}",
-                            req.uri().path_and_query().map_or("/", |p| p.as_str()),
-                            header("x-user"),
-                            header("x-forwarded-client-cert")
-                        );
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-fn opts() -> SidecarOptions {
-    SidecarOptions {
-        outbound: "127.0.0.1:0".parse().unwrap(),
-        inbound: "127.0.0.1:0".parse().unwrap(),
-        app_ip: "127.0.0.1".parse().unwrap(),
-        connect_timeout: Duration::from_secs(1),
-    }
-}
 
 /// The config of a server-side sidecar: its own service with the backend's port.
 fn server_config(version: &str, backend_port: u16) -> String {

@@ -1,0 +1,226 @@
+//! Transparent capture inside a pod's network namespace, as Istio's init container
+//! does it: iptables `nat` rules redirect the application's outbound TCP to 15001 and
+//! inbound TCP to 15006; the proxy reads where a connection was going with
+//! `SO_ORIGINAL_DST`. The proxy's own connections carry the socket mark 1337 and are
+//! never captured again (a UID can be excluded too, for a proxy that runs as its own
+//! user as in Istio).
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::process::Command;
+
+use crate::config::{INBOUND_PORT, OUTBOUND_PORT};
+
+/// The socket mark on every connection the proxy makes itself.
+pub const PROXY_MARK: u32 = 1337;
+
+/// Which traffic is captured.
+#[derive(Debug, Clone)]
+pub struct CaptureRules {
+    /// Port outbound traffic is redirected to.
+    pub outbound_port: u16,
+    /// Port inbound traffic is redirected to.
+    pub inbound_port: u16,
+    /// Connections with this mark are left alone (the proxy's own).
+    pub exclude_mark: u32,
+    /// Connections of this user are left alone, if set.
+    pub exclude_uid: Option<u32>,
+    /// Inbound destination ports left alone (e.g. an admin port).
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Capture inbound traffic too.
+    pub inbound: bool,
+}
+
+impl Default for CaptureRules {
+    fn default() -> Self {
+        Self {
+            outbound_port: OUTBOUND_PORT,
+            inbound_port: INBOUND_PORT,
+            exclude_mark: PROXY_MARK,
+            exclude_uid: None,
+            exclude_inbound_ports: vec![15020, 15021, 15090],
+            inbound: true,
+        }
+    }
+}
+
+/// Why the rules could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("installing capture rules failed at `{command}`: {reason}")]
+pub struct CaptureError {
+    /// The command that failed.
+    pub command: String,
+    /// Its error output.
+    pub reason: String,
+}
+
+impl CaptureRules {
+    /// The `iptables -t nat …` argument lists, in order.
+    pub fn iptables_commands(&self) -> Vec<Vec<String>> {
+        let mut cmds: Vec<Vec<String>> = Vec::new();
+        let mut add = |args: &[&str]| {
+            let mut v = vec!["-t".to_owned(), "nat".to_owned()];
+            v.extend(args.iter().map(|s| (*s).to_owned()));
+            cmds.push(v);
+        };
+        let mark = self.exclude_mark.to_string();
+        let out_port = self.outbound_port.to_string();
+        add(&["-N", "ISTHMUS_OUTPUT"]);
+        add(&["-A", "OUTPUT", "-p", "tcp", "-j", "ISTHMUS_OUTPUT"]);
+        add(&[
+            "-A",
+            "ISTHMUS_OUTPUT",
+            "-m",
+            "mark",
+            "--mark",
+            &mark,
+            "-j",
+            "RETURN",
+        ]);
+        if let Some(uid) = self.exclude_uid {
+            add(&[
+                "-A",
+                "ISTHMUS_OUTPUT",
+                "-m",
+                "owner",
+                "--uid-owner",
+                &uid.to_string(),
+                "-j",
+                "RETURN",
+            ]);
+        }
+        add(&["-A", "ISTHMUS_OUTPUT", "-o", "lo", "-j", "RETURN"]);
+        add(&["-A", "ISTHMUS_OUTPUT", "-d", "127.0.0.0/8", "-j", "RETURN"]);
+        add(&[
+            "-A",
+            "ISTHMUS_OUTPUT",
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &out_port,
+        ]);
+        if self.inbound {
+            let in_port = self.inbound_port.to_string();
+            add(&["-N", "ISTHMUS_INBOUND"]);
+            add(&["-A", "PREROUTING", "-p", "tcp", "-j", "ISTHMUS_INBOUND"]);
+            add(&[
+                "-A",
+                "ISTHMUS_INBOUND",
+                "-p",
+                "tcp",
+                "--dport",
+                &in_port,
+                "-j",
+                "RETURN",
+            ]);
+            for p in &self.exclude_inbound_ports {
+                add(&[
+                    "-A",
+                    "ISTHMUS_INBOUND",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &p.to_string(),
+                    "-j",
+                    "RETURN",
+                ]);
+            }
+            add(&[
+                "-A",
+                "ISTHMUS_INBOUND",
+                "-p",
+                "tcp",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &in_port,
+            ]);
+        }
+        cmds
+    }
+
+    /// Runs the commands with `iptables` in the current network namespace.
+    pub fn install(&self) -> Result<(), CaptureError> {
+        for args in self.iptables_commands() {
+            let command = format!("iptables {}", args.join(" "));
+            let out = Command::new("iptables")
+                .args(&args)
+                .output()
+                .map_err(|e| CaptureError {
+                    command: command.clone(),
+                    reason: format!("{e} (is iptables installed?)"),
+                })?;
+            if !out.status.success() {
+                return Err(CaptureError {
+                    command,
+                    reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a redirected connection was originally going (IPv4).
+pub fn original_dst(socket: &impl AsFd) -> Option<SocketAddr> {
+    let addr = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::OriginalDst).ok()?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Some(SocketAddr::new(ip.into(), u16::from_be(addr.sin_port)))
+}
+
+/// Marks a socket as the proxy's own so capture rules leave it alone. Needs
+/// CAP_NET_ADMIN; without it the mark is skipped (fine when nothing is captured).
+pub fn mark_as_proxy(socket: &impl AsFd) {
+    if let Err(e) =
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Mark, &PROXY_MARK)
+    {
+        tracing::trace!(error = %e, "cannot set the proxy socket mark");
+    }
+}
+
+/// Connects to `addr` from a socket carrying the proxy mark.
+pub async fn connect_marked(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    mark_as_proxy(&socket);
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_exclude_the_proxy_and_redirect_the_rest() {
+        let cmds: Vec<String> = CaptureRules::default()
+            .iptables_commands()
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        let pos = |needle: &str| {
+            cmds.iter()
+                .position(|c| c.contains(needle))
+                .unwrap_or(usize::MAX)
+        };
+        assert!(
+            pos("--mark 1337 -j RETURN") < pos("REDIRECT --to-ports 15001"),
+            "{cmds:#?}"
+        );
+        assert!(
+            pos("--dport 15021 -j RETURN") < pos("REDIRECT --to-ports 15006"),
+            "{cmds:#?}"
+        );
+        let no_inbound = CaptureRules {
+            inbound: false,
+            ..Default::default()
+        }
+        .iptables_commands();
+        assert!(!no_inbound.iter().any(|c| c.join(" ").contains("15006")));
+    }
+}

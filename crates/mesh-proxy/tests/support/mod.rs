@@ -1,0 +1,94 @@
+//! Shared helpers: a mesh root with one cluster CA, workload identities, and an HTTP
+//! backend that reports what it received.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
+use mesh_identity::{
+    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert, WorkloadCsr,
+};
+use mesh_proxy::SidecarOptions;
+use tokio::net::TcpListener;
+
+pub struct Mesh {
+    pub root: RootCa,
+    pub east: ClusterCa,
+}
+
+impl Mesh {
+    pub fn new() -> Self {
+        let root = RootCa::generate(&"mesh.example".parse().unwrap(), ROOT_VALIDITY).unwrap();
+        let east = root.intermediate("east", INTERMEDIATE_VALIDITY).unwrap();
+        Self { root, east }
+    }
+
+    pub fn identity(&self, ns: &str, sa: &str) -> Identity {
+        let id = SpiffeId::new("mesh.example".parse().unwrap(), ns, sa).unwrap();
+        let csr = WorkloadCsr::generate(&id).unwrap();
+        let issued = self
+            .east
+            .sign_csr(&csr.csr_pem, &id, Duration::from_secs(3600))
+            .unwrap();
+        let cert = WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "test").unwrap();
+        let td = "mesh.example".parse().unwrap();
+        let bundle = TrustBundle::from_pem(td, self.root.cert_pem().as_bytes(), "root").unwrap();
+        Identity::new(
+            cert,
+            TrustConfig::new("mesh.example".parse().unwrap(), bundle),
+        )
+        .unwrap()
+    }
+}
+
+/// A backend that answers `NAME path=… x-user=… xfcc=…`, optionally after a delay.
+pub async fn backend(name: &'static str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        let header = |h: &str| {
+                            req.headers()
+                                .get(h)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_owned()
+                        };
+                        let body = format!(
+                            "{name} path={} x-user={} xfcc={}",
+                            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                            header("x-user"),
+                            header("x-forwarded-client-cert")
+                        );
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn opts() -> SidecarOptions {
+    SidecarOptions {
+        outbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        app_ip: "127.0.0.1".parse().unwrap(),
+        connect_timeout: Duration::from_secs(1),
+    }
+}
