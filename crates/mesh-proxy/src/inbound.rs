@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged};
 use crate::sni::parse_outbound_sni;
-use crate::state::StateStore;
+use crate::state::{Protocol, StateStore};
 
 /// The inbound side of a sidecar.
 #[derive(Clone)]
@@ -31,7 +31,11 @@ pub struct Inbound {
     local_id: String,
     acceptor: TlsAcceptor,
     client: Client<HttpConnector, Body>,
+    h2c_client: Client<HttpConnector, Body>,
 }
+
+/// ALPN a client sidecar offers for an opaque TCP stream inside mTLS.
+pub const ALPN_TCP: &[u8] = b"isthmus-tcp";
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,7 +48,7 @@ impl std::fmt::Debug for Inbound {
 impl Inbound {
     /// An inbound side serving `identity` and forwarding to the app at `app_ip`.
     pub fn new(store: Arc<StateStore>, identity: &Identity, app_ip: IpAddr) -> Self {
-        let config = identity.server_config(&[b"h2", b"http/1.1"]);
+        let config = identity.server_config(&[b"h2", b"http/1.1", ALPN_TCP]);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Self {
@@ -52,7 +56,10 @@ impl Inbound {
             app_ip,
             local_id: identity.cert().id().to_string(),
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2c_client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
         }
     }
 
@@ -90,6 +97,10 @@ impl Inbound {
             .server_name()
             .and_then(parse_outbound_sni)
             .map(|s| s.port);
+        if conn.alpn_protocol() == Some(ALPN_TCP) {
+            self.tcp(tls, peer, &caller, target).await;
+            return;
+        }
         let service = hyper::service::service_fn(move |req| {
             let this = self.clone();
             let caller = caller.clone();
@@ -101,6 +112,58 @@ impl Inbound {
         }
     }
 
+    fn client_for(&self, h2: bool) -> &Client<HttpConnector, Body> {
+        if h2 { &self.h2c_client } else { &self.client }
+    }
+
+    /// The workload port and protocol behind a service port, from this node's own
+    /// services.
+    fn local_port(&self, service_port: u16) -> (u16, Protocol) {
+        let state = self.store.snapshot();
+        state
+            .services
+            .values()
+            .filter(|s| s.namespace == state.node.namespace)
+            .flat_map(|s| s.ports.iter())
+            .find(|p| p.port == service_port)
+            .map_or((service_port, Protocol::Unknown), |p| {
+                (p.target_port, p.protocol)
+            })
+    }
+
+    /// An opaque TCP stream: spliced to the application's port.
+    async fn tcp<S>(&self, mut stream: S, peer: SocketAddr, caller: &str, service_port: Option<u16>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let Some(service_port) = service_port else {
+            tracing::info!(target: "access", direction = "inbound", %peer, response_flags = "NR", "TCP stream without outbound SNI");
+            return;
+        };
+        let (target_port, _) = self.local_port(service_port);
+        let app = SocketAddr::new(self.app_ip, target_port);
+        let (flags, bytes) = match tokio::net::TcpStream::connect(app).await {
+            Ok(mut upstream) => {
+                let r = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                ("-", r.unwrap_or_default())
+            }
+            Err(_) => ("UF", (0, 0)),
+        };
+        tracing::info!(
+            target: "access",
+            direction = "inbound",
+            protocol = "tcp",
+            %peer,
+            upstream_host = %app,
+            source_principal = %caller,
+            response_flags = flags,
+            bytes_received = bytes.0,
+            bytes_sent = bytes.1,
+            duration_ms = started.elapsed().as_millis() as u64,
+        );
+    }
+
     async fn forward(
         &self,
         req: Request<Incoming>,
@@ -108,21 +171,13 @@ impl Inbound {
         service_port: Option<u16>,
     ) -> Response<Body> {
         let started = Instant::now();
-        let state = self.store.snapshot();
         let Some(service_port) = service_port else {
             return flagged(
                 ResponseFlag::NoRoute,
                 "the connection carried no outbound SNI",
             );
         };
-        // The workload port behind the service port, from this node's own services.
-        let target_port = state
-            .services
-            .values()
-            .filter(|s| s.namespace == state.node.namespace)
-            .flat_map(|s| s.ports.iter())
-            .find(|p| p.port == service_port)
-            .map_or(service_port, |p| p.target_port);
+        let (target_port, protocol) = self.local_port(service_port);
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -143,7 +198,14 @@ impl Inbound {
             Ok(u) => u,
             Err(e) => return flagged(ResponseFlag::NoRoute, &e.to_string()),
         };
-        parts.version = http::Version::HTTP_11;
+        // gRPC and HTTP/2 ports get HTTP/2 (cleartext) to the app, so trailers and
+        // streams arrive intact; everything else HTTP/1.1.
+        let h2 = matches!(protocol, Protocol::Grpc | Protocol::Http2);
+        parts.version = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         if !authority.is_empty()
             && let Ok(v) = HeaderValue::from_str(&authority)
         {
@@ -153,7 +215,7 @@ impl Inbound {
             parts.headers.insert("x-forwarded-client-cert", v);
         }
         let resp = self
-            .client
+            .client_for(h2)
             .request(Request::from_parts(parts, boxed(body)))
             .await;
         let (resp, flag) = match resp {

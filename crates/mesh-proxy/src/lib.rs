@@ -21,6 +21,7 @@ pub mod error;
 pub mod http_util;
 pub mod inbound;
 pub mod outbound;
+pub mod outbound_tcp;
 pub mod pool;
 pub mod routes;
 pub mod sidecar;

@@ -283,6 +283,10 @@ fn rewrite_path(uri: &Uri, rewrite: Option<&str>, matched_prefix: Option<&str>) 
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // `te: trailers` is the one TE value HTTP/2 allows, and gRPC sends it.
+    let keep_te = headers
+        .get(http::header::TE)
+        .is_some_and(|v| v == "trailers");
     for h in [
         "connection",
         "keep-alive",
@@ -292,6 +296,9 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
         "te",
     ] {
         headers.remove(h);
+    }
+    if keep_te {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_identity::Identity;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::error::ResponseFlag;
 use crate::http_util::Body;
@@ -41,6 +43,7 @@ type Connections = HashMap<(SocketAddr, String), SendRequest<Body>>;
 #[derive(Clone)]
 pub struct MeshPool {
     connector: TlsConnector,
+    tcp_connector: TlsConnector,
     connect_timeout: Duration,
     conns: Arc<Mutex<Connections>>,
 }
@@ -55,8 +58,10 @@ impl MeshPool {
     /// A pool presenting `identity`'s certificate and verifying peers with its trust.
     pub fn new(identity: &Identity, connect_timeout: Duration) -> Self {
         let config = identity.client_config(vec![], &[b"h2"]);
+        let tcp_config = identity.client_config(vec![], &[crate::inbound::ALPN_TCP]);
         Self {
             connector: TlsConnector::from(Arc::new(config)),
+            tcp_connector: TlsConnector::from(Arc::new(tcp_config)),
             connect_timeout,
             conns: Arc::default(),
         }
@@ -97,11 +102,21 @@ impl MeshPool {
         })
     }
 
-    async fn connect(
+    /// Opens an mTLS stream for opaque TCP to the sidecar at `endpoint`.
+    pub async fn connect_stream(
         &self,
         endpoint: SocketAddr,
         sni: &str,
-    ) -> Result<SendRequest<Body>, UpstreamError> {
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        self.tls(&self.tcp_connector, endpoint, sni).await
+    }
+
+    async fn tls(
+        &self,
+        connector: &TlsConnector,
+        endpoint: SocketAddr,
+        sni: &str,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         let tcp = tokio::time::timeout(
             self.connect_timeout,
@@ -116,16 +131,29 @@ impl MeshPool {
         })?
         .map_err(|e| uf(format!("{endpoint}: {e}")))?;
         let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
-        let tls = self.connector.connect(name, tcp).await.map_err(|e| {
+        connector.connect(name, tcp).await.map_err(|e| {
             uf(format!(
                 "{endpoint}: mTLS handshake failed: {}",
                 mesh_identity::explain(&e)
             ))
-        })?;
+        })
+    }
+
+    async fn connect(
+        &self,
+        endpoint: SocketAddr,
+        sni: &str,
+    ) -> Result<SendRequest<Body>, UpstreamError> {
+        let tls = self.tls(&self.connector, endpoint, sni).await?;
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
-                .map_err(|e| uf(format!("{endpoint}: HTTP/2 handshake failed: {e}")))?;
+                .map_err(|e| {
+                    UpstreamError::new(
+                        ResponseFlag::UpstreamConnectionFailure,
+                        format!("{endpoint}: HTTP/2 handshake failed: {e}"),
+                    )
+                })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%endpoint, error = %e, "upstream connection closed");

@@ -442,3 +442,37 @@ mod tests {
         );
     }
 }
+
+/// A compiled `tcp` route of a VirtualService.
+#[derive(Debug, Clone)]
+pub struct CompiledTcpRoute {
+    /// Destination ports it applies to (any when empty).
+    pub ports: Vec<u16>,
+    /// Weighted destinations.
+    pub destinations: Vec<WeightedDestination>,
+}
+
+impl CompiledTcpRoute {
+    pub(crate) fn compile(route: &mesh_api::networking::TcpRoute, namespace: &str) -> Self {
+        let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
+        let effective = mesh_api::networking::effective_weights(&weights);
+        Self {
+            ports: route
+                .matches
+                .iter()
+                .filter_map(|m| m.port.map(|p| p as u16))
+                .collect(),
+            destinations: route
+                .route
+                .iter()
+                .zip(effective)
+                .map(|(d, weight)| WeightedDestination {
+                    host: resolve_host(&d.destination.host, namespace),
+                    subset: d.destination.subset_name().to_owned(),
+                    port: d.destination.port.map(|p| p.number as u16),
+                    weight,
+                })
+                .collect(),
+        }
+    }
+}

@@ -96,11 +96,15 @@ async fn serve_outbound(listener: TcpListener, outbound: Outbound) {
             .filter(|dst| Some(*dst) != local && dst.port() != local.map_or(0, |l| l.port()));
         let outbound = outbound.clone();
         tokio::spawn(async move {
-            if let Some(dst) = captured
-                && outbound.store.snapshot().service_for_ip(dst.ip()).is_none()
-            {
-                passthrough(tcp, dst).await;
-                return;
+            if let Some(dst) = captured {
+                let service = outbound.store.snapshot().service_for_ip(dst.ip()).cloned();
+                match service {
+                    None => return passthrough(tcp, dst).await,
+                    Some(svc) if !crate::outbound_tcp::is_http(&tcp, &svc, dst.port()).await => {
+                        return outbound.tcp(tcp, dst, svc).await;
+                    }
+                    Some(_) => {}
+                }
             }
             let service = hyper::service::service_fn(move |req| {
                 let outbound = outbound.clone();

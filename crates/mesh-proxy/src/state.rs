@@ -14,7 +14,7 @@ use mesh_api::networking::SimpleLb;
 
 use crate::config::{CLUSTER_DOMAIN, ConfigBundle, INBOUND_PORT, Node};
 use crate::error::ConfigError;
-use crate::routes::CompiledRoute;
+use crate::routes::{CompiledRoute, CompiledTcpRoute};
 
 /// How a port speaks, from its name or `appProtocol` as Istio reads them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -190,6 +190,8 @@ pub struct ProxyState {
     pub routes: HashMap<String, Arc<Vec<CompiledRoute>>>,
     /// Destination policies by host.
     pub policies: HashMap<String, Arc<DestinationPolicy>>,
+    /// TCP routes by host (VirtualService `tcp`).
+    pub tcp_routes: HashMap<String, Arc<Vec<CompiledTcpRoute>>>,
 }
 
 /// `name`, `name.ns`, `name.ns.svc` or an FQDN, resolved the way Kubernetes DNS would
@@ -258,6 +260,7 @@ impl ProxyState {
         }
 
         let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
+        let mut tcp_routes: HashMap<String, Vec<CompiledTcpRoute>> = HashMap::new();
         let mut policies = HashMap::new();
         for r in &bundle.resources {
             let key = r.key();
@@ -280,10 +283,23 @@ impl ProxyState {
                             Err(e) => errors.push(format!("VirtualService {key}: spec.{e}")),
                         }
                     }
+                    let tcp: Vec<_> = vs
+                        .spec
+                        .tcp
+                        .iter()
+                        .map(|t| CompiledTcpRoute::compile(t, &ns))
+                        .collect();
                     for host in &vs.spec.hosts {
                         let fqdn = resolve_host(host, &ns);
                         // As in Istio, the first VirtualService for a host wins.
-                        routes.entry(fqdn).or_insert_with(|| compiled.clone());
+                        if !vs.spec.http.is_empty() {
+                            routes
+                                .entry(fqdn.clone())
+                                .or_insert_with(|| compiled.clone());
+                        }
+                        if !tcp.is_empty() {
+                            tcp_routes.entry(fqdn).or_insert_with(|| tcp.clone());
+                        }
                     }
                 }
                 Resource::DestinationRule(dr) => {
@@ -327,6 +343,10 @@ impl ProxyState {
             services,
             routes: routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             policies,
+            tcp_routes: tcp_routes
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
         })
     }
 

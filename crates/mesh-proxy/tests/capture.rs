@@ -18,6 +18,7 @@ use testbed::netns::{Netns, link};
 const CLIENT_IP: &str = "10.248.0.1";
 const SERVER_IP: &str = "10.248.0.2";
 const REVIEWS_VIP: &str = "10.96.0.10";
+const DB_VIP: &str = "10.96.0.11";
 
 fn pod_options() -> SidecarOptions {
     SidecarOptions {
@@ -93,6 +94,28 @@ fn captured_traffic_crosses_pods_over_mtls_and_the_rest_passes_through() {
                         });
                     }
                 });
+                // A TCP app that says who connected to it and echoes one line.
+                let db = tokio::net::TcpListener::bind("127.0.0.1:5000")
+                    .await
+                    .unwrap();
+                tokio::spawn(async move {
+                    loop {
+                        let (c, peer) = db.accept().await.unwrap();
+                        tokio::spawn(async move {
+                            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                            let mut c = tokio::io::BufReader::new(c);
+                            let mut line = String::new();
+                            let _ = c.read_line(&mut line).await;
+                            let _ = c
+                                .get_mut()
+                                .write_all(
+                                    format!("db got {} from {}\n", line.trim(), peer.ip())
+                                        .as_bytes(),
+                                )
+                                .await;
+                        });
+                    }
+                });
                 let plain = tokio::net::TcpListener::bind("0.0.0.0:9999").await.unwrap();
                 tokio::spawn(async move {
                     loop {
@@ -111,6 +134,7 @@ kind: ProxyConfig
 node: {name: reviews-v1, namespace: shop, serviceAccount: reviews}
 services:
 - {name: reviews, namespace: shop, ports: [{name: http, port: 9080}]}
+- {name: db, namespace: shop, ports: [{name: tcp-db, port: 5000}]}
 ",
                         "server",
                     )
@@ -149,7 +173,12 @@ services:
 - name: reviews
   namespace: shop
   addresses: [{REVIEWS_VIP}]
-  ports: [{{name: http, port: 9080}}]
+  ports: [{{name: web, port: 9080}}]
+  endpoints: [{{address: {SERVER_IP}, serviceAccount: reviews}}]
+- name: db
+  namespace: shop
+  addresses: [{DB_VIP}]
+  ports: [{{name: tcp-db, port: 5000}}]
   endpoints: [{{address: {SERVER_IP}, serviceAccount: reviews}}]
 "
                         ),
@@ -166,7 +195,15 @@ services:
                 // The application's blocking calls run off the runtime thread; the
                 // thread pool inherits this namespace.
                 tokio::task::spawn_blocking(|| {
+                    // Port named `web`: no declared protocol, so the sidecar sniffs HTTP.
                     let meshed = http_get(&format!("{REVIEWS_VIP}:9080"), "reviews");
+                    let tcp = TcpStream::connect(format!("{DB_VIP}:5000")).and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        s.write_all(b"ping\n")?;
+                        let mut out = String::new();
+                        s.read_to_string(&mut out)?;
+                        Ok(out)
+                    });
                     let passthrough =
                         TcpStream::connect(format!("{SERVER_IP}:9999")).and_then(|mut s| {
                             s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -177,7 +214,7 @@ services:
                     // Plaintext straight to the meshed pod's app port is captured there
                     // and refused (STRICT): the connection closes without an answer.
                     let direct = http_get(&format!("{SERVER_IP}:9080"), "reviews");
-                    (meshed, passthrough, direct)
+                    (meshed, passthrough, direct, tcp)
                 })
                 .await
                 .unwrap()
@@ -189,7 +226,12 @@ services:
     let _ = stop_tx.send(());
     server.join().unwrap();
 
-    let (meshed, passthrough, direct) = results;
+    let (meshed, passthrough, direct, tcp) = results;
+    assert_eq!(
+        tcp.unwrap(),
+        "db got ping from 127.0.0.1\n",
+        "TCP crossed both sidecars (the app sees its own sidecar as the peer)"
+    );
     let meshed = meshed.unwrap();
     assert!(meshed.starts_with("HTTP/1.1 200"), "{meshed}");
     assert!(meshed.contains("reviews-v1 path=/reviews/1"), "{meshed}");

@@ -1,0 +1,147 @@
+//! Outbound opaque TCP for captured connections: the port's declared protocol (or,
+//! when undeclared, a look at the first bytes) decides between HTTP routing and a TCP
+//! stream, which goes over mTLS to an endpoint's sidecar chosen by the VirtualService
+//! `tcp` routes and the DestinationRule subsets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::error::ResponseFlag;
+use crate::outbound::Outbound;
+use crate::routes::{WeightedDestination, pick_weighted};
+use crate::sni::outbound_sni;
+use crate::state::{DestinationPolicy, Protocol, Service};
+
+/// Request-line starts of HTTP/1.x methods, and the HTTP/2 connection preface.
+const HTTP_STARTS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"PATCH ",
+    b"OPTIONS ",
+    b"CONNECT ",
+    b"TRACE ",
+    b"PRI * HTTP/2.0",
+];
+
+/// How long to wait for a client's first bytes before treating the stream as TCP
+/// (server-first protocols such as MySQL send nothing first).
+const SNIFF_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether a captured connection to `service`:`port` is routed as HTTP.
+pub async fn is_http(stream: &TcpStream, service: &Service, port: u16) -> bool {
+    match service.port(Some(port)).map(|p| p.protocol) {
+        Some(p) if p.is_http() => true,
+        Some(Protocol::Tcp) => false,
+        _ => sniff_http(stream).await,
+    }
+}
+
+async fn sniff_http(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    let deadline = Instant::now() + SNIFF_WAIT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        let seen = &buf[..n];
+        let possible = HTTP_STARTS
+            .iter()
+            .any(|s| s.starts_with(seen) || seen.starts_with(s));
+        if !possible {
+            return false;
+        }
+        if HTTP_STARTS.iter().any(|s| seen.starts_with(s)) {
+            return true;
+        }
+        // A prefix of a method: wait for more bytes.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+impl Outbound {
+    /// Carries a captured TCP connection to `service`:`port` over mTLS.
+    pub async fn tcp(&self, mut downstream: TcpStream, dst: SocketAddr, service: Arc<Service>) {
+        let started = Instant::now();
+        let state = self.store.snapshot();
+        let default = [WeightedDestination {
+            host: service.host.clone(),
+            subset: String::new(),
+            port: None,
+            weight: 1,
+        }];
+        let routes = state.tcp_routes.get(&service.host).cloned();
+        let dests = routes
+            .as_deref()
+            .and_then(|r| {
+                r.iter()
+                    .find(|r| r.ports.is_empty() || r.ports.contains(&dst.port()))
+            })
+            .map_or(&default[..], |r| &r.destinations[..]);
+        let log = |flag: &str, cluster: &str, host: &str, bytes: (u64, u64)| {
+            tracing::info!(
+                target: "access",
+                direction = "outbound",
+                protocol = "tcp",
+                original_dst = %dst,
+                upstream_cluster = %cluster,
+                upstream_host = %host,
+                response_flags = flag,
+                bytes_sent = bytes.0,
+                bytes_received = bytes.1,
+                duration_ms = started.elapsed().as_millis() as u64,
+            );
+        };
+        let Some(dest) = pick_weighted(dests, rand::random::<f64>()) else {
+            return log(ResponseFlag::NoHealthyUpstream.code(), "-", "-", (0, 0));
+        };
+        let Some(target) = state.services.get(&dest.host) else {
+            return log(
+                ResponseFlag::NoHealthyUpstream.code(),
+                &dest.host,
+                "-",
+                (0, 0),
+            );
+        };
+        let port = dest.port.unwrap_or(dst.port());
+        let cluster = outbound_sni(port, &dest.subset, &target.host);
+        let policy = state.policies.get(&dest.host).map(Arc::as_ref);
+        let endpoint = DestinationPolicy::select(policy, target, &dest.subset)
+            .ok()
+            .and_then(|c| DestinationPolicy::pick(policy, &c).cloned());
+        let Some(endpoint) = endpoint else {
+            return log(
+                ResponseFlag::NoHealthyUpstream.code(),
+                &cluster,
+                "-",
+                (0, 0),
+            );
+        };
+        match self.pool.connect_stream(endpoint.inbound, &cluster).await {
+            Ok(mut upstream) => {
+                let bytes = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                    .await
+                    .unwrap_or_default();
+                log("-", &cluster, &endpoint.inbound.to_string(), bytes);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.detail, "TCP upstream failed");
+                log(
+                    e.flag.code(),
+                    &cluster,
+                    &endpoint.inbound.to_string(),
+                    (0, 0),
+                );
+            }
+        }
+    }
+}
