@@ -39,3 +39,30 @@ pub fn flagged(flag: ResponseFlag, detail: &str) -> http::Response<Body> {
     );
     resp
 }
+
+/// Requests and streams in flight, for draining.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+/// Counts one request or stream while alive.
+#[derive(Debug)]
+pub struct InFlightGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    /// Starts counting one request or stream.
+    pub fn start(&self) -> InFlightGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// How many are in flight.
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}

@@ -16,6 +16,8 @@ use mesh_identity::Identity;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use mesh_telemetry::metrics::{MeshMetrics, RequestLabels};
+
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged};
 use crate::sni::parse_outbound_sni;
@@ -29,6 +31,8 @@ pub struct Inbound {
     /// Where the application listens.
     pub app_ip: IpAddr,
     local_id: String,
+    metrics: MeshMetrics,
+    in_flight: crate::http_util::InFlight,
     acceptor: TlsAcceptor,
     client: Client<HttpConnector, Body>,
     h2c_client: Client<HttpConnector, Body>,
@@ -47,7 +51,13 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// An inbound side serving `identity` and forwarding to the app at `app_ip`.
-    pub fn new(store: Arc<StateStore>, identity: &Identity, app_ip: IpAddr) -> Self {
+    pub fn new(
+        store: Arc<StateStore>,
+        identity: &Identity,
+        app_ip: IpAddr,
+        metrics: MeshMetrics,
+        in_flight: crate::http_util::InFlight,
+    ) -> Self {
         let config = identity.server_config(&[b"h2", b"http/1.1", ALPN_TCP]);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -55,6 +65,8 @@ impl Inbound {
             store,
             app_ip,
             local_id: identity.cert().id().to_string(),
+            metrics,
+            in_flight,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             client: Client::builder(TokioExecutor::new()).build(connector.clone()),
             h2c_client: Client::builder(TokioExecutor::new())
@@ -136,6 +148,7 @@ impl Inbound {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let _in_flight = self.in_flight.start();
         let started = Instant::now();
         let Some(service_port) = service_port else {
             tracing::info!(target: "access", direction = "inbound", %peer, response_flags = "NR", "TCP stream without outbound SNI");
@@ -170,6 +183,7 @@ impl Inbound {
         caller: &str,
         service_port: Option<u16>,
     ) -> Response<Body> {
+        let _in_flight = self.in_flight.start();
         let started = Instant::now();
         let Some(service_port) = service_port else {
             return flagged(
@@ -179,6 +193,17 @@ impl Inbound {
         };
         let (target_port, protocol) = self.local_port(service_port);
         let (mut parts, body) = req.into_parts();
+        let caller_info = parts
+            .headers
+            .remove(crate::peer::PEER_HEADER)
+            .and_then(|v| v.to_str().ok().map(crate::peer::decode))
+            .unwrap_or_default();
+        let service_host = parts.uri.host().map(str::to_owned).unwrap_or_default();
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let request_bytes = crate::outbound::content_length(&parts.headers);
         let path = parts
             .uri
             .path_and_query()
@@ -238,7 +263,27 @@ impl Inbound {
             status = resp.status().as_u16(),
             response_flags = flag.map_or("-", ResponseFlag::code),
             source_principal = %caller,
+            source_cluster = %caller_info.cluster,
             duration_ms = started.elapsed().as_millis() as u64,
+        );
+        let node = self.store.snapshot().node.clone();
+        self.metrics.request(
+            &RequestLabels {
+                peers: crate::peer::destination_report(
+                    &node,
+                    &self.local_id,
+                    &caller_info,
+                    caller,
+                    &service_host,
+                ),
+                request_protocol: if grpc { "grpc" } else { "http" }.into(),
+                response_code: resp.status().as_u16().to_string(),
+                grpc_response_status: String::new(),
+                response_flags: flag.map_or("-", ResponseFlag::code).to_owned(),
+            },
+            started.elapsed().as_secs_f64() * 1000.0,
+            request_bytes,
+            crate::outbound::content_length(resp.headers()),
         );
         resp
     }

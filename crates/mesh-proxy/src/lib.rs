@@ -15,6 +15,7 @@
 //! header edits/timeouts, DestinationRule subsets with round-robin and random
 //! balancing, Envoy-style response flags and a JSON access log.
 
+pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod http_util;
 pub mod inbound;
 pub mod outbound;
 pub mod outbound_tcp;
+pub mod peer;
 pub mod pool;
 pub mod routes;
 pub mod sidecar;

@@ -10,6 +10,8 @@ use std::time::Instant;
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 
+use mesh_telemetry::metrics::{MeshMetrics, PeerLabels, RequestLabels};
+
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged, full};
 use crate::pool::MeshPool;
@@ -24,6 +26,12 @@ pub struct Outbound {
     pub store: Arc<StateStore>,
     /// Upstream connections.
     pub pool: MeshPool,
+    /// Istio-standard metrics.
+    pub metrics: MeshMetrics,
+    /// This workload's SPIFFE ID.
+    pub own_id: String,
+    /// Requests in flight (shared with the inbound side), for draining.
+    pub in_flight: crate::http_util::InFlight,
 }
 
 /// What happened to one request, for the access log.
@@ -33,6 +41,7 @@ struct Outcome {
     upstream_host: String,
     upstream_cluster: String,
     flag: Option<ResponseFlag>,
+    peers: Option<PeerLabels>,
 }
 
 impl Outbound {
@@ -43,12 +52,39 @@ impl Outbound {
         req: Request<Incoming>,
         captured: Option<SocketAddr>,
     ) -> Response<Body> {
+        let _in_flight = self.in_flight.start();
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let authority = authority_of(&req);
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let request_bytes = content_length(req.headers());
         let mut outcome = Outcome::default();
         let resp = self.route(req, &authority, captured, &mut outcome).await;
+        self.metrics.request(
+            &RequestLabels {
+                peers: outcome.peers.clone().unwrap_or_else(|| PeerLabels {
+                    reporter: "source".into(),
+                    destination_service: authority.clone(),
+                    ..Default::default()
+                }),
+                request_protocol: if grpc { "grpc" } else { "http" }.into(),
+                response_code: resp.status().as_u16().to_string(),
+                grpc_response_status: resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+                response_flags: outcome.flag.map_or("-", ResponseFlag::code).to_owned(),
+            },
+            started.elapsed().as_secs_f64() * 1000.0,
+            request_bytes,
+            content_length(resp.headers()),
+        );
         tracing::info!(
             target: "access",
             direction = "outbound",
@@ -171,6 +207,13 @@ impl Outbound {
         };
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
         out.upstream_cluster = outbound_sni(port.port, &dest.subset, &target.host);
+        out.peers = Some(crate::peer::source_report(
+            &state.node,
+            &self.own_id,
+            target,
+            None,
+            self.trust_domain(),
+        ));
         let candidates = match DestinationPolicy::select(policy, target, &dest.subset) {
             Ok(c) => c,
             Err(e) => return fail(out, ResponseFlag::NoHealthyUpstream, &e),
@@ -183,6 +226,15 @@ impl Outbound {
             );
         };
         out.upstream_host = endpoint.inbound.to_string();
+        let mut peers = crate::peer::source_report(
+            &state.node,
+            &self.own_id,
+            target,
+            Some(endpoint),
+            self.trust_domain(),
+        );
+        peers.connection_security_policy = "mutual_tls".into();
+        out.peers = Some(peers);
 
         let mut upstream = Request::from_parts(parts, boxed(body));
         let path_and_query = rewrite_path(
@@ -213,6 +265,9 @@ impl Outbound {
         upstream.headers_mut().remove(http::header::HOST);
         strip_hop_by_hop(upstream.headers_mut());
         apply_edits(upstream.headers_mut(), &route.request_headers);
+        if let Ok(v) = HeaderValue::from_str(&crate::peer::encode(&state.node)) {
+            upstream.headers_mut().insert(crate::peer::PEER_HEADER, v);
+        }
 
         let send = self
             .pool
@@ -241,6 +296,23 @@ impl Outbound {
             Err(e) => fail(out, e.flag, &e.detail),
         }
     }
+}
+
+impl Outbound {
+    fn trust_domain(&self) -> &str {
+        self.own_id
+            .strip_prefix("spiffe://")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn content_length(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn authority_of(req: &Request<Incoming>) -> String {

@@ -71,6 +71,7 @@ async fn sniff_http(stream: &TcpStream) -> bool {
 impl Outbound {
     /// Carries a captured TCP connection to `service`:`port` over mTLS.
     pub async fn tcp(&self, mut downstream: TcpStream, dst: SocketAddr, service: Arc<Service>) {
+        let _in_flight = self.in_flight.start();
         let started = Instant::now();
         let state = self.store.snapshot();
         let default = [WeightedDestination {

@@ -9,6 +9,8 @@ use mesh_identity::Identity;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use mesh_telemetry::metrics::MeshMetrics;
+
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::pool::MeshPool;
@@ -25,6 +27,8 @@ pub struct SidecarOptions {
     pub app_ip: IpAddr,
     /// TCP connect timeout towards other sidecars.
     pub connect_timeout: Duration,
+    /// Admin listeners: readiness (15021), agent (15020), Prometheus (15090).
+    pub admin: Vec<SocketAddr>,
 }
 
 /// A running sidecar. Dropping it stops its listeners.
@@ -38,6 +42,11 @@ pub struct Sidecar {
     pub outbound_addr: SocketAddr,
     /// Bound inbound address.
     pub inbound_addr: SocketAddr,
+    /// Bound admin addresses, in the order given.
+    pub admin_addrs: Vec<SocketAddr>,
+    /// Istio-standard metrics of this sidecar.
+    pub metrics: MeshMetrics,
+    in_flight: crate::http_util::InFlight,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -50,6 +59,22 @@ impl Drop for Sidecar {
 }
 
 impl Sidecar {
+    /// Graceful drain: stops accepting connections, then waits until the requests
+    /// and TCP streams in flight have finished, or `timeout` has passed. Returns how
+    /// many were still in flight at the end.
+    pub async fn drain(&mut self, timeout: Duration) -> usize {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.in_flight.count();
+        tracing::info!(left, "drained");
+        left
+    }
+
     /// Binds both listeners and starts serving.
     pub async fn start(
         store: Arc<StateStore>,
@@ -60,20 +85,45 @@ impl Sidecar {
         let in_listener = TcpListener::bind(options.inbound).await?;
         let outbound_addr = out_listener.local_addr()?;
         let inbound_addr = in_listener.local_addr()?;
+        let metrics = MeshMetrics::new();
+        let in_flight = crate::http_util::InFlight::default();
         let outbound = Outbound {
             store: store.clone(),
             pool: MeshPool::new(&identity, options.connect_timeout),
+            metrics: metrics.clone(),
+            own_id: identity.cert().id().to_string(),
+            in_flight: in_flight.clone(),
         };
-        let inbound = Inbound::new(store.clone(), &identity, options.app_ip);
-        let tasks = vec![
+        let inbound = Inbound::new(
+            store.clone(),
+            &identity,
+            options.app_ip,
+            metrics.clone(),
+            in_flight.clone(),
+        );
+        let mut tasks = vec![
             tokio::spawn(serve_outbound(out_listener, outbound)),
             tokio::spawn(inbound.serve(in_listener)),
         ];
+        let admin = crate::admin::Admin {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            identity: identity.clone(),
+        };
+        let mut admin_addrs = Vec::new();
+        for addr in &options.admin {
+            let listener = TcpListener::bind(addr).await?;
+            admin_addrs.push(listener.local_addr()?);
+            tasks.push(tokio::spawn(admin.clone().serve(listener)));
+        }
         Ok(Self {
             store,
             identity,
             outbound_addr,
             inbound_addr,
+            admin_addrs,
+            metrics,
+            in_flight,
             tasks,
         })
     }

@@ -383,6 +383,7 @@ pub fn authority_port(authority: &str) -> Option<u16> {
 pub struct StateStore {
     current: ArcSwap<ProxyState>,
     last_rejection: ArcSwap<Option<ConfigError>>,
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Default for StateStore {
@@ -397,6 +398,7 @@ impl StateStore {
         Self {
             current: ArcSwap::from_pointee(state),
             last_rejection: ArcSwap::from_pointee(None),
+            ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -412,6 +414,7 @@ impl StateStore {
                 tracing::info!(version = %state.version, services = state.services.len(), "config applied");
                 self.current.store(Arc::new(state));
                 self.last_rejection.store(Arc::new(None));
+                self.ready.store(true, Ordering::Release);
                 Ok(())
             }
             Err(e) => {
@@ -429,6 +432,12 @@ impl StateStore {
             self.last_rejection.store(Arc::new(Some(e.clone())));
         })?;
         self.apply(&bundle, origin)
+    }
+
+    /// True once a config has been applied: a proxy is ready only after its first
+    /// config, and stays ready (serving its last good config) afterwards.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Why the last update was refused, if it was.

@@ -26,6 +26,7 @@ fn pod_options() -> SidecarOptions {
         inbound: "0.0.0.0:15006".parse().unwrap(),
         app_ip: "127.0.0.1".parse().unwrap(),
         connect_timeout: Duration::from_secs(2),
+        admin: vec![],
     }
 }
 

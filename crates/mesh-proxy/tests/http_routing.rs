@@ -21,7 +21,7 @@ fn server_config(version: &str, backend_port: u16) -> String {
         "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
 version: server-{version}
-node: {{name: reviews-{version}, namespace: shop, serviceAccount: reviews, labels: {{app: reviews, version: {version}}}}}
+node: {{name: reviews-{version}, namespace: shop, serviceAccount: reviews, cluster: west, labels: {{app: reviews, version: {version}}}}}
 services:
 - name: reviews
   namespace: shop
@@ -31,7 +31,7 @@ services:
 }
 
 struct World {
-    _servers: Vec<Sidecar>,
+    servers: Vec<Sidecar>,
     client: Sidecar,
     v1_inbound: SocketAddr,
     v2_inbound: SocketAddr,
@@ -42,14 +42,14 @@ fn client_config(v1: SocketAddr, v2: SocketAddr, extra: &str) -> String {
         "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
 version: client-1
-node: {{name: productpage-1, namespace: shop, serviceAccount: productpage, labels: {{app: productpage}}}}
+node: {{name: productpage-1, namespace: shop, serviceAccount: productpage, cluster: east, labels: {{app: productpage}}}}
 services:
 - name: reviews
   namespace: shop
   ports: [{{name: http, port: 9080}}]
   endpoints:
-  - {{address: 127.0.0.1, inboundPort: {}, labels: {{app: reviews, version: v1}}, serviceAccount: reviews}}
-  - {{address: 127.0.0.1, inboundPort: {}, labels: {{app: reviews, version: v2}}, serviceAccount: reviews}}
+  - {{address: 127.0.0.1, inboundPort: {}, labels: {{app: reviews, version: v1}}, serviceAccount: reviews, cluster: west}}
+  - {{address: 127.0.0.1, inboundPort: {}, labels: {{app: reviews, version: v2}}, serviceAccount: reviews, cluster: west}}
 - name: ratings
   namespace: shop
   ports: [{{name: http, port: 9080}}]
@@ -94,7 +94,7 @@ async fn world(extra: &str, v2_delay: Duration) -> World {
         .await
         .unwrap();
     World {
-        _servers: servers,
+        servers,
         client,
         v1_inbound,
         v2_inbound,
@@ -402,4 +402,169 @@ async fn inbound_refuses_plaintext_and_untrusted_callers() {
     let (status, body) = get(intruder.outbound_addr, "reviews:9080", "/", &[]).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("does not reach a trusted root"), "{body}");
+}
+
+/// The value of the first sample of `metric` whose labels contain every `labels` pair.
+fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_move_with_istio_names_and_admin_reports_the_state() {
+    let w = world("", Duration::ZERO).await;
+    let admin = w.client.admin_addrs[0];
+    assert_eq!(get(admin, "admin", "/healthz/ready", &[]).await.0, 200);
+    for _ in 0..6 {
+        assert_eq!(
+            get(w.client.outbound_addr, "reviews:9080", "/r", &[])
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(
+        get(w.client.outbound_addr, "nosuch:80", "/", &[]).await.0,
+        404
+    );
+
+    let (_, client_metrics) = get(admin, "admin", "/stats/prometheus", &[]).await;
+    let ok = [
+        ("reporter", "source"),
+        ("source_workload", "productpage-1"),
+        ("source_cluster", "east"),
+        ("destination_cluster", "west"),
+        ("destination_service", "reviews.shop.svc.cluster.local"),
+        ("response_code", "200"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        sample(&client_metrics, "istio_requests_total", &ok),
+        6,
+        "{client_metrics}"
+    );
+    assert_eq!(
+        sample(
+            &client_metrics,
+            "istio_requests_total",
+            &[("response_code", "404"), ("response_flags", "NR")]
+        ),
+        1
+    );
+    assert!(client_metrics.contains("istio_request_duration_milliseconds_bucket{"));
+
+    // The server side reports the same requests, knowing the caller's cluster.
+    let mut served = 0;
+    for server in &w.servers {
+        let (_, m) = get(server.admin_addrs[0], "admin", "/stats/prometheus", &[]).await;
+        served += sample(
+            &m,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("source_workload", "productpage-1"),
+                ("source_cluster", "east"),
+                (
+                    "source_principal",
+                    "spiffe://mesh.example/ns/shop/sa/productpage",
+                ),
+                ("destination_cluster", "west"),
+            ],
+        );
+    }
+    assert_eq!(served, 6);
+
+    // config_dump: version, routes, and the last rejection once a bad update came in.
+    let (_, dump) = get(admin, "admin", "/config_dump", &[]).await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["version"], "client-1");
+    assert_eq!(
+        dump["identity"]["spiffe_id"],
+        "spiffe://mesh.example/ns/shop/sa/productpage"
+    );
+    assert!(dump["last_rejection"].is_null());
+    let _ = w.client.store.apply_yaml(
+        "apiVersion: isthmus.dev/v1alpha1\nkind: ProxyConfig\n",
+        "bad.yaml",
+    );
+    let (_, dump) = get(admin, "admin", "/config_dump", &[]).await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(
+        dump["version"], "client-1",
+        "the last good config is still in force"
+    );
+    assert!(
+        dump["last_rejection"]
+            .as_str()
+            .unwrap()
+            .contains("bad.yaml"),
+        "{dump}"
+    );
+}
+
+#[tokio::test]
+async fn not_ready_before_the_first_config() {
+    let mesh = Mesh::new();
+    let sidecar = Sidecar::start(
+        Arc::new(StateStore::default()),
+        mesh.identity("shop", "a"),
+        opts(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get(sidecar.admin_addrs[0], "admin", "/healthz/ready", &[])
+            .await
+            .0,
+        503
+    );
+    sidecar
+        .store
+        .apply_yaml("apiVersion: isthmus.dev/v1alpha1\nkind: ProxyConfig\nnode: {name: a, namespace: shop}\n", "t")
+        .unwrap();
+    assert_eq!(
+        get(sidecar.admin_addrs[0], "admin", "/healthz/ready", &[])
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn drain_lets_requests_in_flight_finish_and_refuses_new_ones() {
+    let mut w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v2}}]}]
+",
+        Duration::from_millis(400),
+    )
+    .await;
+    let out = w.client.outbound_addr;
+    let slow = tokio::spawn(async move { get(out, "reviews:9080", "/slow", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let left = w.client.drain(Duration::from_secs(5)).await;
+    assert_eq!(left, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "drain waited for the request"
+    );
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        TcpStream::connect(out).await.is_err(),
+        "no new connections after drain"
+    );
 }

@@ -1,7 +1,9 @@
 //! Logging and tracing setup shared by every Isthmus binary: one call at start-up
 //! installs a `tracing` subscriber that writes human-readable or JSON lines to stderr,
-//! filtered by `RUST_LOG` (default `info`). OTLP span export and the Prometheus
-//! registry join this crate with the data plane.
+//! filtered by `RUST_LOG` (default `info`); [`metrics`] holds Istio's standard
+//! metrics in a Prometheus registry. OTLP span export is not built yet.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

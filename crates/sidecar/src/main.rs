@@ -33,6 +33,13 @@ struct Args {
     /// Address of the local application.
     #[arg(long, default_value = "127.0.0.1")]
     app_ip: IpAddr,
+    /// Admin listeners: readiness (15021), agent with /config_dump (15020) and
+    /// Prometheus (15090). Repeat the flag to change them; each serves every endpoint.
+    #[arg(long = "admin", default_values = ["0.0.0.0:15021", "127.0.0.1:15020", "0.0.0.0:15090"])]
+    admin: Vec<SocketAddr>,
+    /// How long SIGTERM waits for requests in flight before exiting.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    drain_seconds: u64,
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -77,8 +84,9 @@ async fn main() -> anyhow::Result<()> {
         inbound: args.inbound,
         app_ip: args.app_ip,
         connect_timeout: Duration::from_secs(10),
+        admin: args.admin.clone(),
     };
-    let sidecar = Sidecar::start(store.clone(), identity.clone(), options).await?;
+    let mut sidecar = Sidecar::start(store.clone(), identity.clone(), options).await?;
     tracing::info!(
         id = %identity.cert().id(),
         outbound = %sidecar.outbound_addr,
@@ -133,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("shutting down");
-    drop(sidecar);
+    tracing::info!("draining");
+    sidecar.drain(Duration::from_secs(args.drain_seconds)).await;
     Ok(())
 }

@@ -82,6 +82,8 @@ fn sidecar(config: &Path, certs: &Path, outbound: u16, inbound: u16, log: &Path)
                 &format!("127.0.0.1:{outbound}"),
                 "--inbound",
                 &format!("127.0.0.1:{inbound}"),
+                "--admin",
+                &format!("127.0.0.1:{}", free_port()),
             ])
             .stdout(Stdio::null())
             .stderr(log)

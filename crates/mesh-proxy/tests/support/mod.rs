@@ -90,5 +90,6 @@ pub fn opts() -> SidecarOptions {
         inbound: "127.0.0.1:0".parse().unwrap(),
         app_ip: "127.0.0.1".parse().unwrap(),
         connect_timeout: Duration::from_secs(1),
+        admin: vec!["127.0.0.1:0".parse().unwrap()],
     }
 }

@@ -1,0 +1,113 @@
+//! Admin endpoints, on Istio's ports:
+//! - 15021 `/healthz/ready`: 200 once the first config is in force, 503 before.
+//! - 15020 `/healthz/ready`, `/healthz/live`, `/stats/prometheus`, `/config_dump`.
+//! - 15090 `/stats/prometheus`: Istio's standard metrics.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_identity::Identity;
+use mesh_telemetry::metrics::MeshMetrics;
+use tokio::net::TcpListener;
+
+use crate::http_util::{Body, full};
+use crate::state::StateStore;
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Live config.
+    pub store: Arc<StateStore>,
+    /// Metrics.
+    pub metrics: MeshMetrics,
+    /// Workload identity.
+    pub identity: Identity,
+}
+
+impl Admin {
+    /// Serves the admin endpoints on `listener` until dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(&req)) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
+        let (status, content_type, body) = match req.uri().path() {
+            "/healthz/ready" => {
+                if self.store.is_ready() {
+                    (StatusCode::OK, "text/plain", "ready\n".to_owned())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "waiting for the first config\n".to_owned(),
+                    )
+                }
+            }
+            "/healthz/live" => (StatusCode::OK, "text/plain", "live\n".to_owned()),
+            "/stats/prometheus" => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.encode(),
+            ),
+            "/config_dump" => (StatusCode::OK, "application/json", self.config_dump()),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "endpoints: /healthz/ready /healthz/live /stats/prometheus /config_dump\n"
+                    .to_owned(),
+            ),
+        };
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        if let Ok(v) = http::HeaderValue::from_str(content_type) {
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        resp
+    }
+
+    fn config_dump(&self) -> String {
+        let state = self.store.snapshot();
+        let cert = self.identity.cert();
+        let routes: serde_json::Map<_, _> = state
+            .routes
+            .iter()
+            .map(|(host, r)| {
+                (
+                    host.clone(),
+                    r.iter().map(|r| r.name.clone()).collect::<Vec<_>>().into(),
+                )
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "version": state.version,
+            "node": state.node,
+            "identity": {
+                "spiffe_id": cert.id().to_string(),
+                "serial": cert.info().serial,
+                "not_after": mesh_identity::cert::rfc3339(cert.info().not_after),
+            },
+            "services": state.services.values().collect::<Vec<_>>(),
+            "routes": routes,
+            "destination_rules": state.policies,
+            "last_rejection": self.store.last_rejection().map(|e| e.to_string()),
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    }
+}
