@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use mesh_telemetry::metrics::{MeshMetrics, RequestLabels};
 
+use crate::authz::{Attributes, Decision, HttpAttributes};
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged};
 use crate::sni::parse_outbound_sni;
@@ -116,7 +117,9 @@ impl Inbound {
         let service = hyper::service::service_fn(move |req| {
             let this = self.clone();
             let caller = caller.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.forward(req, &caller, target).await) }
+            async move {
+                Ok::<_, std::convert::Infallible>(this.forward(req, peer, &caller, target).await)
+            }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
@@ -156,6 +159,17 @@ impl Inbound {
         };
         let (target_port, _) = self.local_port(service_port);
         let app = SocketAddr::new(self.app_ip, target_port);
+        let decision = self.store.snapshot().authz.decide(&Attributes {
+            principal: caller.strip_prefix("spiffe://").unwrap_or(caller),
+            source_ip: Some(peer.ip()),
+            port: target_port,
+            http: None,
+        });
+        if let Decision::Deny(reason) = decision {
+            // A denied TCP connection is closed without a byte.
+            tracing::info!(target: "access", direction = "inbound", protocol = "tcp", %peer, source_principal = %caller, response_flags = ResponseFlag::Unauthorized.code(), reason = %reason, "connection denied");
+            return;
+        }
         let (flags, bytes) = match tokio::net::TcpStream::connect(app).await {
             Ok(mut upstream) => {
                 let r = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
@@ -180,6 +194,7 @@ impl Inbound {
     async fn forward(
         &self,
         req: Request<Incoming>,
+        peer: SocketAddr,
         caller: &str,
         service_port: Option<u16>,
     ) -> Response<Body> {
@@ -204,6 +219,41 @@ impl Inbound {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let request_bytes = crate::outbound::content_length(&parts.headers);
+        let host = parts
+            .uri
+            .host()
+            .map(str::to_owned)
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| crate::state::strip_port(h).to_owned())
+            })
+            .unwrap_or_default();
+        let decision = self.store.snapshot().authz.decide(&Attributes {
+            principal: caller.strip_prefix("spiffe://").unwrap_or(caller),
+            source_ip: Some(peer.ip()),
+            port: target_port,
+            http: Some(HttpAttributes {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                host: &host,
+                headers: &parts.headers,
+            }),
+        });
+        match &decision {
+            Decision::Deny(reason) => {
+                tracing::info!(target: "access", direction = "inbound", %peer, method = %parts.method, path = %parts.uri.path(), status = 403, source_principal = %caller, response_flags = ResponseFlag::Unauthorized.code(), reason = %reason, "request denied");
+                let mut resp = Response::new(crate::http_util::full("RBAC: access denied"));
+                *resp.status_mut() = http::StatusCode::FORBIDDEN;
+                return resp;
+            }
+            Decision::Allow { audited } if !audited.is_empty() => {
+                tracing::info!(target: "access", direction = "inbound", %peer, method = %parts.method, path = %parts.uri.path(), source_principal = %caller, audit = ?audited, "audited");
+            }
+            Decision::Allow { .. } => {}
+        }
         let path = parts
             .uri
             .path_and_query()

@@ -16,6 +16,7 @@
 //! balancing, Envoy-style response flags and a JSON access log.
 
 pub mod admin;
+pub mod authz;
 pub mod capture;
 pub mod config;
 pub mod error;

@@ -192,6 +192,8 @@ pub struct ProxyState {
     pub policies: HashMap<String, Arc<DestinationPolicy>>,
     /// TCP routes by host (VirtualService `tcp`).
     pub tcp_routes: HashMap<String, Arc<Vec<CompiledTcpRoute>>>,
+    /// AuthorizationPolicies that apply to this workload.
+    pub authz: crate::authz::Authorizer,
 }
 
 /// `name`, `name.ns`, `name.ns.svc` or an FQDN, resolved the way Kubernetes DNS would
@@ -329,6 +331,25 @@ impl ProxyState {
                 _ => {}
             }
         }
+        let authz_specs: Vec<_> = bundle
+            .resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::AuthorizationPolicy(ap) => Some((
+                    ap.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    ap.metadata.name.clone().unwrap_or_default(),
+                    &ap.spec,
+                )),
+                _ => None,
+            })
+            .collect();
+        let authz = crate::authz::Authorizer::compile(&authz_specs, &node).unwrap_or_else(|e| {
+            errors.extend(e);
+            Default::default()
+        });
         for host in services.keys() {
             routes
                 .entry(host.clone())
@@ -347,6 +368,7 @@ impl ProxyState {
                 .into_iter()
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),
+            authz,
         })
     }
 
