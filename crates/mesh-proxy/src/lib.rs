@@ -26,6 +26,7 @@ pub mod outbound;
 pub mod outbound_tcp;
 pub mod peer;
 pub mod pool;
+pub mod retry;
 pub mod routes;
 pub mod sidecar;
 pub mod sni;

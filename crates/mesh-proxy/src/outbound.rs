@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use mesh_telemetry::metrics::{MeshMetrics, PeerLabels, RequestLabels};
@@ -33,6 +34,9 @@ pub struct Outbound {
     /// Requests in flight (shared with the inbound side), for draining.
     pub in_flight: crate::http_util::InFlight,
 }
+
+/// Largest request body held in memory so that it can be retried.
+const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 
 /// What happened to one request, for the access log.
 #[derive(Debug, Default)]
@@ -218,23 +222,13 @@ impl Outbound {
             Ok(c) => c,
             Err(e) => return fail(out, ResponseFlag::NoHealthyUpstream, &e),
         };
-        let Some(endpoint) = DestinationPolicy::pick(policy, &candidates) else {
+        if candidates.is_empty() {
             return fail(
                 out,
                 ResponseFlag::NoHealthyUpstream,
                 &format!("no ready endpoint for {}", out.upstream_cluster),
             );
-        };
-        out.upstream_host = endpoint.inbound.to_string();
-        let mut peers = crate::peer::source_report(
-            &state.node,
-            &self.own_id,
-            target,
-            Some(endpoint),
-            self.trust_domain(),
-        );
-        peers.connection_security_policy = "mutual_tls".into();
-        out.peers = Some(peers);
+        }
 
         let mut upstream = Request::from_parts(parts, boxed(body));
         let path_and_query = rewrite_path(
@@ -269,31 +263,143 @@ impl Outbound {
             upstream.headers_mut().insert(crate::peer::PEER_HEADER, v);
         }
 
-        let send = self
-            .pool
-            .send(endpoint.inbound, &out.upstream_cluster, upstream);
-        let result = match route.timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
-                Ok(r) => r,
-                Err(_) => {
+        // A request can be sent again only if its body is held in memory: small bodies
+        // of known length are; others get a single try, as in Envoy.
+        let (template, body) = upstream.into_parts();
+        // The body's own size hint, not the headers: an HTTP/2 stream has neither
+        // content-length nor transfer-encoding.
+        let retry = &route.retry;
+        let replayable = hyper::body::Body::is_end_stream(&body)
+            || hyper::body::Body::size_hint(&body)
+                .upper()
+                .is_some_and(|u| u <= MAX_REPLAY_BYTES);
+        let (buffered, mut streaming) = if retry.attempts > 0 && replayable {
+            match body.collect().await {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(e) => {
                     return fail(
                         out,
-                        ResponseFlag::UpstreamTimeout,
-                        &format!("no response within {t:?}"),
+                        ResponseFlag::DownstreamConnectionTermination,
+                        &e.to_string(),
                     );
                 }
-            },
-            None => send.await,
+            }
+        } else {
+            (None, Some(body))
         };
-        match result {
-            Ok(resp) => {
+        let tries = if buffered.is_some() {
+            1 + retry.attempts
+        } else {
+            1
+        };
+        let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+        let mut last: Option<Result<Response<Incoming>, (ResponseFlag, String)>> = None;
+        for attempt in 0..tries {
+            // Prefer an endpoint not tried yet, as Envoy's previous-hosts predicate does.
+            let fresh: Vec<_> = candidates
+                .iter()
+                .copied()
+                .filter(|e| !tried.contains(&e.inbound))
+                .collect();
+            let pool = if fresh.is_empty() {
+                &candidates
+            } else {
+                &fresh
+            };
+            let Some(endpoint) = DestinationPolicy::pick(policy, pool) else {
+                break;
+            };
+            tried.push(endpoint.inbound);
+            out.upstream_host = endpoint.inbound.to_string();
+            let mut peers = crate::peer::source_report(
+                &state.node,
+                &self.own_id,
+                target,
+                Some(endpoint),
+                self.trust_domain(),
+            );
+            peers.connection_security_policy = "mutual_tls".into();
+            out.peers = Some(peers);
+
+            let mut req = Request::new(match (&buffered, streaming.take()) {
+                (Some(b), _) => full(b.clone()),
+                (None, Some(s)) => s,
+                (None, None) => break,
+            });
+            *req.method_mut() = template.method.clone();
+            *req.uri_mut() = template.uri.clone();
+            *req.version_mut() = template.version;
+            *req.headers_mut() = template.headers.clone();
+            if attempt > 0 {
+                req.headers_mut()
+                    .insert("x-envoy-attempt-count", HeaderValue::from(attempt + 1));
+            }
+
+            let now = tokio::time::Instant::now();
+            let overall_left = deadline.map(|d| d.saturating_duration_since(now));
+            let per_try = match (retry.per_try_timeout, overall_left) {
+                (Some(p), Some(o)) => Some(p.min(o)),
+                (p, o) => p.or(o),
+            };
+            let send = self.pool.send(endpoint.inbound, &out.upstream_cluster, req);
+            let result = match per_try {
+                Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
+                    Err(crate::pool::UpstreamError {
+                        flag: ResponseFlag::UpstreamTimeout,
+                        detail: format!("no response within {t:?}"),
+                    })
+                }),
+                None => send.await,
+            };
+            let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            match result {
+                Ok(resp) => {
+                    let grpc = resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    let again = retry.retry_response(resp.status().as_u16(), grpc);
+                    last = Some(Ok(resp));
+                    if !again || out_of_time {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let again = retry.retry_failure(e.flag);
+                    last = Some(Err((e.flag, e.detail)));
+                    if !again || out_of_time {
+                        break;
+                    }
+                }
+            }
+            tracing::debug!(attempt = attempt + 1, upstream = %endpoint.inbound, "retrying");
+        }
+        let retried = tried.len() > 1;
+        match last {
+            Some(Ok(resp)) => {
+                if retried && resp.status().is_server_error() {
+                    out.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
+                }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 apply_edits(&mut parts.headers, &route.response_headers);
                 parts.version = http::Version::HTTP_11;
                 Response::from_parts(parts, boxed(body))
             }
-            Err(e) => fail(out, e.flag, &e.detail),
+            Some(Err((flag, detail))) => {
+                let resp = fail(out, flag, &detail);
+                if retried && flag != ResponseFlag::UpstreamTimeout {
+                    out.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
+                }
+                resp
+            }
+            None => fail(
+                out,
+                ResponseFlag::NoHealthyUpstream,
+                "no endpoint could be tried",
+            ),
         }
     }
 }

@@ -210,6 +210,8 @@ pub struct CompiledRoute {
     pub request_headers: HeaderEdits,
     /// Response header edits.
     pub response_headers: HeaderEdits,
+    /// Retry policy.
+    pub retry: crate::retry::RetryPolicy,
 }
 
 /// Header edits of a route.
@@ -245,6 +247,7 @@ impl CompiledRoute {
             rewrite_authority: None,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
+            retry: crate::retry::RetryPolicy::compile(None),
         }
     }
 
@@ -307,6 +310,7 @@ impl CompiledRoute {
             rewrite_authority: route.rewrite.as_ref().and_then(|r| r.authority.clone()),
             request_headers: edits(headers.and_then(|h| h.request.as_ref())),
             response_headers: edits(headers.and_then(|h| h.response.as_ref())),
+            retry: crate::retry::RetryPolicy::compile(route.retries.as_ref()),
         }))
     }
 }

@@ -653,3 +653,101 @@ spec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}
         "allow-nothing still in force"
     );
 }
+
+/// A backend that answers 503 to every other request.
+async fn flaky_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async move {
+                            let mut resp = http::Response::new(Full::new(Bytes::from(
+                                if n.is_multiple_of(2) { "flaky" } else { "fine" },
+                            )));
+                            if n.is_multiple_of(2) {
+                                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn retries_hide_a_flaky_backend() {
+    let mesh = Mesh::new();
+    let app = flaky_backend().await;
+    let store = Arc::new(StateStore::default());
+    store
+        .apply_yaml(&server_config("v1", app.port()), "server")
+        .unwrap();
+    let server = Sidecar::start(store, mesh.identity("shop", "reviews"), opts())
+        .await
+        .unwrap();
+    let vs = |retries: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{{destination: {{host: reviews, subset: v1}}}}]
+    retries: {retries}
+"
+        )
+    };
+    let store = Arc::new(StateStore::default());
+    let inbound = server.inbound_addr;
+    store
+        .apply_yaml(
+            &client_config(
+                inbound,
+                inbound,
+                &vs("{attempts: 3, perTryTimeout: 1s, retryOn: 5xx}"),
+            ),
+            "client",
+        )
+        .unwrap();
+    let client = Sidecar::start(store, mesh.identity("shop", "productpage"), opts())
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let (status, body) = get(client.outbound_addr, "reviews:9080", "/", &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "fine"),
+            "retries hide every 503"
+        );
+    }
+    // Without retries the flakiness shows.
+    client
+        .store
+        .apply_yaml(
+            &client_config(inbound, inbound, &vs("{attempts: 0}")),
+            "client",
+        )
+        .unwrap();
+    let mut failed = 0;
+    for _ in 0..20 {
+        if get(client.outbound_addr, "reviews:9080", "/", &[]).await.0 == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 10);
+}

@@ -141,9 +141,13 @@ services:
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("trailers arrive");
     assert_eq!(trailers["grpc-status"], "0");
-    assert_eq!(
-        trailers["x-frames-seen"], "4",
-        "the request stream kept its frames"
+    // HTTP/2 hops may split or join DATA frames (gRPC messages carry their own
+    // length), but a stream must stay a stream: a proxy that buffered it would
+    // deliver one frame, and a bidirectional call would hang.
+    let frames_seen: u32 = trailers["x-frames-seen"].to_str().unwrap().parse().unwrap();
+    assert!(
+        frames_seen > 1,
+        "the request arrived as {frames_seen} frame(s)"
     );
     assert_eq!(collected.to_bytes(), Bytes::from("one;two;bytes=10"));
 }
