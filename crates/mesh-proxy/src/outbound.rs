@@ -158,6 +158,24 @@ impl Outbound {
             .find(|m| m.matches(&view))
             .and_then(|m| m.uri_prefix())
             .map(str::to_owned);
+        if let Some(fault) = &route.fault {
+            let roll = |pct: f64| rand::random::<f64>() * 100.0 < pct;
+            if let Some((delay, pct)) = fault.delay
+                && roll(pct)
+            {
+                out.flag = Some(ResponseFlag::DelayInjected);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some((status, pct)) = fault.abort
+                && roll(pct)
+            {
+                out.flag = Some(ResponseFlag::FaultInjected);
+                let mut r = Response::new(full("fault filter abort"));
+                *r.status_mut() = http::StatusCode::from_u16(status)
+                    .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+                return r;
+            }
+        }
         let dests = match &route.action {
             RouteAction::Forward(d) => d,
             RouteAction::Redirect {

@@ -212,6 +212,52 @@ pub struct CompiledRoute {
     pub response_headers: HeaderEdits,
     /// Retry policy.
     pub retry: crate::retry::RetryPolicy,
+    /// Fault injection.
+    pub fault: Option<Fault>,
+}
+
+/// Injected faults of a route: each applies to its share of requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fault {
+    /// Delay and the percentage of requests delayed.
+    pub delay: Option<(Duration, f64)>,
+    /// HTTP status and the percentage of requests aborted.
+    pub abort: Option<(u16, f64)>,
+}
+
+impl Fault {
+    fn compile(f: &mesh_api::networking::HttpFaultInjection) -> Self {
+        // Istio: without a percentage, every request gets the fault.
+        let pct = |p: Option<mesh_api::common::Percent>, legacy: Option<i32>| {
+            p.map(|p| p.value)
+                .or(legacy.map(f64::from))
+                .unwrap_or(100.0)
+        };
+        Self {
+            delay: f.delay.as_ref().and_then(|d| {
+                d.fixed_delay
+                    .map(|t| (t.as_std(), pct(d.percentage, d.percent)))
+            }),
+            abort: f.abort.as_ref().map(|a| {
+                let status = a
+                    .http_status
+                    .map_or_else(|| grpc_abort_status(a.grpc_status.as_deref()), |s| s as u16);
+                (status, pct(a.percentage, None))
+            }),
+        }
+    }
+}
+
+/// gRPC aborts answer with the HTTP status gRPC maps that code to.
+fn grpc_abort_status(code: Option<&str>) -> u16 {
+    match code.unwrap_or_default() {
+        "UNAVAILABLE" => 503,
+        "UNAUTHENTICATED" => 401,
+        "PERMISSION_DENIED" => 403,
+        "NOT_FOUND" | "UNIMPLEMENTED" => 404,
+        "DEADLINE_EXCEEDED" => 504,
+        _ => 500,
+    }
 }
 
 /// Header edits of a route.
@@ -248,6 +294,7 @@ impl CompiledRoute {
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
             retry: crate::retry::RetryPolicy::compile(None),
+            fault: None,
         }
     }
 
@@ -311,6 +358,7 @@ impl CompiledRoute {
             request_headers: edits(headers.and_then(|h| h.request.as_ref())),
             response_headers: edits(headers.and_then(|h| h.response.as_ref())),
             retry: crate::retry::RetryPolicy::compile(route.retries.as_ref()),
+            fault: route.fault.as_ref().map(Fault::compile),
         }))
     }
 }

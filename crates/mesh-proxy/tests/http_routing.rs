@@ -751,3 +751,54 @@ spec:
     }
     assert_eq!(failed, 10);
 }
+
+#[tokio::test]
+async fn fault_injection_delays_and_aborts_by_percentage() {
+    let w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    fault:
+      delay: {percentage: {value: 100}, fixedDelay: 300ms}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /half}}]
+    fault:
+      abort: {percentage: {value: 50}, httpStatus: 418}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - fault:
+      abort: {httpStatus: 500}
+    route: [{destination: {host: reviews, subset: v1}}]
+",
+        Duration::ZERO,
+    )
+    .await;
+    let a = w.client.outbound_addr;
+    let t = std::time::Instant::now();
+    let (status, body) = get(a, "reviews:9080", "/", &[("end-user", "jason")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "delayed by the fault"
+    );
+
+    let (status, body) = get(a, "reviews:9080", "/", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (500, "fault filter abort"),
+        "no percentage means every request"
+    );
+
+    let mut aborted = 0;
+    for _ in 0..200 {
+        if get(a, "reviews:9080", "/half", &[]).await.0 == 418 {
+            aborted += 1;
+        }
+    }
+    // Expected 100, standard deviation about 7: 4 sigma either side.
+    assert!((72..=128).contains(&aborted), "aborted {aborted} of 200");
+}
