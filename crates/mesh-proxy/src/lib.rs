@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod http_util;
 pub mod inbound;
+pub mod lb;
 pub mod outbound;
 pub mod outbound_tcp;
 pub mod peer;

@@ -33,6 +33,10 @@ pub struct Outbound {
     pub own_id: String,
     /// Requests in flight (shared with the inbound side), for draining.
     pub in_flight: crate::http_util::InFlight,
+    /// Passive health of endpoints, kept across config updates.
+    pub health: crate::lb::HealthTracker,
+    /// Round-robin position for services without a DestinationRule.
+    pub round_robin: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Largest request body held in memory so that it can be retried.
@@ -314,18 +318,16 @@ impl Outbound {
         let mut tried: Vec<std::net::SocketAddr> = Vec::new();
         let mut last: Option<Result<Response<Incoming>, (ResponseFlag, String)>> = None;
         for attempt in 0..tries {
-            // Prefer an endpoint not tried yet, as Envoy's previous-hosts predicate does.
-            let fresh: Vec<_> = candidates
-                .iter()
-                .copied()
-                .filter(|e| !tried.contains(&e.inbound))
-                .collect();
-            let pool = if fresh.is_empty() {
-                &candidates
-            } else {
-                &fresh
-            };
-            let Some(endpoint) = DestinationPolicy::pick(policy, pool) else {
+            // Healthy first, best locality next, an endpoint not tried yet when there is
+            // a choice (Envoy's previous-hosts predicate), then the balancing algorithm.
+            let Some(endpoint) = self.health.choose(
+                &target.host,
+                &candidates,
+                &tried,
+                &state.node,
+                policy,
+                &self.round_robin,
+            ) else {
                 break;
             };
             tried.push(endpoint.inbound);
@@ -360,6 +362,7 @@ impl Outbound {
                 (Some(p), Some(o)) => Some(p.min(o)),
                 (p, o) => p.or(o),
             };
+            let _active = self.health.start(&target.host, endpoint.inbound);
             let send = self.pool.send(endpoint.inbound, &out.upstream_cluster, req);
             let result = match per_try {
                 Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
@@ -371,6 +374,20 @@ impl Outbound {
                 None => send.await,
             };
             let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            let observed = match &result {
+                Ok(resp) => crate::lb::Outcome::Status(resp.status().as_u16()),
+                Err(e) if e.flag == ResponseFlag::UpstreamConnectionFailure => {
+                    crate::lb::Outcome::ConnectFailure
+                }
+                Err(_) => crate::lb::Outcome::Reset,
+            };
+            self.health.record(
+                &target.host,
+                endpoint.inbound,
+                observed,
+                policy.and_then(|p| p.outlier.as_ref()),
+                candidates.len(),
+            );
             match result {
                 Ok(resp) => {
                     let grpc = resp

@@ -118,7 +118,18 @@ impl Outbound {
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
         let endpoint = DestinationPolicy::select(policy, target, &dest.subset)
             .ok()
-            .and_then(|c| DestinationPolicy::pick(policy, &c).cloned());
+            .and_then(|c| {
+                self.health
+                    .choose(
+                        &target.host,
+                        &c,
+                        &[],
+                        &state.node,
+                        policy,
+                        &self.round_robin,
+                    )
+                    .cloned()
+            });
         let Some(endpoint) = endpoint else {
             return log(
                 ResponseFlag::NoHealthyUpstream.code(),

@@ -93,6 +93,8 @@ impl Sidecar {
             metrics: metrics.clone(),
             own_id: identity.cert().id().to_string(),
             in_flight: in_flight.clone(),
+            health: crate::lb::HealthTracker::default(),
+            round_robin: Arc::default(),
         };
         let inbound = Inbound::new(
             store.clone(),

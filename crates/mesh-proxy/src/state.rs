@@ -128,8 +128,12 @@ pub struct DestinationPolicy {
     /// Load-balancing algorithm.
     #[serde(skip)]
     pub lb: Option<SimpleLb>,
+    /// Outlier detection, when configured.
+    pub outlier: Option<crate::lb::OutlierPolicy>,
+    /// Locality priority (on when outlier detection is, unless disabled).
+    pub locality: Option<crate::lb::LocalityPolicy>,
     #[serde(skip)]
-    round_robin: AtomicUsize,
+    pub(crate) round_robin: AtomicUsize,
 }
 
 impl DestinationPolicy {
@@ -158,22 +162,6 @@ impl DestinationPolicy {
             .filter(|e| e.ready)
             .filter(|e| labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
             .collect())
-    }
-
-    /// Picks one endpoint by the configured algorithm (round robin when unset).
-    pub fn pick<'a>(
-        policy: Option<&Self>,
-        candidates: &[&'a Arc<Endpoint>],
-    ) -> Option<&'a Arc<Endpoint>> {
-        if candidates.is_empty() {
-            return None;
-        }
-        let random = policy.and_then(|p| p.lb) == Some(SimpleLb::Random);
-        let i = match policy {
-            Some(p) if !random => p.round_robin.fetch_add(1, Ordering::Relaxed),
-            _ => rand::random::<u32>() as usize,
-        };
-        Some(candidates[i % candidates.len()])
     }
 }
 
@@ -306,8 +294,22 @@ impl ProxyState {
                 }
                 Resource::DestinationRule(dr) => {
                     let fqdn = resolve_host(&dr.spec.host, &ns);
+                    let tp = dr.spec.traffic_policy.as_ref();
+                    let outlier = tp
+                        .and_then(|t| t.outlier_detection.as_ref())
+                        .map(crate::lb::OutlierPolicy::compile);
+                    let locality = if outlier.is_some() {
+                        crate::lb::LocalityPolicy::compile(
+                            tp.and_then(|t| t.load_balancer.as_ref())
+                                .and_then(|l| l.locality_lb_setting.as_ref()),
+                        )
+                    } else {
+                        None
+                    };
                     let policy = DestinationPolicy {
                         rule: key.clone(),
+                        outlier,
+                        locality,
                         subsets: dr
                             .spec
                             .subsets

@@ -93,3 +93,34 @@ pub fn opts() -> SidecarOptions {
         admin: vec!["127.0.0.1:0".parse().unwrap()],
     }
 }
+
+/// A backend answering `NAME` with a status that the test can change at any time.
+pub async fn switchable_backend(
+    name: &'static str,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU16>) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let status = std::sync::Arc::new(AtomicU16::new(200));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = status.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
+                    let code = s.load(Ordering::SeqCst);
+                    async move {
+                        let mut resp = http::Response::new(Full::new(Bytes::from(name)));
+                        *resp.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, status)
+}

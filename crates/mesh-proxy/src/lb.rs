@@ -1,0 +1,320 @@
+//! Endpoint choice: passive health (outlier detection), locality priority and the
+//! balancing algorithm.
+//!
+//! - Outlier detection, as Envoy does for Istio's `outlierDetection`: consecutive 5xx
+//!   (connect failures included) or gateway errors (502, 503, 504, connect failures)
+//!   eject an endpoint for `baseEjectionTime × times ejected`; it comes back when
+//!   that time has passed. At most `maxEjectionPercent` of a service's endpoints are
+//!   ejected at once, and when fewer than `minHealthPercent` are healthy, ejections
+//!   are ignored.
+//! - Locality priority, as Istio does once outlier detection is on: endpoints that
+//!   share more of the leading `failoverPriority` labels with this proxy come first
+//!   (`topology.istio.io/network`, `topology.istio.io/cluster`,
+//!   `topology.kubernetes.io/region`, `…/zone`, or any workload label); without
+//!   `failoverPriority`, region, then zone, then subzone. Lower priorities are used
+//!   only when no higher one has a healthy endpoint; `failover` names the region to
+//!   try first when the local region has none.
+//! - Balancing within the chosen priority: ROUND_ROBIN, RANDOM, or LEAST_REQUEST
+//!   (power of two choices by requests in flight), Istio's default.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_api::networking::{LocalityLbSetting, OutlierDetection, SimpleLb};
+
+use crate::config::Node;
+use crate::state::{DestinationPolicy, Endpoint};
+
+/// Compiled `outlierDetection`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutlierPolicy {
+    /// Consecutive 5xx before ejection (0 = off).
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway errors before ejection (0 = off).
+    pub consecutive_gateway: u32,
+    /// Base ejection time.
+    pub base_ejection: Duration,
+    /// Most endpoints ejected at once, percent.
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, ejections are ignored.
+    pub min_health_percent: u32,
+}
+
+impl OutlierPolicy {
+    pub(crate) fn compile(o: &OutlierDetection) -> Self {
+        Self {
+            consecutive_5xx: o
+                .consecutive_5xx_errors
+                .or(o.consecutive_errors.map(|e| e.max(0) as u32))
+                .unwrap_or(OutlierDetection::DEFAULT_CONSECUTIVE_5XX),
+            consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
+            base_ejection: o.effective_base_ejection_time().as_std(),
+            max_ejection_percent: o.effective_max_ejection_percent().clamp(0, 100) as u32,
+            min_health_percent: o.effective_min_health_percent().clamp(0, 100) as u32,
+        }
+    }
+}
+
+/// Compiled locality settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LocalityPolicy {
+    /// Ordered labels of `failoverPriority`.
+    pub failover_priority: Vec<String>,
+    /// `failover` from region → to region.
+    pub failover: Vec<(String, String)>,
+}
+
+impl LocalityPolicy {
+    pub(crate) fn compile(l: Option<&LocalityLbSetting>) -> Option<Self> {
+        if l.and_then(|l| l.enabled) == Some(false) {
+            return None;
+        }
+        Some(Self {
+            failover_priority: l.map(|l| l.failover_priority.clone()).unwrap_or_default(),
+            failover: l
+                .map(|l| {
+                    l.failover
+                        .iter()
+                        .map(|f| (f.from.clone(), f.to.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Priority of `ep` for a proxy on `node`: 0 is best.
+    fn priority(&self, node: &Node, ep: &Endpoint) -> usize {
+        let node_loc: Vec<&str> = node.locality.split('/').collect();
+        let ep_loc: Vec<&str> = ep.locality.split('/').collect();
+        let value = |labels_of: &dyn Fn(&str) -> Option<String>, key: &str| labels_of(key);
+        let node_label = |key: &str| -> Option<String> {
+            match key {
+                "topology.istio.io/network" => Some(node.network.clone()),
+                "topology.istio.io/cluster" => Some(node.cluster.clone()),
+                "topology.kubernetes.io/region" => node_loc.first().map(|s| (*s).to_owned()),
+                "topology.kubernetes.io/zone" => node_loc.get(1).map(|s| (*s).to_owned()),
+                "topology.istio.io/subzone" => node_loc.get(2).map(|s| (*s).to_owned()),
+                other => node.labels.get(other).cloned(),
+            }
+        };
+        let ep_label = |key: &str| -> Option<String> {
+            match key {
+                "topology.istio.io/network" => Some(ep.network.clone()),
+                "topology.istio.io/cluster" => Some(ep.cluster.clone()),
+                "topology.kubernetes.io/region" => ep_loc.first().map(|s| (*s).to_owned()),
+                "topology.kubernetes.io/zone" => ep_loc.get(1).map(|s| (*s).to_owned()),
+                "topology.istio.io/subzone" => ep_loc.get(2).map(|s| (*s).to_owned()),
+                other => ep.labels.get(other).cloned(),
+            }
+        };
+        let keys: Vec<&str> = if self.failover_priority.is_empty() {
+            vec![
+                "topology.kubernetes.io/region",
+                "topology.kubernetes.io/zone",
+                "topology.istio.io/subzone",
+            ]
+        } else {
+            self.failover_priority.iter().map(String::as_str).collect()
+        };
+        let matched = keys
+            .iter()
+            .take_while(|k| {
+                let n = value(&node_label, k);
+                n.is_some() && n == value(&ep_label, k)
+            })
+            .count();
+        let mut prio = (keys.len() - matched) * 2;
+        // Explicit region failover: the named region comes before other regions.
+        if matched == 0
+            && let Some((_, to)) = self
+                .failover
+                .iter()
+                .find(|(from, _)| Some(from.as_str()) == node_loc.first().copied())
+            && ep_loc.first() != Some(&to.as_str())
+        {
+            prio += 1;
+        }
+        prio
+    }
+}
+
+#[derive(Debug, Default)]
+struct EndpointHealth {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+    in_flight: u32,
+}
+
+/// What happened to a request, for passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status.
+    Status(u16),
+    /// The endpoint could not be reached.
+    ConnectFailure,
+    /// The connection was reset or the try timed out.
+    Reset,
+}
+
+/// Health of endpoints by (service host, endpoint), kept across config updates.
+#[derive(Debug, Clone, Default)]
+pub struct HealthTracker {
+    inner: Arc<Mutex<HashMap<(String, SocketAddr), EndpointHealth>>>,
+}
+
+/// Counts a request in flight to an endpoint (for LEAST_REQUEST) while alive.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    tracker: HealthTracker,
+    key: (String, SocketAddr),
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.tracker.inner.lock()
+            && let Some(h) = m.get_mut(&self.key)
+        {
+            h.in_flight = h.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl HealthTracker {
+    /// Counts a request to `ep` of `host` until the guard drops.
+    pub fn start(&self, host: &str, ep: SocketAddr) -> InFlightGuard {
+        let key = (host.to_owned(), ep);
+        if let Ok(mut m) = self.inner.lock() {
+            m.entry(key.clone()).or_default().in_flight += 1;
+        }
+        InFlightGuard {
+            tracker: self.clone(),
+            key,
+        }
+    }
+
+    /// Records a request's outcome and ejects the endpoint when the policy says so.
+    pub fn record(
+        &self,
+        host: &str,
+        ep: SocketAddr,
+        outcome: Outcome,
+        policy: Option<&OutlierPolicy>,
+        endpoints: usize,
+    ) {
+        let Some(policy) = policy else { return };
+        let Ok(mut m) = self.inner.lock() else { return };
+        let now = Instant::now();
+        let ejected_now = m
+            .iter()
+            .filter(|((h, _), s)| h == host && s.ejected_until.is_some_and(|t| t > now))
+            .count();
+        let h = m.entry((host.to_owned(), ep)).or_default();
+        let (is_5xx, is_gateway) = match outcome {
+            Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
+            Outcome::ConnectFailure | Outcome::Reset => (true, true),
+        };
+        if is_5xx {
+            h.consecutive_5xx += 1
+        } else {
+            h.consecutive_5xx = 0
+        }
+        if is_gateway {
+            h.consecutive_gateway += 1
+        } else {
+            h.consecutive_gateway = 0
+        }
+        let tripped = (policy.consecutive_5xx > 0 && h.consecutive_5xx >= policy.consecutive_5xx)
+            || (policy.consecutive_gateway > 0
+                && h.consecutive_gateway >= policy.consecutive_gateway);
+        let already = h.ejected_until.is_some_and(|t| t > now);
+        let room = (ejected_now + 1) * 100 <= endpoints * policy.max_ejection_percent as usize;
+        if tripped && !already && room {
+            h.times_ejected += 1;
+            let until = now + policy.base_ejection * h.times_ejected;
+            h.ejected_until = Some(until);
+            h.consecutive_5xx = 0;
+            h.consecutive_gateway = 0;
+            tracing::info!(host, endpoint = %ep, for_ms = (until - now).as_millis() as u64, "endpoint ejected");
+        }
+    }
+
+    fn snapshot(&self, host: &str, eps: &[&Arc<Endpoint>]) -> Vec<(bool, u32)> {
+        let now = Instant::now();
+        let m = self.inner.lock().ok();
+        eps.iter()
+            .map(|e| {
+                m.as_ref()
+                    .and_then(|m| m.get(&(host.to_owned(), e.inbound)))
+                    .map_or((false, 0), |h| {
+                        (h.ejected_until.is_some_and(|t| t > now), h.in_flight)
+                    })
+            })
+            .collect()
+    }
+
+    /// Picks an endpoint among `candidates` (ready endpoints of the subset), skipping
+    /// `avoid` when possible: healthy first, best locality priority next, then the
+    /// balancing algorithm.
+    pub fn choose<'a>(
+        &self,
+        host: &str,
+        candidates: &[&'a Arc<Endpoint>],
+        avoid: &[SocketAddr],
+        node: &Node,
+        policy: Option<&DestinationPolicy>,
+        fallback_counter: &std::sync::atomic::AtomicUsize,
+    ) -> Option<&'a Arc<Endpoint>> {
+        let outlier = policy.and_then(|p| p.outlier.as_ref());
+        let locality = policy.and_then(|p| p.locality.as_ref());
+        let lb = policy.and_then(|p| p.lb);
+        let counter = policy.map_or(fallback_counter, |p| &p.round_robin);
+        let state = self.snapshot(host, candidates);
+        let healthy_share =
+            state.iter().filter(|(ej, _)| !ej).count() * 100 / candidates.len().max(1);
+        let panic = outlier.is_some_and(|o| healthy_share < o.min_health_percent as usize);
+        let mut pool: Vec<(usize, &'a Arc<Endpoint>, u32)> = candidates
+            .iter()
+            .zip(&state)
+            .filter(|(_, (ejected, _))| panic || !ejected)
+            .map(|(e, (_, inflight))| (locality.map_or(0, |l| l.priority(node, e)), *e, *inflight))
+            .collect();
+        if pool.is_empty() {
+            // Everything ejected: better to try than to fail (Envoy's panic mode).
+            pool = candidates
+                .iter()
+                .zip(&state)
+                .map(|(e, (_, i))| (0, *e, *i))
+                .collect();
+        }
+        let best = pool.iter().map(|(p, _, _)| *p).min()?;
+        let mut tier: Vec<_> = pool.into_iter().filter(|(p, _, _)| *p == best).collect();
+        if tier.len() > 1 {
+            let fresh: Vec<_> = tier
+                .iter()
+                .copied()
+                .filter(|(_, e, _)| !avoid.contains(&e.inbound))
+                .collect();
+            if !fresh.is_empty() {
+                tier = fresh;
+            }
+        }
+        let n = tier.len();
+        let i = match lb {
+            Some(SimpleLb::RoundRobin) => {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n
+            }
+            Some(SimpleLb::Random) | Some(SimpleLb::Passthrough) => rand::random_range(0..n),
+            // LEAST_REQUEST (also LEAST_CONN and unset): two random choices, fewer
+            // requests in flight wins.
+            _ => {
+                let (a, b) = (rand::random_range(0..n), rand::random_range(0..n));
+                if tier[b].2 < tier[a].2 { b } else { a }
+            }
+        };
+        Some(tier[i].1)
+    }
+}
