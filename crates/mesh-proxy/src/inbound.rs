@@ -34,6 +34,7 @@ pub struct Inbound {
     local_id: String,
     metrics: MeshMetrics,
     in_flight: crate::http_util::InFlight,
+    tracing: mesh_telemetry::trace::Tracing,
     acceptor: TlsAcceptor,
     client: Client<HttpConnector, Body>,
     h2c_client: Client<HttpConnector, Body>,
@@ -58,6 +59,7 @@ impl Inbound {
         app_ip: IpAddr,
         metrics: MeshMetrics,
         in_flight: crate::http_util::InFlight,
+        tracing: mesh_telemetry::trace::Tracing,
     ) -> Self {
         let config = identity.server_config(&[b"h2", b"http/1.1", ALPN_TCP]);
         let mut connector = HttpConnector::new();
@@ -68,6 +70,7 @@ impl Inbound {
             local_id: identity.cert().id().to_string(),
             metrics,
             in_flight,
+            tracing,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             client: Client::builder(TokioExecutor::new()).build(connector.clone()),
             h2c_client: Client::builder(TokioExecutor::new())
@@ -219,6 +222,11 @@ impl Inbound {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let request_bytes = crate::outbound::content_length(&parts.headers);
+        let parent = mesh_telemetry::trace::TraceParent::from_headers(&parts.headers);
+        let mut span = self
+            .tracing
+            .start(format!("{service_host}:{service_port}/*"), true, parent);
+        span.context().inject(&mut parts.headers);
         let host = parts
             .uri
             .host()
@@ -317,6 +325,19 @@ impl Inbound {
             duration_ms = started.elapsed().as_millis() as u64,
         );
         let node = self.store.snapshot().node.clone();
+        span.set([
+            ("node_id", node.name.clone()),
+            ("istio.namespace", node.namespace.clone()),
+            (
+                "istio.canonical_service",
+                node.labels.get("app").cloned().unwrap_or_default(),
+            ),
+            ("http.url", format!("http://{service_host}{path}")),
+            ("source_principal", caller.to_owned()),
+            ("source_cluster", caller_info.cluster.clone()),
+            ("destination_cluster", node.cluster.clone()),
+        ]);
+        span.end(resp.status().as_u16(), flag.map_or("-", ResponseFlag::code));
         self.metrics.request(
             &RequestLabels {
                 peers: crate::peer::destination_report(

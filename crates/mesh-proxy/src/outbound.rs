@@ -37,6 +37,8 @@ pub struct Outbound {
     pub health: crate::lb::HealthTracker,
     /// Round-robin position for services without a DestinationRule.
     pub round_robin: Arc<std::sync::atomic::AtomicUsize>,
+    /// Span export and trace propagation.
+    pub tracing: mesh_telemetry::trace::Tracing,
 }
 
 /// Largest request body held in memory so that it can be retried.
@@ -50,6 +52,7 @@ struct Outcome {
     upstream_cluster: String,
     flag: Option<ResponseFlag>,
     peers: Option<PeerLabels>,
+    trace: Option<mesh_telemetry::trace::TraceParent>,
 }
 
 impl Outbound {
@@ -70,8 +73,35 @@ impl Outbound {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let request_bytes = content_length(req.headers());
-        let mut outcome = Outcome::default();
+        let parent = mesh_telemetry::trace::TraceParent::from_headers(req.headers());
+        let mut span = self.tracing.start(format!("{authority}/*"), false, parent);
+        let mut outcome = Outcome {
+            trace: Some(span.context()),
+            ..Default::default()
+        };
         let resp = self.route(req, &authority, captured, &mut outcome).await;
+        let node = self.store.snapshot().node.clone();
+        span.set([
+            ("node_id", node.name.clone()),
+            ("istio.namespace", node.namespace.clone()),
+            (
+                "istio.canonical_service",
+                node.labels.get("app").cloned().unwrap_or_default(),
+            ),
+            ("http.method", method.to_string()),
+            ("http.url", format!("http://{authority}{path}")),
+            ("upstream_cluster", outcome.upstream_cluster.clone()),
+            ("upstream_host", outcome.upstream_host.clone()),
+            ("source_cluster", node.cluster.clone()),
+            (
+                "destination_cluster",
+                outcome
+                    .peers
+                    .as_ref()
+                    .map(|p| p.destination_cluster.clone())
+                    .unwrap_or_default(),
+            ),
+        ]);
         self.metrics.request(
             &RequestLabels {
                 peers: outcome.peers.clone().unwrap_or_else(|| PeerLabels {
@@ -283,6 +313,9 @@ impl Outbound {
         apply_edits(upstream.headers_mut(), &route.request_headers);
         if let Ok(v) = HeaderValue::from_str(&crate::peer::encode(&state.node)) {
             upstream.headers_mut().insert(crate::peer::PEER_HEADER, v);
+        }
+        if let Some(t) = out.trace {
+            t.inject(upstream.headers_mut());
         }
 
         // A request can be sent again only if its body is held in memory: small bodies

@@ -29,6 +29,8 @@ pub struct SidecarOptions {
     pub connect_timeout: Duration,
     /// Admin listeners: readiness (15021), agent (15020), Prometheus (15090).
     pub admin: Vec<SocketAddr>,
+    /// Span export (propagation only when disabled).
+    pub tracing: mesh_telemetry::trace::Tracing,
 }
 
 /// A running sidecar. Dropping it stops its listeners.
@@ -95,6 +97,7 @@ impl Sidecar {
             in_flight: in_flight.clone(),
             health: crate::lb::HealthTracker::default(),
             round_robin: Arc::default(),
+            tracing: options.tracing.clone(),
         };
         let inbound = Inbound::new(
             store.clone(),
@@ -102,6 +105,7 @@ impl Sidecar {
             options.app_ip,
             metrics.clone(),
             in_flight.clone(),
+            options.tracing.clone(),
         );
         let mut tasks = vec![
             tokio::spawn(serve_outbound(out_listener, outbound)),

@@ -27,6 +27,7 @@ fn pod_options() -> SidecarOptions {
         app_ip: "127.0.0.1".parse().unwrap(),
         connect_timeout: Duration::from_secs(2),
         admin: vec![],
+        tracing: mesh_telemetry::trace::Tracing::disabled(),
     }
 }
 

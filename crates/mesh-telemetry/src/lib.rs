@@ -1,9 +1,11 @@
 //! Logging and tracing setup shared by every Isthmus binary: one call at start-up
 //! installs a `tracing` subscriber that writes human-readable or JSON lines to stderr,
 //! filtered by `RUST_LOG` (default `info`); [`metrics`] holds Istio's standard
-//! metrics in a Prometheus registry. OTLP span export is not built yet.
+//! metrics in a Prometheus registry; [`trace`] continues W3C/B3 traces across hops
+//! and exports spans over OTLP.
 
 pub mod metrics;
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 

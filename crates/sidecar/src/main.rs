@@ -37,6 +37,10 @@ struct Args {
     /// Prometheus (15090). Repeat the flag to change them; each serves every endpoint.
     #[arg(long = "admin", default_values = ["0.0.0.0:15021", "127.0.0.1:15020", "0.0.0.0:15090"])]
     admin: Vec<SocketAddr>,
+    /// Export spans over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317).
+    /// Without it, trace ids are still propagated.
+    #[arg(long, env = "ISTHMUS_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// How long SIGTERM waits for requests in flight before exiting.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_seconds: u64,
@@ -79,12 +83,31 @@ async fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
     store.apply_yaml(&text, &origin)?;
 
+    let node = store.snapshot().node.clone();
+    let tracing = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let service = format!(
+                "{}.{}",
+                node.labels.get("app").unwrap_or(&node.name),
+                node.namespace
+            );
+            let attrs = vec![
+                opentelemetry::KeyValue::new("istio.cluster_id", node.cluster.clone()),
+                opentelemetry::KeyValue::new("k8s.namespace.name", node.namespace.clone()),
+                opentelemetry::KeyValue::new("k8s.pod.name", node.name.clone()),
+            ];
+            mesh_telemetry::trace::Tracing::otlp(endpoint, &service, attrs)
+                .map_err(anyhow::Error::msg)?
+        }
+        None => mesh_telemetry::trace::Tracing::disabled(),
+    };
     let options = SidecarOptions {
         outbound: args.outbound,
         inbound: args.inbound,
         app_ip: args.app_ip,
         connect_timeout: Duration::from_secs(10),
         admin: args.admin.clone(),
+        tracing: tracing.clone(),
     };
     let mut sidecar = Sidecar::start(store.clone(), identity.clone(), options).await?;
     tracing::info!(
@@ -143,5 +166,6 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("draining");
     sidecar.drain(Duration::from_secs(args.drain_seconds)).await;
+    tracing.flush();
     Ok(())
 }

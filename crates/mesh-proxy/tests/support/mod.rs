@@ -91,6 +91,7 @@ pub fn opts() -> SidecarOptions {
         app_ip: "127.0.0.1".parse().unwrap(),
         connect_timeout: Duration::from_secs(1),
         admin: vec!["127.0.0.1:0".parse().unwrap()],
+        tracing: mesh_telemetry::trace::Tracing::disabled(),
     }
 }
 
