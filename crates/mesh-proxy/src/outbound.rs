@@ -328,20 +328,28 @@ impl Outbound {
             || hyper::body::Body::size_hint(&body)
                 .upper()
                 .is_some_and(|u| u <= MAX_REPLAY_BYTES);
-        let (buffered, mut streaming) = if retry.attempts > 0 && replayable {
-            match body.collect().await {
-                Ok(c) => (Some(c.to_bytes()), None),
-                Err(e) => {
-                    return fail(
-                        out,
-                        ResponseFlag::DownstreamConnectionTermination,
-                        &e.to_string(),
-                    );
+        let (buffered, mut streaming) =
+            if (retry.attempts > 0 || !route.mirrors.is_empty()) && replayable {
+                match body.collect().await {
+                    Ok(c) => (Some(c.to_bytes()), None),
+                    Err(e) => {
+                        return fail(
+                            out,
+                            ResponseFlag::DownstreamConnectionTermination,
+                            &e.to_string(),
+                        );
+                    }
+                }
+            } else {
+                (None, Some(body))
+            };
+        if let Some(body) = &buffered {
+            for (mirror, pct) in &route.mirrors {
+                if rand::random::<f64>() * 100.0 < *pct {
+                    self.mirror(&state, mirror, &template, body.clone(), port.port);
                 }
             }
-        } else {
-            (None, Some(body))
-        };
+        }
         let tries = if buffered.is_some() {
             1 + retry.attempts
         } else {
@@ -473,6 +481,65 @@ impl Outbound {
 }
 
 impl Outbound {
+    /// Sends a copy of a request to a mirror, fire and forget, with the authority
+    /// suffixed `-shadow` as Istio does. Its response and failures are ignored.
+    fn mirror(
+        &self,
+        state: &crate::state::ProxyState,
+        mirror: &crate::routes::WeightedDestination,
+        template: &http::request::Parts,
+        body: bytes::Bytes,
+        default_port: u16,
+    ) {
+        let Some(target) = state.services.get(&mirror.host).cloned() else {
+            return;
+        };
+        let policy = state.policies.get(&mirror.host).cloned();
+        let Some(port) = target
+            .port(mirror.port.or(Some(default_port)))
+            .or_else(|| target.port(None))
+            .map(|p| p.port)
+        else {
+            return;
+        };
+        let endpoint = DestinationPolicy::select(policy.as_deref(), &target, &mirror.subset)
+            .ok()
+            .and_then(|c| {
+                self.health
+                    .choose(
+                        &target.host,
+                        &c,
+                        &[],
+                        &state.node,
+                        policy.as_deref(),
+                        &self.round_robin,
+                    )
+                    .cloned()
+            });
+        let Some(endpoint) = endpoint else { return };
+        let mut req = Request::new(full(body));
+        *req.method_mut() = template.method.clone();
+        *req.version_mut() = template.version;
+        *req.headers_mut() = template.headers.clone();
+        let path = template.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(format!("{}-shadow:{port}", target.host))
+            .path_and_query(path)
+            .build()
+        else {
+            return;
+        };
+        *req.uri_mut() = uri;
+        let sni = outbound_sni(port, &mirror.subset, &target.host);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pool.send(endpoint.inbound, &sni, req).await {
+                tracing::debug!(error = %e, "mirror request failed");
+            }
+        });
+    }
+
     fn trust_domain(&self) -> &str {
         self.own_id
             .strip_prefix("spiffe://")

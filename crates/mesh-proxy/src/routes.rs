@@ -214,6 +214,8 @@ pub struct CompiledRoute {
     pub retry: crate::retry::RetryPolicy,
     /// Fault injection.
     pub fault: Option<Fault>,
+    /// Mirror targets with the percentage of requests copied to each.
+    pub mirrors: Vec<(WeightedDestination, f64)>,
 }
 
 /// Injected faults of a route: each applies to its share of requests.
@@ -295,6 +297,7 @@ impl CompiledRoute {
             response_headers: HeaderEdits::default(),
             retry: crate::retry::RetryPolicy::compile(None),
             fault: None,
+            mirrors: Vec::new(),
         }
     }
 
@@ -359,8 +362,35 @@ impl CompiledRoute {
             response_headers: edits(headers.and_then(|h| h.response.as_ref())),
             retry: crate::retry::RetryPolicy::compile(route.retries.as_ref()),
             fault: route.fault.as_ref().map(Fault::compile),
+            mirrors: compile_mirrors(route, namespace),
         }))
     }
+}
+
+fn compile_mirrors(route: &HttpRoute, namespace: &str) -> Vec<(WeightedDestination, f64)> {
+    let target = |d: &mesh_api::networking::Destination| WeightedDestination {
+        host: resolve_host(&d.host, namespace),
+        subset: d.subset_name().to_owned(),
+        port: d.port.map(|p| p.number as u16),
+        weight: 1,
+    };
+    let mut out = Vec::new();
+    if let Some(m) = &route.mirror {
+        // Istio: mirrorPercentage, else the deprecated mirrorPercent, else 100.
+        let pct = route
+            .mirror_percentage
+            .map(|p| p.value)
+            .or(route.mirror_percent.map(f64::from))
+            .unwrap_or(100.0);
+        out.push((target(m), pct));
+    }
+    for m in &route.mirrors {
+        out.push((
+            target(&m.destination),
+            m.percentage.map_or(100.0, |p| p.value),
+        ));
+    }
+    out
 }
 
 fn pairs(m: &BTreeMap<String, String>) -> Vec<(String, String)> {

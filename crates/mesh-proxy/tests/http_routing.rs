@@ -802,3 +802,54 @@ spec:
     // Expected 100, standard deviation about 7: 4 sigma either side.
     assert!((72..=128).contains(&aborted), "aborted {aborted} of 200");
 }
+
+#[tokio::test]
+async fn mirroring_copies_the_configured_share_and_answers_from_the_primary() {
+    let w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: v1}}]
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 50.0}
+",
+        Duration::ZERO,
+    )
+    .await;
+    for _ in 0..200 {
+        let (status, body) = get(w.client.outbound_addr, "reviews:9080", "/", &[]).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.starts_with("v1"),
+            "answers come from the primary: {body}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, m) = get(
+        w.servers[1].admin_addrs[0],
+        "admin",
+        "/stats/prometheus",
+        &[],
+    )
+    .await;
+    let mirrored = sample(
+        &m,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            (
+                "destination_service",
+                "reviews.shop.svc.cluster.local-shadow",
+            ),
+        ],
+    );
+    // Expected 100, standard deviation about 7: 4 sigma either side.
+    assert!(
+        (72..=128).contains(&mirrored),
+        "mirrored {mirrored} of 200: {m}"
+    );
+}
