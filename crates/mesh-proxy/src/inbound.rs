@@ -96,6 +96,21 @@ impl Inbound {
 
     async fn connection(self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        // TLS starts with a handshake record (0x16); anything else, or silence (a
+        // server-first protocol), is plaintext.
+        let mut first = [0u8; 1];
+        let is_tls =
+            match tokio::time::timeout(std::time::Duration::from_millis(100), tcp.peek(&mut first))
+                .await
+            {
+                Ok(Ok(1)) => first[0] == 0x16,
+                Ok(_) => return,
+                Err(_) => false,
+            };
+        if !is_tls {
+            self.plaintext(tcp, peer).await;
+            return;
+        }
         let tls = match self.acceptor.accept(tcp).await {
             Ok(tls) => tls,
             Err(e) => {
@@ -127,6 +142,43 @@ impl Inbound {
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
             tracing::debug!(%peer, error = %e, "inbound connection ended");
+        }
+    }
+
+    /// Plaintext reaches the workload only on a captured connection to a port whose
+    /// PeerAuthentication mode is PERMISSIVE or DISABLE; STRICT refuses it.
+    async fn plaintext(&self, mut tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let local = tcp.local_addr().ok();
+        let port = crate::capture::original_dst(&tcp)
+            .filter(|d| Some(*d) != local)
+            .map(|d| d.port());
+        let state = self.store.snapshot();
+        let refuse = |reason: &str| {
+            tracing::info!(target: "access", direction = "inbound", protocol = "plaintext", %peer, response_flags = ResponseFlag::Unauthorized.code(), reason, "connection refused");
+        };
+        let Some(port) = port else {
+            return refuse("plaintext sent to the mesh port itself; mesh traffic must be mTLS");
+        };
+        if !state.peer_authn.plaintext_allowed(port) {
+            return refuse("PeerAuthentication STRICT: plaintext refused");
+        }
+        if let Decision::Deny(reason) = state.authz.decide(&Attributes {
+            principal: "",
+            source_ip: Some(peer.ip()),
+            port,
+            http: None,
+        }) {
+            return refuse(&reason);
+        }
+        let app = SocketAddr::new(self.app_ip, port);
+        match tokio::net::TcpStream::connect(app).await {
+            Ok(mut upstream) => {
+                let bytes = tokio::io::copy_bidirectional(&mut tcp, &mut upstream)
+                    .await
+                    .unwrap_or_default();
+                tracing::info!(target: "access", direction = "inbound", protocol = "plaintext", %peer, upstream_host = %app, connection_security_policy = "none", bytes_received = bytes.0, bytes_sent = bytes.1, "plaintext connection");
+            }
+            Err(e) => refuse(&format!("application on port {port}: {e}")),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod lb;
 pub mod outbound;
 pub mod outbound_tcp;
 pub mod peer;
+pub mod peer_authn;
 pub mod pool;
 pub mod retry;
 pub mod routes;

@@ -182,6 +182,8 @@ pub struct ProxyState {
     pub tcp_routes: HashMap<String, Arc<Vec<CompiledTcpRoute>>>,
     /// AuthorizationPolicies that apply to this workload.
     pub authz: crate::authz::Authorizer,
+    /// Inbound mTLS modes from PeerAuthentications.
+    pub peer_authn: crate::peer_authn::PeerAuthn,
 }
 
 /// `name`, `name.ns`, `name.ns.svc` or an FQDN, resolved the way Kubernetes DNS would
@@ -348,6 +350,22 @@ impl ProxyState {
                 _ => None,
             })
             .collect();
+        let peer_authn_specs: Vec<_> = bundle
+            .resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::PeerAuthentication(pa) => Some((
+                    pa.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    pa.metadata.name.clone().unwrap_or_default(),
+                    &pa.spec,
+                )),
+                _ => None,
+            })
+            .collect();
+        let peer_authn = crate::peer_authn::PeerAuthn::compile(&peer_authn_specs, &node);
         let authz = crate::authz::Authorizer::compile(&authz_specs, &node).unwrap_or_else(|e| {
             errors.extend(e);
             Default::default()
@@ -371,6 +389,7 @@ impl ProxyState {
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),
             authz,
+            peer_authn,
         })
     }
 

@@ -118,6 +118,17 @@ fn captured_traffic_crosses_pods_over_mtls_and_the_rest_passes_through() {
                         });
                     }
                 });
+                // A legacy port left PERMISSIVE: plaintext from anywhere is fine.
+                let legacy = tokio::net::TcpListener::bind("127.0.0.1:7000")
+                    .await
+                    .unwrap();
+                tokio::spawn(async move {
+                    loop {
+                        let (mut c, _) = legacy.accept().await.unwrap();
+                        use tokio::io::AsyncWriteExt;
+                        let _ = c.write_all(b"legacy port answers\n").await;
+                    }
+                });
                 let plain = tokio::net::TcpListener::bind("0.0.0.0:9999").await.unwrap();
                 tokio::spawn(async move {
                     loop {
@@ -133,10 +144,19 @@ fn captured_traffic_crosses_pods_over_mtls_and_the_rest_passes_through() {
                     .apply_yaml(
                         "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
-node: {name: reviews-v1, namespace: shop, serviceAccount: reviews}
+node: {name: reviews-v1, namespace: shop, serviceAccount: reviews, labels: {app: reviews}}
 services:
 - {name: reviews, namespace: shop, ports: [{name: http, port: 9080}]}
 - {name: db, namespace: shop, ports: [{name: tcp-db, port: 5000}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    7000: {mode: PERMISSIVE}
 ",
                         "server",
                     )
@@ -216,7 +236,14 @@ services:
                     // Plaintext straight to the meshed pod's app port is captured there
                     // and refused (STRICT): the connection closes without an answer.
                     let direct = http_get(&format!("{SERVER_IP}:9080"), "reviews");
-                    (meshed, passthrough, direct, tcp)
+                    let permissive =
+                        TcpStream::connect(format!("{SERVER_IP}:7000")).and_then(|mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                            let mut out = String::new();
+                            s.read_to_string(&mut out)?;
+                            Ok(out)
+                        });
+                    (meshed, passthrough, direct, tcp, permissive)
                 })
                 .await
                 .unwrap()
@@ -228,7 +255,7 @@ services:
     let _ = stop_tx.send(());
     server.join().unwrap();
 
-    let (meshed, passthrough, direct, tcp) = results;
+    let (meshed, passthrough, direct, tcp, permissive) = results;
     assert_eq!(
         tcp.unwrap(),
         "db got ping from 127.0.0.1\n",
@@ -251,5 +278,10 @@ services:
     assert!(
         !direct.contains("reviews-v1"),
         "plaintext must not reach a meshed app: {direct}"
+    );
+    assert_eq!(
+        permissive.unwrap(),
+        "legacy port answers\n",
+        "a PERMISSIVE port takes plaintext"
     );
 }
