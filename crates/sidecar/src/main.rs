@@ -44,6 +44,14 @@ struct Args {
     /// How long SIGTERM waits for requests in flight before exiting.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_seconds: u64,
+    /// Install transparent capture (iptables REDIRECT of the pod's TCP to 15001 and
+    /// 15006) in the current network namespace before serving, as Istio's init
+    /// container does. Needs CAP_NET_ADMIN.
+    #[arg(long)]
+    capture: bool,
+    /// Inbound ports left out of capture (with --capture), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -75,6 +83,22 @@ async fn main() -> anyhow::Result<()> {
     };
     mesh_telemetry::init_logging(format, "info");
 
+    if args.capture {
+        let mut rules = mesh_proxy::capture::CaptureRules {
+            outbound_port: args.outbound.port(),
+            inbound_port: args.inbound.port(),
+            ..Default::default()
+        };
+        rules
+            .exclude_inbound_ports
+            .extend(&args.exclude_inbound_ports);
+        rules.install()?;
+        tracing::info!(
+            outbound = rules.outbound_port,
+            inbound = rules.inbound_port,
+            "transparent capture installed"
+        );
+    }
     let (cert, trust) = load_identity(&args.cert_dir)?;
     let identity = Identity::new(cert, trust)?;
     let store = Arc::new(StateStore::default());
