@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use mesh_api::networking::{LocalityLbSetting, OutlierDetection, SimpleLb};
 
 use crate::config::Node;
-use crate::state::{DestinationPolicy, Endpoint};
+use crate::state::{Endpoint, ResolvedPolicy};
 
 /// Compiled `outlierDetection`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -256,7 +256,8 @@ impl HealthTracker {
             .collect()
     }
 
-    /// Picks an endpoint among `candidates` (ready endpoints of the subset), skipping
+    /// Picks an endpoint among `candidates` (ready endpoints of the subset) under the
+    /// traffic policy `resolved`, `counter` being the round-robin position; skipping
     /// `avoid` when possible: healthy first, best locality priority next, then the
     /// balancing algorithm.
     pub fn choose<'a>(
@@ -265,13 +266,12 @@ impl HealthTracker {
         candidates: &[&'a Arc<Endpoint>],
         avoid: &[SocketAddr],
         node: &Node,
-        policy: Option<&DestinationPolicy>,
-        fallback_counter: &std::sync::atomic::AtomicUsize,
+        resolved: Option<&ResolvedPolicy>,
+        counter: &std::sync::atomic::AtomicUsize,
     ) -> Option<&'a Arc<Endpoint>> {
-        let outlier = policy.and_then(|p| p.outlier.as_ref());
-        let locality = policy.and_then(|p| p.locality.as_ref());
-        let lb = policy.and_then(|p| p.lb);
-        let counter = policy.map_or(fallback_counter, |p| &p.round_robin);
+        let outlier = resolved.and_then(|p| p.outlier.as_ref());
+        let locality = resolved.and_then(|p| p.locality.as_ref());
+        let lb = resolved.and_then(|p| p.lb);
         let state = self.snapshot(host, candidates);
         let healthy_share =
             state.iter().filter(|(ej, _)| !ej).count() * 100 / candidates.len().max(1);

@@ -262,6 +262,7 @@ impl Outbound {
             );
         };
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
+        let resolved = policy.and_then(|p| p.resolve(&dest.subset, port.port));
         out.upstream_cluster = outbound_sni(port.port, &dest.subset, &target.host);
         out.peers = Some(crate::peer::source_report(
             &state.node,
@@ -366,8 +367,8 @@ impl Outbound {
                 &candidates,
                 &tried,
                 &state.node,
-                policy,
-                &self.round_robin,
+                resolved,
+                policy.map_or(&*self.round_robin, |p| &p.round_robin),
             ) else {
                 break;
             };
@@ -404,7 +405,12 @@ impl Outbound {
                 (p, o) => p.or(o),
             };
             let _active = self.health.start(&target.host, endpoint.inbound);
-            let send = self.pool.send(endpoint.inbound, &out.upstream_cluster, req);
+            let send = self.pool.send(
+                endpoint.inbound,
+                &out.upstream_cluster,
+                req,
+                resolved.and_then(|r| r.connect_timeout),
+            );
             let result = match per_try {
                 Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
                     Err(crate::pool::UpstreamError {
@@ -426,7 +432,7 @@ impl Outbound {
                 &target.host,
                 endpoint.inbound,
                 observed,
-                policy.and_then(|p| p.outlier.as_ref()),
+                resolved.and_then(|p| p.outlier.as_ref()),
                 candidates.len(),
             );
             match result {
@@ -511,8 +517,12 @@ impl Outbound {
                         &c,
                         &[],
                         &state.node,
-                        policy.as_deref(),
-                        &self.round_robin,
+                        policy
+                            .as_deref()
+                            .and_then(|p| p.resolve(&mirror.subset, port)),
+                        policy
+                            .as_deref()
+                            .map_or(&*self.round_robin, |p| &p.round_robin),
                     )
                     .cloned()
             });
@@ -534,7 +544,7 @@ impl Outbound {
         let sni = outbound_sni(port, &mirror.subset, &target.host);
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            if let Err(e) = pool.send(endpoint.inbound, &sni, req).await {
+            if let Err(e) = pool.send(endpoint.inbound, &sni, req, None).await {
                 tracing::debug!(error = %e, "mirror request failed");
             }
         });

@@ -116,6 +116,7 @@ impl Outbound {
         let port = dest.port.unwrap_or(dst.port());
         let cluster = outbound_sni(port, &dest.subset, &target.host);
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
+        let resolved = policy.and_then(|p| p.resolve(&dest.subset, port));
         let endpoint = DestinationPolicy::select(policy, target, &dest.subset)
             .ok()
             .and_then(|c| {
@@ -125,8 +126,8 @@ impl Outbound {
                         &c,
                         &[],
                         &state.node,
-                        policy,
-                        &self.round_robin,
+                        resolved,
+                        policy.map_or(&*self.round_robin, |p| &p.round_robin),
                     )
                     .cloned()
             });
@@ -138,7 +139,15 @@ impl Outbound {
                 (0, 0),
             );
         };
-        match self.pool.connect_stream(endpoint.inbound, &cluster).await {
+        match self
+            .pool
+            .connect_stream(
+                endpoint.inbound,
+                &cluster,
+                resolved.and_then(|r| r.connect_timeout),
+            )
+            .await
+        {
             Ok(mut upstream) => {
                 let bytes = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
                     .await

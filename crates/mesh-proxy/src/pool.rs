@@ -73,6 +73,7 @@ impl MeshPool {
         endpoint: SocketAddr,
         sni: &str,
         req: http::Request<Body>,
+        connect_timeout: Option<Duration>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let key = (endpoint, sni.to_owned());
         let cached = self
@@ -83,7 +84,7 @@ impl MeshPool {
         let mut sender = match cached {
             Some(s) => s,
             None => {
-                let s = self.connect(endpoint, sni).await?;
+                let s = self.connect(endpoint, sni, connect_timeout).await?;
                 if let Ok(mut m) = self.conns.lock() {
                     m.insert(key.clone(), s.clone());
                 }
@@ -107,8 +108,10 @@ impl MeshPool {
         &self,
         endpoint: SocketAddr,
         sni: &str,
+        connect_timeout: Option<Duration>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.tls(&self.tcp_connector, endpoint, sni).await
+        self.tls(&self.tcp_connector, endpoint, sni, connect_timeout)
+            .await
     }
 
     async fn tls(
@@ -116,20 +119,15 @@ impl MeshPool {
         connector: &TlsConnector,
         endpoint: SocketAddr,
         sni: &str,
+        connect_timeout: Option<Duration>,
     ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            crate::capture::connect_marked(endpoint),
-        )
-        .await
-        .map_err(|_| {
-            uf(format!(
-                "{endpoint}: connect timed out after {:?}",
-                self.connect_timeout
-            ))
-        })?
-        .map_err(|e| uf(format!("{endpoint}: {e}")))?;
+        // The DestinationRule's connectTimeout, else the proxy's default.
+        let timeout = connect_timeout.unwrap_or(self.connect_timeout);
+        let tcp = tokio::time::timeout(timeout, crate::capture::connect_marked(endpoint))
+            .await
+            .map_err(|_| uf(format!("{endpoint}: connect timed out after {timeout:?}")))?
+            .map_err(|e| uf(format!("{endpoint}: {e}")))?;
         let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
         connector.connect(name, tcp).await.map_err(|e| {
             uf(format!(
@@ -143,8 +141,11 @@ impl MeshPool {
         &self,
         endpoint: SocketAddr,
         sni: &str,
+        connect_timeout: Option<Duration>,
     ) -> Result<SendRequest<Body>, UpstreamError> {
-        let tls = self.tls(&self.connector, endpoint, sni).await?;
+        let tls = self
+            .tls(&self.connector, endpoint, sni, connect_timeout)
+            .await?;
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await

@@ -125,15 +125,157 @@ pub struct DestinationPolicy {
     pub rule: String,
     /// Subsets: name → labels.
     pub subsets: BTreeMap<String, BTreeMap<String, String>>,
-    /// Load-balancing algorithm.
+    /// Traffic policy in force per (subset, port): top level, then its port-level
+    /// settings, then the subset's policy, then the subset's port-level settings.
     #[serde(skip)]
+    resolved: HashMap<(String, Option<u16>), ResolvedPolicy>,
+    #[serde(skip)]
+    pub(crate) round_robin: AtomicUsize,
+}
+
+/// The traffic policy that applies to one (subset, port).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedPolicy {
+    /// Load-balancing algorithm.
     pub lb: Option<SimpleLb>,
     /// Outlier detection, when configured.
     pub outlier: Option<crate::lb::OutlierPolicy>,
     /// Locality priority (on when outlier detection is, unless disabled).
     pub locality: Option<crate::lb::LocalityPolicy>,
-    #[serde(skip)]
-    pub(crate) round_robin: AtomicUsize,
+    /// TCP connect timeout.
+    pub connect_timeout: Option<std::time::Duration>,
+}
+
+/// The parts of a traffic policy this proxy applies, as written (None = not set).
+#[derive(Debug, Clone, Default)]
+struct PolicyParts<'a> {
+    lb: Option<&'a mesh_api::networking::LoadBalancerSettings>,
+    outlier: Option<&'a mesh_api::networking::OutlierDetection>,
+    pool: Option<&'a mesh_api::networking::ConnectionPoolSettings>,
+}
+
+/// `base` with the port-level settings of `t` for `port` laid over it.
+fn with_port<'a>(
+    base: &PolicyParts<'a>,
+    t: Option<&'a mesh_api::networking::TrafficPolicy>,
+    port: u16,
+) -> PolicyParts<'a> {
+    let mut p = base.clone();
+    if let Some(pl) = t.and_then(|t| {
+        t.port_level_settings
+            .iter()
+            .find(|pl| pl.port.number as u16 == port)
+    }) {
+        p.overlay(
+            pl.load_balancer.as_ref(),
+            pl.outlier_detection.as_ref(),
+            pl.connection_pool.as_ref(),
+        );
+    }
+    p
+}
+
+impl<'a> PolicyParts<'a> {
+    fn overlay(
+        &mut self,
+        lb: Option<&'a mesh_api::networking::LoadBalancerSettings>,
+        outlier: Option<&'a mesh_api::networking::OutlierDetection>,
+        pool: Option<&'a mesh_api::networking::ConnectionPoolSettings>,
+    ) {
+        self.lb = lb.or(self.lb);
+        self.outlier = outlier.or(self.outlier);
+        self.pool = pool.or(self.pool);
+    }
+
+    fn resolve(&self) -> ResolvedPolicy {
+        let outlier = self.outlier.map(crate::lb::OutlierPolicy::compile);
+        ResolvedPolicy {
+            lb: self.lb.and_then(|l| l.simple),
+            locality: if outlier.is_some() {
+                crate::lb::LocalityPolicy::compile(
+                    self.lb.and_then(|l| l.locality_lb_setting.as_ref()),
+                )
+            } else {
+                None
+            },
+            outlier,
+            connect_timeout: self
+                .pool
+                .and_then(|p| p.tcp.as_ref())
+                .and_then(|t| t.connect_timeout)
+                .map(|d| d.as_std()),
+        }
+    }
+}
+
+impl DestinationPolicy {
+    fn compile(rule: String, spec: &mesh_api::networking::DestinationRuleSpec) -> Self {
+        use mesh_api::networking::TrafficPolicy;
+        let mut resolved = HashMap::new();
+        let mut top = PolicyParts::default();
+        if let Some(t) = &spec.traffic_policy {
+            top.overlay(
+                t.load_balancer.as_ref(),
+                t.outlier_detection.as_ref(),
+                t.connection_pool.as_ref(),
+            );
+        }
+        let ports_of = |t: Option<&TrafficPolicy>| -> Vec<u16> {
+            t.map(|t| {
+                t.port_level_settings
+                    .iter()
+                    .map(|p| p.port.number as u16)
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let mut ports = ports_of(spec.traffic_policy.as_ref());
+        for s in &spec.subsets {
+            ports.extend(ports_of(s.traffic_policy.as_ref()));
+        }
+        let subsets = std::iter::once(("", None)).chain(
+            spec.subsets
+                .iter()
+                .map(|s| (s.name.as_str(), s.traffic_policy.as_ref())),
+        );
+        for (name, subset_policy) in subsets {
+            for port in std::iter::once(None).chain(ports.iter().copied().map(Some)) {
+                let mut parts = match port {
+                    Some(p) => with_port(&top, spec.traffic_policy.as_ref(), p),
+                    None => top.clone(),
+                };
+                if let Some(sp) = subset_policy {
+                    parts.overlay(
+                        sp.load_balancer.as_ref(),
+                        sp.outlier_detection.as_ref(),
+                        sp.connection_pool.as_ref(),
+                    );
+                    if let Some(p) = port {
+                        parts = with_port(&parts, Some(sp), p);
+                    }
+                }
+                resolved.insert((name.to_owned(), port), parts.resolve());
+            }
+        }
+        Self {
+            rule,
+            subsets: spec
+                .subsets
+                .iter()
+                .map(|s| (s.name.clone(), s.labels.clone()))
+                .collect(),
+            resolved,
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    /// The traffic policy for `subset` ("" for none) on `port`.
+    pub fn resolve(&self, subset: &str, port: u16) -> Option<&ResolvedPolicy> {
+        self.resolved
+            .get(&(subset.to_owned(), Some(port)))
+            .or_else(|| self.resolved.get(&(subset.to_owned(), None)))
+            .or_else(|| self.resolved.get(&(String::new(), None)))
+    }
 }
 
 impl DestinationPolicy {
@@ -296,36 +438,7 @@ impl ProxyState {
                 }
                 Resource::DestinationRule(dr) => {
                     let fqdn = resolve_host(&dr.spec.host, &ns);
-                    let tp = dr.spec.traffic_policy.as_ref();
-                    let outlier = tp
-                        .and_then(|t| t.outlier_detection.as_ref())
-                        .map(crate::lb::OutlierPolicy::compile);
-                    let locality = if outlier.is_some() {
-                        crate::lb::LocalityPolicy::compile(
-                            tp.and_then(|t| t.load_balancer.as_ref())
-                                .and_then(|l| l.locality_lb_setting.as_ref()),
-                        )
-                    } else {
-                        None
-                    };
-                    let policy = DestinationPolicy {
-                        rule: key.clone(),
-                        outlier,
-                        locality,
-                        subsets: dr
-                            .spec
-                            .subsets
-                            .iter()
-                            .map(|s| (s.name.clone(), s.labels.clone()))
-                            .collect(),
-                        lb: dr
-                            .spec
-                            .traffic_policy
-                            .as_ref()
-                            .and_then(|t| t.load_balancer.as_ref())
-                            .and_then(|l| l.simple),
-                        round_robin: AtomicUsize::new(0),
-                    };
+                    let policy = DestinationPolicy::compile(key.clone(), &dr.spec);
                     if policies.insert(fqdn.clone(), Arc::new(policy)).is_some() {
                         errors.push(format!(
                             "DestinationRule {key}: host {fqdn} already has a DestinationRule"
@@ -514,6 +627,69 @@ mod tests {
         assert_eq!(strip_port("reviews:9080"), "reviews");
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(authority_port("reviews:9080"), Some(9080));
+    }
+
+    #[test]
+    fn traffic_policy_resolves_top_port_subset_and_subset_port() {
+        let dr = match mesh_api::parse_resource(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {connectTimeout: 2s}}
+    portLevelSettings:
+    - {port: {number: 9080}, loadBalancer: {simple: RANDOM}}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST}
+      outlierDetection: {consecutive5xxErrors: 3}
+      portLevelSettings:
+      - {port: {number: 9443}, loadBalancer: {simple: ROUND_ROBIN}}
+  - {name: v1, labels: {version: v1}}
+",
+        )
+        .unwrap()
+        {
+            Resource::DestinationRule(d) => d,
+            _ => unreachable!(),
+        };
+        let p = DestinationPolicy::compile("shop/r".into(), &dr.spec);
+        let lb = |subset: &str, port: u16| p.resolve(subset, port).unwrap().lb;
+        assert_eq!(lb("", 8080), Some(SimpleLb::RoundRobin), "top level");
+        assert_eq!(
+            lb("", 9080),
+            Some(SimpleLb::Random),
+            "top-level port setting"
+        );
+        assert_eq!(
+            lb("v1", 9080),
+            Some(SimpleLb::Random),
+            "a subset without a policy inherits"
+        );
+        assert_eq!(
+            lb("v2", 9080),
+            Some(SimpleLb::LeastRequest),
+            "the subset policy overrides"
+        );
+        assert_eq!(
+            lb("v2", 9443),
+            Some(SimpleLb::RoundRobin),
+            "the subset's port setting overrides"
+        );
+        let v2 = p.resolve("v2", 8080).unwrap();
+        assert_eq!(v2.outlier.as_ref().unwrap().consecutive_5xx, 3);
+        assert!(v2.locality.is_some(), "locality follows outlier detection");
+        assert_eq!(
+            v2.connect_timeout,
+            Some(std::time::Duration::from_secs(2)),
+            "inherited from the top level"
+        );
+        assert!(p.resolve("", 8080).unwrap().outlier.is_none());
     }
 
     #[test]
