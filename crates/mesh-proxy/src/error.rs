@@ -54,6 +54,8 @@ pub enum ResponseFlag {
     UpstreamTimeout,
     /// Retries exhausted; the last failure is returned.
     UpstreamRetryLimitExceeded,
+    /// The destination's connection pool is full (circuit breaking).
+    UpstreamOverflow,
     /// Downstream connection closed mid-request.
     DownstreamConnectionTermination,
     /// Request refused by authorization (403).
@@ -74,6 +76,7 @@ impl ResponseFlag {
             Self::UpstreamReset => "UR",
             Self::UpstreamTimeout => "UT",
             Self::UpstreamRetryLimitExceeded => "URX",
+            Self::UpstreamOverflow => "UO",
             Self::DownstreamConnectionTermination => "DC",
             Self::Unauthorized => "UAEX",
             Self::FaultInjected => "FI",
@@ -89,7 +92,8 @@ impl ResponseFlag {
             Self::NoHealthyUpstream
             | Self::UpstreamConnectionFailure
             | Self::UpstreamReset
-            | Self::UpstreamRetryLimitExceeded => S::SERVICE_UNAVAILABLE,
+            | Self::UpstreamRetryLimitExceeded
+            | Self::UpstreamOverflow => S::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => S::GATEWAY_TIMEOUT,
             Self::DownstreamConnectionTermination => S::BAD_REQUEST,
             Self::Unauthorized => S::FORBIDDEN,

@@ -318,3 +318,70 @@ impl HealthTracker {
         Some(tier[i].1)
     }
 }
+
+/// Connection-pool limits per destination (service host and subset): a request
+/// takes a slot while in flight; when none is free it waits if fewer than
+/// `max_pending` are already waiting, and overflows otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct PoolLimits {
+    inner: Arc<Mutex<HashMap<String, Slots>>>,
+}
+
+/// The slots of one destination.
+#[derive(Debug, Clone)]
+struct Slots {
+    limit: u32,
+    free: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Slots {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            free: Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+            waiting: Arc::default(),
+        }
+    }
+}
+
+/// Why a request got no slot.
+#[derive(Debug)]
+pub struct Overflow;
+
+impl PoolLimits {
+    /// Takes a slot for `cluster` under `max` in flight and `pending` waiting; `None`
+    /// limits mean unlimited.
+    pub async fn acquire(
+        &self,
+        cluster: &str,
+        max: Option<u32>,
+        pending: Option<u32>,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Overflow> {
+        let Some(max) = max else { return Ok(None) };
+        let (sem, waiting) = {
+            let Ok(mut m) = self.inner.lock() else {
+                return Ok(None);
+            };
+            let entry = m
+                .entry(cluster.to_owned())
+                .or_insert_with(|| Slots::new(max));
+            if entry.limit != max {
+                // The limit changed with a config update: start a new pool of slots.
+                *entry = Slots::new(max);
+            }
+            (entry.free.clone(), entry.waiting.clone())
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        let limit = pending.unwrap_or(u32::MAX);
+        if waiting.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= limit {
+            waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return Err(Overflow);
+        }
+        let permit = sem.acquire_owned().await;
+        waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        permit.map(Some).map_err(|_| Overflow)
+    }
+}

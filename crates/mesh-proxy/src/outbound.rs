@@ -39,6 +39,8 @@ pub struct Outbound {
     pub round_robin: Arc<std::sync::atomic::AtomicUsize>,
     /// Span export and trace propagation.
     pub tracing: mesh_telemetry::trace::Tracing,
+    /// Connection-pool limits (circuit breaking).
+    pub limits: crate::lb::PoolLimits,
 }
 
 /// Largest request body held in memory so that it can be retried.
@@ -283,6 +285,24 @@ impl Outbound {
             );
         }
 
+        let _slot = match self
+            .limits
+            .acquire(
+                &out.upstream_cluster,
+                resolved.and_then(|r| r.max_requests),
+                resolved.and_then(|r| r.max_pending),
+            )
+            .await
+        {
+            Ok(slot) => slot,
+            Err(crate::lb::Overflow) => {
+                return fail(
+                    out,
+                    ResponseFlag::UpstreamOverflow,
+                    &format!("connection pool of {} is full", out.upstream_cluster),
+                );
+            }
+        };
         let mut upstream = Request::from_parts(parts, boxed(body));
         let path_and_query = rewrite_path(
             upstream.uri(),

@@ -98,6 +98,7 @@ impl Sidecar {
             health: crate::lb::HealthTracker::default(),
             round_robin: Arc::default(),
             tracing: options.tracing.clone(),
+            limits: crate::lb::PoolLimits::default(),
         };
         let inbound = Inbound::new(
             store.clone(),

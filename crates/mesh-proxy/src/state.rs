@@ -144,6 +144,11 @@ pub struct ResolvedPolicy {
     pub locality: Option<crate::lb::LocalityPolicy>,
     /// TCP connect timeout.
     pub connect_timeout: Option<std::time::Duration>,
+    /// Most requests in flight to the destination (`http2MaxRequests`, else
+    /// `maxConnections`); unlimited when unset.
+    pub max_requests: Option<u32>,
+    /// Most requests waiting for a slot (`http1MaxPendingRequests`).
+    pub max_pending: Option<u32>,
 }
 
 /// The parts of a traffic policy this proxy applies, as written (None = not set).
@@ -204,6 +209,20 @@ impl<'a> PolicyParts<'a> {
                 .and_then(|p| p.tcp.as_ref())
                 .and_then(|t| t.connect_timeout)
                 .map(|d| d.as_std()),
+            max_requests: self
+                .pool
+                .and_then(|p| p.http.as_ref().and_then(|h| h.http2_max_requests))
+                .or_else(|| {
+                    self.pool
+                        .and_then(|p| p.tcp.as_ref())
+                        .and_then(|t| t.max_connections)
+                })
+                .map(|n| n.max(1) as u32),
+            max_pending: self
+                .pool
+                .and_then(|p| p.http.as_ref())
+                .and_then(|h| h.http1_max_pending_requests)
+                .map(|n| n.max(0) as u32),
         }
     }
 }

@@ -853,3 +853,64 @@ spec:
         "mirrored {mirrored} of 200: {m}"
     );
 }
+
+#[tokio::test]
+async fn connection_pool_limits_trip_the_circuit_breaker() {
+    let w = world(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v2}}], retries: {attempts: 0}}]
+",
+        Duration::from_millis(400),
+    )
+    .await;
+    // The tutorial's limits on the reviews DestinationRule: one request in flight,
+    // one waiting.
+    let limited = client_config(
+        w.v1_inbound,
+        w.v2_inbound,
+        "  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v2}}], retries: {attempts: 0}}]
+",
+    );
+    w.client.store.apply_yaml(&limited, "client").unwrap();
+    let out = w.client.outbound_addr;
+    let calls: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(out, "reviews:9080", "/", &[]).await }))
+        .collect();
+    let (mut ok, mut overflow) = (0, 0);
+    for c in calls {
+        let (status, body) = c.await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                assert!(body.contains("connection pool"), "{body}");
+                overflow += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        (ok, overflow),
+        (2, 3),
+        "one in flight, one pending, three overflow"
+    );
+    assert_eq!(
+        get(out, "reviews:9080", "/", &[]).await.0,
+        200,
+        "slots are released"
+    );
+}
