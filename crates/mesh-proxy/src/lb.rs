@@ -140,6 +140,16 @@ impl LocalityPolicy {
     }
 }
 
+/// How to pick within the best tier: the round-robin position, and the request's
+/// hash key when the policy asks for consistent hashing.
+#[derive(Debug, Clone, Copy)]
+pub struct Balance<'c> {
+    /// Round-robin position of the destination.
+    pub counter: &'c std::sync::atomic::AtomicUsize,
+    /// Hash of the request's key (header, cookie, source IP, query parameter).
+    pub hash: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 struct EndpointHealth {
     consecutive_5xx: u32,
@@ -267,8 +277,9 @@ impl HealthTracker {
         avoid: &[SocketAddr],
         node: &Node,
         resolved: Option<&ResolvedPolicy>,
-        counter: &std::sync::atomic::AtomicUsize,
+        balance: Balance<'_>,
     ) -> Option<&'a Arc<Endpoint>> {
+        let counter = balance.counter;
         let outlier = resolved.and_then(|p| p.outlier.as_ref());
         let locality = resolved.and_then(|p| p.locality.as_ref());
         let lb = resolved.and_then(|p| p.lb);
@@ -303,6 +314,18 @@ impl HealthTracker {
             }
         }
         let n = tier.len();
+        if let Some(key) = balance.hash {
+            // Rendezvous hashing: the endpoint with the highest hash of (key, endpoint)
+            // wins, so a key moves only when its endpoint goes away.
+            return tier
+                .iter()
+                .max_by_key(|(_, e, _)| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    std::hash::Hash::hash(&(key, e.inbound), &mut h);
+                    std::hash::Hasher::finish(&h)
+                })
+                .map(|(_, e, _)| *e);
+        }
         let i = match lb {
             Some(SimpleLb::RoundRobin) => {
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n

@@ -59,11 +59,12 @@ struct Outcome {
 
 impl Outbound {
     /// Handles one request from the application. `captured` is the original
-    /// destination of a transparently captured connection.
+    /// destination of a transparently captured connection; `peer` the caller's IP.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         captured: Option<SocketAddr>,
+        peer: Option<std::net::IpAddr>,
     ) -> Response<Body> {
         let _in_flight = self.in_flight.start();
         let started = Instant::now();
@@ -81,7 +82,9 @@ impl Outbound {
             trace: Some(span.context()),
             ..Default::default()
         };
-        let resp = self.route(req, &authority, captured, &mut outcome).await;
+        let resp = self
+            .route(req, &authority, captured, peer, &mut outcome)
+            .await;
         let node = self.store.snapshot().node.clone();
         span.set([
             ("node_id", node.name.clone()),
@@ -146,6 +149,7 @@ impl Outbound {
         req: Request<Incoming>,
         authority: &str,
         captured: Option<SocketAddr>,
+        peer: Option<std::net::IpAddr>,
         out: &mut Outcome,
     ) -> Response<Body> {
         let state = self.store.snapshot();
@@ -265,6 +269,9 @@ impl Outbound {
         };
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
         let resolved = policy.and_then(|p| p.resolve(&dest.subset, port.port));
+        let hash = resolved
+            .and_then(|r| r.hash_key.as_ref())
+            .and_then(|k| request_hash(k, &parts, peer));
         out.upstream_cluster = outbound_sni(port.port, &dest.subset, &target.host);
         out.peers = Some(crate::peer::source_report(
             &state.node,
@@ -388,7 +395,10 @@ impl Outbound {
                 &tried,
                 &state.node,
                 resolved,
-                policy.map_or(&*self.round_robin, |p| &p.round_robin),
+                crate::lb::Balance {
+                    counter: policy.map_or(&*self.round_robin, |p| &p.round_robin),
+                    hash,
+                },
             ) else {
                 break;
             };
@@ -540,9 +550,12 @@ impl Outbound {
                         policy
                             .as_deref()
                             .and_then(|p| p.resolve(&mirror.subset, port)),
-                        policy
-                            .as_deref()
-                            .map_or(&*self.round_robin, |p| &p.round_robin),
+                        crate::lb::Balance {
+                            counter: policy
+                                .as_deref()
+                                .map_or(&*self.round_robin, |p| &p.round_robin),
+                            hash: None,
+                        },
                     )
                     .cloned()
             });
@@ -576,6 +589,36 @@ impl Outbound {
             .and_then(|r| r.split('/').next())
             .unwrap_or_default()
     }
+}
+
+/// The consistent-hash value of a request, when its key is present.
+fn request_hash(
+    key: &crate::state::HashKey,
+    parts: &http::request::Parts,
+    peer: Option<std::net::IpAddr>,
+) -> Option<u64> {
+    use crate::state::HashKey;
+    let value: String = match key {
+        HashKey::Header(name) => parts.headers.get(name.as_str())?.to_str().ok()?.to_owned(),
+        HashKey::Cookie(name) => parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            })?,
+        HashKey::Query(name) => parts.uri.query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| v.to_owned())
+        })?,
+        HashKey::SourceIp => peer?.to_string(),
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&value, &mut h);
+    Some(std::hash::Hasher::finish(&h))
 }
 
 pub(crate) fn content_length(headers: &http::HeaderMap) -> u64 {

@@ -127,7 +127,18 @@ impl Outbound {
                         &[],
                         &state.node,
                         resolved,
-                        policy.map_or(&*self.round_robin, |p| &p.round_robin),
+                        crate::lb::Balance {
+                            counter: policy.map_or(&*self.round_robin, |p| &p.round_robin),
+                            hash: (resolved.and_then(|r| r.hash_key.as_ref())
+                                == Some(&crate::state::HashKey::SourceIp))
+                            .then(|| downstream.peer_addr().ok())
+                            .flatten()
+                            .map(|a| {
+                                let mut h = std::collections::hash_map::DefaultHasher::new();
+                                std::hash::Hash::hash(&a.ip(), &mut h);
+                                std::hash::Hasher::finish(&h)
+                            }),
+                        },
                     )
                     .cloned()
             });

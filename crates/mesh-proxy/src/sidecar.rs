@@ -165,7 +165,11 @@ async fn serve_outbound(listener: TcpListener, outbound: Outbound) {
             }
             let service = hyper::service::service_fn(move |req| {
                 let outbound = outbound.clone();
-                async move { Ok::<_, std::convert::Infallible>(outbound.handle(req, captured).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        outbound.handle(req, captured, Some(peer.ip())).await,
+                    )
+                }
             });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

@@ -149,6 +149,21 @@ pub struct ResolvedPolicy {
     pub max_requests: Option<u32>,
     /// Most requests waiting for a slot (`http1MaxPendingRequests`).
     pub max_pending: Option<u32>,
+    /// Consistent-hash key, when the policy asks for session affinity.
+    pub hash_key: Option<HashKey>,
+}
+
+/// What a consistent hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// The caller's IP address.
+    SourceIp,
+    /// A query parameter.
+    Query(String),
 }
 
 /// The parts of a traffic policy this proxy applies, as written (None = not set).
@@ -218,6 +233,21 @@ impl<'a> PolicyParts<'a> {
                         .and_then(|t| t.max_connections)
                 })
                 .map(|n| n.max(1) as u32),
+            hash_key: self
+                .lb
+                .and_then(|l| l.consistent_hash.as_ref())
+                .and_then(|c| {
+                    c.http_header_name
+                        .clone()
+                        .map(|h| HashKey::Header(h.to_ascii_lowercase()))
+                        .or_else(|| {
+                            c.http_cookie
+                                .as_ref()
+                                .map(|k| HashKey::Cookie(k.name.clone()))
+                        })
+                        .or_else(|| (c.use_source_ip == Some(true)).then_some(HashKey::SourceIp))
+                        .or_else(|| c.http_query_parameter_name.clone().map(HashKey::Query))
+                }),
             max_pending: self
                 .pool
                 .and_then(|p| p.http.as_ref())

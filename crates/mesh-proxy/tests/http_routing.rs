@@ -914,3 +914,36 @@ spec:
         "slots are released"
     );
 }
+
+#[tokio::test]
+async fn consistent_hash_keeps_a_user_on_one_endpoint() {
+    let w = world("", Duration::ZERO).await;
+    let sticky = client_config(
+        w.v1_inbound,
+        w.v2_inbound,
+        "  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+",
+    );
+    w.client.store.apply_yaml(&sticky, "client").unwrap();
+    let out = w.client.outbound_addr;
+    let mut versions_by_user = std::collections::BTreeMap::new();
+    let users: Vec<String> = (0..16).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let (status, body) = get(out, "reviews:9080", "/", &[("x-user", user.as_str())]).await;
+            assert_eq!(status, 200);
+            seen.insert(body.split(' ').next().unwrap().to_owned());
+        }
+        assert_eq!(seen.len(), 1, "{user} stays on one endpoint: {seen:?}");
+        versions_by_user.insert(user.clone(), seen.into_iter().next().unwrap());
+    }
+    let distinct: std::collections::BTreeSet<_> = versions_by_user.values().collect();
+    assert_eq!(
+        distinct.len(),
+        2,
+        "users spread over both endpoints: {versions_by_user:?}"
+    );
+}
