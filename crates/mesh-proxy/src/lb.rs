@@ -140,6 +140,13 @@ impl LocalityPolicy {
     }
 }
 
+/// A stable 64-bit hash, for consistent hashing.
+pub fn hash_of(value: impl std::hash::Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    std::hash::Hasher::finish(&h)
+}
+
 /// How to pick within the best tier: the round-robin position, and the request's
 /// hash key when the policy asks for consistent hashing.
 #[derive(Debug, Clone, Copy)]
@@ -319,11 +326,7 @@ impl HealthTracker {
             // wins, so a key moves only when its endpoint goes away.
             return tier
                 .iter()
-                .max_by_key(|(_, e, _)| {
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    std::hash::Hash::hash(&(key, e.inbound), &mut h);
-                    std::hash::Hasher::finish(&h)
-                })
+                .max_by_key(|(_, e, _)| hash_of((key, e.inbound)))
                 .map(|(_, e, _)| *e);
         }
         let i = match lb {

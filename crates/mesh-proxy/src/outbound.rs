@@ -530,7 +530,6 @@ impl Outbound {
         let Some(target) = state.services.get(&mirror.host).cloned() else {
             return;
         };
-        let policy = state.policies.get(&mirror.host).cloned();
         let Some(port) = target
             .port(mirror.port.or(Some(default_port)))
             .or_else(|| target.port(None))
@@ -538,27 +537,7 @@ impl Outbound {
         else {
             return;
         };
-        let endpoint = DestinationPolicy::select(policy.as_deref(), &target, &mirror.subset)
-            .ok()
-            .and_then(|c| {
-                self.health
-                    .choose(
-                        &target.host,
-                        &c,
-                        &[],
-                        &state.node,
-                        policy
-                            .as_deref()
-                            .and_then(|p| p.resolve(&mirror.subset, port)),
-                        crate::lb::Balance {
-                            counter: policy
-                                .as_deref()
-                                .map_or(&*self.round_robin, |p| &p.round_robin),
-                            hash: None,
-                        },
-                    )
-                    .cloned()
-            });
+        let endpoint = self.pick_one(state, &target, &mirror.subset, port, None);
         let Some(endpoint) = endpoint else { return };
         let mut req = Request::new(full(body));
         *req.method_mut() = template.method.clone();
@@ -581,6 +560,33 @@ impl Outbound {
                 tracing::debug!(error = %e, "mirror request failed");
             }
         });
+    }
+
+    /// One endpoint of `target`'s `subset` for a single try (mirrors, TCP streams):
+    /// ready, healthy, best locality, then the destination's balancing.
+    pub(crate) fn pick_one(
+        &self,
+        state: &crate::state::ProxyState,
+        target: &crate::state::Service,
+        subset: &str,
+        port: u16,
+        hash: Option<u64>,
+    ) -> Option<Arc<crate::state::Endpoint>> {
+        let policy = state.policies.get(&target.host).map(Arc::as_ref);
+        let candidates = DestinationPolicy::select(policy, target, subset).ok()?;
+        self.health
+            .choose(
+                &target.host,
+                &candidates,
+                &[],
+                &state.node,
+                policy.and_then(|p| p.resolve(subset, port)),
+                crate::lb::Balance {
+                    counter: policy.map_or(&*self.round_robin, |p| &p.round_robin),
+                    hash,
+                },
+            )
+            .cloned()
     }
 
     fn trust_domain(&self) -> &str {
@@ -616,9 +622,7 @@ fn request_hash(
         })?,
         HashKey::SourceIp => peer?.to_string(),
     };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&value, &mut h);
-    Some(std::hash::Hasher::finish(&h))
+    Some(crate::lb::hash_of(value))
 }
 
 pub(crate) fn content_length(headers: &http::HeaderMap) -> u64 {

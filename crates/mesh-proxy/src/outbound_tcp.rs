@@ -13,7 +13,7 @@ use crate::error::ResponseFlag;
 use crate::outbound::Outbound;
 use crate::routes::{WeightedDestination, pick_weighted};
 use crate::sni::outbound_sni;
-use crate::state::{DestinationPolicy, Protocol, Service};
+use crate::state::{Protocol, Service};
 
 /// Request-line starts of HTTP/1.x methods, and the HTTP/2 connection preface.
 const HTTP_STARTS: &[&[u8]] = &[
@@ -117,31 +117,12 @@ impl Outbound {
         let cluster = outbound_sni(port, &dest.subset, &target.host);
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
         let resolved = policy.and_then(|p| p.resolve(&dest.subset, port));
-        let endpoint = DestinationPolicy::select(policy, target, &dest.subset)
-            .ok()
-            .and_then(|c| {
-                self.health
-                    .choose(
-                        &target.host,
-                        &c,
-                        &[],
-                        &state.node,
-                        resolved,
-                        crate::lb::Balance {
-                            counter: policy.map_or(&*self.round_robin, |p| &p.round_robin),
-                            hash: (resolved.and_then(|r| r.hash_key.as_ref())
-                                == Some(&crate::state::HashKey::SourceIp))
-                            .then(|| downstream.peer_addr().ok())
-                            .flatten()
-                            .map(|a| {
-                                let mut h = std::collections::hash_map::DefaultHasher::new();
-                                std::hash::Hash::hash(&a.ip(), &mut h);
-                                std::hash::Hasher::finish(&h)
-                            }),
-                        },
-                    )
-                    .cloned()
-            });
+        let hash = (resolved.and_then(|r| r.hash_key.as_ref())
+            == Some(&crate::state::HashKey::SourceIp))
+        .then(|| downstream.peer_addr().ok())
+        .flatten()
+        .map(|a| crate::lb::hash_of(a.ip()));
+        let endpoint = self.pick_one(&state, target, &dest.subset, port, hash);
         let Some(endpoint) = endpoint else {
             return log(
                 ResponseFlag::NoHealthyUpstream.code(),

@@ -367,13 +367,22 @@ impl CompiledRoute {
     }
 }
 
-fn compile_mirrors(route: &HttpRoute, namespace: &str) -> Vec<(WeightedDestination, f64)> {
-    let target = |d: &mesh_api::networking::Destination| WeightedDestination {
+/// An Istio `Destination` resolved from `namespace`, with a weight.
+fn destination(
+    d: &mesh_api::networking::Destination,
+    namespace: &str,
+    weight: u32,
+) -> WeightedDestination {
+    WeightedDestination {
         host: resolve_host(&d.host, namespace),
         subset: d.subset_name().to_owned(),
         port: d.port.map(|p| p.number as u16),
-        weight: 1,
-    };
+        weight,
+    }
+}
+
+fn compile_mirrors(route: &HttpRoute, namespace: &str) -> Vec<(WeightedDestination, f64)> {
+    let target = |d: &mesh_api::networking::Destination| destination(d, namespace, 1);
     let mut out = Vec::new();
     if let Some(m) = &route.mirror {
         // Istio: mirrorPercentage, else the deprecated mirrorPercent, else 100.
@@ -459,12 +468,7 @@ fn weighted(dests: &[HttpRouteDestination], namespace: &str) -> Vec<WeightedDest
     dests
         .iter()
         .zip(effective)
-        .map(|(d, weight)| WeightedDestination {
-            host: resolve_host(&d.destination.host, namespace),
-            subset: d.destination.subset_name().to_owned(),
-            port: d.destination.port.map(|p| p.number as u16),
-            weight,
-        })
+        .map(|(d, weight)| destination(&d.destination, namespace, weight))
         .collect()
 }
 
@@ -548,12 +552,7 @@ impl CompiledTcpRoute {
                 .route
                 .iter()
                 .zip(effective)
-                .map(|(d, weight)| WeightedDestination {
-                    host: resolve_host(&d.destination.host, namespace),
-                    subset: d.destination.subset_name().to_owned(),
-                    port: d.destination.port.map(|p| p.number as u16),
-                    weight,
-                })
+                .map(|(d, weight)| destination(&d.destination, namespace, weight))
                 .collect(),
         }
     }
