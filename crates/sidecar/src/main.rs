@@ -52,6 +52,10 @@ struct Args {
     /// Inbound ports left out of capture (with --capture), comma separated.
     #[arg(long, value_delimiter = ',')]
     exclude_inbound_ports: Vec<u16>,
+    /// Worker threads of the data path (default: one per core). 1 runs everything on
+    /// one thread.
+    #[arg(long)]
+    workers: Option<usize>,
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -73,9 +77,24 @@ fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let runtime = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let format = if args.json_logs {
         mesh_telemetry::LogFormat::Json
     } else {

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Benchmarks one mesh hop on loopback:
+#   direct:   load → backend
+#   isthmus:  load → sidecar A → mTLS → sidecar B → backend
+#   nginx:    load → nginx A  → mTLS → nginx B  → backend
+#   haproxy:  load → haproxy A → mTLS → haproxy B → backend
+# TLS 1.3, ECDSA P-256, client certificates verified on both sides, upstream
+# keepalive everywhere. Open-loop load at a fixed rate with latency correction (oha),
+# proxies pinned to core 1 with one worker each, load generator and backend on core 0.
+#
+#   tools/bench/sidecar-hop.sh [RATE] [SECONDS]     (defaults 1000 rps, 20 s)
+#
+# Needs: oha (cargo install oha --locked), nginx, haproxy, openssl, taskset.
+# Prints Markdown rows for docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+RATE=${1:-1000}
+SECS=${2:-20}
+WARMUP=5
+for tool in oha nginx haproxy openssl taskset python3; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is required" >&2; exit 1; }
+done
+
+cargo build --release -q -p sidecar -p meshctl
+BIN=target/release
+W=$(mktemp -d /tmp/isthmus-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+# --- certificates -------------------------------------------------------------
+"$BIN/meshctl" ca init --trust-domain bench.local --out "$W/root" >/dev/null
+"$BIN/meshctl" ca intermediate --root "$W/root" --cluster bench --out "$W/ca" >/dev/null
+"$BIN/meshctl" ca workload --ca "$W/ca" --namespace default --service-account client --out "$W/client" >/dev/null
+"$BIN/meshctl" ca workload --ca "$W/ca" --namespace default --service-account server --out "$W/server" >/dev/null
+# nginx and haproxy verify host names, so their pair gets DNS-SAN certificates.
+openssl ecparam -name prime256v1 -genkey -noout -out "$W/pca.key" 2>/dev/null
+openssl req -x509 -new -key "$W/pca.key" -subj /CN=bench-ca -days 2 -out "$W/pca.crt" 2>/dev/null
+for n in pserver pclient; do
+  openssl ecparam -name prime256v1 -genkey -noout -out "$W/$n.key" 2>/dev/null
+  openssl req -new -key "$W/$n.key" -subj /CN=mesh.test -out "$W/$n.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:mesh.test\nextendedKeyUsage=serverAuth,clientAuth\n' > "$W/$n.ext"
+  openssl x509 -req -in "$W/$n.csr" -CA "$W/pca.crt" -CAkey "$W/pca.key" -CAcreateserial -days 2 \
+    -extfile "$W/$n.ext" -out "$W/$n.crt" 2>/dev/null
+  cat "$W/$n.crt" "$W/$n.key" > "$W/$n.pem"
+done
+
+# --- backend: 1 KiB responses --------------------------------------------------
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+cat > "$W/backend.conf" <<EOF
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:18080; location / { return 200 "$BODY"; } } }
+EOF
+taskset -c 0 nginx -p "$W" -c "$W/backend.conf" & PIDS+=($!)
+
+# --- isthmus pair ----------------------------------------------------------------
+cat > "$W/a.yaml" <<EOF
+apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {name: client, namespace: default, serviceAccount: client}
+services:
+- name: bench
+  namespace: default
+  ports: [{name: http, port: 8080}]
+  endpoints: [{address: 127.0.0.1, inboundPort: 18306}]
+EOF
+cat > "$W/b.yaml" <<EOF
+apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {name: server, namespace: default, serviceAccount: server}
+services:
+- {name: bench, namespace: default, ports: [{name: http, port: 8080, targetPort: 18080}]}
+EOF
+# Access logging off, as in Istio's default mesh config.
+RUST_LOG=warn taskset -c 1 "$BIN/sidecar" --workers 1 --config "$W/a.yaml" --cert-dir "$W/client" \
+  --outbound 127.0.0.1:18301 --inbound 127.0.0.1:18302 --admin 127.0.0.1:18303 & PIDS+=($!); ISTHMUS_A=$!
+RUST_LOG=warn taskset -c 1 "$BIN/sidecar" --workers 1 --config "$W/b.yaml" --cert-dir "$W/server" \
+  --outbound 127.0.0.1:18304 --inbound 127.0.0.1:18306 --admin 127.0.0.1:18305 & PIDS+=($!); ISTHMUS_B=$!
+
+# --- nginx pair -----------------------------------------------------------------
+cat > "$W/nginx-a.conf" <<EOF
+worker_processes 1; daemon off; pid $W/na.pid; error_log $W/na.err warn;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream b { server 127.0.0.1:18102; keepalive 64; }
+  server { listen 127.0.0.1:18101;
+    location / { proxy_pass https://b; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_certificate $W/pclient.crt; proxy_ssl_certificate_key $W/pclient.key;
+      proxy_ssl_trusted_certificate $W/pca.crt; proxy_ssl_verify on; proxy_ssl_name mesh.test;
+      proxy_ssl_server_name on; proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on; } } }
+EOF
+cat > "$W/nginx-b.conf" <<EOF
+worker_processes 1; daemon off; pid $W/nb.pid; error_log $W/nb.err warn;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream app { server 127.0.0.1:18080; keepalive 64; }
+  server { listen 127.0.0.1:18102 ssl; ssl_protocols TLSv1.3;
+    ssl_certificate $W/pserver.crt; ssl_certificate_key $W/pserver.key;
+    ssl_client_certificate $W/pca.crt; ssl_verify_client on;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+taskset -c 1 nginx -p "$W" -c "$W/nginx-a.conf" & PIDS+=($!); NGINX_A=$!
+taskset -c 1 nginx -p "$W" -c "$W/nginx-b.conf" & PIDS+=($!); NGINX_B=$!
+
+# --- haproxy pair ---------------------------------------------------------------
+cat > "$W/haproxy-a.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18201
+  default_backend be
+backend be
+  server b 127.0.0.1:18202 ssl crt $W/pclient.pem ca-file $W/pca.crt verify required verifyhost mesh.test sni str(mesh.test) ssl-min-ver TLSv1.3
+EOF
+cat > "$W/haproxy-b.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18202 ssl crt $W/pserver.pem ca-file $W/pca.crt verify required ssl-min-ver TLSv1.3
+  default_backend app
+backend app
+  server app 127.0.0.1:18080
+EOF
+taskset -c 1 haproxy -f "$W/haproxy-a.cfg" -db & PIDS+=($!); HAPROXY_A=$!
+taskset -c 1 haproxy -f "$W/haproxy-b.cfg" -db & PIDS+=($!); HAPROXY_B=$!
+
+sleep 2
+# Every path must answer before anything is measured.
+for url in http://127.0.0.1:18080/ http://127.0.0.1:18301/ http://127.0.0.1:18101/ http://127.0.0.1:18201/; do
+  code=$(oha -n 5 --no-tui -H 'host: bench:8080' --output-format json "$url" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sorted(d["statusCodeDistribution"].keys()))')
+  [ "$code" = "['200']" ] || { echo "error: $url answered $code" >&2; exit 1; }
+done
+
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+
+echo "| topology | conns | rate | p50 µs | p90 µs | p99 µs | p99.9 µs | ok | CPU-s/10k (A, B) | RSS idle→peak MiB (A, B) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+run() {
+  local name=$1 url=$2 conns=$3 a=${4:-} b=${5:-}
+  oha -z "${WARMUP}s" -q "$RATE" -c "$conns" --latency-correction --no-tui -H 'host: bench:8080' "$url" >/dev/null
+  local ra rb ta0 tb0
+  if [ -n "$a" ]; then ra=$(rss_kb "$a"); rb=$(rss_kb "$b"); ta0=$(ticks "$a"); tb0=$(ticks "$b"); fi
+  local json
+  json=$(taskset -c 0 oha -z "${SECS}s" -q "$RATE" -c "$conns" --latency-correction --no-tui \
+    -H 'host: bench:8080' --output-format json "$url")
+  local cpu="-" mem="-"
+  local ok
+  ok=$(echo "$json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["statusCodeDistribution"].get("200",0))')
+  if [ -n "$a" ]; then
+    cpu=$(python3 -c "print(f'{($(ticks "$a")-$ta0)/$HZ/($ok/10000):.2f}, {($(ticks "$b")-$tb0)/$HZ/($ok/10000):.2f}')")
+    mem=$(python3 -c "print(f'{$ra/1024:.1f}→{$(hwm_kb "$a")/1024:.1f}, {$rb/1024:.1f}→{$(hwm_kb "$b")/1024:.1f}')")
+  fi
+  echo "$json" | python3 -c "
+import json,sys
+d=json.load(sys.stdin); p=d['latencyPercentiles']
+us=lambda k: f'{p[k]*1e6:.0f}'
+print(f'| $name | $conns | $RATE | {us(\"p50\")} | {us(\"p90\")} | {us(\"p99\")} | {us(\"p99.9\")} | $ok | $cpu | $mem |')"
+}
+
+for c in 4 16; do
+  run direct  http://127.0.0.1:18080/ "$c"
+  run isthmus http://127.0.0.1:18301/ "$c" "$ISTHMUS_A" "$ISTHMUS_B"
+  run nginx   http://127.0.0.1:18101/ "$c" "$NGINX_A" "$NGINX_B"
+  run haproxy http://127.0.0.1:18201/ "$c" "$HAPROXY_A" "$HAPROXY_B"
+done
+
+# Throughput of each pair on its one core: closed loop, 16 connections.
+echo
+echo "| topology | max rps (pair on one core, 16 conns, closed loop) |"
+echo "|---|---|"
+for t in "isthmus http://127.0.0.1:18301/" "nginx http://127.0.0.1:18101/" "haproxy http://127.0.0.1:18201/"; do
+  set -- $t
+  rps=$(taskset -c 0 oha -z 10s -c 16 --no-tui -H 'host: bench:8080' --output-format json "$2" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["summary"]["requestsPerSec"]))')
+  echo "| $1 | $rps |"
+done
