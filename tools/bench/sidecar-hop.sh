@@ -145,9 +145,11 @@ for url in http://127.0.0.1:18080/ http://127.0.0.1:18301/ http://127.0.0.1:1810
   [ "$code" = "['200']" ] || { echo "error: $url answered $code" >&2; exit 1; }
 done
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+# A proxy is its process and its children (nginx's worker does the work).
+family() { echo "$1"; pgrep -P "$1" || true; }
+ticks() { for p in $(family "$1"); do awk '{print $14+$15}' "/proc/$p/stat"; done | awk '{s+=$1} END {print s}'; }
+rss_kb() { for p in $(family "$1"); do awk '/^VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s}'; }
+hwm_kb() { for p in $(family "$1"); do awk '/^VmHWM/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s}'; }
 HZ=$(getconf CLK_TCK)
 
 echo "| topology | conns | rate | p50 µs | p90 µs | p99 µs | p99.9 µs | ok | CPU-s/10k (A, B) | RSS idle→peak MiB (A, B) |"
