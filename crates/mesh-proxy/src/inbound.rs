@@ -275,9 +275,9 @@ impl Inbound {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let request_bytes = crate::outbound::content_length(&parts.headers);
         let parent = mesh_telemetry::trace::TraceParent::from_headers(&parts.headers);
-        let mut span = self
-            .tracing
-            .start(format!("{service_host}:{service_port}/*"), true, parent);
+        let mut span =
+            self.tracing
+                .start(|| format!("{service_host}:{service_port}/*"), true, parent);
         span.context().inject(&mut parts.headers);
         let host = parts
             .uri
@@ -376,24 +376,27 @@ impl Inbound {
             source_cluster = %caller_info.cluster,
             duration_ms = started.elapsed().as_millis() as u64,
         );
-        let node = self.store.snapshot().node.clone();
-        span.set([
-            ("node_id", node.name.clone()),
-            ("istio.namespace", node.namespace.clone()),
-            (
-                "istio.canonical_service",
-                node.labels.get("app").cloned().unwrap_or_default(),
-            ),
-            ("http.url", format!("http://{service_host}{path}")),
-            ("source_principal", caller.to_owned()),
-            ("source_cluster", caller_info.cluster.clone()),
-            ("destination_cluster", node.cluster.clone()),
-        ]);
+        let state = self.store.snapshot();
+        let node = &state.node;
+        if span.is_recording() {
+            span.set([
+                ("node_id", node.name.clone()),
+                ("istio.namespace", node.namespace.clone()),
+                (
+                    "istio.canonical_service",
+                    node.labels.get("app").cloned().unwrap_or_default(),
+                ),
+                ("http.url", format!("http://{service_host}{path}")),
+                ("source_principal", caller.to_owned()),
+                ("source_cluster", caller_info.cluster.clone()),
+                ("destination_cluster", node.cluster.clone()),
+            ]);
+        }
         span.end(resp.status().as_u16(), flag.map_or("-", ResponseFlag::code));
         self.metrics.request(
             &RequestLabels {
                 peers: crate::peer::destination_report(
-                    &node,
+                    node,
                     &self.local_id,
                     &caller_info,
                     caller,

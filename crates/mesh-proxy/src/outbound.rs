@@ -77,7 +77,9 @@ impl Outbound {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let request_bytes = content_length(req.headers());
         let parent = mesh_telemetry::trace::TraceParent::from_headers(req.headers());
-        let mut span = self.tracing.start(format!("{authority}/*"), false, parent);
+        let mut span = self
+            .tracing
+            .start(|| format!("{authority}/*"), false, parent);
         let mut outcome = Outcome {
             trace: Some(span.context()),
             ..Default::default()
@@ -85,28 +87,31 @@ impl Outbound {
         let resp = self
             .route(req, &authority, captured, peer, &mut outcome)
             .await;
-        let node = self.store.snapshot().node.clone();
-        span.set([
-            ("node_id", node.name.clone()),
-            ("istio.namespace", node.namespace.clone()),
-            (
-                "istio.canonical_service",
-                node.labels.get("app").cloned().unwrap_or_default(),
-            ),
-            ("http.method", method.to_string()),
-            ("http.url", format!("http://{authority}{path}")),
-            ("upstream_cluster", outcome.upstream_cluster.clone()),
-            ("upstream_host", outcome.upstream_host.clone()),
-            ("source_cluster", node.cluster.clone()),
-            (
-                "destination_cluster",
-                outcome
-                    .peers
-                    .as_ref()
-                    .map(|p| p.destination_cluster.clone())
-                    .unwrap_or_default(),
-            ),
-        ]);
+        let state = self.store.snapshot();
+        let node = &state.node;
+        if span.is_recording() {
+            span.set([
+                ("node_id", node.name.clone()),
+                ("istio.namespace", node.namespace.clone()),
+                (
+                    "istio.canonical_service",
+                    node.labels.get("app").cloned().unwrap_or_default(),
+                ),
+                ("http.method", method.to_string()),
+                ("http.url", format!("http://{authority}{path}")),
+                ("upstream_cluster", outcome.upstream_cluster.clone()),
+                ("upstream_host", outcome.upstream_host.clone()),
+                ("source_cluster", node.cluster.clone()),
+                (
+                    "destination_cluster",
+                    outcome
+                        .peers
+                        .as_ref()
+                        .map(|p| p.destination_cluster.clone())
+                        .unwrap_or_default(),
+                ),
+            ]);
+        }
         self.metrics.request(
             &RequestLabels {
                 peers: outcome.peers.clone().unwrap_or_else(|| PeerLabels {

@@ -194,10 +194,11 @@ impl Tracing {
         }
     }
 
-    /// Starts a span continuing `parent` (or a new trace).
-    pub fn start(
+    /// Starts a span continuing `parent` (or a new trace). `name` is only called when
+    /// spans are exported, so nothing is formatted for a span nobody will see.
+    pub fn start<N: Into<Cow<'static, str>>>(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> N,
         server: bool,
         parent: Option<TraceParent>,
     ) -> HopSpan {
@@ -228,7 +229,7 @@ impl Tracing {
             None => Context::new(),
         };
         let span = tracer
-            .span_builder(name)
+            .span_builder(name())
             .with_kind(if server {
                 SpanKind::Server
             } else {
@@ -270,6 +271,11 @@ impl std::fmt::Debug for HopSpan {
 }
 
 impl HopSpan {
+    /// Whether this span is exported (attributes are worth building).
+    pub fn is_recording(&self) -> bool {
+        self.span.is_some()
+    }
+
     /// The ids to pass to the next hop.
     pub fn context(&self) -> TraceParent {
         self.context
@@ -350,7 +356,7 @@ mod tests {
             span_id: [9; 8],
             sampled: true,
         };
-        let span = t.start("hop", false, Some(parent));
+        let span = t.start(|| "hop", false, Some(parent));
         assert_eq!(span.context().trace_id, [7; 16]);
         assert_ne!(span.context().span_id, [9; 8]);
     }
