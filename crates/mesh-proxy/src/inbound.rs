@@ -80,7 +80,7 @@ impl Inbound {
     }
 
     /// Accepts connections until the listener fails.
-    pub async fn serve(self, listener: TcpListener) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -94,7 +94,7 @@ impl Inbound {
         }
     }
 
-    async fn connection(self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         // TLS starts with a handshake record (0x16); anything else, or silence (a
         // server-first protocol), is plaintext.
@@ -121,9 +121,10 @@ impl Inbound {
             }
         };
         let (_, conn) = tls.get_ref();
-        let caller = mesh_identity::peer_id(conn.peer_certificates(), &peer.to_string())
+        let caller: Arc<str> = mesh_identity::peer_id(conn.peer_certificates(), &peer.to_string())
             .map(|id| id.to_string())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into();
         let target = conn
             .server_name()
             .and_then(parse_outbound_sni)
@@ -186,21 +187,6 @@ impl Inbound {
         if h2 { &self.h2c_client } else { &self.client }
     }
 
-    /// The workload port and protocol behind a service port, from this node's own
-    /// services.
-    fn local_port(&self, service_port: u16) -> (u16, Protocol) {
-        let state = self.store.snapshot();
-        state
-            .services
-            .values()
-            .filter(|s| s.namespace == state.node.namespace)
-            .flat_map(|s| s.ports.iter())
-            .find(|p| p.port == service_port)
-            .map_or((service_port, Protocol::Unknown), |p| {
-                (p.target_port, p.protocol)
-            })
-    }
-
     /// An opaque TCP stream: spliced to the application's port.
     async fn tcp<S>(&self, mut stream: S, peer: SocketAddr, caller: &str, service_port: Option<u16>)
     where
@@ -212,9 +198,10 @@ impl Inbound {
             tracing::info!(target: "access", direction = "inbound", %peer, response_flags = "NR", "TCP stream without outbound SNI");
             return;
         };
-        let (target_port, _) = self.local_port(service_port);
+        let state = self.store.snapshot();
+        let (target_port, _) = state.local_port(service_port);
         let app = SocketAddr::new(self.app_ip, target_port);
-        let decision = self.store.snapshot().authz.decide(&Attributes {
+        let decision = state.authz.decide(&Attributes {
             principal: caller.strip_prefix("spiffe://").unwrap_or(caller),
             source_ip: Some(peer.ip()),
             port: target_port,
@@ -261,7 +248,8 @@ impl Inbound {
                 "the connection carried no outbound SNI",
             );
         };
-        let (target_port, protocol) = self.local_port(service_port);
+        let state = self.store.snapshot();
+        let (target_port, protocol) = state.local_port(service_port);
         let (mut parts, body) = req.into_parts();
         let caller_info = parts
             .headers
@@ -291,7 +279,7 @@ impl Inbound {
                     .map(|h| crate::state::strip_port(h).to_owned())
             })
             .unwrap_or_default();
-        let decision = self.store.snapshot().authz.decide(&Attributes {
+        let decision = state.authz.decide(&Attributes {
             principal: caller.strip_prefix("spiffe://").unwrap_or(caller),
             source_ip: Some(peer.ip()),
             port: target_port,
@@ -376,7 +364,6 @@ impl Inbound {
             source_cluster = %caller_info.cluster,
             duration_ms = started.elapsed().as_millis() as u64,
         );
-        let state = self.store.snapshot();
         let node = &state.node;
         if span.is_recording() {
             span.set([

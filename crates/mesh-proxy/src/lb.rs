@@ -225,38 +225,39 @@ impl HealthTracker {
         let Some(policy) = policy else { return };
         let Ok(mut m) = self.inner.lock() else { return };
         let now = Instant::now();
-        let ejected_now = m
-            .iter()
-            .filter(|((h, _), s)| h == host && s.ejected_until.is_some_and(|t| t > now))
-            .count();
-        let h = m.entry((host.to_owned(), ep)).or_default();
+        let key = (host.to_owned(), ep);
+        let h = m.entry(key.clone()).or_default();
         let (is_5xx, is_gateway) = match outcome {
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
             Outcome::ConnectFailure | Outcome::Reset => (true, true),
         };
-        if is_5xx {
-            h.consecutive_5xx += 1
+        h.consecutive_5xx = if is_5xx { h.consecutive_5xx + 1 } else { 0 };
+        h.consecutive_gateway = if is_gateway {
+            h.consecutive_gateway + 1
         } else {
-            h.consecutive_5xx = 0
-        }
-        if is_gateway {
-            h.consecutive_gateway += 1
-        } else {
-            h.consecutive_gateway = 0
-        }
+            0
+        };
         let tripped = (policy.consecutive_5xx > 0 && h.consecutive_5xx >= policy.consecutive_5xx)
             || (policy.consecutive_gateway > 0
                 && h.consecutive_gateway >= policy.consecutive_gateway);
-        let already = h.ejected_until.is_some_and(|t| t > now);
-        let room = (ejected_now + 1) * 100 <= endpoints * policy.max_ejection_percent as usize;
-        if tripped && !already && room {
-            h.times_ejected += 1;
-            let until = now + policy.base_ejection * h.times_ejected;
-            h.ejected_until = Some(until);
-            h.consecutive_5xx = 0;
-            h.consecutive_gateway = 0;
-            tracing::info!(host, endpoint = %ep, for_ms = (until - now).as_millis() as u64, "endpoint ejected");
+        if !tripped || h.ejected_until.is_some_and(|t| t > now) {
+            return;
         }
+        // Only when an endpoint trips: how many of the service's are out already.
+        let ejected_now = m
+            .iter()
+            .filter(|((h, _), s)| h == host && s.ejected_until.is_some_and(|t| t > now))
+            .count();
+        if (ejected_now + 1) * 100 > endpoints * policy.max_ejection_percent as usize {
+            return;
+        }
+        let Some(h) = m.get_mut(&key) else { return };
+        h.times_ejected += 1;
+        let until = now + policy.base_ejection * h.times_ejected;
+        h.ejected_until = Some(until);
+        h.consecutive_5xx = 0;
+        h.consecutive_gateway = 0;
+        tracing::info!(host, endpoint = %ep, for_ms = (until - now).as_millis() as u64, "endpoint ejected");
     }
 
     fn snapshot(&self, host: &str, eps: &[&Arc<Endpoint>]) -> Vec<(bool, u32)> {

@@ -109,8 +109,8 @@ impl Sidecar {
             options.tracing.clone(),
         );
         let mut tasks = vec![
-            tokio::spawn(serve_outbound(out_listener, outbound)),
-            tokio::spawn(inbound.serve(in_listener)),
+            tokio::spawn(serve_outbound(out_listener, Arc::new(outbound))),
+            tokio::spawn(Arc::new(inbound).serve(in_listener)),
         ];
         let admin = crate::admin::Admin {
             store: store.clone(),
@@ -136,7 +136,7 @@ impl Sidecar {
     }
 }
 
-async fn serve_outbound(listener: TcpListener, outbound: Outbound) {
+async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>) {
     let local = listener.local_addr().ok();
     loop {
         let (tcp, peer) = match listener.accept().await {

@@ -555,6 +555,19 @@ impl ProxyState {
         })
     }
 
+    /// The workload port and protocol behind one of this node's service ports (the
+    /// port itself, protocol unknown, when no service of the node declares it).
+    pub fn local_port(&self, service_port: u16) -> (u16, Protocol) {
+        self.services
+            .values()
+            .filter(|s| s.namespace == self.node.namespace)
+            .flat_map(|s| s.ports.iter())
+            .find(|p| p.port == service_port)
+            .map_or((service_port, Protocol::Unknown), |p| {
+                (p.target_port, p.protocol)
+            })
+    }
+
     /// The service whose virtual IP a captured connection was sent to.
     pub fn service_for_ip(&self, ip: std::net::IpAddr) -> Option<&Arc<Service>> {
         self.services.values().find(|s| s.addresses.contains(&ip))
