@@ -438,6 +438,47 @@ impl ClusterCa {
     }
 }
 
+/// A workload key and its certificate made in one place: for file-mode workloads,
+/// tools and tests. Sidecars keep their key to themselves and send only the CSR.
+#[derive(Debug, Clone)]
+pub struct IssuedWorkload {
+    /// Leaf, intermediate(s), root, PEM.
+    pub chain_pem: String,
+    /// The private key, PEM (PKCS#8).
+    pub key_pem: String,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl IssuedWorkload {
+    /// The certificate as a workload loads it, checked like any other.
+    pub fn load(&self, origin: &str) -> Result<crate::tls::WorkloadCert> {
+        crate::tls::WorkloadCert::from_pem(&self.chain_pem, &self.key_pem, origin)
+    }
+
+    /// Writes `cert-chain.pem` and `key.pem` (mode 0600) into `dir`, the files the
+    /// sidecar's `--cert-dir` reads.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        write(dir, "cert-chain.pem", &self.chain_pem, false)?;
+        write(dir, "key.pem", &self.key_pem, true)
+    }
+}
+
+impl ClusterCa {
+    /// Makes a key and a CSR for `id` and signs it: [`WorkloadCsr::generate`] then
+    /// [`ClusterCa::sign_csr`].
+    pub fn issue_workload(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedWorkload> {
+        let csr = WorkloadCsr::generate(id)?;
+        let issued = self.sign_csr(&csr.csr_pem, id, ttl)?;
+        Ok(IssuedWorkload {
+            chain_pem: issued.chain_pem,
+            key_pem: csr.key_pem,
+            not_after: issued.not_after,
+        })
+    }
+}
+
 /// A fresh ECDSA P-256 key and a CSR for `id`, as a workload (or its sidecar) makes them.
 #[derive(Debug, Clone)]
 pub struct WorkloadCsr {

@@ -17,7 +17,7 @@ pub mod tls;
 pub mod verify;
 
 pub use bundle::TrustBundle;
-pub use ca::{ClusterCa, IssuedCert, RootCa, WorkloadCsr};
+pub use ca::{ClusterCa, IssuedCert, IssuedWorkload, RootCa, WorkloadCsr};
 pub use error::{IdentityError, Result};
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use tls::{Identity, WorkloadCert};

@@ -263,11 +263,9 @@ impl mesh_identity::rotation::CertificateSource for LocalCa {
         current: &mesh_identity::WorkloadCert,
     ) -> mesh_identity::Result<mesh_identity::WorkloadCert> {
         let id = current.id().clone();
-        let csr = mesh_identity::WorkloadCsr::generate(&id)?;
-        let issued = self
-            .0
-            .sign_csr(&csr.csr_pem, &id, Duration::from_secs(3600))?;
-        mesh_identity::WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "renewed")
+        self.0
+            .issue_workload(&id, Duration::from_secs(3600))?
+            .load("renewed")
     }
 }
 
@@ -275,16 +273,15 @@ impl mesh_identity::rotation::CertificateSource for LocalCa {
 async fn renewal_task_replaces_the_certificate_at_half_life() {
     let mesh = Mesh::new(TD);
     let wid = id(TD, "shop", "frontend");
-    let csr = mesh_identity::WorkloadCsr::generate(&wid).unwrap();
     // A 20 s certificate, backdated by the CA by 5 min: already past half life, so the
     // first renewal is immediate. Renewed ones live 1 h (+5 min backdating), so they are
     // due 1950 s ± 195 s after their start, i.e. 1650 s ± 195 s from now.
-    let issued = mesh
+    let first = mesh
         .east
-        .sign_csr(&csr.csr_pem, &wid, Duration::from_secs(20))
+        .issue_workload(&wid, Duration::from_secs(20))
+        .unwrap()
+        .load("first")
         .unwrap();
-    let first =
-        mesh_identity::WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "first").unwrap();
     let serial0 = first.info().serial.clone();
     let identity = Identity::new(first, mesh.trust()).unwrap();
     let task = tokio::spawn(mesh_identity::rotation::run_renewal(

@@ -7,9 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY, WORKLOAD_TTL, files};
-use mesh_identity::{
-    ClusterCa, RootCa, SpiffeId, TrustBundle, TrustDomain, WorkloadCert, WorkloadCsr,
-};
+use mesh_identity::{ClusterCa, RootCa, SpiffeId, TrustBundle, TrustDomain};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CaCommand {
@@ -229,19 +227,10 @@ fn workload(a: WorkloadArgs) -> anyhow::Result<()> {
     let ca = ClusterCa::load(&a.ca)
         .with_context(|| format!("loading cacerts from {}", a.ca.display()))?;
     let id = SpiffeId::new(ca.trust_domain().clone(), &a.namespace, &a.service_account)?;
-    let csr = WorkloadCsr::generate(&id)?;
-    let issued = ca.sign_csr(&csr.csr_pem, &id, Duration::from_secs(a.ttl_hours * 3600))?;
+    let issued = ca.issue_workload(&id, Duration::from_secs(a.ttl_hours * 3600))?;
     // Check what was issued the way the sidecar will load it.
-    WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "issued certificate")?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let key_path = a.out.join("key.pem");
-    std::fs::write(&key_path, &csr.key_pem)
-        .with_context(|| format!("writing {}", key_path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    std::fs::write(a.out.join("cert-chain.pem"), &issued.chain_pem)?;
+    issued.load("issued certificate")?;
+    issued.write(&a.out)?;
     std::fs::write(a.out.join("root-cert.pem"), ca.root_pem())?;
     println!(
         "certificate for {id} written to {} (key.pem, cert-chain.pem, root-cert.pem; valid until {})",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY, WORKLOAD_TTL};
 use mesh_identity::{
-    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert, WorkloadCsr,
+    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,11 +32,7 @@ fn step(label: &str, detail: impl std::fmt::Display) {
 
 fn issue(ca: &ClusterCa, ns: &str, sa: &str, dir: &Path) -> anyhow::Result<WorkloadCert> {
     let id = SpiffeId::new(ca.trust_domain().clone(), ns, sa)?;
-    let csr = WorkloadCsr::generate(&id)?;
-    let issued = ca.sign_csr(&csr.csr_pem, &id, WORKLOAD_TTL)?;
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("cert-chain.pem"), &issued.chain_pem)?;
-    std::fs::write(dir.join("key.pem"), &csr.key_pem)?;
+    ca.issue_workload(&id, WORKLOAD_TTL)?.write(dir)?;
     Ok(WorkloadCert::load(
         &dir.join("cert-chain.pem"),
         &dir.join("key.pem"),

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
-use mesh_identity::{ClusterCa, RootCa, SpiffeId, WorkloadCsr};
+use mesh_identity::{ClusterCa, RootCa, SpiffeId};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -19,14 +19,11 @@ fn free_port() -> u16 {
 }
 
 fn write_certs(ca: &ClusterCa, sa: &str, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
     let id = SpiffeId::new(ca.trust_domain().clone(), "shop", sa).unwrap();
-    let csr = WorkloadCsr::generate(&id).unwrap();
-    let issued = ca
-        .sign_csr(&csr.csr_pem, &id, Duration::from_secs(3600))
+    ca.issue_workload(&id, Duration::from_secs(3600))
+        .unwrap()
+        .write(dir)
         .unwrap();
-    std::fs::write(dir.join("cert-chain.pem"), issued.chain_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), csr.key_pem).unwrap();
     std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
 }
 

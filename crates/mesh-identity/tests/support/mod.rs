@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
 use mesh_identity::{
-    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert, WorkloadCsr,
+    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,15 +53,13 @@ pub fn id(td: &str, ns: &str, sa: &str) -> SpiffeId {
     SpiffeId::new(td.parse().unwrap(), ns, sa).unwrap()
 }
 
-/// A workload certificate issued the way a sidecar gets one: key and CSR made
-/// locally, signed by the cluster CA.
+/// A workload certificate: key and CSR made locally, signed by the cluster CA.
 pub fn workload(ca: &ClusterCa, ns: &str, sa: &str) -> WorkloadCert {
     let wid = SpiffeId::new(ca.trust_domain().clone(), ns, sa).unwrap();
-    let csr = WorkloadCsr::generate(&wid).unwrap();
-    let issued = ca
-        .sign_csr(&csr.csr_pem, &wid, Duration::from_secs(3600))
-        .unwrap();
-    WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "test").unwrap()
+    ca.issue_workload(&wid, Duration::from_secs(3600))
+        .unwrap()
+        .load("test")
+        .unwrap()
 }
 
 /// An mTLS server: for each connection it writes the client's SPIFFE ID on a line,

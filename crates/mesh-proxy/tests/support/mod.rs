@@ -11,9 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
-use mesh_identity::{
-    ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig, WorkloadCert, WorkloadCsr,
-};
+use mesh_identity::{ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig};
 use mesh_proxy::SidecarOptions;
 use tokio::net::TcpListener;
 
@@ -31,12 +29,12 @@ impl Mesh {
 
     pub fn identity(&self, ns: &str, sa: &str) -> Identity {
         let id = SpiffeId::new("mesh.example".parse().unwrap(), ns, sa).unwrap();
-        let csr = WorkloadCsr::generate(&id).unwrap();
-        let issued = self
+        let cert = self
             .east
-            .sign_csr(&csr.csr_pem, &id, Duration::from_secs(3600))
+            .issue_workload(&id, Duration::from_secs(3600))
+            .unwrap()
+            .load("test")
             .unwrap();
-        let cert = WorkloadCert::from_pem(&issued.chain_pem, &csr.key_pem, "test").unwrap();
         let td = "mesh.example".parse().unwrap();
         let bundle = TrustBundle::from_pem(td, self.root.cert_pem().as_bytes(), "root").unwrap();
         Identity::new(
