@@ -261,7 +261,7 @@ impl Inbound {
             .headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let request_bytes = crate::outbound::content_length(&parts.headers);
+        let request_bytes = crate::http_util::content_length(&parts.headers);
         let parent = mesh_telemetry::trace::TraceParent::from_headers(&parts.headers);
         let mut span =
             self.tracing
@@ -396,7 +396,7 @@ impl Inbound {
             },
             started.elapsed().as_secs_f64() * 1000.0,
             request_bytes,
-            crate::outbound::content_length(resp.headers()),
+            crate::http_util::content_length(resp.headers()),
         );
         resp
     }

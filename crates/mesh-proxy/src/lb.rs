@@ -185,12 +185,12 @@ pub struct HealthTracker {
 
 /// Counts a request in flight to an endpoint (for LEAST_REQUEST) while alive.
 #[derive(Debug)]
-pub struct InFlightGuard {
+pub struct ActiveRequest {
     tracker: HealthTracker,
     key: (String, SocketAddr),
 }
 
-impl Drop for InFlightGuard {
+impl Drop for ActiveRequest {
     fn drop(&mut self) {
         if let Ok(mut m) = self.tracker.inner.lock()
             && let Some(h) = m.get_mut(&self.key)
@@ -202,12 +202,12 @@ impl Drop for InFlightGuard {
 
 impl HealthTracker {
     /// Counts a request to `ep` of `host` until the guard drops.
-    pub fn start(&self, host: &str, ep: SocketAddr) -> InFlightGuard {
+    pub fn start(&self, host: &str, ep: SocketAddr) -> ActiveRequest {
         let key = (host.to_owned(), ep);
         if let Ok(mut m) = self.inner.lock() {
             m.entry(key.clone()).or_default().in_flight += 1;
         }
-        InFlightGuard {
+        ActiveRequest {
             tracker: self.clone(),
             key,
         }

@@ -75,7 +75,7 @@ impl Outbound {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let request_bytes = content_length(req.headers());
+        let request_bytes = crate::http_util::content_length(req.headers());
         let parent = mesh_telemetry::trace::TraceParent::from_headers(req.headers());
         let mut span = self
             .tracing
@@ -131,7 +131,7 @@ impl Outbound {
             },
             started.elapsed().as_secs_f64() * 1000.0,
             request_bytes,
-            content_length(resp.headers()),
+            crate::http_util::content_length(resp.headers()),
         );
         tracing::info!(
             target: "access",
@@ -628,14 +628,6 @@ fn request_hash(
         HashKey::SourceIp => peer?.to_string(),
     };
     Some(crate::lb::hash_of(value))
-}
-
-pub(crate) fn content_length(headers: &http::HeaderMap) -> u64 {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn authority_of(req: &Request<Incoming>) -> String {
