@@ -37,17 +37,23 @@ fn install_capture(ns: &Netns, rules: &CaptureRules) {
     }
 }
 
-/// A plain HTTP/1.1 request over a fresh TCP connection, the way any application
-/// would send it; returns the raw response.
-fn http_get(addr: &str, host: &str) -> std::io::Result<String> {
+/// Sends `request` over a fresh TCP connection, as any application would, and reads
+/// until the server closes it.
+fn exchange(addr: &str, request: &[u8]) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(
-        format!("GET /reviews/1 HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
-    )?;
+    s.write_all(request)?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+/// A plain HTTP/1.1 GET; returns the raw response.
+fn http_get(addr: &str, host: &str) -> std::io::Result<String> {
+    exchange(
+        addr,
+        format!("GET /reviews/1 HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 #[test]
@@ -219,30 +225,16 @@ services:
                 tokio::task::spawn_blocking(|| {
                     // Port named `web`: no declared protocol, so the sidecar sniffs HTTP.
                     let meshed = http_get(&format!("{REVIEWS_VIP}:9080"), "reviews");
-                    let tcp = TcpStream::connect(format!("{DB_VIP}:5000")).and_then(|mut s| {
-                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        s.write_all(b"ping\n")?;
-                        let mut out = String::new();
-                        s.read_to_string(&mut out)?;
-                        Ok(out)
-                    });
-                    let passthrough =
-                        TcpStream::connect(format!("{SERVER_IP}:9999")).and_then(|mut s| {
-                            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                            let mut out = String::new();
-                            s.read_to_string(&mut out)?;
-                            Ok(out)
-                        });
+                    let tcp = exchange(
+                        &format!("{DB_VIP}:5000"),
+                        b"ping
+",
+                    );
+                    let passthrough = exchange(&format!("{SERVER_IP}:9999"), b"");
                     // Plaintext straight to the meshed pod's app port is captured there
                     // and refused (STRICT): the connection closes without an answer.
                     let direct = http_get(&format!("{SERVER_IP}:9080"), "reviews");
-                    let permissive =
-                        TcpStream::connect(format!("{SERVER_IP}:7000")).and_then(|mut s| {
-                            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                            let mut out = String::new();
-                            s.read_to_string(&mut out)?;
-                            Ok(out)
-                        });
+                    let permissive = exchange(&format!("{SERVER_IP}:7000"), b"");
                     (meshed, passthrough, direct, tcp, permissive)
                 })
                 .await
