@@ -46,11 +46,17 @@ for n in pserver pclient; do
   cat "$W/$n.crt" "$W/$n.key" > "$W/$n.pem"
 done
 
+# Shared by every nginx and haproxy config below.
+nginx_head() { printf 'worker_processes 1; daemon off; pid %s/%s.pid; error_log %s/%s.err warn;\nevents { worker_connections 4096; }\n' "$W" "$1" "$W" "$1"; }
+haproxy_head() {
+  printf '%s\n' 'global' '  nbthread 1' 'defaults' '  mode http' '  timeout connect 5s' \
+    '  timeout client 60s' '  timeout server 60s' '  http-reuse always'
+}
+
 # --- backend: 1 KiB responses --------------------------------------------------
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
 cat > "$W/backend.conf" <<EOF
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
-events { worker_connections 4096; }
+$(nginx_head backend)
 http { access_log off; server { listen 127.0.0.1:18080; location / { return 200 "$BODY"; } } }
 EOF
 taskset -c 0 nginx -p "$W" -c "$W/backend.conf" & PIDS+=($!)
@@ -81,8 +87,7 @@ RUST_LOG=warn taskset -c 1 "$BIN/sidecar" --workers 1 --config "$W/b.yaml" --cer
 
 # --- nginx pair -----------------------------------------------------------------
 cat > "$W/nginx-a.conf" <<EOF
-worker_processes 1; daemon off; pid $W/na.pid; error_log $W/na.err warn;
-events { worker_connections 4096; }
+$(nginx_head na)
 http { access_log off;
   upstream b { server 127.0.0.1:18102; keepalive 64; }
   server { listen 127.0.0.1:18101;
@@ -92,8 +97,7 @@ http { access_log off;
       proxy_ssl_server_name on; proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on; } } }
 EOF
 cat > "$W/nginx-b.conf" <<EOF
-worker_processes 1; daemon off; pid $W/nb.pid; error_log $W/nb.err warn;
-events { worker_connections 4096; }
+$(nginx_head nb)
 http { access_log off;
   upstream app { server 127.0.0.1:18080; keepalive 64; }
   server { listen 127.0.0.1:18102 ssl; ssl_protocols TLSv1.3;
@@ -106,14 +110,7 @@ taskset -c 1 nginx -p "$W" -c "$W/nginx-b.conf" & PIDS+=($!); NGINX_B=$!
 
 # --- haproxy pair ---------------------------------------------------------------
 cat > "$W/haproxy-a.cfg" <<EOF
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
+$(haproxy_head)
 frontend fe
   bind 127.0.0.1:18201
   default_backend be
@@ -121,14 +118,7 @@ backend be
   server b 127.0.0.1:18202 ssl crt $W/pclient.pem ca-file $W/pca.crt verify required verifyhost mesh.test sni str(mesh.test) ssl-min-ver TLSv1.3
 EOF
 cat > "$W/haproxy-b.cfg" <<EOF
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
+$(haproxy_head)
 frontend fe
   bind 127.0.0.1:18202 ssl crt $W/pserver.pem ca-file $W/pca.crt verify required ssl-min-ver TLSv1.3
   default_backend app
