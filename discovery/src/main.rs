@@ -1,10 +1,121 @@
-//! The Isthmus discovery service (control plane): Kubernetes and file registries, per
-//! proxy config push over gRPC/mTLS on 15012, the workload CA, sidecar injection, and
-//! peering with the discovery services of linked clusters.
-//!
-//! Not built yet: this binary only says so and exits with a failure status.
+//! The `discovery` binary: flags around [`discovery::start`].
 
-fn main() -> std::process::ExitCode {
-    eprintln!("isthmus discovery: not available in this build");
-    std::process::ExitCode::FAILURE
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use discovery::{CaAuth, CaCerts, Options, Source};
+
+/// The Isthmus discovery service (control plane) of one cluster.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This cluster's name (as in `topology.istio.io/cluster`).
+    #[arg(long)]
+    cluster: String,
+    /// This cluster's default network.
+    #[arg(long, default_value = "")]
+    network: String,
+    /// Kubeconfig of the cluster to watch (in a pod: the in-cluster config is used
+    /// when neither this nor --registry-dir is given).
+    #[arg(long, conflicts_with = "registry_dir")]
+    kubeconfig: Option<PathBuf>,
+    /// Read the registry from this directory of YAML instead of an API server.
+    #[arg(long)]
+    registry_dir: Option<PathBuf>,
+    /// A `cacerts` directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
+    #[arg(long, conflicts_with = "cacerts_secret")]
+    cacerts: Option<PathBuf>,
+    /// Read the cluster CA from this Secret in --namespace instead.
+    #[arg(long, default_value = "cacerts")]
+    cacerts_secret: String,
+    /// Namespace discovery runs in (its identity's namespace).
+    #[arg(long, default_value = discovery::NAMESPACE)]
+    namespace: String,
+    /// Config stream and CA (gRPC over TLS).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    grpc: SocketAddr,
+    /// Monitoring: /ready, /metrics, /debug/*.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    monitor: SocketAddr,
+    /// CA: authenticate workloads with this bootstrap token file (`TOKEN NS/SA` per
+    /// line) instead of TokenReview.
+    #[arg(long)]
+    bootstrap_tokens: Option<PathBuf>,
+    /// Do not serve the CA.
+    #[arg(long)]
+    no_ca: bool,
+    /// Quiet time that ends a burst of changes before a push.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    debounce_after: Duration,
+    /// Longest a change waits for a push.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    debounce_max: Duration,
+    /// Write logs as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<mesh_api::Duration>()
+        .map(std::time::Duration::from)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    mesh_telemetry::init_logging(
+        if args.json_logs {
+            mesh_telemetry::LogFormat::Json
+        } else {
+            mesh_telemetry::LogFormat::Text
+        },
+        "info",
+    );
+    let source = match (&args.registry_dir, &args.kubeconfig) {
+        (Some(dir), _) => Source::Files(dir.clone()),
+        (None, Some(path)) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?;
+            Source::Kubernetes(kube::Client::try_from(config)?)
+        }
+        (None, None) => Source::Kubernetes(
+            kube::Client::try_default()
+                .await
+                .context("no --registry-dir or --kubeconfig, and no in-cluster config")?,
+        ),
+    };
+    let cacerts = match &args.cacerts {
+        Some(dir) => CaCerts::Dir(dir.clone()),
+        None => CaCerts::Secret(args.cacerts_secret.clone()),
+    };
+    let mut options = Options::new(&args.cluster, &args.network, source.clone(), cacerts);
+    options.namespace = args.namespace.clone();
+    options.grpc = args.grpc;
+    options.monitor = Some(args.monitor);
+    options.debounce = discovery::push::Debounce {
+        after: args.debounce_after,
+        max: args.debounce_max,
+    };
+    options.ca_auth = match (&args.bootstrap_tokens, args.no_ca, &source) {
+        (_, true, _) => CaAuth::Disabled,
+        (Some(path), false, _) => CaAuth::TokenFile(path.clone()),
+        (None, false, Source::Kubernetes(_)) => CaAuth::TokenReview,
+        (None, false, Source::Files(_)) => CaAuth::Disabled,
+    };
+    let running = discovery::start(options).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("discovery stopping");
+    drop(running);
+    Ok(())
 }

@@ -273,26 +273,40 @@ impl ClusterCa {
     /// Loads a `cacerts` directory and checks it: key matches, the intermediate is a
     /// valid CA, and `cert-chain.pem` leads from it to `root-cert.pem`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let origin = dir.join(files::CA_CERT).display().to_string();
-        let cert = read(dir, files::CA_CERT)?;
-        let key = read(dir, files::CA_KEY)?;
-        let chain = read(dir, files::CERT_CHAIN)?;
-        let root_pem = read(dir, files::ROOT_CERT)?;
-        let chain_certs = parse_certs(
-            chain.as_bytes(),
-            &dir.join(files::CERT_CHAIN).display().to_string(),
-        )?;
-        let ca_certs = parse_certs(cert.as_bytes(), &origin)?;
+        Self::from_pems(
+            &read(dir, files::CA_CERT)?,
+            &read(dir, files::CA_KEY)?,
+            &read(dir, files::CERT_CHAIN)?,
+            &read(dir, files::ROOT_CERT)?,
+            &dir.display().to_string(),
+        )
+    }
+
+    /// As [`ClusterCa::load`], from the four `cacerts` files' contents (e.g. the keys of
+    /// a Kubernetes Secret); `origin` names where they came from in errors.
+    pub fn from_pems(
+        ca_cert: &str,
+        ca_key: &str,
+        cert_chain: &str,
+        root_cert: &str,
+        origin: &str,
+    ) -> Result<Self> {
+        let at = |file: &str| format!("{origin}/{file}");
+        let chain_certs = parse_certs(cert_chain.as_bytes(), &at(files::CERT_CHAIN))?;
+        let ca_certs = parse_certs(ca_cert.as_bytes(), &at(files::CA_CERT))?;
         if chain_certs[0] != ca_certs[0] {
             return Err(IdentityError::UntrustedChain {
-                origin: dir.join(files::CERT_CHAIN).display().to_string(),
+                origin: at(files::CERT_CHAIN),
                 reason: format!("the first certificate must be {}", files::CA_CERT),
             });
         }
         // cert-chain.pem minus its first certificate is the chain above the intermediate.
         let above: String = chain_certs[1..].iter().map(|der| pem_block(der)).collect();
-        let ca = SigningCa::load(cert, &key, above, &origin)?;
-        let this = Self { ca, root_pem };
+        let ca = SigningCa::load(ca_cert.to_owned(), ca_key, above, &at(files::CA_CERT))?;
+        let this = Self {
+            ca,
+            root_pem: root_cert.to_owned(),
+        };
         this.check_chain()?;
         Ok(this)
     }

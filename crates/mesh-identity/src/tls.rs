@@ -169,6 +169,21 @@ impl Identity {
         cfg
     }
 
+    /// Server config where a client certificate is optional (verified when presented):
+    /// the caller's identity, if any, is read from the connection afterwards.
+    pub fn server_config_optional_client(&self, alpn: &[&[u8]]) -> ServerConfig {
+        let mut cfg =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("ring supports TLS 1.3")
+                .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::optional(
+                    self.trust.clone(),
+                )))
+                .with_cert_resolver(Arc::new(CertResolver(self.cert.clone())));
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        cfg
+    }
+
     /// Client config for mTLS. With `expected` empty any identity of an accepted
     /// trust domain is accepted; otherwise only those identities.
     pub fn client_config(&self, expected: Vec<SpiffeId>, alpn: &[&[u8]]) -> ClientConfig {
@@ -185,6 +200,29 @@ impl Identity {
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         cfg
     }
+}
+
+/// Client config for a caller that has no certificate yet (a workload asking the CA
+/// for its first one): the server is verified against `trust` and must be one of
+/// `expected` (any identity of an accepted trust domain when empty); no client
+/// certificate is sent.
+pub fn anonymous_client_config(
+    trust: TrustConfig,
+    expected: Vec<SpiffeId>,
+    alpn: &[&[u8]],
+) -> ClientConfig {
+    let mut cfg =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("ring supports TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+                Arc::new(ArcSwap::from_pointee(trust)),
+                expected,
+            )))
+            .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
 }
 
 /// Resolves the current certificate at each handshake.

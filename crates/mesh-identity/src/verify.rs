@@ -203,14 +203,28 @@ macro_rules! handshake_signatures_via_algs {
 pub struct SpiffeClientVerifier {
     trust: SharedTrust,
     algs: WebPkiSupportedAlgorithms,
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
-    /// A verifier reading the live trust configuration.
+    /// A verifier reading the live trust configuration; a client certificate is
+    /// required.
     pub fn new(trust: SharedTrust) -> Self {
         Self {
             trust,
             algs: algorithms(),
+            mandatory: true,
+        }
+    }
+
+    /// As [`SpiffeClientVerifier::new`], but a client without a certificate may still
+    /// connect (one that presents a certificate must present a valid one). For
+    /// services where some callers authenticate otherwise, e.g. the CA, which workloads
+    /// call with a token before they have a certificate.
+    pub fn optional(trust: SharedTrust) -> Self {
+        Self {
+            mandatory: false,
+            ..Self::new(trust)
         }
     }
 }
@@ -218,6 +232,10 @@ impl SpiffeClientVerifier {
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_client_cert(

@@ -1,6 +1,23 @@
-//! Wire contracts between Isthmus components: the proxy config stream (discovery →
-//! sidecar/gateway), discovery ⇄ discovery peering, and certificate signing (workload →
-//! discovery CA), as `.proto` files with tonic/prost code generated at build time.
+//! Wire contracts between Isthmus components, as `.proto` files (under `proto/`) with
+//! tonic/prost code generated at build time:
 //!
-//! Not built yet: this crate is an empty skeleton. The config stream and CSR service
-//! arrive with the discovery control plane, peering with multi-cluster federation.
+//! - [`config`]: the proxy config stream (discovery → sidecar/gateway), incremental and
+//!   acknowledged;
+//! - [`ca`]: workload certificate signing (workload → discovery's CA).
+//!
+//! Discovery ⇄ discovery peering arrives with multi-cluster federation.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// The proxy config stream (`isthmus.config.v1`).
+pub mod config {
+    tonic::include_proto!("isthmus.config.v1");
+}
+
+/// Workload certificate signing (`isthmus.ca.v1`).
+pub mod ca {
+    tonic::include_proto!("isthmus.ca.v1");
+}
+
+/// The port discovery serves the config stream and the CA on.
+pub const DISCOVERY_PORT: u16 = 15012;

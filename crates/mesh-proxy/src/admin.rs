@@ -3,17 +3,15 @@
 //! - 15020 `/healthz/ready`, `/healthz/live`, `/stats/prometheus`, `/config_dump`.
 //! - 15090 `/stats/prometheus`: Istio's standard metrics.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_identity::Identity;
 use mesh_telemetry::metrics::MeshMetrics;
 use tokio::net::TcpListener;
 
-use crate::http_util::{Body, full};
+use crate::http_util::Body;
 use crate::state::StateStore;
 
 /// What the admin endpoints read.
@@ -30,21 +28,7 @@ pub struct Admin {
 impl Admin {
     /// Serves the admin endpoints on `listener` until dropped.
     pub async fn serve(self, listener: TcpListener) {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(&req)) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+        crate::http_util::serve_endpoints(listener, move |req| self.handle(req)).await;
     }
 
     fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
@@ -74,12 +58,7 @@ impl Admin {
                     .to_owned(),
             ),
         };
-        let mut resp = Response::new(full(body));
-        *resp.status_mut() = status;
-        if let Ok(v) = http::HeaderValue::from_str(content_type) {
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-        }
-        resp
+        crate::http_util::text_response(status, content_type, body)
     }
 
     fn config_dump(&self) -> String {

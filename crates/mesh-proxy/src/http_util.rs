@@ -75,3 +75,45 @@ pub fn content_length(headers: &http::HeaderMap) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Serves small HTTP endpoints (admin, debug, monitoring) on `listener`, answering each
+/// request with `handle`, until dropped.
+pub async fn serve_endpoints<F>(listener: tokio::net::TcpListener, handle: F)
+where
+    F: Fn(&http::Request<hyper::body::Incoming>) -> http::Response<Body>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let resp = handle(&req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+        });
+    }
+}
+
+/// A response with `status`, a content type and a text body.
+pub fn text_response(
+    status: http::StatusCode,
+    content_type: &str,
+    body: String,
+) -> http::Response<Body> {
+    let mut resp = http::Response::new(full(body));
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}

@@ -17,8 +17,10 @@
 
 pub mod admin;
 pub mod authz;
+pub mod ca_client;
 pub mod capture;
 pub mod config;
+pub mod discovery_client;
 pub mod error;
 pub mod http_util;
 pub mod inbound;

@@ -85,8 +85,23 @@ pub enum ServiceEntryResolution {
     DnsRoundRobin,
 }
 
-/// An endpoint (Istio's `WorkloadEntry` spec).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// An endpoint: a ServiceEntry's static endpoint, or the spec of Istio's
+/// `WorkloadEntry` kind (a workload that is not a pod, selected by a Service's or a
+/// ServiceEntry's selector like a pod).
+#[derive(
+    CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "WorkloadEntry",
+    namespaced,
+    derive = "PartialEq",
+    derive = "Default",
+    shortname = "we",
+    category = "istio-io",
+    category = "networking-istio-io"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntrySpec {
     /// IP address or host name.

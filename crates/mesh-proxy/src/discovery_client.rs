@@ -1,0 +1,590 @@
+//! The proxy end of discovery's config stream (`isthmus.config.v1`, see mesh-proto).
+//!
+//! [`ResourceSet`] holds the resources received so far and turns each response into a
+//! new [`ProxyState`](crate::ProxyState): every resource is decoded and checked on its
+//! own first, so a bad one is refused alone (NACK with its name and reason) while the
+//! rest of the response is applied; what was held before for a refused name stays in
+//! force. [`run`] keeps the stream up: it reconnects with backoff, resumes by sending
+//! the versions it holds, and never touches the live state while discovery is away
+//! (static stability: the last good config keeps serving).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_api::Resource as IstioResource;
+use mesh_identity::{Identity, SpiffeId};
+use mesh_proto::config::{
+    ConfigRequest, ConfigResponse, Node as WireNode, Rejection, Resource as WireResource,
+    config_discovery_client::ConfigDiscoveryClient,
+};
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigBundle, Node, ProxyConfig, ServiceConfig};
+use crate::state::{ProxyState, StateStore};
+
+/// Resource kinds that are not Istio kinds.
+pub const KIND_NODE: &str = "Node";
+/// A service with its ports and endpoints ([`ServiceConfig`] as JSON).
+pub const KIND_SERVICE: &str = "Service";
+/// The name of the node resource.
+pub const NODE_RESOURCE: &str = "Node";
+
+#[derive(Debug, Clone)]
+enum Item {
+    Node(Node),
+    Service(ServiceConfig),
+    Istio(IstioResource),
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    version: String,
+    item: Item,
+}
+
+/// Decodes one resource of the stream.
+fn decode(r: &WireResource) -> Result<Item, String> {
+    match r.kind.as_str() {
+        KIND_NODE => serde_json::from_slice(&r.body)
+            .map(Item::Node)
+            .map_err(|e| format!("node: {e}")),
+        KIND_SERVICE => serde_json::from_slice(&r.body)
+            .map(Item::Service)
+            .map_err(|e| format!("service: {e}")),
+        _ => {
+            let value: serde_json::Value =
+                serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
+            mesh_api::from_value(value)
+                .map(Item::Istio)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The resources a proxy holds, by name.
+#[derive(Debug, Default, Clone)]
+pub struct ResourceSet {
+    held: BTreeMap<String, Held>,
+    version: String,
+}
+
+/// What applying one response did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Resources refused, each alone; the others were applied.
+    pub rejected: Vec<Rejection>,
+    /// Whether the live state changed.
+    pub changed: bool,
+}
+
+impl ResourceSet {
+    /// Name → version of everything held (sent on reconnect so discovery resends only
+    /// what differs).
+    pub fn versions(&self) -> HashMap<String, String> {
+        self.held
+            .iter()
+            .map(|(k, v)| (k.clone(), v.version.clone()))
+            .collect()
+    }
+
+    /// The config version last applied.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Number of resources held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    fn bundle(held: &BTreeMap<String, Held>, version: &str) -> Option<ConfigBundle> {
+        let mut proxy = ProxyConfig {
+            version: version.to_owned(),
+            ..Default::default()
+        };
+        let mut resources = Vec::new();
+        let mut node = None;
+        for h in held.values() {
+            match &h.item {
+                Item::Node(n) => node = Some(n.clone()),
+                Item::Service(s) => proxy.services.push(s.clone()),
+                Item::Istio(r) => resources.push(r.clone()),
+            }
+        }
+        proxy.node = node?;
+        Some(ConfigBundle { proxy, resources })
+    }
+
+    /// Applies one response to `store`. Each added or changed resource is decoded and
+    /// compiled on its own first (with the node), and refused alone when that fails.
+    /// If the accepted resources together still do not compile (a conflict between
+    /// resources, e.g. two DestinationRules for one host), those that cause it are
+    /// found by adding them one at a time, and refused alone.
+    pub fn apply(&mut self, response: &ConfigResponse, store: &StateStore) -> Applied {
+        let origin = format!("discovery (version {})", response.system_version);
+        let mut rejected = Vec::new();
+        let mut accepted: Vec<(String, Held)> = Vec::new();
+        let node_now = response
+            .resources
+            .iter()
+            .find(|r| r.kind == KIND_NODE)
+            .and_then(|r| match decode(r) {
+                Ok(Item::Node(n)) => Some(n),
+                _ => None,
+            })
+            .or_else(|| {
+                self.held.values().find_map(|h| match &h.item {
+                    Item::Node(n) => Some(n.clone()),
+                    _ => None,
+                })
+            });
+        for r in &response.resources {
+            let reject = |reason: String| Rejection {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                reason,
+            };
+            let item = match decode(r) {
+                Ok(item) => item,
+                Err(reason) => {
+                    rejected.push(reject(reason));
+                    continue;
+                }
+            };
+            if let (Item::Istio(res), Some(node)) = (&item, &node_now) {
+                let alone = ConfigBundle {
+                    proxy: ProxyConfig {
+                        node: node.clone(),
+                        ..Default::default()
+                    },
+                    resources: vec![res.clone()],
+                };
+                if let Err(e) = ProxyState::compile(&alone, &r.name) {
+                    rejected.push(reject(e.reasons.join("; ")));
+                    continue;
+                }
+            }
+            accepted.push((
+                r.name.clone(),
+                Held {
+                    version: r.version.clone(),
+                    item,
+                },
+            ));
+        }
+
+        let mut next = self.held.clone();
+        for name in &response.removed {
+            next.remove(name);
+        }
+        let version = response.system_version.clone();
+        let compiles = |set: &BTreeMap<String, Held>| {
+            Self::bundle(set, &version).map(|b| ProxyState::compile(&b, &origin))
+        };
+        let mut all = next.clone();
+        all.extend(accepted.iter().cloned());
+        if let Some(Err(_)) = compiles(&all) {
+            // Some resources conflict with each other or with what is held: add them
+            // one at a time (services and the node first) and refuse those that break
+            // the config, so the rest still applies.
+            accepted.sort_by_key(|(_, h)| matches!(h.item, Item::Istio(_)));
+            for (name, held) in accepted {
+                let mut candidate = next.clone();
+                candidate.insert(name.clone(), held.clone());
+                match compiles(&candidate) {
+                    Some(Err(e)) => rejected.push(Rejection {
+                        name,
+                        version: held.version,
+                        reason: format!("conflicts with the config held: {}", e.reasons.join("; ")),
+                    }),
+                    _ => next = candidate,
+                }
+            }
+        } else {
+            next = all;
+        }
+        let mut changed = false;
+        match Self::bundle(&next, &version).map(|b| store.apply(&b, &origin)) {
+            Some(Ok(())) => {
+                self.held = next;
+                changed = true;
+            }
+            Some(Err(e)) => {
+                // Cannot happen after the checks above; keep everything as it was.
+                tracing::error!(error = %e, "config refused after validation");
+            }
+            None => {
+                // No node yet: hold what was accepted until the node arrives.
+                self.held = next;
+            }
+        }
+        if changed {
+            self.version = version;
+        }
+        for r in &rejected {
+            tracing::warn!(resource = %r.name, version = %r.version, reason = %r.reason, "resource refused; the last good version stays in force");
+        }
+        Applied { rejected, changed }
+    }
+}
+
+/// Where and how to reach discovery.
+#[derive(Debug, Clone)]
+pub struct DiscoveryClientOptions {
+    /// Discovery's address (port 15012).
+    pub address: SocketAddr,
+    /// Discovery's expected identity (`spiffe://TD/ns/NS/sa/SA`).
+    pub discovery_id: SpiffeId,
+    /// What the proxy says about itself.
+    pub node: WireNode,
+    /// First reconnect delay; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+}
+
+impl DiscoveryClientOptions {
+    /// Options with the default backoff (0.2 s doubling to 10 s).
+    pub fn new(address: SocketAddr, discovery_id: SpiffeId, node: WireNode) -> Self {
+        Self {
+            address,
+            discovery_id,
+            node,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The state of the stream, for the admin endpoint and logs.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct StreamStatus {
+    /// Whether a stream is open now.
+    pub connected: bool,
+    /// Responses received over all streams.
+    pub responses: u64,
+    /// Resources refused by this proxy, still current.
+    pub rejected: Vec<String>,
+    /// Last error that closed a stream.
+    pub last_error: Option<String>,
+}
+
+/// Opens a gRPC channel to discovery over mTLS with the workload identity.
+pub async fn channel(
+    address: SocketAddr,
+    identity: &Identity,
+    expected: Vec<SpiffeId>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let tls = Arc::new(identity.client_config(expected, &[b"h2"]));
+    tls_channel(address, tls).await
+}
+
+/// Opens a gRPC channel over TLS with the given client config.
+pub async fn tls_channel(
+    address: SocketAddr,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("a socket address is a valid URI")
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+}
+
+/// Keeps the config stream up for as long as the task runs, applying every response
+/// to `store`. Status updates go to `status`.
+pub async fn run(
+    options: DiscoveryClientOptions,
+    identity: Identity,
+    store: Arc<StateStore>,
+    status: Arc<arc_swap::ArcSwap<StreamStatus>>,
+) {
+    let mut set = ResourceSet::default();
+    let mut backoff = options.initial_backoff;
+    loop {
+        let started = Instant::now();
+        let result = stream_once(&options, &identity, &store, &mut set, &status).await;
+        let mut s = (**status.load()).clone();
+        s.connected = false;
+        s.last_error = result.err();
+        if let Some(e) = &s.last_error {
+            tracing::warn!(discovery = %options.address, error = %e, "config stream closed; serving the last good config");
+        }
+        status.store(Arc::new(s));
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = options.initial_backoff;
+        }
+        let jitter = rand::random_range(0.8..1.2);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(options.max_backoff);
+    }
+}
+
+async fn stream_once(
+    options: &DiscoveryClientOptions,
+    identity: &Identity,
+    store: &StateStore,
+    set: &mut ResourceSet,
+    status: &arc_swap::ArcSwap<StreamStatus>,
+) -> Result<(), String> {
+    let channel = channel(
+        options.address,
+        identity,
+        vec![options.discovery_id.clone()],
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "connecting to discovery at {}: {}",
+            options.address,
+            source_chain(&e)
+        )
+    })?;
+    let mut client = ConfigDiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel::<ConfigRequest>(4);
+    tx.send(ConfigRequest {
+        node: Some(options.node.clone()),
+        initial_resource_versions: set.versions(),
+        applied_version: set.version().to_owned(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|_| "request channel closed".to_owned())?;
+    let mut responses = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("opening the config stream: {}", e.message()))?
+        .into_inner();
+    status.rcu(|s| StreamStatus {
+        connected: true,
+        last_error: None,
+        ..(**s).clone()
+    });
+    tracing::info!(discovery = %options.address, held = set.len(), "config stream open");
+    loop {
+        let response = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("discovery closed the stream".into()),
+            Err(e) => return Err(format!("config stream: {}", e.message())),
+        };
+        let applied = set.apply(&response, store);
+        status.rcu(|s| StreamStatus {
+            responses: s.responses + 1,
+            rejected: applied
+                .rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.name, r.reason))
+                .collect(),
+            ..(**s).clone()
+        });
+        tx.send(ConfigRequest {
+            response_nonce: response.nonce.clone(),
+            rejected: applied.rejected,
+            applied_version: set.version().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| "request channel closed".to_owned())?;
+    }
+}
+
+/// An error and its sources, joined: tonic's transport errors say little on their own.
+pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str, kind: &str, version: &str, body: &str) -> WireResource {
+        WireResource {
+            name: name.into(),
+            version: version.into(),
+            kind: kind.into(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn node() -> WireResource {
+        res(
+            NODE_RESOURCE,
+            KIND_NODE,
+            "n1",
+            r#"{"name":"fe-1","namespace":"shop","serviceAccount":"fe","cluster":"east"}"#,
+        )
+    }
+
+    fn vs(name: &str, version: &str, uri_regex: &str) -> WireResource {
+        let body = serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"hosts": [format!("{name}.shop.svc.cluster.local")],
+                     "http": [{"match": [{"uri": {"regex": uri_regex}}],
+                               "route": [{"destination": {"host": name}}]}]}
+        });
+        res(
+            &format!("VirtualService/shop/{name}"),
+            "VirtualService",
+            version,
+            &body.to_string(),
+        )
+    }
+
+    fn response(version: &str, resources: Vec<WireResource>, removed: &[&str]) -> ConfigResponse {
+        ConfigResponse {
+            nonce: format!("nonce-{version}"),
+            system_version: version.into(),
+            resources,
+            removed: removed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn service(name: &str, version: &str, ip: &str) -> WireResource {
+        let body = serde_json::json!({"name": name, "namespace": "shop",
+            "ports": [{"name": "http", "port": 9080}],
+            "endpoints": [{"address": ip}]});
+        res(
+            &format!("Service/shop/{name}"),
+            KIND_SERVICE,
+            version,
+            &body.to_string(),
+        )
+    }
+
+    #[test]
+    fn a_bad_resource_is_refused_alone_and_its_last_good_version_stays() {
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        let first = set.apply(
+            &response(
+                "1",
+                vec![
+                    node(),
+                    service("reviews", "a", "10.0.0.1"),
+                    vs("reviews", "a", "^/v1/.*"),
+                ],
+                &[],
+            ),
+            &store,
+        );
+        assert!(first.rejected.is_empty(), "{first:?}");
+        assert!(store.is_ready());
+        assert_eq!(store.snapshot().version, "1");
+
+        // A broken regex in the VirtualService and a good endpoint change together.
+        let second = set.apply(
+            &response(
+                "2",
+                vec![
+                    service("reviews", "b", "10.0.0.2"),
+                    vs("reviews", "b", "^/v1/(unclosed"),
+                ],
+                &[],
+            ),
+            &store,
+        );
+        assert_eq!(second.rejected.len(), 1, "{second:?}");
+        assert_eq!(second.rejected[0].name, "VirtualService/shop/reviews");
+        assert!(second.rejected[0].reason.contains("regex"), "{second:?}");
+        let state = store.snapshot();
+        assert_eq!(state.version, "2");
+        let svc = &state.services["reviews.shop.svc.cluster.local"];
+        assert_eq!(svc.endpoints[0].inbound.ip().to_string(), "10.0.0.2");
+        // The old VirtualService (version a) is still held and in force.
+        assert_eq!(set.versions()["VirtualService/shop/reviews"], "a");
+
+        // Malformed JSON is refused alone too.
+        let third = set.apply(
+            &response(
+                "3",
+                vec![res("Service/shop/x", KIND_SERVICE, "z", "{nope")],
+                &[],
+            ),
+            &store,
+        );
+        assert_eq!(third.rejected.len(), 1);
+        assert!(!set.versions().contains_key("Service/shop/x"));
+
+        // Removal.
+        set.apply(&response("4", vec![], &["Service/shop/reviews"]), &store);
+        assert!(store.snapshot().services.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_served_before_the_node_arrives() {
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        set.apply(
+            &response("1", vec![service("reviews", "a", "10.0.0.1")], &[]),
+            &store,
+        );
+        assert!(!store.is_ready());
+        set.apply(&response("2", vec![node()], &[]), &store);
+        assert!(store.is_ready());
+        assert_eq!(store.snapshot().services.len(), 1);
+    }
+
+    #[test]
+    fn conflicting_resources_are_refused_and_the_held_config_stays() {
+        let dr = |name: &str| {
+            let body = serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"host": "reviews"}});
+            res(
+                &format!("DestinationRule/shop/{name}"),
+                "DestinationRule",
+                "1",
+                &body.to_string(),
+            )
+        };
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        set.apply(&response("1", vec![node(), dr("a")], &[]), &store);
+        let applied = set.apply(&response("2", vec![dr("b")], &[]), &store);
+        assert_eq!(applied.rejected.len(), 1);
+        assert!(
+            applied.rejected[0].reason.contains("already has"),
+            "{applied:?}"
+        );
+        let state = store.snapshot();
+        assert_eq!(state.version, "2");
+        assert_eq!(
+            state.policies["reviews.shop.svc.cluster.local"].rule,
+            "shop/a"
+        );
+        assert_eq!(set.versions().len(), 2, "the refused rule is not held");
+    }
+}

@@ -1,0 +1,307 @@
+//! The Isthmus discovery service (control plane): Kubernetes and file registries,
+//! per-proxy config push over gRPC/mTLS on 15012, the workload CA on the same port,
+//! and its monitoring port (15014).
+//!
+//! [`start`] runs everything in the current Tokio runtime and returns a handle that
+//! stops it when dropped; the binary is a thin `main` around it.
+
+pub mod ca;
+pub mod files;
+pub mod kube_registry;
+pub mod metrics;
+pub mod monitor;
+pub mod push;
+pub mod registry;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mesh_identity::{ClusterCa, Identity, SpiffeId, TrustBundle, TrustConfig};
+use mesh_proto::ca::certificates_server::CertificatesServer;
+use mesh_proto::config::config_discovery_server::ConfigDiscoveryServer;
+
+pub use registry::Registry;
+
+/// The service account discovery runs as; proxies expect this identity.
+pub const SERVICE_ACCOUNT: &str = "isthmus-discovery";
+/// The namespace discovery runs in by default.
+pub const NAMESPACE: &str = "istio-system";
+
+/// Where the registry comes from.
+#[derive(Clone)]
+pub enum Source {
+    /// The cluster's API server.
+    Kubernetes(kube::Client),
+    /// A directory of YAML.
+    Files(PathBuf),
+}
+
+/// Where the cluster CA (`cacerts`) comes from.
+#[derive(Debug, Clone)]
+pub enum CaCerts {
+    /// A directory with the four `cacerts` files.
+    Dir(PathBuf),
+    /// A Secret (keys `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`)
+    /// in discovery's namespace.
+    Secret(String),
+}
+
+/// How callers of the CA authenticate.
+#[derive(Debug, Clone)]
+pub enum CaAuth {
+    /// TokenReview of an audience-bound service-account token (Kubernetes).
+    TokenReview,
+    /// A bootstrap token file.
+    TokenFile(PathBuf),
+    /// The CA is off.
+    Disabled,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kubernetes(_) => f.write_str("Kubernetes"),
+            Self::Files(dir) => write!(f, "Files({})", dir.display()),
+        }
+    }
+}
+
+/// Discovery's settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cluster name.
+    pub cluster: String,
+    /// The cluster's default network.
+    pub network: String,
+    /// Namespace discovery runs in (its identity's namespace).
+    pub namespace: String,
+    /// gRPC listen address (config stream and CA).
+    pub grpc: SocketAddr,
+    /// Monitoring listen address.
+    pub monitor: Option<SocketAddr>,
+    /// Registry source.
+    pub source: Source,
+    /// Cluster CA.
+    pub cacerts: CaCerts,
+    /// CA authentication.
+    pub ca_auth: CaAuth,
+    /// Push debounce.
+    pub debounce: push::Debounce,
+    /// File registry polling interval.
+    pub file_poll: Duration,
+    /// Lifetime of discovery's own certificate.
+    pub own_cert_ttl: Duration,
+}
+
+impl Options {
+    /// Defaults for `cluster` on `network` reading `source`, signing with `cacerts`.
+    pub fn new(cluster: &str, network: &str, source: Source, cacerts: CaCerts) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            network: network.to_owned(),
+            namespace: NAMESPACE.into(),
+            grpc: SocketAddr::from(([0, 0, 0, 0], mesh_proto::DISCOVERY_PORT)),
+            monitor: Some(SocketAddr::from(([0, 0, 0, 0], 15014))),
+            source,
+            cacerts,
+            ca_auth: CaAuth::Disabled,
+            debounce: push::Debounce::default(),
+            file_poll: Duration::from_millis(500),
+            own_cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A running discovery service; everything stops when it is dropped.
+#[derive(Debug)]
+pub struct Discovery {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// Per-proxy status.
+    pub statuses: Arc<push::Statuses>,
+    /// Metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Where the gRPC port listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the monitoring port listens.
+    pub monitor_addr: Option<SocketAddr>,
+    /// Discovery's own identity.
+    pub identity: Identity,
+    /// The cluster CA.
+    pub ca: Arc<ClusterCa>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        // Ends every config stream; then the listeners and tasks.
+        self.shutdown.send_replace(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Discovery {
+    /// The identity proxies must see on discovery's certificate.
+    pub fn spiffe_id(&self) -> SpiffeId {
+        self.identity.cert().id().clone()
+    }
+}
+
+async fn load_cacerts(options: &Options) -> anyhow::Result<ClusterCa> {
+    match (&options.cacerts, &options.source) {
+        (CaCerts::Dir(dir), _) => Ok(ClusterCa::load(dir)?),
+        (CaCerts::Secret(name), Source::Kubernetes(client)) => {
+            let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                kube::Api::namespaced(client.clone(), &options.namespace);
+            let secret = api.get(name).await.with_context(|| {
+                format!(
+                    "reading Secret {}/{name} (the cluster CA)",
+                    options.namespace
+                )
+            })?;
+            let data = secret.data.unwrap_or_default();
+            let get = |k: &str| -> anyhow::Result<String> {
+                let v = data.get(k).with_context(|| {
+                    format!("Secret {}/{name} has no key {k}", options.namespace)
+                })?;
+                Ok(String::from_utf8_lossy(&v.0).into_owned())
+            };
+            Ok(ClusterCa::from_pems(
+                &get("ca-cert.pem")?,
+                &get("ca-key.pem")?,
+                &get("cert-chain.pem")?,
+                &get("root-cert.pem")?,
+                &format!("Secret {}/{name}", options.namespace),
+            )?)
+        }
+        (CaCerts::Secret(_), Source::Files(_)) => {
+            anyhow::bail!("a cacerts Secret needs the Kubernetes registry; give a directory")
+        }
+    }
+}
+
+/// Starts discovery: loads the CA, issues its own certificate, starts the registry,
+/// the publisher, the gRPC server and the monitoring port.
+pub async fn start(options: Options) -> anyhow::Result<Discovery> {
+    let ca = Arc::new(load_cacerts(&options).await?);
+    let td = ca.trust_domain().clone();
+    let own_id = SpiffeId::new(td.clone(), &options.namespace, SERVICE_ACCOUNT)?;
+    let own = ca
+        .issue_workload(&own_id, options.own_cert_ttl)?
+        .load("discovery's own certificate")?;
+    let bundle = TrustBundle::from_pem(td.clone(), ca.root_pem().as_bytes(), "cacerts root")?;
+    let identity = Identity::new(own, TrustConfig::new(td.clone(), bundle))?;
+
+    let kinds = match &options.source {
+        Source::Kubernetes(_) => kube_registry::KUBE_KINDS,
+        Source::Files(_) => files::FILE_KINDS,
+    };
+    let registry = Arc::new(Registry::new(&options.cluster, &options.network, kinds));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let statuses = Arc::new(push::Statuses::default());
+    let mut tasks = Vec::new();
+    match &options.source {
+        Source::Kubernetes(client) => {
+            tasks.extend(kube_registry::start(client.clone(), registry.clone()));
+        }
+        Source::Files(dir) => {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "registry directory {} does not exist; create it or pass another with --registry-dir",
+                    dir.display()
+                );
+            }
+            tasks.push(tokio::spawn(files::watch(
+                dir.clone(),
+                registry.clone(),
+                options.file_poll,
+            )));
+        }
+    }
+
+    let published = push::publisher(registry.clone(), options.debounce);
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let config = push::ConfigService::new(
+        registry.clone(),
+        published,
+        statuses.clone(),
+        metrics.clone(),
+        shutdown_rx,
+    );
+    let listener = tokio::net::TcpListener::bind(options.grpc)
+        .await
+        .with_context(|| format!("binding the gRPC port {}", options.grpc))?;
+    let grpc_addr = listener.local_addr()?;
+    let mut router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(64 << 20));
+    let auth = match &options.ca_auth {
+        CaAuth::TokenReview => match &options.source {
+            Source::Kubernetes(client) => Some(ca::Authenticator::Kubernetes {
+                client: client.clone(),
+                audience: ca::TOKEN_AUDIENCE.into(),
+            }),
+            Source::Files(_) => anyhow::bail!("TokenReview needs the Kubernetes registry"),
+        },
+        CaAuth::TokenFile(path) => Some(ca::Authenticator::from_token_file(path)?),
+        CaAuth::Disabled => None,
+    };
+    if let Some(auth) = auth {
+        let roots = BTreeMap::from([(td.to_string(), ca.root_pem().to_owned())]);
+        router = router.add_service(CertificatesServer::new(ca::CaService::new(
+            ca.clone(),
+            auth,
+            roots,
+            metrics.clone(),
+        )));
+    }
+    let incoming = server::incoming(listener, &identity);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    }));
+    tasks.push(tokio::spawn(mesh_identity::rotation::run_renewal(
+        identity.clone(),
+        ca::LocalIssuer {
+            ca: ca.clone(),
+            ttl: options.own_cert_ttl,
+        },
+    )));
+    let monitor_addr = match options.monitor {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the monitoring port {addr}"))?;
+            let a = l.local_addr()?;
+            tasks.push(tokio::spawn(monitor::serve(
+                l,
+                registry.clone(),
+                statuses.clone(),
+                metrics.clone(),
+            )));
+            Some(a)
+        }
+        None => None,
+    };
+    tracing::info!(cluster = %options.cluster, grpc = %grpc_addr, monitor = ?monitor_addr, identity = %own_id, "discovery started");
+    Ok(Discovery {
+        registry,
+        statuses,
+        metrics,
+        grpc_addr,
+        monitor_addr,
+        identity,
+        ca,
+        tasks,
+        shutdown,
+    })
+}

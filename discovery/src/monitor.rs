@@ -1,0 +1,89 @@
+//! Discovery's monitoring port (15014, as istiod's): readiness, metrics and `/debug`.
+//!
+//! - `/ready`: 200 once every registry kind has been listed.
+//! - `/metrics`: Prometheus text.
+//! - `/debug/registry`: counts, Istio objects, input errors.
+//! - `/debug/syncz`: every proxy's status (versions sent and acked, NACKs, certificate).
+//! - `/debug/resource?name=Kind/ns/name`: one compiled resource as proxies receive it.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use mesh_proxy::http_util::{serve_endpoints, text_response};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::push::Statuses;
+use crate::registry::Registry;
+
+/// Serves the monitoring endpoints until dropped.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    statuses: Arc<Statuses>,
+    metrics: Arc<Metrics>,
+) {
+    serve_endpoints(listener, move |req| {
+        let json = |v: serde_json::Value| {
+            text_response(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+            )
+        };
+        match req.uri().path() {
+            "/ready" if registry.is_synced() => {
+                text_response(StatusCode::OK, "text/plain", "ready\n".into())
+            }
+            "/ready" => text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "registry not synced yet\n".into(),
+            ),
+            "/metrics" => text_response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics.encode(),
+            ),
+            "/debug/registry" => json(registry.summary()),
+            "/debug/syncz" => {
+                let list: Vec<_> = statuses
+                    .list()
+                    .into_iter()
+                    .map(|s| {
+                        let mut v = serde_json::to_value(&s).unwrap_or_default();
+                        v["state"] = s.state().into();
+                        v
+                    })
+                    .collect();
+                json(list.into())
+            }
+            "/debug/resource" => {
+                let name = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("name="))
+                    .unwrap_or_default();
+                match registry.output(name) {
+                    Some(o) => text_response(
+                        StatusCode::OK,
+                        "application/json",
+                        String::from_utf8_lossy(&o.body).into_owned(),
+                    ),
+                    None => text_response(
+                        StatusCode::NOT_FOUND,
+                        "text/plain",
+                        format!("no resource {name:?}\n"),
+                    ),
+                }
+            }
+            _ => text_response(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "endpoints: /ready /metrics /debug/registry /debug/syncz /debug/resource?name=\n"
+                    .into(),
+            ),
+        }
+    })
+    .await;
+}

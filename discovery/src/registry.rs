@@ -1,0 +1,990 @@
+//! The registry: what discovery knows of its cluster (Services, EndpointSlices, Pods,
+//! Nodes, Namespaces, WorkloadEntries and the Istio kinds), from the Kubernetes API or
+//! a directory, compiled into the resources proxies consume.
+//!
+//! Every input change recompiles only the outputs it touches (a Service and its
+//! endpoints; the services of a pod; every service when a node's locality changes) and
+//! records the output names in a change log ordered by generation, so each proxy's push
+//! reads only what changed since the generation it holds.
+//!
+//! Bad input loses nothing: an Istio object that fails validation is reported (see
+//! [`Registry::errors`]) and the last good version of that object stays in force.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+pub use mesh_api::networking::WorkloadEntry;
+use mesh_proxy::config::{EndpointConfig, ServiceConfig, ServicePortConfig};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// The namespace whose PeerAuthentication and AuthorizationPolicy apply mesh-wide.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+/// Label on an EndpointSlice naming its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Annotation on a Service restricting which namespaces see it (Istio's).
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+/// Pod annotation: the port its sidecar accepts mesh traffic on, when not 15006.
+pub const INBOUND_PORT_ANNOTATION: &str = "isthmus.dev/inbound-port";
+
+/// One input object.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// core/v1 Service.
+    Service(Box<Service>),
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
+    /// core/v1 Pod.
+    Pod(Box<Pod>),
+    /// core/v1 Node.
+    Node(Box<Node>),
+    /// core/v1 Namespace.
+    Namespace(Box<Namespace>),
+    /// networking.istio.io WorkloadEntry.
+    WorkloadEntry(Box<WorkloadEntry>),
+    /// An Istio kind, as JSON (validated on the way in).
+    Istio(serde_json::Value),
+}
+
+/// Which input kind, for watchers replacing a whole kind after a relist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum InputKind {
+    /// Services.
+    Service,
+    /// EndpointSlices.
+    EndpointSlice,
+    /// Pods.
+    Pod,
+    /// Nodes.
+    Node,
+    /// Namespaces.
+    Namespace,
+    /// WorkloadEntries.
+    WorkloadEntry,
+    /// Istio kinds.
+    Istio,
+}
+
+impl Object {
+    /// The object's input kind.
+    pub fn input_kind(&self) -> InputKind {
+        match self {
+            Self::Service(_) => InputKind::Service,
+            Self::EndpointSlice(_) => InputKind::EndpointSlice,
+            Self::Pod(_) => InputKind::Pod,
+            Self::Node(_) => InputKind::Node,
+            Self::Namespace(_) => InputKind::Namespace,
+            Self::WorkloadEntry(_) => InputKind::WorkloadEntry,
+            Self::Istio(_) => InputKind::Istio,
+        }
+    }
+
+    /// `Kind/namespace/name` (`Kind/name` for cluster-scoped kinds).
+    pub fn key(&self) -> String {
+        fn k(kind: &str, ns: Option<&String>, name: Option<&String>) -> String {
+            match ns {
+                Some(ns) => format!("{kind}/{ns}/{}", name.map_or("", |n| n)),
+                None => format!("{kind}/{}", name.map_or("", |n| n)),
+            }
+        }
+        match self {
+            Self::Service(o) => k(
+                "Service",
+                o.metadata.namespace.as_ref(),
+                o.metadata.name.as_ref(),
+            ),
+            Self::EndpointSlice(o) => k(
+                "EndpointSlice",
+                o.metadata.namespace.as_ref(),
+                o.metadata.name.as_ref(),
+            ),
+            Self::Pod(o) => k(
+                "Pod",
+                o.metadata.namespace.as_ref(),
+                o.metadata.name.as_ref(),
+            ),
+            Self::Node(o) => k("Node", None, o.metadata.name.as_ref()),
+            Self::Namespace(o) => k("Namespace", None, o.metadata.name.as_ref()),
+            Self::WorkloadEntry(o) => k(
+                "WorkloadEntry",
+                o.metadata.namespace.as_ref(),
+                o.metadata.name.as_ref(),
+            ),
+            Self::Istio(v) => {
+                let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned);
+                format!(
+                    "{}/{}/{}",
+                    s("/kind").unwrap_or_default(),
+                    s("/metadata/namespace").unwrap_or_else(|| "default".into()),
+                    s("/metadata/name").unwrap_or_default()
+                )
+            }
+        }
+    }
+}
+
+/// A compiled resource, as sent to proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// `Kind/namespace/name`.
+    pub name: String,
+    /// `Service` or the Istio kind.
+    pub kind: String,
+    /// Hash of the body.
+    pub version: String,
+    /// JSON body.
+    pub body: Arc<Vec<u8>>,
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Namespaces that may see it (`*` all, `.` its own, `~` none); empty is all.
+    pub export_to: Vec<String>,
+}
+
+impl Output {
+    fn new(
+        name: String,
+        kind: &str,
+        namespace: &str,
+        export_to: Vec<String>,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            version: content_version(&body),
+            name,
+            kind: kind.to_owned(),
+            body: Arc::new(body),
+            namespace: namespace.to_owned(),
+            export_to,
+        }
+    }
+
+    /// Whether a proxy in `namespace` receives this resource.
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        if matches!(
+            self.kind.as_str(),
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication"
+        ) {
+            return self.namespace == namespace || self.namespace == ROOT_NAMESPACE;
+        }
+        if self.export_to.is_empty() {
+            return true;
+        }
+        self.export_to.iter().any(|e| match e.as_str() {
+            "*" => true,
+            "." => self.namespace == namespace,
+            "~" => false,
+            ns => ns == namespace,
+        })
+    }
+}
+
+/// A short hash of a body: the resource's version.
+pub fn content_version(body: &[u8]) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// A refused input object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputError {
+    /// `Kind/namespace/name`.
+    pub object: String,
+    /// Why, with the field.
+    pub reason: String,
+    /// Whether an older, valid version of the object is still in force.
+    pub last_good_in_force: bool,
+}
+
+/// A workload as discovery knows it (a pod or a WorkloadEntry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// IP.
+    pub ip: Option<IpAddr>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Service account.
+    pub service_account: String,
+    /// Network.
+    pub network: String,
+    /// `region/zone/subzone`.
+    pub locality: String,
+    /// Port its sidecar accepts mesh traffic on.
+    pub inbound_port: Option<u16>,
+    /// Ready (pods: the Ready condition).
+    pub ready: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    services: BTreeMap<(String, String), Service>,
+    slices: BTreeMap<(String, String), EndpointSlice>,
+    pods: BTreeMap<(String, String), Pod>,
+    nodes: BTreeMap<String, Node>,
+    namespaces: BTreeMap<String, Namespace>,
+    entries: BTreeMap<(String, String), WorkloadEntry>,
+    /// Istio objects by key: the last good JSON.
+    istio: BTreeMap<String, serde_json::Value>,
+    errors: BTreeMap<String, InputError>,
+    file_errors: Vec<String>,
+
+    outputs: HashMap<String, Arc<Output>>,
+    /// Output name → generation of its last change.
+    last_change: HashMap<String, u64>,
+    /// Generation → output names changed then (each name only at its latest).
+    log: BTreeMap<u64, BTreeSet<String>>,
+    generation: u64,
+    /// When the oldest change not yet published happened.
+    pending_since: Option<Instant>,
+    synced: BTreeSet<InputKind>,
+}
+
+/// What proxies read: see the module documentation.
+#[derive(Debug)]
+pub struct Registry {
+    cluster: String,
+    network: String,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+    expected_kinds: BTreeSet<InputKind>,
+}
+
+/// Outputs changed between two generations.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// Changed or added outputs.
+    pub updated: Vec<Arc<Output>>,
+    /// Names of removed outputs.
+    pub removed: Vec<String>,
+    /// The generation this brings a reader to.
+    pub generation: u64,
+}
+
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Registry {
+    /// An empty registry for `cluster` on `network`; ready once each of
+    /// `expected_kinds` has been synced.
+    pub fn new(cluster: &str, network: &str, expected_kinds: &[InputKind]) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            network: network.to_owned(),
+            inner: Mutex::default(),
+            changed: watch::channel(0).0,
+            expected_kinds: expected_kinds.iter().copied().collect(),
+        }
+    }
+
+    /// The cluster name.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The cluster's default network.
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows the generation: changes every time an input changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Whether every expected input kind has been listed once.
+    pub fn is_synced(&self) -> bool {
+        let inner = self.lock();
+        self.expected_kinds.iter().all(|k| inner.synced.contains(k))
+    }
+
+    /// Marks `kind` as listed.
+    pub fn mark_synced(&self, kind: InputKind) {
+        self.lock().synced.insert(kind);
+        self.changed.send_modify(|_| {});
+    }
+
+    /// The input errors now outstanding.
+    pub fn errors(&self) -> Vec<InputError> {
+        let inner = self.lock();
+        let files = inner.file_errors.iter().map(|e| InputError {
+            object: "file".into(),
+            reason: e.clone(),
+            last_good_in_force: true,
+        });
+        inner.errors.values().cloned().chain(files).collect()
+    }
+
+    /// Replaces the file registry's errors (documents it could not read).
+    pub fn set_file_errors(&self, errors: Vec<String>) {
+        self.lock().file_errors = errors;
+    }
+
+    /// Takes the instant of the oldest unpublished change (for convergence metrics).
+    pub fn take_pending_since(&self) -> Option<Instant> {
+        self.lock().pending_since.take()
+    }
+
+    /// Adds or replaces an object. Returns the refusal, if the object is invalid (its
+    /// last good version, if any, stays).
+    pub fn apply(&self, object: Object) -> Result<(), InputError> {
+        let mut inner = self.lock();
+        let result = self.apply_locked(&mut inner, object);
+        drop(inner);
+        self.changed.send_modify(|_| {});
+        result
+    }
+
+    /// Removes an object.
+    pub fn delete(&self, object: &Object) {
+        let mut inner = self.lock();
+        let key = object.key();
+        inner.errors.remove(&key);
+        let touched = match object {
+            Object::Service(o) => {
+                let k = ns_name(&o.metadata);
+                inner.services.remove(&k);
+                vec![k]
+            }
+            Object::EndpointSlice(o) => {
+                let k = ns_name(&o.metadata);
+                let svc = inner.slices.remove(&k).and_then(|s| slice_service(&s));
+                svc.into_iter().collect()
+            }
+            Object::Pod(o) => {
+                let k = ns_name(&o.metadata);
+                inner.pods.remove(&k);
+                services_of_workload(&inner, &k)
+            }
+            Object::Node(o) => {
+                inner
+                    .nodes
+                    .remove(&o.metadata.name.clone().unwrap_or_default());
+                inner.services.keys().cloned().collect()
+            }
+            Object::Namespace(o) => {
+                inner
+                    .namespaces
+                    .remove(&o.metadata.name.clone().unwrap_or_default());
+                vec![]
+            }
+            Object::WorkloadEntry(o) => {
+                let k = ns_name(&o.metadata);
+                let before = services_of_workload(&inner, &k);
+                inner.entries.remove(&k);
+                before
+            }
+            Object::Istio(_) => {
+                inner.istio.remove(&key);
+                let gen_ = inner.generation + 1;
+                inner.generation = gen_;
+                set_output(&mut inner, &key, None, gen_);
+                vec![]
+            }
+        };
+        self.recompile_services(&mut inner, touched);
+        drop(inner);
+        self.changed.send_modify(|_| {});
+    }
+
+    /// Removes the Istio object `Kind/namespace/name`.
+    pub fn delete_key(&self, key: &str) {
+        let mut inner = self.lock();
+        inner.errors.remove(key);
+        if inner.istio.remove(key).is_some() {
+            let gen_ = inner.generation + 1;
+            inner.generation = gen_;
+            set_output(&mut inner, key, None, gen_);
+        }
+        drop(inner);
+        self.changed.send_modify(|_| {});
+    }
+
+    /// Replaces every object of `kind` with `objects` (after a relist), then marks the
+    /// kind synced. Objects gone since are deleted.
+    pub fn replace_all(&self, kind: InputKind, objects: Vec<Object>) {
+        let present: BTreeSet<String> = objects.iter().map(Object::key).collect();
+        let stale: Vec<Object> = {
+            let inner = self.lock();
+            let mut stale = Vec::new();
+            match kind {
+                InputKind::Service => stale.extend(
+                    inner
+                        .services
+                        .values()
+                        .map(|o| Object::Service(Box::new(o.clone()))),
+                ),
+                InputKind::EndpointSlice => stale.extend(
+                    inner
+                        .slices
+                        .values()
+                        .map(|o| Object::EndpointSlice(Box::new(o.clone()))),
+                ),
+                InputKind::Pod => stale.extend(
+                    inner
+                        .pods
+                        .values()
+                        .map(|o| Object::Pod(Box::new(o.clone()))),
+                ),
+                InputKind::Node => stale.extend(
+                    inner
+                        .nodes
+                        .values()
+                        .map(|o| Object::Node(Box::new(o.clone()))),
+                ),
+                InputKind::Namespace => stale.extend(
+                    inner
+                        .namespaces
+                        .values()
+                        .map(|o| Object::Namespace(Box::new(o.clone()))),
+                ),
+                InputKind::WorkloadEntry => stale.extend(
+                    inner
+                        .entries
+                        .values()
+                        .map(|o| Object::WorkloadEntry(Box::new(o.clone()))),
+                ),
+                InputKind::Istio => stale.extend(inner.istio.values().cloned().map(Object::Istio)),
+            }
+            stale.retain(|o| !present.contains(&o.key()));
+            stale
+        };
+        for o in &stale {
+            self.delete(o);
+        }
+        for o in objects {
+            if let Err(e) = self.apply(o) {
+                tracing::warn!(object = %e.object, reason = %e.reason, "input refused");
+            }
+        }
+        self.mark_synced(kind);
+    }
+
+    fn apply_locked(&self, inner: &mut Inner, object: Object) -> Result<(), InputError> {
+        let key = object.key();
+        let touched = match object {
+            Object::Service(o) => {
+                let k = ns_name(&o.metadata);
+                inner.services.insert(k.clone(), *o);
+                vec![k]
+            }
+            Object::EndpointSlice(o) => {
+                let k = ns_name(&o.metadata);
+                let mut touched: Vec<_> = inner
+                    .slices
+                    .get(&k)
+                    .and_then(slice_service)
+                    .into_iter()
+                    .collect();
+                touched.extend(slice_service(&o));
+                inner.slices.insert(k, *o);
+                touched
+            }
+            Object::Pod(o) => {
+                let k = ns_name(&o.metadata);
+                let mut touched = services_of_workload(inner, &k);
+                inner.pods.insert(k.clone(), *o);
+                touched.extend(services_of_workload(inner, &k));
+                touched
+            }
+            Object::Node(o) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let same_locality = inner
+                    .nodes
+                    .get(&name)
+                    .is_some_and(|old| node_locality(old) == node_locality(&o));
+                inner.nodes.insert(name, *o);
+                if same_locality {
+                    vec![]
+                } else {
+                    inner.services.keys().cloned().collect()
+                }
+            }
+            Object::Namespace(o) => {
+                inner
+                    .namespaces
+                    .insert(o.metadata.name.clone().unwrap_or_default(), *o);
+                vec![]
+            }
+            Object::WorkloadEntry(o) => {
+                let k = ns_name(&o.metadata);
+                if let Err(reason) = o.spec.address.parse::<IpAddr>().map_err(|e| {
+                    format!(
+                        "spec.address {:?}: {e}; give the workload's IP address",
+                        o.spec.address
+                    )
+                }) {
+                    return Err(refuse(inner, &key, reason));
+                }
+                let mut touched = services_of_workload(inner, &k);
+                inner.entries.insert(k.clone(), *o);
+                touched.extend(services_of_workload(inner, &k));
+                touched
+            }
+            Object::Istio(mut value) => {
+                if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    meta.remove("managedFields");
+                    meta.remove("resourceVersion");
+                    meta.remove("generation");
+                    meta.remove("uid");
+                    meta.remove("creationTimestamp");
+                }
+                let resource = match mesh_api::from_value(value.clone()) {
+                    Ok(r) => r,
+                    Err(e) => return Err(refuse(inner, &key, e.to_string())),
+                };
+                inner.errors.remove(&key);
+                let export_to = match &resource {
+                    mesh_api::Resource::VirtualService(r) => r.spec.export_to.clone(),
+                    mesh_api::Resource::DestinationRule(r) => r.spec.export_to.clone(),
+                    mesh_api::Resource::ServiceEntry(r) => r.spec.export_to.clone(),
+                    _ => vec![],
+                };
+                let ns = resource
+                    .metadata()
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                let body = serde_json::to_vec(&value).unwrap_or_default();
+                inner.istio.insert(key.clone(), value);
+                let output = Output::new(key.clone(), resource.kind(), &ns, export_to, body);
+                let gen_ = inner.generation + 1;
+                inner.generation = gen_;
+                set_output(inner, &key, Some(output), gen_);
+                vec![]
+            }
+        };
+        inner.errors.remove(&key);
+        self.recompile_services(inner, touched);
+        Ok(())
+    }
+
+    fn recompile_services(&self, inner: &mut Inner, touched: Vec<(String, String)>) {
+        let touched: BTreeSet<_> = touched.into_iter().collect();
+        if touched.is_empty() {
+            return;
+        }
+        let gen_ = inner.generation + 1;
+        inner.generation = gen_;
+        for key in touched {
+            let name = format!("Service/{}/{}", key.0, key.1);
+            let output = inner.services.get(&key).map(|svc| {
+                let compiled = self.compile_service(inner, svc);
+                let export_to = svc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+                    .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+                    .unwrap_or_default();
+                let body = serde_json::to_vec(&compiled).unwrap_or_default();
+                Output::new(name.clone(), "Service", &key.0, export_to, body)
+            });
+            set_output(inner, &name, output, gen_);
+        }
+    }
+
+    fn compile_service(&self, inner: &Inner, svc: &Service) -> ServiceConfig {
+        let (ns, name) = ns_name(&svc.metadata);
+        let spec = svc.spec.clone().unwrap_or_default();
+        let addresses = spec
+            .cluster_ips
+            .clone()
+            .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let svc_ports = spec.ports.clone().unwrap_or_default();
+        // Target ports by service port name, from the slices (which resolve named ports).
+        let mut slice_ports: BTreeMap<String, u16> = BTreeMap::new();
+        let mut endpoints = Vec::new();
+        for slice in in_namespace(&inner.slices, &ns)
+            .filter(|s| slice_service(s).is_some_and(|(_, n)| n == name))
+        {
+            for p in slice.ports.iter().flatten() {
+                if let (Some(n), Some(port)) = (&p.name, p.port) {
+                    slice_ports.insert(n.clone(), port as u16);
+                } else if let Some(port) = p.port
+                    && svc_ports.len() == 1
+                {
+                    slice_ports.insert(String::new(), port as u16);
+                }
+            }
+            for ep in &slice.endpoints {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| {
+                        inner
+                            .pods
+                            .get(&(ns.clone(), r.name.clone().unwrap_or_default()))
+                    })
+                    .map(|p| self.pod_workload(inner, p));
+                for addr in &ep.addresses {
+                    let Ok(address) = addr.parse() else { continue };
+                    let mut locality = pod.as_ref().map(|w| w.locality.clone()).unwrap_or_default();
+                    if locality.is_empty()
+                        && let Some(zone) = &ep.zone
+                    {
+                        locality = format!("/{zone}");
+                    }
+                    endpoints.push(EndpointConfig {
+                        address,
+                        inbound_port: pod.as_ref().and_then(|w| w.inbound_port),
+                        labels: pod.as_ref().map(|w| w.labels.clone()).unwrap_or_default(),
+                        service_account: pod.as_ref().map(|w| w.service_account.clone()),
+                        cluster: self.cluster.clone(),
+                        network: pod
+                            .as_ref()
+                            .map(|w| w.network.clone())
+                            .unwrap_or_else(|| self.network.clone()),
+                        locality,
+                        weight: None,
+                        ready,
+                    });
+                }
+            }
+        }
+        let selector = spec.selector.clone().unwrap_or_default();
+        let mut entry_ports: BTreeMap<String, u16> = BTreeMap::new();
+        if !selector.is_empty() {
+            for we in in_namespace(&inner.entries, &ns) {
+                if !selector
+                    .iter()
+                    .all(|(k, v)| we.spec.labels.get(k) == Some(v))
+                {
+                    continue;
+                }
+                let Ok(address) = we.spec.address.parse() else {
+                    continue;
+                };
+                for (n, p) in &we.spec.ports {
+                    entry_ports.insert(n.clone(), *p as u16);
+                }
+                let w = self.entry_workload(we);
+                endpoints.push(EndpointConfig {
+                    address,
+                    inbound_port: w.inbound_port,
+                    labels: w.labels,
+                    service_account: Some(w.service_account),
+                    cluster: self.cluster.clone(),
+                    network: w.network,
+                    locality: w.locality,
+                    weight: we.spec.weight,
+                    ready: true,
+                });
+            }
+        }
+        endpoints.sort_by_key(|e| e.address);
+        let ports = svc_ports
+            .iter()
+            .map(|p| {
+                let pname = p.name.clone().unwrap_or_default();
+                let target = slice_ports
+                    .get(&pname)
+                    .or_else(|| entry_ports.get(&pname))
+                    .copied()
+                    .or(match &p.target_port {
+                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                            Some(*n as u16)
+                        }
+                        _ => None,
+                    });
+                ServicePortConfig {
+                    name: pname,
+                    port: p.port as u16,
+                    target_port: target,
+                    app_protocol: p.app_protocol.clone(),
+                }
+            })
+            .collect();
+        ServiceConfig {
+            name,
+            namespace: ns,
+            addresses,
+            ports,
+            endpoints,
+        }
+    }
+
+    fn pod_workload(&self, inner: &Inner, pod: &Pod) -> Workload {
+        let (namespace, name) = ns_name(&pod.metadata);
+        let labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = pod.status.clone().unwrap_or_default();
+        let locality = spec
+            .node_name
+            .as_ref()
+            .and_then(|n| inner.nodes.get(n))
+            .map(node_locality)
+            .unwrap_or_default();
+        Workload {
+            name,
+            namespace,
+            ip: status.pod_ip.as_ref().and_then(|ip| ip.parse().ok()),
+            network: labels
+                .get("topology.istio.io/network")
+                .cloned()
+                .unwrap_or_else(|| self.network.clone()),
+            labels,
+            service_account: spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            locality,
+            inbound_port: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INBOUND_PORT_ANNOTATION))
+                .and_then(|p| p.parse().ok()),
+            ready: status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+        }
+    }
+
+    fn entry_workload(&self, we: &WorkloadEntry) -> Workload {
+        let (namespace, name) = ns_name(&we.metadata);
+        Workload {
+            name,
+            namespace,
+            ip: we.spec.address.parse().ok(),
+            labels: we.spec.labels.clone(),
+            service_account: we
+                .spec
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            network: we
+                .spec
+                .network
+                .clone()
+                .unwrap_or_else(|| self.network.clone()),
+            locality: we.spec.locality.clone().unwrap_or_default(),
+            inbound_port: we
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INBOUND_PORT_ANNOTATION))
+                .and_then(|p| p.parse().ok()),
+            ready: true,
+        }
+    }
+
+    /// The workload named `namespace/name` (a pod first, then a WorkloadEntry), or the
+    /// one with address `ip` in that namespace.
+    pub fn workload(&self, namespace: &str, name: &str, ip: Option<IpAddr>) -> Option<Workload> {
+        let inner = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(p) = inner.pods.get(&key) {
+            return Some(self.pod_workload(&inner, p));
+        }
+        if let Some(we) = inner.entries.get(&key) {
+            return Some(self.entry_workload(we));
+        }
+        let ip = ip?;
+        inner
+            .pods
+            .values()
+            .map(|p| self.pod_workload(&inner, p))
+            .chain(inner.entries.values().map(|e| self.entry_workload(e)))
+            .find(|w| w.namespace == namespace && w.ip == Some(ip))
+    }
+
+    /// Every output, for a first push.
+    pub fn all(&self) -> Delta {
+        let inner = self.lock();
+        Delta {
+            updated: inner.outputs.values().cloned().collect(),
+            removed: vec![],
+            generation: inner.generation,
+        }
+    }
+
+    /// What changed after generation `since`.
+    pub fn since(&self, since: u64) -> Delta {
+        let inner = self.lock();
+        let mut delta = Delta {
+            generation: inner.generation,
+            ..Default::default()
+        };
+        for names in inner.log.range(since + 1..).map(|(_, n)| n) {
+            for name in names {
+                match inner.outputs.get(name) {
+                    Some(o) => delta.updated.push(o.clone()),
+                    None => delta.removed.push(name.clone()),
+                }
+            }
+        }
+        delta
+    }
+
+    /// Summary counts for `/debug` and metrics.
+    pub fn summary(&self) -> serde_json::Value {
+        let inner = self.lock();
+        let endpoints: usize = inner
+            .slices
+            .values()
+            .map(|s| s.endpoints.iter().map(|e| e.addresses.len()).sum::<usize>())
+            .sum::<usize>()
+            + inner.entries.len();
+        serde_json::json!({
+            "cluster": self.cluster,
+            "network": self.network,
+            "generation": inner.generation,
+            "synced": self.expected_kinds.iter().all(|k| inner.synced.contains(k)),
+            "services": inner.services.len(),
+            "endpointSlices": inner.slices.len(),
+            "endpoints": endpoints,
+            "pods": inner.pods.len(),
+            "nodes": inner.nodes.len(),
+            "namespaces": inner.namespaces.len(),
+            "workloadEntries": inner.entries.len(),
+            "istio": inner.istio.keys().collect::<Vec<_>>(),
+            "outputs": inner.outputs.len(),
+            "errors": inner.errors.values().collect::<Vec<_>>(),
+            "fileErrors": inner.file_errors,
+        })
+    }
+
+    /// The output named `name`.
+    pub fn output(&self, name: &str) -> Option<Arc<Output>> {
+        self.lock().outputs.get(name).cloned()
+    }
+}
+
+fn refuse(inner: &mut Inner, key: &str, reason: String) -> InputError {
+    let err = InputError {
+        object: key.to_owned(),
+        reason,
+        last_good_in_force: inner.istio.contains_key(key),
+    };
+    tracing::warn!(object = %err.object, reason = %err.reason, last_good_in_force = err.last_good_in_force, "input refused");
+    inner.errors.insert(key.to_owned(), err.clone());
+    err
+}
+
+fn set_output(inner: &mut Inner, name: &str, output: Option<Output>, gen_: u64) {
+    let same = match (&output, inner.outputs.get(name)) {
+        (Some(new), Some(old)) => new.version == old.version && new.export_to == old.export_to,
+        (None, None) => true,
+        _ => false,
+    };
+    if same {
+        return;
+    }
+    match output {
+        Some(o) => {
+            inner.outputs.insert(name.to_owned(), Arc::new(o));
+        }
+        None => {
+            inner.outputs.remove(name);
+        }
+    }
+    if let Some(old) = inner.last_change.insert(name.to_owned(), gen_)
+        && let Some(set) = inner.log.get_mut(&old)
+    {
+        set.remove(name);
+        if set.is_empty() {
+            inner.log.remove(&old);
+        }
+    }
+    inner.log.entry(gen_).or_default().insert(name.to_owned());
+    inner.pending_since.get_or_insert_with(Instant::now);
+}
+
+fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    let (ns, _) = ns_name(&slice.metadata);
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|svc| (ns, svc.clone()))
+}
+
+/// Services whose endpoints involve the workload `key` (by slice targetRef or selector).
+fn services_of_workload(inner: &Inner, key: &(String, String)) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for slice in in_namespace(&inner.slices, &key.0) {
+        let refers = slice.endpoints.iter().any(|e| {
+            e.target_ref
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(key.1.as_str()))
+        });
+        if refers {
+            out.extend(slice_service(slice));
+        }
+    }
+    if let Some(we) = inner.entries.get(key) {
+        for ((sns, sname), svc) in inner
+            .services
+            .range((key.0.clone(), String::new())..)
+            .take_while(|((n, _), _)| *n == key.0)
+        {
+            let selector = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .unwrap_or_default();
+            if !selector.is_empty()
+                && selector
+                    .iter()
+                    .all(|(k, v)| we.spec.labels.get(k) == Some(v))
+            {
+                out.push((sns.clone(), sname.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The values of a map keyed by `(namespace, name)` within one namespace.
+fn in_namespace<'a, V>(
+    map: &'a BTreeMap<(String, String), V>,
+    ns: &str,
+) -> impl Iterator<Item = &'a V> + 'a {
+    let ns = ns.to_owned();
+    map.range((ns.clone(), String::new())..)
+        .take_while(move |((n, _), _)| *n == ns)
+        .map(|(_, v)| v)
+}
+
+/// `region/zone/subzone` from a node's well-known labels.
+fn node_locality(node: &Node) -> String {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let parts = [
+        get("topology.kubernetes.io/region"),
+        get("topology.kubernetes.io/zone"),
+        get("topology.istio.io/subzone"),
+    ];
+    let joined = parts.join("/");
+    joined.trim_end_matches('/').to_owned()
+}

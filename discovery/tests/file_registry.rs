@@ -1,0 +1,257 @@
+//! Discovery with the file registry, pushing to proxies over the real mTLS config
+//! stream: updates arrive incrementally, a bad resource is refused alone (by discovery
+//! or by the proxy, whose NACK shows in the status), visibility follows `exportTo`, and
+//! proxies keep their last good config while discovery is away.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+const T: Duration = Duration::from_secs(10);
+
+fn write(dir: &std::path::Path, file: &str, text: &str) {
+    // Write then rename, as a config manager would, so a half-written file is never read.
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: shop}
+spec: {address: 10.1.0.1, labels: {app: reviews, version: v1}, serviceAccount: reviews, locality: eu/a}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: frontend-1, namespace: shop}
+spec: {address: 10.1.0.9, labels: {app: frontend}, serviceAccount: frontend, locality: eu/b}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: internal
+  namespace: other
+  annotations: {networking.istio.io/exportTo: "."}
+spec:
+  selector: {app: internal}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: public, namespace: other}
+spec:
+  selector: {app: public}
+  ports: [{name: http, port: 80}]
+"#;
+
+fn vs(regex: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{uri: {{regex: "{regex}"}}}}]
+    {extra}route: [{{destination: {{host: reviews}}}}]
+"#
+    )
+}
+
+fn dr(name: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{host: reviews, subsets: [{{name: v1, labels: {{version: v1}}}}]}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_registry_pushes_incrementally_and_refuses_bad_resources_alone() {
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", SERVICES);
+    write(dir.path(), "routes.yaml", &vs("^/v1/.*", ""));
+    let discovery = start_files("east", dir.path(), &pki).await;
+    let proxy = connect(discovery.grpc_addr, &pki, "frontend-1", "shop", "frontend");
+
+    eventually("first push", T, || proxy.store.is_ready()).await;
+    eventually("reviews endpoints", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.1"]
+    })
+    .await;
+    let state = proxy.store.snapshot();
+    // The node comes from the registry (the WorkloadEntry), not from the proxy.
+    assert_eq!(state.node.locality, "eu/b");
+    assert_eq!(state.node.cluster, "east");
+    assert_eq!(state.node.network, "net-east");
+    assert_eq!(state.node.labels["app"], "frontend");
+    let reviews = &state.services[REVIEWS];
+    assert_eq!(reviews.ports[0].target_port, 8080);
+    assert_eq!(reviews.endpoints[0].labels["version"], "v1");
+    assert_eq!(reviews.endpoints[0].locality, "eu/a");
+    assert!(state.routes[REVIEWS][0].name.starts_with("shop/reviews"));
+    // exportTo: "." keeps other/internal from the shop proxy; other/public is visible.
+    assert!(
+        !state
+            .services
+            .contains_key("internal.other.svc.cluster.local")
+    );
+    assert!(
+        state
+            .services
+            .contains_key("public.other.svc.cluster.local")
+    );
+
+    // A new endpoint arrives as a small incremental push.
+    let before = discovery.metrics.pushed_resources.get();
+    write(
+        dir.path(),
+        "v2.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: reviews-v2, namespace: shop}\nspec: {address: 10.1.0.2, labels: {app: reviews, version: v2}}\n",
+    );
+    eventually("second endpoint", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.1", "10.1.0.2"]
+    })
+    .await;
+    let sent = discovery.metrics.pushed_resources.get() - before;
+    assert_eq!(sent, 1, "only the reviews service is re-sent");
+
+    // A VirtualService discovery cannot read (unknown field) is refused by discovery;
+    // its last good version stays in force and the error says which field.
+    write(dir.path(), "routes.yaml", &vs("^/v1/.*", "rout: []\n    "));
+    eventually("discovery reports the bad field", T, || {
+        discovery.registry.errors().iter().any(|e| {
+            e.object == "VirtualService/shop/reviews"
+                && e.reason.contains("rout")
+                && e.last_good_in_force
+        })
+    })
+    .await;
+    assert!(
+        proxy.store.snapshot().routes[REVIEWS][0]
+            .name
+            .starts_with("shop/reviews")
+    );
+
+    // A second DestinationRule for the same host passes discovery (each is valid on its
+    // own) but the proxy refuses it: a NACK of that resource alone, while an endpoint
+    // change pushed with it is applied and the first DestinationRule stays.
+    write(dir.path(), "routes.yaml", &vs("^/v1/.*", ""));
+    write(dir.path(), "dr.yaml", &dr("reviews"));
+    eventually("first DestinationRule", T, || {
+        proxy.store.snapshot().policies.contains_key(REVIEWS)
+    })
+    .await;
+    write(dir.path(), "dr-dup.yaml", &dr("reviews-again"));
+    std::fs::remove_file(dir.path().join("v2.yaml")).unwrap();
+    eventually("endpoint removal applied", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.1"]
+    })
+    .await;
+    eventually("NACK visible in proxy status", T, || {
+        discovery.statuses.list().iter().any(|s| {
+            s.proxy == "frontend-1.shop"
+                && s.state() == "NACKED"
+                && s.nacked.iter().any(|n| {
+                    n.name == "DestinationRule/shop/reviews-again"
+                        && n.reason.contains("already has a DestinationRule")
+                })
+        })
+    })
+    .await;
+    assert!(
+        discovery.registry.errors().is_empty(),
+        "{:?}",
+        discovery.registry.errors()
+    );
+    assert_eq!(
+        proxy.store.snapshot().policies[REVIEWS].rule,
+        "shop/reviews",
+        "the DestinationRule held before stays in force"
+    );
+    let status = proxy.status.load();
+    assert!(status.connected);
+    assert_eq!(status.rejected.len(), 1, "{status:?}");
+
+    // Removing the duplicate clears the NACK.
+    std::fs::remove_file(dir.path().join("dr-dup.yaml")).unwrap();
+    eventually("NACK cleared", T, || {
+        discovery
+            .statuses
+            .list()
+            .iter()
+            .any(|s| s.proxy == "frontend-1.shop" && s.state() == "SYNCED")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_their_config_while_discovery_is_down_and_resync_without_a_full_resend() {
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", SERVICES);
+    let first = start_files("east", dir.path(), &pki).await;
+    let addr = first.grpc_addr;
+    let proxy = connect(addr, &pki, "frontend-1", "shop", "frontend");
+    eventually("first push", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.1"]
+    })
+    .await;
+
+    drop(first);
+    eventually("stream closed", T, || !proxy.status.load().connected).await;
+    // Static stability: still ready, still the same config.
+    assert!(proxy.store.is_ready());
+    assert_eq!(endpoints(&proxy.store, REVIEWS), ["10.1.0.1"]);
+
+    // While discovery is away an endpoint is added; a new discovery on the same
+    // address brings it, sending only what the proxy does not hold.
+    write(
+        dir.path(),
+        "v2.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: reviews-v2, namespace: shop}\nspec: {address: 10.1.0.2, labels: {app: reviews, version: v2}}\n",
+    );
+    let mut options = options(
+        "east",
+        discovery::Source::Files(dir.path().to_owned()),
+        &pki,
+    );
+    options.grpc = addr;
+    let mut second = None;
+    for _ in 0..50 {
+        match discovery::start(options.clone()).await {
+            Ok(d) => {
+                second = Some(d);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let second = second.expect("discovery restarts on the same address");
+    eventually("resync", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.1", "10.1.0.2"]
+    })
+    .await;
+    eventually("registry synced before the resync is counted", T, || {
+        second.metrics.pushed_resources.get() > 0
+    })
+    .await;
+    // Services: reviews, other/public (other/internal is not visible) + node. Only
+    // reviews changed, so at most that one resource is resent.
+    assert!(
+        second.metrics.pushed_resources.get() <= 2,
+        "resent {} resources",
+        second.metrics.pushed_resources.get()
+    );
+}

@@ -1,0 +1,151 @@
+//! Shared helpers: a mesh root with one cluster CA on disk, a discovery service on
+//! loopback, and proxies connected to it through the real config-stream client.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use discovery::{CaAuth, CaCerts, Discovery, Options, Source};
+use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
+use mesh_identity::{ClusterCa, Identity, RootCa, SpiffeId, TrustBundle, TrustConfig};
+use mesh_proto::config::Node as WireNode;
+use mesh_proxy::StateStore;
+use mesh_proxy::discovery_client::{DiscoveryClientOptions, StreamStatus};
+
+pub const TD: &str = "mesh.example";
+
+pub struct Pki {
+    pub root: RootCa,
+    pub ca: ClusterCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new(cluster: &str) -> Self {
+        let root = RootCa::generate(&TD.parse().unwrap(), ROOT_VALIDITY).unwrap();
+        let ca = root.intermediate(cluster, INTERMEDIATE_VALIDITY).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        ca.write(dir.path()).unwrap();
+        Self { root, ca, dir }
+    }
+
+    pub fn cacerts(&self) -> CaCerts {
+        CaCerts::Dir(self.dir.path().to_owned())
+    }
+
+    pub fn trust(&self) -> TrustConfig {
+        let bundle =
+            TrustBundle::from_pem(TD.parse().unwrap(), self.root.cert_pem().as_bytes(), "root")
+                .unwrap();
+        TrustConfig::new(TD.parse().unwrap(), bundle)
+    }
+
+    pub fn identity(&self, ns: &str, sa: &str) -> Identity {
+        let id = SpiffeId::new(TD.parse().unwrap(), ns, sa).unwrap();
+        let cert = self
+            .ca
+            .issue_workload(&id, Duration::from_secs(3600))
+            .unwrap()
+            .load("test")
+            .unwrap();
+        Identity::new(cert, self.trust()).unwrap()
+    }
+}
+
+/// Options for a discovery on loopback with a short debounce.
+pub fn options(cluster: &str, source: Source, pki: &Pki) -> Options {
+    let mut o = Options::new(cluster, &format!("net-{cluster}"), source, pki.cacerts());
+    o.grpc = "127.0.0.1:0".parse().unwrap();
+    o.monitor = Some("127.0.0.1:0".parse().unwrap());
+    o.debounce = discovery::push::Debounce {
+        after: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    o.file_poll = Duration::from_millis(50);
+    o.ca_auth = CaAuth::Disabled;
+    o
+}
+
+pub async fn start_files(cluster: &str, dir: &Path, pki: &Pki) -> Discovery {
+    discovery::start(options(cluster, Source::Files(dir.to_owned()), pki))
+        .await
+        .unwrap()
+}
+
+/// A proxy connected to discovery: its live state and its stream status.
+pub struct Proxy {
+    pub store: Arc<StateStore>,
+    pub status: Arc<ArcSwap<StreamStatus>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn connect(
+    discovery_addr: std::net::SocketAddr,
+    pki: &Pki,
+    name: &str,
+    ns: &str,
+    sa: &str,
+) -> Proxy {
+    let store = Arc::new(StateStore::default());
+    let status = Arc::new(ArcSwap::from_pointee(StreamStatus::default()));
+    let node = WireNode {
+        name: name.into(),
+        namespace: ns.into(),
+        kind: "sidecar".into(),
+        ..Default::default()
+    };
+    let discovery_id =
+        SpiffeId::new(TD.parse().unwrap(), "istio-system", "isthmus-discovery").unwrap();
+    let mut options = DiscoveryClientOptions::new(discovery_addr, discovery_id, node);
+    options.initial_backoff = Duration::from_millis(50);
+    options.max_backoff = Duration::from_millis(200);
+    let task = tokio::spawn(mesh_proxy::discovery_client::run(
+        options,
+        pki.identity(ns, sa),
+        store.clone(),
+        status.clone(),
+    ));
+    Proxy {
+        store,
+        status,
+        task,
+    }
+}
+
+/// Waits until `f` holds, or fails the test with `what`.
+pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Endpoint IPs of `host` in the proxy's live state.
+pub fn endpoints(store: &StateStore, host: &str) -> Vec<String> {
+    let state = store.snapshot();
+    let mut ips: Vec<String> = state
+        .services
+        .get(host)
+        .map(|s| {
+            s.endpoints
+                .iter()
+                .map(|e| e.inbound.ip().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort();
+    ips
+}
