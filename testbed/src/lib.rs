@@ -11,6 +11,7 @@
 //! The mesh on top (discovery, gateways, sample workloads) joins this crate with the
 //! federation and testbed work.
 
+pub mod apply;
 mod bins;
 mod control_plane;
 pub mod netns;

@@ -9,7 +9,6 @@ use k8s_openapi::api::authentication::v1::{
 };
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use mesh_api::networking::VirtualService;
@@ -17,28 +16,6 @@ use testbed::{KubeBins, is_alive, start_control_planes};
 
 fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_saphyr::from_str(text).unwrap()
-}
-
-async fn apply_crds(client: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let pp = PatchParams::apply("isthmus-test").force();
-    for crd in mesh_api::crd::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &pp, &Patch::Apply(&crd)).await.unwrap();
-    }
-    // Wait until every CRD is Established, so its kind can be used.
-    for crd in mesh_api::crd::crds() {
-        let name = crd.metadata.name.unwrap();
-        let established = kube::runtime::wait::await_condition(
-            crds.clone(),
-            &name,
-            kube::runtime::wait::conditions::is_crd_established(),
-        );
-        tokio::time::timeout(Duration::from_secs(30), established)
-            .await
-            .unwrap()
-            .unwrap();
-    }
 }
 
 async fn exercise_cluster(client: kube::Client, cluster: &str, subset: &str) {
@@ -132,7 +109,7 @@ endpoints:
         "system:serviceaccount:shop:reviews"
     );
 
-    apply_crds(&client).await;
+    testbed::apply::apply_crds(&client).await.unwrap();
     let vs = match mesh_api::parse_resource(&format!(
         "apiVersion: networking.istio.io/v1beta1
 kind: VirtualService

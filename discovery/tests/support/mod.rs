@@ -149,3 +149,85 @@ pub fn endpoints(store: &StateStore, host: &str) -> Vec<String> {
     ips.sort();
     ips
 }
+
+/// An HTTP/1.1 app on `addr` answering `NAME`.
+pub async fn app(addr: std::net::SocketAddr, name: &'static str) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(name)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// One GET through a sidecar's outbound listener: (status, body).
+pub async fn get(
+    outbound: std::net::SocketAddr,
+    authority: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(outbound)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A sidecar whose config comes from discovery, serving `ns/sa` as workload `name`.
+pub struct MeshSidecar {
+    pub sidecar: mesh_proxy::Sidecar,
+    pub proxy: Proxy,
+}
+
+pub async fn sidecar(
+    discovery_addr: std::net::SocketAddr,
+    pki: &Pki,
+    name: &str,
+    ns: &str,
+    sa: &str,
+    ip: std::net::IpAddr,
+) -> MeshSidecar {
+    let proxy = connect(discovery_addr, pki, name, ns, sa);
+    let options = mesh_proxy::SidecarOptions {
+        outbound: std::net::SocketAddr::new(ip, 0),
+        inbound: std::net::SocketAddr::new(ip, 0),
+        app_ip: ip,
+        connect_timeout: Duration::from_secs(1),
+        admin: vec![],
+        tracing: mesh_telemetry::trace::Tracing::disabled(),
+    };
+    let sidecar = mesh_proxy::Sidecar::start(proxy.store.clone(), pki.identity(ns, sa), options)
+        .await
+        .unwrap();
+    MeshSidecar { sidecar, proxy }
+}

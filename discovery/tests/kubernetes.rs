@@ -1,0 +1,327 @@
+//! Discovery against a real kube-apiserver: Services, EndpointSlices, Pods and Nodes
+//! created, changed and deleted reach a connected proxy; a malformed VirtualService is
+//! refused alone; the CA authenticates workloads by TokenReview and refuses a CSR for
+//! another identity.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use mesh_identity::SpiffeId;
+use support::*;
+use testbed::apply::{Mode, apply_yaml};
+
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+const RATINGS: &str = "ratings.shop.svc.cluster.local";
+const T: Duration = Duration::from_secs(15);
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: frontend, namespace: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reviews, namespace: shop}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: {topology.kubernetes.io/region: eu-west, topology.kubernetes.io/zone: zone-a}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-b
+  labels: {topology.kubernetes.io/region: eu-west, topology.kubernetes.io/zone: zone-b}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend-1, namespace: shop, labels: {app: frontend}}
+spec:
+  nodeName: node-b
+  serviceAccountName: frontend
+  containers: [{name: app, image: frontend}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: shop, labels: {app: reviews, version: v1}}
+spec:
+  nodeName: node-a
+  serviceAccountName: reviews
+  containers: [{name: app, image: reviews}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: http-app}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop}
+spec:
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+"#;
+
+fn slice(addresses: &[&str]) -> String {
+    let endpoints: Vec<String> = addresses
+        .iter()
+        .map(|a| {
+            format!(
+                "- addresses: [{a}]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: reviews-v1, namespace: shop}}"
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: reviews-abc
+  namespace: shop
+  labels: {{kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+{}
+",
+        endpoints.join("\n")
+    )
+}
+
+fn vs(name: &str, host: &str, regex: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{host}]
+  http:
+  - match: [{{uri: {{regex: \"{regex}\"}}}}]
+    route: [{{destination: {{host: {host}}}}}]
+"
+    )
+}
+
+async fn token(client: &kube::Client, sa: &str, audience: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "shop");
+    let issued: TokenRequest = sas
+        .create_subresource(
+            "token",
+            sa,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![audience.into()],
+                    expiration_seconds: Some(600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    issued.status.unwrap().token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_registry_reaches_proxies_and_the_ca_checks_tokens() {
+    let bins = testbed::KubeBins::locate().unwrap();
+    let cps = testbed::start_control_planes(&bins, &["east"])
+        .await
+        .unwrap();
+    let client = cps[0].client().await.unwrap();
+    testbed::apply::apply_crds(&client).await.unwrap();
+    apply_yaml(&client, BASE, "shop", Mode::Apply)
+        .await
+        .unwrap();
+    apply_yaml(&client, &slice(&["10.1.0.1"]), "shop", Mode::Apply)
+        .await
+        .unwrap();
+    apply_yaml(
+        &client,
+        &vs("reviews", "reviews", "^/v1/.*"),
+        "shop",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    apply_yaml(
+        &client,
+        &vs("ratings", "ratings", "^/r/.*"),
+        "shop",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+
+    let pki = Pki::new("east");
+    let mut options = options("east", discovery::Source::Kubernetes(client.clone()), &pki);
+    options.ca_auth = discovery::CaAuth::TokenReview;
+    let discovery = discovery::start(options).await.unwrap();
+    eventually("registry synced", T, || discovery.registry.is_synced()).await;
+
+    let proxy = connect(discovery.grpc_addr, &pki, "frontend-1", "shop", "frontend");
+    eventually("reviews endpoint", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.1"]
+    })
+    .await;
+    let state = proxy.store.snapshot();
+    // Node from the Pod and its Node's topology labels.
+    assert_eq!(state.node.locality, "eu-west/zone-b");
+    assert_eq!(state.node.labels["app"], "frontend");
+    let reviews = &state.services[REVIEWS];
+    // The ClusterIP from this cluster's service CIDR, the named target port resolved
+    // through the EndpointSlice, the endpoint's labels and locality from its Pod.
+    assert!(
+        reviews.addresses[0].to_string().starts_with("10.96."),
+        "{:?}",
+        reviews.addresses
+    );
+    assert_eq!(reviews.ports[0].target_port, 8080);
+    let ep = &reviews.endpoints[0];
+    assert_eq!(ep.labels["version"], "v1");
+    assert_eq!(ep.locality, "eu-west/zone-a");
+    assert_eq!(ep.service_account.as_deref(), Some("reviews"));
+    assert_eq!(ep.cluster, "east");
+
+    // EndpointSlice change, then deletion; Service deletion.
+    apply_yaml(
+        &client,
+        &slice(&["10.1.0.1", "10.1.0.2"]),
+        "shop",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    eventually("second endpoint", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.1", "10.1.0.2"]
+    })
+    .await;
+    // A Pod label change reaches the endpoints it backs.
+    apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-v1, namespace: shop, labels: {app: reviews, version: v1, canary: 'yes'}}\nspec: {nodeName: node-a, serviceAccountName: reviews, containers: [{name: app, image: reviews}]}\n",
+        "shop",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    eventually("pod label on endpoints", T, || {
+        proxy.store.snapshot().services[REVIEWS]
+            .endpoints
+            .iter()
+            .all(|e| e.labels.get("canary").map(String::as_str) == Some("yes"))
+    })
+    .await;
+
+    // A malformed VirtualService update (the API server accepts it; the schema does not
+    // check regexes) is refused by discovery alone: its last good version stays, and the
+    // other VirtualService keeps working.
+    apply_yaml(
+        &client,
+        &vs("reviews", "reviews", "^/v1/(unclosed"),
+        "shop",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    eventually("refusal reported", T, || {
+        discovery.registry.errors().iter().any(|e| {
+            e.object == "VirtualService/shop/reviews"
+                && e.reason.contains("spec.http[0].match[0].uri.regex")
+                && e.last_good_in_force
+        })
+    })
+    .await;
+    let state = proxy.store.snapshot();
+    assert!(state.routes[REVIEWS][0].name.starts_with("shop/reviews"));
+    assert!(state.routes[RATINGS][0].name.starts_with("shop/ratings"));
+    // Other changes still flow.
+    apply_yaml(&client, &slice(&["10.1.0.3"]), "shop", Mode::Apply)
+        .await
+        .unwrap();
+    eventually("endpoint change after the refusal", T, || {
+        endpoints(&proxy.store, REVIEWS) == ["10.1.0.3"]
+    })
+    .await;
+    apply_yaml(&client, &slice(&[]), "shop", Mode::Delete)
+        .await
+        .unwrap();
+    eventually("slice deleted", T, || {
+        endpoints(&proxy.store, REVIEWS).is_empty()
+    })
+    .await;
+    apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: shop}\n",
+        "shop",
+        Mode::Delete,
+    )
+    .await
+    .unwrap();
+    eventually("service deleted", T, || {
+        !proxy.store.snapshot().services.contains_key(RATINGS)
+    })
+    .await;
+
+    // The CA: a token for shop/reviews with the CA's audience gets a certificate for
+    // exactly that identity.
+    let ca_client = |token: String, dir: &tempfile::TempDir| {
+        let file = dir.path().join("token");
+        std::fs::write(&file, token).unwrap();
+        mesh_proxy::ca_client::CaClient {
+            address: discovery.grpc_addr,
+            bootstrap_trust: pki.trust(),
+            discovery_id: discovery.spiffe_id(),
+            token_file: file,
+            ttl: Duration::from_secs(3600),
+        }
+    };
+    let reviews_id = SpiffeId::new(TD.parse().unwrap(), "shop", "reviews").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = ca_client(
+        token(&client, "reviews", discovery::ca::TOKEN_AUDIENCE).await,
+        &tmp,
+    );
+    let issued = good.request(&reviews_id).await.unwrap();
+    assert_eq!(issued.cert.id(), &reviews_id);
+    assert!(
+        issued
+            .trust
+            .bundle
+            .trust_domains()
+            .any(|td| td.as_str() == TD)
+    );
+    // ... and nothing else: a CSR for another identity is refused.
+    let admin_id = SpiffeId::new(TD.parse().unwrap(), "shop", "admin").unwrap();
+    let err = good.request(&admin_id).await.unwrap_err();
+    assert!(
+        err.contains("authenticated as spiffe://mesh.example/ns/shop/sa/reviews"),
+        "{err}"
+    );
+    // A token minted for another audience is refused.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let wrong = ca_client(token(&client, "reviews", "some-other-service").await, &tmp2);
+    let err = wrong.request(&reviews_id).await.unwrap_err();
+    assert!(
+        err.contains("not authenticated") || err.contains("audience"),
+        "{err}"
+    );
+    assert_eq!(discovery.metrics.csr_signed.get(), 1);
+    assert_eq!(discovery.metrics.csr_refused.get(), 2);
+}
