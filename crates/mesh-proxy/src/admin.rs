@@ -85,6 +85,10 @@ impl Admin {
             "services": state.services.values().collect::<Vec<_>>(),
             "routes": routes,
             "destination_rules": state.policies,
+            "peer_authentication": state.peer_authn,
+            "authorization_policies": state.authz.policies().into_iter()
+                .map(|(name, action)| serde_json::json!({"name": name, "action": action}))
+                .collect::<Vec<_>>(),
             "last_rejection": self.store.last_rejection().map(|e| e.to_string()),
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default()

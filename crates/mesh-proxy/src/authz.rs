@@ -74,6 +74,14 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
+    /// The policies in force: (`namespace/name`, action).
+    pub fn policies(&self) -> Vec<(String, String)> {
+        self.policies
+            .iter()
+            .map(|p| (p.name.clone(), format!("{:?}", p.action).to_uppercase()))
+            .collect()
+    }
+
     /// Selects and checks the policies that apply to `node`.
     pub(crate) fn compile(
         policies: &[(String, String, &AuthorizationPolicySpec)],

@@ -117,3 +117,33 @@ pub fn text_response(
     }
     resp
 }
+
+/// One plain-HTTP GET (admin and debug endpoints): status and body.
+pub async fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<(http::StatusCode, String), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

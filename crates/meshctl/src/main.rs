@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod analyze;
 mod ca;
 mod crds;
+mod proxy;
 mod quickstart;
 
 /// The Isthmus multi-cluster service mesh command line.
@@ -25,6 +27,14 @@ enum Command {
     Crds(crds::CrdsArgs),
     /// Show federation at work on this machine: one root, two clusters, one mTLS call.
     Quickstart(quickstart::QuickstartArgs),
+    /// Find config that will not do what it says (unknown hosts and subsets,
+    /// conflicts, weights, namespaces). Exits non-zero on errors.
+    Analyze(analyze::AnalyzeArgs),
+    /// Each proxy's config version (sent, acknowledged or refused), last push and
+    /// certificate expiry, from discovery.
+    ProxyStatus(proxy::ProxyStatusArgs),
+    /// What one proxy holds: routes, endpoints or policies.
+    ProxyConfig(proxy::ProxyConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +44,9 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Crds(args) => crds::run(args),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Analyze(args) => analyze::run(args),
+        Command::ProxyStatus(args) => proxy::status(args),
+        Command::ProxyConfig(args) => proxy::config(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

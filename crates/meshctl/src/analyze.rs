@@ -1,0 +1,682 @@
+//! `meshctl analyze`: finds config that is valid YAML but will not do what its author
+//! meant, before (or after) it reaches a cluster. Each finding names the kind,
+//! namespace/name, field, what is wrong and how to fix it, with Istio's analyzer codes
+//! where one exists.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use discovery::registry::Object;
+use mesh_api::Resource;
+use mesh_api::networking::{Destination, VirtualService};
+use mesh_proxy::state::resolve_host;
+
+/// `meshctl analyze` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AnalyzeArgs {
+    /// Files or directories of YAML to analyze (repeatable). Without any, the cluster
+    /// of --kubeconfig is analyzed.
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+    /// Analyze the live objects of this cluster (also the context for -f files: its
+    /// Services and Namespaces count as known).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Severity {
+    /// The config will not work as written.
+    Error,
+    /// The config works, probably not as meant.
+    Warning,
+}
+
+/// One problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finding {
+    /// Error or warning.
+    pub(crate) severity: Severity,
+    /// Code (Istio's analyzer code where one exists).
+    pub(crate) code: &'static str,
+    /// `Kind namespace/name`.
+    pub(crate) object: String,
+    /// Field path.
+    pub(crate) field: String,
+    /// What is wrong.
+    pub(crate) message: String,
+    /// How to fix it.
+    pub(crate) fix: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "Error",
+            Severity::Warning => "Warning",
+        };
+        write!(
+            f,
+            "{sev} [{}] ({}) {}: {}\n    fix: {}",
+            self.code, self.object, self.field, self.message, self.fix
+        )
+    }
+}
+
+/// What is analyzed: the Istio objects and the Services and Namespaces they refer to.
+#[derive(Debug, Default)]
+pub(crate) struct Input {
+    /// Istio resources (or why they could not be read).
+    pub(crate) resources: Vec<Result<Resource, mesh_api::ResourceError>>,
+    /// Service host names (FQDN).
+    pub(crate) services: BTreeSet<String>,
+    /// Known namespaces; `None` when nothing says which exist.
+    pub(crate) namespaces: Option<BTreeSet<String>>,
+}
+
+impl Input {
+    /// Adds one document (any kind; kinds analyze does not use are skipped).
+    pub(crate) fn add_document(&mut self, doc: serde_json::Value) {
+        let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+        let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+        if mesh_api::is_istio_kind(api_version, kind) && kind != "WorkloadEntry" {
+            self.resources.push(mesh_api::from_value(doc));
+            return;
+        }
+        match discovery::files::object_from_value(doc) {
+            Ok(Some(Object::Service(s))) => {
+                let ns = s
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                let name = s.metadata.name.clone().unwrap_or_default();
+                self.services.insert(resolve_host(&name, &ns));
+            }
+            Ok(Some(Object::Namespace(n))) => {
+                self.namespaces
+                    .get_or_insert_with(BTreeSet::new)
+                    .insert(n.metadata.name.clone().unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn object(r: &Resource) -> String {
+    format!("{} {}", r.kind(), r.key())
+}
+
+fn ns_of(r: &Resource) -> String {
+    r.metadata()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Runs every check.
+pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut resources = Vec::new();
+    for r in &input.resources {
+        match r {
+            Ok(r) => resources.push(r),
+            Err(e) => {
+                for fe in &e.errors {
+                    out.push(Finding {
+                        severity: Severity::Error,
+                        code: "IST0106",
+                        object: e.object(),
+                        field: fe.path.clone(),
+                        message: fe.reason.clone(),
+                        fix: "correct the field; discovery refuses this object and keeps its last good version".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    // Hosts known: Services and ServiceEntry hosts.
+    let mut hosts = input.services.clone();
+    for r in &resources {
+        if let Resource::ServiceEntry(se) = r {
+            for h in &se.spec.hosts {
+                hosts.insert(resolve_host(h, &ns_of(r)));
+            }
+        }
+    }
+    // Subsets per host, and DestinationRules per host.
+    let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &resources {
+        if let Resource::DestinationRule(dr) = r {
+            let host = resolve_host(&dr.spec.host, &ns_of(r));
+            subsets
+                .entry(host.clone())
+                .or_default()
+                .extend(dr.spec.subsets.iter().map(|s| s.name.clone()));
+            rules.entry(host).or_default().push(r.key());
+        }
+    }
+    for (host, names) in &rules {
+        if names.len() > 1 {
+            out.push(Finding {
+                severity: Severity::Error,
+                code: "IST0174",
+                object: format!("DestinationRule {}", names[1..].join(", ")),
+                field: "spec.host".into(),
+                message: format!(
+                    "host {host} already has DestinationRule {}; proxies refuse the others (NACK)",
+                    names[0]
+                ),
+                fix: "merge the subsets and traffic policies into one DestinationRule per host"
+                    .into(),
+            });
+        }
+    }
+
+    let mut vs_hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &resources {
+        let Resource::VirtualService(vs) = r else {
+            continue;
+        };
+        check_virtual_service(r, vs, &hosts, &subsets, &mut out);
+        let for_mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        if for_mesh {
+            for h in &vs.spec.hosts {
+                vs_hosts
+                    .entry(resolve_host(h, &ns_of(r)))
+                    .or_default()
+                    .push(r.key());
+            }
+        }
+    }
+    for (host, names) in &vs_hosts {
+        if names.len() > 1 {
+            out.push(Finding {
+                severity: Severity::Error,
+                code: "IST0109",
+                object: format!("VirtualService {}", names.join(", ")),
+                field: "spec.hosts".into(),
+                message: format!(
+                    "{} VirtualServices define host {host}; only the first ({}) is used",
+                    names.len(),
+                    names[0]
+                ),
+                fix: "merge their routes into one VirtualService for the host".into(),
+            });
+        }
+    }
+
+    check_peer_authentications(&resources, &mut out);
+    if let Some(known) = &input.namespaces {
+        check_namespaces(&resources, known, &mut out);
+    }
+    out.sort_by(|a, b| (a.severity, &a.object, &a.field).cmp(&(b.severity, &b.object, &b.field)));
+    out
+}
+
+fn check_virtual_service(
+    r: &Resource,
+    vs: &VirtualService,
+    hosts: &BTreeSet<String>,
+    subsets: &BTreeMap<String, BTreeSet<String>>,
+    out: &mut Vec<Finding>,
+) {
+    let ns = ns_of(r);
+    for (i, h) in vs.spec.hosts.iter().enumerate() {
+        let fqdn = resolve_host(h, &ns);
+        if !h.contains('*') && !hosts.contains(&fqdn) {
+            out.push(Finding {
+                severity: Severity::Warning,
+                code: "IST0101",
+                object: object(r),
+                field: format!("spec.hosts[{i}]"),
+                message: format!("host {h:?} ({fqdn}) is not a known Service or ServiceEntry"),
+                fix: "create the Service (or a ServiceEntry), or fix the host name".into(),
+            });
+        }
+    }
+    let check_destination = |field: String, d: &Destination, out: &mut Vec<Finding>| {
+        let fqdn = resolve_host(&d.host, &ns);
+        if !hosts.contains(&fqdn) {
+            out.push(Finding {
+                severity: Severity::Error,
+                code: "IST0101",
+                object: object(r),
+                field: format!("{field}.destination.host"),
+                message: format!(
+                    "destination {:?} ({fqdn}) is not a known Service or ServiceEntry; requests routed there fail with 503 (UH)",
+                    d.host
+                ),
+                fix: "create the Service, or route to an existing one".into(),
+            });
+            return;
+        }
+        if let Some(subset) = &d.subset {
+            let defined = subsets.get(&fqdn);
+            if !defined.is_some_and(|s| s.contains(subset)) {
+                let known = defined
+                    .map(|s| s.iter().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+                out.push(Finding {
+                    severity: Severity::Error,
+                    code: "IST0101",
+                    object: object(r),
+                    field: format!("{field}.destination.subset"),
+                    message: format!(
+                        "subset {subset:?} is not defined by any DestinationRule for {fqdn}"
+                    ),
+                    fix: if known.is_empty() {
+                        format!("add a DestinationRule for {fqdn} with subset {subset}")
+                    } else {
+                        format!(
+                            "add subset {subset} to the DestinationRule, or use one of: {known}"
+                        )
+                    },
+                });
+            }
+        }
+    };
+    let check_weights = |field: String, weights: Vec<Option<i32>>, out: &mut Vec<Finding>| {
+        if weights.len() > 1 && weights.iter().any(Option::is_some) {
+            let sum: i32 = weights.iter().map(|w| w.unwrap_or(0)).sum();
+            if sum != 100 {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    code: "IST0150",
+                    object: object(r),
+                    field: format!("{field}.route[*].weight"),
+                    message: format!(
+                        "weights sum to {sum}, not 100; they are applied as relative shares"
+                    ),
+                    fix: "make the weights add up to 100".into(),
+                });
+            }
+        }
+    };
+    for (i, http) in vs.spec.http.iter().enumerate() {
+        for (j, d) in http.route.iter().enumerate() {
+            check_destination(format!("spec.http[{i}].route[{j}]"), &d.destination, out);
+        }
+        check_weights(
+            format!("spec.http[{i}]"),
+            http.route.iter().map(|d| d.weight).collect(),
+            out,
+        );
+    }
+    for (i, tcp) in vs.spec.tcp.iter().enumerate() {
+        for (j, d) in tcp.route.iter().enumerate() {
+            check_destination(format!("spec.tcp[{i}].route[{j}]"), &d.destination, out);
+        }
+        check_weights(
+            format!("spec.tcp[{i}]"),
+            tcp.route.iter().map(|d| d.weight).collect(),
+            out,
+        );
+    }
+    for (i, tls) in vs.spec.tls.iter().enumerate() {
+        for (j, d) in tls.route.iter().enumerate() {
+            check_destination(format!("spec.tls[{i}].route[{j}]"), &d.destination, out);
+        }
+    }
+}
+
+fn check_peer_authentications(resources: &[&Resource], out: &mut Vec<Finding>) {
+    // Namespace → selector (empty: namespace-wide) → policies.
+    let mut by_scope: BTreeMap<(String, BTreeMap<String, String>), Vec<String>> = BTreeMap::new();
+    for r in resources {
+        if let Resource::PeerAuthentication(pa) = r {
+            let selector = pa
+                .spec
+                .selector
+                .as_ref()
+                .map(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            by_scope
+                .entry((ns_of(r), selector))
+                .or_default()
+                .push(r.key());
+        }
+    }
+    for ((ns, selector), names) in by_scope {
+        if names.len() < 2 {
+            continue;
+        }
+        let scope = if !selector.is_empty() {
+            format!("workloads matching {selector:?} in {ns}")
+        } else if ns == discovery::registry::ROOT_NAMESPACE {
+            "the whole mesh".to_owned()
+        } else {
+            format!("namespace {ns}")
+        };
+        out.push(Finding {
+            severity: Severity::Error,
+            code: "IST0113",
+            object: format!("PeerAuthentication {}", names.join(", ")),
+            field: "spec.selector".into(),
+            message: format!(
+                "{} PeerAuthentications apply to {scope}; which one wins is undefined",
+                names.len()
+            ),
+            fix: "keep one PeerAuthentication per scope (use portLevelMtls for per-port modes)"
+                .into(),
+        });
+    }
+}
+
+fn check_namespaces(resources: &[&Resource], known: &BTreeSet<String>, out: &mut Vec<Finding>) {
+    let unknown = |ns: &str| !known.contains(ns);
+    for r in resources {
+        let ns = ns_of(r);
+        if unknown(&ns) {
+            out.push(Finding {
+                severity: Severity::Error,
+                code: "IST0102",
+                object: object(r),
+                field: "metadata.namespace".into(),
+                message: format!("namespace {ns:?} does not exist"),
+                fix: format!("create namespace {ns} or move the object"),
+            });
+        }
+        let export_to = match r {
+            Resource::VirtualService(x) => &x.spec.export_to,
+            Resource::DestinationRule(x) => &x.spec.export_to,
+            Resource::ServiceEntry(x) => &x.spec.export_to,
+            _ => continue,
+        };
+        for (i, e) in export_to.iter().enumerate() {
+            if !matches!(e.as_str(), "*" | "." | "~") && unknown(e) {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    code: "IST0102",
+                    object: object(r),
+                    field: format!("spec.exportTo[{i}]"),
+                    message: format!("namespace {e:?} does not exist"),
+                    fix: "fix the namespace name, or create it".into(),
+                });
+            }
+        }
+    }
+    for r in resources {
+        if let Resource::AuthorizationPolicy(ap) = r {
+            for (i, rule) in ap.spec.rules.iter().enumerate() {
+                for (j, from) in rule.from.iter().enumerate() {
+                    for (k, ns) in from.source.namespaces.iter().enumerate() {
+                        if !ns.contains('*') && unknown(ns) {
+                            out.push(Finding {
+                                severity: Severity::Warning,
+                                code: "IST0102",
+                                object: object(r),
+                                field: format!("spec.rules[{i}].from[{j}].source.namespaces[{k}]"),
+                                message: format!(
+                                    "namespace {ns:?} does not exist; the rule never matches it"
+                                ),
+                                fix: "fix the namespace name, or create it".into(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn from_cluster(path: &PathBuf, input: &mut Input, istio: bool) -> anyhow::Result<()> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let lp = kube::api::ListParams::default();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    let set = input.namespaces.get_or_insert_with(BTreeSet::new);
+    for n in namespaces.list(&lp).await.context("listing Namespaces")? {
+        set.insert(n.metadata.name.unwrap_or_default());
+    }
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client.clone());
+    for s in services.list(&lp).await.context("listing Services")? {
+        let ns = s.metadata.namespace.unwrap_or_default();
+        input
+            .services
+            .insert(resolve_host(&s.metadata.name.unwrap_or_default(), &ns));
+    }
+    if istio {
+        for (group, kind, plural) in discovery::kube_registry::ISTIO_KINDS {
+            let gvk = kube::api::GroupVersionKind::gvk(group, "v1", kind);
+            let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+            let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
+            for o in api
+                .list(&lp)
+                .await
+                .with_context(|| format!("listing {kind}"))?
+            {
+                let mut v = serde_json::to_value(&o)?;
+                v["apiVersion"] = format!("{group}/v1").into();
+                v["kind"] = (*kind).into();
+                input.add_document(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_path(path: &PathBuf, input: &mut Input) -> anyhow::Result<()> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.clone()]
+    };
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let docs = mesh_api::split_documents(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        for doc in docs {
+            input.add_document(doc);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `meshctl analyze`.
+pub(crate) fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let mut input = Input::default();
+    for path in &args.files {
+        read_path(path, &mut input)?;
+    }
+    if let Some(kubeconfig) = &args.kubeconfig {
+        let live_istio = args.files.is_empty();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(from_cluster(kubeconfig, &mut input, live_istio))?;
+    } else if args.files.is_empty() {
+        anyhow::bail!("give -f FILE|DIR, or --kubeconfig to analyze a cluster");
+    }
+    let findings = analyze(&input);
+    for f in &findings {
+        println!("{f}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    if findings.is_empty() {
+        println!(
+            "✔ No problems found ({} Istio objects, {} services).",
+            input.resources.len(),
+            input.services.len()
+        );
+    }
+    if errors > 0 {
+        anyhow::bail!("{errors} error(s), {warnings} warning(s)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(yaml: &str) -> Input {
+        let mut input = Input::default();
+        for doc in mesh_api::split_documents(yaml).unwrap() {
+            input.add_document(doc);
+        }
+        input
+    }
+
+    const BASE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {ports: [{port: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+
+    fn codes(findings: &[Finding]) -> Vec<(&'static str, String)> {
+        findings.iter().map(|f| (f.code, f.field.clone())).collect()
+    }
+
+    #[test]
+    fn a_correct_config_has_no_findings() {
+        let yaml = format!(
+            "{BASE}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 90}}
+    - {{destination: {{host: reviews.shop.svc.cluster.local, subset: v2}}, weight: 10}}
+"
+        );
+        assert_eq!(analyze(&input(&yaml)), vec![]);
+    }
+
+    #[test]
+    fn unknown_hosts_subsets_and_bad_weights_are_found_with_their_fields() {
+        let yaml = format!(
+            "{BASE}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {{destination: {{host: reviews, subset: v3}}, weight: 50}}
+    - {{destination: {{host: ratings}}, weight: 30}}
+"
+        );
+        let findings = analyze(&input(&yaml));
+        assert_eq!(
+            codes(&findings),
+            vec![
+                ("IST0101", "spec.http[0].route[0].destination.subset".into()),
+                ("IST0101", "spec.http[0].route[1].destination.host".into()),
+                ("IST0150", "spec.http[0].route[*].weight".into()),
+            ]
+        );
+        assert_eq!(findings[0].object, "VirtualService shop/reviews");
+        assert!(findings[0].fix.contains("v1, v2"), "{}", findings[0]);
+        assert!(
+            findings[1]
+                .message
+                .contains("ratings.shop.svc.cluster.local")
+        );
+        assert!(findings[2].message.contains("80"));
+    }
+
+    #[test]
+    fn conflicts_and_unknown_namespaces_are_found() {
+        let yaml = format!(
+            "{BASE}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: a, namespace: shop}}
+spec: {{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews}}}}]}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: b, namespace: shop}}
+spec: {{hosts: [reviews.shop.svc.cluster.local], http: [{{route: [{{destination: {{host: reviews}}}}]}}], exportTo: [billing]}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: strict, namespace: shop}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: permissive, namespace: shop}}
+spec: {{mtls: {{mode: PERMISSIVE}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow, namespace: shop}}
+spec: {{rules: [{{from: [{{source: {{namespaces: [frontend]}}}}]}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: other, namespace: ghost}}
+spec: {{host: reviews.shop.svc.cluster.local}}
+"
+        );
+        let findings = analyze(&input(&yaml));
+        let got = codes(&findings);
+        for want in [
+            ("IST0109", "spec.hosts".to_owned()),
+            ("IST0113", "spec.selector".to_owned()),
+            ("IST0174", "spec.host".to_owned()),
+            ("IST0102", "metadata.namespace".to_owned()),
+            ("IST0102", "spec.exportTo[0]".to_owned()),
+            (
+                "IST0102",
+                "spec.rules[0].from[0].source.namespaces[0]".to_owned(),
+            ),
+        ] {
+            assert!(got.contains(&want), "missing {want:?} in {got:?}");
+        }
+        let conflict = findings.iter().find(|f| f.code == "IST0109").unwrap();
+        assert_eq!(conflict.object, "VirtualService shop/a, shop/b");
+    }
+
+    #[test]
+    fn schema_errors_are_findings() {
+        let findings = analyze(&input(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], http: [{rout: []}]}\n",
+        ));
+        assert_eq!(findings[0].code, "IST0106");
+        assert_eq!(findings[0].object, "VirtualService shop/x");
+        assert!(findings[0].field.contains("rout"), "{}", findings[0]);
+    }
+}
