@@ -7,6 +7,7 @@
 
 pub mod ca;
 pub mod files;
+pub mod inject;
 pub mod kube_registry;
 pub mod metrics;
 pub mod monitor;
@@ -96,6 +97,8 @@ pub struct Options {
     pub file_poll: Duration,
     /// Lifetime of discovery's own certificate.
     pub own_cert_ttl: Duration,
+    /// The sidecar injection webhook, if served.
+    pub inject: Option<inject::InjectOptions>,
 }
 
 impl Options {
@@ -113,6 +116,7 @@ impl Options {
             debounce: push::Debounce::default(),
             file_poll: Duration::from_millis(500),
             own_cert_ttl: Duration::from_secs(24 * 3600),
+            inject: None,
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct Discovery {
     pub identity: Identity,
     /// The cluster CA.
     pub ca: Arc<ClusterCa>,
+    /// Where the injection webhook listens, and the CA of its certificate.
+    pub webhook: Option<(SocketAddr, String)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -292,6 +298,52 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         }
         None => None,
     };
+    if let Source::Kubernetes(client) = &options.source {
+        tasks.push(tokio::spawn(inject::publish_root(
+            client.clone(),
+            registry.clone(),
+            ca.root_pem().to_owned(),
+            Duration::from_secs(10),
+        )));
+    }
+    let webhook = match &options.inject {
+        Some(inj) => {
+            let cert = inject::WebhookCert::generate(&inj.dns_names)?;
+            let l = tokio::net::TcpListener::bind(inj.listen)
+                .await
+                .with_context(|| format!("binding the injection webhook {}", inj.listen))?;
+            let addr = l.local_addr()?;
+            let ca_pem = cert.ca_pem.clone();
+            let mut config = inj.config.clone();
+            config.trust_domain = td.to_string();
+            config.cluster = options.cluster.clone();
+            let reg = registry.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = inject::serve(l, cert, config, reg).await {
+                    tracing::error!(error = %e, "injection webhook stopped");
+                }
+            }));
+            if let (Source::Kubernetes(client), Some(name)) = (&options.source, &inj.webhook_config)
+            {
+                let (client, name, pem) = (client.clone(), name.clone(), ca_pem.clone());
+                tasks.push(tokio::spawn(async move {
+                    // The configuration may be applied after discovery starts: retry.
+                    loop {
+                        match inject::patch_ca_bundle(&client, &name, &pem).await {
+                            Ok(()) => {
+                                tracing::info!(webhook = %name, "caBundle written");
+                                return;
+                            }
+                            Err(e) => tracing::debug!(webhook = %name, error = %e, "caBundle not written yet"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }));
+            }
+            Some((addr, ca_pem))
+        }
+        None => None,
+    };
     tracing::info!(cluster = %options.cluster, grpc = %grpc_addr, monitor = ?monitor_addr, identity = %own_id, "discovery started");
     Ok(Discovery {
         registry,
@@ -301,6 +353,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         monitor_addr,
         identity,
         ca,
+        webhook,
         tasks,
         shutdown,
     })

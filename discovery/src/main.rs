@@ -53,6 +53,20 @@ struct Args {
     /// Longest a change waits for a push.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     debounce_max: Duration,
+    /// Serve the sidecar injection webhook (HTTPS, /inject) on this address (Istio's
+    /// injector port is 15017).
+    #[arg(long)]
+    injector_listen: Option<SocketAddr>,
+    /// Image of the injected sidecar and init containers.
+    #[arg(long, default_value = concat!("ghcr.io/isthmus-mesh/isthmus:", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
+    /// The MutatingWebhookConfiguration whose caBundle discovery keeps up to date.
+    #[arg(long, default_value = "isthmus-sidecar-injector")]
+    webhook_config: String,
+    /// Discovery's address as injected sidecars reach it (default:
+    /// isthmus-discovery.NAMESPACE.svc:15012).
+    #[arg(long)]
+    injected_discovery_address: Option<String>,
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -109,6 +123,23 @@ async fn main() -> anyhow::Result<()> {
         (None, false, Source::Kubernetes(_)) => CaAuth::TokenReview,
         (None, false, Source::Files(_)) => CaAuth::Disabled,
     };
+    if let Some(listen) = args.injector_listen {
+        let service = format!("isthmus-discovery.{}.svc", args.namespace);
+        options.inject = Some(discovery::inject::InjectOptions {
+            listen,
+            config: discovery::inject::InjectConfig {
+                image: args.proxy_image.clone(),
+                discovery_address: args
+                    .injected_discovery_address
+                    .clone()
+                    .unwrap_or_else(|| format!("{service}:15012")),
+                trust_domain: String::new(),
+                cluster: args.cluster.clone(),
+            },
+            webhook_config: Some(args.webhook_config.clone()),
+            dns_names: vec![service.clone(), format!("{service}.cluster.local")],
+        });
+    }
     let running = discovery::start(options).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

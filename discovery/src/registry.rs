@@ -817,6 +817,19 @@ impl Registry {
             .find(|w| w.namespace == namespace && w.ip == Some(ip))
     }
 
+    /// Labels of namespace `name`, if the registry knows it.
+    pub fn namespace_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        self.lock()
+            .namespaces
+            .get(name)
+            .map(|n| n.metadata.labels.clone().unwrap_or_default())
+    }
+
+    /// Every namespace the registry knows.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.lock().namespaces.keys().cloned().collect()
+    }
+
     /// Every output, for a first push.
     pub fn all(&self) -> Delta {
         let inner = self.lock();

@@ -325,3 +325,160 @@ async fn kubernetes_registry_reaches_proxies_and_the_ca_checks_tokens() {
     assert_eq!(discovery.metrics.csr_signed.get(), 1);
     assert_eq!(discovery.metrics.csr_refused.get(), 2);
 }
+
+const INJECT_BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: mesh}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: plain}
+"#;
+
+fn webhook_config(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: isthmus-sidecar-injector}}
+webhooks:
+- name: sidecar-injector.isthmus.dev
+  clientConfig: {{url: "https://{addr}/inject"}}
+  rules: [{{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}}]
+  namespaceSelector: {{matchLabels: {{istio-injection: enabled}}}}
+  objectSelector:
+    matchExpressions: [{{key: sidecar.istio.io/inject, operator: NotIn, values: ["false"]}}]
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  failurePolicy: Fail
+  timeoutSeconds: 10
+"#
+    )
+}
+
+fn pod(ns: &str, name: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{{annotations}}}}}\nspec: {{containers: [{{name: app, image: app}}]}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_injects_pods_in_labelled_namespaces_only() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    let bins = testbed::KubeBins::locate().unwrap();
+    let cps = testbed::start_control_planes(&bins, &["east"])
+        .await
+        .unwrap();
+    let client = cps[0].client().await.unwrap();
+    apply_yaml(&client, INJECT_BASE, "default", Mode::Apply)
+        .await
+        .unwrap();
+
+    let pki = Pki::new("east");
+    let mut options = options("east", discovery::Source::Kubernetes(client.clone()), &pki);
+    options.inject = Some(discovery::inject::InjectOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config: discovery::inject::InjectConfig {
+            image: "isthmus/proxy:test".into(),
+            discovery_address: "isthmus-discovery.istio-system.svc:15012".into(),
+            trust_domain: String::new(),
+            cluster: String::new(),
+        },
+        webhook_config: Some("isthmus-sidecar-injector".into()),
+        dns_names: vec!["isthmus-discovery.istio-system.svc".into()],
+    });
+    // The CRDs are not installed here; the Istio watchers retry in the background.
+    let discovery = discovery::start(options).await.unwrap();
+    let (addr, ca_pem) = discovery.webhook.clone().unwrap();
+    apply_yaml(&client, &webhook_config(addr), "default", Mode::Apply)
+        .await
+        .unwrap();
+    // Discovery writes its CA into the caBundle.
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let start = std::time::Instant::now();
+    loop {
+        let mwc = mwcs.get("isthmus-sidecar-injector").await.unwrap();
+        let bundle = mwc.webhooks.unwrap()[0].client_config.ca_bundle.clone();
+        if bundle.is_some_and(|b| b.0 == ca_pem.as_bytes()) {
+            break;
+        }
+        assert!(start.elapsed() < T, "caBundle never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    apply_yaml(&client, &pod("mesh", "web", ""), "mesh", Mode::Apply)
+        .await
+        .unwrap();
+    apply_yaml(&client, &pod("plain", "web", ""), "plain", Mode::Apply)
+        .await
+        .unwrap();
+    apply_yaml(
+        &client,
+        &pod("mesh", "opted-out", "sidecar.istio.io/inject: \"false\""),
+        "mesh",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    let names = |p: &Pod, init: bool| -> Vec<String> {
+        let spec = p.spec.clone().unwrap();
+        let list = if init {
+            spec.init_containers.unwrap_or_default()
+        } else {
+            spec.containers
+        };
+        list.into_iter().map(|c| c.name).collect()
+    };
+    let mesh: Api<Pod> = Api::namespaced(client.clone(), "mesh");
+    let injected = mesh.get("web").await.unwrap();
+    assert_eq!(names(&injected, false), ["app", "isthmus-proxy"]);
+    assert_eq!(names(&injected, true), ["isthmus-init"]);
+    let proxy = &injected.spec.clone().unwrap().containers[1];
+    let args = proxy.args.clone().unwrap();
+    assert!(
+        args.contains(&"isthmus-discovery.istio-system.svc:15012".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&TD.to_owned()),
+        "the trust domain comes from the CA: {args:?}"
+    );
+    let volumes: Vec<String> = injected
+        .spec
+        .clone()
+        .unwrap()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(volumes.contains(&"isthmus-token".to_owned()), "{volumes:?}");
+    assert_eq!(
+        injected.metadata.annotations.unwrap()["sidecar.istio.io/status"],
+        "injected"
+    );
+    assert_eq!(names(&mesh.get("opted-out").await.unwrap(), false), ["app"]);
+    let plain: Api<Pod> = Api::namespaced(client.clone(), "plain");
+    assert_eq!(names(&plain.get("web").await.unwrap(), false), ["app"]);
+
+    // The mesh root is published for injected sidecars in every namespace.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "mesh");
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(cm) = cms.get("istio-ca-root-cert").await {
+            assert_eq!(cm.data.unwrap()["root-cert.pem"], pki.ca.root_pem());
+            break;
+        }
+        assert!(start.elapsed() < T, "root ConfigMap never published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -30,7 +30,7 @@ struct Args {
     /// Discovery's address (port 15012): the config comes from its stream, and it is
     /// also the CA unless --ca-address says otherwise.
     #[arg(long, env = "ISTHMUS_DISCOVERY_ADDRESS")]
-    discovery: Option<SocketAddr>,
+    discovery: Option<String>,
     /// Discovery's SPIFFE identity (default: spiffe://TRUST_DOMAIN/ns/istio-system/sa/isthmus-discovery).
     #[arg(long)]
     discovery_id: Option<String>,
@@ -50,7 +50,7 @@ struct Args {
     token_file: Option<PathBuf>,
     /// The CA's address (default: --discovery).
     #[arg(long)]
-    ca_address: Option<SocketAddr>,
+    ca_address: Option<String>,
     /// The mesh root (PEM) discovery's certificate chains to; its trust domain is the
     /// workload's.
     #[arg(long, env = "ISTHMUS_ROOT_CERT")]
@@ -95,6 +95,10 @@ struct Args {
     /// container does. Needs CAP_NET_ADMIN.
     #[arg(long)]
     capture: bool,
+    /// Install the capture rules (as --capture) and exit: the init container of an
+    /// injected pod.
+    #[arg(long)]
+    capture_only: bool,
     /// Inbound ports left out of capture (with --capture), comma separated.
     #[arg(long, value_delimiter = ',')]
     exclude_inbound_ports: Vec<u16>,
@@ -116,11 +120,25 @@ fn load_identity(dir: &Path) -> anyhow::Result<(WorkloadCert, TrustConfig)> {
     Ok((cert, TrustConfig::new(td, bundle)))
 }
 
-fn ca_client(args: &Args, token_file: &Path) -> anyhow::Result<mesh_proxy::ca_client::CaClient> {
+/// Resolves `host:port` (a Service name in a pod, an IP elsewhere).
+async fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("resolving {address}"))?
+        .next()
+        .with_context(|| format!("{address} has no address"))
+}
+
+async fn ca_client(
+    args: &Args,
+    token_file: &Path,
+) -> anyhow::Result<mesh_proxy::ca_client::CaClient> {
     let address = args
         .ca_address
-        .or(args.discovery)
+        .as_ref()
+        .or(args.discovery.as_ref())
         .context("--token-file needs --ca-address or --discovery")?;
+    let address = resolve(address).await?;
     let root = args
         .root_cert
         .as_ref()
@@ -173,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     mesh_telemetry::init_logging(format, "info");
 
-    if args.capture {
+    if args.capture || args.capture_only {
         let mut rules = mesh_proxy::capture::CaptureRules {
             outbound_port: args.outbound.port(),
             inbound_port: args.inbound.port(),
@@ -188,6 +206,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             inbound = rules.inbound_port,
             "transparent capture installed"
         );
+        if args.capture_only {
+            return Ok(());
+        }
     }
     let store = Arc::new(StateStore::default());
     let mut background = Vec::new();
@@ -197,7 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Identity::new(cert, trust)?
         }
         (None, Some(token_file)) => {
-            let ca = ca_client(&args, token_file)?;
+            let ca = ca_client(&args, token_file).await?;
             let id = SpiffeId::new(
                 args.trust_domain.parse()?,
                 args.namespace.as_deref().unwrap_or_default(),
@@ -228,13 +249,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|c| c.display().to_string())
         .unwrap_or_default();
-    match (&args.config, args.discovery) {
+    match (&args.config, &args.discovery) {
         (Some(config), _) => {
             let text =
                 std::fs::read_to_string(config).with_context(|| format!("reading {origin}"))?;
             store.apply_yaml(&text, &origin)?;
         }
         (None, Some(address)) => {
+            let address = resolve(address).await?;
             let id = identity.cert().id().clone();
             let discovery_id = match &args.discovery_id {
                 Some(d) => d.parse()?,
