@@ -40,6 +40,9 @@ pub enum Source {
     Kubernetes(kube::Client),
     /// A directory of YAML.
     Files(PathBuf),
+    /// Nothing watched: the embedding program applies objects to
+    /// [`Discovery::registry`] itself (benchmarks, tests, other front ends).
+    Api,
 }
 
 /// Where the cluster CA (`cacerts`) comes from.
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Source {
         match self {
             Self::Kubernetes(_) => f.write_str("Kubernetes"),
             Self::Files(dir) => write!(f, "Files({})", dir.display()),
+            Self::Api => f.write_str("Api"),
         }
     }
 }
@@ -188,7 +192,7 @@ async fn load_cacerts(options: &Options) -> anyhow::Result<ClusterCa> {
                 &format!("Secret {}/{name}", options.namespace),
             )?)
         }
-        (CaCerts::Secret(_), Source::Files(_)) => {
+        (CaCerts::Secret(_), Source::Files(_) | Source::Api) => {
             anyhow::bail!("a cacerts Secret needs the Kubernetes registry; give a directory")
         }
     }
@@ -209,6 +213,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
     let kinds = match &options.source {
         Source::Kubernetes(_) => kube_registry::KUBE_KINDS,
         Source::Files(_) => files::FILE_KINDS,
+        Source::Api => &[],
     };
     let registry = Arc::new(Registry::new(&options.cluster, &options.network, kinds));
     let metrics = Arc::new(metrics::Metrics::default());
@@ -231,6 +236,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
                 options.file_poll,
             )));
         }
+        Source::Api => {}
     }
 
     let published = push::publisher(registry.clone(), options.debounce);
@@ -255,7 +261,9 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
                 client: client.clone(),
                 audience: ca::TOKEN_AUDIENCE.into(),
             }),
-            Source::Files(_) => anyhow::bail!("TokenReview needs the Kubernetes registry"),
+            Source::Files(_) | Source::Api => {
+                anyhow::bail!("TokenReview needs the Kubernetes registry")
+            }
         },
         CaAuth::TokenFile(path) => Some(ca::Authenticator::from_token_file(path)?),
         CaAuth::Disabled => None,

@@ -48,7 +48,7 @@ struct Args {
     #[arg(long)]
     no_ca: bool,
     /// Quiet time that ends a burst of changes before a push.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     debounce_after: Duration,
     /// Longest a change waits for a push.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         (_, true, _) => CaAuth::Disabled,
         (Some(path), false, _) => CaAuth::TokenFile(path.clone()),
         (None, false, Source::Kubernetes(_)) => CaAuth::TokenReview,
-        (None, false, Source::Files(_)) => CaAuth::Disabled,
+        (None, false, Source::Files(_) | Source::Api) => CaAuth::Disabled,
     };
     if let Some(listen) = args.injector_listen {
         let service = format!("isthmus-discovery.{}.svc", args.namespace);

@@ -28,6 +28,8 @@ use crate::registry::{Output, Registry, content_version};
 use crate::server::PeerInfo;
 
 /// Debounce of registry changes before a push (as Istio's PILOT_DEBOUNCE_AFTER/MAX).
+/// Pushes are incremental (only what changed, to the proxies that see it), so a short
+/// quiet time costs little; the maximum bounds the wait under a stream of changes.
 #[derive(Debug, Clone, Copy)]
 pub struct Debounce {
     /// Quiet time that ends a burst of changes.
@@ -39,7 +41,7 @@ pub struct Debounce {
 impl Default for Debounce {
     fn default() -> Self {
         Self {
-            after: Duration::from_millis(100),
+            after: Duration::from_millis(10),
             max: Duration::from_secs(1),
         }
     }
@@ -215,7 +217,7 @@ fn wire(o: &Output) -> WireResource {
         name: o.name.clone(),
         version: o.version.clone(),
         kind: o.kind.clone(),
-        body: o.body.as_ref().clone(),
+        body: o.body.clone(),
     }
 }
 
@@ -246,7 +248,7 @@ fn node_resource(registry: &Registry, node: &WireNode, id: &SpiffeId) -> WireRes
         name: NODE_RESOURCE.into(),
         version: content_version(&body),
         kind: KIND_NODE.into(),
-        body,
+        body: body.into(),
     }
 }
 
@@ -321,8 +323,9 @@ impl Stream {
 
     /// The first push: everything visible that the proxy does not hold at that version.
     async fn initial(&mut self, held: &HashMap<String, String>) -> bool {
-        let all = self.registry.all();
+        let mut all = self.registry.all();
         self.generation = all.generation;
+        all.updated.sort_by(|a, b| a.name.cmp(&b.name));
         let mut resources = Vec::new();
         let mut visible = std::collections::HashSet::new();
         for o in &all.updated {

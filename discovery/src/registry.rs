@@ -138,7 +138,7 @@ pub struct Output {
     /// Hash of the body.
     pub version: String,
     /// JSON body.
-    pub body: Arc<Vec<u8>>,
+    pub body: bytes::Bytes,
     /// Namespace of the object.
     pub namespace: String,
     /// Namespaces that may see it (`*` all, `.` its own, `~` none); empty is all.
@@ -157,7 +157,7 @@ impl Output {
             version: content_version(&body),
             name,
             kind: kind.to_owned(),
-            body: Arc::new(body),
+            body: bytes::Bytes::from(body),
             namespace: namespace.to_owned(),
             export_to,
         }

@@ -194,7 +194,12 @@ impl ResourceSet {
             // Some resources conflict with each other or with what is held: add them
             // one at a time (services and the node first) and refuse those that break
             // the config, so the rest still applies.
-            accepted.sort_by_key(|(_, h)| matches!(h.item, Item::Istio(_)));
+            // Services and the node first, then Istio objects by name, so the outcome
+            // does not depend on the order of the response.
+            accepted.sort_by(|(a, ha), (b, hb)| {
+                let istio = |h: &Held| matches!(h.item, Item::Istio(_));
+                (istio(ha), a).cmp(&(istio(hb), b))
+            });
             for (name, held) in accepted {
                 let mut candidate = next.clone();
                 candidate.insert(name.clone(), held.clone());
@@ -433,7 +438,7 @@ mod tests {
             name: name.into(),
             version: version.into(),
             kind: kind.into(),
-            body: body.as_bytes().to_vec(),
+            body: body.as_bytes().to_vec().into(),
         }
     }
 

@@ -488,10 +488,17 @@ impl ProxyState {
                 Resource::DestinationRule(dr) => {
                     let fqdn = resolve_host(&dr.spec.host, &ns);
                     let policy = DestinationPolicy::compile(key.clone(), &dr.spec);
-                    if policies.insert(fqdn.clone(), Arc::new(policy)).is_some() {
-                        errors.push(format!(
-                            "DestinationRule {key}: host {fqdn} already has a DestinationRule"
-                        ));
+                    match policies.entry(fqdn.clone()) {
+                        std::collections::hash_map::Entry::Occupied(held) => {
+                            let held: &Arc<DestinationPolicy> = held.get();
+                            errors.push(format!(
+                                "DestinationRule {key}: host {fqdn} already has a DestinationRule ({})",
+                                held.rule
+                            ));
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(Arc::new(policy));
+                        }
                     }
                 }
                 _ => {}
