@@ -5,6 +5,7 @@
 //! - `/debug/registry`: counts, Istio objects, input errors.
 //! - `/debug/syncz`: every proxy's status (versions sent and acked, NACKs, certificate).
 //! - `/debug/resource?name=Kind/ns/name`: one compiled resource as proxies receive it.
+//! - `/debug/proxy?name=NAME.NAMESPACE`: the resources (name, version) that proxy sees.
 
 use std::sync::Arc;
 
@@ -58,13 +59,46 @@ pub async fn serve(
                     .collect();
                 json(list.into())
             }
+            "/debug/proxy" => {
+                let name = query(req, "name");
+                let status = statuses.list().into_iter().find(|s| s.proxy == name);
+                match status {
+                    Some(s) => {
+                        let ns = s
+                            .identity
+                            .split("/ns/")
+                            .nth(1)
+                            .and_then(|r| r.split('/').next())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let mut visible: Vec<(String, String)> = registry
+                            .all()
+                            .updated
+                            .iter()
+                            .filter(|o| o.visible_to(&ns))
+                            .map(|o| (o.name.clone(), o.version.clone()))
+                            .collect();
+                        visible.sort();
+                        json(serde_json::json!({
+                            "proxy": s.proxy,
+                            "namespace": ns,
+                            "status": s,
+                            "resources": visible
+                                .into_iter()
+                                .map(|(n, v)| serde_json::json!({"name": n, "version": v}))
+                                .collect::<Vec<_>>(),
+                        }))
+                    }
+                    None => text_response(
+                        StatusCode::NOT_FOUND,
+                        "text/plain",
+                        format!("no proxy {name:?}; see /debug/syncz\n"),
+                    ),
+                }
+            }
             "/debug/resource" => {
-                let name = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.strip_prefix("name="))
-                    .unwrap_or_default();
-                match registry.output(name) {
+                let name = query(req, "name");
+                match registry.output(&name) {
                     Some(o) => text_response(
                         StatusCode::OK,
                         "application/json",
@@ -80,10 +114,21 @@ pub async fn serve(
             _ => text_response(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "endpoints: /ready /metrics /debug/registry /debug/syncz /debug/resource?name=\n"
+                "endpoints: /ready /metrics /debug/registry /debug/syncz /debug/proxy?name= /debug/resource?name=\n"
                     .into(),
             ),
         }
     })
     .await;
+}
+
+/// The value of `key` in the request's query string.
+fn query(req: &http::Request<hyper::body::Incoming>, key: &str) -> String {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_default()
+        .to_owned()
 }

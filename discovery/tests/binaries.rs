@@ -269,6 +269,10 @@ spec: {{address: {reviews_ip}, labels: {{app: reviews}}, serviceAccount: reviews
         syncz.contains("spiffe://mesh.example/ns/shop/sa/reviews"),
         "{syncz}"
     );
+    // The per-proxy view: what frontend-1 is sent.
+    let (code, view) = http_get(monitor, "x", "/debug/proxy?name=frontend-1.shop").unwrap();
+    assert_eq!(code, 200, "{view}");
+    assert!(view.contains("\"Service/shop/reviews\""), "{view}");
     let (_, metrics) = http_get(monitor, "x", "/metrics").unwrap();
     assert!(
         metrics.contains("isthmus_discovery_csr_signed_total 2"),
