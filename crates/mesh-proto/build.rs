@@ -2,7 +2,11 @@
 //! `protoc` is needed on the build machine) and generates tonic/prost code from them.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/isthmus/config.proto", "proto/isthmus/ca.proto"];
+    let files = [
+        "proto/isthmus/config.proto",
+        "proto/isthmus/ca.proto",
+        "proto/isthmus/peering.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -10,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Resource bodies are shared between proxies without copying.
         .bytes(".isthmus.config.v1.Resource.body")
+        .bytes(".isthmus.peering.v1.ExportedService.body")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -21,6 +21,7 @@ pub const FILE_KINDS: &[InputKind] = &[
     InputKind::Namespace,
     InputKind::WorkloadEntry,
     InputKind::Istio,
+    InputKind::Secret,
 ];
 
 /// Turns one document into an object.
@@ -47,6 +48,19 @@ pub fn object_from_value(doc: serde_json::Value) -> Result<Option<Object>, Strin
         "Namespace" => typed(serde_json::from_value(doc).map(|o| Object::Namespace(Box::new(o)))),
         "WorkloadEntry" => {
             typed(serde_json::from_value(doc).map(|o| Object::WorkloadEntry(Box::new(o))))
+        }
+        "Secret" => {
+            let labelled = doc
+                .pointer(&format!(
+                    "/metadata/labels/{}",
+                    crate::links::LINK_LABEL.replace('/', "~1")
+                ))
+                .is_some();
+            if labelled {
+                typed(serde_json::from_value(doc).map(|o| Object::Secret(Box::new(o))))
+            } else {
+                Ok(None)
+            }
         }
         _ if mesh_api::is_istio_kind(&api_version, &kind) => Ok(Some(Object::Istio(doc))),
         // Other kinds (Secrets, ConfigMaps, ...) are not the registry's.

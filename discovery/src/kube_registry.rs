@@ -46,10 +46,12 @@ pub const KUBE_KINDS: &[InputKind] = &[
     InputKind::Namespace,
     InputKind::WorkloadEntry,
     InputKind::Istio,
+    InputKind::Secret,
 ];
 
 async fn watch<K>(
     api: Api<K>,
+    config: watcher::Config,
     registry: Arc<Registry>,
     kind: InputKind,
     what: String,
@@ -57,9 +59,7 @@ async fn watch<K>(
 ) where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut stream = watcher(api, config).default_backoff().boxed();
     let mut buffer = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
@@ -94,13 +94,27 @@ fn istio_object(mut o: DynamicObject, kind: &str, api_version: &str) -> Object {
     Object::Istio(value)
 }
 
-/// Starts every watcher on `client`; they run until the returned tasks are aborted.
-pub fn start(client: kube::Client, registry: Arc<Registry>) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts every watcher on `client` (link Secrets in `namespace`); they run until the
+/// returned tasks are aborted.
+pub fn start(
+    client: kube::Client,
+    registry: Arc<Registry>,
+    namespace: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(watch(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace),
+        watcher::Config::default().labels(&format!("{}=true", crate::links::LINK_LABEL)),
+        registry.clone(),
+        InputKind::Secret,
+        "link Secret".to_owned(),
+        |o| Object::Secret(Box::new(o)),
+    )));
     macro_rules! typed {
         ($t:ty, $kind:expr, $wrap:expr) => {
             tasks.push(tokio::spawn(watch(
                 Api::<$t>::all(client.clone()),
+                watcher::Config::default(),
                 registry.clone(),
                 $kind,
                 stringify!($t).to_owned(),

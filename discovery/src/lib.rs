@@ -9,8 +9,10 @@ pub mod ca;
 pub mod files;
 pub mod inject;
 pub mod kube_registry;
+pub mod links;
 pub mod metrics;
 pub mod monitor;
+pub mod peering;
 pub mod push;
 pub mod registry;
 pub mod server;
@@ -103,6 +105,12 @@ pub struct Options {
     pub own_cert_ttl: Duration,
     /// The sidecar injection webhook, if served.
     pub inject: Option<inject::InjectOptions>,
+    /// Lease granted to linked clusters on what this one exports.
+    pub lease: Duration,
+    /// Longest readiness waits for a link to sync.
+    pub link_sync_timeout: Duration,
+    /// Link client settings.
+    pub links: peering::LinkOptions,
 }
 
 impl Options {
@@ -121,6 +129,9 @@ impl Options {
             file_poll: Duration::from_millis(500),
             own_cert_ttl: Duration::from_secs(24 * 3600),
             inject: None,
+            lease: peering::DEFAULT_LEASE,
+            link_sync_timeout: Duration::from_secs(10),
+            links: peering::LinkOptions::default(),
         }
     }
 }
@@ -144,6 +155,8 @@ pub struct Discovery {
     pub ca: Arc<ClusterCa>,
     /// Where the injection webhook listens, and the CA of its certificate.
     pub webhook: Option<(SocketAddr, String)>,
+    /// Linked clusters.
+    pub links: Arc<peering::Links>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -221,7 +234,11 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
     let mut tasks = Vec::new();
     match &options.source {
         Source::Kubernetes(client) => {
-            tasks.extend(kube_registry::start(client.clone(), registry.clone()));
+            tasks.extend(kube_registry::start(
+                client.clone(),
+                registry.clone(),
+                &options.namespace,
+            ));
         }
         Source::Files(dir) => {
             if !dir.is_dir() {
@@ -243,18 +260,24 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let config = push::ConfigService::new(
         registry.clone(),
-        published,
+        published.clone(),
         statuses.clone(),
         metrics.clone(),
-        shutdown_rx,
+        shutdown_rx.clone(),
     );
+    let peering_service =
+        peering::PeeringService::new(registry.clone(), published, options.lease, shutdown_rx);
     let listener = tokio::net::TcpListener::bind(options.grpc)
         .await
         .with_context(|| format!("binding the gRPC port {}", options.grpc))?;
     let grpc_addr = listener.local_addr()?;
     let mut router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
-        .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(64 << 20));
+        .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(64 << 20))
+        .add_service(
+            mesh_proto::peering::peering_server::PeeringServer::new(peering_service)
+                .max_encoding_message_size(256 << 20),
+        );
     let auth = match &options.ca_auth {
         CaAuth::TokenReview => match &options.source {
             Source::Kubernetes(client) => Some(ca::Authenticator::Kubernetes {
@@ -290,6 +313,13 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
             ttl: options.own_cert_ttl,
         },
     )));
+    let links = Arc::new(peering::Links::default());
+    tasks.push(tokio::spawn(peering::run_links(
+        registry.clone(),
+        identity.clone(),
+        links.clone(),
+        options.links.clone(),
+    )));
     let monitor_addr = match options.monitor {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -298,9 +328,13 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
             let a = l.local_addr()?;
             tasks.push(tokio::spawn(monitor::serve(
                 l,
-                registry.clone(),
-                statuses.clone(),
-                metrics.clone(),
+                monitor::Views {
+                    registry: registry.clone(),
+                    statuses: statuses.clone(),
+                    metrics: metrics.clone(),
+                    links: links.clone(),
+                    link_sync_timeout: options.link_sync_timeout,
+                },
             )));
             Some(a)
         }
@@ -362,6 +396,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         identity,
         ca,
         webhook,
+        links,
         tasks,
         shutdown,
     })

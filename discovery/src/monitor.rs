@@ -1,6 +1,9 @@
 //! Discovery's monitoring port (15014, as istiod's): readiness, metrics and `/debug`.
 //!
-//! - `/ready`: 200 once every registry kind has been listed.
+//! - `/ready`: 200 once every registry kind has been listed and every link has synced
+//!   (or waited its bound).
+//! - `/debug/links`: every cluster link (state, services and endpoints received,
+//!   heartbeat, lease, trust bundle match).
 //! - `/metrics`: Prometheus text.
 //! - `/debug/registry`: counts, Istio objects, input errors.
 //! - `/debug/syncz`: every proxy's status (versions sent and acked, NACKs, certificate).
@@ -17,14 +20,31 @@ use crate::metrics::Metrics;
 use crate::push::Statuses;
 use crate::registry::Registry;
 
+/// What the monitoring endpoints read.
+#[derive(Debug, Clone)]
+pub struct Views {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// Per-proxy status.
+    pub statuses: Arc<Statuses>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Links.
+    pub links: Arc<crate::peering::Links>,
+    /// Longest readiness waits for a link.
+    pub link_sync_timeout: std::time::Duration,
+}
+
 /// Serves the monitoring endpoints until dropped.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    statuses: Arc<Statuses>,
-    metrics: Arc<Metrics>,
-) {
+pub async fn serve(listener: TcpListener, views: Views) {
     serve_endpoints(listener, move |req| {
+        let Views {
+            registry,
+            statuses,
+            metrics,
+            links,
+            link_sync_timeout,
+        } = &views;
         let json = |v: serde_json::Value| {
             text_response(
                 StatusCode::OK,
@@ -33,13 +53,13 @@ pub async fn serve(
             )
         };
         match req.uri().path() {
-            "/ready" if registry.is_synced() => {
+            "/ready" if registry.is_synced() && links.settled(*link_sync_timeout) => {
                 text_response(StatusCode::OK, "text/plain", "ready\n".into())
             }
             "/ready" => text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
-                "registry not synced yet\n".into(),
+                "registry or links not synced yet\n".into(),
             ),
             "/metrics" => text_response(
                 StatusCode::OK,
@@ -47,6 +67,7 @@ pub async fn serve(
                 metrics.encode(),
             ),
             "/debug/registry" => json(registry.summary()),
+            "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
             "/debug/syncz" => {
                 let list: Vec<_> = statuses
                     .list()
@@ -114,7 +135,7 @@ pub async fn serve(
             _ => text_response(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "endpoints: /ready /metrics /debug/registry /debug/syncz /debug/proxy?name= /debug/resource?name=\n"
+                "endpoints: /ready /metrics /debug/registry /debug/syncz /debug/links /debug/proxy?name= /debug/resource?name=\n"
                     .into(),
             ),
         }

@@ -25,6 +25,8 @@ use tokio::sync::watch;
 
 /// The namespace whose PeerAuthentication and AuthorizationPolicy apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
+/// Hosts that are cluster-local by default (Istio's MeshConfig default).
+pub const DEFAULT_CLUSTER_LOCAL: &[&str] = &["*.kube-system.svc.cluster.local"];
 /// Label on an EndpointSlice naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Annotation on a Service restricting which namespaces see it (Istio's).
@@ -49,6 +51,8 @@ pub enum Object {
     WorkloadEntry(Box<WorkloadEntry>),
     /// An Istio kind, as JSON (validated on the way in).
     Istio(serde_json::Value),
+    /// core/v1 Secret (cluster links; others are ignored).
+    Secret(Box<k8s_openapi::api::core::v1::Secret>),
 }
 
 /// Which input kind, for watchers replacing a whole kind after a relist.
@@ -68,6 +72,8 @@ pub enum InputKind {
     WorkloadEntry,
     /// Istio kinds.
     Istio,
+    /// Link Secrets.
+    Secret,
 }
 
 impl Object {
@@ -81,6 +87,7 @@ impl Object {
             Self::Namespace(_) => InputKind::Namespace,
             Self::WorkloadEntry(_) => InputKind::WorkloadEntry,
             Self::Istio(_) => InputKind::Istio,
+            Self::Secret(_) => InputKind::Secret,
         }
     }
 
@@ -112,6 +119,11 @@ impl Object {
             Self::Namespace(o) => k("Namespace", None, o.metadata.name.as_ref()),
             Self::WorkloadEntry(o) => k(
                 "WorkloadEntry",
+                o.metadata.namespace.as_ref(),
+                o.metadata.name.as_ref(),
+            ),
+            Self::Secret(o) => k(
+                "Secret",
                 o.metadata.namespace.as_ref(),
                 o.metadata.name.as_ref(),
             ),
@@ -236,16 +248,96 @@ struct Inner {
     istio: BTreeMap<String, serde_json::Value>,
     errors: BTreeMap<String, InputError>,
     file_errors: Vec<String>,
+    /// Cluster links by Secret key.
+    links: BTreeMap<String, crate::links::Link>,
 
+    /// What local proxies receive.
+    outputs: OutputLog,
+    /// What linked clusters receive: local endpoints of exported services.
+    exports: OutputLog,
+    /// Services received from linked clusters, by cluster.
+    remote: BTreeMap<String, RemoteCluster>,
+    generation: u64,
+    /// When the oldest change not yet published happened.
+    pending_since: Option<Instant>,
+    synced: BTreeSet<InputKind>,
+}
+
+/// Outputs with a change log ordered by generation.
+#[derive(Debug, Default)]
+struct OutputLog {
     outputs: HashMap<String, Arc<Output>>,
     /// Output name → generation of its last change.
     last_change: HashMap<String, u64>,
     /// Generation → output names changed then (each name only at its latest).
     log: BTreeMap<u64, BTreeSet<String>>,
-    generation: u64,
-    /// When the oldest change not yet published happened.
-    pending_since: Option<Instant>,
-    synced: BTreeSet<InputKind>,
+}
+
+impl OutputLog {
+    /// Sets (or removes) an output; false when nothing changed.
+    fn set(&mut self, name: &str, output: Option<Output>, gen_: u64) -> bool {
+        let same = match (&output, self.outputs.get(name)) {
+            (Some(new), Some(old)) => new.version == old.version && new.export_to == old.export_to,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return false;
+        }
+        match output {
+            Some(o) => {
+                self.outputs.insert(name.to_owned(), Arc::new(o));
+            }
+            None => {
+                self.outputs.remove(name);
+            }
+        }
+        if let Some(old) = self.last_change.insert(name.to_owned(), gen_)
+            && let Some(set) = self.log.get_mut(&old)
+        {
+            set.remove(name);
+            if set.is_empty() {
+                self.log.remove(&old);
+            }
+        }
+        self.log.entry(gen_).or_default().insert(name.to_owned());
+        true
+    }
+
+    fn all(&self, generation: u64) -> Delta {
+        Delta {
+            updated: self.outputs.values().cloned().collect(),
+            removed: vec![],
+            generation,
+        }
+    }
+
+    fn since(&self, since: u64, generation: u64) -> Delta {
+        let mut delta = Delta {
+            generation,
+            ..Default::default()
+        };
+        for names in self.log.range(since + 1..).map(|(_, n)| n) {
+            for name in names {
+                match self.outputs.get(name) {
+                    Some(o) => delta.updated.push(o.clone()),
+                    None => delta.removed.push(name.clone()),
+                }
+            }
+        }
+        delta
+    }
+}
+
+/// What one linked cluster exports to this one.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteCluster {
+    /// The peer's network.
+    pub network: String,
+    /// Its east-west gateway (for endpoints on its network when that is not ours).
+    pub gateway: Option<std::net::SocketAddr>,
+    /// Exported services: (namespace, name) → (service, exportTo).
+    pub services: BTreeMap<(String, String), (ServiceConfig, Vec<String>)>,
 }
 
 /// What proxies read: see the module documentation.
@@ -253,6 +345,7 @@ struct Inner {
 pub struct Registry {
     cluster: String,
     network: String,
+    cluster_local: Vec<String>,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     expected_kinds: BTreeSet<InputKind>,
@@ -283,10 +376,20 @@ impl Registry {
         Self {
             cluster: cluster.to_owned(),
             network: network.to_owned(),
+            cluster_local: DEFAULT_CLUSTER_LOCAL
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             inner: Mutex::default(),
             changed: watch::channel(0).0,
             expected_kinds: expected_kinds.iter().copied().collect(),
         }
+    }
+
+    /// Sets the cluster-local host patterns (`name.ns.svc.cluster.local` or `*.suffix`).
+    pub fn with_cluster_local(mut self, patterns: Vec<String>) -> Self {
+        self.cluster_local = patterns;
+        self
     }
 
     /// The cluster name.
@@ -395,6 +498,10 @@ impl Registry {
                 inner.entries.remove(&k);
                 before
             }
+            Object::Secret(_) => {
+                inner.links.remove(&key);
+                vec![]
+            }
             Object::Istio(_) => {
                 inner.istio.remove(&key);
                 let gen_ = inner.generation + 1;
@@ -466,6 +573,20 @@ impl Registry {
                         .map(|o| Object::WorkloadEntry(Box::new(o.clone()))),
                 ),
                 InputKind::Istio => stale.extend(inner.istio.values().cloned().map(Object::Istio)),
+                InputKind::Secret => stale.extend(inner.links.keys().map(|k| {
+                    let (ns, name) = k
+                        .strip_prefix("Secret/")
+                        .and_then(|r| r.split_once('/'))
+                        .unwrap_or_default();
+                    Object::Secret(Box::new(k8s_openapi::api::core::v1::Secret {
+                        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                            namespace: Some(ns.to_owned()),
+                            name: Some(name.to_owned()),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    }))
+                })),
             }
             stale.retain(|o| !present.contains(&o.key()));
             stale
@@ -542,6 +663,36 @@ impl Registry {
                 touched.extend(services_of_workload(inner, &k));
                 touched
             }
+            Object::Secret(secret) => {
+                match crate::links::Link::from_secret(&secret) {
+                    Ok(None) => {
+                        inner.links.remove(&key);
+                    }
+                    Ok(Some(link)) => {
+                        if link.cluster == self.cluster {
+                            let reason = format!(
+                                "it links cluster {:?}, which is this cluster; apply it in the other clusters",
+                                link.cluster
+                            );
+                            return Err(refuse_link(inner, &key, reason));
+                        }
+                        if let Some((other, _)) = inner
+                            .links
+                            .iter()
+                            .find(|(k, l)| **k != key && l.cluster == link.cluster)
+                        {
+                            let reason = format!(
+                                "cluster {:?} is already linked by {other}; delete one of the two",
+                                link.cluster
+                            );
+                            return Err(refuse_link(inner, &key, reason));
+                        }
+                        inner.links.insert(key.clone(), link);
+                    }
+                    Err(reason) => return Err(refuse_link(inner, &key, reason)),
+                }
+                vec![]
+            }
             Object::Istio(mut value) => {
                 if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
                     meta.remove("managedFields");
@@ -589,20 +740,196 @@ impl Registry {
         inner.generation = gen_;
         for key in touched {
             let name = format!("Service/{}/{}", key.0, key.1);
-            let output = inner.services.get(&key).map(|svc| {
-                let compiled = self.compile_service(inner, svc);
-                let export_to = svc
+            let host = format!(
+                "{}.{}.svc.{}",
+                key.1,
+                key.0,
+                mesh_proxy::config::CLUSTER_DOMAIN
+            );
+            let cluster_local = self.is_cluster_local(&host);
+            let local = inner.services.get(&key).map(|svc| {
+                let export_to: Vec<String> = svc
                     .metadata
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
                     .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
                     .unwrap_or_default();
-                let body = serde_json::to_vec(&compiled).unwrap_or_default();
+                (self.compile_service(inner, svc), export_to)
+            });
+            // What linked clusters see: local endpoints of exported services.
+            let export = local
+                .as_ref()
+                .filter(|(_, export_to)| !cluster_local && !export_to.iter().any(|e| e == "~"))
+                .map(|(cfg, export_to)| {
+                    let body = serde_json::to_vec(cfg).unwrap_or_default();
+                    Output::new(name.clone(), "Service", &key.0, export_to.clone(), body)
+                });
+            if inner.exports.set(&name, export, gen_) {
+                inner.pending_since.get_or_insert_with(Instant::now);
+            }
+            // What local proxies see: local endpoints, then those of linked clusters
+            // (namespace sameness: same name and namespace is one service).
+            let remotes: Vec<(&RemoteCluster, &ServiceConfig, &Vec<String>)> = if cluster_local {
+                vec![]
+            } else {
+                inner
+                    .remote
+                    .values()
+                    .filter_map(|r| r.services.get(&key).map(|(s, e)| (r, s, e)))
+                    .collect()
+            };
+            let merged = match (&local, remotes.first()) {
+                (None, None) => None,
+                (Some((cfg, export_to)), _) => Some((cfg.clone(), export_to.clone())),
+                (None, Some((_, cfg, export_to))) => Some((
+                    ServiceConfig {
+                        addresses: vec![],
+                        endpoints: vec![],
+                        ..(*cfg).clone()
+                    },
+                    (*export_to).clone(),
+                )),
+            };
+            let output = merged.map(|(mut cfg, export_to)| {
+                for (remote, svc, _) in &remotes {
+                    cfg.endpoints.extend(self.remote_endpoints(remote, svc));
+                }
+                let body = serde_json::to_vec(&cfg).unwrap_or_default();
                 Output::new(name.clone(), "Service", &key.0, export_to, body)
             });
             set_output(inner, &name, output, gen_);
         }
+    }
+
+    /// A linked cluster's endpoints as this cluster's proxies reach them: directly on
+    /// the same network, else through that network's gateway, one gateway endpoint per
+    /// group of endpoints with the same labels, locality and identity, weighted by
+    /// their count (split horizon, as Istio does).
+    fn remote_endpoints(&self, remote: &RemoteCluster, svc: &ServiceConfig) -> Vec<EndpointConfig> {
+        let mut out = Vec::new();
+        type GroupKey = (
+            BTreeMap<String, String>,
+            String,
+            Option<String>,
+            String,
+            String,
+        );
+        let mut groups: BTreeMap<GroupKey, u32> = BTreeMap::new();
+        for ep in svc.endpoints.iter().filter(|e| e.ready) {
+            let network = if ep.network.is_empty() {
+                &remote.network
+            } else {
+                &ep.network
+            };
+            if *network == self.network {
+                out.push(ep.clone());
+            } else if remote.gateway.is_some() {
+                let key = (
+                    ep.labels.clone(),
+                    ep.locality.clone(),
+                    ep.service_account.clone(),
+                    ep.cluster.clone(),
+                    network.clone(),
+                );
+                *groups.entry(key).or_default() += ep.weight.unwrap_or(1);
+            }
+        }
+        if let Some(gw) = remote.gateway {
+            for ((labels, locality, service_account, cluster, network), weight) in groups {
+                out.push(EndpointConfig {
+                    address: gw.ip(),
+                    inbound_port: Some(gw.port()),
+                    labels,
+                    service_account,
+                    cluster,
+                    network,
+                    locality,
+                    weight: Some(weight),
+                    ready: true,
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether `host` is cluster-local (MeshConfig `serviceSettings.clusterLocal`):
+    /// neither exported nor merged with linked clusters.
+    pub fn is_cluster_local(&self, host: &str) -> bool {
+        self.cluster_local
+            .iter()
+            .any(|pattern| match pattern.strip_prefix('*') {
+                Some(suffix) => host.ends_with(suffix),
+                None => host == pattern,
+            })
+    }
+
+    /// Replaces everything received from `cluster` (a full sync, or `None` to withdraw
+    /// it: link deleted or lease expired).
+    pub fn set_remote(&self, cluster: &str, remote: Option<RemoteCluster>) {
+        let mut inner = self.lock();
+        let mut touched: Vec<(String, String)> = inner
+            .remote
+            .get(cluster)
+            .map(|r| r.services.keys().cloned().collect())
+            .unwrap_or_default();
+        match remote {
+            Some(r) => {
+                touched.extend(r.services.keys().cloned());
+                inner.remote.insert(cluster.to_owned(), r);
+            }
+            None => {
+                inner.remote.remove(cluster);
+            }
+        }
+        self.recompile_services(&mut inner, touched);
+        drop(inner);
+        self.changed.send_modify(|_| {});
+    }
+
+    /// Applies an incremental update from `cluster`: services added or changed, and
+    /// services withdrawn. Ignored when nothing was received from it yet.
+    pub fn update_remote(
+        &self,
+        cluster: &str,
+        upserts: Vec<((String, String), ServiceConfig, Vec<String>)>,
+        removed: Vec<(String, String)>,
+    ) {
+        let mut inner = self.lock();
+        let Some(r) = inner.remote.get_mut(cluster) else {
+            return;
+        };
+        let mut touched = removed.clone();
+        for key in removed {
+            r.services.remove(&key);
+        }
+        for (key, svc, export_to) in upserts {
+            touched.push(key.clone());
+            r.services.insert(key, (svc, export_to));
+        }
+        self.recompile_services(&mut inner, touched);
+        drop(inner);
+        self.changed.send_modify(|_| {});
+    }
+
+    /// The cluster links in force.
+    pub fn links(&self) -> Vec<crate::links::Link> {
+        self.lock().links.values().cloned().collect()
+    }
+
+    /// Services and endpoints held from `cluster`.
+    pub fn remote_counts(&self, cluster: &str) -> (usize, usize) {
+        self.lock().remote.get(cluster).map_or((0, 0), |r| {
+            (
+                r.services.len(),
+                r.services.values().map(|(s, _)| s.endpoints.len()).sum(),
+            )
+        })
+    }
+
+    /// Clusters something was received from.
+    pub fn remote_clusters(&self) -> Vec<String> {
+        self.lock().remote.keys().cloned().collect()
     }
 
     fn compile_service(&self, inner: &Inner, svc: &Service) -> ServiceConfig {
@@ -833,29 +1160,25 @@ impl Registry {
     /// Every output, for a first push.
     pub fn all(&self) -> Delta {
         let inner = self.lock();
-        Delta {
-            updated: inner.outputs.values().cloned().collect(),
-            removed: vec![],
-            generation: inner.generation,
-        }
+        inner.outputs.all(inner.generation)
+    }
+
+    /// Every exported output (local endpoints of services linked clusters may see).
+    pub fn exports_all(&self) -> Delta {
+        let inner = self.lock();
+        inner.exports.all(inner.generation)
+    }
+
+    /// Exported outputs changed after generation `since`.
+    pub fn exports_since(&self, since: u64) -> Delta {
+        let inner = self.lock();
+        inner.exports.since(since, inner.generation)
     }
 
     /// What changed after generation `since`.
     pub fn since(&self, since: u64) -> Delta {
         let inner = self.lock();
-        let mut delta = Delta {
-            generation: inner.generation,
-            ..Default::default()
-        };
-        for names in inner.log.range(since + 1..).map(|(_, n)| n) {
-            for name in names {
-                match inner.outputs.get(name) {
-                    Some(o) => delta.updated.push(o.clone()),
-                    None => delta.removed.push(name.clone()),
-                }
-            }
-        }
-        delta
+        inner.outputs.since(since, inner.generation)
     }
 
     /// Summary counts for `/debug` and metrics.
@@ -880,7 +1203,15 @@ impl Registry {
             "namespaces": inner.namespaces.len(),
             "workloadEntries": inner.entries.len(),
             "istio": inner.istio.keys().collect::<Vec<_>>(),
-            "outputs": inner.outputs.len(),
+            "outputs": inner.outputs.outputs.len(),
+            "exports": inner.exports.outputs.len(),
+            "remoteClusters": inner.remote.iter().map(|(c, r)| serde_json::json!({
+                "cluster": c,
+                "network": r.network,
+                "gateway": r.gateway.map(|g| g.to_string()),
+                "services": r.services.len(),
+                "endpoints": r.services.values().map(|(s, _)| s.endpoints.len()).sum::<usize>(),
+            })).collect::<Vec<_>>(),
             "errors": inner.errors.values().collect::<Vec<_>>(),
             "fileErrors": inner.file_errors,
         })
@@ -888,8 +1219,19 @@ impl Registry {
 
     /// The output named `name`.
     pub fn output(&self, name: &str) -> Option<Arc<Output>> {
-        self.lock().outputs.get(name).cloned()
+        self.lock().outputs.outputs.get(name).cloned()
     }
+}
+
+fn refuse_link(inner: &mut Inner, key: &str, reason: String) -> InputError {
+    let err = InputError {
+        object: key.to_owned(),
+        reason,
+        last_good_in_force: inner.links.contains_key(key),
+    };
+    tracing::warn!(object = %err.object, reason = %err.reason, "cluster link ignored");
+    inner.errors.insert(key.to_owned(), err.clone());
+    err
 }
 
 fn refuse(inner: &mut Inner, key: &str, reason: String) -> InputError {
@@ -904,32 +1246,9 @@ fn refuse(inner: &mut Inner, key: &str, reason: String) -> InputError {
 }
 
 fn set_output(inner: &mut Inner, name: &str, output: Option<Output>, gen_: u64) {
-    let same = match (&output, inner.outputs.get(name)) {
-        (Some(new), Some(old)) => new.version == old.version && new.export_to == old.export_to,
-        (None, None) => true,
-        _ => false,
-    };
-    if same {
-        return;
+    if inner.outputs.set(name, output, gen_) {
+        inner.pending_since.get_or_insert_with(Instant::now);
     }
-    match output {
-        Some(o) => {
-            inner.outputs.insert(name.to_owned(), Arc::new(o));
-        }
-        None => {
-            inner.outputs.remove(name);
-        }
-    }
-    if let Some(old) = inner.last_change.insert(name.to_owned(), gen_)
-        && let Some(set) = inner.log.get_mut(&old)
-    {
-        set.remove(name);
-        if set.is_empty() {
-            inner.log.remove(&old);
-        }
-    }
-    inner.log.entry(gen_).or_default().insert(name.to_owned());
-    inner.pending_since.get_or_insert_with(Instant::now);
 }
 
 fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {

@@ -202,6 +202,31 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Client config for mTLS towards a peer verified against `trust` instead of this
+    /// identity's own (a linked cluster's discovery, whose roots come with the link);
+    /// this identity's certificate is presented.
+    pub fn client_config_with_trust(
+        &self,
+        trust: TrustConfig,
+        expected: Vec<SpiffeId>,
+        alpn: &[&[u8]],
+    ) -> ClientConfig {
+        let mut cfg =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("ring supports TLS 1.3")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+                    Arc::new(ArcSwap::from_pointee(trust)),
+                    expected,
+                )))
+                .with_client_cert_resolver(Arc::new(CertResolver(self.cert.clone())));
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        cfg
+    }
+}
+
 /// Client config for a caller that has no certificate yet (a workload asking the CA
 /// for its first one): the server is verified against `trust` and must be one of
 /// `expected` (any identity of an accepted trust domain when empty); no client

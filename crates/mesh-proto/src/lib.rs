@@ -3,9 +3,8 @@
 //!
 //! - [`config`]: the proxy config stream (discovery → sidecar/gateway), incremental and
 //!   acknowledged;
-//! - [`ca`]: workload certificate signing (workload → discovery's CA).
-//!
-//! Discovery ⇄ discovery peering arrives with multi-cluster federation.
+//! - [`ca`]: workload certificate signing (workload → discovery's CA);
+//! - [`peering`]: discovery ⇄ discovery, what a linked cluster exports.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
@@ -17,6 +16,11 @@ pub mod config {
 /// Workload certificate signing (`isthmus.ca.v1`).
 pub mod ca {
     tonic::include_proto!("isthmus.ca.v1");
+}
+
+/// Discovery ⇄ discovery peering (`isthmus.peering.v1`).
+pub mod peering {
+    tonic::include_proto!("isthmus.peering.v1");
 }
 
 /// The port discovery serves the config stream and the CA on.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod analyze;
 mod ca;
 mod crds;
+mod multicluster;
 mod proxy;
 mod quickstart;
 
@@ -35,6 +36,11 @@ enum Command {
     ProxyStatus(proxy::ProxyStatusArgs),
     /// What one proxy holds: routes, endpoints or policies.
     ProxyConfig(proxy::ProxyConfigArgs),
+    /// Print the Secret that links other clusters to this one (apply it in them).
+    RemoteSecret(multicluster::RemoteSecretArgs),
+    /// Multi-cluster links.
+    #[command(subcommand)]
+    Multicluster(multicluster::MulticlusterCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(args),
         Command::ProxyStatus(args) => proxy::status(args),
         Command::ProxyConfig(args) => proxy::config(args),
+        Command::RemoteSecret(args) => multicluster::remote_secret(args),
+        Command::Multicluster(cmd) => multicluster::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,10 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -274,4 +278,70 @@ fn quickstart_shows_both_identities_and_refuses_the_foreign_root() {
         out.contains("foreign root refused") && out.contains("does not reach a trusted root"),
         "{out}"
     );
+}
+
+#[test]
+fn remote_secret_prints_a_link_that_discovery_reads_and_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "mesh.example",
+        "--out",
+        p(&root),
+    ]);
+    let bundle = root.join("root-cert.pem");
+    let args = |discovery: &str, name: &str| {
+        vec![
+            "remote-secret".to_owned(),
+            "--name".into(),
+            name.into(),
+            "--network".into(),
+            "net-west".into(),
+            "--discovery-address".into(),
+            discovery.into(),
+            "--gateway-address".into(),
+            "10.0.2.1:15443".into(),
+            "--trust-bundle".into(),
+            p(&bundle).into(),
+        ]
+    };
+    let yaml = ok(&strs(&args("10.0.2.1:15012", "west")));
+    assert!(yaml.contains("istio/multiCluster: \"true\""), "{yaml}");
+    assert!(yaml.contains("networking.istio.io/cluster: west"), "{yaml}");
+    assert!(yaml.contains("BEGIN CERTIFICATE"), "{yaml}");
+    assert!(
+        !yaml.to_lowercase().contains("token"),
+        "no bearer token: {yaml}"
+    );
+    // What it prints is a link discovery accepts.
+    let doc = mesh_api::split_documents(&yaml).unwrap().remove(0);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(doc).unwrap();
+    let link = discovery::links::Link::from_secret(&secret)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            link.cluster.as_str(),
+            link.network.as_str(),
+            link.discovery_address.as_str(),
+            link.trust_domain.as_str()
+        ),
+        ("west", "net-west", "10.0.2.1:15012", "mesh.example")
+    );
+
+    let err = fails(&strs(&args("127.0.0.1:15012", "west")));
+    assert!(
+        err.contains("loopback") && err.contains("--allow-loopback"),
+        "{err}"
+    );
+    let mut loopback = args("127.0.0.1:15012", "west");
+    loopback.push("--allow-loopback".into());
+    ok(&strs(&loopback));
+    let err = fails(&strs(&args("10.0.2.1:15012", "West_1")));
+    assert!(err.contains("DNS-1123"), "{err}");
+    let err = fails(&strs(&args("10.0.2.1", "west")));
+    assert!(err.contains("HOST:PORT"), "{err}");
 }

@@ -1,0 +1,274 @@
+//! Two discovery services linked by link Secrets (file mode): each streams what it
+//! exports to the other over mTLS; services merge by namespace sameness, a service
+//! only in the other cluster resolves, endpoints on another network go through that
+//! network's gateway, cluster-local and hidden services stay home; a deleted link and
+//! an expired lease withdraw the peer's endpoints.
+
+mod support;
+
+use std::time::Duration;
+
+use discovery::links::{Link, render_secret};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+const RATINGS: &str = "ratings.shop.svc.cluster.local";
+
+fn write(dir: &std::path::Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+fn link_secret(
+    cluster: &str,
+    discovery: std::net::SocketAddr,
+    gateway: &str,
+    root_pem: &str,
+) -> String {
+    render_secret(
+        &Link {
+            secret: String::new(),
+            cluster: cluster.into(),
+            network: format!("net-{cluster}"),
+            discovery_address: discovery.to_string(),
+            gateway_address: gateway.into(),
+            trust_bundle: root_pem.into(),
+            trust_domain: TD.into(),
+        },
+        "istio-system",
+    )
+}
+
+const EAST: &str = "apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: shop}
+spec: {address: 10.1.0.1, labels: {app: reviews, version: v1}, serviceAccount: reviews, locality: eu/a}
+";
+
+const WEST: &str = "apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2, namespace: shop}
+spec: {address: 10.2.0.1, labels: {app: reviews, version: v2}, serviceAccount: reviews, locality: us/b}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2b, namespace: shop}
+spec: {address: 10.2.0.2, labels: {app: reviews, version: v2}, serviceAccount: reviews, locality: us/b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop}
+spec: {selector: {app: ratings}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-1, namespace: shop}
+spec: {address: 10.2.0.9, labels: {app: ratings}, serviceAccount: ratings}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec: {selector: {app: dns}, ports: [{name: dns, port: 53}]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: dns-1, namespace: kube-system}
+spec: {address: 10.2.0.53, labels: {app: dns}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: private
+  namespace: shop
+  annotations: {networking.istio.io/exportTo: \"~\"}
+spec: {selector: {app: private}, ports: [{name: http, port: 80}]}
+";
+
+fn endpoint_summary(store: &mesh_proxy::StateStore, host: &str) -> Vec<String> {
+    let state = store.snapshot();
+    let mut v: Vec<String> = state
+        .services
+        .get(host)
+        .map(|s| {
+            s.endpoints
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {} w{} {}",
+                        e.inbound,
+                        e.cluster,
+                        e.weight,
+                        e.labels.get("version").cloned().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
+    // One federated root, one intermediate per cluster.
+    let east_pki = Pki::new("east");
+    let west_ca = east_pki
+        .root
+        .intermediate("west", mesh_identity::ca::INTERMEDIATE_VALIDITY)
+        .unwrap();
+    let west_cacerts = tempfile::tempdir().unwrap();
+    west_ca.write(west_cacerts.path()).unwrap();
+    let root_pem = east_pki.root.cert_pem().to_owned();
+
+    let east_dir = tempfile::tempdir().unwrap();
+    let west_dir = tempfile::tempdir().unwrap();
+    write(east_dir.path(), "shop.yaml", EAST);
+    write(west_dir.path(), "shop.yaml", WEST);
+    let mut east_opts = options(
+        "east",
+        discovery::Source::Files(east_dir.path().to_owned()),
+        &east_pki,
+    );
+    east_opts.lease = Duration::from_secs(2);
+    let mut west_opts = options(
+        "west",
+        discovery::Source::Files(west_dir.path().to_owned()),
+        &east_pki,
+    );
+    west_opts.cacerts = discovery::CaCerts::Dir(west_cacerts.path().to_owned());
+    west_opts.lease = Duration::from_secs(2);
+    let east = discovery::start(east_opts).await.unwrap();
+    let west = discovery::start(west_opts).await.unwrap();
+
+    // Link each to the other (the gateways are addresses on their networks).
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem),
+    );
+    write(
+        west_dir.path(),
+        "link-east.yaml",
+        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem),
+    );
+    // A link to oneself is ignored with a reason.
+    write(
+        east_dir.path(),
+        "link-self.yaml",
+        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem),
+    );
+
+    let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
+    // reviews merges: the local endpoint, and west's two v2 endpoints through west's
+    // gateway, as one gateway endpoint of weight 2.
+    eventually("merged reviews", T, || {
+        endpoint_summary(&proxy.store, REVIEWS)
+            == ["10.1.0.1:15006 east w1 v1", "127.0.0.1:25443 west w2 v2"]
+    })
+    .await;
+    let state = proxy.store.snapshot();
+    let gw = state.services[REVIEWS]
+        .endpoints
+        .iter()
+        .find(|e| e.cluster == "west")
+        .unwrap();
+    assert_eq!(gw.network, "net-west");
+    assert_eq!(gw.locality, "us/b");
+    assert_eq!(gw.service_account.as_deref(), Some("reviews"));
+    // ratings exists only in west and still resolves, with no stub Service in east.
+    assert_eq!(
+        endpoint_summary(&proxy.store, RATINGS),
+        ["127.0.0.1:25443 west w1 "]
+    );
+    // Cluster-local (kube-system) and exportTo "~" services stay in west.
+    assert!(
+        !state
+            .services
+            .contains_key("kube-dns.kube-system.svc.cluster.local")
+    );
+    assert!(
+        !state
+            .services
+            .contains_key("private.shop.svc.cluster.local")
+    );
+    // And the other way: west's proxies see east's reviews-v1 through east's gateway.
+    let west_proxy = connect(west.grpc_addr, &east_pki, "ratings-1", "shop", "ratings");
+    eventually("west sees east", T, || {
+        endpoint_summary(&west_proxy.store, REVIEWS)
+            .contains(&"127.0.0.1:15443 east w1 v1".to_owned())
+    })
+    .await;
+
+    let links = east.links.list();
+    assert_eq!(links.len(), 1, "the self link is not used: {links:?}");
+    assert_eq!(links[0].state, "connected");
+    assert_eq!((links[0].services, links[0].endpoints), (2, 3));
+    assert_eq!(links[0].trust_bundle_match, Some(true));
+    assert!(
+        east.registry
+            .errors()
+            .iter()
+            .any(|e| e.object.contains("link-self") || e.reason.contains("which is this cluster")),
+        "{:?}",
+        east.registry.errors()
+    );
+
+    // An endpoint change in west arrives in east's proxies.
+    write(
+        west_dir.path(),
+        "more.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: ratings-2, namespace: shop}\nspec: {address: 10.2.0.10, labels: {app: ratings}, serviceAccount: ratings}\n",
+    );
+    eventually("incremental update from west", T, || {
+        endpoint_summary(&proxy.store, RATINGS) == ["127.0.0.1:25443 west w2 "]
+    })
+    .await;
+
+    // Deleting the link withdraws west's endpoints at once.
+    std::fs::remove_file(east_dir.path().join("link-west.yaml")).unwrap();
+    eventually("link deleted", T, || {
+        endpoint_summary(&proxy.store, REVIEWS) == ["10.1.0.1:15006 east w1 v1"]
+            && !proxy.store.snapshot().services.contains_key(RATINGS)
+    })
+    .await;
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem),
+    );
+    eventually("link back", T, || {
+        endpoint_summary(&proxy.store, REVIEWS).len() == 2
+    })
+    .await;
+
+    // West goes silent: its endpoints stay until the lease (2 s) runs out.
+    let stopped = std::time::Instant::now();
+    drop(west);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        endpoint_summary(&proxy.store, REVIEWS).len(),
+        2,
+        "kept within the lease"
+    );
+    eventually("lease expired", T, || {
+        endpoint_summary(&proxy.store, REVIEWS) == ["10.1.0.1:15006 east w1 v1"]
+    })
+    .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "withdrawn before the lease ran out"
+    );
+    assert_eq!(east.links.list()[0].state, "lease expired");
+}
