@@ -266,6 +266,9 @@ struct Stream {
     metrics: Arc<Metrics>,
     proxy: String,
     namespace: String,
+    /// A gateway sees what the cluster exports (and every DestinationRule, for
+    /// subsets), not a namespace's view.
+    gateway: bool,
     node: WireNode,
     id: SpiffeId,
     tx: mpsc::Sender<Result<ConfigResponse, Status>>,
@@ -321,15 +324,42 @@ impl Stream {
         self.tx.send(Ok(response)).await.is_ok()
     }
 
+    fn view_all(&self) -> crate::registry::Delta {
+        let mut all = self.registry.all();
+        if self.gateway {
+            let exports = self.registry.exports_all();
+            all.updated.retain(|o| o.kind == "DestinationRule");
+            all.updated.extend(exports.updated);
+        }
+        all
+    }
+
+    fn view_since(&self, generation: u64) -> crate::registry::Delta {
+        let mut delta = self.registry.since(generation);
+        if self.gateway {
+            let exports = self.registry.exports_since(generation);
+            delta.updated.retain(|o| o.kind == "DestinationRule");
+            delta.removed.retain(|n| n.starts_with("DestinationRule/"));
+            delta.updated.extend(exports.updated);
+            delta.removed.extend(exports.removed);
+            delta.generation = delta.generation.max(exports.generation);
+        }
+        delta
+    }
+
+    fn visible(&self, o: &Output) -> bool {
+        self.gateway || o.visible_to(&self.namespace)
+    }
+
     /// The first push: everything visible that the proxy does not hold at that version.
     async fn initial(&mut self, held: &HashMap<String, String>) -> bool {
-        let mut all = self.registry.all();
+        let mut all = self.view_all();
         self.generation = all.generation;
         all.updated.sort_by(|a, b| a.name.cmp(&b.name));
         let mut resources = Vec::new();
         let mut visible = std::collections::HashSet::new();
         for o in &all.updated {
-            if !o.visible_to(&self.namespace) {
+            if !self.visible(o) {
                 continue;
             }
             visible.insert(o.name.as_str());
@@ -352,7 +382,7 @@ impl Stream {
 
     /// A push of what changed after the generation the proxy holds.
     async fn update(&mut self, event_at: Option<Instant>) -> bool {
-        let delta = self.registry.since(self.generation);
+        let delta = self.view_since(self.generation);
         if delta.generation == self.generation {
             return true;
         }
@@ -360,7 +390,7 @@ impl Stream {
         let mut resources = Vec::new();
         let mut removed = delta.removed;
         for o in &delta.updated {
-            if o.visible_to(&self.namespace) {
+            if self.visible(o) {
                 resources.push(wire(o));
             } else {
                 removed.push(o.name.clone());
@@ -491,6 +521,7 @@ impl ConfigDiscovery for ConfigService {
             metrics: self.metrics.clone(),
             proxy,
             namespace: node.namespace.clone(),
+            gateway: node.kind == "gateway",
             node,
             id,
             tx,

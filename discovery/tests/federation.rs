@@ -124,12 +124,7 @@ fn endpoint_summary(store: &mesh_proxy::StateStore, host: &str) -> Vec<String> {
 async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
     // One federated root, one intermediate per cluster.
     let east_pki = Pki::new("east");
-    let west_ca = east_pki
-        .root
-        .intermediate("west", mesh_identity::ca::INTERMEDIATE_VALIDITY)
-        .unwrap();
-    let west_cacerts = tempfile::tempdir().unwrap();
-    west_ca.write(west_cacerts.path()).unwrap();
+    let west_pki = east_pki.sibling("west");
     let root_pem = east_pki.root.cert_pem().to_owned();
 
     let east_dir = tempfile::tempdir().unwrap();
@@ -145,9 +140,8 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
     let mut west_opts = options(
         "west",
         discovery::Source::Files(west_dir.path().to_owned()),
-        &east_pki,
+        &west_pki,
     );
-    west_opts.cacerts = discovery::CaCerts::Dir(west_cacerts.path().to_owned());
     west_opts.lease = Duration::from_secs(2);
     let east = discovery::start(east_opts).await.unwrap();
     let west = discovery::start(west_opts).await.unwrap();
@@ -204,7 +198,7 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
             .contains_key("private.shop.svc.cluster.local")
     );
     // And the other way: west's proxies see east's reviews-v1 through east's gateway.
-    let west_proxy = connect(west.grpc_addr, &east_pki, "ratings-1", "shop", "ratings");
+    let west_proxy = connect(west.grpc_addr, &west_pki, "ratings-1", "shop", "ratings");
     eventually("west sees east", T, || {
         endpoint_summary(&west_proxy.store, REVIEWS)
             .contains(&"127.0.0.1:15443 east w1 v1".to_owned())

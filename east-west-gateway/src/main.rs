@@ -1,10 +1,90 @@
-//! The Isthmus east-west gateway: TLS passthrough on TCP 15443 routed by the SNI
-//! `outbound_.PORT_.SUBSET_.HOST`, and a QUIC front on UDP 15443 that authenticates the
-//! calling sidecar, never decrypting workload traffic.
-//!
-//! Not built yet: this binary only says so and exits with a failure status.
+//! The `east-west-gateway` binary: flags around [`east_west_gateway::start`], with its
+//! identity and config from discovery as a sidecar gets them.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("isthmus east-west-gateway: not available in this build");
-    std::process::ExitCode::FAILURE
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use mesh_proxy::{StateStore, bootstrap};
+
+/// The Isthmus east-west gateway.
+#[derive(Debug, Parser)]
+#[command(name = "east-west-gateway", version, about)]
+struct Args {
+    /// Discovery's address (port 15012).
+    #[arg(long, env = "ISTHMUS_DISCOVERY_ADDRESS")]
+    discovery: String,
+    #[command(flatten)]
+    identity: bootstrap::IdentityArgs,
+    /// The gateway's name, as discovery lists it.
+    #[arg(long, env = "POD_NAME", default_value = "isthmus-eastwestgateway")]
+    name: String,
+    /// TLS passthrough listener.
+    #[arg(long, default_value = "0.0.0.0:15443")]
+    listen: SocketAddr,
+    /// Admin: /healthz/ready, /stats/prometheus.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    admin: SocketAddr,
+    /// Write logs as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    mesh_telemetry::init_logging(
+        if args.json_logs {
+            mesh_telemetry::LogFormat::Json
+        } else {
+            mesh_telemetry::LogFormat::Text
+        },
+        "info",
+    );
+    let (identity, renewal) = bootstrap::identity(
+        &args.identity,
+        Some(&args.discovery),
+        "isthmus-eastwest-gateway",
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let store = Arc::new(StateStore::default());
+    let stream = bootstrap::follow_discovery(
+        &args.discovery,
+        &args.identity,
+        &identity,
+        bootstrap::NodeInfo {
+            name: args.name.clone(),
+            ip: None,
+            kind: "gateway",
+            admin: Some(args.admin),
+        },
+        store.clone(),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let gateway = east_west_gateway::start(
+        store,
+        east_west_gateway::GatewayOptions {
+            listen: args.listen,
+            admin: Some(args.admin),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting the gateway")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(gateway);
+    stream.abort();
+    if let Some(r) = renewal {
+        r.abort();
+    }
+    Ok(())
 }

@@ -5,14 +5,13 @@
 //! SIGINT.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
-use mesh_identity::{Identity, SpiffeId, TrustBundle, TrustConfig, WorkloadCert};
-use mesh_proxy::{Sidecar, SidecarOptions, StateStore};
+use mesh_proxy::{Sidecar, SidecarOptions, StateStore, bootstrap};
 
 /// The Isthmus sidecar proxy.
 #[derive(Debug, Parser)]
@@ -23,7 +22,7 @@ struct Args {
     #[arg(
         long,
         env = "ISTHMUS_PROXY_CONFIG",
-        required_unless_present = "discovery",
+        required_unless_present_any = ["discovery", "capture_only"],
         conflicts_with = "discovery"
     )]
     config: Option<PathBuf>,
@@ -31,42 +30,11 @@ struct Args {
     /// also the CA unless --ca-address says otherwise.
     #[arg(long, env = "ISTHMUS_DISCOVERY_ADDRESS")]
     discovery: Option<String>,
-    /// Discovery's SPIFFE identity (default: spiffe://TRUST_DOMAIN/ns/istio-system/sa/isthmus-discovery).
-    #[arg(long)]
-    discovery_id: Option<String>,
-    /// Directory with cert-chain.pem, key.pem and root-cert.pem (as written by
-    /// `meshctl ca workload`). Re-read when they change.
-    #[arg(
-        long,
-        env = "ISTHMUS_CERT_DIR",
-        required_unless_present = "token_file",
-        conflicts_with = "token_file"
-    )]
-    cert_dir: Option<PathBuf>,
-    /// Get the certificate from discovery's CA with the token in this file (a projected
-    /// service-account token with audience isthmus-ca, or a bootstrap token); renewed
-    /// at half its lifetime. Needs --root-cert, --namespace and --service-account.
-    #[arg(long, env = "ISTHMUS_TOKEN_FILE", requires_all = ["root_cert", "namespace"])]
-    token_file: Option<PathBuf>,
-    /// The CA's address (default: --discovery).
-    #[arg(long)]
-    ca_address: Option<String>,
-    /// The mesh root (PEM) discovery's certificate chains to; its trust domain is the
-    /// workload's.
-    #[arg(long, env = "ISTHMUS_ROOT_CERT")]
-    root_cert: Option<PathBuf>,
-    /// The mesh trust domain (with --token-file).
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
+    #[command(flatten)]
+    identity: mesh_proxy::bootstrap::IdentityArgs,
     /// Workload (pod) name, as discovery knows it.
     #[arg(long, env = "POD_NAME")]
     name: Option<String>,
-    /// Workload namespace.
-    #[arg(long, env = "POD_NAMESPACE")]
-    namespace: Option<String>,
-    /// Workload service account.
-    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
-    service_account: String,
     /// Workload IP, as discovery knows it.
     #[arg(long, env = "INSTANCE_IP")]
     ip: Option<IpAddr>,
@@ -109,54 +77,6 @@ struct Args {
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
-}
-
-fn load_identity(dir: &Path) -> anyhow::Result<(WorkloadCert, TrustConfig)> {
-    let cert = WorkloadCert::load(&dir.join("cert-chain.pem"), &dir.join("key.pem"))?;
-    let td = cert.id().trust_domain().clone();
-    let root = dir.join("root-cert.pem");
-    let pem = std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
-    let bundle = TrustBundle::from_pem(td.clone(), &pem, &root.display().to_string())?;
-    Ok((cert, TrustConfig::new(td, bundle)))
-}
-
-/// Resolves `host:port` (a Service name in a pod, an IP elsewhere).
-async fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host(address)
-        .await
-        .with_context(|| format!("resolving {address}"))?
-        .next()
-        .with_context(|| format!("{address} has no address"))
-}
-
-async fn ca_client(
-    args: &Args,
-    token_file: &Path,
-) -> anyhow::Result<mesh_proxy::ca_client::CaClient> {
-    let address = args
-        .ca_address
-        .as_ref()
-        .or(args.discovery.as_ref())
-        .context("--token-file needs --ca-address or --discovery")?;
-    let address = resolve(address).await?;
-    let root = args
-        .root_cert
-        .as_ref()
-        .context("--token-file needs --root-cert")?;
-    let td: mesh_identity::TrustDomain = args.trust_domain.parse()?;
-    let pem = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
-    let bundle = TrustBundle::from_pem(td.clone(), &pem, &root.display().to_string())?;
-    let discovery_id = match &args.discovery_id {
-        Some(d) => d.parse()?,
-        None => SpiffeId::new(td.clone(), "istio-system", "isthmus-discovery")?,
-    };
-    Ok(mesh_proxy::ca_client::CaClient {
-        address,
-        bootstrap_trust: TrustConfig::new(td, bundle),
-        discovery_id,
-        token_file: token_file.to_owned(),
-        ttl: Duration::from_secs(24 * 3600),
-    })
 }
 
 fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
@@ -212,38 +132,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let store = Arc::new(StateStore::default());
     let mut background = Vec::new();
-    let identity = match (&args.cert_dir, &args.token_file) {
-        (Some(dir), _) => {
-            let (cert, trust) = load_identity(dir)?;
-            Identity::new(cert, trust)?
-        }
-        (None, Some(token_file)) => {
-            let ca = ca_client(&args, token_file).await?;
-            let id = SpiffeId::new(
-                args.trust_domain.parse()?,
-                args.namespace.as_deref().unwrap_or_default(),
-                &args.service_account,
-            )?;
-            let issued = loop {
-                // Without a certificate nothing can be served: retry until the CA answers.
-                match ca.request(&id).await {
-                    Ok(issued) => break issued,
-                    Err(e) => {
-                        tracing::warn!(ca = %ca.address, error = %e, "no certificate yet; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            };
-            tracing::info!(id = %id, not_after = %mesh_identity::cert::rfc3339(issued.cert.info().not_after), "certificate issued by the CA");
-            let identity = Identity::new(issued.cert, issued.trust)?;
-            background.push(tokio::spawn(mesh_identity::rotation::run_renewal(
-                identity.clone(),
-                ca,
-            )));
-            identity
-        }
-        (None, None) => anyhow::bail!("give --cert-dir or --token-file"),
-    };
+    if args.identity.cert_dir.is_none() && args.identity.token_file.is_none() {
+        anyhow::bail!("give --cert-dir or --token-file");
+    }
+    let (identity, renewal) =
+        bootstrap::identity(&args.identity, args.discovery.as_deref(), "default")
+            .await
+            .map_err(anyhow::Error::msg)?;
+    background.extend(renewal);
     let origin = args
         .config
         .as_ref()
@@ -256,51 +152,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             store.apply_yaml(&text, &origin)?;
         }
         (None, Some(address)) => {
-            let address = resolve(address).await?;
-            let id = identity.cert().id().clone();
-            let discovery_id = match &args.discovery_id {
-                Some(d) => d.parse()?,
-                None => SpiffeId::new(
-                    id.trust_domain().clone(),
-                    "istio-system",
-                    "isthmus-discovery",
-                )?,
-            };
-            let node = mesh_proto::config::Node {
+            let node = bootstrap::NodeInfo {
                 name: args
                     .name
                     .clone()
                     .context("--name (or POD_NAME) is needed with --discovery")?,
-                namespace: id.namespace().to_owned(),
-                ip: args.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                kind: "sidecar".into(),
-                proxy_version: env!("CARGO_PKG_VERSION").into(),
-                admin_address: args
-                    .admin
-                    .first()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-                ..Default::default()
+                ip: args.ip,
+                kind: "sidecar",
+                admin: args.admin.first().copied(),
             };
-            let status = Arc::new(arc_swap::ArcSwap::from_pointee(
-                mesh_proxy::discovery_client::StreamStatus::default(),
-            ));
-            background.push(tokio::spawn(mesh_proxy::discovery_client::run(
-                mesh_proxy::discovery_client::DiscoveryClientOptions::new(
-                    address,
-                    discovery_id,
-                    node,
-                ),
-                identity.clone(),
+            // The first push names the workload for tracing; listeners start either
+            // way (not ready until a config is in force).
+            let task = bootstrap::follow_discovery(
+                address,
+                &args.identity,
+                &identity,
+                node,
                 store.clone(),
-                status,
-            )));
-            // The first push names the workload for tracing; listeners start either way
-            // (not ready until a config is in force).
-            let started = std::time::Instant::now();
-            while !store.is_ready() && started.elapsed() < Duration::from_secs(5) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            background.push(task);
         }
         (None, None) => anyhow::bail!("give --config or --discovery"),
     }
@@ -343,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // File mode: re-read the config and certificate files when they change.
     let config_files: Vec<PathBuf> = args.config.iter().cloned().collect();
     let cert_files: Vec<PathBuf> = args
+        .identity
         .cert_dir
         .iter()
         .flat_map(|dir| {
@@ -376,21 +250,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         let now = modified(&cert_files);
-        if let Some(dir) = &args.cert_dir
+        if let Some(dir) = &args.identity.cert_dir
             && now != certs_seen
         {
             certs_seen = now;
-            let result = load_identity(dir).and_then(|(cert, trust)| {
-                // During a root rotation only one order is valid: a certificate from the
-                // new root needs the new trust first, and the reverse.
-                if identity.rotate_cert(cert.clone()).is_ok() {
-                    identity.update_trust(trust)?;
-                } else {
-                    identity.update_trust(trust)?;
-                    identity.rotate_cert(cert)?;
-                }
-                Ok(())
-            });
+            let result = bootstrap::load_identity_dir(dir)
+                .map_err(anyhow::Error::msg)
+                .and_then(|(cert, trust)| {
+                    // During a root rotation only one order is valid: a certificate from the
+                    // new root needs the new trust first, and the reverse.
+                    if identity.rotate_cert(cert.clone()).is_ok() {
+                        identity.update_trust(trust)?;
+                    } else {
+                        identity.update_trust(trust)?;
+                        identity.rotate_cert(cert)?;
+                    }
+                    Ok(())
+                });
             if let Err(e) = result {
                 tracing::warn!(error = %e, "certificate files refused; keeping the current certificate");
             }

@@ -18,7 +18,7 @@ use mesh_proxy::discovery_client::{DiscoveryClientOptions, StreamStatus};
 pub const TD: &str = "mesh.example";
 
 pub struct Pki {
-    pub root: RootCa,
+    pub root: Arc<RootCa>,
     pub ca: ClusterCa,
     pub dir: tempfile::TempDir,
 }
@@ -26,6 +26,15 @@ pub struct Pki {
 impl Pki {
     pub fn new(cluster: &str) -> Self {
         let root = RootCa::generate(&TD.parse().unwrap(), ROOT_VALIDITY).unwrap();
+        Self::under(Arc::new(root), cluster)
+    }
+
+    /// Another cluster's intermediate under the same root.
+    pub fn sibling(&self, cluster: &str) -> Self {
+        Self::under(self.root.clone(), cluster)
+    }
+
+    fn under(root: Arc<RootCa>, cluster: &str) -> Self {
         let ca = root.intermediate(cluster, INTERMEDIATE_VALIDITY).unwrap();
         let dir = tempfile::tempdir().unwrap();
         ca.write(dir.path()).unwrap();
@@ -95,12 +104,23 @@ pub fn connect(
     ns: &str,
     sa: &str,
 ) -> Proxy {
+    connect_as(discovery_addr, pki.identity(ns, sa), name, "sidecar")
+}
+
+/// A proxy of `kind` (`sidecar`, `gateway`) with `identity`.
+pub fn connect_as(
+    discovery_addr: std::net::SocketAddr,
+    identity: Identity,
+    name: &str,
+    kind: &str,
+) -> Proxy {
+    let ns = identity.cert().id().namespace().to_owned();
     let store = Arc::new(StateStore::default());
     let status = Arc::new(ArcSwap::from_pointee(StreamStatus::default()));
     let node = WireNode {
         name: name.into(),
-        namespace: ns.into(),
-        kind: "sidecar".into(),
+        namespace: ns,
+        kind: kind.into(),
         ..Default::default()
     };
     let discovery_id =
@@ -110,7 +130,7 @@ pub fn connect(
     options.max_backoff = Duration::from_millis(200);
     let task = tokio::spawn(mesh_proxy::discovery_client::run(
         options,
-        pki.identity(ns, sa),
+        identity,
         store.clone(),
         status.clone(),
     ));

@@ -1,0 +1,374 @@
+//! The Isthmus east-west gateway: TLS passthrough on TCP 15443, routed by the SNI
+//! `outbound_.PORT_.SUBSET_.HOST` to a healthy local endpoint of that service and
+//! subset, never decrypting. Its config is what the cluster exports (discovery's
+//! gateway view), so only exported, non-cluster-local services are reachable; an
+//! unknown or forbidden SNI is refused and counted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_proxy::StateStore;
+use mesh_proxy::http_util::{serve_endpoints, text_response};
+use mesh_proxy::sni::{parse_outbound_sni, read_client_hello};
+use mesh_proxy::state::DestinationPolicy;
+use mesh_telemetry::metrics::PeerLabels;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The gateway's port (TCP; QUIC on the same UDP port).
+pub const PORT: u16 = 15443;
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `not_tls`, `no_sni`, `not_mesh_sni`, `unknown_service`, `unknown_port`,
+    /// `unknown_subset`, `no_healthy_endpoint`, `upstream_connect_failed`, `timeout`.
+    pub reason: String,
+}
+
+/// Gateway metrics: Istio's TCP metrics and refusals.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    opened: Family<PeerLabels, Counter>,
+    closed: Family<PeerLabels, Counter>,
+    sent: Family<PeerLabels, Counter>,
+    received: Family<PeerLabels, Counter>,
+    /// Refused connections by reason.
+    pub refused: Family<RefusedLabels, Counter>,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            registry: Registry::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            refused: Family::default(),
+        };
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            m.opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            m.closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent towards the caller",
+            m.sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the caller",
+            m.received.clone(),
+        );
+        registry.register(
+            "isthmus_gateway_refused",
+            "Connections refused, by reason",
+            m.refused.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl GatewayMetrics {
+    /// Prometheus text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Refused connections with `reason`.
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    /// Connections opened to `service` (FQDN).
+    pub fn opened_to(&self, service: &str) -> u64 {
+        let mut total = 0;
+        let text = self.encode();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+        {
+            if line.contains(&format!("destination_service=\"{service}\"")) {
+                total += line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// TLS passthrough listener (15443).
+    pub listen: SocketAddr,
+    /// Admin: `/healthz/ready`, `/stats/prometheus`.
+    pub admin: Option<SocketAddr>,
+    /// Connect timeout towards endpoints.
+    pub connect_timeout: Duration,
+    /// Longest wait for the ClientHello.
+    pub hello_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], PORT)),
+            admin: Some(SocketAddr::from(([0, 0, 0, 0], 15021))),
+            connect_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running gateway; dropping it stops the listeners.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Bound passthrough address.
+    pub addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: Option<SocketAddr>,
+    /// Metrics.
+    pub metrics: Arc<GatewayMetrics>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the gateway over `store` (fed by discovery's gateway view).
+pub async fn start(store: Arc<StateStore>, options: GatewayOptions) -> std::io::Result<Gateway> {
+    let listener = TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(GatewayMetrics::default());
+    let mut tasks = Vec::new();
+    {
+        let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((conn, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = conn.set_nodelay(true);
+                let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
+                tokio::spawn(async move { handle(conn, peer, &store, &metrics, &options).await });
+            }
+        }));
+    }
+    let admin_addr = match options.admin {
+        Some(a) => {
+            let l = TcpListener::bind(a).await?;
+            let bound = l.local_addr()?;
+            let (store, metrics) = (store.clone(), metrics.clone());
+            tasks.push(tokio::spawn(serve_endpoints(l, move |req| {
+                match req.uri().path() {
+                    "/healthz/ready" if store.is_ready() => {
+                        text_response(http::StatusCode::OK, "text/plain", "ready\n".into())
+                    }
+                    "/healthz/ready" => text_response(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "waiting for the first config\n".into(),
+                    ),
+                    "/stats/prometheus" => text_response(
+                        http::StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        metrics.encode(),
+                    ),
+                    _ => text_response(
+                        http::StatusCode::NOT_FOUND,
+                        "text/plain",
+                        "endpoints: /healthz/ready /stats/prometheus\n".into(),
+                    ),
+                }
+            })));
+            Some(bound)
+        }
+        None => None,
+    };
+    tracing::info!(listen = %addr, "east-west gateway started");
+    Ok(Gateway {
+        addr,
+        admin_addr,
+        metrics,
+        tasks,
+    })
+}
+
+fn refuse(
+    metrics: &GatewayMetrics,
+    peer: SocketAddr,
+    sni: Option<&str>,
+    reason: &str,
+    detail: &str,
+) {
+    metrics
+        .refused
+        .get_or_create(&RefusedLabels {
+            reason: reason.into(),
+        })
+        .inc();
+    tracing::info!(target: "access", peer = %peer, sni = sni.unwrap_or("-"), reason, detail, "gateway refused connection");
+}
+
+async fn handle(
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    store: &StateStore,
+    metrics: &GatewayMetrics,
+    options: &GatewayOptions,
+) {
+    let started = Instant::now();
+    let (hello, sni) =
+        match tokio::time::timeout(options.hello_timeout, read_client_hello(&mut conn)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return refuse(metrics, peer, None, "not_tls", &e.to_string()),
+            Err(_) => return refuse(metrics, peer, None, "timeout", "no ClientHello in time"),
+        };
+    let Some(sni) = sni else {
+        return refuse(
+            metrics,
+            peer,
+            None,
+            "no_sni",
+            "the ClientHello has no server name",
+        );
+    };
+    let Some(target) = parse_outbound_sni(&sni) else {
+        return refuse(
+            metrics,
+            peer,
+            Some(&sni),
+            "not_mesh_sni",
+            "expected outbound_.PORT_.SUBSET_.HOST",
+        );
+    };
+    let state = store.snapshot();
+    let Some(service) = state.services.get(target.host) else {
+        return refuse(
+            metrics,
+            peer,
+            Some(&sni),
+            "unknown_service",
+            "not a service this cluster exports",
+        );
+    };
+    if service.port(Some(target.port)).is_none() {
+        return refuse(
+            metrics,
+            peer,
+            Some(&sni),
+            "unknown_port",
+            "the service has no such port",
+        );
+    }
+    let policy = state.policies.get(target.host).map(|p| p.as_ref());
+    let endpoints = match DestinationPolicy::select(policy, service, target.subset) {
+        Ok(eps) => eps,
+        Err(e) => return refuse(metrics, peer, Some(&sni), "unknown_subset", &e),
+    };
+    let local: Vec<_> = endpoints
+        .into_iter()
+        .filter(|e| e.cluster == state.node.cluster || e.cluster.is_empty())
+        .collect();
+    if local.is_empty() {
+        return refuse(
+            metrics,
+            peer,
+            Some(&sni),
+            "no_healthy_endpoint",
+            "no ready local endpoint",
+        );
+    }
+    // Random order; the first endpoint that accepts the connection gets it.
+    let first = rand::random_range(0..local.len());
+    let mut upstream = None;
+    for i in 0..local.len().min(3) {
+        let ep = local[(first + i) % local.len()];
+        match tokio::time::timeout(options.connect_timeout, TcpStream::connect(ep.inbound)).await {
+            Ok(Ok(s)) => {
+                upstream = Some((s, ep.clone()));
+                break;
+            }
+            Ok(Err(e)) => tracing::debug!(endpoint = %ep.inbound, error = %e, "endpoint refused"),
+            Err(_) => tracing::debug!(endpoint = %ep.inbound, "endpoint connect timed out"),
+        }
+    }
+    let Some((mut upstream, ep)) = upstream else {
+        return refuse(
+            metrics,
+            peer,
+            Some(&sni),
+            "upstream_connect_failed",
+            "no endpoint accepted the connection",
+        );
+    };
+    let _ = upstream.set_nodelay(true);
+    let labels = PeerLabels {
+        reporter: "gateway".into(),
+        source_cluster: "unknown".into(),
+        destination_workload_namespace: service.namespace.clone(),
+        destination_app: ep.labels.get("app").cloned().unwrap_or_default(),
+        destination_version: ep.labels.get("version").cloned().unwrap_or_default(),
+        destination_service: service.host.clone(),
+        destination_service_name: service.name.clone(),
+        destination_service_namespace: service.namespace.clone(),
+        destination_cluster: state.node.cluster.clone(),
+        connection_security_policy: "mutual_tls".into(),
+        ..Default::default()
+    };
+    metrics.opened.get_or_create(&labels).inc();
+    let result = async {
+        upstream.write_all(&hello).await?;
+        tokio::io::copy_bidirectional(&mut conn, &mut upstream).await
+    }
+    .await;
+    let (from_caller, to_caller) = match &result {
+        Ok((a, b)) => (*a + hello.len() as u64, *b),
+        Err(_) => (hello.len() as u64, 0),
+    };
+    metrics.received.get_or_create(&labels).inc_by(from_caller);
+    metrics.sent.get_or_create(&labels).inc_by(to_caller);
+    metrics.closed.get_or_create(&labels).inc();
+    tracing::info!(
+        target: "access",
+        peer = %peer,
+        sni = %sni,
+        upstream = %ep.inbound,
+        destination_cluster = %state.node.cluster,
+        bytes_received = from_caller,
+        bytes_sent = to_caller,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+        "gateway connection"
+    );
+}

@@ -1,0 +1,313 @@
+//! Two clusters on two networks, linked: a request from a sidecar in east reaches v2
+//! in west through west's east-west gateway (TLS passthrough routed by SNI, the mTLS
+//! kept end to end between the sidecars); an unknown SNI is refused and counted; when
+//! the local endpoints fail, outlier detection and locality failover move traffic to
+//! the other cluster.
+
+#[path = "../../discovery/tests/support/mod.rs"]
+mod support;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use discovery::links::{Link, render_secret};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+
+fn write(dir: &std::path::Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+fn link(
+    cluster: &str,
+    discovery: std::net::SocketAddr,
+    gateway: std::net::SocketAddr,
+    root: &str,
+) -> String {
+    render_secret(
+        &Link {
+            secret: String::new(),
+            cluster: cluster.into(),
+            network: format!("net-{cluster}"),
+            discovery_address: discovery.to_string(),
+            gateway_address: gateway.to_string(),
+            trust_bundle: root.into(),
+            trust_domain: TD.into(),
+        },
+        "istio-system",
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+";
+
+fn entry(name: &str, version: &str, ip: IpAddr, inbound: u16, locality: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: {name}
+  namespace: shop
+  annotations: {{isthmus.dev/inbound-port: \"{inbound}\"}}
+spec: {{address: {ip}, labels: {{app: reviews, version: {version}}}, serviceAccount: reviews, locality: {locality}}}
+"
+    )
+}
+
+const RULES: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        failoverPriority: [topology.istio.io/network, topology.istio.io/cluster]
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+fn route(subset: Option<&str>) -> String {
+    let dest = match subset {
+        Some(s) => format!("{{host: reviews, subset: {s}}}"),
+        None => "{host: reviews}".into(),
+    };
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http: [{{route: [{{destination: {dest}}}], retries: {{attempts: 0}}}}]
+"
+    )
+}
+
+/// An app answering NAME with a status the test can change.
+async fn app(addr: std::net::SocketAddr, name: &'static str) -> Arc<std::sync::atomic::AtomicU16> {
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let s = status.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        let code = s.load(std::sync::atomic::Ordering::SeqCst);
+                        async move {
+                            let mut resp = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(name),
+                            ));
+                            *resp.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
+    let net = 20 + (std::process::id() % 200) as u8;
+    let ip = |cluster: u8, host: u8| IpAddr::from([127, net, cluster, host]);
+    let east_pki = Pki::new("east");
+    let west_pki = east_pki.sibling("west");
+    let root = east_pki.root.cert_pem().to_owned();
+    let (east_dir, west_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(
+        east_dir.path(),
+        "rules.yaml",
+        &format!("{RULES}{}", route(Some("v2"))),
+    );
+    write(west_dir.path(), "rules.yaml", RULES);
+    write(east_dir.path(), "svc.yaml", SERVICE);
+    write(west_dir.path(), "svc.yaml", SERVICE);
+    let east = start_files("east", east_dir.path(), &east_pki).await;
+    let west = start_files("west", west_dir.path(), &west_pki).await;
+
+    // West: reviews v2 and the east-west gateway.
+    let v2_status = app((ip(2, 2), 8080).into(), "v2 in west").await;
+    let v2 = sidecar(
+        west.grpc_addr,
+        &west_pki,
+        "reviews-v2",
+        "shop",
+        "reviews",
+        ip(2, 2),
+    )
+    .await;
+    write(
+        west_dir.path(),
+        "svc.yaml",
+        &format!(
+            "{SERVICE}{}",
+            entry(
+                "reviews-v2",
+                "v2",
+                ip(2, 2),
+                v2.sidecar.inbound_addr.port(),
+                "us/west"
+            )
+        ),
+    );
+    let gw_identity = west_pki.identity("istio-system", "isthmus-eastwest-gateway");
+    let gw_proxy = connect_as(west.grpc_addr, gw_identity, "eastwest-gateway", "gateway");
+    let gateway = east_west_gateway::start(
+        gw_proxy.store.clone(),
+        east_west_gateway::GatewayOptions {
+            listen: (ip(2, 100), 0).into(),
+            admin: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // East: reviews v1 and the calling frontend.
+    let v1_status = app((ip(1, 2), 8080).into(), "v1 in east").await;
+    let v1 = sidecar(
+        east.grpc_addr,
+        &east_pki,
+        "reviews-v1",
+        "shop",
+        "reviews",
+        ip(1, 2),
+    )
+    .await;
+    write(
+        east_dir.path(),
+        "svc.yaml",
+        &format!(
+            "{SERVICE}{}",
+            entry(
+                "reviews-v1",
+                "v1",
+                ip(1, 2),
+                v1.sidecar.inbound_addr.port(),
+                "eu/east"
+            )
+        ),
+    );
+    let frontend = sidecar(
+        east.grpc_addr,
+        &east_pki,
+        "frontend-1",
+        "shop",
+        "frontend",
+        ip(1, 9),
+    )
+    .await;
+
+    // Link them.
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link("west", west.grpc_addr, gateway.addr, &root),
+    );
+    write(
+        west_dir.path(),
+        "link-east.yaml",
+        &link("east", east.grpc_addr, (ip(1, 100), 15443).into(), &root),
+    );
+    eventually("east sees west's v2 behind the gateway", T, || {
+        endpoints(&frontend.proxy.store, REVIEWS) == [ip(1, 2).to_string(), ip(2, 100).to_string()]
+    })
+    .await;
+    eventually("the gateway knows reviews", T, || {
+        gw_proxy.store.snapshot().services.contains_key(REVIEWS)
+    })
+    .await;
+
+    // Subset v2 exists only in west: the request crosses the gateway.
+    let out = frontend.sidecar.outbound_addr;
+    for _ in 0..3 {
+        assert_eq!(
+            get(out, "reviews:9080", "/").await.unwrap(),
+            (200, "v2 in west".into())
+        );
+    }
+    assert!(
+        gateway.metrics.opened_to(REVIEWS) >= 1,
+        "{}",
+        gateway.metrics.encode()
+    );
+
+    // An SNI for something west does not export is refused at the gateway and counted.
+    let mut raw = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let tls = std::sync::Arc::new(
+        east_pki
+            .identity("shop", "frontend")
+            .client_config(vec![], &[b"h2"]),
+    );
+    let name =
+        rustls_pki_types::ServerName::try_from("outbound_.9080_._.secrets.shop.svc.cluster.local")
+            .unwrap();
+    let _ = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, &mut raw)
+        .await;
+    eventually("unknown SNI refused", T, || {
+        gateway.metrics.refused("unknown_service") == 1
+    })
+    .await;
+
+    // Failover: route to the service (no subset). Local (same network) first...
+    write(
+        east_dir.path(),
+        "rules.yaml",
+        &format!("{RULES}{}", route(None)),
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = get(out, "reviews:9080", "/").await.unwrap();
+        if body == "v1 in east" {
+            break;
+        }
+        assert!(
+            start.elapsed() < T,
+            "traffic never returned to the local cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            get(out, "reviews:9080", "/").await.unwrap(),
+            (200, "v1 in east".into())
+        );
+    }
+    // ... then v1 fails: one 5xx ejects it, and traffic moves to west.
+    v1_status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let (status, _) = get(out, "reviews:9080", "/").await.unwrap();
+    assert_eq!(status, 503, "the failure that ejects the local endpoint");
+    for _ in 0..10 {
+        assert_eq!(
+            get(out, "reviews:9080", "/").await.unwrap(),
+            (200, "v2 in west".into())
+        );
+    }
+    let _ = v2_status;
+}
