@@ -27,6 +27,10 @@ use tokio::sync::watch;
 pub const ROOT_NAMESPACE: &str = "istio-system";
 /// Hosts that are cluster-local by default (Istio's MeshConfig default).
 pub const DEFAULT_CLUSTER_LOCAL: &[&str] = &["*.kube-system.svc.cluster.local"];
+/// Endpoint label with the endpoint's cluster (Istio's).
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+/// Endpoint label with the endpoint's network (Istio's).
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
 /// Label on an EndpointSlice naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Annotation on a Service restricting which namespaces see it (Istio's).
@@ -1024,6 +1028,16 @@ impl Registry {
                     ready: true,
                 });
             }
+        }
+        // As Istio does, endpoints carry their cluster and network as labels, so
+        // subsets (and failoverPriority) can select on them.
+        for e in &mut endpoints {
+            e.labels
+                .entry(CLUSTER_LABEL.into())
+                .or_insert_with(|| e.cluster.clone());
+            e.labels
+                .entry(NETWORK_LABEL.into())
+                .or_insert_with(|| e.network.clone());
         }
         endpoints.sort_by_key(|e| e.address);
         let ports = svc_ports

@@ -79,6 +79,7 @@ spec:
   subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
+  - {name: in-west, labels: {topology.istio.io/cluster: west}}
 ";
 
 fn route(subset: Option<&str>) -> String {
@@ -274,6 +275,30 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
         gateway.metrics.refused("unknown_service") == 1
     })
     .await;
+
+    // An explicit cross-cluster split: a subset on the cluster label.
+    write(
+        east_dir.path(),
+        "rules.yaml",
+        &format!("{RULES}{}", route(Some("in-west"))),
+    );
+    let start = std::time::Instant::now();
+    while start.elapsed() < T {
+        if get(out, "reviews:9080", "/").await.unwrap() == (200, "v2 in west".into())
+            && frontend.proxy.store.snapshot().policies[REVIEWS]
+                .subsets
+                .contains_key("in-west")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            get(out, "reviews:9080", "/").await.unwrap(),
+            (200, "v2 in west".into())
+        );
+    }
 
     // Failover: route to the service (no subset). Local (same network) first...
     write(
