@@ -20,4 +20,4 @@ mod process;
 
 pub use bins::KubeBins;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, start_control_planes};
-pub use process::is_alive;
+pub use process::{Process, is_alive};

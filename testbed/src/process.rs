@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 /// A running child with its output in a log file. Dropping it stops the process:
 /// SIGTERM, then SIGKILL after a grace period.
 #[derive(Debug)]
-pub(crate) struct Process {
+pub struct Process {
     name: String,
     child: Option<Child>,
     log: PathBuf,
@@ -20,7 +20,7 @@ pub(crate) struct Process {
 
 impl Process {
     /// Starts `cmd`, sending stdout and stderr to `log`.
-    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -39,12 +39,12 @@ impl Process {
     }
 
     /// The process id, while running.
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// An error with the end of the log when the process has exited.
-    pub(crate) fn check_running(&mut self) -> anyhow::Result<()> {
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(child) = &mut self.child
             && let Some(status) = child.try_wait()?
         {
@@ -59,14 +59,14 @@ impl Process {
     }
 
     /// The last `n` lines of the log.
-    pub(crate) fn log_tail(&self, n: usize) -> String {
+    pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<_> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// Stops the process and waits for it.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod analyze;
+mod bed;
 mod ca;
 mod crds;
 mod multicluster;
@@ -41,6 +42,9 @@ enum Command {
     /// Multi-cluster links.
     #[command(subcommand)]
     Multicluster(multicluster::MulticlusterCommand),
+    /// A local multi-cluster mesh with sample apps: up, status, curl, scenario, down.
+    #[command(subcommand)]
+    Testbed(bed::TestbedCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::ProxyConfig(args) => proxy::config(args),
         Command::RemoteSecret(args) => multicluster::remote_secret(args),
         Command::Multicluster(cmd) => multicluster::run(cmd),
+        Command::Testbed(cmd) => bed::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

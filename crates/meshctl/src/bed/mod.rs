@@ -1,0 +1,501 @@
+//! `meshctl testbed`: a local multi-cluster mesh on this machine. `up` starts a
+//! supervisor in the background that runs, per cluster, a kube-apiserver + etcd (or
+//! the file registry), discovery, an east-west gateway and sample workloads with
+//! sidecars, all linked; `status`, `curl`, `scenario` and `down` talk to it.
+
+mod apps;
+mod plan;
+mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+pub(crate) use supervisor::SuperviseArgs;
+use supervisor::{RegistryMode, read_state};
+
+/// `meshctl testbed` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TestbedCommand {
+    /// Bring the testbed up (in the background) and wait until a request crosses
+    /// clusters.
+    Up {
+        /// Clusters.
+        #[arg(long, default_value_t = 2)]
+        clusters: usize,
+        /// Networks (cluster i is on network i mod N; endpoints on another network
+        /// are reached through its east-west gateway).
+        #[arg(long, default_value_t = 2)]
+        networks: usize,
+        /// Registry: a kube-apiserver per cluster, or the file registry.
+        #[arg(long, value_enum, default_value_t = RegistryMode::Auto)]
+        registry: RegistryMode,
+        /// Then run these scenarios (repeatable): failover, canary, strict-mtls.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        /// Where the testbed keeps its state, certificates and logs.
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// What is running and whether it is healthy.
+    Status {
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Stop everything the testbed started and remove its files (safe to run twice).
+    Down {
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Send a request from the curl workload of a cluster, through its sidecar:
+    /// `meshctl testbed curl http://helloworld:5000/hello`.
+    Curl {
+        /// The URL (its host names the service, as in a pod).
+        url: String,
+        /// The cluster to send from (default: the first).
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Run a scenario and print what it measured: failover, canary, strict-mtls.
+    Scenario {
+        name: String,
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// The background supervisor (started by `up`).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+fn default_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("isthmus").join("testbed")
+    })
+}
+
+/// Runs a `meshctl testbed` command.
+pub(crate) fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
+    match cmd {
+        TestbedCommand::Up {
+            clusters,
+            networks,
+            registry,
+            scenarios,
+            dir,
+        } => {
+            let dir = default_dir(dir);
+            up(&dir, clusters, networks, registry)?;
+            for s in scenarios {
+                scenario(&dir, &s)?;
+            }
+            Ok(())
+        }
+        TestbedCommand::Status { dir } => status(&default_dir(dir)),
+        TestbedCommand::Down { dir } => down(&default_dir(dir)),
+        TestbedCommand::Curl { url, cluster, dir } => {
+            let (status, body) = curl(&default_dir(dir), cluster.as_deref(), &url)?;
+            print!("{body}");
+            anyhow::ensure!(status < 400, "HTTP {status}");
+            Ok(())
+        }
+        TestbedCommand::Scenario { name, dir } => scenario(&default_dir(dir), &name),
+        TestbedCommand::Supervise(args) => supervisor::supervise(args),
+    }
+}
+
+fn alive(state: &supervisor::State) -> bool {
+    state.pid != 0 && testbed::is_alive(state.pid)
+}
+
+fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> anyhow::Result<()> {
+    anyhow::ensure!(clusters >= 1, "--clusters must be at least 1");
+    if let Some(state) = read_state(dir)
+        && alive(&state)
+    {
+        println!("The testbed is already up ({}).", dir.display());
+        return status(dir);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let exe = std::env::current_exe()?;
+    build_missing_binaries(&exe)?;
+    let log = std::fs::File::create(dir.join("supervisor.log"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["testbed", "supervise", "--dir"])
+        .arg(dir)
+        .args([
+            "--clusters",
+            &clusters.to_string(),
+            "--networks",
+            &networks.to_string(),
+        ])
+        .args([
+            "--registry",
+            match registry {
+                RegistryMode::Auto => "auto",
+                RegistryMode::Kubernetes => "kubernetes",
+                RegistryMode::Files => "files",
+            },
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own session: it outlives this command and a terminal's Ctrl-C.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().context("starting the testbed supervisor")?;
+    println!(
+        "Bringing up {clusters} cluster(s) on {networks} network(s) in {}",
+        dir.display()
+    );
+    let started = Instant::now();
+    let mut shown = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let state = read_state(dir).unwrap_or_default();
+        for step in state.steps.iter().skip(shown) {
+            if step.state == "running" {
+                break;
+            }
+            let mark = if step.state == "done" { "✔" } else { "✘" };
+            println!(
+                "  {mark} {:<28} {:>6.1} s  {}",
+                step.name, step.seconds, step.detail
+            );
+            shown += 1;
+        }
+        if let Some(e) = &state.error {
+            let _ = child.wait();
+            anyhow::bail!(
+                "the testbed did not come up: {e}\n(logs in {})",
+                dir.join("logs").display()
+            );
+        }
+        if state.ready {
+            println!();
+            if !state.registry_note.is_empty() {
+                println!("Note: {}", state.registry_note);
+            }
+            if let Some(t) = state.first_request_seconds {
+                println!("Ready in {t:.1} s (to the first request across clusters).");
+            }
+            print_next_steps(&state);
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "the testbed supervisor exited ({status}); see {}",
+                dir.join("supervisor.log").display()
+            );
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(900),
+            "the testbed is not up after 15 minutes; see {}",
+            dir.join("logs").display()
+        );
+    }
+}
+
+/// Under `cargo run`, builds the binaries the testbed starts when they are missing
+/// (`cargo run -p meshctl` builds meshctl alone).
+fn build_missing_binaries(exe: &Path) -> anyhow::Result<()> {
+    const BINS: [&str; 3] = ["discovery", "sidecar", "east-west-gateway"];
+    let dir = exe.parent().context("meshctl has no directory")?;
+    if BINS.iter().all(|b| dir.join(b).exists()) {
+        return Ok(());
+    }
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(()); // the supervisor reports what is missing
+    };
+    println!("Building discovery, sidecar and east-west-gateway ...");
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.arg("build");
+    for b in BINS {
+        cmd.args(["-p", b]);
+    }
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    anyhow::ensure!(status.success(), "cargo build failed");
+    Ok(())
+}
+
+fn print_next_steps(state: &supervisor::State) {
+    let Some(plan) = &state.plan else { return };
+    let first = &plan.clusters[0];
+    println!("\nTry:");
+    println!(
+        "  meshctl testbed curl http://helloworld:5000/hello        # from {}: v1 here, v2 in the next cluster on failover",
+        first.name
+    );
+    println!(
+        "  meshctl testbed curl http://frontpage:9080/               # front page → reviews (other cluster) → ratings"
+    );
+    println!(
+        "  meshctl testbed scenario failover                         # also: canary, strict-mtls"
+    );
+    println!("  meshctl proxy-status --discovery {}", first.monitor);
+    println!(
+        "  meshctl proxy-config curl-{}.sample endpoints --discovery {}",
+        first.name, first.monitor
+    );
+    println!(
+        "  meshctl multicluster status --discovery {}",
+        first.monitor
+    );
+    println!("  meshctl testbed status");
+    println!("  meshctl testbed down");
+}
+
+fn status(dir: &Path) -> anyhow::Result<()> {
+    let Some(state) = read_state(dir) else {
+        println!(
+            "No testbed in {} (start one with `meshctl testbed up`).",
+            dir.display()
+        );
+        return Ok(());
+    };
+    let up = alive(&state);
+    println!(
+        "Testbed in {}: supervisor {} ({}), registry: {}",
+        dir.display(),
+        state.pid,
+        if up { "running" } else { "NOT RUNNING" },
+        if state.registry.is_empty() {
+            "-"
+        } else {
+            &state.registry
+        }
+    );
+    let Some(plan) = &state.plan else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let check = |addr: std::net::SocketAddr, path: &str| match rt
+        .block_on(mesh_proxy::http_util::get(addr, path))
+    {
+        Ok((s, _)) if s.is_success() => "ready".to_owned(),
+        Ok((s, _)) => format!("{s}"),
+        Err(_) => "down".to_owned(),
+    };
+    for c in &plan.clusters {
+        println!(
+            "\ncluster {} (network {}, {})",
+            c.name, c.network, c.locality
+        );
+        println!(
+            "  {:<24} {:<22} {}",
+            "discovery",
+            c.discovery,
+            check(c.monitor, "/ready")
+        );
+        println!(
+            "  {:<24} {:<22} {}",
+            "east-west gateway",
+            c.gateway,
+            check(c.gateway_admin, "/healthz/ready")
+        );
+        for w in &c.workloads {
+            println!(
+                "  {:<24} {:<22} {}",
+                w.name,
+                w.ip,
+                check(w.admin(), "/healthz/ready")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let Some(state) = read_state(dir) else {
+        println!("Nothing to stop in {}.", dir.display());
+        let _ = std::fs::remove_dir_all(dir);
+        return Ok(());
+    };
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if alive(&state) {
+        let _ = kill(Pid::from_raw(state.pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while testbed::is_alive(state.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if testbed::is_alive(state.pid) {
+            let _ = kill(Pid::from_raw(state.pid as i32), Signal::SIGKILL);
+        }
+    }
+    // Anything the supervisor could not stop (its children die with it; this is for
+    // a supervisor killed hard).
+    for pid in &state.children {
+        if testbed::is_alive(*pid) {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    println!("Testbed stopped; {} removed.", dir.display());
+    Ok(())
+}
+
+fn ready_state(dir: &Path) -> anyhow::Result<(supervisor::State, plan::Plan)> {
+    let state = read_state(dir)
+        .with_context(|| format!("no testbed in {}; run `meshctl testbed up`", dir.display()))?;
+    anyhow::ensure!(
+        alive(&state) && state.ready,
+        "the testbed in {} is not running; run `meshctl testbed up`",
+        dir.display()
+    );
+    let plan = state.plan.clone().context("no plan in state.json")?;
+    Ok((state, plan))
+}
+
+fn curl(dir: &Path, cluster: Option<&str>, url: &str) -> anyhow::Result<(u16, String)> {
+    let (_, plan) = ready_state(dir)?;
+    let c = match cluster {
+        Some(name) => plan
+            .cluster(name)
+            .with_context(|| format!("no cluster {name:?}"))?,
+        None => &plan.clusters[0],
+    };
+    let curl = c
+        .workloads
+        .iter()
+        .find(|w| w.app == "curl")
+        .context("no curl workload")?;
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(apps::call(curl.outbound(), authority, path, &[]))
+        .map_err(anyhow::Error::msg)
+}
+
+fn control(state: &supervisor::State, action: &str, app: &str) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = state
+        .control
+        .as_deref()
+        .context("no control endpoint")?
+        .parse()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = rt
+        .block_on(mesh_proxy::http_util::get(
+            addr,
+            &format!("/{action}/{app}"),
+        ))
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(status.is_success(), "{body}");
+    Ok(())
+}
+
+fn scenario(dir: &Path, name: &str) -> anyhow::Result<()> {
+    match name {
+        "failover" => failover(dir),
+        other => anyhow::bail!("unknown scenario {other:?}; try failover"),
+    }
+}
+
+/// Requests flow from curl in the first cluster to helloworld (v1, local); v1 starts
+/// failing; traffic must move to v2 in the next cluster with no failed request.
+fn failover(dir: &Path) -> anyhow::Result<()> {
+    let (state, plan) = ready_state(dir)?;
+    anyhow::ensure!(
+        plan.clusters.len() >= 2,
+        "the failover scenario needs two clusters"
+    );
+    let (first, second) = (&plan.clusters[0], &plan.clusters[1]);
+    let curl = first
+        .workloads
+        .iter()
+        .find(|w| w.app == "curl")
+        .context("curl")?;
+    let v1 = &first.workloads[0].name;
+    println!(
+        "\nScenario failover: curl in {} → helloworld; {v1} starts failing.",
+        first.name
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let send = || {
+        rt.block_on(apps::call(
+            curl.outbound(),
+            "helloworld:5000",
+            "/hello",
+            &[],
+        ))
+    };
+    // Warm up: local first.
+    let start = Instant::now();
+    loop {
+        if let Ok((200, body)) = send()
+            && body.contains(&format!("cluster: {}", first.name))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "helloworld is not served locally"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut ok, mut failed, mut moved_at) = (0u32, Vec::new(), None);
+    let run_for = |secs: u64,
+                   ok: &mut u32,
+                   failed: &mut Vec<String>,
+                   moved_at: &mut Option<Duration>,
+                   t0: Instant| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            match send() {
+                Ok((200, body)) => {
+                    *ok += 1;
+                    if moved_at.is_none() && body.contains(&format!("cluster: {}", second.name)) {
+                        *moved_at = Some(t0.elapsed());
+                    }
+                }
+                other => failed.push(format!("{other:?}")),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let t0 = Instant::now();
+    run_for(1, &mut ok, &mut failed, &mut moved_at, t0);
+    control(&state, "fail", v1)?;
+    let failed_at = Instant::now();
+    run_for(3, &mut ok, &mut failed, &mut moved_at, failed_at);
+    control(&state, "restore", v1)?;
+    let total = ok as usize + failed.len();
+    match moved_at {
+        Some(t) => println!(
+            "  traffic moved to {} (v2) {:.0} ms after {v1} began failing",
+            second.name,
+            t.as_secs_f64() * 1000.0
+        ),
+        None => println!("  traffic never reached {}", second.name),
+    }
+    println!("  {total} requests, {} failed", failed.len());
+    for f in failed.iter().take(3) {
+        println!("    failed: {f}");
+    }
+    anyhow::ensure!(
+        moved_at.is_some() && failed.is_empty(),
+        "failover scenario FAILED"
+    );
+    println!("  PASS: no request failed.");
+    Ok(())
+}
