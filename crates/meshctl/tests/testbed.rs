@@ -1,6 +1,7 @@
 //! `meshctl testbed` as a newcomer runs it: up with two clusters (a kube-apiserver
 //! each when the Kubernetes binaries are there), a request across clusters, the
-//! failover scenario with no failed request, and down leaving no process or file.
+//! failover scenario with no failed request, the canary split and strict mTLS, and
+//! down leaving no process or file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -114,6 +115,20 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
     let out = text(&failover);
     assert!(failover.status.success(), "{out}");
     assert!(out.contains(", 0 failed") && out.contains("PASS"), "{out}");
+
+    // Canary: the observed split follows 80/20; strict mTLS: plaintext refused.
+    let canary = meshctl(&dir, &["testbed", "scenario", "canary"]);
+    assert!(
+        canary.status.success() && text(&canary).contains("PASS"),
+        "{}",
+        text(&canary)
+    );
+    let strict = meshctl(&dir, &["testbed", "scenario", "strict-mtls"]);
+    let out = text(&strict);
+    assert!(
+        strict.status.success() && out.contains("plaintext to") && out.contains("refused"),
+        "{out}"
+    );
 
     let status = meshctl(&dir, &["testbed", "status"]);
     assert!(

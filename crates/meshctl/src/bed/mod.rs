@@ -405,8 +405,196 @@ fn control(state: &supervisor::State, action: &str, app: &str) -> anyhow::Result
 fn scenario(dir: &Path, name: &str) -> anyhow::Result<()> {
     match name {
         "failover" => failover(dir),
-        other => anyhow::bail!("unknown scenario {other:?}; try failover"),
+        "canary" => canary(dir),
+        "strict-mtls" => strict_mtls(dir),
+        other => anyhow::bail!("unknown scenario {other:?}; try failover, canary or strict-mtls"),
     }
+}
+
+/// Applies (or, with `remove`, deletes) Istio YAML in every cluster, as a user would:
+/// `kubectl apply` to the API servers, or a file in each registry directory.
+fn configure(
+    state: &supervisor::State,
+    file: &str,
+    yaml: &str,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for (cluster, kubeconfig) in &state.kubeconfigs {
+        rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            let client = kube::Client::try_from(config)?;
+            let mode = if remove {
+                testbed::apply::Mode::Delete
+            } else {
+                testbed::apply::Mode::Apply
+            };
+            testbed::apply::apply_yaml(&client, yaml, plan::NAMESPACE, mode).await?;
+            anyhow::Ok(())
+        })
+        .with_context(|| format!("configuring cluster {cluster}"))?;
+    }
+    for dir in state.registry_dirs.values() {
+        let path = Path::new(dir).join(file);
+        if remove {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, yaml)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// An 80/20 split between helloworld v1 and v2 (in two clusters): the split observed
+/// over 500 requests against the weights.
+fn canary(dir: &Path) -> anyhow::Result<()> {
+    let (state, plan) = ready_state(dir)?;
+    anyhow::ensure!(
+        plan.clusters.len() >= 2,
+        "the canary scenario needs two clusters"
+    );
+    let curl = plan.clusters[0]
+        .workloads
+        .iter()
+        .find(|w| w.app == "curl")
+        .context("curl")?;
+    println!(
+        "\nScenario canary: helloworld 80 % v1 ({}) / 20 % v2 ({}).",
+        plan.clusters[0].name, plan.clusters[1].name
+    );
+    let split = plan::ROUTING.replace(
+        "  - route: [{destination: {host: helloworld}}]",
+        "  - route:\n    - {destination: {host: helloworld, subset: v1}, weight: 80}\n    - {destination: {host: helloworld, subset: v2}, weight: 20}",
+    );
+    configure(&state, "routing.yaml", &split, false)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let send = || {
+        rt.block_on(apps::call(
+            curl.outbound(),
+            "helloworld:5000",
+            "/hello",
+            &[],
+        ))
+    };
+    // Until the split is in force (a v2 answer from the first cluster's client).
+    let start = Instant::now();
+    while !matches!(send(), Ok((200, ref b)) if b.contains("version: v2")) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "the split never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut v1, mut v2, mut failed) = (0u32, 0u32, 0u32);
+    for _ in 0..500 {
+        match send() {
+            Ok((200, b)) if b.contains("version: v1") => v1 += 1,
+            Ok((200, b)) if b.contains("version: v2") => v2 += 1,
+            _ => failed += 1,
+        }
+    }
+    configure(&state, "routing.yaml", plan::ROUTING, false)?;
+    let share = f64::from(v2) * 100.0 / f64::from((v1 + v2).max(1));
+    println!("  observed: v1 {v1}, v2 {v2} ({share:.1} % v2 against 20 %), {failed} failed");
+    anyhow::ensure!(
+        failed == 0 && (share - 20.0).abs() <= 6.0,
+        "canary scenario FAILED"
+    );
+    println!("  PASS: the split follows the weights (±6 points).");
+    Ok(())
+}
+
+/// PeerAuthentication STRICT: plaintext to a sidecar is refused while mTLS requests
+/// keep working.
+fn strict_mtls(dir: &Path) -> anyhow::Result<()> {
+    let (state, plan) = ready_state(dir)?;
+    let c = &plan.clusters[0];
+    let curl = c
+        .workloads
+        .iter()
+        .find(|w| w.app == "curl")
+        .context("curl")?;
+    let target = c
+        .workloads
+        .iter()
+        .find(|w| w.app == "helloworld")
+        .context("helloworld")?;
+    println!(
+        "\nScenario strict-mtls: PeerAuthentication STRICT in namespace {}.",
+        plan::NAMESPACE
+    );
+    let pa = format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {}}}\nspec: {{mtls: {{mode: STRICT}}}}\n",
+        plan::NAMESPACE
+    );
+    configure(&state, "peer-authentication.yaml", &pa, false)?;
+    // Until the helloworld sidecar holds it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let start = Instant::now();
+    loop {
+        let dump = rt.block_on(mesh_proxy::http_util::get(target.admin(), "/config_dump"));
+        if dump.is_ok_and(|(_, b)| b.contains("STRICT")) {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "the policy never reached the sidecar"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Plaintext HTTP straight to the sidecar's inbound port, as a client outside the
+    // mesh would send it.
+    let plaintext = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(target.inbound())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let _ = write!(
+            s,
+            "GET /hello HTTP/1.1\r\nhost: helloworld\r\nconnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let refused = !plaintext.starts_with("HTTP/1.1 200");
+    let mesh = rt.block_on(apps::call(
+        curl.outbound(),
+        "helloworld:5000",
+        "/hello",
+        &[],
+    ));
+    configure(&state, "peer-authentication.yaml", &pa, true)?;
+    println!(
+        "  plaintext to {}: {}",
+        target.inbound(),
+        if refused {
+            if plaintext.is_empty() {
+                "refused (connection closed, no response)".to_owned()
+            } else {
+                format!("refused ({})", plaintext.lines().next().unwrap_or_default())
+            }
+        } else {
+            "ACCEPTED".to_owned()
+        }
+    );
+    let mesh_ok = matches!(mesh, Ok((200, _)));
+    println!(
+        "  mTLS from curl-{}: {}",
+        c.name,
+        if mesh_ok { "200 OK" } else { "failed" }
+    );
+    anyhow::ensure!(refused && mesh_ok, "strict-mtls scenario FAILED");
+    println!("  PASS: plaintext refused, mTLS served.");
+    Ok(())
 }
 
 /// Requests flow from curl in the first cluster to helloworld (v1, local); v1 starts
@@ -479,6 +667,21 @@ fn failover(dir: &Path) -> anyhow::Result<()> {
     let failed_at = Instant::now();
     run_for(3, &mut ok, &mut failed, &mut moved_at, failed_at);
     control(&state, "restore", v1)?;
+    // Fail-back: once v1 answers again and its ejection (5 s) is over, traffic returns.
+    let restored = Instant::now();
+    let back = loop {
+        match send() {
+            Ok((200, body)) if body.contains(&format!("cluster: {}", first.name)) => {
+                break Some(restored.elapsed());
+            }
+            Ok((200, _)) => ok += 1,
+            other => failed.push(format!("{other:?}")),
+        }
+        if restored.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let total = ok as usize + failed.len();
     match moved_at {
         Some(t) => println!(
@@ -487,6 +690,14 @@ fn failover(dir: &Path) -> anyhow::Result<()> {
             t.as_secs_f64() * 1000.0
         ),
         None => println!("  traffic never reached {}", second.name),
+    }
+    match back {
+        Some(t) => println!(
+            "  traffic came back to {} {:.1} s after {v1} recovered (ejection ends)",
+            first.name,
+            t.as_secs_f64()
+        ),
+        None => println!("  traffic did not come back to {} within 30 s", first.name),
     }
     println!("  {total} requests, {} failed", failed.len());
     for f in failed.iter().take(3) {

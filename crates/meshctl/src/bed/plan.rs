@@ -180,7 +180,7 @@ spec:
       simple: ROUND_ROBIN
       localityLbSetting:
         failoverPriority: [topology.istio.io/network, topology.istio.io/cluster]
-    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 5s, maxEjectionPercent: 100}
   subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
