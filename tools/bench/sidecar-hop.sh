@@ -178,7 +178,8 @@ echo
 echo "| topology | max rps (pair on one core, 16 conns, closed loop) |"
 echo "|---|---|"
 for t in "isthmus http://127.0.0.1:18301/" "nginx http://127.0.0.1:18101/" "haproxy http://127.0.0.1:18201/"; do
-  set -- $t
+  read -r name url <<<"$t"
+  set -- "$name" "$url"
   rps=$(taskset -c 0 oha -z 10s -c 16 --no-tui -H 'host: bench:8080' --output-format json "$2" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["summary"]["requestsPerSec"]))')
   echo "| $1 | $rps |"
 done

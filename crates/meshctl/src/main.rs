@@ -8,6 +8,7 @@ mod analyze;
 mod bed;
 mod ca;
 mod crds;
+mod install;
 mod multicluster;
 mod proxy;
 mod quickstart;
@@ -42,6 +43,18 @@ enum Command {
     /// Multi-cluster links.
     #[command(subcommand)]
     Multicluster(multicluster::MulticlusterCommand),
+    /// Install the control plane (discovery, east-west gateway, RBAC, CRDs, injection
+    /// webhook) into a cluster, or print it with --dry-run.
+    Install(install::InstallArgs),
+    /// Check an installation: CRDs, deployments, the injection webhook.
+    VerifyInstall(install::VerifyArgs),
+    /// Write the Helm chart (deploy/helm/isthmus) from the same source as `install`.
+    #[command(hide = true)]
+    WriteChart {
+        /// The chart directory.
+        #[arg(long, default_value = "deploy/helm/isthmus")]
+        out: std::path::PathBuf,
+    },
     /// A local multi-cluster mesh with sample apps: up, status, curl, scenario, down.
     #[command(subcommand)]
     Testbed(bed::TestbedCommand),
@@ -60,6 +73,9 @@ fn main() -> ExitCode {
         Command::RemoteSecret(args) => multicluster::remote_secret(args),
         Command::Multicluster(cmd) => multicluster::run(cmd),
         Command::Testbed(cmd) => bed::run(cmd),
+        Command::Install(args) => install::install(args),
+        Command::VerifyInstall(args) => install::verify(args),
+        Command::WriteChart { out } => install::write_chart(&out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,429 @@
+//! `meshctl install` and `meshctl verify-install`: the control plane of one cluster
+//! (discovery with its CA and injector, the east-west gateway), least-privilege RBAC,
+//! the CRDs and the injection webhook, rendered from a few values and applied with
+//! server-side apply (or printed with `--dry-run`).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+/// The values an install is rendered from (the Helm chart's `values.yaml` has the same).
+#[derive(Debug, Clone)]
+pub(crate) struct Values {
+    pub(crate) cluster_name: String,
+    pub(crate) network: String,
+    pub(crate) mesh_id: String,
+    pub(crate) trust_domain: String,
+    pub(crate) namespace: String,
+    pub(crate) image: String,
+}
+
+/// `meshctl install` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InstallArgs {
+    /// This cluster's name (a DNS-1123 label).
+    #[arg(long)]
+    cluster_name: String,
+    /// This cluster's network.
+    #[arg(long)]
+    network: String,
+    /// The mesh's name (the same in every cluster).
+    #[arg(long, default_value = "mesh1")]
+    mesh_id: String,
+    /// The mesh's trust domain (that of the federated root).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Namespace of the control plane.
+    #[arg(long, default_value = discovery::NAMESPACE)]
+    namespace: String,
+    /// Image with the discovery, sidecar and east-west-gateway binaries.
+    #[arg(long, default_value = concat!("ghcr.io/isthmus-mesh/isthmus:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Print the manifests instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    /// The cluster to install into.
+    #[arg(long, required_unless_present = "dry_run")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// `meshctl verify-install` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// The cluster to check.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Namespace of the control plane.
+    #[arg(long, default_value = discovery::NAMESPACE)]
+    namespace: String,
+}
+
+/// The control-plane manifests (CRDs excluded; see `meshctl crds`).
+pub(crate) fn render(v: &Values) -> String {
+    let Values {
+        cluster_name,
+        network,
+        mesh_id,
+        trust_domain,
+        namespace: ns,
+        image,
+    } = v;
+    let istio_groups = "\"networking.istio.io\", \"security.istio.io\"";
+    format!(
+        r#"# Isthmus control plane for cluster {cluster_name} (network {network}, mesh {mesh_id}).
+# Rendered by `meshctl install`; the Helm chart in deploy/helm/isthmus renders the same.
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+  labels: {{topology.istio.io/network: "{network}"}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: isthmus-discovery, namespace: {ns}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: isthmus-eastwest-gateway, namespace: {ns}}}
+---
+# Discovery reads the registry, checks workload tokens, keeps the webhook's caBundle
+# and publishes the root ConfigMap; nothing else.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: isthmus-discovery}}
+rules:
+- apiGroups: [""]
+  resources: [services, pods, nodes, namespaces]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [{istio_groups}]
+  resources: ["*"]
+  verbs: [get, list, watch]
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [mutatingwebhookconfigurations]
+  resourceNames: [isthmus-sidecar-injector]
+  verbs: [get, update, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, update, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: isthmus-discovery}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: isthmus-discovery}}
+subjects: [{{kind: ServiceAccount, name: isthmus-discovery, namespace: {ns}}}]
+---
+# Link Secrets and cacerts live in the control-plane namespace only.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: isthmus-discovery, namespace: {ns}}}
+rules:
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: isthmus-discovery, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: isthmus-discovery}}
+subjects: [{{kind: ServiceAccount, name: isthmus-discovery, namespace: {ns}}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: isthmus-discovery
+  namespace: {ns}
+  labels: {{app: isthmus-discovery}}
+spec:
+  selector: {{app: isthmus-discovery}}
+  ports:
+  - {{name: grpc-xds, port: 15012, protocol: TCP}}
+  - {{name: http-monitoring, port: 15014, protocol: TCP}}
+  - {{name: https-webhook, port: 443, targetPort: 15017, protocol: TCP}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: isthmus-discovery
+  namespace: {ns}
+  labels: {{app: isthmus-discovery}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: isthmus-discovery}}}}
+  template:
+    metadata:
+      labels: {{app: isthmus-discovery, sidecar.istio.io/inject: "false"}}
+    spec:
+      serviceAccountName: isthmus-discovery
+      securityContext: {{runAsNonRoot: true, runAsUser: 1337, runAsGroup: 1337}}
+      containers:
+      - name: discovery
+        image: {image}
+        command: [/usr/local/bin/discovery]
+        args:
+        - --cluster={cluster_name}
+        - --network={network}
+        - --namespace={ns}
+        - --cacerts-secret=cacerts
+        - --injector-listen=0.0.0.0:15017
+        - --proxy-image={image}
+        - --json-logs
+        ports:
+        - {{name: grpc-xds, containerPort: 15012}}
+        - {{name: http-monitoring, containerPort: 15014}}
+        - {{name: https-webhook, containerPort: 15017}}
+        readinessProbe:
+          httpGet: {{path: /ready, port: 15014}}
+          periodSeconds: 2
+        resources:
+          requests: {{cpu: 100m, memory: 128Mi}}
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {{drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: isthmus-eastwestgateway
+  namespace: {ns}
+  labels: {{app: isthmus-eastwestgateway, topology.istio.io/network: "{network}"}}
+spec:
+  type: LoadBalancer
+  selector: {{app: isthmus-eastwestgateway}}
+  ports:
+  - {{name: tls, port: 15443, protocol: TCP}}
+  - {{name: quic, port: 15443, protocol: UDP}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: isthmus-eastwestgateway
+  namespace: {ns}
+  labels: {{app: isthmus-eastwestgateway}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: isthmus-eastwestgateway}}}}
+  template:
+    metadata:
+      labels: {{app: isthmus-eastwestgateway, sidecar.istio.io/inject: "false", topology.istio.io/network: "{network}"}}
+    spec:
+      serviceAccountName: isthmus-eastwest-gateway
+      securityContext: {{runAsNonRoot: true, runAsUser: 1337, runAsGroup: 1337}}
+      containers:
+      - name: gateway
+        image: {image}
+        command: [/usr/local/bin/east-west-gateway]
+        args:
+        - --discovery=isthmus-discovery.{ns}.svc:15012
+        - --token-file=/var/run/secrets/tokens/isthmus-token
+        - --root-cert=/var/run/secrets/isthmus/root-cert.pem
+        - --trust-domain={trust_domain}
+        - --json-logs
+        env:
+        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+        ports:
+        - {{name: tls, containerPort: 15443, protocol: TCP}}
+        - {{name: quic, containerPort: 15443, protocol: UDP}}
+        - {{name: status-port, containerPort: 15021}}
+        readinessProbe:
+          httpGet: {{path: /healthz/ready, port: 15021}}
+          periodSeconds: 2
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {{drop: [ALL]}}
+        volumeMounts:
+        - {{name: isthmus-token, mountPath: /var/run/secrets/tokens, readOnly: true}}
+        - {{name: isthmus-root, mountPath: /var/run/secrets/isthmus, readOnly: true}}
+      volumes:
+      - name: isthmus-token
+        projected:
+          sources: [{{serviceAccountToken: {{audience: isthmus-ca, expirationSeconds: 43200, path: isthmus-token}}}}]
+      - name: isthmus-root
+        configMap: {{name: istio-ca-root-cert}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: isthmus-sidecar-injector}}
+webhooks:
+- name: sidecar-injector.isthmus.dev
+  clientConfig:
+    service: {{name: isthmus-discovery, namespace: {ns}, path: /inject, port: 443}}
+  rules: [{{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}}]
+  namespaceSelector: {{matchLabels: {{istio-injection: enabled}}}}
+  objectSelector:
+    matchExpressions: [{{key: sidecar.istio.io/inject, operator: NotIn, values: ["false"]}}]
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  failurePolicy: Fail
+  timeoutSeconds: 10
+"#
+    )
+}
+
+fn client(kubeconfig: &PathBuf, rt: &tokio::runtime::Runtime) -> anyhow::Result<kube::Client> {
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    })
+}
+
+/// Runs `meshctl install`.
+pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
+    discovery::links::check_cluster_name(&args.cluster_name).map_err(anyhow::Error::msg)?;
+    let v = Values {
+        cluster_name: args.cluster_name,
+        network: args.network,
+        mesh_id: args.mesh_id,
+        trust_domain: args.trust_domain,
+        namespace: args.namespace,
+        image: args.image,
+    };
+    let manifests = render(&v);
+    if args.dry_run {
+        print!("{}---\n{manifests}", mesh_api::crd::render_yaml());
+        return Ok(());
+    }
+    let kubeconfig = args
+        .kubeconfig
+        .context("--kubeconfig is needed without --dry-run")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = client(&kubeconfig, &rt)?;
+    rt.block_on(async {
+        testbed::apply::apply_crds(&client).await?;
+        let done = testbed::apply::apply_yaml(
+            &client,
+            &manifests,
+            &v.namespace,
+            testbed::apply::Mode::Apply,
+        )
+        .await?;
+        for d in done {
+            println!("  ✔ {d}");
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "Installed. Give discovery its cluster CA (`meshctl ca intermediate --secret-namespace {}`), then link clusters with `meshctl remote-secret`.",
+        v.namespace
+    );
+    Ok(())
+}
+
+/// Runs `meshctl verify-install`: every object present, the CRDs established, the
+/// webhook's caBundle written by discovery, the deployments' readiness.
+pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = client(&args.kubeconfig, &rt)?;
+    let mut problems = Vec::new();
+    rt.block_on(async {
+        let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+        for crd in mesh_api::crd::crds() {
+            let name = crd.metadata.name.unwrap_or_default();
+            match crds.get_opt(&name).await? {
+                Some(c) if c.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                    cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
+                }) => println!("  ✔ CRD {name}"),
+                Some(_) => problems.push(format!("CRD {name} is not Established")),
+                None => problems.push(format!("CRD {name} is missing; run `meshctl install`")),
+            }
+        }
+        let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &args.namespace);
+        for name in ["isthmus-discovery", "isthmus-eastwestgateway"] {
+            match deployments.get_opt(name).await? {
+                Some(d) => {
+                    let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+                    if ready > 0 {
+                        println!("  ✔ Deployment {}/{name}: {ready} ready", args.namespace);
+                    } else {
+                        problems.push(format!("Deployment {}/{name} has no ready replica (see `kubectl -n {} describe deploy {name}`)", args.namespace, args.namespace));
+                    }
+                }
+                None => problems.push(format!("Deployment {}/{name} is missing; run `meshctl install`", args.namespace)),
+            }
+        }
+        let mwcs: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+        match mwcs.get_opt("isthmus-sidecar-injector").await? {
+            Some(m) if m.webhooks.iter().flatten().all(|w| w.client_config.ca_bundle.is_some()) => {
+                println!("  ✔ MutatingWebhookConfiguration isthmus-sidecar-injector (caBundle set)")
+            }
+            Some(_) => problems.push("the injection webhook has no caBundle yet: discovery writes it when it runs".into()),
+            None => problems.push("MutatingWebhookConfiguration isthmus-sidecar-injector is missing".into()),
+        }
+        anyhow::Ok(())
+    })?;
+    for p in &problems {
+        println!("  ✘ {p}");
+    }
+    anyhow::ensure!(problems.is_empty(), "{} problem(s)", problems.len());
+    println!("The installation is complete.");
+    Ok(())
+}
+
+/// The Helm chart's values, as template expressions: the chart's template is the
+/// install rendering with these in place of the values.
+fn helm_values() -> Values {
+    Values {
+        cluster_name: "{{ .Values.clusterName }}".into(),
+        network: "{{ .Values.network }}".into(),
+        mesh_id: "{{ .Values.meshID }}".into(),
+        trust_domain: "{{ .Values.trustDomain }}".into(),
+        namespace: "{{ .Values.namespace }}".into(),
+        image: "{{ .Values.image }}".into(),
+    }
+}
+
+/// The chart's files: (path in the chart, content).
+pub(crate) fn chart_files() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Chart.yaml",
+            format!(
+                "apiVersion: v2\nname: isthmus\ndescription: Isthmus control plane for one cluster (discovery, east-west gateway, injection)\ntype: application\nversion: {v}\nappVersion: \"{v}\"\n",
+                v = env!("CARGO_PKG_VERSION")
+            ),
+        ),
+        (
+            "values.yaml",
+            format!(
+                "# This cluster's name (a DNS-1123 label) and network.\nclusterName: cluster1\nnetwork: network1\n# The mesh's name, the same in every cluster.\nmeshID: mesh1\n# The trust domain of the federated root.\ntrustDomain: cluster.local\n# Namespace of the control plane.\nnamespace: istio-system\n# Image with the discovery, sidecar and east-west-gateway binaries.\nimage: ghcr.io/isthmus-mesh/isthmus:{}\n",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ),
+        (
+            "templates/isthmus.yaml",
+            format!(
+                "# Generated by `meshctl write-chart` from the source of `meshctl install`; do not edit.\n{}",
+                render(&helm_values())
+            ),
+        ),
+        ("crds/istio-crds.yaml", mesh_api::crd::render_yaml()),
+    ]
+}
+
+/// Writes the chart into `dir`.
+pub(crate) fn write_chart(dir: &std::path::Path) -> anyhow::Result<()> {
+    for (path, content) in chart_files() {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap_or(dir))?;
+        std::fs::write(&p, content).with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}

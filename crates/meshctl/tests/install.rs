@@ -1,0 +1,240 @@
+//! `meshctl install` against a real kube-apiserver: every manifest it renders, and the
+//! Helm chart rendered with its values, pass a server-side dry run; an install applies
+//! and `verify-install` says what is not ready yet. The checked-in chart is current.
+
+use std::process::{Command, Output};
+
+use testbed::apply::{Mode, apply_yaml};
+
+fn meshctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn chart_file(path: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/../../deploy/helm/isthmus/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Renders the chart's template the way Helm does for it: the template only
+/// substitutes `{{ .Values.X }}`.
+fn render_chart(values: &[(&str, &str)]) -> String {
+    let mut out = chart_file("templates/isthmus.yaml");
+    for (k, v) in values {
+        out = out.replace(&format!("{{{{ .Values.{k} }}}}"), v);
+    }
+    assert!(
+        !out.contains("{{"),
+        "unrendered template expression left:\n{out}"
+    );
+    out
+}
+
+#[test]
+fn the_checked_in_chart_is_what_install_renders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = meshctl(&["write-chart", "--out", tmp.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    for f in [
+        "Chart.yaml",
+        "values.yaml",
+        "templates/isthmus.yaml",
+        "crds/istio-crds.yaml",
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(f)).unwrap(),
+            chart_file(f),
+            "deploy/helm/isthmus/{f} is stale: run `cargo run -p meshctl -- write-chart`"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
+    let bins = testbed::KubeBins::locate().unwrap();
+    let cps = testbed::start_control_planes(&bins, &["east"])
+        .await
+        .unwrap();
+    let client = cps[0].client().await.unwrap();
+
+    let out = tokio::task::spawn_blocking(|| {
+        meshctl(&[
+            "install",
+            "--dry-run",
+            "--cluster-name",
+            "east",
+            "--network",
+            "net-east",
+            "--trust-domain",
+            "mesh.example",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    assert!(rendered.contains("kind: CustomResourceDefinition"));
+    // Namespaced objects need their namespace to exist even for a dry run.
+    apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n",
+        "default",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    let checked = apply_yaml(&client, &rendered, "istio-system", Mode::DryRun)
+        .await
+        .unwrap();
+    for want in [
+        "CustomResourceDefinition virtualservices.networking.istio.io",
+        "ClusterRole isthmus-discovery",
+        "Deployment istio-system/isthmus-discovery",
+        "Service istio-system/isthmus-eastwestgateway",
+        "MutatingWebhookConfiguration isthmus-sidecar-injector",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == want),
+            "{want} not in {checked:?}"
+        );
+    }
+    // The chart, rendered with its default values and with others.
+    let values: String = chart_file("values.yaml");
+    let default = |k: &str| {
+        values
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .unwrap()
+            .to_owned()
+    };
+    for (cluster, network) in [
+        (default("clusterName"), default("network")),
+        ("west".into(), "net-west".into()),
+    ] {
+        let chart = render_chart(&[
+            ("clusterName", &cluster),
+            ("network", &network),
+            ("meshID", &default("meshID")),
+            ("trustDomain", &default("trustDomain")),
+            ("namespace", "istio-system"),
+            ("image", &default("image")),
+        ]);
+        apply_yaml(
+            &client,
+            &chart_file("crds/istio-crds.yaml"),
+            "default",
+            Mode::DryRun,
+        )
+        .await
+        .unwrap();
+        apply_yaml(&client, &chart, "istio-system", Mode::DryRun)
+            .await
+            .unwrap();
+    }
+
+    // A real install, then verify-install: everything is there, but with no nodes
+    // nothing can be ready, and it says so.
+    let kubeconfig = cps[0].kubeconfig().to_str().unwrap().to_owned();
+    let kc = kubeconfig.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        meshctl(&[
+            "install",
+            "--cluster-name",
+            "east",
+            "--network",
+            "net-east",
+            "--kubeconfig",
+            &kc,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        meshctl(&["verify-install", "--kubeconfig", &kubeconfig])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("✔ CRD virtualservices.networking.istio.io"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Deployment istio-system/isthmus-discovery has no ready replica"),
+        "{text}"
+    );
+    assert!(text.contains("no caBundle yet"), "{text}");
+
+    // The kind path's manifests (helloworld with injection) are accepted too.
+    let kind = std::fs::read_to_string(format!(
+        "{}/../../testbed/kind/helloworld.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: sample}\n",
+        "default",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    for v in ["v1", "v2"] {
+        let checked = apply_yaml(&client, &kind.replace("VERSION", v), "sample", Mode::DryRun)
+            .await
+            .unwrap();
+        assert!(
+            checked.contains(&format!("Deployment sample/helloworld-{v}")),
+            "{checked:?}"
+        );
+    }
+
+    // A bad cluster name is refused before anything is rendered.
+    let out = meshctl(&[
+        "install",
+        "--dry-run",
+        "--cluster-name",
+        "East_1",
+        "--network",
+        "n",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DNS-1123"));
+}
+
+#[test]
+fn shell_scripts_are_shellcheck_clean() {
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let scripts = [
+        "testbed/kind/multicluster.sh",
+        "tools/build-kube-bins.sh",
+        "tools/test.sh",
+        "tools/bench/sidecar-hop.sh",
+        ".ci/run",
+    ];
+    let out = Command::new("shellcheck")
+        .current_dir(&root)
+        .args(scripts)
+        .output()
+        .expect("shellcheck (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
