@@ -30,6 +30,16 @@ use mesh_proto::config::config_discovery_server::ConfigDiscoveryServer;
 
 pub use registry::Registry;
 
+/// A client for the cluster of the kubeconfig file at `path` (its current context).
+pub async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .with_context(|| format!("using kubeconfig {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// The service account discovery runs as; proxies expect this identity.
 pub const SERVICE_ACCOUNT: &str = "isthmus-discovery";
 /// The namespace discovery runs in by default.

@@ -91,14 +91,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let source = match (&args.registry_dir, &args.kubeconfig) {
         (Some(dir), _) => Source::Files(dir.clone()),
-        (None, Some(path)) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?;
-            Source::Kubernetes(kube::Client::try_from(config)?)
-        }
+        (None, Some(path)) => Source::Kubernetes(discovery::kube_client(path).await?),
         (None, None) => Source::Kubernetes(
             kube::Client::try_default()
                 .await

@@ -15,12 +15,6 @@ const T: Duration = Duration::from_secs(10);
 const REVIEWS: &str = "reviews.shop.svc.cluster.local";
 const RATINGS: &str = "ratings.shop.svc.cluster.local";
 
-fn write(dir: &std::path::Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
-
 fn link_secret(
     cluster: &str,
     discovery: std::net::SocketAddr,

@@ -12,13 +12,6 @@ use support::*;
 const REVIEWS: &str = "reviews.shop.svc.cluster.local";
 const T: Duration = Duration::from_secs(10);
 
-fn write(dir: &std::path::Path, file: &str, text: &str) {
-    // Write then rename, as a config manager would, so a half-written file is never read.
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
-
 const SERVICES: &str = r#"
 apiVersion: v1
 kind: Service

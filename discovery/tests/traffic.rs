@@ -12,12 +12,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-fn write(dir: &std::path::Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
-
 fn entry(name: &str, version: &str, ip: IpAddr, inbound_port: u16) -> String {
     format!(
         "apiVersion: networking.istio.io/v1

@@ -187,18 +187,12 @@ impl Identity {
     /// Client config for mTLS. With `expected` empty any identity of an accepted
     /// trust domain is accepted; otherwise only those identities.
     pub fn client_config(&self, expected: Vec<SpiffeId>, alpn: &[&[u8]]) -> ClientConfig {
-        let mut cfg =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("ring supports TLS 1.3")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-                    self.trust.clone(),
-                    expected,
-                )))
-                .with_client_cert_resolver(Arc::new(CertResolver(self.cert.clone())));
-        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        cfg
+        client_config(
+            self.trust.clone(),
+            expected,
+            Some(Arc::new(CertResolver(self.cert.clone()))),
+            alpn,
+        )
     }
 }
 
@@ -212,18 +206,12 @@ impl Identity {
         expected: Vec<SpiffeId>,
         alpn: &[&[u8]],
     ) -> ClientConfig {
-        let mut cfg =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("ring supports TLS 1.3")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-                    Arc::new(ArcSwap::from_pointee(trust)),
-                    expected,
-                )))
-                .with_client_cert_resolver(Arc::new(CertResolver(self.cert.clone())));
-        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        cfg
+        client_config(
+            Arc::new(ArcSwap::from_pointee(trust)),
+            expected,
+            Some(Arc::new(CertResolver(self.cert.clone()))),
+            alpn,
+        )
     }
 }
 
@@ -236,16 +224,27 @@ pub fn anonymous_client_config(
     expected: Vec<SpiffeId>,
     alpn: &[&[u8]],
 ) -> ClientConfig {
-    let mut cfg =
+    client_config(Arc::new(ArcSwap::from_pointee(trust)), expected, None, alpn)
+}
+
+/// A TLS 1.3 client config verifying SPIFFE servers against `trust`, presenting the
+/// certificate of `resolver` when given.
+fn client_config(
+    trust: SharedTrust,
+    expected: Vec<SpiffeId>,
+    resolver: Option<Arc<CertResolver>>,
+    alpn: &[&[u8]],
+) -> ClientConfig {
+    let builder =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-                Arc::new(ArcSwap::from_pointee(trust)),
-                expected,
-            )))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(trust, expected)));
+    let mut cfg = match resolver {
+        Some(r) => builder.with_client_cert_resolver(r),
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg
 }

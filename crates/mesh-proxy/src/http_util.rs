@@ -123,6 +123,17 @@ pub async fn get(
     addr: std::net::SocketAddr,
     path: &str,
 ) -> Result<(http::StatusCode, String), String> {
+    request(addr, &addr.to_string(), path, &[]).await
+}
+
+/// One plain-HTTP/1.1 GET to `addr` with `authority` as Host (a sidecar's outbound
+/// listener names the service that way) and extra `headers`: status and body.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, http::HeaderValue)],
+) -> Result<(http::StatusCode, String), String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
@@ -130,20 +141,25 @@ pub async fn get(
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
+    let mut req = http::Request::get(path)
+        .header(http::header::HOST, authority)
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
+    for (k, v) in headers {
+        if let Ok(name) = http::HeaderName::from_bytes(k.as_bytes()) {
+            req.headers_mut().insert(name, v.clone());
+        }
+    }
     let resp = send
         .send_request(req)
         .await
-        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+        .map_err(|e| format!("GET http://{authority}{path} via {addr}: {e}"))?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?
+        .map_err(|e| format!("GET http://{authority}{path} via {addr}: {e}"))?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -425,11 +425,12 @@ fn check_namespaces(resources: &[&Resource], known: &BTreeSet<String>, out: &mut
     }
 }
 
-async fn from_cluster(path: &PathBuf, input: &mut Input, istio: bool) -> anyhow::Result<()> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+async fn from_cluster(
+    path: &std::path::Path,
+    input: &mut Input,
+    istio: bool,
+) -> anyhow::Result<()> {
+    let client = discovery::kube_client(path).await?;
     let lp = kube::api::ListParams::default();
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(client.clone());

@@ -268,13 +268,11 @@ webhooks:
     )
 }
 
-fn client(kubeconfig: &PathBuf, rt: &tokio::runtime::Runtime) -> anyhow::Result<kube::Client> {
-    rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-            .with_context(|| format!("reading {}", kubeconfig.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        Ok(kube::Client::try_from(config)?)
-    })
+fn client(
+    kubeconfig: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<kube::Client> {
+    rt.block_on(discovery::kube_client(kubeconfig))
 }
 
 /// Runs `meshctl install`.

@@ -200,27 +200,17 @@ pub async fn get(
     authority: &str,
     path: &str,
 ) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(outbound)
+    mesh_proxy::http_util::request(outbound, authority, path, &[])
         .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        .map(|(s, b)| (s.as_u16(), b))
+}
+
+/// Writes a file the way a config manager would (write, then rename), so a half
+/// written file is never read.
+pub fn write(dir: &std::path::Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
 }
 
 /// A sidecar whose config comes from discovery, serving `ns/sa` as workload `name`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::plan::Workload;
@@ -104,29 +104,7 @@ pub(crate) async fn call(
     path: &str,
     headers: &[(&str, http::HeaderValue)],
 ) -> Result<(u16, String), String> {
-    let tcp = tokio::net::TcpStream::connect(outbound)
+    mesh_proxy::http_util::request(outbound, authority, path, headers)
         .await
-        .map_err(|e| format!("connecting to the sidecar at {outbound}: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    for (k, v) in headers {
-        if let Ok(name) = http::HeaderName::from_bytes(k.as_bytes()) {
-            req.headers_mut().insert(name, v.clone());
-        }
-    }
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        .map(|(status, body)| (status.as_u16(), body))
 }

@@ -424,9 +424,7 @@ fn configure(
         .build()?;
     for (cluster, kubeconfig) in &state.kubeconfigs {
         rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            let client = kube::Client::try_from(config)?;
+            let client = discovery::kube_client(Path::new(kubeconfig)).await?;
             let mode = if remove {
                 testbed::apply::Mode::Delete
             } else {
