@@ -298,29 +298,32 @@ fn check_virtual_service(
             }
         }
     };
-    for (i, http) in vs.spec.http.iter().enumerate() {
-        for (j, d) in http.route.iter().enumerate() {
-            check_destination(format!("spec.http[{i}].route[{j}]"), &d.destination, out);
+    // (field prefix, destinations with their weights, whether weights apply).
+    type Routes<'a> = Vec<(String, Vec<(&'a Destination, Option<i32>)>, bool)>;
+    let routes: Routes<'_> = vs
+        .spec
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let d = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+            (format!("spec.http[{i}]"), d, true)
+        })
+        .chain(vs.spec.tcp.iter().enumerate().map(|(i, r)| {
+            let d = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+            (format!("spec.tcp[{i}]"), d, true)
+        }))
+        .chain(vs.spec.tls.iter().enumerate().map(|(i, r)| {
+            let d = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+            (format!("spec.tls[{i}]"), d, false)
+        }))
+        .collect();
+    for (prefix, destinations, weighted) in routes {
+        for (j, (d, _)) in destinations.iter().enumerate() {
+            check_destination(format!("{prefix}.route[{j}]"), d, out);
         }
-        check_weights(
-            format!("spec.http[{i}]"),
-            http.route.iter().map(|d| d.weight).collect(),
-            out,
-        );
-    }
-    for (i, tcp) in vs.spec.tcp.iter().enumerate() {
-        for (j, d) in tcp.route.iter().enumerate() {
-            check_destination(format!("spec.tcp[{i}].route[{j}]"), &d.destination, out);
-        }
-        check_weights(
-            format!("spec.tcp[{i}]"),
-            tcp.route.iter().map(|d| d.weight).collect(),
-            out,
-        );
-    }
-    for (i, tls) in vs.spec.tls.iter().enumerate() {
-        for (j, d) in tls.route.iter().enumerate() {
-            check_destination(format!("spec.tls[{i}].route[{j}]"), &d.destination, out);
+        if weighted {
+            check_weights(prefix, destinations.iter().map(|(_, w)| *w).collect(), out);
         }
     }
 }

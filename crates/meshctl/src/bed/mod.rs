@@ -376,11 +376,35 @@ fn curl(dir: &Path, cluster: Option<&str>, url: &str) -> anyhow::Result<(u16, St
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(apps::call(curl.outbound(), authority, path, &[]))
+    Sender::new(curl)?
+        .get(authority, path)
         .map_err(anyhow::Error::msg)
+}
+
+/// Requests from a workload, through its sidecar, from synchronous code.
+struct Sender {
+    rt: tokio::runtime::Runtime,
+    outbound: std::net::SocketAddr,
+}
+
+impl Sender {
+    fn new(w: &plan::Workload) -> anyhow::Result<Self> {
+        Ok(Self {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            outbound: w.outbound(),
+        })
+    }
+
+    fn get(&self, authority: &str, path: &str) -> Result<(u16, String), String> {
+        self.rt
+            .block_on(apps::call(self.outbound, authority, path, &[]))
+    }
+
+    fn hello(&self) -> Result<(u16, String), String> {
+        self.get("helloworld:5000", "/hello")
+    }
 }
 
 fn control(state: &supervisor::State, action: &str, app: &str) -> anyhow::Result<()> {
@@ -470,17 +494,8 @@ fn canary(dir: &Path) -> anyhow::Result<()> {
         "  - route:\n    - {destination: {host: helloworld, subset: v1}, weight: 80}\n    - {destination: {host: helloworld, subset: v2}, weight: 20}",
     );
     configure(&state, "routing.yaml", &split, false)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let send = || {
-        rt.block_on(apps::call(
-            curl.outbound(),
-            "helloworld:5000",
-            "/hello",
-            &[],
-        ))
-    };
+    let sender = Sender::new(curl)?;
+    let send = || sender.hello();
     // Until the split is in force (a v2 answer from the first cluster's client).
     let start = Instant::now();
     while !matches!(send(), Ok((200, ref b)) if b.contains("version: v2")) {
@@ -564,12 +579,7 @@ fn strict_mtls(dir: &Path) -> anyhow::Result<()> {
         out
     };
     let refused = !plaintext.starts_with("HTTP/1.1 200");
-    let mesh = rt.block_on(apps::call(
-        curl.outbound(),
-        "helloworld:5000",
-        "/hello",
-        &[],
-    ));
+    let mesh = Sender::new(curl)?.hello();
     configure(&state, "peer-authentication.yaml", &pa, true)?;
     println!(
         "  plaintext to {}: {}",
@@ -614,17 +624,8 @@ fn failover(dir: &Path) -> anyhow::Result<()> {
         "\nScenario failover: curl in {} → helloworld; {v1} starts failing.",
         first.name
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let send = || {
-        rt.block_on(apps::call(
-            curl.outbound(),
-            "helloworld:5000",
-            "/hello",
-            &[],
-        ))
-    };
+    let sender = Sender::new(curl)?;
+    let send = || sender.hello();
     // Warm up: local first.
     let start = Instant::now();
     loop {
