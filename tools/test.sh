@@ -8,4 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ISTHMUS_KUBE_BIN_DIR=$(tools/build-kube-bins.sh)
 export ISTHMUS_KUBE_BIN_DIR
+ISTHMUS_JAEGER_BIN=$(tools/build-jaeger.sh)
+export ISTHMUS_JAEGER_BIN
 exec cargo test --workspace "$@"

@@ -76,3 +76,30 @@ pub(crate) fn workspace_root() -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_default()
 }
+
+/// The Jaeger all-in-one binary: `ISTHMUS_JAEGER_BIN` when set; otherwise runs
+/// `tools/build-jaeger.sh`, which returns the cached build at once or builds it.
+pub fn jaeger() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ISTHMUS_JAEGER_BIN") {
+        let bin = PathBuf::from(bin);
+        anyhow::ensure!(
+            bin.exists(),
+            "ISTHMUS_JAEGER_BIN {} does not exist",
+            bin.display()
+        );
+        return Ok(bin);
+    }
+    let script = workspace_root().join("tools/build-jaeger.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}

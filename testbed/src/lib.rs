@@ -18,6 +18,6 @@ pub mod netns;
 mod pki;
 mod process;
 
-pub use bins::KubeBins;
+pub use bins::{KubeBins, jaeger};
 pub use control_plane::{ControlPlane, ControlPlaneOptions, start_control_planes};
 pub use process::{Process, is_alive};

@@ -12,6 +12,7 @@ mod install;
 mod multicluster;
 mod proxy;
 mod quickstart;
+mod trace;
 
 /// The Isthmus multi-cluster service mesh command line.
 #[derive(Debug, Parser)]
@@ -55,6 +56,8 @@ enum Command {
         #[arg(long, default_value = "deploy/helm/isthmus")]
         out: std::path::PathBuf,
     },
+    /// One trace from Jaeger as a waterfall: `meshctl trace --last` or `meshctl trace ID`.
+    Trace(trace::TraceArgs),
     /// A local multi-cluster mesh with sample apps: up, status, curl, scenario, down.
     #[command(subcommand)]
     Testbed(bed::TestbedCommand),
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Multicluster(cmd) => multicluster::run(cmd),
         Command::Testbed(cmd) => bed::run(cmd),
         Command::Install(args) => install::install(args),
+        Command::Trace(args) => trace::run(args),
         Command::VerifyInstall(args) => install::verify(args),
         Command::WriteChart { out } => install::write_chart(&out),
     };

@@ -1,7 +1,8 @@
 //! `meshctl testbed` as a newcomer runs it: up with two clusters (a kube-apiserver
 //! each when the Kubernetes binaries are there), a request across clusters, the
-//! failover scenario with no failed request, the canary split and strict mTLS, and
-//! down leaving no process or file.
+//! trace of the chain across clusters in the shared Jaeger, the failover scenario with
+//! no failed request, the canary split and strict mTLS, and down leaving no process or
+//! file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -109,6 +110,30 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         "{}",
         text(&hello)
     );
+
+    // Shared tracing: front page (east) → reviews (west) → ratings (east) is one trace
+    // in Jaeger with spans from sidecars of both clusters.
+    if std::env::var_os("ISTHMUS_JAEGER_BIN").is_some() {
+        let chain = meshctl(&dir, &["testbed", "curl", "http://frontpage:9080/"]);
+        assert!(chain.status.success(), "{}", text(&chain));
+        let start = std::time::Instant::now();
+        loop {
+            let trace = meshctl(&dir, &["trace", "--last", "--service", "frontpage.sample"]);
+            let out = text(&trace);
+            if trace.status.success()
+                && out.contains("across 2 cluster(s): east, west")
+                && out.contains("ratings.sample")
+                && out.contains("reviews.sample")
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "no cross-cluster trace in Jaeger: {out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
 
     // Failover: v1 fails, traffic moves to west, no request fails.
     let failover = meshctl(&dir, &["testbed", "scenario", "failover"]);

@@ -122,6 +122,15 @@ fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> a
         println!("The testbed is already up ({}).", dir.display());
         return status(dir);
     }
+    // The addresses are fixed: another testbed (started with another --dir) would
+    // collide with this one.
+    let probe = plan::Plan::new(clusters, networks);
+    let first = probe.clusters[0].discovery;
+    if std::net::TcpListener::bind(first).is_err() {
+        anyhow::bail!(
+            "{first} is in use: another testbed is probably running (see `meshctl testbed status --dir DIR`, stop it with `meshctl testbed down --dir DIR`)"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe()?;
@@ -181,6 +190,9 @@ fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> a
             println!();
             if !state.registry_note.is_empty() {
                 println!("Note: {}", state.registry_note);
+            }
+            if !state.tracing_note.is_empty() {
+                println!("Note: {}", state.tracing_note);
             }
             if let Some(t) = state.first_request_seconds {
                 println!("Ready in {t:.1} s (to the first request across clusters).");
@@ -250,6 +262,11 @@ fn print_next_steps(state: &supervisor::State) {
         "  meshctl multicluster status --discovery {}",
         first.monitor
     );
+    if let Some(jaeger) = &state.jaeger {
+        println!(
+            "  meshctl trace --last                                      # the last trace, as a waterfall (Jaeger UI: http://{jaeger})"
+        );
+    }
     println!("  meshctl testbed status");
     println!("  meshctl testbed down");
 }

@@ -49,6 +49,9 @@ pub(crate) struct State {
     pub(crate) kubeconfigs: BTreeMap<String, String>,
     /// Registry directories, by cluster (file mode).
     pub(crate) registry_dirs: BTreeMap<String, String>,
+    /// Jaeger's query address (UI and API), when tracing runs.
+    pub(crate) jaeger: Option<String>,
+    pub(crate) tracing_note: String,
 }
 
 /// The state file in `dir`.
@@ -394,6 +397,28 @@ async fn bring_up(
         r.done("file registry (no API server)");
     }
 
+    // Shared tracing: one Jaeger for every cluster.
+    r.start("shared tracing");
+    let otlp = match testbed::jaeger() {
+        Ok(bin) => {
+            let cmd = Command::new(bin);
+            let p = testbed::Process::spawn("jaeger", cmd, &logs.join("jaeger.log"))?;
+            r.state.children.extend(p.pid());
+            running.processes.push(p);
+            let query: std::net::SocketAddr = "127.0.0.1:16686".parse()?;
+            wait_http_ok(query, "/api/services", Duration::from_secs(30)).await?;
+            r.state.jaeger = Some(query.to_string());
+            r.done(format!("Jaeger: UI http://{query}, OTLP 127.0.0.1:4317"));
+            Some("http://127.0.0.1:4317".to_owned())
+        }
+        Err(e) => {
+            r.state.tracing_note =
+                format!("Jaeger unavailable ({e:#}); traces are propagated but not collected");
+            r.done("none (Jaeger could not be built)");
+            None
+        }
+    };
+
     r.start("discovery");
     for c in &plan.clusters {
         let cdir = dir.join(&c.name);
@@ -525,6 +550,9 @@ async fn bring_up(
                     &w.outbound().to_string(),
                 ])
                 .args(["--admin", &w.admin().to_string(), "--drain-seconds", "1"]);
+            if let Some(endpoint) = &otlp {
+                cmd.args(["--otlp-endpoint", endpoint]);
+            }
             let p = testbed::Process::spawn(&w.name, cmd, &logs.join(format!("{}.log", w.name)))?;
             r.state.children.extend(p.pid());
             running.processes.push(p);
