@@ -25,6 +25,8 @@ pub mod keys {
     pub const DISCOVERY: &str = "discoveryAddress";
     /// Its east-west gateway, `host:port`.
     pub const GATEWAY: &str = "gatewayAddress";
+    /// What the gateway accepts on that port: `tcp`, or `tcp,quic` (UDP too).
+    pub const GATEWAY_PROTOCOLS: &str = "gatewayProtocols";
     /// Roots its discovery certificate chains to (PEM).
     pub const TRUST_BUNDLE: &str = "trustBundle";
     /// The trust domain of those roots.
@@ -45,6 +47,8 @@ pub struct Link {
     pub discovery_address: String,
     /// Its east-west gateway.
     pub gateway_address: String,
+    /// Whether the gateway accepts QUIC tunnels (UDP, same port).
+    pub gateway_quic: bool,
     /// Roots (PEM).
     #[serde(skip)]
     pub trust_bundle: String,
@@ -163,6 +167,9 @@ impl Link {
             network: data.get(keys::NETWORK).cloned().unwrap_or_default(),
             discovery_address,
             gateway_address,
+            gateway_quic: data
+                .get(keys::GATEWAY_PROTOCOLS)
+                .is_some_and(|p| p.split(',').any(|x| x.trim() == "quic")),
             trust_bundle,
             trust_domain: td.to_string(),
         }))
@@ -196,6 +203,7 @@ stringData:
   {}: \"{network}\"
   {}: \"{discovery}\"
   {}: \"{gateway}\"
+  {}: \"{protocols}\"
   {}: {td}
   {}: |
 {bundle}
@@ -204,12 +212,14 @@ stringData:
         keys::NETWORK,
         keys::DISCOVERY,
         keys::GATEWAY,
+        keys::GATEWAY_PROTOCOLS,
         keys::TRUST_DOMAIN,
         keys::TRUST_BUNDLE,
         cluster = link.cluster,
         network = link.network,
         discovery = link.discovery_address,
         gateway = link.gateway_address,
+        protocols = if link.gateway_quic { "tcp,quic" } else { "tcp" },
         td = link.trust_domain,
         bundle = indent(&link.trust_bundle),
     )

@@ -561,6 +561,7 @@ async fn subscribe_once(
                 Some(RemoteCluster {
                     network,
                     gateway,
+                    gateway_quic: link.gateway_quic,
                     services,
                 }),
             );

@@ -340,6 +340,8 @@ pub struct RemoteCluster {
     pub network: String,
     /// Its east-west gateway (for endpoints on its network when that is not ours).
     pub gateway: Option<std::net::SocketAddr>,
+    /// Whether that gateway accepts QUIC tunnels.
+    pub gateway_quic: bool,
     /// Exported services: (namespace, name) → (service, exportTo).
     pub services: BTreeMap<(String, String), (ServiceConfig, Vec<String>)>,
 }
@@ -842,6 +844,7 @@ impl Registry {
         if let Some(gw) = remote.gateway {
             for ((labels, locality, service_account, cluster, network), weight) in groups {
                 out.push(EndpointConfig {
+                    tunnel: remote.gateway_quic.then(|| "quic".to_owned()),
                     address: gw.ip(),
                     inbound_port: Some(gw.port()),
                     labels,
@@ -983,6 +986,7 @@ impl Registry {
                         locality = format!("/{zone}");
                     }
                     endpoints.push(EndpointConfig {
+                        tunnel: None,
                         address,
                         inbound_port: pod.as_ref().and_then(|w| w.inbound_port),
                         labels: pod.as_ref().map(|w| w.labels.clone()).unwrap_or_default(),
@@ -1017,6 +1021,7 @@ impl Registry {
                 }
                 let w = self.entry_workload(we);
                 endpoints.push(EndpointConfig {
+                    tunnel: None,
                     address,
                     inbound_port: w.inbound_port,
                     labels: w.labels,

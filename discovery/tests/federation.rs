@@ -28,6 +28,7 @@ fn link_secret(
             network: format!("net-{cluster}"),
             discovery_address: discovery.to_string(),
             gateway_address: gateway.into(),
+            gateway_quic: false,
             trust_bundle: root_pem.into(),
             trust_domain: TD.into(),
         },

@@ -27,7 +27,9 @@ pub const PORT: u16 = 15443;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     /// `not_tls`, `no_sni`, `not_mesh_sni`, `unknown_service`, `unknown_port`,
-    /// `unknown_subset`, `no_healthy_endpoint`, `upstream_connect_failed`, `timeout`.
+    /// `unknown_subset`, `no_healthy_endpoint`, `upstream_connect_failed`, `timeout`,
+    /// `quic_handshake` (e.g. a caller from a trust domain not accepted),
+    /// `bad_tunnel_header`.
     pub reason: String,
 }
 
@@ -41,6 +43,8 @@ pub struct GatewayMetrics {
     received: Family<PeerLabels, Counter>,
     /// Refused connections by reason.
     pub refused: Family<RefusedLabels, Counter>,
+    /// Connections tunnelled over QUIC.
+    pub quic_streams: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -53,6 +57,7 @@ impl Default for GatewayMetrics {
             sent: Family::default(),
             received: Family::default(),
             refused: Family::default(),
+            quic_streams: Counter::default(),
         };
         registry.register(
             "istio_tcp_connections_opened",
@@ -73,6 +78,11 @@ impl Default for GatewayMetrics {
             "istio_tcp_received_bytes",
             "Bytes received from the caller",
             m.received.clone(),
+        );
+        registry.register(
+            "isthmus_gateway_quic_streams",
+            "Connections tunnelled over QUIC",
+            m.quic_streams.clone(),
         );
         registry.register(
             "isthmus_gateway_refused",
@@ -131,6 +141,9 @@ pub struct GatewayOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the ClientHello.
     pub hello_timeout: Duration,
+    /// Also accept QUIC tunnels on the same port (UDP), from sidecars presenting a
+    /// workload certificate the gateway's trust accepts.
+    pub quic: bool,
 }
 
 impl Default for GatewayOptions {
@@ -140,6 +153,7 @@ impl Default for GatewayOptions {
             admin: Some(SocketAddr::from(([0, 0, 0, 0], 15021))),
             connect_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
+            quic: false,
         }
     }
 }
@@ -151,6 +165,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Bound admin address.
     pub admin_addr: Option<SocketAddr>,
+    /// Bound QUIC (UDP) address.
+    pub quic_addr: Option<SocketAddr>,
     /// Metrics.
     pub metrics: Arc<GatewayMetrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -164,8 +180,13 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts the gateway over `store` (fed by discovery's gateway view).
-pub async fn start(store: Arc<StateStore>, options: GatewayOptions) -> std::io::Result<Gateway> {
+/// Starts the gateway over `store` (fed by discovery's gateway view); QUIC needs the
+/// gateway's `identity`.
+pub async fn start(
+    store: Arc<StateStore>,
+    identity: Option<mesh_identity::Identity>,
+    options: GatewayOptions,
+) -> std::io::Result<Gateway> {
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(GatewayMetrics::default());
@@ -184,6 +205,18 @@ pub async fn start(store: Arc<StateStore>, options: GatewayOptions) -> std::io::
             }
         }));
     }
+    let quic_addr = match (&identity, options.quic) {
+        (Some(identity), true) => {
+            let config =
+                mesh_proxy::tunnel::server_config(identity).map_err(std::io::Error::other)?;
+            let endpoint = quinn::Endpoint::server(config, addr)?;
+            let bound = endpoint.local_addr()?;
+            let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
+            tasks.push(tokio::spawn(serve_quic(endpoint, store, metrics, options)));
+            Some(bound)
+        }
+        _ => None,
+    };
     let admin_addr = match options.admin {
         Some(a) => {
             let l = TcpListener::bind(a).await?;
@@ -215,10 +248,11 @@ pub async fn start(store: Arc<StateStore>, options: GatewayOptions) -> std::io::
         }
         None => None,
     };
-    tracing::info!(listen = %addr, "east-west gateway started");
+    tracing::info!(listen = %addr, quic = ?quic_addr, "east-west gateway started");
     Ok(Gateway {
         addr,
         admin_addr,
+        quic_addr,
         metrics,
         tasks,
     })
@@ -240,6 +274,114 @@ fn refuse(
     tracing::info!(target: "access", peer = %peer, sni = sni.unwrap_or("-"), reason, detail, "gateway refused connection");
 }
 
+/// Where a target (`outbound_.PORT_.SUBSET_.HOST`) goes: a connected local endpoint
+/// and the labels of the connection, or why not (reason, detail).
+async fn route(
+    target: &str,
+    store: &StateStore,
+    options: &GatewayOptions,
+) -> Result<(TcpStream, PeerLabels, SocketAddr), (&'static str, String)> {
+    let Some(parsed) = parse_outbound_sni(target) else {
+        return Err((
+            "not_mesh_sni",
+            "expected outbound_.PORT_.SUBSET_.HOST".into(),
+        ));
+    };
+    let state = store.snapshot();
+    let Some(service) = state.services.get(parsed.host) else {
+        return Err((
+            "unknown_service",
+            "not a service this cluster exports".into(),
+        ));
+    };
+    if service.port(Some(parsed.port)).is_none() {
+        return Err(("unknown_port", "the service has no such port".into()));
+    }
+    let policy = state.policies.get(parsed.host).map(|p| p.as_ref());
+    let endpoints = DestinationPolicy::select(policy, service, parsed.subset)
+        .map_err(|e| ("unknown_subset", e))?;
+    let local: Vec<_> = endpoints
+        .into_iter()
+        .filter(|e| e.cluster == state.node.cluster || e.cluster.is_empty())
+        .collect();
+    if local.is_empty() {
+        return Err(("no_healthy_endpoint", "no ready local endpoint".into()));
+    }
+    // Random order; the first endpoint that accepts the connection gets it.
+    let first = rand::random_range(0..local.len());
+    for i in 0..local.len().min(3) {
+        let ep = local[(first + i) % local.len()];
+        match tokio::time::timeout(options.connect_timeout, TcpStream::connect(ep.inbound)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                let labels = PeerLabels {
+                    reporter: "gateway".into(),
+                    source_cluster: "unknown".into(),
+                    destination_workload_namespace: service.namespace.clone(),
+                    destination_app: ep.labels.get("app").cloned().unwrap_or_default(),
+                    destination_version: ep.labels.get("version").cloned().unwrap_or_default(),
+                    destination_service: service.host.clone(),
+                    destination_service_name: service.name.clone(),
+                    destination_service_namespace: service.namespace.clone(),
+                    destination_cluster: state.node.cluster.clone(),
+                    connection_security_policy: "mutual_tls".into(),
+                    ..Default::default()
+                };
+                return Ok((s, labels, ep.inbound));
+            }
+            Ok(Err(e)) => tracing::debug!(endpoint = %ep.inbound, error = %e, "endpoint refused"),
+            Err(_) => tracing::debug!(endpoint = %ep.inbound, "endpoint connect timed out"),
+        }
+    }
+    Err((
+        "upstream_connect_failed",
+        "no endpoint accepted the connection".into(),
+    ))
+}
+
+/// Splices `caller` and `upstream` (after writing `first` upstream), counting and
+/// logging the connection.
+#[allow(clippy::too_many_arguments)]
+async fn splice<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut caller: C,
+    mut upstream: TcpStream,
+    first: &[u8],
+    labels: PeerLabels,
+    upstream_addr: SocketAddr,
+    peer: SocketAddr,
+    target: &str,
+    transport: &str,
+    metrics: &GatewayMetrics,
+) {
+    let started = Instant::now();
+    metrics.opened.get_or_create(&labels).inc();
+    let result = async {
+        upstream.write_all(first).await?;
+        tokio::io::copy_bidirectional(&mut caller, &mut upstream).await
+    }
+    .await;
+    let (from_caller, to_caller) = match &result {
+        Ok((a, b)) => (*a + first.len() as u64, *b),
+        Err(_) => (first.len() as u64, 0),
+    };
+    metrics.received.get_or_create(&labels).inc_by(from_caller);
+    metrics.sent.get_or_create(&labels).inc_by(to_caller);
+    metrics.closed.get_or_create(&labels).inc();
+    tracing::info!(
+        target: "access",
+        peer = %peer,
+        sni = %target,
+        transport,
+        upstream = %upstream_addr,
+        destination_cluster = %labels.destination_cluster,
+        bytes_received = from_caller,
+        bytes_sent = to_caller,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+        "gateway connection"
+    );
+}
+
 async fn handle(
     mut conn: TcpStream,
     peer: SocketAddr,
@@ -247,7 +389,6 @@ async fn handle(
     metrics: &GatewayMetrics,
     options: &GatewayOptions,
 ) {
-    let started = Instant::now();
     let (hello, sni) =
         match tokio::time::timeout(options.hello_timeout, read_client_hello(&mut conn)).await {
             Ok(Ok(h)) => h,
@@ -263,112 +404,79 @@ async fn handle(
             "the ClientHello has no server name",
         );
     };
-    let Some(target) = parse_outbound_sni(&sni) else {
-        return refuse(
-            metrics,
-            peer,
-            Some(&sni),
-            "not_mesh_sni",
-            "expected outbound_.PORT_.SUBSET_.HOST",
-        );
-    };
-    let state = store.snapshot();
-    let Some(service) = state.services.get(target.host) else {
-        return refuse(
-            metrics,
-            peer,
-            Some(&sni),
-            "unknown_service",
-            "not a service this cluster exports",
-        );
-    };
-    if service.port(Some(target.port)).is_none() {
-        return refuse(
-            metrics,
-            peer,
-            Some(&sni),
-            "unknown_port",
-            "the service has no such port",
-        );
-    }
-    let policy = state.policies.get(target.host).map(|p| p.as_ref());
-    let endpoints = match DestinationPolicy::select(policy, service, target.subset) {
-        Ok(eps) => eps,
-        Err(e) => return refuse(metrics, peer, Some(&sni), "unknown_subset", &e),
-    };
-    let local: Vec<_> = endpoints
-        .into_iter()
-        .filter(|e| e.cluster == state.node.cluster || e.cluster.is_empty())
-        .collect();
-    if local.is_empty() {
-        return refuse(
-            metrics,
-            peer,
-            Some(&sni),
-            "no_healthy_endpoint",
-            "no ready local endpoint",
-        );
-    }
-    // Random order; the first endpoint that accepts the connection gets it.
-    let first = rand::random_range(0..local.len());
-    let mut upstream = None;
-    for i in 0..local.len().min(3) {
-        let ep = local[(first + i) % local.len()];
-        match tokio::time::timeout(options.connect_timeout, TcpStream::connect(ep.inbound)).await {
-            Ok(Ok(s)) => {
-                upstream = Some((s, ep.clone()));
-                break;
-            }
-            Ok(Err(e)) => tracing::debug!(endpoint = %ep.inbound, error = %e, "endpoint refused"),
-            Err(_) => tracing::debug!(endpoint = %ep.inbound, "endpoint connect timed out"),
+    match route(&sni, store, options).await {
+        Ok((upstream, labels, addr)) => {
+            splice(
+                conn, upstream, &hello, labels, addr, peer, &sni, "tcp", metrics,
+            )
+            .await;
         }
+        Err((reason, detail)) => refuse(metrics, peer, Some(&sni), reason, &detail),
     }
-    let Some((mut upstream, ep)) = upstream else {
-        return refuse(
-            metrics,
-            peer,
-            Some(&sni),
-            "upstream_connect_failed",
-            "no endpoint accepted the connection",
-        );
-    };
-    let _ = upstream.set_nodelay(true);
-    let labels = PeerLabels {
-        reporter: "gateway".into(),
-        source_cluster: "unknown".into(),
-        destination_workload_namespace: service.namespace.clone(),
-        destination_app: ep.labels.get("app").cloned().unwrap_or_default(),
-        destination_version: ep.labels.get("version").cloned().unwrap_or_default(),
-        destination_service: service.host.clone(),
-        destination_service_name: service.name.clone(),
-        destination_service_namespace: service.namespace.clone(),
-        destination_cluster: state.node.cluster.clone(),
-        connection_security_policy: "mutual_tls".into(),
-        ..Default::default()
-    };
-    metrics.opened.get_or_create(&labels).inc();
-    let result = async {
-        upstream.write_all(&hello).await?;
-        tokio::io::copy_bidirectional(&mut conn, &mut upstream).await
+}
+
+/// QUIC: each connection is a sidecar authenticated by its certificate; each stream is
+/// one tunnelled connection, its first line the target.
+async fn serve_quic(
+    endpoint: quinn::Endpoint,
+    store: Arc<StateStore>,
+    metrics: Arc<GatewayMetrics>,
+    options: GatewayOptions,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // A caller whose certificate the gateway does not accept ends here.
+                    return refuse(&metrics, peer, None, "quic_handshake", &e.to_string());
+                }
+            };
+            while let Ok((send, mut recv)) = conn.accept_bi().await {
+                let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
+                tokio::spawn(async move {
+                    let target = match tokio::time::timeout(
+                        options.hello_timeout,
+                        mesh_proxy::tunnel::read_header(&mut recv),
+                    )
+                    .await
+                    {
+                        Ok(Ok(t)) => t,
+                        _ => {
+                            return refuse(
+                                &metrics,
+                                peer,
+                                None,
+                                "bad_tunnel_header",
+                                "no target line",
+                            );
+                        }
+                    };
+                    match route(&target, &store, &options).await {
+                        Ok((upstream, labels, addr)) => {
+                            metrics.quic_streams.inc();
+                            let caller = tokio::io::join(recv, send);
+                            splice(
+                                caller,
+                                upstream,
+                                &[],
+                                labels,
+                                addr,
+                                peer,
+                                &target,
+                                "quic",
+                                &metrics,
+                            )
+                            .await;
+                        }
+                        Err((reason, detail)) => {
+                            refuse(&metrics, peer, Some(&target), reason, &detail)
+                        }
+                    }
+                });
+            }
+        });
     }
-    .await;
-    let (from_caller, to_caller) = match &result {
-        Ok((a, b)) => (*a + hello.len() as u64, *b),
-        Err(_) => (hello.len() as u64, 0),
-    };
-    metrics.received.get_or_create(&labels).inc_by(from_caller);
-    metrics.sent.get_or_create(&labels).inc_by(to_caller);
-    metrics.closed.get_or_create(&labels).inc();
-    tracing::info!(
-        target: "access",
-        peer = %peer,
-        sni = %sni,
-        upstream = %ep.inbound,
-        destination_cluster = %state.node.cluster,
-        bytes_received = from_caller,
-        bytes_sent = to_caller,
-        duration_ms = started.elapsed().as_millis() as u64,
-        error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
-        "gateway connection"
-    );
 }

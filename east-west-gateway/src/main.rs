@@ -27,6 +27,9 @@ struct Args {
     /// Admin: /healthz/ready, /stats/prometheus.
     #[arg(long, default_value = "0.0.0.0:15021")]
     admin: SocketAddr,
+    /// Also accept QUIC tunnels on the listener's port (UDP).
+    #[arg(long)]
+    quic: bool,
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -68,9 +71,11 @@ async fn main() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let gateway = east_west_gateway::start(
         store,
+        Some(identity.clone()),
         east_west_gateway::GatewayOptions {
             listen: args.listen,
             admin: Some(args.admin),
+            quic: args.quic,
             ..Default::default()
         },
     )

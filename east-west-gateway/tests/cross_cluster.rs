@@ -22,6 +22,7 @@ fn link(
     discovery: std::net::SocketAddr,
     gateway: std::net::SocketAddr,
     root: &str,
+    quic: bool,
 ) -> String {
     render_secret(
         &Link {
@@ -30,6 +31,7 @@ fn link(
             network: format!("net-{cluster}"),
             discovery_address: discovery.to_string(),
             gateway_address: gateway.to_string(),
+            gateway_quic: quic,
             trust_bundle: root.into(),
             trust_domain: TD.into(),
         },
@@ -174,9 +176,11 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     let gw_proxy = connect_as(west.grpc_addr, gw_identity, "eastwest-gateway", "gateway");
     let gateway = east_west_gateway::start(
         gw_proxy.store.clone(),
+        Some(west_pki.identity("istio-system", "isthmus-eastwest-gateway")),
         east_west_gateway::GatewayOptions {
             listen: (ip(2, 100), 0).into(),
             admin: None,
+            quic: true,
             ..Default::default()
         },
     )
@@ -222,12 +226,18 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     write(
         east_dir.path(),
         "link-west.yaml",
-        &link("west", west.grpc_addr, gateway.addr, &root),
+        &link("west", west.grpc_addr, gateway.addr, &root, true),
     );
     write(
         west_dir.path(),
         "link-east.yaml",
-        &link("east", east.grpc_addr, (ip(1, 100), 15443).into(), &root),
+        &link(
+            "east",
+            east.grpc_addr,
+            (ip(1, 100), 15443).into(),
+            &root,
+            false,
+        ),
     );
     eventually("east sees west's v2 behind the gateway", T, || {
         endpoints(&frontend.proxy.store, REVIEWS) == [ip(1, 2).to_string(), ip(2, 100).to_string()]
@@ -250,6 +260,61 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
         gateway.metrics.opened_to(REVIEWS) >= 1,
         "{}",
         gateway.metrics.encode()
+    );
+    // The link advertises QUIC: the sidecar tunnelled over UDP, mTLS inside.
+    assert!(
+        gateway.metrics.quic_streams.get() >= 1,
+        "{}",
+        gateway.metrics.encode()
+    );
+
+    // A caller whose certificate comes from another root is refused at the QUIC
+    // handshake, before any routing.
+    let stranger = Pki::new("elsewhere");
+    let tunnels =
+        mesh_proxy::tunnel::QuicTunnels::new(&stranger.identity("shop", "frontend")).unwrap();
+    let target = mesh_proxy::sni::outbound_sni(9080, "v2", REVIEWS);
+    assert!(
+        tunnels
+            .open(gateway.addr, &target, Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+    eventually("foreign caller refused at the QUIC handshake", T, || {
+        gateway.metrics.refused("quic_handshake") >= 1
+    })
+    .await;
+
+    // UDP fails: west's link now names a gateway that serves TCP only while still
+    // advertising QUIC. The sidecar falls back to TCP and requests keep working.
+    let tcp_only = east_west_gateway::start(
+        gw_proxy.store.clone(),
+        None,
+        east_west_gateway::GatewayOptions {
+            listen: (ip(2, 101), 0).into(),
+            admin: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link("west", west.grpc_addr, tcp_only.addr, &root, true),
+    );
+    eventually("the new gateway address", T, || {
+        endpoints(&frontend.proxy.store, REVIEWS).contains(&ip(2, 101).to_string())
+    })
+    .await;
+    assert_eq!(
+        get(out, "reviews:9080", "/").await.unwrap(),
+        (200, "v2 in west".into())
+    );
+    assert!(
+        tcp_only.metrics.opened_to(REVIEWS) >= 1,
+        "{}",
+        tcp_only.metrics.encode()
     );
 
     // An SNI for something west does not export is refused at the gateway and counted.

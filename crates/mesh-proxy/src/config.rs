@@ -151,6 +151,10 @@ pub struct EndpointConfig {
     /// False when the workload is not ready.
     #[serde(default = "yes")]
     pub ready: bool,
+    /// `quic` when the endpoint is an east-west gateway that also accepts QUIC tunnels
+    /// on the same port (UDP); sidecars then try QUIC first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
 }
 
 fn yes() -> bool {

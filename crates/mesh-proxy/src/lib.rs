@@ -36,6 +36,7 @@ pub mod routes;
 pub mod sidecar;
 pub mod sni;
 pub mod state;
+pub mod tunnel;
 
 pub use config::{ConfigBundle, ProxyConfig};
 pub use error::{ConfigError, ResponseFlag};

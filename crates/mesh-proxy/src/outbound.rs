@@ -442,6 +442,7 @@ impl Outbound {
             let _active = self.health.start(&target.host, endpoint.inbound);
             let send = self.pool.send(
                 endpoint.inbound,
+                endpoint.quic,
                 &out.upstream_cluster,
                 req,
                 resolved.and_then(|r| r.connect_timeout),
@@ -561,7 +562,10 @@ impl Outbound {
         let sni = outbound_sni(port, &mirror.subset, &target.host);
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            if let Err(e) = pool.send(endpoint.inbound, &sni, req, None).await {
+            if let Err(e) = pool
+                .send(endpoint.inbound, endpoint.quic, &sni, req, None)
+                .await
+            {
                 tracing::debug!(error = %e, "mirror request failed");
             }
         });

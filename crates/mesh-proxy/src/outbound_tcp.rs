@@ -135,6 +135,7 @@ impl Outbound {
             .pool
             .connect_stream(
                 endpoint.inbound,
+                endpoint.quic,
                 &cluster,
                 resolved.and_then(|r| r.connect_timeout),
             )

@@ -36,6 +36,13 @@ impl UpstreamError {
     }
 }
 
+/// Any byte stream a mesh connection runs over: TCP, or a QUIC tunnel stream.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// An mTLS connection to another sidecar.
+pub type MeshStream = TlsStream<Box<dyn Io>>;
+
 /// Open HTTP/2 connections by (endpoint, SNI).
 type Connections = HashMap<(SocketAddr, String), SendRequest<Body>>;
 
@@ -46,6 +53,7 @@ pub struct MeshPool {
     tcp_connector: TlsConnector,
     connect_timeout: Duration,
     conns: Arc<Mutex<Connections>>,
+    tunnels: Option<Arc<crate::tunnel::QuicTunnels>>,
 }
 
 impl std::fmt::Debug for MeshPool {
@@ -64,13 +72,19 @@ impl MeshPool {
             tcp_connector: TlsConnector::from(Arc::new(tcp_config)),
             connect_timeout,
             conns: Arc::default(),
+            tunnels: crate::tunnel::QuicTunnels::new(identity)
+                .inspect_err(|e| tracing::warn!(error = %e, "no QUIC tunnels: gateways are reached over TCP"))
+                .ok()
+                .map(Arc::new),
         }
     }
 
-    /// Sends `req` to the sidecar at `endpoint`, presenting `sni`.
+    /// Sends `req` to the sidecar at `endpoint`, presenting `sni`. With `quic`, the
+    /// endpoint is a gateway that accepts QUIC tunnels, tried first.
     pub async fn send(
         &self,
         endpoint: SocketAddr,
+        quic: bool,
         sni: &str,
         req: http::Request<Body>,
         connect_timeout: Option<Duration>,
@@ -84,7 +98,7 @@ impl MeshPool {
         let mut sender = match cached {
             Some(s) => s,
             None => {
-                let s = self.connect(endpoint, sni, connect_timeout).await?;
+                let s = self.connect(endpoint, quic, sni, connect_timeout).await?;
                 if let Ok(mut m) = self.conns.lock() {
                     m.insert(key.clone(), s.clone());
                 }
@@ -107,10 +121,11 @@ impl MeshPool {
     pub async fn connect_stream(
         &self,
         endpoint: SocketAddr,
+        quic: bool,
         sni: &str,
         connect_timeout: Option<Duration>,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
-        self.tls(&self.tcp_connector, endpoint, sni, connect_timeout)
+    ) -> Result<MeshStream, UpstreamError> {
+        self.tls(&self.tcp_connector, endpoint, quic, sni, connect_timeout)
             .await
     }
 
@@ -118,18 +133,40 @@ impl MeshPool {
         &self,
         connector: &TlsConnector,
         endpoint: SocketAddr,
+        quic: bool,
         sni: &str,
         connect_timeout: Option<Duration>,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    ) -> Result<MeshStream, UpstreamError> {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         // The DestinationRule's connectTimeout, else the proxy's default.
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
-        let tcp = tokio::time::timeout(timeout, crate::capture::connect_marked(endpoint))
-            .await
-            .map_err(|_| uf(format!("{endpoint}: connect timed out after {timeout:?}")))?
-            .map_err(|e| uf(format!("{endpoint}: {e}")))?;
+        let mut io: Option<Box<dyn Io>> = None;
+        if let Some(tunnels) = self
+            .tunnels
+            .as_ref()
+            .filter(|t| quic && !t.recently_failed(endpoint))
+        {
+            // A gateway that advertises QUIC: a tunnel stream, else TCP below.
+            let quic_timeout = timeout.min(Duration::from_secs(1));
+            if let Ok(stream) = tunnels.open(endpoint, sni, quic_timeout).await {
+                io = Some(Box::new(stream));
+            }
+        }
+        let io = match io {
+            Some(io) => io,
+            None => {
+                let tcp: TcpStream =
+                    tokio::time::timeout(timeout, crate::capture::connect_marked(endpoint))
+                        .await
+                        .map_err(|_| {
+                            uf(format!("{endpoint}: connect timed out after {timeout:?}"))
+                        })?
+                        .map_err(|e| uf(format!("{endpoint}: {e}")))?;
+                Box::new(tcp)
+            }
+        };
         let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
-        connector.connect(name, tcp).await.map_err(|e| {
+        connector.connect(name, io).await.map_err(|e| {
             uf(format!(
                 "{endpoint}: mTLS handshake failed: {}",
                 mesh_identity::explain(&e)
@@ -140,11 +177,12 @@ impl MeshPool {
     async fn connect(
         &self,
         endpoint: SocketAddr,
+        quic: bool,
         sni: &str,
         connect_timeout: Option<Duration>,
     ) -> Result<SendRequest<Body>, UpstreamError> {
         let tls = self
-            .tls(&self.connector, endpoint, sni, connect_timeout)
+            .tls(&self.connector, endpoint, quic, sni, connect_timeout)
             .await?;
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))

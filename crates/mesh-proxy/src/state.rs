@@ -83,6 +83,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Ready.
     pub ready: bool,
+    /// A gateway that accepts QUIC tunnels (tried before TCP).
+    pub quic: bool,
 }
 
 /// A service with its endpoints.
@@ -421,6 +423,7 @@ impl ProxyState {
                         locality: e.locality.clone(),
                         weight: e.weight.unwrap_or(1),
                         ready: e.ready,
+                        quic: e.tunnel.as_deref() == Some("quic"),
                     })
                 })
                 .collect();

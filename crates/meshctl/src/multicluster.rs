@@ -28,6 +28,9 @@ pub(crate) struct RemoteSecretArgs {
     /// root, `meshctl ca init`'s root-cert.pem).
     #[arg(long)]
     trust_bundle: PathBuf,
+    /// The gateway also accepts QUIC tunnels (UDP, same port): sidecars try QUIC first.
+    #[arg(long)]
+    gateway_quic: bool,
     /// Namespace the Secret goes in (discovery's).
     #[arg(long, default_value = discovery::NAMESPACE)]
     namespace: String,
@@ -61,6 +64,7 @@ pub(crate) fn remote_secret(args: RemoteSecretArgs) -> anyhow::Result<()> {
         network: args.network,
         discovery_address: args.discovery_address,
         gateway_address: args.gateway_address,
+        gateway_quic: args.gateway_quic,
         trust_bundle: pem,
         trust_domain: td.to_string(),
     };

@@ -135,6 +135,28 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         }
     }
 
+    // The chain crossed west's gateway in a QUIC tunnel (the links advertise QUIC).
+    let chain = meshctl(&dir, &["testbed", "curl", "http://frontpage:9080/"]);
+    assert!(chain.status.success(), "{}", text(&chain));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.241.0.2:15021").unwrap();
+        write!(
+            s,
+            "GET /stats/prometheus HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let quic: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("isthmus_gateway_quic_streams_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(quic >= 1, "no QUIC stream at west's gateway:\n{metrics}");
+
     // Failover: v1 fails, traffic moves to west, no request fails.
     let failover = meshctl(&dir, &["testbed", "scenario", "failover"]);
     let out = text(&failover);

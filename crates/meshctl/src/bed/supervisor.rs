@@ -462,6 +462,7 @@ async fn bring_up(
                     network: other.network.clone(),
                     discovery_address: other.discovery.to_string(),
                     gateway_address: other.gateway.to_string(),
+                    gateway_quic: true,
                     trust_bundle: root_pem.clone(),
                     trust_domain: plan.trust_domain.clone(),
                 },
@@ -520,6 +521,7 @@ async fn bring_up(
                 &c.gateway.to_string(),
                 "--admin",
                 &c.gateway_admin.to_string(),
+                "--quic",
             ]);
         let p = testbed::Process::spawn(
             &format!("gateway-{}", c.name),

@@ -1,0 +1,170 @@
+//! QUIC tunnels to an east-west gateway (UDP 15443).
+//!
+//! The calling sidecar authenticates with its workload certificate, so the gateway
+//! refuses callers from trust domains it does not accept before any routing. Each
+//! bidirectional stream carries one connection: the stream starts with one line, the
+//! target in Istio's SNI form `outbound_.PORT_.SUBSET_.HOST`, then the bytes of the
+//! workload-to-workload mTLS session, which stays end to end inside the stream. A
+//! sidecar prefers QUIC for a gateway that advertises it and falls back to TCP when
+//! UDP fails, remembering the failure for a while.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_identity::Identity;
+use tokio::io::AsyncReadExt;
+
+/// ALPN of the tunnel protocol.
+pub const ALPN_TUNNEL: &[u8] = b"isthmus-tunnel";
+/// Longest target line.
+pub const MAX_HEADER: usize = 512;
+/// How long a gateway whose UDP failed is reached over TCP only.
+pub const FALLBACK_FOR: Duration = Duration::from_secs(30);
+
+/// One tunnelled connection: the stream's two halves as one byte stream.
+pub type TunnelStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
+
+/// QUIC client config presenting `identity`.
+fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, String> {
+    let tls = identity.client_config(vec![], &[ALPN_TUNNEL]);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60)).map_err(|e| e.to_string())?,
+    ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// QUIC server config for a gateway: client certificates required and verified.
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, String> {
+    let tls = identity.server_config(&[ALPN_TUNNEL]);
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// Reads the target line at the start of a tunnel stream.
+pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<String> {
+    let mut line = Vec::with_capacity(96);
+    loop {
+        let b = recv.read_u8().await?;
+        if b == b'\n' {
+            break;
+        }
+        line.push(b);
+        if line.len() > MAX_HEADER {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "tunnel header too long",
+            ));
+        }
+    }
+    String::from_utf8(line).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "tunnel header not UTF-8")
+    })
+}
+
+/// The sidecar's QUIC connections to gateways, one per gateway, and which gateways'
+/// UDP failed recently.
+pub struct QuicTunnels {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    failed: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl std::fmt::Debug for QuicTunnels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTunnels").finish_non_exhaustive()
+    }
+}
+
+impl QuicTunnels {
+    /// A client endpoint on an ephemeral UDP port (IPv4).
+    pub fn new(identity: &Identity) -> Result<Self, String> {
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .map_err(|e| format!("QUIC client socket: {e}"))?;
+        Ok(Self {
+            endpoint,
+            identity: identity.clone(),
+            connections: Mutex::default(),
+            failed: Mutex::default(),
+        })
+    }
+
+    /// Whether QUIC to `gateway` failed within [`FALLBACK_FOR`].
+    pub fn recently_failed(&self, gateway: SocketAddr) -> bool {
+        self.failed
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&gateway).copied())
+            .is_some_and(|at| at.elapsed() < FALLBACK_FOR)
+    }
+
+    fn fail(&self, gateway: SocketAddr) {
+        if let Ok(mut m) = self.failed.lock() {
+            m.insert(gateway, Instant::now());
+        }
+        if let Ok(mut m) = self.connections.lock() {
+            m.remove(&gateway);
+        }
+    }
+
+    async fn connection(
+        &self,
+        gateway: SocketAddr,
+        timeout: Duration,
+    ) -> Result<quinn::Connection, String> {
+        let cached = self
+            .connections
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&gateway).cloned())
+            .filter(|c| c.close_reason().is_none());
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let config = client_config(&self.identity)?;
+        // QUIC needs a server name; the gateway's certificate is checked by identity.
+        let connecting = self
+            .endpoint
+            .connect_with(config, gateway, "eastwest-gateway")
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| format!("QUIC handshake with {gateway} timed out after {timeout:?}"))?
+            .map_err(|e| format!("QUIC handshake with {gateway}: {e}"))?;
+        if let Ok(mut m) = self.connections.lock() {
+            m.insert(gateway, conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Opens a stream to `target` (`outbound_.PORT_.SUBSET_.HOST`) through `gateway`.
+    /// On failure the gateway is reached over TCP for a while.
+    pub async fn open(
+        &self,
+        gateway: SocketAddr,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<TunnelStream, String> {
+        let result = async {
+            let conn = self.connection(gateway, timeout).await?;
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(format!("{target}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(tokio::io::join(recv, send))
+        }
+        .await;
+        if let Err(e) = &result {
+            tracing::info!(gateway = %gateway, error = %e, "QUIC to the gateway failed; using TCP");
+            self.fail(gateway);
+        }
+        result
+    }
+}
