@@ -262,3 +262,47 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
     );
     assert_eq!(east.links.list()[0].state, "lease expired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_a_bounded_time_for_an_unreachable_link() {
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "shop.yaml", EAST);
+    // A link to a cluster whose discovery nobody answers for.
+    let nobody: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    write(
+        dir.path(),
+        "link-ghost.yaml",
+        &link_secret("ghost", nobody, "127.0.0.1:15443", pki.root.cert_pem()),
+    );
+    let mut opts = options(
+        "east",
+        discovery::Source::Files(dir.path().to_owned()),
+        &pki,
+    );
+    opts.link_sync_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let east = discovery::start(opts).await.unwrap();
+    let monitor = east.monitor_addr.unwrap();
+    let ready = || async {
+        mesh_proxy::http_util::get(monitor, "/ready")
+            .await
+            .map(|(s, _)| s.as_u16())
+            .unwrap_or(0)
+    };
+    eventually("the link is known", T, || !east.links.list().is_empty()).await;
+    assert_eq!(
+        ready().await,
+        503,
+        "not ready while the link may still sync"
+    );
+    let start = std::time::Instant::now();
+    while ready().await != 200 {
+        assert!(start.elapsed() < T, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let links = east.links.list();
+    assert_eq!(links[0].state, "timed out", "{links:?}");
+    assert!(!links[0].last_error.is_empty(), "{links:?}");
+}

@@ -373,6 +373,7 @@ async fn splice<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         sni = %target,
         transport,
         upstream = %upstream_addr,
+        source_cluster = %labels.source_cluster,
         destination_cluster = %labels.destination_cluster,
         bytes_received = from_caller,
         bytes_sent = to_caller,
@@ -437,7 +438,7 @@ async fn serve_quic(
             while let Ok((send, mut recv)) = conn.accept_bi().await {
                 let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
                 tokio::spawn(async move {
-                    let target = match tokio::time::timeout(
+                    let (target, source_cluster) = match tokio::time::timeout(
                         options.hello_timeout,
                         mesh_proxy::tunnel::read_header(&mut recv),
                     )
@@ -455,8 +456,9 @@ async fn serve_quic(
                         }
                     };
                     match route(&target, &store, &options).await {
-                        Ok((upstream, labels, addr)) => {
+                        Ok((upstream, mut labels, addr)) => {
                             metrics.quic_streams.inc();
+                            labels.source_cluster = source_cluster;
                             let caller = tokio::io::join(recv, send);
                             splice(
                                 caller,

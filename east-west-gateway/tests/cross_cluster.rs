@@ -267,6 +267,11 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
         "{}",
         gateway.metrics.encode()
     );
+    let text = gateway.metrics.encode();
+    assert!(
+        text.contains("source_cluster=\"east\"") && text.contains("destination_cluster=\"west\""),
+        "{text}"
+    );
 
     // A caller whose certificate comes from another root is refused at the QUIC
     // handshake, before any routing.
@@ -276,7 +281,7 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     let target = mesh_proxy::sni::outbound_sni(9080, "v2", REVIEWS);
     assert!(
         tunnels
-            .open(gateway.addr, &target, Duration::from_secs(2))
+            .open(gateway.addr, &target, "elsewhere", Duration::from_secs(2))
             .await
             .is_err()
     );

@@ -442,7 +442,7 @@ impl Outbound {
             let _active = self.health.start(&target.host, endpoint.inbound);
             let send = self.pool.send(
                 endpoint.inbound,
-                endpoint.quic,
+                endpoint.quic.then_some(state.node.cluster.as_str()),
                 &out.upstream_cluster,
                 req,
                 resolved.and_then(|r| r.connect_timeout),
@@ -561,9 +561,10 @@ impl Outbound {
         *req.uri_mut() = uri;
         let sni = outbound_sni(port, &mirror.subset, &target.host);
         let pool = self.pool.clone();
+        let tunnel = endpoint.quic.then(|| state.node.cluster.clone());
         tokio::spawn(async move {
             if let Err(e) = pool
-                .send(endpoint.inbound, endpoint.quic, &sni, req, None)
+                .send(endpoint.inbound, tunnel.as_deref(), &sni, req, None)
                 .await
             {
                 tracing::debug!(error = %e, "mirror request failed");

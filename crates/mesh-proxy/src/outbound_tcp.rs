@@ -135,7 +135,7 @@ impl Outbound {
             .pool
             .connect_stream(
                 endpoint.inbound,
-                endpoint.quic,
+                endpoint.quic.then_some(state.node.cluster.as_str()),
                 &cluster,
                 resolved.and_then(|r| r.connect_timeout),
             )

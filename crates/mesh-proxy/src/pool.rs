@@ -79,12 +79,13 @@ impl MeshPool {
         }
     }
 
-    /// Sends `req` to the sidecar at `endpoint`, presenting `sni`. With `quic`, the
-    /// endpoint is a gateway that accepts QUIC tunnels, tried first.
+    /// Sends `req` to the sidecar at `endpoint`, presenting `sni`. With `tunnel`
+    /// (this proxy's cluster), the endpoint is a gateway that accepts QUIC tunnels,
+    /// tried first.
     pub async fn send(
         &self,
         endpoint: SocketAddr,
-        quic: bool,
+        tunnel: Option<&str>,
         sni: &str,
         req: http::Request<Body>,
         connect_timeout: Option<Duration>,
@@ -98,7 +99,7 @@ impl MeshPool {
         let mut sender = match cached {
             Some(s) => s,
             None => {
-                let s = self.connect(endpoint, quic, sni, connect_timeout).await?;
+                let s = self.connect(endpoint, tunnel, sni, connect_timeout).await?;
                 if let Ok(mut m) = self.conns.lock() {
                     m.insert(key.clone(), s.clone());
                 }
@@ -121,11 +122,11 @@ impl MeshPool {
     pub async fn connect_stream(
         &self,
         endpoint: SocketAddr,
-        quic: bool,
+        tunnel: Option<&str>,
         sni: &str,
         connect_timeout: Option<Duration>,
     ) -> Result<MeshStream, UpstreamError> {
-        self.tls(&self.tcp_connector, endpoint, quic, sni, connect_timeout)
+        self.tls(&self.tcp_connector, endpoint, tunnel, sni, connect_timeout)
             .await
     }
 
@@ -133,7 +134,7 @@ impl MeshPool {
         &self,
         connector: &TlsConnector,
         endpoint: SocketAddr,
-        quic: bool,
+        tunnel: Option<&str>,
         sni: &str,
         connect_timeout: Option<Duration>,
     ) -> Result<MeshStream, UpstreamError> {
@@ -141,14 +142,15 @@ impl MeshPool {
         // The DestinationRule's connectTimeout, else the proxy's default.
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         let mut io: Option<Box<dyn Io>> = None;
-        if let Some(tunnels) = self
-            .tunnels
-            .as_ref()
-            .filter(|t| quic && !t.recently_failed(endpoint))
-        {
+        if let (Some(tunnels), Some(source)) = (
+            self.tunnels
+                .as_ref()
+                .filter(|t| !t.recently_failed(endpoint)),
+            tunnel,
+        ) {
             // A gateway that advertises QUIC: a tunnel stream, else TCP below.
             let quic_timeout = timeout.min(Duration::from_secs(1));
-            if let Ok(stream) = tunnels.open(endpoint, sni, quic_timeout).await {
+            if let Ok(stream) = tunnels.open(endpoint, sni, source, quic_timeout).await {
                 io = Some(Box::new(stream));
             }
         }
@@ -177,12 +179,12 @@ impl MeshPool {
     async fn connect(
         &self,
         endpoint: SocketAddr,
-        quic: bool,
+        tunnel: Option<&str>,
         sni: &str,
         connect_timeout: Option<Duration>,
     ) -> Result<SendRequest<Body>, UpstreamError> {
         let tls = self
-            .tls(&self.connector, endpoint, quic, sni, connect_timeout)
+            .tls(&self.connector, endpoint, tunnel, sni, connect_timeout)
             .await?;
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))

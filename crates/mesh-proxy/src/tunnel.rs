@@ -3,7 +3,8 @@
 //! The calling sidecar authenticates with its workload certificate, so the gateway
 //! refuses callers from trust domains it does not accept before any routing. Each
 //! bidirectional stream carries one connection: the stream starts with one line, the
-//! target in Istio's SNI form `outbound_.PORT_.SUBSET_.HOST`, then the bytes of the
+//! target in Istio's SNI form `outbound_.PORT_.SUBSET_.HOST` and the caller's cluster
+//! (as the caller states it, for metrics and logs), then the bytes of the
 //! workload-to-workload mTLS session, which stays end to end inside the stream. A
 //! sidecar prefers QUIC for a gateway that advertises it and falls back to TCP when
 //! UDP fails, remembering the failure for a while.
@@ -47,8 +48,9 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, String>
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
-/// Reads the target line at the start of a tunnel stream.
-pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<String> {
+/// Reads the line at the start of a tunnel stream: the target and the caller's
+/// cluster (`unknown` when absent).
+pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<(String, String)> {
     let mut line = Vec::with_capacity(96);
     loop {
         let b = recv.read_u8().await?;
@@ -63,9 +65,17 @@ pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<String
             ));
         }
     }
-    String::from_utf8(line).map_err(|_| {
+    let line = String::from_utf8(line).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, "tunnel header not UTF-8")
-    })
+    })?;
+    let mut parts = line.split_whitespace();
+    let target = parts.next().unwrap_or_default().to_owned();
+    let source = parts
+        .next()
+        .filter(|c| c.len() <= 63 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .unwrap_or("unknown")
+        .to_owned();
+    Ok((target, source))
 }
 
 /// The sidecar's QUIC connections to gateways, one per gateway, and which gateways'
@@ -144,18 +154,20 @@ impl QuicTunnels {
         Ok(conn)
     }
 
-    /// Opens a stream to `target` (`outbound_.PORT_.SUBSET_.HOST`) through `gateway`.
-    /// On failure the gateway is reached over TCP for a while.
+    /// Opens a stream to `target` (`outbound_.PORT_.SUBSET_.HOST`) through `gateway`,
+    /// saying which cluster it comes from. On failure the gateway is reached over TCP
+    /// for a while.
     pub async fn open(
         &self,
         gateway: SocketAddr,
         target: &str,
+        source_cluster: &str,
         timeout: Duration,
     ) -> Result<TunnelStream, String> {
         let result = async {
             let conn = self.connection(gateway, timeout).await?;
             let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(format!("{target}\n").as_bytes())
+            send.write_all(format!("{target} {source_cluster}\n").as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(tokio::io::join(recv, send))
