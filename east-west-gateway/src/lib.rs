@@ -144,6 +144,9 @@ pub struct GatewayOptions {
     /// Also accept QUIC tunnels on the same port (UDP), from sidecars presenting a
     /// workload certificate the gateway's trust accepts.
     pub quic: bool,
+    /// One span per connection setup (its own trace: the requests inside are
+    /// encrypted), with source and destination cluster.
+    pub tracing: mesh_telemetry::trace::Tracing,
 }
 
 impl Default for GatewayOptions {
@@ -154,6 +157,7 @@ impl Default for GatewayOptions {
             connect_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
             quic: false,
+            tracing: mesh_telemetry::trace::Tracing::disabled(),
         }
     }
 }
@@ -352,14 +356,34 @@ async fn splice<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     target: &str,
     transport: &str,
     metrics: &GatewayMetrics,
+    tracing: &mesh_telemetry::trace::Tracing,
 ) {
     let started = Instant::now();
     metrics.opened.get_or_create(&labels).inc();
-    let result = async {
-        upstream.write_all(first).await?;
-        tokio::io::copy_bidirectional(&mut caller, &mut upstream).await
+    let mut span = tracing.start(|| format!("gateway {target}"), true, None);
+    if span.is_recording() {
+        span.set([
+            ("transport", transport.to_owned()),
+            ("source_cluster", labels.source_cluster.clone()),
+            ("destination_cluster", labels.destination_cluster.clone()),
+            ("istio.cluster_id", labels.destination_cluster.clone()),
+            ("destination_service", labels.destination_service.clone()),
+            ("upstream", upstream_addr.to_string()),
+            ("peer", peer.to_string()),
+        ]);
     }
-    .await;
+    // The span is the hop's setup (routing done, upstream connected, first bytes
+    // relayed): connections are long-lived and pooled, so a span to their close would
+    // show up in the trace store only much later.
+    let first_write = upstream.write_all(first).await;
+    match &first_write {
+        Ok(()) => span.end(200, "-"),
+        Err(_) => span.end(503, "UF"),
+    }
+    let result = match first_write {
+        Ok(()) => tokio::io::copy_bidirectional(&mut caller, &mut upstream).await,
+        Err(e) => Err(e),
+    };
     let (from_caller, to_caller) = match &result {
         Ok((a, b)) => (*a + first.len() as u64, *b),
         Err(_) => (first.len() as u64, 0),
@@ -408,7 +432,16 @@ async fn handle(
     match route(&sni, store, options).await {
         Ok((upstream, labels, addr)) => {
             splice(
-                conn, upstream, &hello, labels, addr, peer, &sni, "tcp", metrics,
+                conn,
+                upstream,
+                &hello,
+                labels,
+                addr,
+                peer,
+                &sni,
+                "tcp",
+                metrics,
+                &options.tracing,
             )
             .await;
         }
@@ -470,6 +503,7 @@ async fn serve_quic(
                                 &target,
                                 "quic",
                                 &metrics,
+                                &options.tracing,
                             )
                             .await;
                         }

@@ -30,6 +30,9 @@ struct Args {
     /// Also accept QUIC tunnels on the listener's port (UDP).
     #[arg(long)]
     quic: bool,
+    /// Export a span per connection over OTLP/gRPC to this collector.
+    #[arg(long, env = "ISTHMUS_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -69,6 +72,16 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
+    let cluster = store.snapshot().node.cluster.clone();
+    let tracing = match &args.otlp_endpoint {
+        Some(endpoint) => mesh_telemetry::trace::Tracing::otlp(
+            endpoint,
+            "isthmus-eastwestgateway.istio-system",
+            vec![opentelemetry::KeyValue::new("istio.cluster_id", cluster)],
+        )
+        .map_err(anyhow::Error::msg)?,
+        None => mesh_telemetry::trace::Tracing::disabled(),
+    };
     let gateway = east_west_gateway::start(
         store,
         Some(identity.clone()),
@@ -76,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             listen: args.listen,
             admin: Some(args.admin),
             quic: args.quic,
+            tracing: tracing.clone(),
             ..Default::default()
         },
     )
@@ -87,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     drop(gateway);
+    tracing.flush();
     stream.abort();
     if let Some(r) = renewal {
         r.abort();

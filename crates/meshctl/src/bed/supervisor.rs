@@ -523,6 +523,9 @@ async fn bring_up(
                 &c.gateway_admin.to_string(),
                 "--quic",
             ]);
+        if let Some(endpoint) = &otlp {
+            cmd.args(["--otlp-endpoint", endpoint]);
+        }
         let p = testbed::Process::spawn(
             &format!("gateway-{}", c.name),
             cmd,
