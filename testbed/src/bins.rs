@@ -32,20 +32,7 @@ impl KubeBins {
         if let Some(dir) = std::env::var_os("ISTHMUS_KUBE_BIN_DIR") {
             return Self::in_dir(dir).context("ISTHMUS_KUBE_BIN_DIR");
         }
-        let script = workspace_root().join("tools/build-kube-bins.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .with_context(|| format!("running {}", script.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{} failed:\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Self::in_dir(dir)
+        Self::in_dir(build_script("build-kube-bins.sh")?)
     }
 
     /// The directory holding the binaries.
@@ -89,7 +76,13 @@ pub fn jaeger() -> anyhow::Result<PathBuf> {
         );
         return Ok(bin);
     }
-    let script = workspace_root().join("tools/build-jaeger.sh");
+    Ok(PathBuf::from(build_script("build-jaeger.sh")?))
+}
+
+/// Runs `tools/SCRIPT` (a cached Go build) and returns what it prints: the path of
+/// its output.
+fn build_script(script: &str) -> anyhow::Result<String> {
+    let script = workspace_root().join("tools").join(script);
     let out = Command::new("bash")
         .arg(&script)
         .output()
@@ -101,5 +94,5 @@ pub fn jaeger() -> anyhow::Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
