@@ -64,6 +64,8 @@ pub struct LocalityPolicy {
     pub failover_priority: Vec<String>,
     /// `failover` from region → to region.
     pub failover: Vec<(String, String)>,
+    /// `distribute`: from locality pattern → (to locality pattern, share).
+    pub distribute: Vec<(String, Vec<(String, u32)>)>,
 }
 
 impl LocalityPolicy {
@@ -81,7 +83,26 @@ impl LocalityPolicy {
                         .collect()
                 })
                 .unwrap_or_default(),
+            distribute: l
+                .map(|l| {
+                    l.distribute
+                        .iter()
+                        .map(|d| {
+                            let to = d.to.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                            (d.from.clone(), to)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
+    }
+
+    /// The `distribute` shares for a proxy in `locality`, if a rule's `from` matches.
+    fn shares(&self, locality: &str) -> Option<&[(String, u32)]> {
+        self.distribute
+            .iter()
+            .find(|(from, _)| locality_matches(from, locality))
+            .map(|(_, to)| to.as_slice())
     }
 
     /// Priority of `ep` for a proxy on `node`: 0 is best.
@@ -309,6 +330,39 @@ impl HealthTracker {
                 .map(|(e, (_, i))| (0, *e, *i))
                 .collect();
         }
+        // `distribute`: pick a destination locality by its share (among those with a
+        // usable endpoint), then balance within it.
+        if let Some(shares) = locality.and_then(|l| l.shares(&node.locality)) {
+            let live: Vec<(&str, u32)> = shares
+                .iter()
+                .filter(|(to, w)| {
+                    *w > 0
+                        && pool
+                            .iter()
+                            .any(|(_, e, _)| locality_matches(to, &e.locality))
+                })
+                .map(|(to, w)| (to.as_str(), *w))
+                .collect();
+            let total: u32 = live.iter().map(|(_, w)| w).sum();
+            if total > 0 {
+                let mut pick = rand::random_range(0..total);
+                let chosen = live
+                    .iter()
+                    .find(|(_, w)| {
+                        if pick < *w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .map(|(to, _)| *to)
+                    .unwrap_or(live[0].0);
+                for entry in &mut pool {
+                    entry.0 = usize::from(!locality_matches(chosen, &entry.1.locality));
+                }
+            }
+        }
         let best = pool.iter().map(|(p, _, _)| *p).min()?;
         let mut tier: Vec<_> = pool.into_iter().filter(|(p, _, _)| *p == best).collect();
         if tier.len() > 1 {
@@ -344,6 +398,21 @@ impl HealthTracker {
         };
         Some(tier[i].1)
     }
+}
+
+/// Whether `locality` (`region/zone/subzone`) matches `pattern`, where a `*` segment
+/// matches the rest (`us-west/*`, `*`) and a shorter pattern matches as a prefix.
+fn locality_matches(pattern: &str, locality: &str) -> bool {
+    let mut loc = locality.split('/');
+    for p in pattern.split('/') {
+        if p == "*" {
+            return true;
+        }
+        if loc.next() != Some(p) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Connection-pool limits per destination (service host and subset): a request

@@ -213,12 +213,16 @@ impl<'a> PolicyParts<'a> {
         let outlier = self.outlier.map(crate::lb::OutlierPolicy::compile);
         ResolvedPolicy {
             lb: self.lb.and_then(|l| l.simple),
-            locality: if outlier.is_some() {
-                crate::lb::LocalityPolicy::compile(
-                    self.lb.and_then(|l| l.locality_lb_setting.as_ref()),
-                )
-            } else {
-                None
+            // As in Istio: failover needs outlier detection (to know an endpoint is
+            // gone); weighted `distribute` does not.
+            locality: {
+                let setting = self.lb.and_then(|l| l.locality_lb_setting.as_ref());
+                let distributes = setting.is_some_and(|s| !s.distribute.is_empty());
+                if outlier.is_some() || distributes {
+                    crate::lb::LocalityPolicy::compile(setting)
+                } else {
+                    None
+                }
             },
             outlier,
             connect_timeout: self

@@ -191,3 +191,40 @@ async fn locality_failover_prefers_the_local_cluster_and_spills_over_without_err
         assert_eq!(get(c.outbound_addr).await.1, "east");
     }
 }
+
+#[tokio::test]
+async fn locality_distribute_splits_traffic_by_share() {
+    let mesh = Mesh::new();
+    let (east_app, _) = switchable_backend("east").await;
+    let (west_app, _) = switchable_backend("west").await;
+    let (east, west) = (
+        server(&mesh, east_app, "east").await,
+        server(&mesh, west_app, "west").await,
+    );
+    let c = client(
+        &mesh,
+        east.inbound_addr,
+        west.inbound_addr,
+        "    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        distribute:
+        - from: eu/*
+          to: {\"eu/*\": 70, \"us/*\": 30}",
+        "",
+    )
+    .await;
+    let mut west_count = 0;
+    for _ in 0..400 {
+        let (status, body) = get(c.outbound_addr).await;
+        assert_eq!(status, 200);
+        if body == "west" {
+            west_count += 1;
+        }
+    }
+    // 30 % of 400 is 120; the binomial spread is about 9.
+    assert!(
+        (85..=155).contains(&west_count),
+        "{west_count} of 400 went to us/*"
+    );
+}

@@ -195,7 +195,13 @@ fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> a
                 println!("Note: {}", state.tracing_note);
             }
             if let Some(t) = state.first_request_seconds {
-                println!("Ready in {t:.1} s (to the first request across clusters).");
+                let across = state.plan.as_ref().is_some_and(|p| p.clusters.len() > 1);
+                let what = if across {
+                    "across clusters"
+                } else {
+                    "through the chain"
+                };
+                println!("Ready in {t:.1} s (to the first request {what}).");
             }
             print_next_steps(&state);
             return Ok(());
