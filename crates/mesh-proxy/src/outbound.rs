@@ -274,9 +274,31 @@ impl Outbound {
         };
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
         let resolved = policy.and_then(|p| p.resolve(&dest.subset, port.port));
-        let hash = resolved
-            .and_then(|r| r.hash_key.as_ref())
-            .and_then(|k| request_hash(k, &parts, peer));
+        let hash_key = resolved.and_then(|r| r.hash_key.as_ref());
+        let mut hash = hash_key.and_then(|k| request_hash(k, &parts, peer));
+        // httpCookie with a TTL and no cookie yet: make one up, hash on it, and hand it
+        // to the client so its next requests stick to the same endpoint.
+        let mut set_cookie = None;
+        if let (
+            None,
+            Some(crate::state::HashKey::Cookie {
+                name,
+                ttl: Some(ttl),
+                path,
+            }),
+        ) = (hash, hash_key)
+        {
+            let value: String = (0..16)
+                .map(|_| format!("{:x}", rand::random_range(0..16u8)))
+                .collect();
+            hash = Some(crate::lb::hash_of(value.clone()));
+            set_cookie = http::HeaderValue::from_str(&format!(
+                "{name}={value}; Path={}; Max-Age={}; HttpOnly",
+                path.as_deref().unwrap_or("/"),
+                ttl.as_secs().max(1)
+            ))
+            .ok();
+        }
         out.upstream_cluster = outbound_sni(port.port, &dest.subset, &target.host);
         out.peers = Some(crate::peer::source_report(
             &state.node,
@@ -503,6 +525,9 @@ impl Outbound {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 apply_edits(&mut parts.headers, &route.response_headers);
+                if let Some(cookie) = set_cookie {
+                    parts.headers.append(http::header::SET_COOKIE, cookie);
+                }
                 parts.version = http::Version::HTTP_11;
                 Response::from_parts(parts, boxed(body))
             }
@@ -616,7 +641,7 @@ fn request_hash(
     use crate::state::HashKey;
     let value: String = match key {
         HashKey::Header(name) => parts.headers.get(name.as_str())?.to_str().ok()?.to_owned(),
-        HashKey::Cookie(name) => parts
+        HashKey::Cookie { name, .. } => parts
             .headers
             .get_all(http::header::COOKIE)
             .iter()

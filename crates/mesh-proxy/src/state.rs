@@ -160,8 +160,16 @@ pub struct ResolvedPolicy {
 pub enum HashKey {
     /// A request header.
     Header(String),
-    /// A cookie.
-    Cookie(String),
+    /// A cookie; when it is absent and `ttl` is set, the proxy makes one up and
+    /// returns it in `Set-Cookie` (Istio's `httpCookie` with a TTL).
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Lifetime of a generated cookie.
+        ttl: Option<std::time::Duration>,
+        /// Path of a generated cookie.
+        path: Option<String>,
+    },
     /// The caller's IP address.
     SourceIp,
     /// A query parameter.
@@ -247,9 +255,11 @@ impl<'a> PolicyParts<'a> {
                         .clone()
                         .map(|h| HashKey::Header(h.to_ascii_lowercase()))
                         .or_else(|| {
-                            c.http_cookie
-                                .as_ref()
-                                .map(|k| HashKey::Cookie(k.name.clone()))
+                            c.http_cookie.as_ref().map(|k| HashKey::Cookie {
+                                name: k.name.clone(),
+                                ttl: k.ttl.map(|d| d.as_std()).filter(|d| !d.is_zero()),
+                                path: k.path.clone(),
+                            })
                         })
                         .or_else(|| (c.use_source_ip == Some(true)).then_some(HashKey::SourceIp))
                         .or_else(|| c.http_query_parameter_name.clone().map(HashKey::Query))

@@ -947,3 +947,69 @@ async fn consistent_hash_keeps_a_user_on_one_endpoint() {
         "users spread over both endpoints: {versions_by_user:?}"
     );
 }
+
+#[tokio::test]
+async fn an_http_cookie_with_a_ttl_is_generated_and_keeps_the_client_on_one_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world("", Duration::ZERO).await;
+    let sticky = client_config(
+        w.v1_inbound,
+        w.v2_inbound,
+        "  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: session, ttl: 60s, path: /}}
+",
+    );
+    w.client.store.apply_yaml(&sticky, "client").unwrap();
+    let out = w.client.outbound_addr;
+    // Raw HTTP/1.1, to read the Set-Cookie header.
+    let raw = |cookie: Option<String>| async move {
+        let mut s = TcpStream::connect(out).await.unwrap();
+        let cookie = cookie
+            .map(|c| format!("cookie: {c}\r\n"))
+            .unwrap_or_default();
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nhost: reviews:9080\r\n{cookie}connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    let mut versions = std::collections::BTreeSet::new();
+    // 16 clients: the chance that all land on one endpoint is 2 in 65,536.
+    for _ in 0..16 {
+        // A client without the cookie gets one ...
+        let first = raw(None).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let set = first
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .unwrap_or_else(|| panic!("no Set-Cookie: {first}"));
+        assert!(
+            set.contains("Max-Age=60") && set.contains("Path=/"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let version = |t: &str| {
+            t.split("\r\n\r\n")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        let pinned = version(&first);
+        // ... and with it stays where its first request went, without a new cookie.
+        for _ in 0..3 {
+            let again = raw(Some(cookie.clone())).await;
+            assert_eq!(version(&again), pinned, "{cookie} moved");
+            assert!(!again.contains("set-cookie"), "{again}");
+        }
+        versions.insert(pinned);
+    }
+    assert_eq!(versions.len(), 2, "new clients spread over both endpoints");
+}
