@@ -468,6 +468,7 @@ impl Outbound {
                 &out.upstream_cluster,
                 req,
                 resolved.and_then(|r| r.connect_timeout),
+                crate::pool::Reuse::of(resolved),
             );
             let result = match per_try {
                 Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
@@ -589,7 +590,14 @@ impl Outbound {
         let tunnel = endpoint.quic.then(|| state.node.cluster.clone());
         tokio::spawn(async move {
             if let Err(e) = pool
-                .send(endpoint.inbound, tunnel.as_deref(), &sni, req, None)
+                .send(
+                    endpoint.inbound,
+                    tunnel.as_deref(),
+                    &sni,
+                    req,
+                    None,
+                    crate::pool::Reuse::default(),
+                )
                 .await
             {
                 tracing::debug!(error = %e, "mirror request failed");

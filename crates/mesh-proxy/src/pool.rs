@@ -43,8 +43,35 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 /// An mTLS connection to another sidecar.
 pub type MeshStream = TlsStream<Box<dyn Io>>;
 
+/// When an upstream HTTP/2 connection is replaced (DestinationRule
+/// `connectionPool.http`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reuse {
+    /// Requests per connection (`maxRequestsPerConnection`).
+    pub max_requests: Option<u32>,
+    /// Longest idle time (`idleTimeout`).
+    pub idle: Option<Duration>,
+}
+
+impl Reuse {
+    /// The settings of a resolved policy.
+    pub fn of(policy: Option<&crate::state::ResolvedPolicy>) -> Self {
+        Self {
+            max_requests: policy.and_then(|p| p.max_requests_per_connection),
+            idle: policy.and_then(|p| p.idle_timeout),
+        }
+    }
+}
+
+/// One pooled connection and how it has been used.
+struct Pooled {
+    sender: SendRequest<Body>,
+    requests: u32,
+    last_used: std::time::Instant,
+}
+
 /// Open HTTP/2 connections by (endpoint, SNI).
-type Connections = HashMap<(SocketAddr, String), SendRequest<Body>>;
+type Connections = HashMap<(SocketAddr, String), Pooled>;
 
 /// The pool. Cloning shares it.
 #[derive(Clone)]
@@ -89,19 +116,36 @@ impl MeshPool {
         sni: &str,
         req: http::Request<Body>,
         connect_timeout: Option<Duration>,
+        reuse: Reuse,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let key = (endpoint, sni.to_owned());
-        let cached = self
-            .conns
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+        let cached = self.conns.lock().ok().and_then(|mut m| {
+            let p = m.get_mut(&key)?;
+            let worn = reuse.max_requests.is_some_and(|n| p.requests >= n)
+                || reuse.idle.is_some_and(|t| p.last_used.elapsed() > t)
+                || p.sender.is_closed();
+            if worn {
+                // Dropping the sender closes the connection once its requests finish.
+                m.remove(&key);
+                return None;
+            }
+            p.requests += 1;
+            p.last_used = std::time::Instant::now();
+            Some(p.sender.clone())
+        });
         let mut sender = match cached {
             Some(s) => s,
             None => {
                 let s = self.connect(endpoint, tunnel, sni, connect_timeout).await?;
                 if let Ok(mut m) = self.conns.lock() {
-                    m.insert(key.clone(), s.clone());
+                    m.insert(
+                        key.clone(),
+                        Pooled {
+                            sender: s.clone(),
+                            requests: 1,
+                            last_used: std::time::Instant::now(),
+                        },
+                    );
                 }
                 s
             }

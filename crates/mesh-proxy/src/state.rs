@@ -153,6 +153,11 @@ pub struct ResolvedPolicy {
     pub max_pending: Option<u32>,
     /// Consistent-hash key, when the policy asks for session affinity.
     pub hash_key: Option<HashKey>,
+    /// Requests per upstream connection before a new one is opened
+    /// (`maxRequestsPerConnection`); unlimited when unset.
+    pub max_requests_per_connection: Option<u32>,
+    /// How long an unused upstream connection is kept (`http.idleTimeout`).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// What a consistent hash is computed over.
@@ -269,6 +274,18 @@ impl<'a> PolicyParts<'a> {
                 .and_then(|p| p.http.as_ref())
                 .and_then(|h| h.http1_max_pending_requests)
                 .map(|n| n.max(0) as u32),
+            max_requests_per_connection: self
+                .pool
+                .and_then(|p| p.http.as_ref())
+                .and_then(|h| h.max_requests_per_connection)
+                .filter(|n| *n > 0)
+                .map(|n| n as u32),
+            idle_timeout: self
+                .pool
+                .and_then(|p| p.http.as_ref())
+                .and_then(|h| h.idle_timeout)
+                .map(|d| d.as_std())
+                .filter(|d| !d.is_zero()),
         }
     }
 }

@@ -1013,3 +1013,75 @@ async fn an_http_cookie_with_a_ttl_is_generated_and_keeps_the_client_on_one_endp
     }
     assert_eq!(versions.len(), 2, "new clients spread over both endpoints");
 }
+
+/// A TCP relay to `to` that counts the connections it accepts.
+async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut up) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_and_idle_timeout_renew_upstream_connections() {
+    use std::sync::atomic::Ordering;
+    let w = world("", Duration::ZERO).await;
+    let (r1, c1) = counting_relay(w.v1_inbound).await;
+    let (r2, c2) = counting_relay(w.v2_inbound).await;
+    let connections = || c1.load(Ordering::SeqCst) + c2.load(Ordering::SeqCst);
+    let out = w.client.outbound_addr;
+    let apply = |pool: &str| {
+        let policy = format!(
+            "  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+{pool}"
+        );
+        w.client
+            .store
+            .apply_yaml(&client_config(r1, r2, &policy), "client")
+            .unwrap();
+    };
+    // Unlimited: one HTTP/2 connection per endpoint carries every request.
+    apply("");
+    for _ in 0..12 {
+        assert_eq!(get(out, "reviews:9080", "/", &[]).await.0, 200);
+    }
+    assert_eq!(connections(), 2);
+    // maxRequestsPerConnection 2: a new connection every second request per endpoint.
+    apply("    connectionPool: {http: {maxRequestsPerConnection: 2}}\n");
+    let before = connections();
+    for _ in 0..12 {
+        assert_eq!(get(out, "reviews:9080", "/", &[]).await.0, 200);
+    }
+    assert!(
+        connections() - before >= 5,
+        "{} new connections",
+        connections() - before
+    );
+    // idleTimeout: a connection unused for longer is replaced.
+    apply("    connectionPool: {http: {idleTimeout: 200ms}}\n");
+    for _ in 0..2 {
+        assert_eq!(get(out, "reviews:9080", "/", &[]).await.0, 200);
+    }
+    let before = connections();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..2 {
+        assert_eq!(get(out, "reviews:9080", "/", &[]).await.0, 200);
+    }
+    assert_eq!(
+        connections() - before,
+        2,
+        "both idle connections were replaced"
+    );
+}
