@@ -462,14 +462,34 @@ impl Outbound {
                 (p, o) => p.or(o),
             };
             let _active = self.health.start(&target.host, endpoint.inbound);
-            let send = self.pool.send(
-                endpoint.inbound,
-                endpoint.quic.then_some(state.node.cluster.as_str()),
-                &out.upstream_cluster,
-                req,
-                resolved.and_then(|r| r.connect_timeout),
-                crate::pool::Reuse::of(resolved),
-            );
+            type Sent<'s> = std::pin::Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = Result<
+                                http::Response<hyper::body::Incoming>,
+                                crate::pool::UpstreamError,
+                            >,
+                        > + Send
+                        + 's,
+                >,
+            >;
+            let send: Sent<'_> = if resolved.is_some_and(|r| r.plaintext) {
+                // tls.mode DISABLE: the destination has no sidecar; its own port.
+                let addr = std::net::SocketAddr::new(endpoint.inbound.ip(), port.target_port);
+                Box::pin(
+                    self.pool
+                        .send_plain(addr, req, resolved.and_then(|r| r.connect_timeout)),
+                )
+            } else {
+                Box::pin(self.pool.send(
+                    endpoint.inbound,
+                    endpoint.quic.then_some(state.node.cluster.as_str()),
+                    &out.upstream_cluster,
+                    req,
+                    resolved.and_then(|r| r.connect_timeout),
+                    crate::pool::Reuse::of(resolved),
+                ))
+            };
             let result = match per_try {
                 Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
                     Err(crate::pool::UpstreamError {

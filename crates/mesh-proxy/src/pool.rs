@@ -162,6 +162,32 @@ impl MeshPool {
         })
     }
 
+    /// Sends `req` as plain HTTP/1.1 to a workload without a sidecar (`tls.mode:
+    /// DISABLE`), over a fresh connection that capture leaves alone.
+    pub async fn send_plain(
+        &self,
+        addr: SocketAddr,
+        req: http::Request<Body>,
+        connect_timeout: Option<Duration>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
+        let timeout = connect_timeout.unwrap_or(self.connect_timeout);
+        let tcp = tokio::time::timeout(timeout, crate::capture::connect_marked(addr))
+            .await
+            .map_err(|_| uf(format!("{addr}: connect timed out after {timeout:?}")))?
+            .map_err(|e| uf(format!("{addr}: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| uf(format!("{addr}: {e}")))?;
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.version_mut() = http::Version::HTTP_11;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::new(ResponseFlag::UpstreamReset, format!("{addr}: {e}")))
+    }
+
     /// Opens an mTLS stream for opaque TCP to the sidecar at `endpoint`.
     pub async fn connect_stream(
         &self,

@@ -158,6 +158,9 @@ pub struct ResolvedPolicy {
     pub max_requests_per_connection: Option<u32>,
     /// How long an unused upstream connection is kept (`http.idleTimeout`).
     pub idle_timeout: Option<std::time::Duration>,
+    /// `tls.mode: DISABLE`: plain HTTP straight to the workload's port (a destination
+    /// without a sidecar), not mTLS to its sidecar.
+    pub plaintext: bool,
 }
 
 /// What a consistent hash is computed over.
@@ -187,6 +190,7 @@ struct PolicyParts<'a> {
     lb: Option<&'a mesh_api::networking::LoadBalancerSettings>,
     outlier: Option<&'a mesh_api::networking::OutlierDetection>,
     pool: Option<&'a mesh_api::networking::ConnectionPoolSettings>,
+    tls: Option<&'a mesh_api::networking::ClientTlsSettings>,
 }
 
 /// `base` with the port-level settings of `t` for `port` laid over it.
@@ -205,6 +209,7 @@ fn with_port<'a>(
             pl.load_balancer.as_ref(),
             pl.outlier_detection.as_ref(),
             pl.connection_pool.as_ref(),
+            pl.tls.as_ref(),
         );
     }
     p
@@ -216,10 +221,12 @@ impl<'a> PolicyParts<'a> {
         lb: Option<&'a mesh_api::networking::LoadBalancerSettings>,
         outlier: Option<&'a mesh_api::networking::OutlierDetection>,
         pool: Option<&'a mesh_api::networking::ConnectionPoolSettings>,
+        tls: Option<&'a mesh_api::networking::ClientTlsSettings>,
     ) {
         self.lb = lb.or(self.lb);
         self.outlier = outlier.or(self.outlier);
         self.pool = pool.or(self.pool);
+        self.tls = tls.or(self.tls);
     }
 
     fn resolve(&self) -> ResolvedPolicy {
@@ -286,6 +293,8 @@ impl<'a> PolicyParts<'a> {
                 .and_then(|h| h.idle_timeout)
                 .map(|d| d.as_std())
                 .filter(|d| !d.is_zero()),
+            plaintext: self.tls.and_then(|t| t.mode)
+                == Some(mesh_api::networking::ClientTlsMode::Disable),
         }
     }
 }
@@ -300,6 +309,7 @@ impl DestinationPolicy {
                 t.load_balancer.as_ref(),
                 t.outlier_detection.as_ref(),
                 t.connection_pool.as_ref(),
+                t.tls.as_ref(),
             );
         }
         let ports_of = |t: Option<&TrafficPolicy>| -> Vec<u16> {
@@ -331,6 +341,7 @@ impl DestinationPolicy {
                         sp.load_balancer.as_ref(),
                         sp.outlier_detection.as_ref(),
                         sp.connection_pool.as_ref(),
+                        sp.tls.as_ref(),
                     );
                     if let Some(p) = port {
                         parts = with_port(&parts, Some(sp), p);

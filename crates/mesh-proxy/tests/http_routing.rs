@@ -1085,3 +1085,48 @@ async fn max_requests_per_connection_and_idle_timeout_renew_upstream_connections
         "both idle connections were replaced"
     );
 }
+
+#[tokio::test]
+async fn tls_disable_sends_plain_http_to_a_workload_without_a_sidecar() {
+    let w = world("", Duration::ZERO).await;
+    // A legacy service: no sidecar, its app listens on its own port.
+    let legacy = backend("legacy", Duration::ZERO).await;
+    let config = format!(
+        "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
+services:
+- name: legacy
+  namespace: shop
+  ports: [{{name: http, port: 8000, targetPort: {}}}]
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: legacy, namespace: shop}}
+spec:
+  host: legacy
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+",
+        legacy.port()
+    );
+    w.client.store.apply_yaml(&config, "client").unwrap();
+    let (status, body) = get(w.client.outbound_addr, "legacy:8000", "/old", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    // Plain HTTP to the app itself: no client certificate reached it.
+    assert!(
+        body.starts_with("legacy path=/old") && body.ends_with("xfcc=-"),
+        "{body}"
+    );
+
+    // Without DISABLE the proxy insists on mTLS to a sidecar (there is none): 503.
+    w.client
+        .store
+        .apply_yaml(
+            &config.replace("trafficPolicy: {tls: {mode: DISABLE}}", "trafficPolicy: {}"),
+            "client",
+        )
+        .unwrap();
+    let (status, _) = get(w.client.outbound_addr, "legacy:8000", "/old", &[]).await;
+    assert_eq!(status, 503);
+}
