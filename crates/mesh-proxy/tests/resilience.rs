@@ -146,15 +146,24 @@ spec:
     assert!(seen_bad, "re-admitted after baseEjectionTime");
 }
 
-#[tokio::test]
-async fn locality_failover_prefers_the_local_cluster_and_spills_over_without_errors() {
+/// reviews in east (its status switchable) and in west, each behind a sidecar.
+async fn two_clusters() -> (
+    Mesh,
+    Sidecar,
+    Sidecar,
+    std::sync::Arc<std::sync::atomic::AtomicU16>,
+) {
     let mesh = Mesh::new();
     let (east_app, east_status) = switchable_backend("east").await;
     let (west_app, _) = switchable_backend("west").await;
-    let (east, west) = (
-        server(&mesh, east_app, "east").await,
-        server(&mesh, west_app, "west").await,
-    );
+    let east = server(&mesh, east_app, "east").await;
+    let west = server(&mesh, west_app, "west").await;
+    (mesh, east, west, east_status)
+}
+
+#[tokio::test]
+async fn locality_failover_prefers_the_local_cluster_and_spills_over_without_errors() {
+    let (mesh, east, west, east_status) = two_clusters().await;
     let c = client(
         &mesh,
         east.inbound_addr,
@@ -194,13 +203,7 @@ async fn locality_failover_prefers_the_local_cluster_and_spills_over_without_err
 
 #[tokio::test]
 async fn locality_distribute_splits_traffic_by_share() {
-    let mesh = Mesh::new();
-    let (east_app, _) = switchable_backend("east").await;
-    let (west_app, _) = switchable_backend("west").await;
-    let (east, west) = (
-        server(&mesh, east_app, "east").await,
-        server(&mesh, west_app, "west").await,
-    );
+    let (mesh, east, west, _) = two_clusters().await;
     let c = client(
         &mesh,
         east.inbound_addr,
