@@ -462,34 +462,18 @@ impl Outbound {
                 (p, o) => p.or(o),
             };
             let _active = self.health.start(&target.host, endpoint.inbound);
-            type Sent<'s> = std::pin::Pin<
-                Box<
-                    dyn std::future::Future<
-                            Output = Result<
-                                http::Response<hyper::body::Incoming>,
-                                crate::pool::UpstreamError,
-                            >,
-                        > + Send
-                        + 's,
-                >,
-            >;
-            let send: Sent<'_> = if resolved.is_some_and(|r| r.plaintext) {
+            let upstream = crate::pool::Upstream {
+                endpoint: endpoint.inbound,
+                sni: &out.upstream_cluster,
+                tunnel: endpoint.quic.then_some(state.node.cluster.as_str()),
                 // tls.mode DISABLE: the destination has no sidecar; its own port.
-                let addr = std::net::SocketAddr::new(endpoint.inbound.ip(), port.target_port);
-                Box::pin(
-                    self.pool
-                        .send_plain(addr, req, resolved.and_then(|r| r.connect_timeout)),
-                )
-            } else {
-                Box::pin(self.pool.send(
-                    endpoint.inbound,
-                    endpoint.quic.then_some(state.node.cluster.as_str()),
-                    &out.upstream_cluster,
-                    req,
-                    resolved.and_then(|r| r.connect_timeout),
-                    crate::pool::Reuse::of(resolved),
-                ))
+                plaintext: resolved
+                    .is_some_and(|r| r.plaintext)
+                    .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), port.target_port)),
+                connect_timeout: resolved.and_then(|r| r.connect_timeout),
+                reuse: crate::pool::Reuse::of(resolved),
             };
+            let send = self.pool.send(&upstream, req);
             let result = match per_try {
                 Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
                     Err(crate::pool::UpstreamError {
@@ -611,12 +595,15 @@ impl Outbound {
         tokio::spawn(async move {
             if let Err(e) = pool
                 .send(
-                    endpoint.inbound,
-                    tunnel.as_deref(),
-                    &sni,
+                    &crate::pool::Upstream {
+                        endpoint: endpoint.inbound,
+                        sni: &sni,
+                        tunnel: tunnel.as_deref(),
+                        plaintext: None,
+                        connect_timeout: None,
+                        reuse: crate::pool::Reuse::default(),
+                    },
                     req,
-                    None,
-                    crate::pool::Reuse::default(),
                 )
                 .await
             {

@@ -63,6 +63,23 @@ impl Reuse {
     }
 }
 
+/// Where and how one request goes upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream<'a> {
+    /// The endpoint's sidecar (or gateway) address.
+    pub endpoint: SocketAddr,
+    /// Istio's SNI `outbound_.PORT_.SUBSET_.HOST`.
+    pub sni: &'a str,
+    /// This proxy's cluster, when the endpoint is a gateway that accepts QUIC tunnels.
+    pub tunnel: Option<&'a str>,
+    /// `tls.mode: DISABLE`: plain HTTP to this address (the workload's own port).
+    pub plaintext: Option<SocketAddr>,
+    /// The DestinationRule's connect timeout, else the pool's default.
+    pub connect_timeout: Option<Duration>,
+    /// When pooled connections are replaced.
+    pub reuse: Reuse,
+}
+
 /// One pooled connection and how it has been used.
 struct Pooled {
     sender: SendRequest<Body>,
@@ -106,18 +123,25 @@ impl MeshPool {
         }
     }
 
-    /// Sends `req` to the sidecar at `endpoint`, presenting `sni`. With `tunnel`
-    /// (this proxy's cluster), the endpoint is a gateway that accepts QUIC tunnels,
-    /// tried first.
+    /// Sends `req` upstream as `up` says: over the pooled mTLS HTTP/2 connection to
+    /// the endpoint's sidecar (in a QUIC tunnel first when `up.tunnel` is set), or as
+    /// plain HTTP to a workload without a sidecar.
     pub async fn send(
         &self,
-        endpoint: SocketAddr,
-        tunnel: Option<&str>,
-        sni: &str,
+        up: &Upstream<'_>,
         req: http::Request<Body>,
-        connect_timeout: Option<Duration>,
-        reuse: Reuse,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        if let Some(addr) = up.plaintext {
+            return self.send_plain(addr, req, up.connect_timeout).await;
+        }
+        let Upstream {
+            endpoint,
+            tunnel,
+            sni,
+            connect_timeout,
+            reuse,
+            ..
+        } = *up;
         let key = (endpoint, sni.to_owned());
         let cached = self.conns.lock().ok().and_then(|mut m| {
             let p = m.get_mut(&key)?;
@@ -164,7 +188,7 @@ impl MeshPool {
 
     /// Sends `req` as plain HTTP/1.1 to a workload without a sidecar (`tls.mode:
     /// DISABLE`), over a fresh connection that capture leaves alone.
-    pub async fn send_plain(
+    async fn send_plain(
         &self,
         addr: SocketAddr,
         req: http::Request<Body>,
