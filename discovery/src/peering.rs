@@ -410,7 +410,8 @@ async fn subscribe_loop(
         })
     };
     let _watchdog = AbortOnDrop(watchdog);
-    let mut backoff = options.initial_backoff;
+    let mut backoff =
+        mesh_proxy::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
     loop {
         let started = Instant::now();
         let result = subscribe_once(
@@ -432,22 +433,8 @@ async fn subscribe_loop(
                 s.last_error = e.clone();
             });
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = options.initial_backoff;
-        }
-        tokio::time::sleep(backoff.mul_f64(rand_jitter())).await;
-        backoff = (backoff * 2).min(options.max_backoff);
+        backoff.wait(started).await;
     }
-}
-
-fn rand_jitter() -> f64 {
-    // 0.8 ..= 1.2 without another dependency: the clock's nanoseconds are random
-    // enough to spread reconnects.
-    let n = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    0.8 + (n % 400) as f64 / 1000.0
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -326,7 +326,7 @@ pub async fn run(
     status: Arc<arc_swap::ArcSwap<StreamStatus>>,
 ) {
     let mut set = ResourceSet::default();
-    let mut backoff = options.initial_backoff;
+    let mut backoff = crate::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
     loop {
         let started = Instant::now();
         let result = stream_once(&options, &identity, &store, &mut set, &status).await;
@@ -337,12 +337,7 @@ pub async fn run(
             tracing::warn!(discovery = %options.address, error = %e, "config stream closed; serving the last good config");
         }
         status.store(Arc::new(s));
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = options.initial_backoff;
-        }
-        let jitter = rand::random_range(0.8..1.2);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(options.max_backoff);
+        backoff.wait(started).await;
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod backoff;
 pub mod bootstrap;
 pub mod ca_client;
 pub mod capture;
