@@ -12,18 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use crate::registry::{InputKind, Object, Registry};
 
-/// Kinds the file registry reads.
-pub const FILE_KINDS: &[InputKind] = &[
-    InputKind::Service,
-    InputKind::EndpointSlice,
-    InputKind::Pod,
-    InputKind::Node,
-    InputKind::Namespace,
-    InputKind::WorkloadEntry,
-    InputKind::Istio,
-    InputKind::Secret,
-];
-
 /// Turns one document into an object.
 pub fn object_from_value(doc: serde_json::Value) -> Result<Option<Object>, String> {
     let kind = doc
@@ -167,7 +155,7 @@ fn load(dir: &Path, registry: &Registry, last_good: &mut HashMap<PathBuf, Vec<Ob
     last_good.retain(|p, _| listed.contains(p) || readable.contains(p));
     registry.set_file_errors(errors);
     let mut by_kind: BTreeMap<InputKind, Vec<Object>> =
-        FILE_KINDS.iter().map(|k| (*k, Vec::new())).collect();
+        InputKind::ALL.iter().map(|k| (*k, Vec::new())).collect();
     for o in last_good.values().flatten() {
         by_kind.entry(o.input_kind()).or_default().push(o.clone());
     }

@@ -37,18 +37,6 @@ pub const ISTIO_KINDS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Kinds the Kubernetes registry syncs.
-pub const KUBE_KINDS: &[InputKind] = &[
-    InputKind::Service,
-    InputKind::EndpointSlice,
-    InputKind::Pod,
-    InputKind::Node,
-    InputKind::Namespace,
-    InputKind::WorkloadEntry,
-    InputKind::Istio,
-    InputKind::Secret,
-];
-
 async fn watch<K>(
     api: Api<K>,
     config: watcher::Config,

@@ -234,8 +234,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
     let identity = Identity::new(own, TrustConfig::new(td.clone(), bundle))?;
 
     let kinds = match &options.source {
-        Source::Kubernetes(_) => kube_registry::KUBE_KINDS,
-        Source::Files(_) => files::FILE_KINDS,
+        Source::Kubernetes(_) | Source::Files(_) => registry::InputKind::ALL,
         Source::Api => &[],
     };
     let registry = Arc::new(Registry::new(&options.cluster, &options.network, kinds));

@@ -80,6 +80,20 @@ pub enum InputKind {
     Secret,
 }
 
+impl InputKind {
+    /// Every kind, as both the Kubernetes and the file registry read them.
+    pub const ALL: &[InputKind] = &[
+        InputKind::Service,
+        InputKind::EndpointSlice,
+        InputKind::Pod,
+        InputKind::Node,
+        InputKind::Namespace,
+        InputKind::WorkloadEntry,
+        InputKind::Istio,
+        InputKind::Secret,
+    ];
+}
+
 impl Object {
     /// The object's input kind.
     pub fn input_kind(&self) -> InputKind {
@@ -97,40 +111,22 @@ impl Object {
 
     /// `Kind/namespace/name` (`Kind/name` for cluster-scoped kinds).
     pub fn key(&self) -> String {
-        fn k(kind: &str, ns: Option<&String>, name: Option<&String>) -> String {
-            match ns {
-                Some(ns) => format!("{kind}/{ns}/{}", name.map_or("", |n| n)),
-                None => format!("{kind}/{}", name.map_or("", |n| n)),
-            }
-        }
+        // Namespaced kinds default to `default`, as the API server does.
+        let namespaced = |kind: &str, meta| {
+            let (ns, name) = ns_name(meta);
+            format!("{kind}/{ns}/{name}")
+        };
+        let cluster = |kind: &str, name: &Option<String>| {
+            format!("{kind}/{}", name.as_deref().unwrap_or_default())
+        };
         match self {
-            Self::Service(o) => k(
-                "Service",
-                o.metadata.namespace.as_ref(),
-                o.metadata.name.as_ref(),
-            ),
-            Self::EndpointSlice(o) => k(
-                "EndpointSlice",
-                o.metadata.namespace.as_ref(),
-                o.metadata.name.as_ref(),
-            ),
-            Self::Pod(o) => k(
-                "Pod",
-                o.metadata.namespace.as_ref(),
-                o.metadata.name.as_ref(),
-            ),
-            Self::Node(o) => k("Node", None, o.metadata.name.as_ref()),
-            Self::Namespace(o) => k("Namespace", None, o.metadata.name.as_ref()),
-            Self::WorkloadEntry(o) => k(
-                "WorkloadEntry",
-                o.metadata.namespace.as_ref(),
-                o.metadata.name.as_ref(),
-            ),
-            Self::Secret(o) => k(
-                "Secret",
-                o.metadata.namespace.as_ref(),
-                o.metadata.name.as_ref(),
-            ),
+            Self::Service(o) => namespaced("Service", &o.metadata),
+            Self::EndpointSlice(o) => namespaced("EndpointSlice", &o.metadata),
+            Self::Pod(o) => namespaced("Pod", &o.metadata),
+            Self::Node(o) => cluster("Node", &o.metadata.name),
+            Self::Namespace(o) => cluster("Namespace", &o.metadata.name),
+            Self::WorkloadEntry(o) => namespaced("WorkloadEntry", &o.metadata),
+            Self::Secret(o) => namespaced("Secret", &o.metadata),
             Self::Istio(v) => {
                 let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned);
                 format!(
@@ -521,10 +517,11 @@ impl Registry {
         self.changed.send_modify(|_| {});
     }
 
-    /// Removes the Istio object `Kind/namespace/name`.
+    /// Removes the Istio object or link Secret `Kind/namespace/name`.
     pub fn delete_key(&self, key: &str) {
         let mut inner = self.lock();
         inner.errors.remove(key);
+        inner.links.remove(key);
         if inner.istio.remove(key).is_some() {
             let gen_ = inner.generation + 1;
             inner.generation = gen_;
@@ -538,67 +535,83 @@ impl Registry {
     /// kind synced. Objects gone since are deleted.
     pub fn replace_all(&self, kind: InputKind, objects: Vec<Object>) {
         let present: BTreeSet<String> = objects.iter().map(Object::key).collect();
-        let stale: Vec<Object> = {
+        // Only the objects that are gone are cloned (to be deleted).
+        fn gone<V: Clone>(
+            kind: &str,
+            map: &BTreeMap<(String, String), V>,
+            present: &BTreeSet<String>,
+            wrap: fn(Box<V>) -> Object,
+        ) -> Vec<Object> {
+            map.iter()
+                .filter(|((ns, name), _)| !present.contains(&format!("{kind}/{ns}/{name}")))
+                .map(|(_, v)| wrap(Box::new(v.clone())))
+                .collect()
+        }
+        fn gone_cluster_scoped<V: Clone>(
+            kind: &str,
+            map: &BTreeMap<String, V>,
+            present: &BTreeSet<String>,
+            wrap: fn(Box<V>) -> Object,
+        ) -> Vec<Object> {
+            map.iter()
+                .filter(|(name, _)| !present.contains(&format!("{kind}/{name}")))
+                .map(|(_, v)| wrap(Box::new(v.clone())))
+                .collect()
+        }
+        let (stale, stale_keys): (Vec<Object>, Vec<String>) = {
             let inner = self.lock();
-            let mut stale = Vec::new();
+            let keys = |keys: Vec<&String>| {
+                keys.into_iter()
+                    .filter(|k| !present.contains(*k))
+                    .cloned()
+                    .collect()
+            };
             match kind {
-                InputKind::Service => stale.extend(
-                    inner
-                        .services
-                        .values()
-                        .map(|o| Object::Service(Box::new(o.clone()))),
+                InputKind::Service => (
+                    gone("Service", &inner.services, &present, Object::Service),
+                    vec![],
                 ),
-                InputKind::EndpointSlice => stale.extend(
-                    inner
-                        .slices
-                        .values()
-                        .map(|o| Object::EndpointSlice(Box::new(o.clone()))),
+                InputKind::EndpointSlice => (
+                    gone(
+                        "EndpointSlice",
+                        &inner.slices,
+                        &present,
+                        Object::EndpointSlice,
+                    ),
+                    vec![],
                 ),
-                InputKind::Pod => stale.extend(
-                    inner
-                        .pods
-                        .values()
-                        .map(|o| Object::Pod(Box::new(o.clone()))),
+                InputKind::Pod => (gone("Pod", &inner.pods, &present, Object::Pod), vec![]),
+                InputKind::WorkloadEntry => (
+                    gone(
+                        "WorkloadEntry",
+                        &inner.entries,
+                        &present,
+                        Object::WorkloadEntry,
+                    ),
+                    vec![],
                 ),
-                InputKind::Node => stale.extend(
-                    inner
-                        .nodes
-                        .values()
-                        .map(|o| Object::Node(Box::new(o.clone()))),
+                InputKind::Node => (
+                    gone_cluster_scoped("Node", &inner.nodes, &present, Object::Node),
+                    vec![],
                 ),
-                InputKind::Namespace => stale.extend(
-                    inner
-                        .namespaces
-                        .values()
-                        .map(|o| Object::Namespace(Box::new(o.clone()))),
+                InputKind::Namespace => (
+                    gone_cluster_scoped(
+                        "Namespace",
+                        &inner.namespaces,
+                        &present,
+                        Object::Namespace,
+                    ),
+                    vec![],
                 ),
-                InputKind::WorkloadEntry => stale.extend(
-                    inner
-                        .entries
-                        .values()
-                        .map(|o| Object::WorkloadEntry(Box::new(o.clone()))),
-                ),
-                InputKind::Istio => stale.extend(inner.istio.values().cloned().map(Object::Istio)),
-                InputKind::Secret => stale.extend(inner.links.keys().map(|k| {
-                    let (ns, name) = k
-                        .strip_prefix("Secret/")
-                        .and_then(|r| r.split_once('/'))
-                        .unwrap_or_default();
-                    Object::Secret(Box::new(k8s_openapi::api::core::v1::Secret {
-                        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                            namespace: Some(ns.to_owned()),
-                            name: Some(name.to_owned()),
-                            ..Default::default()
-                        },
-                        ..Default::default()
-                    }))
-                })),
+                InputKind::Istio => (vec![], keys(inner.istio.keys().collect())),
+                InputKind::Secret => (vec![], keys(inner.links.keys().collect())),
             }
-            stale.retain(|o| !present.contains(&o.key()));
-            stale
         };
         for o in &stale {
             self.delete(o);
+        }
+        for k in &stale_keys {
+            self.delete_key(k);
         }
         for o in objects {
             if let Err(e) = self.apply(o) {
