@@ -14,16 +14,8 @@ use crate::registry::{InputKind, Object, Registry};
 
 /// Turns one document into an object.
 pub fn object_from_value(doc: serde_json::Value) -> Result<Option<Object>, String> {
-    let kind = doc
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let api_version = doc
-        .get("apiVersion")
-        .and_then(|k| k.as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let (api_version, kind) = mesh_api::type_meta(&doc);
+    let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
     let typed =
         |r: Result<Object, serde_json::Error>| r.map(Some).map_err(|e| format!("{kind}: {e}"));
     match kind.as_str() {

@@ -185,11 +185,7 @@ pub fn parse_resources(text: &str) -> Result<Vec<Result<Resource, ResourceError>
     Ok(split_documents(text)?
         .into_iter()
         .filter(|d| {
-            let av = d
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let kind = d.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let (av, kind) = type_meta(d);
             is_istio_kind(av, kind)
         })
         .map(from_value)
@@ -210,19 +206,17 @@ pub fn parse_resource(text: &str) -> Result<Resource, ResourceError> {
     from_value(docs.remove(0))
 }
 
+/// A document's `apiVersion` and `kind` (empty when missing).
+pub fn type_meta(doc: &Value) -> (&str, &str) {
+    let field = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or_default();
+    (field("apiVersion"), field("kind"))
+}
+
 /// Reads one Istio resource from its JSON value (as the Kubernetes API returns it),
 /// then validates it.
 pub fn from_value(mut doc: Value) -> Result<Resource, ResourceError> {
-    let kind = doc
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let api_version = doc
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let (api_version, kind) = type_meta(&doc);
+    let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
     let meta_value = doc
         .get_mut("metadata")
         .map(Value::take)

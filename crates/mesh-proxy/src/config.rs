@@ -180,16 +180,8 @@ impl ConfigBundle {
         let mut resources = Vec::new();
         let mut errors = Vec::new();
         for doc in docs {
-            let kind = doc
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            let api_version = doc
-                .get("apiVersion")
-                .and_then(|k| k.as_str())
-                .unwrap_or_default()
-                .to_owned();
+            let (api_version, kind) = mesh_api::type_meta(&doc);
+            let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
             if kind == "ProxyConfig" {
                 if proxy.is_some() {
                     errors.push("more than one ProxyConfig document".to_owned());

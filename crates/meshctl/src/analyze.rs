@@ -80,8 +80,7 @@ pub(crate) struct Input {
 impl Input {
     /// Adds one document (any kind; kinds analyze does not use are skipped).
     pub(crate) fn add_document(&mut self, doc: serde_json::Value) {
-        let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
-        let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+        let (api_version, kind) = mesh_api::type_meta(&doc);
         if mesh_api::is_istio_kind(api_version, kind) && kind != "WorkloadEntry" {
             self.resources.push(mesh_api::from_value(doc));
             return;
