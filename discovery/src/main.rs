@@ -81,14 +81,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh_telemetry::init_logging(
-        if args.json_logs {
-            mesh_telemetry::LogFormat::Json
-        } else {
-            mesh_telemetry::LogFormat::Text
-        },
-        "info",
-    );
+    mesh_telemetry::init_logging(mesh_telemetry::LogFormat::json(args.json_logs), "info");
     let source = match (&args.registry_dir, &args.kubeconfig) {
         (Some(dir), _) => Source::Files(dir.clone()),
         (None, Some(path)) => Source::Kubernetes(discovery::kube_client(path).await?),

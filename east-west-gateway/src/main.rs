@@ -41,14 +41,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh_telemetry::init_logging(
-        if args.json_logs {
-            mesh_telemetry::LogFormat::Json
-        } else {
-            mesh_telemetry::LogFormat::Text
-        },
-        "info",
-    );
+    mesh_telemetry::init_logging(mesh_telemetry::LogFormat::json(args.json_logs), "info");
     let (identity, renewal) = bootstrap::identity(
         &args.identity,
         Some(&args.discovery),

@@ -19,6 +19,13 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// JSON when `json` (a binary's `--json-logs`), else text.
+    pub fn json(json: bool) -> Self {
+        if json { Self::Json } else { Self::Text }
+    }
+}
+
 /// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
 /// Calling it twice is harmless (the second call does nothing).
 pub fn init_logging(format: LogFormat, default_filter: &str) {

@@ -104,12 +104,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let format = if args.json_logs {
-        mesh_telemetry::LogFormat::Json
-    } else {
-        mesh_telemetry::LogFormat::Text
-    };
-    mesh_telemetry::init_logging(format, "info");
+    mesh_telemetry::init_logging(mesh_telemetry::LogFormat::json(args.json_logs), "info");
 
     if args.capture || args.capture_only {
         let mut rules = mesh_proxy::capture::CaptureRules {
