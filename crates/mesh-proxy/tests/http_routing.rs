@@ -75,24 +75,17 @@ async fn world(extra: &str, v2_delay: Duration) -> World {
     let b2 = backend("v2", v2_delay).await;
     let mut servers = Vec::new();
     for (version, port) in [("v1", b1.port()), ("v2", b2.port())] {
-        let store = Arc::new(StateStore::default());
-        store
-            .apply_yaml(&server_config(version, port), "test")
-            .unwrap();
-        servers.push(
-            Sidecar::start(store, mesh.identity("shop", "reviews"), opts())
-                .await
-                .unwrap(),
-        );
+        servers
+            .push(support::sidecar(&mesh, &server_config(version, port), "shop", "reviews").await);
     }
     let (v1_inbound, v2_inbound) = (servers[0].inbound_addr, servers[1].inbound_addr);
-    let store = Arc::new(StateStore::default());
-    store
-        .apply_yaml(&client_config(v1_inbound, v2_inbound, extra), "test")
-        .unwrap();
-    let client = Sidecar::start(store, mesh.identity("shop", "productpage"), opts())
-        .await
-        .unwrap();
+    let client = support::sidecar(
+        &mesh,
+        &client_config(v1_inbound, v2_inbound, extra),
+        "shop",
+        "productpage",
+    )
+    .await;
     World {
         servers,
         client,
@@ -392,13 +385,13 @@ async fn inbound_refuses_plaintext_and_untrusted_callers() {
 
     // A sidecar with a certificate from another root cannot reach it either.
     let rogue = Mesh::new();
-    let store = Arc::new(StateStore::default());
-    store
-        .apply_yaml(&client_config(w.v1_inbound, w.v2_inbound, ""), "test")
-        .unwrap();
-    let intruder = Sidecar::start(store, rogue.identity("shop", "productpage"), opts())
-        .await
-        .unwrap();
+    let intruder = support::sidecar(
+        &rogue,
+        &client_config(w.v1_inbound, w.v2_inbound, ""),
+        "shop",
+        "productpage",
+    )
+    .await;
     let (status, body) = get(intruder.outbound_addr, "reviews:9080", "/", &[]).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("does not reach a trusted root"), "{body}");
@@ -691,13 +684,7 @@ async fn flaky_backend() -> SocketAddr {
 async fn retries_hide_a_flaky_backend() {
     let mesh = Mesh::new();
     let app = flaky_backend().await;
-    let store = Arc::new(StateStore::default());
-    store
-        .apply_yaml(&server_config("v1", app.port()), "server")
-        .unwrap();
-    let server = Sidecar::start(store, mesh.identity("shop", "reviews"), opts())
-        .await
-        .unwrap();
+    let server = support::sidecar(&mesh, &server_config("v1", app.port()), "shop", "reviews").await;
     let vs = |retries: &str| {
         format!(
             "---
@@ -712,21 +699,18 @@ spec:
 "
         )
     };
-    let store = Arc::new(StateStore::default());
     let inbound = server.inbound_addr;
-    store
-        .apply_yaml(
-            &client_config(
-                inbound,
-                inbound,
-                &vs("{attempts: 3, perTryTimeout: 1s, retryOn: 5xx}"),
-            ),
-            "client",
-        )
-        .unwrap();
-    let client = Sidecar::start(store, mesh.identity("shop", "productpage"), opts())
-        .await
-        .unwrap();
+    let client = support::sidecar(
+        &mesh,
+        &client_config(
+            inbound,
+            inbound,
+            &vs("{attempts: 3, perTryTimeout: 1s, retryOn: 5xx}"),
+        ),
+        "shop",
+        "productpage",
+    )
+    .await;
     for _ in 0..20 {
         let (status, body) = get(client.outbound_addr, "reviews:9080", "/", &[]).await;
         assert_eq!(

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +10,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_proxy::{Sidecar, StateStore};
-use support::{Mesh, opts};
+use support::Mesh;
 use tokio::net::{TcpListener, TcpStream};
 
 type Frames = StreamBody<
@@ -81,28 +79,24 @@ async fn grpc_backend() -> u16 {
 async fn grpc_streams_and_trailers_cross_two_sidecars_intact() {
     let mesh = Mesh::new();
     let app = grpc_backend().await;
-    let server_store = Arc::new(StateStore::default());
-    server_store
-        .apply_yaml(
-            &format!(
-                "apiVersion: isthmus.dev/v1alpha1
+    let server = support::sidecar(
+        &mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
 node: {{name: ratings-1, namespace: shop, serviceAccount: ratings}}
 services:
 - {{name: ratings, namespace: shop, ports: [{{name: grpc, port: 7070, targetPort: {app}}}]}}
 "
-            ),
-            "server",
-        )
-        .unwrap();
-    let server = Sidecar::start(server_store, mesh.identity("shop", "ratings"), opts())
-        .await
-        .unwrap();
-    let client_store = Arc::new(StateStore::default());
-    client_store
-        .apply_yaml(
-            &format!(
-                "apiVersion: isthmus.dev/v1alpha1
+        ),
+        "shop",
+        "ratings",
+    )
+    .await;
+    let client = support::sidecar(
+        &mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
 node: {{name: reviews-1, namespace: shop, serviceAccount: reviews}}
 services:
@@ -111,14 +105,12 @@ services:
   ports: [{{name: grpc, port: 7070}}]
   endpoints: [{{address: 127.0.0.1, inboundPort: {}}}]
 ",
-                server.inbound_addr.port()
-            ),
-            "client",
-        )
-        .unwrap();
-    let client = Sidecar::start(client_store, mesh.identity("shop", "reviews"), opts())
-        .await
-        .unwrap();
+            server.inbound_addr.port()
+        ),
+        "shop",
+        "reviews",
+    )
+    .await;
 
     // The application speaks h2c to its sidecar, as gRPC clients do.
     let tcp = TcpStream::connect(client.outbound_addr).await.unwrap();

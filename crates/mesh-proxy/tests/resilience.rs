@@ -5,15 +5,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use mesh_proxy::{Sidecar, StateStore};
-use support::{Mesh, opts, switchable_backend};
+use mesh_proxy::Sidecar;
+use support::{Mesh, switchable_backend};
 use tokio::net::TcpStream;
 
 async fn get(sidecar: SocketAddr) -> (u16, String) {
@@ -36,24 +35,21 @@ async fn get(sidecar: SocketAddr) -> (u16, String) {
 
 /// A server sidecar in `cluster` in front of the app at `app`.
 async fn server(mesh: &Mesh, app: SocketAddr, cluster: &str) -> Sidecar {
-    let store = Arc::new(StateStore::default());
-    store
-        .apply_yaml(
-            &format!(
-                "apiVersion: isthmus.dev/v1alpha1
+    support::sidecar(
+        mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
 node: {{name: reviews-{cluster}, namespace: shop, serviceAccount: reviews, cluster: {cluster}}}
 services:
 - {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080, targetPort: {}}}]}}
 ",
-                app.port()
-            ),
-            "server",
-        )
-        .unwrap();
-    Sidecar::start(store, mesh.identity("shop", "reviews"), opts())
-        .await
-        .unwrap()
+            app.port()
+        ),
+        "shop",
+        "reviews",
+    )
+    .await
 }
 
 async fn client(
@@ -63,10 +59,7 @@ async fn client(
     traffic_policy: &str,
     extra: &str,
 ) -> Sidecar {
-    let store = Arc::new(StateStore::default());
-    store
-        .apply_yaml(
-            &format!(
+    support::sidecar(mesh, &format!(
                 "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
 node: {{name: productpage-1, namespace: shop, serviceAccount: productpage, cluster: east, network: net-east, locality: eu/eu-1}}
@@ -88,13 +81,7 @@ spec:
 {extra}",
                 east.port(),
                 west.port()
-            ),
-            "client",
-        )
-        .unwrap();
-    Sidecar::start(store, mesh.identity("shop", "productpage"), opts())
-        .await
-        .unwrap()
+            ), "shop", "productpage").await
 }
 
 #[tokio::test]

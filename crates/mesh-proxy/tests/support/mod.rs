@@ -123,3 +123,13 @@ pub async fn switchable_backend(
     });
     (addr, status)
 }
+
+/// A sidecar for `ns/sa` of `mesh` running `config` (a ProxyConfig and Istio YAML),
+/// with the test listener options.
+pub async fn sidecar(mesh: &Mesh, config: &str, ns: &str, sa: &str) -> mesh_proxy::Sidecar {
+    let store = std::sync::Arc::new(mesh_proxy::StateStore::default());
+    store.apply_yaml(config, "test").unwrap();
+    mesh_proxy::Sidecar::start(store, mesh.identity(ns, sa), opts())
+        .await
+        .unwrap()
+}
