@@ -366,13 +366,8 @@ impl Inbound {
         );
         let node = &state.node;
         if span.is_recording() {
+            span.set(crate::peer::node_span_attributes(node));
             span.set([
-                ("node_id", node.name.clone()),
-                ("istio.namespace", node.namespace.clone()),
-                (
-                    "istio.canonical_service",
-                    node.labels.get("app").cloned().unwrap_or_default(),
-                ),
                 ("http.url", format!("http://{service_host}{path}")),
                 ("source_principal", caller.to_owned()),
                 ("source_cluster", caller_info.cluster.clone()),

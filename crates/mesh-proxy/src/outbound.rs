@@ -90,13 +90,8 @@ impl Outbound {
         let state = self.store.snapshot();
         let node = &state.node;
         if span.is_recording() {
+            span.set(crate::peer::node_span_attributes(node));
             span.set([
-                ("node_id", node.name.clone()),
-                ("istio.namespace", node.namespace.clone()),
-                (
-                    "istio.canonical_service",
-                    node.labels.get("app").cloned().unwrap_or_default(),
-                ),
                 ("http.method", method.to_string()),
                 ("http.url", format!("http://{authority}{path}")),
                 ("upstream_cluster", outcome.upstream_cluster.clone()),

@@ -138,6 +138,18 @@ pub fn destination_report(
     }
 }
 
+/// The span attributes that name this proxy's workload (Istio's).
+pub(crate) fn node_span_attributes(node: &crate::config::Node) -> [(&'static str, String); 3] {
+    [
+        ("node_id", node.name.clone()),
+        ("istio.namespace", node.namespace.clone()),
+        (
+            "istio.canonical_service",
+            node.labels.get("app").cloned().unwrap_or_default(),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
