@@ -96,28 +96,7 @@ fn wait_for<T>(what: &str, logs: &[&Path], mut f: impl FnMut() -> Option<T>) -> 
 
 /// An HTTP/1.1 app answering `reviews says hi`.
 fn app(addr: SocketAddr) {
-    let listener = TcpListener::bind(addr).unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let body = "reviews says hi";
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if s.write_all(resp.as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    testbed::http_responder(addr, "reviews says hi");
 }
 
 #[test]

@@ -17,7 +17,9 @@ mod control_plane;
 pub mod netns;
 mod pki;
 mod process;
+mod responder;
 
 pub use bins::{KubeBins, jaeger};
 pub use control_plane::{ControlPlane, ControlPlaneOptions, start_control_planes};
 pub use process::{Process, is_alive};
+pub use responder::http_responder;

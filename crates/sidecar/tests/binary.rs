@@ -27,32 +27,9 @@ fn write_certs(ca: &ClusterCa, sa: &str, dir: &Path) {
     std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
 }
 
-/// A one-shot HTTP/1.1 backend answering `backend says hi` to every request.
+/// An HTTP/1.1 backend answering `backend says hi` to every request.
 fn backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let body = "backend says hi";
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if s.write_all(resp.as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
+    testbed::http_responder("127.0.0.1:0".parse().unwrap(), "backend says hi").port()
 }
 
 struct Proc(Child);
