@@ -8,33 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use discovery::links::{Link, render_secret};
 use support::*;
 
 const T: Duration = Duration::from_secs(10);
 const REVIEWS: &str = "reviews.shop.svc.cluster.local";
 const RATINGS: &str = "ratings.shop.svc.cluster.local";
-
-fn link_secret(
-    cluster: &str,
-    discovery: std::net::SocketAddr,
-    gateway: &str,
-    root_pem: &str,
-) -> String {
-    render_secret(
-        &Link {
-            secret: String::new(),
-            cluster: cluster.into(),
-            network: format!("net-{cluster}"),
-            discovery_address: discovery.to_string(),
-            gateway_address: gateway.into(),
-            gateway_quic: false,
-            trust_bundle: root_pem.into(),
-            trust_domain: TD.into(),
-        },
-        "istio-system",
-    )
-}
 
 const EAST: &str = "apiVersion: v1
 kind: Service
@@ -145,18 +123,18 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
     write(
         east_dir.path(),
         "link-west.yaml",
-        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem),
+        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem, false),
     );
     write(
         west_dir.path(),
         "link-east.yaml",
-        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem),
+        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem, false),
     );
     // A link to oneself is ignored with a reason.
     write(
         east_dir.path(),
         "link-self.yaml",
-        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem),
+        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem, false),
     );
 
     let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
@@ -235,7 +213,7 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
     write(
         east_dir.path(),
         "link-west.yaml",
-        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem),
+        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem, false),
     );
     eventually("link back", T, || {
         endpoint_summary(&proxy.store, REVIEWS).len() == 2
@@ -273,7 +251,13 @@ async fn readiness_waits_a_bounded_time_for_an_unreachable_link() {
     write(
         dir.path(),
         "link-ghost.yaml",
-        &link_secret("ghost", nobody, "127.0.0.1:15443", pki.root.cert_pem()),
+        &link_secret(
+            "ghost",
+            nobody,
+            "127.0.0.1:15443",
+            pki.root.cert_pem(),
+            false,
+        ),
     );
     let mut opts = options(
         "east",

@@ -11,33 +11,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery::links::{Link, render_secret};
 use support::*;
 
 const T: Duration = Duration::from_secs(10);
 const REVIEWS: &str = "reviews.shop.svc.cluster.local";
-
-fn link(
-    cluster: &str,
-    discovery: std::net::SocketAddr,
-    gateway: std::net::SocketAddr,
-    root: &str,
-    quic: bool,
-) -> String {
-    render_secret(
-        &Link {
-            secret: String::new(),
-            cluster: cluster.into(),
-            network: format!("net-{cluster}"),
-            discovery_address: discovery.to_string(),
-            gateway_address: gateway.to_string(),
-            gateway_quic: quic,
-            trust_bundle: root.into(),
-            trust_domain: TD.into(),
-        },
-        "istio-system",
-    )
-}
 
 const SERVICE: &str = "apiVersion: v1
 kind: Service
@@ -226,15 +203,15 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     write(
         east_dir.path(),
         "link-west.yaml",
-        &link("west", west.grpc_addr, gateway.addr, &root, true),
+        &link_secret("west", west.grpc_addr, gateway.addr, &root, true),
     );
     write(
         west_dir.path(),
         "link-east.yaml",
-        &link(
+        &link_secret(
             "east",
             east.grpc_addr,
-            (ip(1, 100), 15443).into(),
+            std::net::SocketAddr::from((ip(1, 100), 15443)),
             &root,
             false,
         ),
@@ -306,7 +283,7 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     write(
         east_dir.path(),
         "link-west.yaml",
-        &link("west", west.grpc_addr, tcp_only.addr, &root, true),
+        &link_secret("west", west.grpc_addr, tcp_only.addr, &root, true),
     );
     eventually("the new gateway address", T, || {
         endpoints(&frontend.proxy.store, REVIEWS).contains(&ip(2, 101).to_string())

@@ -241,3 +241,27 @@ pub async fn sidecar(
         .unwrap();
     MeshSidecar { sidecar, proxy }
 }
+
+/// The link Secret (as `meshctl remote-secret` prints it) for `cluster`, whose network
+/// is `net-CLUSTER`, under this test mesh's trust domain.
+pub fn link_secret(
+    cluster: &str,
+    discovery: std::net::SocketAddr,
+    gateway: impl std::fmt::Display,
+    root_pem: &str,
+    gateway_quic: bool,
+) -> String {
+    discovery::links::render_secret(
+        &discovery::links::Link {
+            secret: String::new(),
+            cluster: cluster.into(),
+            network: format!("net-{cluster}"),
+            discovery_address: discovery.to_string(),
+            gateway_address: gateway.to_string(),
+            gateway_quic,
+            trust_bundle: root_pem.into(),
+            trust_domain: TD.into(),
+        },
+        "istio-system",
+    )
+}
