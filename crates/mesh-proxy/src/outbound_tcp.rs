@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::error::ResponseFlag;
 use crate::outbound::Outbound;
 use crate::routes::{WeightedDestination, pick_weighted};
-use crate::sni::outbound_sni;
+use crate::sni::{outbound_sni, read_client_hello};
 use crate::state::{Protocol, Service};
 
 /// Request-line starts of HTTP/1.x methods, and the HTTP/2 connection preface.
@@ -40,6 +40,16 @@ pub async fn is_http(stream: &TcpStream, service: &Service, port: u16) -> bool {
         Some(Protocol::Tcp) => false,
         _ => sniff_http(stream).await,
     }
+}
+
+/// Whether the client's first byte opens a TLS handshake record (waiting at most
+/// the sniffing time for it).
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(SNIFF_WAIT, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
 }
 
 async fn sniff_http(stream: &TcpStream) -> bool {
@@ -80,20 +90,47 @@ impl Outbound {
             port: None,
             weight: 1,
         }];
+        // TLS routes look at the ClientHello's SNI; its bytes are read here and sent
+        // upstream first. A hello no route matches falls back to the TCP routes.
+        let mut hello = Vec::new();
+        let tls_routes = state.tls_routes.get(&service.host).cloned();
+        let mut tls_dests = None;
+        let mut server_name = String::new();
+        if let Some(routes) = tls_routes.as_deref()
+            && starts_with_tls(&downstream).await
+        {
+            match tokio::time::timeout(SNIFF_WAIT * 50, read_client_hello(&mut downstream)).await {
+                Ok(Ok((raw, sni))) => {
+                    hello = raw;
+                    server_name = sni.unwrap_or_default();
+                    tls_dests = routes
+                        .iter()
+                        .find(|r| r.matches(&server_name, dst.port()))
+                        .map(|r| &r.destinations[..]);
+                }
+                _ => {
+                    tracing::info!(target: "access", direction = "outbound", protocol = "tls", original_dst = %dst, response_flags = ResponseFlag::DownstreamConnectionTermination.code(), "no complete ClientHello");
+                    return;
+                }
+            }
+        }
         let routes = state.tcp_routes.get(&service.host).cloned();
-        let dests = routes
-            .as_deref()
-            .and_then(|r| {
-                r.iter()
-                    .find(|r| r.ports.is_empty() || r.ports.contains(&dst.port()))
-            })
-            .map_or(&default[..], |r| &r.destinations[..]);
+        let dests = tls_dests.unwrap_or_else(|| {
+            routes
+                .as_deref()
+                .and_then(|r| {
+                    r.iter()
+                        .find(|r| r.ports.is_empty() || r.ports.contains(&dst.port()))
+                })
+                .map_or(&default[..], |r| &r.destinations[..])
+        });
         let log = |flag: &str, cluster: &str, host: &str, bytes: (u64, u64)| {
             tracing::info!(
                 target: "access",
                 direction = "outbound",
-                protocol = "tcp",
+                protocol = if hello.is_empty() { "tcp" } else { "tls" },
                 original_dst = %dst,
+                requested_server_name = %server_name,
                 upstream_cluster = %cluster,
                 upstream_host = %host,
                 response_flags = flag,
@@ -142,9 +179,16 @@ impl Outbound {
             .await
         {
             Ok(mut upstream) => {
-                let bytes = tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
-                    .await
-                    .unwrap_or_default();
+                use tokio::io::AsyncWriteExt;
+                if upstream.write_all(&hello).await.is_err() {
+                    let flag = ResponseFlag::UpstreamReset.code();
+                    return log(flag, &cluster, &endpoint.inbound.to_string(), (0, 0));
+                }
+                let (sent, received) =
+                    tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                        .await
+                        .unwrap_or_default();
+                let bytes = (sent + hello.len() as u64, received);
                 log("-", &cluster, &endpoint.inbound.to_string(), bytes);
             }
             Err(e) => {

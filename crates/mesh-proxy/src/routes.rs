@@ -557,3 +557,92 @@ impl CompiledTcpRoute {
         }
     }
 }
+
+/// A compiled `tls` route of a VirtualService: unterminated TLS routed by the SNI of
+/// the client's ClientHello (and the destination port).
+#[derive(Debug, Clone)]
+pub struct CompiledTlsRoute {
+    /// Match blocks, ORed: (SNI patterns, port).
+    pub matches: Vec<(Vec<String>, Option<u16>)>,
+    /// Weighted destinations.
+    pub destinations: Vec<WeightedDestination>,
+}
+
+impl CompiledTlsRoute {
+    pub(crate) fn compile(route: &mesh_api::networking::TlsRoute, namespace: &str) -> Self {
+        let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
+        let effective = mesh_api::networking::effective_weights(&weights);
+        Self {
+            matches: route
+                .matches
+                .iter()
+                .map(|m| {
+                    let hosts = m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+                    (hosts, m.port.map(|p| p as u16))
+                })
+                .collect(),
+            destinations: route
+                .route
+                .iter()
+                .zip(effective)
+                .map(|(d, weight)| destination(&d.destination, namespace, weight))
+                .collect(),
+        }
+    }
+
+    /// Whether a connection to `port` whose ClientHello names `sni` takes this route.
+    pub fn matches(&self, sni: &str, port: u16) -> bool {
+        self.matches.iter().any(|(hosts, p)| {
+            p.is_none_or(|p| p == port) && hosts.iter().any(|h| sni_matches(h, sni))
+        })
+    }
+}
+
+/// Istio's host pattern rule for `sniHosts`: `*` matches any name, `*.example.com`
+/// any name under `example.com`, anything else the name itself (case-insensitive).
+pub fn sni_matches(pattern: &str, sni: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => {
+            sni.len() > suffix.len()
+                && sni
+                    .get(sni.len() - suffix.len()..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+        }
+        None => pattern.eq_ignore_ascii_case(sni),
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn sni_patterns_follow_istio_host_rules() {
+        assert!(sni_matches("*", "anything.example"));
+        assert!(sni_matches("*.shop.example", "v2.shop.example"));
+        assert!(sni_matches("*.shop.example", "a.b.SHOP.example"));
+        assert!(!sni_matches("*.shop.example", "shop.example"));
+        assert!(!sni_matches("*.shop.example", "evilshop.example"));
+        assert!(sni_matches("api.shop.example", "API.shop.example"));
+        assert!(!sni_matches("api.shop.example", "api.shop.example.evil"));
+    }
+
+    #[test]
+    fn a_route_needs_its_port_and_one_of_its_names() {
+        let route: mesh_api::networking::TlsRoute = serde_saphyr::from_str(
+            "match: [{sniHosts: [v2.shop.example], port: 8443}, {sniHosts: ['*.beta.example']}]
+route: [{destination: {host: secure, subset: v2}}]",
+        )
+        .unwrap();
+        let c = CompiledTlsRoute::compile(&route, "shop");
+        assert!(c.matches("v2.shop.example", 8443));
+        assert!(!c.matches("v2.shop.example", 9443), "port must match");
+        assert!(c.matches("x.beta.example", 1));
+        assert!(!c.matches("v1.shop.example", 8443));
+        assert_eq!(c.destinations[0].host, "secure.shop.svc.cluster.local");
+        assert_eq!(c.destinations[0].subset, "v2");
+    }
+}

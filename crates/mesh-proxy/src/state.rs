@@ -14,7 +14,7 @@ use mesh_api::networking::SimpleLb;
 
 use crate::config::{CLUSTER_DOMAIN, ConfigBundle, INBOUND_PORT, Node};
 use crate::error::ConfigError;
-use crate::routes::{CompiledRoute, CompiledTcpRoute};
+use crate::routes::{CompiledRoute, CompiledTcpRoute, CompiledTlsRoute};
 
 /// How a port speaks, from its name or `appProtocol` as Istio reads them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -415,6 +415,8 @@ pub struct ProxyState {
     pub policies: HashMap<String, Arc<DestinationPolicy>>,
     /// TCP routes by host (VirtualService `tcp`).
     pub tcp_routes: HashMap<String, Arc<Vec<CompiledTcpRoute>>>,
+    /// TLS routes by host (VirtualService `tls`, matched on the ClientHello SNI).
+    pub tls_routes: HashMap<String, Arc<Vec<CompiledTlsRoute>>>,
     /// AuthorizationPolicies that apply to this workload.
     pub authz: crate::authz::Authorizer,
     /// Inbound mTLS modes from PeerAuthentications.
@@ -489,6 +491,7 @@ impl ProxyState {
 
         let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
         let mut tcp_routes: HashMap<String, Vec<CompiledTcpRoute>> = HashMap::new();
+        let mut tls_routes: HashMap<String, Vec<CompiledTlsRoute>> = HashMap::new();
         let mut policies = HashMap::new();
         for r in &bundle.resources {
             let key = r.key();
@@ -517,6 +520,12 @@ impl ProxyState {
                         .iter()
                         .map(|t| CompiledTcpRoute::compile(t, &ns))
                         .collect();
+                    let tls: Vec<_> = vs
+                        .spec
+                        .tls
+                        .iter()
+                        .map(|t| CompiledTlsRoute::compile(t, &ns))
+                        .collect();
                     for host in &vs.spec.hosts {
                         let fqdn = resolve_host(host, &ns);
                         // As in Istio, the first VirtualService for a host wins.
@@ -524,6 +533,11 @@ impl ProxyState {
                             routes
                                 .entry(fqdn.clone())
                                 .or_insert_with(|| compiled.clone());
+                        }
+                        if !tls.is_empty() {
+                            tls_routes
+                                .entry(fqdn.clone())
+                                .or_insert_with(|| tls.clone());
                         }
                         if !tcp.is_empty() {
                             tcp_routes.entry(fqdn).or_insert_with(|| tcp.clone());
@@ -599,6 +613,10 @@ impl ProxyState {
             routes: routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             policies,
             tcp_routes: tcp_routes
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+            tls_routes: tls_routes
                 .into_iter()
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),

@@ -19,6 +19,52 @@ const CLIENT_IP: &str = "10.248.0.1";
 const SERVER_IP: &str = "10.248.0.2";
 const REVIEWS_VIP: &str = "10.96.0.10";
 const DB_VIP: &str = "10.96.0.11";
+const SECURE_VIP: &str = "10.96.0.12";
+
+/// The first flight of a real TLS client (rustls) naming `sni`: what an application
+/// doing its own TLS sends first.
+fn client_hello(sni: &str) -> Vec<u8> {
+    use tokio_rustls::rustls;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// A TLS server stand-in: reads the ClientHello it is sent, unterminated, and says
+/// which name it carried and how many bytes arrived.
+async fn tls_app(port: u16, name: &'static str) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut c, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let reply = match mesh_proxy::sni::read_client_hello(&mut c).await {
+                    Ok((raw, sni)) => {
+                        format!(
+                            "{name} got sni={} bytes={}\n",
+                            sni.unwrap_or_default(),
+                            raw.len()
+                        )
+                    }
+                    Err(e) => format!("{name} got no hello: {e}\n"),
+                };
+                let _ = c.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+}
 
 fn pod_options() -> SidecarOptions {
     SidecarOptions {
@@ -135,6 +181,8 @@ fn captured_traffic_crosses_pods_over_mtls_and_the_rest_passes_through() {
                         let _ = c.write_all(b"legacy port answers\n").await;
                     }
                 });
+                tls_app(8443, "secure-a").await;
+                tls_app(8444, "secure-b").await;
                 let plain = tokio::net::TcpListener::bind("0.0.0.0:9999").await.unwrap();
                 tokio::spawn(async move {
                     loop {
@@ -154,6 +202,7 @@ node: {name: reviews-v1, namespace: shop, serviceAccount: reviews, labels: {app:
 services:
 - {name: reviews, namespace: shop, ports: [{name: http, port: 9080}]}
 - {name: db, namespace: shop, ports: [{name: tcp-db, port: 5000}]}
+- {name: secure, namespace: shop, ports: [{name: tls, port: 8443}, {name: https-b, port: 8444}]}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -208,6 +257,20 @@ services:
   addresses: [{DB_VIP}]
   ports: [{{name: tcp-db, port: 5000}}]
   endpoints: [{{address: {SERVER_IP}, serviceAccount: reviews}}]
+- name: secure
+  namespace: shop
+  addresses: [{SECURE_VIP}]
+  ports: [{{name: tls, port: 8443}}, {{name: https-b, port: 8444}}]
+  endpoints: [{{address: {SERVER_IP}, serviceAccount: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [secure]
+  tls:
+  - match: [{{sniHosts: ['*.beta.secure.example'], port: 8443}}]
+    route: [{{destination: {{host: secure, port: {{number: 8444}}}}}}]
 "
                         ),
                         "client",
@@ -235,7 +298,12 @@ services:
                     // and refused (STRICT): the connection closes without an answer.
                     let direct = http_get(&format!("{SERVER_IP}:9080"), "reviews");
                     let permissive = exchange(&format!("{SERVER_IP}:7000"), b"");
-                    (meshed, passthrough, direct, tcp, permissive)
+                    // The app's own TLS, routed by the SNI of its ClientHello.
+                    let secure = format!("{SECURE_VIP}:8443");
+                    let tls_default = exchange(&secure, &client_hello("www.secure.example"));
+                    let tls_beta = exchange(&secure, &client_hello("api.beta.secure.example"));
+                    let tls = (tls_default, tls_beta);
+                    (meshed, passthrough, direct, tcp, permissive, tls)
                 })
                 .await
                 .unwrap()
@@ -247,7 +315,19 @@ services:
     let _ = stop_tx.send(());
     server.join().unwrap();
 
-    let (meshed, passthrough, direct, tcp, permissive) = results;
+    let (meshed, passthrough, direct, tcp, permissive, tls) = results;
+    let hello_len = client_hello("www.secure.example").len();
+    assert_eq!(
+        tls.0.unwrap(),
+        format!("secure-a got sni=www.secure.example bytes={hello_len}\n"),
+        "no TLS route matches this name: the port's default destination, hello intact"
+    );
+    let hello_len = client_hello("api.beta.secure.example").len();
+    assert_eq!(
+        tls.1.unwrap(),
+        format!("secure-b got sni=api.beta.secure.example bytes={hello_len}\n"),
+        "the tls route on sniHosts '*.beta.secure.example' moved it to port 8444"
+    );
     assert_eq!(
         tcp.unwrap(),
         "db got ping from 127.0.0.1\n",
