@@ -45,6 +45,17 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Creates a namespace with exactly this name (fails when it exists), loopback up.
+    pub fn create_named(name: &str) -> anyhow::Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))
+            .with_context(|| format!("creating network namespace {name} (needs root)"))?;
+        let ns = Self {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     /// The namespace's name (for `ip netns exec`).
     pub fn name(&self) -> &str {
         &self.name
@@ -63,7 +74,7 @@ impl Netns {
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
+        path(&self.name)
     }
 
     /// Moves the calling thread into this namespace. Sockets the thread creates from
@@ -80,15 +91,47 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<std::thread::JoinHandle<T>> {
-        let file = std::fs::File::open(self.path())
-            .with_context(|| format!("opening {}", self.path().display()))?;
-        Ok(std::thread::spawn(move || {
-            // A thread that cannot enter its namespace must not run in the host's.
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns into a test namespace failed: {e}"));
-            f()
-        }))
+        spawn_in(&self.name, f)
     }
+}
+
+fn path(name: &str) -> PathBuf {
+    PathBuf::from("/var/run/netns").join(name)
+}
+
+/// Whether a named namespace exists.
+pub fn exists(name: &str) -> bool {
+    path(name).exists()
+}
+
+/// Deletes a named namespace (its interfaces and iptables rules go with it); `Ok`
+/// when there is none.
+pub fn delete(name: &str) -> anyhow::Result<()> {
+    if !exists(name) {
+        return Ok(());
+    }
+    run(Command::new("ip").args(["netns", "del", name])).map(|_| ())
+}
+
+/// Runs `ip ARGS` in the calling process's namespace.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Runs `f` on a new thread inside the named namespace (one this process did not
+/// necessarily create).
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<T>> {
+    let file = std::fs::File::open(path(name))
+        .with_context(|| format!("opening {}", path(name).display()))?;
+    Ok(std::thread::spawn(move || {
+        // A thread that cannot enter its namespace must not run in the host's.
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into a network namespace failed: {e}"));
+        f()
+    }))
 }
 
 impl Drop for Netns {

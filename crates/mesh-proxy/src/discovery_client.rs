@@ -299,8 +299,9 @@ pub async fn tls_channel(
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let tls = tls.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(address).await?;
-            tcp.set_nodelay(true)?;
+            // Marked as the proxy's own: in a captured pod the config stream and the
+            // CA must not loop back through the proxy (which may not be listening yet).
+            let tcp = crate::capture::connect_marked(address).await?;
             let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)

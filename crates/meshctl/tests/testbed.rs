@@ -1,8 +1,9 @@
 //! `meshctl testbed` as a newcomer runs it: up with two clusters (a kube-apiserver
-//! each when the Kubernetes binaries are there), a request across clusters, the
-//! trace of the chain across clusters in the shared Jaeger, the failover scenario with
-//! no failed request, the canary split and strict mTLS, and down leaving no process or
-//! file.
+//! each when the Kubernetes binaries are there; as root, workloads in pods with
+//! transparent capture), a request across clusters, the trace of the chain across
+//! clusters in the shared Jaeger, the failover scenario with no failed request, the
+//! canary split and strict mTLS, and down leaving no process, namespace, mount or
+//! file. Then the path without root: loopback workloads in explicit proxy mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -93,6 +94,49 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         .collect();
     let supervisor = state["pid"].as_u64().unwrap() as u32;
     assert!(children.len() >= 11, "{children:?}");
+    let root = nix::unistd::geteuid().is_root();
+    let pods = state["plan"]["pods"].as_bool().unwrap_or(false);
+    assert_eq!(pods, root, "as root the workloads run in pods: {state}");
+    assert!(
+        out.contains(if pods {
+            "workloads in pods"
+        } else {
+            "on loopback"
+        }),
+        "{out}"
+    );
+    let namespaces: Vec<String> = state["namespaces"]
+        .as_array()
+        .map(|a| a.iter().map(|n| n.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    if pods {
+        // Two cluster networks and one namespace per workload, each pod's sidecar
+        // capturing with iptables.
+        assert_eq!(namespaces.len(), 2 + 7, "{namespaces:?}");
+        let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        for ns in &namespaces {
+            assert!(listed.contains(ns.as_str()), "{ns} missing: {listed}");
+        }
+        let rules = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "itb-curl-east",
+                "iptables",
+                "-t",
+                "nat",
+                "-S",
+            ])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        assert!(rules.contains("--to-ports 15001"), "{rules}");
+    }
+    let west_gateway_admin = state["plan"]["clusters"][1]["gatewayAdmin"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // A request from east reaches v2 in west when asked for by cluster.
     let hello = meshctl(
@@ -163,7 +207,7 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
     assert!(chain.status.success(), "{}", text(&chain));
     let metrics = {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.241.0.2:15021").unwrap();
+        let mut s = std::net::TcpStream::connect(&west_gateway_admin).unwrap();
         write!(
             s,
             "GET /stats/prometheus HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n"
@@ -217,6 +261,55 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         );
     }
     assert!(!dir.exists());
+    let listed = Command::new("ip").args(["netns", "list"]).output();
+    let listed = listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for ns in &namespaces {
+        let listed = listed.as_deref().unwrap_or_default();
+        assert!(!listed.contains(ns.as_str()), "namespace {ns} survived");
+        assert!(!mounts.contains(ns.as_str()), "mount of {ns} survived");
+    }
+    assert!(
+        !Path::new("/sys/class/net/itb0").exists(),
+        "host link itb0 survived"
+    );
     let again = meshctl(&dir, &["testbed", "down"]);
     assert!(again.status.success() && text(&again).contains("Nothing to stop"));
+
+    // Without root (or by choice): loopback addresses, explicit proxy mode.
+    let up = meshctl(
+        &dir,
+        &[
+            "testbed",
+            "up",
+            "--workloads",
+            "loopback",
+            "--registry",
+            "files",
+        ],
+    );
+    let out = text(&up);
+    assert!(up.status.success(), "{out}");
+    assert!(out.contains("on loopback (explicit proxy mode)"), "{out}");
+    assert!(
+        out.contains("frontpage v1 (east) → reviews v1 (west) → ratings v1 (east)"),
+        "{out}"
+    );
+    let hello = meshctl(
+        &dir,
+        &[
+            "testbed",
+            "curl",
+            "--cluster",
+            "west",
+            "http://helloworld:5000/hello",
+        ],
+    );
+    assert!(
+        text(&hello).contains("Hello version: v2, instance: helloworld-v2, cluster: west"),
+        "{}",
+        text(&hello)
+    );
+    let down = meshctl(&dir, &["testbed", "down"]);
+    assert!(down.status.success(), "{}", text(&down));
 }

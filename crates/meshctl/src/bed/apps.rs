@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::plan::Workload;
+use super::plan::{Cluster, Plan, Workload};
 
 /// Headers a sample app passes on to the service it calls (trace context).
 const PROPAGATE: &[&str] = &[
@@ -30,21 +30,33 @@ pub(crate) struct AppControl {
     pub(crate) failing: AtomicBool,
 }
 
-/// Serves `w` until the task is dropped.
-pub(crate) async fn serve(
-    w: Workload,
-    cluster: String,
-    control: Arc<AppControl>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind((w.ip, w.port)).await?;
-    let w = Arc::new(w);
+/// One running sample app: what it is, where it runs and where it sends its calls.
+#[derive(Debug, Clone)]
+pub(crate) struct App {
+    pub(crate) workload: Workload,
+    pub(crate) cluster: String,
+    /// Where it connects for the service it calls (see [`Plan::dial`]).
+    pub(crate) next: Option<std::net::SocketAddr>,
+    pub(crate) control: Arc<AppControl>,
+}
+
+/// Serves `app` until the task is dropped. In a pod it listens on all of the pod's
+/// addresses (its sidecar forwards to 127.0.0.1), on loopback on its own address.
+pub(crate) async fn serve(app: App) -> anyhow::Result<()> {
+    let w = &app.workload;
+    let ip = match w.pod {
+        Some(_) => std::net::IpAddr::from([0, 0, 0, 0]),
+        None => w.ip,
+    };
+    let listener = tokio::net::TcpListener::bind((ip, w.port)).await?;
+    let app = Arc::new(app);
     loop {
         let (tcp, _) = listener.accept().await?;
-        let (w, cluster, control) = (w.clone(), cluster.clone(), control.clone());
+        let app = app.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let (w, cluster, control) = (w.clone(), cluster.clone(), control.clone());
-                async move { Ok::<_, Infallible>(answer(&w, &cluster, &control, req).await) }
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(answer(&app, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
@@ -59,13 +71,9 @@ fn response(status: u16, body: String) -> http::Response<Full<Bytes>> {
     resp
 }
 
-async fn answer(
-    w: &Workload,
-    cluster: &str,
-    control: &AppControl,
-    req: http::Request<Incoming>,
-) -> http::Response<Full<Bytes>> {
-    if control.failing.load(Ordering::SeqCst) {
+async fn answer(app: &App, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+    let (w, cluster) = (&app.workload, &app.cluster);
+    if app.control.failing.load(Ordering::SeqCst) {
         return response(503, format!("{} is failing (testbed scenario)\n", w.name));
     }
     let Some(next) = &w.calls else {
@@ -85,7 +93,8 @@ async fn answer(
             headers.push((*h, v.clone()));
         }
     }
-    match call(w.outbound(), next, "/", &headers).await {
+    let dial = app.next.unwrap_or_else(|| w.outbound());
+    match call(dial, next, "/", &headers).await {
         Ok((status, body)) => response(
             status,
             format!("{} {} ({cluster}) → {body}", w.app, w.version),
@@ -97,7 +106,36 @@ async fn answer(
     }
 }
 
-/// One GET through a sidecar's outbound listener, naming the service in Host.
+/// One GET from workload `w` of cluster `c` to `authority` (a service name, as in a
+/// pod), blocking: inside the workload's pod when it has one (through the capture
+/// rules), else through its sidecar's outbound listener.
+pub(crate) fn get_from(
+    plan: &Plan,
+    c: &Cluster,
+    w: &Workload,
+    authority: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let dial = plan.dial(c, w, authority);
+    let (authority, path) = (authority.to_owned(), path.to_owned());
+    let send = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(call(dial, &authority, &path, &[]))
+    };
+    match &w.pod {
+        Some(pod) => testbed::netns::spawn_in(pod, send)
+            .map_err(|e| format!("{e:#}"))?
+            .join()
+            .map_err(|_| "the request thread panicked".to_owned())?,
+        None => send(),
+    }
+}
+
+/// One GET to `addr` (a sidecar's outbound listener, or a ClusterIP in a pod),
+/// naming the service in Host.
 pub(crate) async fn call(
     outbound: std::net::SocketAddr,
     authority: &str,

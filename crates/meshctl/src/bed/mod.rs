@@ -4,6 +4,7 @@
 //! sidecars, all linked; `status`, `curl`, `scenario` and `down` talk to it.
 
 mod apps;
+mod network;
 mod plan;
 mod supervisor;
 
@@ -14,6 +15,18 @@ use anyhow::Context as _;
 
 pub(crate) use supervisor::SuperviseArgs;
 use supervisor::{RegistryMode, read_state};
+
+/// Where the sample workloads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum WorkloadMode {
+    /// Pods when running as root with `ip` and `iptables`, else loopback.
+    Auto,
+    /// Each workload in a network namespace of its own (a pod), each cluster a
+    /// network of its own, sidecars capturing traffic with iptables. Needs root.
+    Pods,
+    /// Loopback addresses, applications calling their sidecar in explicit mode.
+    Loopback,
+}
 
 /// `meshctl testbed` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -31,6 +44,9 @@ pub(crate) enum TestbedCommand {
         /// Registry: a kube-apiserver per cluster, or the file registry.
         #[arg(long, value_enum, default_value_t = RegistryMode::Auto)]
         registry: RegistryMode,
+        /// Pods (network namespaces, transparent capture; root) or loopback.
+        #[arg(long, value_enum, default_value_t = WorkloadMode::Auto)]
+        workloads: WorkloadMode,
         /// Then run these scenarios (repeatable): failover, canary, strict-mtls.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
@@ -87,11 +103,12 @@ pub(crate) fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             clusters,
             networks,
             registry,
+            workloads,
             scenarios,
             dir,
         } => {
             let dir = default_dir(dir);
-            up(&dir, clusters, networks, registry)?;
+            up(&dir, clusters, networks, registry, workloads)?;
             for s in scenarios {
                 scenario(&dir, &s)?;
             }
@@ -114,8 +131,30 @@ fn alive(state: &supervisor::State) -> bool {
     state.pid != 0 && testbed::is_alive(state.pid)
 }
 
-fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> anyhow::Result<()> {
-    anyhow::ensure!(clusters >= 1, "--clusters must be at least 1");
+fn up(
+    dir: &Path,
+    clusters: usize,
+    networks: usize,
+    registry: RegistryMode,
+    workloads: WorkloadMode,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=8).contains(&clusters),
+        "--clusters must be between 1 and 8"
+    );
+    let pods = match (workloads, network::available()) {
+        (WorkloadMode::Loopback, _) => false,
+        (_, Ok(())) => true,
+        (WorkloadMode::Pods, Err(why)) => {
+            anyhow::bail!("--workloads pods needs root, `ip` and `iptables`: {why}")
+        }
+        (WorkloadMode::Auto, Err(why)) => {
+            println!(
+                "Workloads on loopback in explicit proxy mode ({why}); as root they run in pods with transparent capture."
+            );
+            false
+        }
+    };
     if let Some(state) = read_state(dir)
         && alive(&state)
     {
@@ -124,9 +163,15 @@ fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> a
     }
     // The addresses are fixed: another testbed (started with another --dir) would
     // collide with this one.
-    let probe = plan::Plan::new(clusters, networks);
+    let probe = plan::Plan::new(clusters, networks, pods);
     let first = probe.clusters[0].discovery;
-    if std::net::TcpListener::bind(first).is_err() {
+    if pods {
+        if let Some(why) = network::conflict(&probe) {
+            anyhow::bail!(
+                "{why} (see `meshctl testbed status --dir DIR`, stop it with `meshctl testbed down --dir DIR`)"
+            );
+        }
+    } else if std::net::TcpListener::bind(first).is_err() {
         anyhow::bail!(
             "{first} is in use: another testbed is probably running (see `meshctl testbed status --dir DIR`, stop it with `meshctl testbed down --dir DIR`)"
         );
@@ -153,6 +198,7 @@ fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> a
                 RegistryMode::Files => "files",
             },
         ])
+        .args(pods.then_some("--pods"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -160,7 +206,12 @@ fn up(dir: &Path, clusters: usize, networks: usize, registry: RegistryMode) -> a
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().context("starting the testbed supervisor")?;
     println!(
-        "Bringing up {clusters} cluster(s) on {networks} network(s) in {}",
+        "Bringing up {clusters} cluster(s) on {networks} network(s), workloads {}, in {}",
+        if pods {
+            "in pods (network namespaces, transparent capture)"
+        } else {
+            "on loopback (explicit proxy mode)"
+        },
         dir.display()
     );
     let started = Instant::now();
@@ -364,6 +415,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
     }
+    network::remove(&state.namespaces, &state.links);
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     println!("Testbed stopped; {} removed.", dir.display());
     Ok(())
@@ -399,30 +451,20 @@ fn curl(dir: &Path, cluster: Option<&str>, url: &str) -> anyhow::Result<(u16, St
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    Sender::new(curl)?
-        .get(authority, path)
-        .map_err(anyhow::Error::msg)
+    apps::get_from(&plan, c, curl, authority, path).map_err(anyhow::Error::msg)
 }
 
-/// Requests from a workload, through its sidecar, from synchronous code.
-struct Sender {
-    rt: tokio::runtime::Runtime,
-    outbound: std::net::SocketAddr,
+/// Requests from a workload (from inside its pod, or through its sidecar's outbound
+/// listener), from synchronous code.
+struct Sender<'a> {
+    plan: &'a plan::Plan,
+    cluster: &'a plan::Cluster,
+    workload: &'a plan::Workload,
 }
 
-impl Sender {
-    fn new(w: &plan::Workload) -> anyhow::Result<Self> {
-        Ok(Self {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-            outbound: w.outbound(),
-        })
-    }
-
+impl Sender<'_> {
     fn get(&self, authority: &str, path: &str) -> Result<(u16, String), String> {
-        self.rt
-            .block_on(apps::call(self.outbound, authority, path, &[]))
+        apps::get_from(self.plan, self.cluster, self.workload, authority, path)
     }
 
     fn hello(&self) -> Result<(u16, String), String> {
@@ -517,7 +559,11 @@ fn canary(dir: &Path) -> anyhow::Result<()> {
         "  - route:\n    - {destination: {host: helloworld, subset: v1}, weight: 80}\n    - {destination: {host: helloworld, subset: v2}, weight: 20}",
     );
     configure(&state, "routing.yaml", &split, false)?;
-    let sender = Sender::new(curl)?;
+    let sender = Sender {
+        plan: &plan,
+        cluster: &plan.clusters[0],
+        workload: curl,
+    };
     let send = || sender.hello();
     // Until the split is in force (a v2 answer from the first cluster's client).
     let start = Instant::now();
@@ -602,7 +648,12 @@ fn strict_mtls(dir: &Path) -> anyhow::Result<()> {
         out
     };
     let refused = !plaintext.starts_with("HTTP/1.1 200");
-    let mesh = Sender::new(curl)?.hello();
+    let mesh = Sender {
+        plan: &plan,
+        cluster: c,
+        workload: curl,
+    }
+    .hello();
     configure(&state, "peer-authentication.yaml", &pa, true)?;
     println!(
         "  plaintext to {}: {}",
@@ -647,7 +698,11 @@ fn failover(dir: &Path) -> anyhow::Result<()> {
         "\nScenario failover: curl in {} → helloworld; {v1} starts failing.",
         first.name
     );
-    let sender = Sender::new(curl)?;
+    let sender = Sender {
+        plan: &plan,
+        cluster: first,
+        workload: curl,
+    };
     let send = || sender.hello();
     // Warm up: local first.
     let start = Instant::now();

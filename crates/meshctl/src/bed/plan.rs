@@ -2,6 +2,7 @@
 //! documents that describe them. Pure data, so it is the same for the supervisor that
 //! starts everything and for the commands that talk to it.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -19,8 +20,11 @@ pub(crate) struct Workload {
     pub(crate) app: String,
     /// `version` label.
     pub(crate) version: String,
-    /// Its address (a loopback address of its own, like a pod IP).
+    /// Its address: the pod IP, or a loopback address of its own.
     pub(crate) ip: IpAddr,
+    /// Its pod's network namespace (pod mode).
+    #[serde(default)]
+    pub(crate) pod: Option<String>,
     /// Its service port (0: a client only, no service).
     pub(crate) port: u16,
     /// The service it calls for each request, `host:port` (chain apps).
@@ -28,9 +32,13 @@ pub(crate) struct Workload {
 }
 
 impl Workload {
-    /// Its sidecar's outbound listener (explicit mode).
+    /// Its sidecar's outbound listener (explicit mode; in a pod, on the pod's
+    /// loopback).
     pub(crate) fn outbound(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, 15001)
+        match self.pod {
+            Some(_) => SocketAddr::from(([127, 0, 0, 1], 15001)),
+            None => SocketAddr::new(self.ip, 15001),
+        }
     }
 
     /// Its sidecar's inbound (mTLS) listener.
@@ -64,6 +72,13 @@ pub(crate) struct Cluster {
     pub(crate) gateway_admin: SocketAddr,
     /// Sample workloads.
     pub(crate) workloads: Vec<Workload>,
+    /// The cluster network's namespace (pod mode).
+    #[serde(default)]
+    pub(crate) netns: Option<String>,
+    /// Every sample service's ClusterIP and port in this cluster (a Service exists in
+    /// every cluster, as Istio's multi-cluster DNS expects).
+    #[serde(default)]
+    pub(crate) services: BTreeMap<String, SocketAddr>,
 }
 
 /// The whole testbed.
@@ -74,11 +89,24 @@ pub(crate) struct Plan {
     pub(crate) trust_domain: String,
     /// Clusters.
     pub(crate) clusters: Vec<Cluster>,
+    /// Workloads in pods (network namespaces, transparent capture) rather than on
+    /// loopback addresses in explicit proxy mode.
+    #[serde(default)]
+    pub(crate) pods: bool,
 }
 
-fn ip(cluster: usize, a: u8, b: u8) -> IpAddr {
-    // 127.240/12 and up: loopback addresses no test of the project uses.
-    IpAddr::V4(Ipv4Addr::new(127, 240 + cluster as u8, a, b))
+fn ip(pods: bool, cluster: usize, a: u8, b: u8) -> IpAddr {
+    // Pods: 10.240/12 and up, inside namespaces the testbed creates. Loopback:
+    // 127.240/12 and up, addresses no test of the project uses.
+    let first = if pods { 10 } else { 127 };
+    IpAddr::V4(Ipv4Addr::new(first, 240 + cluster as u8, a, b))
+}
+
+/// The ClusterIP of sample service number `k` in cluster `cluster`, inside the
+/// cluster's service range (`10.(96+cluster).0.0/16`, as the testbed's API servers
+/// are configured).
+fn service_ip(cluster: usize, k: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 96 + cluster as u8, 100, 1 + k as u8))
 }
 
 /// Cluster names: `east` and `west` for two, `c1`… otherwise.
@@ -91,8 +119,9 @@ pub(crate) fn cluster_names(n: usize) -> Vec<String> {
 }
 
 impl Plan {
-    /// `clusters` clusters over `networks` networks (cluster i on network i mod M).
-    pub(crate) fn new(clusters: usize, networks: usize) -> Self {
+    /// `clusters` clusters over `networks` networks (cluster i on network i mod M),
+    /// workloads in pods or on loopback.
+    pub(crate) fn new(clusters: usize, networks: usize, pods: bool) -> Self {
         let names = cluster_names(clusters);
         let clusters = names
             .iter()
@@ -107,7 +136,8 @@ impl Plan {
                     name: name.into(),
                     app: app.into(),
                     version: version.into(),
-                    ip: ip(c, 1, n),
+                    ip: ip(pods, c, 1, n),
+                    pod: pods.then(|| format!("itb-{name}")),
                     port,
                     calls: calls.map(str::to_owned),
                 };
@@ -148,17 +178,50 @@ impl Plan {
                     name: name.clone(),
                     network: format!("network-{}", c % networks.max(1) + 1),
                     locality: format!("region-{}/zone-a", c + 1),
-                    discovery: SocketAddr::new(ip(c, 0, 1), 15012),
-                    monitor: SocketAddr::new(ip(c, 0, 1), 15014),
-                    gateway: SocketAddr::new(ip(c, 0, 2), 15443),
-                    gateway_admin: SocketAddr::new(ip(c, 0, 2), 15021),
+                    discovery: SocketAddr::new(ip(pods, c, 0, 1), 15012),
+                    monitor: SocketAddr::new(ip(pods, c, 0, 1), 15014),
+                    gateway: SocketAddr::new(ip(pods, c, 0, 2), 15443),
+                    gateway_admin: SocketAddr::new(ip(pods, c, 0, 2), 15021),
                     workloads,
+                    netns: pods.then(|| format!("itb-{name}")),
+                    services: BTreeMap::new(),
                 }
             })
+            .collect::<Vec<_>>();
+        // Every service everywhere, with the same port.
+        let ports: BTreeMap<String, u16> = clusters
+            .iter()
+            .flat_map(|c| &c.workloads)
+            .filter(|w| w.port != 0)
+            .map(|w| (w.app.clone(), w.port))
             .collect();
+        let mut clusters = clusters;
+        for (c, cluster) in clusters.iter_mut().enumerate() {
+            cluster.services = ports
+                .iter()
+                .enumerate()
+                .map(|(k, (app, port))| (app.clone(), SocketAddr::new(service_ip(c, k), *port)))
+                .collect();
+        }
         Self {
             trust_domain: "testbed.isthmus".into(),
             clusters,
+            pods,
+        }
+    }
+
+    /// Where workload `w` of cluster `c` connects to call `authority` (`name[:port]`):
+    /// in a pod, the service's ClusterIP, as cluster DNS would answer (the sidecar
+    /// captures the connection); on loopback, its sidecar's outbound listener.
+    pub(crate) fn dial(&self, c: &Cluster, w: &Workload, authority: &str) -> SocketAddr {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()),
+            None => (authority, None),
+        };
+        let name = host.split('.').next().unwrap_or(host);
+        match (self.pods, c.services.get(name)) {
+            (true, Some(vip)) => SocketAddr::new(vip.ip(), port.unwrap_or(vip.port())),
+            _ => w.outbound(),
         }
     }
 
@@ -198,15 +261,14 @@ spec:
 /// The registry documents of cluster `c`: namespace, Services and WorkloadEntries.
 pub(crate) fn registry_docs(plan: &Plan, c: &Cluster) -> String {
     let mut out = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
-    let mut services = std::collections::BTreeSet::new();
+    for (app, vip) in &c.services {
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {app}, namespace: {NAMESPACE}}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: {app}}}\n  ports: [{{name: http, port: {port}}}]\n",
+            ip = vip.ip(),
+            port = vip.port()
+        ));
+    }
     for w in &c.workloads {
-        if w.port != 0 && services.insert(w.app.clone()) {
-            out.push_str(&format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {app}, namespace: {NAMESPACE}}}\nspec:\n  selector: {{app: {app}}}\n  ports: [{{name: http, port: {port}}}]\n",
-                app = w.app,
-                port = w.port
-            ));
-        }
         out.push_str(&format!(
             "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{address: {ip}, labels: {{app: {app}, version: {version}}}, serviceAccount: {app}, locality: {locality}, network: {network}}}\n",
             name = w.name,

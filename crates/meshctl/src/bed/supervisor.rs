@@ -15,6 +15,7 @@ use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
 use serde::{Deserialize, Serialize};
 
 use super::apps::{self, AppControl};
+use super::network;
 use super::plan::{self, NAMESPACE, Plan};
 
 /// One step of the bring-up.
@@ -52,6 +53,12 @@ pub(crate) struct State {
     /// Jaeger's query address (UI and API), when tracing runs.
     pub(crate) jaeger: Option<String>,
     pub(crate) tracing_note: String,
+    /// Network namespaces the testbed made (pod mode), for `down`.
+    #[serde(default)]
+    pub(crate) namespaces: Vec<String>,
+    /// Host links the testbed made (pod mode), for `down`.
+    #[serde(default)]
+    pub(crate) links: Vec<String>,
 }
 
 /// The state file in `dir`.
@@ -135,6 +142,9 @@ pub(crate) struct SuperviseArgs {
     pub(crate) networks: usize,
     #[arg(long, value_enum, default_value_t = RegistryMode::Auto)]
     pub(crate) registry: RegistryMode,
+    /// Workloads in pods (network namespaces; root).
+    #[arg(long)]
+    pub(crate) pods: bool,
 }
 
 /// Runs the supervisor until SIGTERM.
@@ -162,6 +172,7 @@ struct Running {
     processes: Vec<testbed::Process>,
     control_planes: Vec<testbed::ControlPlane>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    network: Option<network::PodNetwork>,
 }
 
 impl Drop for Running {
@@ -174,6 +185,8 @@ impl Drop for Running {
             p.stop();
         }
         self.control_planes.clear();
+        // Last: the namespaces (the pods' apps run on threads of this process).
+        self.network.take();
     }
 }
 
@@ -191,6 +204,7 @@ async fn run(args: SuperviseArgs) -> anyhow::Result<()> {
         processes: Vec::new(),
         control_planes: Vec::new(),
         tasks: Vec::new(),
+        network: None,
     };
     let controls = match bring_up(&args, &mut r, &mut running).await {
         Ok(c) => c,
@@ -289,8 +303,12 @@ async fn bring_up(
     running: &mut Running,
 ) -> anyhow::Result<BTreeMap<String, Arc<AppControl>>> {
     let started = Instant::now();
-    let plan = Plan::new(args.clusters.max(1), args.networks.max(1));
+    let plan = Plan::new(args.clusters.max(1), args.networks.max(1), args.pods);
     r.state.plan = Some(plan.clone());
+    if plan.pods {
+        // Recorded before anything is made: `down` removes them whatever happens.
+        (r.state.namespaces, r.state.links) = network::names(&plan);
+    }
     let dir = &args.dir;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -397,19 +415,37 @@ async fn bring_up(
         r.done("file registry (no API server)");
     }
 
+    if plan.pods {
+        r.start("pod networks");
+        running.network = Some(network::build(&plan)?);
+        let pods: usize = plan.clusters.iter().map(|c| c.workloads.len()).sum();
+        r.done(format!(
+            "{} cluster networks, {pods} pods (network namespaces)",
+            plan.clusters.len()
+        ));
+    }
+
     // Shared tracing: one Jaeger for every cluster.
     r.start("shared tracing");
+    let collector = if plan.pods {
+        network::collector()
+    } else {
+        "127.0.0.1:4317".parse()?
+    };
     let otlp = match testbed::jaeger() {
         Ok(bin) => {
-            let cmd = Command::new(bin);
+            let mut cmd = Command::new(bin);
+            cmd.arg(format!(
+                "--set=receivers.otlp.protocols.grpc.endpoint={collector}"
+            ));
             let p = testbed::Process::spawn("jaeger", cmd, &logs.join("jaeger.log"))?;
             r.state.children.extend(p.pid());
             running.processes.push(p);
             let query: std::net::SocketAddr = "127.0.0.1:16686".parse()?;
             wait_http_ok(query, "/api/services", Duration::from_secs(30)).await?;
             r.state.jaeger = Some(query.to_string());
-            r.done(format!("Jaeger: UI http://{query}, OTLP 127.0.0.1:4317"));
-            Some("http://127.0.0.1:4317".to_owned())
+            r.done(format!("Jaeger: UI http://{query}, OTLP {collector}"));
+            Some(format!("http://{collector}"))
         }
         Err(e) => {
             r.state.tracing_note =
@@ -534,7 +570,14 @@ async fn bring_up(
         r.state.children.extend(p.pid());
         running.processes.push(p);
         for w in &c.workloads {
-            let mut cmd = Command::new(&sidecar_bin);
+            let mut cmd = match &w.pod {
+                Some(pod) => {
+                    let mut cmd = Command::new("ip");
+                    cmd.args(["netns", "exec", pod]).arg(&sidecar_bin);
+                    cmd
+                }
+                None => Command::new(&sidecar_bin),
+            };
             cmd.args(["--discovery", &c.discovery.to_string()])
                 .arg("--token-file")
                 .arg(&token_files[&w.app])
@@ -547,14 +590,20 @@ async fn bring_up(
                     "--name",
                     &w.name,
                 ])
-                .args(["--ip", &w.ip.to_string(), "--app-ip", &w.ip.to_string()])
-                .args([
-                    "--inbound",
-                    &w.inbound().to_string(),
-                    "--outbound",
-                    &w.outbound().to_string(),
-                ])
-                .args(["--admin", &w.admin().to_string(), "--drain-seconds", "1"]);
+                .args(["--ip", &w.ip.to_string()])
+                .args(["--drain-seconds", "1"]);
+            if w.pod.is_some() {
+                // As in a pod: capture everything, the app on the pod's loopback.
+                cmd.args(["--capture", "--app-ip", "127.0.0.1"])
+                    .args(["--inbound", "0.0.0.0:15006"])
+                    .args(["--outbound", &w.outbound().to_string()])
+                    .args(["--admin", "0.0.0.0:15020"]);
+            } else {
+                cmd.args(["--app-ip", &w.ip.to_string()])
+                    .args(["--inbound", &w.inbound().to_string()])
+                    .args(["--outbound", &w.outbound().to_string()])
+                    .args(["--admin", &w.admin().to_string()]);
+            }
             if let Some(endpoint) = &otlp {
                 cmd.args(["--otlp-endpoint", endpoint]);
             }
@@ -564,12 +613,33 @@ async fn bring_up(
             if w.port != 0 {
                 let control = Arc::new(AppControl::default());
                 controls.insert(w.name.clone(), control.clone());
-                let (w2, cluster) = (w.clone(), c.name.clone());
-                running.tasks.push(tokio::spawn(async move {
-                    if let Err(e) = apps::serve(w2.clone(), cluster, control).await {
-                        tracing::error!(app = %w2.name, error = %e, "sample app stopped");
+                let app = apps::App {
+                    workload: w.clone(),
+                    cluster: c.name.clone(),
+                    next: w.calls.as_deref().map(|next| plan.dial(c, w, next)),
+                    control,
+                };
+                let name = w.name.clone();
+                let serve = async move {
+                    if let Err(e) = apps::serve(app).await {
+                        tracing::error!(app = %name, error = %e, "sample app stopped");
                     }
-                }));
+                };
+                match &w.pod {
+                    // In its pod: a thread of its own inside the pod's namespace.
+                    Some(pod) => {
+                        testbed::netns::spawn_in(pod, move || {
+                            match tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                            {
+                                Ok(rt) => rt.block_on(serve),
+                                Err(e) => tracing::error!(error = %e, "no runtime for an app"),
+                            }
+                        })?;
+                    }
+                    None => running.tasks.push(tokio::spawn(serve)),
+                }
             }
         }
     }
@@ -594,7 +664,11 @@ async fn bring_up(
         .context("curl")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
-        match apps::call(curl.outbound(), "frontpage:9080", "/", &[]).await {
+        let (p, c, w) = (plan.clone(), first.clone(), curl.clone());
+        let sent =
+            tokio::task::spawn_blocking(move || apps::get_from(&p, &c, &w, "frontpage:9080", "/"))
+                .await?;
+        match sent {
             Ok((200, body)) if body.contains("ratings") => break body,
             other => {
                 if Instant::now() > deadline {
