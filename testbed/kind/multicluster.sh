@@ -78,6 +78,15 @@ hello() {
 
 check() {
   echo "from east: $(hello)"
+  # Statically first: links up, v2 ready in west behind its gateway, outlier detection.
+  kubectl --context "$(ctx east)" -n istio-system port-forward deploy/isthmus-discovery 15014:15014 \
+    >/dev/null & local pf=$!
+  sleep 2
+  local verified=0
+  "$MESHCTL" multicluster verify-failover --discovery 127.0.0.1:15014 --service helloworld.sample \
+    || verified=$?
+  kill "$pf" 2>/dev/null || true
+  [[ $verified == 0 ]] || { echo "FAIL: helloworld would not fail over" >&2; exit 1; }
   # Failover: without v1 in east, east must reach v2 in west.
   kubectl --context "$(ctx east)" -n sample scale deploy/helloworld-v1 --replicas 0
   kubectl --context "$(ctx east)" -n sample wait --for=delete pod -l version=v1 --timeout 60s || true

@@ -5,7 +5,9 @@
 #   nginx:    load → nginx A  → mTLS → nginx B  → backend
 #   haproxy:  load → haproxy A → mTLS → haproxy B → backend
 # TLS 1.3, ECDSA P-256, client certificates verified on both sides, upstream
-# keepalive everywhere. Open-loop load at a fixed rate with latency correction (oha),
+# keepalive everywhere. The churn rows use a second client-side proxy of each pair
+# that opens a new TLS connection to its B side per request, and a load generator
+# that opens a new connection per request. Open-loop load at a fixed rate with latency correction (oha),
 # proxies pinned to core 1 with one worker each, load generator and backend on core 0.
 #
 #   tools/bench/sidecar-hop.sh [RATE] [SECONDS]     (defaults 1000 rps, 20 s)
@@ -23,7 +25,7 @@ for tool in oha nginx haproxy openssl taskset python3; do
 done
 
 cargo build --release -q -p sidecar -p meshctl
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/release"
 W=$(mktemp -d /tmp/isthmus-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
@@ -79,11 +81,24 @@ node: {name: server, namespace: default, serviceAccount: server}
 services:
 - {name: bench, namespace: default, ports: [{name: http, port: 8080, targetPort: 18080}]}
 EOF
+# The churn client: a DestinationRule allowing one request per upstream connection.
+cat "$W/a.yaml" > "$W/a-churn.yaml"
+cat >> "$W/a-churn.yaml" <<EOF
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bench, namespace: default}
+spec:
+  host: bench
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
+EOF
 # Access logging off, as in Istio's default mesh config.
 RUST_LOG=warn taskset -c 1 "$BIN/sidecar" --workers 1 --config "$W/a.yaml" --cert-dir "$W/client" \
   --outbound 127.0.0.1:18301 --inbound 127.0.0.1:18302 --admin 127.0.0.1:18303 & PIDS+=($!); ISTHMUS_A=$!
 RUST_LOG=warn taskset -c 1 "$BIN/sidecar" --workers 1 --config "$W/b.yaml" --cert-dir "$W/server" \
   --outbound 127.0.0.1:18304 --inbound 127.0.0.1:18306 --admin 127.0.0.1:18305 & PIDS+=($!); ISTHMUS_B=$!
+RUST_LOG=warn taskset -c 1 "$BIN/sidecar" --workers 1 --config "$W/a-churn.yaml" --cert-dir "$W/client" \
+  --outbound 127.0.0.1:18311 --inbound 127.0.0.1:18312 --admin 127.0.0.1:18313 & PIDS+=($!); ISTHMUS_AC=$!
 
 # --- nginx pair -----------------------------------------------------------------
 cat > "$W/nginx-a.conf" <<EOF
@@ -105,7 +120,18 @@ http { access_log off;
     ssl_client_certificate $W/pca.crt; ssl_verify_client on;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
+# The churn client: no upstream keepalive, so each request opens a TLS connection.
+cat > "$W/nginx-ac.conf" <<EOF
+$(nginx_head nac)
+http { access_log off;
+  server { listen 127.0.0.1:18111;
+    location / { proxy_pass https://127.0.0.1:18102;
+      proxy_ssl_certificate $W/pclient.crt; proxy_ssl_certificate_key $W/pclient.key;
+      proxy_ssl_trusted_certificate $W/pca.crt; proxy_ssl_verify on; proxy_ssl_name mesh.test;
+      proxy_ssl_server_name on; proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on; } } }
+EOF
 taskset -c 1 nginx -p "$W" -c "$W/nginx-a.conf" & PIDS+=($!); NGINX_A=$!
+taskset -c 1 nginx -p "$W" -c "$W/nginx-ac.conf" & PIDS+=($!); NGINX_AC=$!
 taskset -c 1 nginx -p "$W" -c "$W/nginx-b.conf" & PIDS+=($!); NGINX_B=$!
 
 # --- haproxy pair ---------------------------------------------------------------
@@ -125,12 +151,15 @@ frontend fe
 backend app
   server app 127.0.0.1:18080
 EOF
+sed -e 's/18201/18211/' -e 's/http-reuse always/http-reuse never/' "$W/haproxy-a.cfg" > "$W/haproxy-ac.cfg"
 taskset -c 1 haproxy -f "$W/haproxy-a.cfg" -db & PIDS+=($!); HAPROXY_A=$!
+taskset -c 1 haproxy -f "$W/haproxy-ac.cfg" -db & PIDS+=($!); HAPROXY_AC=$!
 taskset -c 1 haproxy -f "$W/haproxy-b.cfg" -db & PIDS+=($!); HAPROXY_B=$!
 
 sleep 2
 # Every path must answer before anything is measured.
-for url in http://127.0.0.1:18080/ http://127.0.0.1:18301/ http://127.0.0.1:18101/ http://127.0.0.1:18201/; do
+for url in http://127.0.0.1:18080/ http://127.0.0.1:18301/ http://127.0.0.1:18101/ http://127.0.0.1:18201/ \
+  http://127.0.0.1:18311/ http://127.0.0.1:18111/ http://127.0.0.1:18211/; do
   code=$(oha -n 5 --no-tui -H 'host: bench:8080' --output-format json "$url" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sorted(d["statusCodeDistribution"].keys()))')
   [ "$code" = "['200']" ] || { echo "error: $url answered $code" >&2; exit 1; }
 done
@@ -146,12 +175,14 @@ echo "| topology | conns | rate | p50 µs | p90 µs | p99 µs | p99.9 µs | ok |
 echo "|---|---|---|---|---|---|---|---|---|---|"
 run() {
   local name=$1 url=$2 conns=$3 a=${4:-} b=${5:-}
-  oha -z "${WARMUP}s" -q "$RATE" -c "$conns" --latency-correction --no-tui -H 'host: bench:8080' "$url" >/dev/null
+  local extra=()
+  case "$name" in *churn*) extra=(--disable-keepalive) ;; esac
+  oha -z "${WARMUP}s" -q "$RATE" -c "$conns" --latency-correction --no-tui "${extra[@]}" -H 'host: bench:8080' "$url" >/dev/null
   local ra rb ta0 tb0
   if [ -n "$a" ]; then ra=$(rss_kb "$a"); rb=$(rss_kb "$b"); ta0=$(ticks "$a"); tb0=$(ticks "$b"); fi
   local json
   json=$(taskset -c 0 oha -z "${SECS}s" -q "$RATE" -c "$conns" --latency-correction --no-tui \
-    -H 'host: bench:8080' --output-format json "$url")
+    "${extra[@]}" -H 'host: bench:8080' --output-format json "$url")
   local cpu="-" mem="-"
   local ok
   ok=$(echo "$json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["statusCodeDistribution"].get("200",0))')
@@ -172,6 +203,11 @@ for c in 4 16; do
   run nginx   http://127.0.0.1:18101/ "$c" "$NGINX_A" "$NGINX_B"
   run haproxy http://127.0.0.1:18201/ "$c" "$HAPROXY_A" "$HAPROXY_B"
 done
+# Connection churn: a new client connection and a new mTLS connection per request.
+run "direct churn"  http://127.0.0.1:18080/ 4
+run "isthmus churn" http://127.0.0.1:18311/ 4 "$ISTHMUS_AC" "$ISTHMUS_B"
+run "nginx churn"   http://127.0.0.1:18111/ 4 "$NGINX_AC" "$NGINX_B"
+run "haproxy churn" http://127.0.0.1:18211/ 4 "$HAPROXY_AC" "$HAPROXY_B"
 
 # Throughput of each pair on its one core: closed loop, 16 connections.
 echo

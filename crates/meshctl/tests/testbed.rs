@@ -230,6 +230,41 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
     assert!(failover.status.success(), "{out}");
     assert!(out.contains(", 0 failed") && out.contains("PASS"), "{out}");
 
+    // The same readiness, checked statically from east's discovery: helloworld has a
+    // ready endpoint in west behind its gateway and outlier detection; ratings lives
+    // in east only, and the command says so with exit status 1.
+    let east_monitor = state["plan"]["clusters"][0]["monitor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let verify = |service: &str| {
+        meshctl(
+            &dir,
+            &[
+                "multicluster",
+                "verify-failover",
+                "--discovery",
+                &east_monitor,
+                "--service",
+                service,
+            ],
+        )
+    };
+    let ok = verify("helloworld.sample");
+    let out = text(&ok);
+    assert!(ok.status.success(), "{out}");
+    assert!(
+        out.contains("endpoints in west: 1 ready of 1, gateway") && out.contains("PASS"),
+        "{out}"
+    );
+    let bad = verify("ratings.sample");
+    let out = text(&bad);
+    assert_eq!(bad.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("no ready endpoint of ratings.sample in another cluster"),
+        "{out}"
+    );
+
     // Canary: the observed split follows 80/20; strict mTLS: plaintext refused.
     let canary = meshctl(&dir, &["testbed", "scenario", "canary"]);
     assert!(

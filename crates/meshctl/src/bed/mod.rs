@@ -319,6 +319,11 @@ fn print_next_steps(state: &supervisor::State) {
         "  meshctl multicluster status --discovery {}",
         first.monitor
     );
+    println!(
+        "  meshctl multicluster verify-failover --discovery {} --service helloworld.{}",
+        first.monitor,
+        plan::NAMESPACE
+    );
     if let Some(jaeger) = &state.jaeger {
         println!(
             "  meshctl trace --last                                      # the last trace, as a waterfall (Jaeger UI: http://{jaeger})"
