@@ -216,19 +216,39 @@ fn up(
     );
     let started = Instant::now();
     let mut shown = 0;
+    // A spinner for the step under way (on a terminal only); finished steps print as
+    // lines above it.
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  {spinner} {prefix:<28} {elapsed:>6}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let emit = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let state = read_state(dir).unwrap_or_default();
         for step in state.steps.iter().skip(shown) {
             if step.state == "running" {
+                bar.set_prefix(step.name.clone());
+                bar.set_message(step.detail.clone());
                 break;
             }
             let mark = if step.state == "done" { "✔" } else { "✘" };
-            println!(
+            emit(format!(
                 "  {mark} {:<28} {:>6.1} s  {}",
                 step.name, step.seconds, step.detail
-            );
+            ));
             shown += 1;
+        }
+        if state.ready || state.error.is_some() {
+            bar.finish_and_clear();
         }
         if let Some(e) = &state.error {
             let _ = child.wait();

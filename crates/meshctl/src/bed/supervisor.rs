@@ -91,12 +91,17 @@ impl Reporter {
     }
 
     fn start(&mut self, name: &str) {
+        self.start_doing(name, "");
+    }
+
+    /// Starts a step with a note on what it is doing (shown while it runs).
+    fn start_doing(&mut self, name: &str, doing: &str) {
         self.step_started = Instant::now();
         self.state.steps.push(Step {
             name: name.into(),
             state: "running".into(),
             seconds: 0.0,
-            detail: String::new(),
+            detail: doing.into(),
         });
         self.save();
     }
@@ -361,7 +366,10 @@ async fn bring_up(
     ));
 
     // The registry: a kube-apiserver per cluster, or files.
-    r.start("registries");
+    r.start_doing(
+        "registries",
+        "kube-apiserver + etcd per cluster (built from their Go modules on first use, minutes)",
+    );
     let kube = match args.registry {
         RegistryMode::Files => None,
         RegistryMode::Kubernetes => Some(testbed::KubeBins::locate()?),
@@ -426,7 +434,10 @@ async fn bring_up(
     }
 
     // Shared tracing: one Jaeger for every cluster.
-    r.start("shared tracing");
+    r.start_doing(
+        "shared tracing",
+        "Jaeger (built from its Go module on first use, minutes)",
+    );
     let collector = if plan.pods {
         network::collector()
     } else {
