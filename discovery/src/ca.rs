@@ -126,6 +126,7 @@ pub struct CaService {
     auth: Authenticator,
     trust_roots: Arc<BTreeMap<String, String>>,
     metrics: Arc<Metrics>,
+    tracing: mesh_telemetry::trace::Tracing,
 }
 
 impl CaService {
@@ -142,7 +143,14 @@ impl CaService {
             auth,
             trust_roots: Arc::new(trust_roots),
             metrics,
+            tracing: mesh_telemetry::trace::Tracing::disabled(),
         }
+    }
+
+    /// Exports a span per certificate request to `tracing`.
+    pub fn with_tracing(mut self, tracing: mesh_telemetry::trace::Tracing) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     async fn sign_inner(&self, request: Request<SignRequest>) -> Result<SignResponse, Status> {
@@ -189,13 +197,20 @@ impl Certificates for CaService {
             .get::<crate::server::PeerInfo>()
             .map(|p| p.address.to_string())
             .unwrap_or_default();
+        let mut span = self.tracing.start(|| "ca sign", true, None);
+        if span.is_recording() {
+            span.set([("peer.address", peer.clone())]);
+        }
         match self.sign_inner(request).await {
             Ok(r) => {
                 self.metrics.csr_signed.inc();
+                span.end(200, "-");
                 Ok(Response::new(r))
             }
             Err(status) => {
                 self.metrics.csr_refused.inc();
+                span.set([("reason", status.message().to_owned())]);
+                span.end(403, "UAEX");
                 tracing::warn!(peer = %peer, reason = %status.message(), "certificate request refused");
                 Err(status)
             }

@@ -121,6 +121,8 @@ pub struct Options {
     pub link_sync_timeout: Duration,
     /// Link client settings.
     pub links: peering::LinkOptions,
+    /// Spans (config pushes, certificate requests, link syncs), when exported.
+    pub tracing: mesh_telemetry::trace::Tracing,
 }
 
 impl Options {
@@ -142,6 +144,7 @@ impl Options {
             lease: peering::DEFAULT_LEASE,
             link_sync_timeout: Duration::from_secs(10),
             links: peering::LinkOptions::default(),
+            tracing: mesh_telemetry::trace::Tracing::disabled(),
         }
     }
 }
@@ -265,7 +268,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         Source::Api => {}
     }
 
-    let published = push::publisher(registry.clone(), options.debounce);
+    let published = push::publisher(registry.clone(), options.debounce, options.tracing.clone());
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let config = push::ConfigService::new(
         registry.clone(),
@@ -302,12 +305,10 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
     };
     if let Some(auth) = auth {
         let roots = BTreeMap::from([(td.to_string(), ca.root_pem().to_owned())]);
-        router = router.add_service(CertificatesServer::new(ca::CaService::new(
-            ca.clone(),
-            auth,
-            roots,
-            metrics.clone(),
-        )));
+        router = router.add_service(CertificatesServer::new(
+            ca::CaService::new(ca.clone(), auth, roots, metrics.clone())
+                .with_tracing(options.tracing.clone()),
+        ));
     }
     let incoming = server::incoming(listener, &identity);
     tasks.push(tokio::spawn(async move {
@@ -327,7 +328,10 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         registry.clone(),
         identity.clone(),
         links.clone(),
-        options.links.clone(),
+        peering::LinkOptions {
+            tracing: options.tracing.clone(),
+            ..options.links.clone()
+        },
     )));
     let monitor_addr = match options.monitor {
         Some(addr) => {

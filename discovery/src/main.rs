@@ -70,6 +70,10 @@ struct Args {
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
+    /// Export spans (config pushes, certificate requests, link syncs) over
+    /// OTLP/gRPC to this collector, e.g. http://jaeger:4317.
+    #[arg(long, env = "ISTHMUS_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -99,6 +103,18 @@ async fn main() -> anyhow::Result<()> {
     options.namespace = args.namespace.clone();
     options.grpc = args.grpc;
     options.monitor = Some(args.monitor);
+    if let Some(endpoint) = &args.otlp_endpoint {
+        options.tracing = mesh_telemetry::trace::Tracing::otlp(
+            endpoint,
+            &format!("isthmus-discovery.{}", args.namespace),
+            vec![opentelemetry::KeyValue::new(
+                "istio.cluster_id",
+                args.cluster.clone(),
+            )],
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
+    let tracing = options.tracing.clone();
     options.debounce = discovery::push::Debounce {
         after: args.debounce_after,
         max: args.debounce_max,
@@ -134,5 +150,6 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("discovery stopping");
     drop(running);
+    tracing.flush();
     Ok(())
 }

@@ -236,6 +236,8 @@ pub struct LinkOptions {
     pub initial_backoff: Duration,
     /// Longest reconnect delay.
     pub max_backoff: Duration,
+    /// Where a span per link sync (connect to first full sync) goes.
+    pub tracing: mesh_telemetry::trace::Tracing,
 }
 
 impl Default for LinkOptions {
@@ -244,6 +246,7 @@ impl Default for LinkOptions {
             namespace: crate::NAMESPACE.into(),
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            tracing: mesh_telemetry::trace::Tracing::disabled(),
         }
     }
 }
@@ -471,6 +474,18 @@ async fn subscribe_once(
         .map_err(|e| e.to_string())?;
     let tls =
         identity.client_config_with_trust(TrustConfig::new(td, bundle), vec![expected], &[b"h2"]);
+    // One span from connecting to the first full sync (ended early on failure).
+    let mut sync_span = Some(options.tracing.start(
+        || format!("peering sync {cluster}"),
+        false,
+        None,
+    ));
+    if let Some(span) = sync_span.as_mut().filter(|s| s.is_recording()) {
+        span.set([
+            ("peer.cluster", cluster.clone()),
+            ("peer.address", link.discovery_address.clone()),
+        ]);
+    }
     let address = resolve(&link.discovery_address).await?;
     let gateway = resolve(&link.gateway_address).await.ok();
     links.update(cluster, |s| {
@@ -557,6 +572,10 @@ async fn subscribe_once(
                 old.abort();
             }
             tracing::info!(peer = %cluster, services = update.services.len(), "linked cluster synced");
+            if let Some(mut span) = sync_span.take() {
+                span.set([("services", update.services.len().to_string())]);
+                span.end(200, "-");
+            }
         } else if !update.services.is_empty() || !update.removed.is_empty() {
             let upserts = update.services.iter().filter_map(decode).collect();
             let removed = update

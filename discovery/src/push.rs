@@ -56,8 +56,14 @@ pub struct Published {
     pub event_at: Option<Instant>,
 }
 
-/// Follows the registry, debounces, and publishes generations to the pushers.
-pub fn publisher(registry: Arc<Registry>, debounce: Debounce) -> watch::Receiver<Published> {
+/// Follows the registry, debounces, and publishes generations to the pushers. With
+/// tracing on, each published generation is a span from its first change to its
+/// publication (the debounce window).
+pub fn publisher(
+    registry: Arc<Registry>,
+    debounce: Debounce,
+    tracing: mesh_telemetry::trace::Tracing,
+) -> watch::Receiver<Published> {
     let (tx, rx) = watch::channel(Published {
         generation: registry.generation(),
         event_at: None,
@@ -69,10 +75,12 @@ pub fn publisher(registry: Arc<Registry>, debounce: Debounce) -> watch::Receiver
                 return;
             }
             let first = Instant::now();
+            let mut span = tracing.start(|| "config push", false, None);
+            let mut changes_seen = 1u64;
             loop {
                 let deadline = (first + debounce.max).saturating_duration_since(Instant::now());
                 tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
+                    r = changes.changed() => if r.is_err() { return } else { changes_seen += 1 },
                     () = tokio::time::sleep(debounce.after.min(deadline)) => break,
                 }
                 if first.elapsed() >= debounce.max {
@@ -80,6 +88,14 @@ pub fn publisher(registry: Arc<Registry>, debounce: Debounce) -> watch::Receiver
                 }
             }
             let generation = registry.generation();
+            if span.is_recording() {
+                span.set([
+                    ("generation", generation.to_string()),
+                    ("registry.changes", changes_seen.to_string()),
+                    ("debounce_ms", first.elapsed().as_millis().to_string()),
+                ]);
+            }
+            span.end(200, "-");
             if generation != tx.borrow().generation {
                 tx.send_replace(Published {
                     generation,

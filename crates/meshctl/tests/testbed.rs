@@ -200,6 +200,29 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
             );
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
+        // Discovery too: its config pushes, tagged with their cluster.
+        let start = std::time::Instant::now();
+        loop {
+            let trace = meshctl(
+                &dir,
+                &[
+                    "trace",
+                    "--last",
+                    "--service",
+                    "isthmus-discovery.istio-system",
+                ],
+            );
+            let out = text(&trace);
+            if trace.status.success() && out.contains("isthmus-discovery.istio-system: config push")
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "no discovery span in Jaeger: {out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
     }
 
     // The chain crossed west's gateway in a QUIC tunnel (the links advertise QUIC).

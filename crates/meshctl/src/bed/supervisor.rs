@@ -485,6 +485,9 @@ async fn bring_up(
             Some(k) => cmd.args(["--kubeconfig", k]),
             None => cmd.arg("--registry-dir").arg(cdir.join("registry")),
         };
+        if let Some(endpoint) = &otlp {
+            cmd.args(["--otlp-endpoint", endpoint]);
+        }
         let p = testbed::Process::spawn(
             &format!("discovery-{}", c.name),
             cmd,
