@@ -343,24 +343,37 @@ async fn route(
     ))
 }
 
+/// One connection through the gateway: who called, for what, how, and the trace
+/// position of the request that opened it (QUIC tunnels carry it).
+struct Hop<'a> {
+    peer: SocketAddr,
+    upstream: SocketAddr,
+    target: &'a str,
+    transport: &'static str,
+    trace: Option<mesh_telemetry::trace::TraceParent>,
+}
+
 /// Splices `caller` and `upstream` (after writing `first` upstream), counting and
 /// logging the connection.
-#[allow(clippy::too_many_arguments)]
 async fn splice<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut caller: C,
     mut upstream: TcpStream,
     first: &[u8],
     labels: PeerLabels,
-    upstream_addr: SocketAddr,
-    peer: SocketAddr,
-    target: &str,
-    transport: &str,
+    hop: Hop<'_>,
     metrics: &GatewayMetrics,
     tracing: &mesh_telemetry::trace::Tracing,
 ) {
+    let Hop {
+        peer,
+        upstream: upstream_addr,
+        target,
+        transport,
+        trace,
+    } = hop;
     let started = Instant::now();
     metrics.opened.get_or_create(&labels).inc();
-    let mut span = tracing.start(|| format!("gateway {target}"), true, None);
+    let mut span = tracing.start(|| format!("gateway {target}"), true, trace);
     if span.is_recording() {
         span.set([
             ("transport", transport.to_owned()),
@@ -436,10 +449,13 @@ async fn handle(
                 upstream,
                 &hello,
                 labels,
-                addr,
-                peer,
-                &sni,
-                "tcp",
+                Hop {
+                    peer,
+                    upstream: addr,
+                    target: &sni,
+                    transport: "tcp",
+                    trace: None,
+                },
                 metrics,
                 &options.tracing,
             )
@@ -471,7 +487,7 @@ async fn serve_quic(
             while let Ok((send, mut recv)) = conn.accept_bi().await {
                 let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
                 tokio::spawn(async move {
-                    let (target, source_cluster) = match tokio::time::timeout(
+                    let header = match tokio::time::timeout(
                         options.hello_timeout,
                         mesh_proxy::tunnel::read_header(&mut recv),
                     )
@@ -488,20 +504,25 @@ async fn serve_quic(
                             );
                         }
                     };
+                    let target = header.target;
                     match route(&target, &store, &options).await {
                         Ok((upstream, mut labels, addr)) => {
                             metrics.quic_streams.inc();
-                            labels.source_cluster = source_cluster;
+                            labels.source_cluster = header.source_cluster;
                             let caller = tokio::io::join(recv, send);
+                            let hop = Hop {
+                                peer,
+                                upstream: addr,
+                                target: &target,
+                                transport: "quic",
+                                trace: header.trace,
+                            };
                             splice(
                                 caller,
                                 upstream,
                                 &[],
                                 labels,
-                                addr,
-                                peer,
-                                &target,
-                                "quic",
+                                hop,
                                 &metrics,
                                 &options.tracing,
                             )

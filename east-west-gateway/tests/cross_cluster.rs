@@ -258,7 +258,13 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     let target = mesh_proxy::sni::outbound_sni(9080, "v2", REVIEWS);
     assert!(
         tunnels
-            .open(gateway.addr, &target, "elsewhere", Duration::from_secs(2))
+            .open(
+                gateway.addr,
+                &target,
+                "elsewhere",
+                None,
+                Duration::from_secs(2)
+            )
             .await
             .is_err()
     );

@@ -2,6 +2,7 @@
 //! Istio's format, HTTP/2 multiplexed, one connection per (endpoint, SNI) reused
 //! until it closes.
 
+use mesh_telemetry::trace::TraceParent;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -160,7 +161,12 @@ impl MeshPool {
         let mut sender = match cached {
             Some(s) => s,
             None => {
-                let s = self.connect(endpoint, tunnel, sni, connect_timeout).await?;
+                // The request that opens a connection passes its trace position to
+                // a gateway tunnel, so the gateway's span joins that trace.
+                let trace = tunnel.and_then(|_| TraceParent::from_headers(req.headers()));
+                let s = self
+                    .connect(endpoint, tunnel, sni, connect_timeout, trace)
+                    .await?;
                 if let Ok(mut m) = self.conns.lock() {
                     m.insert(
                         key.clone(),
@@ -220,8 +226,15 @@ impl MeshPool {
         sni: &str,
         connect_timeout: Option<Duration>,
     ) -> Result<MeshStream, UpstreamError> {
-        self.tls(&self.tcp_connector, endpoint, tunnel, sni, connect_timeout)
-            .await
+        self.tls(
+            &self.tcp_connector,
+            endpoint,
+            tunnel,
+            sni,
+            connect_timeout,
+            None,
+        )
+        .await
     }
 
     async fn tls(
@@ -231,6 +244,7 @@ impl MeshPool {
         tunnel: Option<&str>,
         sni: &str,
         connect_timeout: Option<Duration>,
+        trace: Option<TraceParent>,
     ) -> Result<MeshStream, UpstreamError> {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         // The DestinationRule's connectTimeout, else the proxy's default.
@@ -244,7 +258,10 @@ impl MeshPool {
         ) {
             // A gateway that advertises QUIC: a tunnel stream, else TCP below.
             let quic_timeout = timeout.min(Duration::from_secs(1));
-            if let Ok(stream) = tunnels.open(endpoint, sni, source, quic_timeout).await {
+            if let Ok(stream) = tunnels
+                .open(endpoint, sni, source, trace, quic_timeout)
+                .await
+            {
                 io = Some(Box::new(stream));
             }
         }
@@ -276,9 +293,17 @@ impl MeshPool {
         tunnel: Option<&str>,
         sni: &str,
         connect_timeout: Option<Duration>,
+        trace: Option<TraceParent>,
     ) -> Result<SendRequest<Body>, UpstreamError> {
         let tls = self
-            .tls(&self.connector, endpoint, tunnel, sni, connect_timeout)
+            .tls(
+                &self.connector,
+                endpoint,
+                tunnel,
+                sni,
+                connect_timeout,
+                trace,
+            )
             .await?;
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))

@@ -48,9 +48,20 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, String>
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
-/// Reads the line at the start of a tunnel stream: the target and the caller's
-/// cluster (`unknown` when absent).
-pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<(String, String)> {
+/// The line at the start of a tunnel stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelHeader {
+    /// `outbound_.PORT_.SUBSET_.HOST`.
+    pub target: String,
+    /// The caller's cluster (`unknown` when absent).
+    pub source_cluster: String,
+    /// The trace position of the request that opened the stream, when it had one: the
+    /// gateway's span for this hop joins that trace.
+    pub trace: Option<mesh_telemetry::trace::TraceParent>,
+}
+
+/// Reads the line at the start of a tunnel stream: `TARGET [CLUSTER [TRACEPARENT]]`.
+pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<TunnelHeader> {
     let mut line = Vec::with_capacity(96);
     loop {
         let b = recv.read_u8().await?;
@@ -68,14 +79,37 @@ pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<(Strin
     let line = String::from_utf8(line).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, "tunnel header not UTF-8")
     })?;
+    Ok(parse_header(&line))
+}
+
+fn parse_header(line: &str) -> TunnelHeader {
     let mut parts = line.split_whitespace();
     let target = parts.next().unwrap_or_default().to_owned();
-    let source = parts
+    let source_cluster = parts
         .next()
         .filter(|c| c.len() <= 63 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         .unwrap_or("unknown")
         .to_owned();
-    Ok((target, source))
+    let trace = parts
+        .next()
+        .and_then(mesh_telemetry::trace::TraceParent::parse);
+    TunnelHeader {
+        target,
+        source_cluster,
+        trace,
+    }
+}
+
+/// The line a caller writes first on a tunnel stream.
+fn header_line(
+    target: &str,
+    source_cluster: &str,
+    trace: Option<mesh_telemetry::trace::TraceParent>,
+) -> String {
+    match trace {
+        Some(t) => format!("{target} {source_cluster} {}\n", t.to_w3c()),
+        None => format!("{target} {source_cluster}\n"),
+    }
 }
 
 /// The sidecar's QUIC connections to gateways, one per gateway, and which gateways'
@@ -155,19 +189,20 @@ impl QuicTunnels {
     }
 
     /// Opens a stream to `target` (`outbound_.PORT_.SUBSET_.HOST`) through `gateway`,
-    /// saying which cluster it comes from. On failure the gateway is reached over TCP
-    /// for a while.
+    /// saying which cluster it comes from and, when a request opens it, that request's
+    /// trace position. On failure the gateway is reached over TCP for a while.
     pub async fn open(
         &self,
         gateway: SocketAddr,
         target: &str,
         source_cluster: &str,
+        trace: Option<mesh_telemetry::trace::TraceParent>,
         timeout: Duration,
     ) -> Result<TunnelStream, String> {
         let result = async {
             let conn = self.connection(gateway, timeout).await?;
             let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(format!("{target} {source_cluster}\n").as_bytes())
+            send.write_all(header_line(target, source_cluster, trace).as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(tokio::io::join(recv, send))
@@ -178,5 +213,38 @@ impl QuicTunnels {
             self.fail(gateway);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn the_header_carries_target_cluster_and_trace() {
+        let trace = mesh_telemetry::trace::TraceParent {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            sampled: true,
+        };
+        let line = header_line(
+            "outbound_.9080_._.reviews.sample.svc.cluster.local",
+            "east",
+            Some(trace),
+        );
+        let h = parse_header(line.trim_end());
+        assert_eq!(
+            h.target,
+            "outbound_.9080_._.reviews.sample.svc.cluster.local"
+        );
+        assert_eq!(h.source_cluster, "east");
+        assert_eq!(h.trace, Some(trace));
+        // An older caller: target and cluster only; a bad trace is ignored.
+        let h = parse_header("outbound_.1_._.a east");
+        assert_eq!((h.source_cluster.as_str(), h.trace), ("east", None));
+        let h = parse_header("outbound_.1_._.a east 00-zz-yy-01");
+        assert_eq!(h.trace, None);
+        let h = parse_header("outbound_.1_._.a bad/cluster");
+        assert_eq!(h.source_cluster, "unknown");
     }
 }

@@ -55,19 +55,7 @@ impl TraceParent {
     pub fn from_headers(h: &HeaderMap) -> Option<Self> {
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
         if let Some(tp) = get("traceparent") {
-            let parts: Vec<&str> = tp.trim().split('-').collect();
-            if let [version, trace, span, flags] = parts[..]
-                && version.len() == 2
-                && version != "ff"
-            {
-                let p = Self {
-                    trace_id: hex_to(trace)?,
-                    span_id: hex_to(span)?,
-                    sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1,
-                };
-                return p.valid().then_some(p);
-            }
-            return None;
+            return Self::parse(tp);
         }
         if let (Some(trace), Some(span)) = (get("x-b3-traceid"), get("x-b3-spanid")) {
             // 64-bit B3 trace ids are left-padded to 128 bits.
@@ -94,6 +82,33 @@ impl TraceParent {
         None
     }
 
+    /// Parses a W3C `traceparent` value (`00-TRACE-SPAN-FLAGS`).
+    pub fn parse(value: &str) -> Option<Self> {
+        let parts: Vec<&str> = value.trim().split('-').collect();
+        let [version, trace, span, flags] = parts[..] else {
+            return None;
+        };
+        if version.len() != 2 || version == "ff" {
+            return None;
+        }
+        let p = Self {
+            trace_id: hex_to(trace)?,
+            span_id: hex_to(span)?,
+            sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1,
+        };
+        p.valid().then_some(p)
+    }
+
+    /// The W3C `traceparent` value.
+    pub fn to_w3c(&self) -> String {
+        let sampled = if self.sampled { "01" } else { "00" };
+        format!(
+            "00-{}-{}-{sampled}",
+            hex(&self.trace_id),
+            hex(&self.span_id)
+        )
+    }
+
     fn valid(&self) -> bool {
         self.trace_id != [0; 16] && self.span_id != [0; 8]
     }
@@ -103,12 +118,7 @@ impl TraceParent {
         for n in B3_HEADERS {
             h.remove(*n);
         }
-        let sampled = if self.sampled { "01" } else { "00" };
-        let tp = format!(
-            "00-{}-{}-{sampled}",
-            hex(&self.trace_id),
-            hex(&self.span_id)
-        );
+        let tp = self.to_w3c();
         let set = |h: &mut HeaderMap, n: &'static str, v: String| {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 h.insert(n, v);

@@ -177,30 +177,37 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
             );
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        // The gateway hop: a span per tunnelled connection, tagged with its cluster.
+        // The first request opened the QUIC tunnels: its trace has a span from each
+        // sidecar and from both gateways (each tagged with its cluster), and `up`
+        // printed its id.
+        let first_trace = state["firstTrace"].as_str().unwrap().to_owned();
+        assert!(
+            out.contains(&format!("meshctl trace {first_trace}")),
+            "{out}"
+        );
         let start = std::time::Instant::now();
         loop {
-            let trace = meshctl(
-                &dir,
-                &[
-                    "trace",
-                    "--last",
-                    "--service",
-                    "isthmus-eastwestgateway.istio-system",
-                ],
-            );
+            let trace = meshctl(&dir, &["trace", &first_trace]);
             let out = text(&trace);
-            if trace.status.success() && out.contains("isthmus-eastwestgateway.istio-system: gatew")
+            let gateway_spans = out
+                .lines()
+                .filter(|l| l.contains("isthmus-eastwestgateway"))
+                .collect::<Vec<_>>();
+            if trace.status.success()
+                && out.contains("8 spans across 2 cluster(s): east, west")
+                && gateway_spans.iter().any(|l| l.contains(" west "))
+                && gateway_spans.iter().any(|l| l.contains(" east "))
             {
                 break;
             }
             assert!(
                 start.elapsed() < std::time::Duration::from_secs(30),
-                "no gateway span in Jaeger: {out}"
+                "the first request's trace lacks a gateway hop: {out}"
             );
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        // Discovery too: its config pushes, tagged with their cluster.
+        // Discovery too: its config pushes, certificate requests and link syncs, tagged
+        // with their cluster.
         let start = std::time::Instant::now();
         loop {
             let trace = meshctl(
@@ -213,7 +220,11 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
                 ],
             );
             let out = text(&trace);
-            if trace.status.success() && out.contains("isthmus-discovery.istio-system: config push")
+            let ops = ["config push", "ca sign", "peering sync"];
+            if trace.status.success()
+                && ops
+                    .iter()
+                    .any(|op| out.contains(&format!("isthmus-discovery.istio-system: {op}")))
             {
                 break;
             }

@@ -115,15 +115,21 @@ pub(crate) fn get_from(
     w: &Workload,
     authority: &str,
     path: &str,
+    traceparent: Option<&str>,
 ) -> Result<(u16, String), String> {
     let dial = plan.dial(c, w, authority);
     let (authority, path) = (authority.to_owned(), path.to_owned());
+    let headers: Vec<(&'static str, http::HeaderValue)> = traceparent
+        .and_then(|t| http::HeaderValue::from_str(t).ok())
+        .map(|v| ("traceparent", v))
+        .into_iter()
+        .collect();
     let send = move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
-            .block_on(call(dial, &authority, &path, &[]))
+            .block_on(call(dial, &authority, &path, &headers))
     };
     match &w.pod {
         Some(pod) => testbed::netns::spawn_in(pod, send)

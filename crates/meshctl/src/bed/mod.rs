@@ -273,6 +273,11 @@ fn up(
                     "through the chain"
                 };
                 println!("Ready in {t:.1} s (to the first request {what}).");
+                if let (Some(id), Some(_)) = (&state.first_trace, &state.jaeger) {
+                    println!(
+                        "Its trace, with a span from each sidecar and gateway on the way: meshctl trace {id}"
+                    );
+                }
             }
             print_next_steps(&state);
             return Ok(());
@@ -476,7 +481,7 @@ fn curl(dir: &Path, cluster: Option<&str>, url: &str) -> anyhow::Result<(u16, St
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    apps::get_from(&plan, c, curl, authority, path).map_err(anyhow::Error::msg)
+    apps::get_from(&plan, c, curl, authority, path, None).map_err(anyhow::Error::msg)
 }
 
 /// Requests from a workload (from inside its pod, or through its sidecar's outbound
@@ -489,7 +494,14 @@ struct Sender<'a> {
 
 impl Sender<'_> {
     fn get(&self, authority: &str, path: &str) -> Result<(u16, String), String> {
-        apps::get_from(self.plan, self.cluster, self.workload, authority, path)
+        apps::get_from(
+            self.plan,
+            self.cluster,
+            self.workload,
+            authority,
+            path,
+            None,
+        )
     }
 
     fn hello(&self) -> Result<(u16, String), String> {

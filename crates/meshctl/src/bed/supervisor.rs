@@ -44,6 +44,9 @@ pub(crate) struct State {
     pub(crate) control: Option<String>,
     /// Bring-up time to the first successful cross-cluster request.
     pub(crate) first_request_seconds: Option<f64>,
+    /// The trace id of that request.
+    #[serde(default)]
+    pub(crate) first_trace: Option<String>,
     /// Process ids of every child (for `down`, should the supervisor be gone).
     pub(crate) children: Vec<u32>,
     /// Kubeconfigs, by cluster (Kubernetes mode).
@@ -678,10 +681,19 @@ async fn bring_up(
         .context("curl")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
+        // Each attempt starts a trace of its own; the one that succeeds is reported.
+        let trace = mesh_telemetry::trace::TraceParent {
+            trace_id: rand::random(),
+            span_id: rand::random::<[u8; 8]>().map(|b| b | 1),
+            sampled: true,
+        };
         let (p, c, w) = (plan.clone(), first.clone(), curl.clone());
-        let sent =
-            tokio::task::spawn_blocking(move || apps::get_from(&p, &c, &w, "frontpage:9080", "/"))
-                .await?;
+        let sent = tokio::task::spawn_blocking(move || {
+            let tp = trace.to_w3c();
+            apps::get_from(&p, &c, &w, "frontpage:9080", "/", Some(&tp))
+        })
+        .await?;
+        r.state.first_trace = Some(trace.trace_id_hex());
         match sent {
             Ok((200, body)) if body.contains("ratings") => break body,
             other => {
