@@ -538,22 +538,28 @@ pub struct CompiledTcpRoute {
     pub destinations: Vec<WeightedDestination>,
 }
 
+/// The weighted destinations of an L4 (`tcp` or `tls`) route.
+fn l4_destinations(
+    route: &[mesh_api::networking::RouteDestination],
+    namespace: &str,
+) -> Vec<WeightedDestination> {
+    let weights: Vec<_> = route.iter().map(|d| d.weight).collect();
+    route
+        .iter()
+        .zip(mesh_api::networking::effective_weights(&weights))
+        .map(|(d, weight)| destination(&d.destination, namespace, weight))
+        .collect()
+}
+
 impl CompiledTcpRoute {
     pub(crate) fn compile(route: &mesh_api::networking::TcpRoute, namespace: &str) -> Self {
-        let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
-        let effective = mesh_api::networking::effective_weights(&weights);
         Self {
             ports: route
                 .matches
                 .iter()
                 .filter_map(|m| m.port.map(|p| p as u16))
                 .collect(),
-            destinations: route
-                .route
-                .iter()
-                .zip(effective)
-                .map(|(d, weight)| destination(&d.destination, namespace, weight))
-                .collect(),
+            destinations: l4_destinations(&route.route, namespace),
         }
     }
 }
@@ -570,8 +576,6 @@ pub struct CompiledTlsRoute {
 
 impl CompiledTlsRoute {
     pub(crate) fn compile(route: &mesh_api::networking::TlsRoute, namespace: &str) -> Self {
-        let weights: Vec<_> = route.route.iter().map(|d| d.weight).collect();
-        let effective = mesh_api::networking::effective_weights(&weights);
         Self {
             matches: route
                 .matches
@@ -581,12 +585,7 @@ impl CompiledTlsRoute {
                     (hosts, m.port.map(|p| p as u16))
                 })
                 .collect(),
-            destinations: route
-                .route
-                .iter()
-                .zip(effective)
-                .map(|(d, weight)| destination(&d.destination, namespace, weight))
-                .collect(),
+            destinations: l4_destinations(&route.route, namespace),
         }
     }
 

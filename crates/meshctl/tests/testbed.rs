@@ -53,6 +53,25 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `meshctl testbed curl --cluster west` reaches helloworld v2 there.
+fn assert_west_serves_v2(dir: &Path) {
+    let hello = meshctl(
+        dir,
+        &[
+            "testbed",
+            "curl",
+            "--cluster",
+            "west",
+            "http://helloworld:5000/hello",
+        ],
+    );
+    assert!(
+        text(&hello).contains("Hello version: v2, instance: helloworld-v2, cluster: west"),
+        "{}",
+        text(&hello)
+    );
+}
+
 /// Stops the testbed even when an assertion fails.
 struct Down(PathBuf);
 
@@ -138,22 +157,8 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         .unwrap()
         .to_owned();
 
-    // A request from east reaches v2 in west when asked for by cluster.
-    let hello = meshctl(
-        &dir,
-        &[
-            "testbed",
-            "curl",
-            "--cluster",
-            "west",
-            "http://helloworld:5000/hello",
-        ],
-    );
-    assert!(
-        text(&hello).contains("Hello version: v2, instance: helloworld-v2, cluster: west"),
-        "{}",
-        text(&hello)
-    );
+    // curl in west reaches helloworld v2 there.
+    assert_west_serves_v2(&dir);
 
     // Shared tracing: front page (east) → reviews (west) → ratings (east) is one trace
     // in Jaeger with spans from sidecars of both clusters.
@@ -364,21 +369,7 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         out.contains("frontpage v1 (east) → reviews v1 (west) → ratings v1 (east)"),
         "{out}"
     );
-    let hello = meshctl(
-        &dir,
-        &[
-            "testbed",
-            "curl",
-            "--cluster",
-            "west",
-            "http://helloworld:5000/hello",
-        ],
-    );
-    assert!(
-        text(&hello).contains("Hello version: v2, instance: helloworld-v2, cluster: west"),
-        "{}",
-        text(&hello)
-    );
+    assert_west_serves_v2(&dir);
     let down = meshctl(&dir, &["testbed", "down"]);
     assert!(down.status.success(), "{}", text(&down));
 }
