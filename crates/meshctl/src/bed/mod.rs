@@ -351,7 +351,7 @@ fn print_next_steps(state: &supervisor::State) {
     );
     if let Some(jaeger) = &state.jaeger {
         println!(
-            "  meshctl trace --last                                      # the last trace, as a waterfall (Jaeger UI: http://{jaeger})"
+            "  meshctl trace --last                                      # the last trace, as a waterfall (Jaeger API: http://{jaeger})"
         );
     }
     println!("  meshctl testbed status");
