@@ -458,7 +458,9 @@ async fn bring_up(
             let query: std::net::SocketAddr = "127.0.0.1:16686".parse()?;
             wait_http_ok(query, "/api/services", Duration::from_secs(30)).await?;
             r.state.jaeger = Some(query.to_string());
-            r.done(format!("Jaeger: query API http://{query}, OTLP {collector}"));
+            r.done(format!(
+                "Jaeger: query API http://{query}, OTLP {collector}"
+            ));
             Some(format!("http://{collector}"))
         }
         Err(e) => {
