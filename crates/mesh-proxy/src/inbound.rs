@@ -256,17 +256,7 @@ impl Inbound {
             .remove(crate::peer::PEER_HEADER)
             .and_then(|v| v.to_str().ok().map(crate::peer::decode))
             .unwrap_or_default();
-        let service_host = parts.uri.host().map(str::to_owned).unwrap_or_default();
-        let grpc = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let request_bytes = crate::http_util::content_length(&parts.headers);
-        let parent = mesh_telemetry::trace::TraceParent::from_headers(&parts.headers);
-        let mut span =
-            self.tracing
-                .start(|| format!("{service_host}:{service_port}/*"), true, parent);
-        span.context().inject(&mut parts.headers);
+        // HTTP/2 carries the service in the URI's authority, HTTP/1.1 in Host.
         let host = parts
             .uri
             .host()
@@ -279,6 +269,17 @@ impl Inbound {
                     .map(|h| crate::state::strip_port(h).to_owned())
             })
             .unwrap_or_default();
+        let service_host = host.clone();
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let request_bytes = crate::http_util::content_length(&parts.headers);
+        let parent = mesh_telemetry::trace::TraceParent::from_headers(&parts.headers);
+        let mut span =
+            self.tracing
+                .start(|| format!("{service_host}:{service_port}/*"), true, parent);
+        span.context().inject(&mut parts.headers);
         let decision = state.authz.decide(&Attributes {
             principal: caller.strip_prefix("spiffe://").unwrap_or(caller),
             source_ip: Some(peer.ip()),

@@ -357,7 +357,21 @@ impl Outbound {
                 );
             }
         }
-        *upstream.version_mut() = http::Version::HTTP_2;
+        // Istio's default h2UpgradePolicy: HTTP/1.1 stays HTTP/1.1 between sidecars;
+        // HTTP/2 and gRPC (or a port declared http2/grpc) use multiplexed HTTP/2, as
+        // does HTTP/1.1 under `h2UpgradePolicy: UPGRADE`. The pool writes the Host
+        // header for HTTP/1.1.
+        let http1 = upstream.version() <= http::Version::HTTP_11
+            && !matches!(
+                port.protocol,
+                crate::state::Protocol::Http2 | crate::state::Protocol::Grpc
+            )
+            && !resolved.is_some_and(|r| r.h2_upgrade);
+        *upstream.version_mut() = if http1 {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_2
+        };
         upstream.headers_mut().remove(http::header::HOST);
         strip_hop_by_hop(upstream.headers_mut());
         apply_edits(upstream.headers_mut(), &route.request_headers);
@@ -467,6 +481,7 @@ impl Outbound {
                     .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), port.target_port)),
                 connect_timeout: resolved.and_then(|r| r.connect_timeout),
                 reuse: crate::pool::Reuse::of(resolved),
+                http1: template.version == http::Version::HTTP_11,
             };
             let send = self.pool.send(&upstream, req);
             let result = match per_try {
@@ -587,6 +602,7 @@ impl Outbound {
         let sni = outbound_sni(port, &mirror.subset, &target.host);
         let pool = self.pool.clone();
         let tunnel = endpoint.quic.then(|| state.node.cluster.clone());
+        let http1 = template.version == http::Version::HTTP_11;
         tokio::spawn(async move {
             if let Err(e) = pool
                 .send(
@@ -597,6 +613,7 @@ impl Outbound {
                         plaintext: None,
                         connect_timeout: None,
                         reuse: crate::pool::Reuse::default(),
+                        http1,
                     },
                     req,
                 )

@@ -55,6 +55,13 @@ pub struct Reuse {
 }
 
 impl Reuse {
+    /// Whether a connection that has carried `requests` and was last used at
+    /// `last_used` must be replaced.
+    fn worn(&self, requests: u32, last_used: std::time::Instant) -> bool {
+        self.max_requests.is_some_and(|n| requests >= n)
+            || self.idle.is_some_and(|t| last_used.elapsed() > t)
+    }
+
     /// The settings of a resolved policy.
     pub fn of(policy: Option<&crate::state::ResolvedPolicy>) -> Self {
         Self {
@@ -79,6 +86,9 @@ pub struct Upstream<'a> {
     pub connect_timeout: Option<Duration>,
     /// When pooled connections are replaced.
     pub reuse: Reuse,
+    /// HTTP/1.1 between the sidecars (one request at a time per pooled connection)
+    /// rather than HTTP/2 (multiplexed).
+    pub http1: bool,
 }
 
 /// One pooled connection and how it has been used.
@@ -91,13 +101,26 @@ struct Pooled {
 /// Open HTTP/2 connections by (endpoint, SNI).
 type Connections = HashMap<(SocketAddr, String), Pooled>;
 
+/// One pooled HTTP/1.1 connection: in the pool while idle, out of it while a request
+/// and its response are on it.
+struct Pooled1 {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    requests: u32,
+    last_used: std::time::Instant,
+}
+
+/// Idle HTTP/1.1 connections by (endpoint, SNI), most recently used last.
+type Idle1 = HashMap<(SocketAddr, String), Vec<Pooled1>>;
+
 /// The pool. Cloning shares it.
 #[derive(Clone)]
 pub struct MeshPool {
     connector: TlsConnector,
+    h1_connector: TlsConnector,
     tcp_connector: TlsConnector,
     connect_timeout: Duration,
     conns: Arc<Mutex<Connections>>,
+    idle1: Arc<Mutex<Idle1>>,
     tunnels: Option<Arc<crate::tunnel::QuicTunnels>>,
 }
 
@@ -111,12 +134,15 @@ impl MeshPool {
     /// A pool presenting `identity`'s certificate and verifying peers with its trust.
     pub fn new(identity: &Identity, connect_timeout: Duration) -> Self {
         let config = identity.client_config(vec![], &[b"h2"]);
+        let h1_config = identity.client_config(vec![], &[b"http/1.1"]);
         let tcp_config = identity.client_config(vec![], &[crate::inbound::ALPN_TCP]);
         Self {
             connector: TlsConnector::from(Arc::new(config)),
+            h1_connector: TlsConnector::from(Arc::new(h1_config)),
             tcp_connector: TlsConnector::from(Arc::new(tcp_config)),
             connect_timeout,
             conns: Arc::default(),
+            idle1: Arc::default(),
             tunnels: crate::tunnel::QuicTunnels::new(identity)
                 .inspect_err(|e| tracing::warn!(error = %e, "no QUIC tunnels: gateways are reached over TCP"))
                 .ok()
@@ -135,6 +161,9 @@ impl MeshPool {
         if let Some(addr) = up.plaintext {
             return self.send_plain(addr, req, up.connect_timeout).await;
         }
+        if up.http1 {
+            return self.send_http1(up, req).await;
+        }
         let Upstream {
             endpoint,
             tunnel,
@@ -146,9 +175,7 @@ impl MeshPool {
         let key = (endpoint, sni.to_owned());
         let cached = self.conns.lock().ok().and_then(|mut m| {
             let p = m.get_mut(&key)?;
-            let worn = reuse.max_requests.is_some_and(|n| p.requests >= n)
-                || reuse.idle.is_some_and(|t| p.last_used.elapsed() > t)
-                || p.sender.is_closed();
+            let worn = reuse.worn(p.requests, p.last_used) || p.sender.is_closed();
             if worn {
                 // Dropping the sender closes the connection once its requests finish.
                 m.remove(&key);
@@ -190,6 +217,74 @@ impl MeshPool {
             }
             UpstreamError::new(ResponseFlag::UpstreamReset, format!("{endpoint}: {e}"))
         })
+    }
+
+    /// Sends `req` as HTTP/1.1 over a pooled mTLS connection to the endpoint's sidecar:
+    /// an idle one when there is one (the most recently used), else a new one. The
+    /// connection goes back to the pool once its response has been read.
+    async fn send_http1(
+        &self,
+        up: &Upstream<'_>,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        to_http1(&mut req);
+        let key = (up.endpoint, up.sni.to_owned());
+        let reuse = up.reuse;
+        let idle = self.idle1.lock().ok().and_then(|mut m| {
+            let list = m.get_mut(&key)?;
+            // Worn connections are dropped (closing them).
+            list.retain(|p| !p.sender.is_closed() && !reuse.worn(p.requests, p.last_used));
+            list.pop()
+        });
+        let mut conn = match idle {
+            Some(c) => c,
+            None => {
+                let trace = up
+                    .tunnel
+                    .and_then(|_| TraceParent::from_headers(req.headers()));
+                let tls = self
+                    .tls(
+                        &self.h1_connector,
+                        up.endpoint,
+                        up.tunnel,
+                        up.sni,
+                        up.connect_timeout,
+                        trace,
+                    )
+                    .await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| {
+                        UpstreamError::new(
+                            ResponseFlag::UpstreamConnectionFailure,
+                            format!("{}: HTTP/1.1 handshake: {e}", up.endpoint),
+                        )
+                    })?;
+                tokio::spawn(conn);
+                Pooled1 {
+                    sender,
+                    requests: 0,
+                    last_used: std::time::Instant::now(),
+                }
+            }
+        };
+        conn.requests += 1;
+        let endpoint = up.endpoint;
+        let resp = conn.sender.send_request(req).await.map_err(|e| {
+            UpstreamError::new(ResponseFlag::UpstreamReset, format!("{endpoint}: {e}"))
+        })?;
+        // Back to the pool when the response is read (and the server keeps the
+        // connection open); dropped otherwise.
+        let idle1 = self.idle1.clone();
+        tokio::spawn(async move {
+            if conn.sender.ready().await.is_ok() {
+                conn.last_used = std::time::Instant::now();
+                if let Ok(mut m) = idle1.lock() {
+                    m.entry(key).or_default().push(conn);
+                }
+            }
+        });
+        Ok(resp)
     }
 
     /// Sends `req` as plain HTTP/1.1 to a workload without a sidecar (`tls.mode:
@@ -325,4 +420,20 @@ impl MeshPool {
 
 fn rustls_server_name(sni: &str) -> Result<rustls_pki_types::ServerName<'static>, String> {
     rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())
+}
+
+/// HTTP/1.1 on the wire: version 1.1, the authority in `Host`, an origin-form target.
+fn to_http1(req: &mut http::Request<Body>) {
+    *req.version_mut() = http::Version::HTTP_11;
+    if let Some(authority) = req.uri().authority()
+        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = http::Uri::from(target);
 }

@@ -161,6 +161,9 @@ pub struct ResolvedPolicy {
     /// `tls.mode: DISABLE`: plain HTTP straight to the workload's port (a destination
     /// without a sidecar), not mTLS to its sidecar.
     pub plaintext: bool,
+    /// `h2UpgradePolicy: UPGRADE`: HTTP/1.1 requests travel as HTTP/2 between sidecars
+    /// (multiplexed); by default they stay HTTP/1.1, as in Istio.
+    pub h2_upgrade: bool,
 }
 
 /// What a consistent hash is computed over.
@@ -295,6 +298,11 @@ impl<'a> PolicyParts<'a> {
                 .filter(|d| !d.is_zero()),
             plaintext: self.tls.and_then(|t| t.mode)
                 == Some(mesh_api::networking::ClientTlsMode::Disable),
+            h2_upgrade: self
+                .pool
+                .and_then(|p| p.http.as_ref())
+                .and_then(|h| h.h2_upgrade_policy)
+                == Some(mesh_api::networking::H2UpgradePolicy::Upgrade),
         }
     }
 }
