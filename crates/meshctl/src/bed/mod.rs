@@ -176,6 +176,12 @@ fn up(
             "{first} is in use: another testbed is probably running (see `meshctl testbed status --dir DIR`, stop it with `meshctl testbed down --dir DIR`)"
         );
     }
+    // The shared Jaeger's query port: taken, the testbed's traces would go nowhere.
+    if std::net::TcpListener::bind(("0.0.0.0", 16686)).is_err() {
+        anyhow::bail!(
+            "port 16686 (the testbed's Jaeger) is in use: another testbed, or a Jaeger of your own; stop it (`meshctl testbed down --dir DIR` for a testbed) and run `up` again"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe()?;
