@@ -115,7 +115,9 @@ fn header_line(
 /// The sidecar's QUIC connections to gateways, one per gateway, and which gateways'
 /// UDP failed recently.
 pub struct QuicTunnels {
-    endpoint: quinn::Endpoint,
+    /// Made on first use: a sidecar that never reaches a QUIC gateway has no UDP
+    /// socket and no endpoint task.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
     identity: Identity,
     connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
@@ -128,16 +130,29 @@ impl std::fmt::Debug for QuicTunnels {
 }
 
 impl QuicTunnels {
-    /// A client endpoint on an ephemeral UDP port (IPv4).
+    /// Tunnels with `identity`; the client endpoint (an ephemeral UDP port, IPv4) is
+    /// made when the first tunnel is opened.
     pub fn new(identity: &Identity) -> Result<Self, String> {
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
-            .map_err(|e| format!("QUIC client socket: {e}"))?;
         Ok(Self {
-            endpoint,
+            endpoint: Mutex::default(),
             identity: identity.clone(),
             connections: Mutex::default(),
             failed: Mutex::default(),
         })
+    }
+
+    fn endpoint(&self) -> Result<quinn::Endpoint, String> {
+        let mut slot = self
+            .endpoint
+            .lock()
+            .map_err(|_| "QUIC endpoint lock poisoned".to_owned())?;
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let e = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .map_err(|e| format!("QUIC client socket: {e}"))?;
+        *slot = Some(e.clone());
+        Ok(e)
     }
 
     /// Whether QUIC to `gateway` failed within [`FALLBACK_FOR`].
@@ -175,7 +190,7 @@ impl QuicTunnels {
         let config = client_config(&self.identity)?;
         // QUIC needs a server name; the gateway's certificate is checked by identity.
         let connecting = self
-            .endpoint
+            .endpoint()?
             .connect_with(config, gateway, "eastwest-gateway")
             .map_err(|e| e.to_string())?;
         let conn = tokio::time::timeout(timeout, connecting)
