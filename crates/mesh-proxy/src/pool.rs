@@ -101,6 +101,13 @@ struct Pooled {
 /// Open HTTP/2 connections by (endpoint, SNI).
 type Connections = HashMap<(SocketAddr, String), Pooled>;
 
+/// How often the pools are swept of closed and long-idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How long an unused pooled connection is kept when no DestinationRule says
+/// (`idleTimeout`): Envoy's default for upstream connections.
+const MAX_IDLE: Duration = Duration::from_secs(3600);
+
 /// One pooled HTTP/1.1 connection: in the pool while idle, out of it while a request
 /// and its response are on it.
 struct Pooled1 {
@@ -121,6 +128,9 @@ pub struct MeshPool {
     connect_timeout: Duration,
     conns: Arc<Mutex<Connections>>,
     idle1: Arc<Mutex<Idle1>>,
+    /// When closed connections (to endpoints that went away, say) were last swept out
+    /// of both maps.
+    swept: Arc<Mutex<std::time::Instant>>,
     tunnels: Option<Arc<crate::tunnel::QuicTunnels>>,
 }
 
@@ -143,6 +153,7 @@ impl MeshPool {
             connect_timeout,
             conns: Arc::default(),
             idle1: Arc::default(),
+            swept: Arc::new(Mutex::new(std::time::Instant::now())),
             tunnels: crate::tunnel::QuicTunnels::new(identity)
                 .inspect_err(|e| tracing::warn!(error = %e, "no QUIC tunnels: gateways are reached over TCP"))
                 .ok()
@@ -161,6 +172,7 @@ impl MeshPool {
         if let Some(addr) = up.plaintext {
             return self.send_plain(addr, req, up.connect_timeout).await;
         }
+        self.sweep();
         if up.http1 {
             return self.send_http1(up, req).await;
         }
@@ -217,6 +229,31 @@ impl MeshPool {
             }
             UpstreamError::new(ResponseFlag::UpstreamReset, format!("{endpoint}: {e}"))
         })
+    }
+
+    /// At most every [`SWEEP_EVERY`], drops pooled connections that are closed or
+    /// idle for longer than [`MAX_IDLE`], whatever their destination: entries for
+    /// endpoints no request goes to any more would otherwise stay for good.
+    fn sweep(&self) {
+        let due = self.swept.lock().is_ok_and(|mut at| {
+            let due = at.elapsed() >= SWEEP_EVERY;
+            if due {
+                *at = std::time::Instant::now();
+            }
+            due
+        });
+        if !due {
+            return;
+        }
+        if let Ok(mut m) = self.conns.lock() {
+            m.retain(|_, p| !p.sender.is_closed() && p.last_used.elapsed() < MAX_IDLE);
+        }
+        if let Ok(mut m) = self.idle1.lock() {
+            m.retain(|_, list| {
+                list.retain(|p| !p.sender.is_closed() && p.last_used.elapsed() < MAX_IDLE);
+                !list.is_empty()
+            });
+        }
     }
 
     /// Sends `req` as HTTP/1.1 over a pooled mTLS connection to the endpoint's sidecar:
