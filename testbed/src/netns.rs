@@ -136,9 +136,7 @@ pub fn spawn_in<T: Send + 'static>(
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = delete(&self.name);
     }
 }
 

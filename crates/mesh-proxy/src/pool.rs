@@ -172,7 +172,6 @@ impl MeshPool {
         if let Some(addr) = up.plaintext {
             return self.send_plain(addr, req, up.connect_timeout).await;
         }
-        self.sweep();
         if up.http1 {
             return self.send_http1(up, req).await;
         }
@@ -200,6 +199,7 @@ impl MeshPool {
         let mut sender = match cached {
             Some(s) => s,
             None => {
+                self.sweep();
                 // The request that opens a connection passes its trace position to
                 // a gateway tunnel, so the gateway's span joins that trace.
                 let trace = tunnel.and_then(|_| TraceParent::from_headers(req.headers()));
@@ -233,7 +233,9 @@ impl MeshPool {
 
     /// At most every [`SWEEP_EVERY`], drops pooled connections that are closed or
     /// idle for longer than [`MAX_IDLE`], whatever their destination: entries for
-    /// endpoints no request goes to any more would otherwise stay for good.
+    /// endpoints no request goes to any more would otherwise stay for good. Called
+    /// when a connection is opened (the only time entries are added), not per
+    /// request.
     fn sweep(&self) {
         let due = self.swept.lock().is_ok_and(|mut at| {
             let due = at.elapsed() >= SWEEP_EVERY;
@@ -276,6 +278,7 @@ impl MeshPool {
         let mut conn = match idle {
             Some(c) => c,
             None => {
+                self.sweep();
                 let trace = up
                     .tunnel
                     .and_then(|_| TraceParent::from_headers(req.headers()));

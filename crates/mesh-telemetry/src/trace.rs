@@ -36,6 +36,15 @@ fn hex_to<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+fn nonzero(b: u8) -> u8 {
+    if b == 0 { 1 } else { b }
+}
+
+/// A random span id (never all zero, which W3C reserves for "none").
+fn random_span_id() -> [u8; 8] {
+    rand::random::<[u8; 8]>().map(nonzero)
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -86,6 +95,15 @@ impl TraceParent {
             }
         }
         None
+    }
+
+    /// The start of a new sampled trace: random ids (never all zero).
+    pub fn root() -> Self {
+        Self {
+            trace_id: rand::random::<[u8; 16]>().map(nonzero),
+            span_id: random_span_id(),
+            sampled: true,
+        }
     }
 
     /// Parses a W3C `traceparent` value (`00-TRACE-SPAN-FLAGS`).
@@ -220,8 +238,8 @@ impl Tracing {
     ) -> HopSpan {
         let Some(provider) = &self.provider else {
             let context = TraceParent {
-                trace_id: parent.map_or_else(rand::random, |p| p.trace_id),
-                span_id: rand::random::<[u8; 8]>().map(|b| if b == 0 { 1 } else { b }),
+                trace_id: parent.map_or_else(|| TraceParent::root().trace_id, |p| p.trace_id),
+                span_id: random_span_id(),
                 sampled: parent.is_none_or(|p| p.sampled),
             };
             return HopSpan {

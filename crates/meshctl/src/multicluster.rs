@@ -283,14 +283,9 @@ pub(crate) fn run(cmd: MulticlusterCommand) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (status, body) = rt
-                .block_on(mesh_proxy::http_util::get(discovery, "/debug/links"))
-                .map_err(anyhow::Error::msg)?;
-            anyhow::ensure!(
-                status.is_success(),
-                "GET http://{discovery}/debug/links: {status}"
-            );
-            let list: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+            let list = get_json(&rt, discovery, "/debug/links")?
+                .with_context(|| format!("discovery at {discovery} has no /debug/links"))?;
+            let list = list.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
                 println!(
                     "No cluster is linked to this one. Link one with `meshctl remote-secret` (see docs/federation.md)."

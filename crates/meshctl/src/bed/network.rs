@@ -103,16 +103,11 @@ pub(crate) fn conflict(plan: &Plan) -> Option<String> {
 }
 
 /// The namespaces of a running pod network; dropping it deletes them (and with them
-/// every link, address and iptables rule made for the testbed).
+/// every link, address and iptables rule made for the testbed): the pods first, then
+/// the cluster networks (fields drop in order).
 pub(crate) struct PodNetwork {
-    namespaces: Vec<Netns>,
-}
-
-impl Drop for PodNetwork {
-    fn drop(&mut self) {
-        // Pods first, then the cluster networks (Netns deletes itself on drop).
-        while self.namespaces.pop().is_some() {}
-    }
+    pods: Vec<Netns>,
+    clusters: Vec<Netns>,
 }
 
 fn cidr(ip: IpAddr, len: u8) -> String {
@@ -133,7 +128,8 @@ fn network16(ip: IpAddr) -> String {
 /// Builds the clusters' networks and pods of `plan` (pod mode).
 pub(crate) fn build(plan: &Plan) -> anyhow::Result<PodNetwork> {
     let mut net = PodNetwork {
-        namespaces: Vec::new(),
+        pods: Vec::new(),
+        clusters: Vec::new(),
     };
     for (i, c) in plan.clusters.iter().enumerate() {
         let name = c
@@ -177,10 +173,9 @@ pub(crate) fn build(plan: &Plan) -> anyhow::Result<PodNetwork> {
                 ])?;
                 pod.ip(&["route", "add", &cidr(other.gateway.ip(), 32), "via", &node])?;
             }
-            net.namespaces.push(pod);
+            net.pods.push(pod);
         }
-        // Cluster namespaces go in front: dropped (deleted) after the pods.
-        net.namespaces.insert(0, cluster);
+        net.clusters.push(cluster);
     }
     Ok(net)
 }

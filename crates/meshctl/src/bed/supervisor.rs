@@ -684,11 +684,7 @@ async fn bring_up(
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         // Each attempt starts a trace of its own; the one that succeeds is reported.
-        let trace = mesh_telemetry::trace::TraceParent {
-            trace_id: rand::random(),
-            span_id: rand::random::<[u8; 8]>().map(|b| b | 1),
-            sampled: true,
-        };
+        let trace = mesh_telemetry::trace::TraceParent::root();
         let (p, c, w) = (plan.clone(), first.clone(), curl.clone());
         let sent = tokio::task::spawn_blocking(move || {
             let tp = trace.to_w3c();
