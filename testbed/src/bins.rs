@@ -57,11 +57,24 @@ impl KubeBins {
 }
 
 /// The repository root (this crate lives in `testbed/`).
-pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+/// The checkout this code runs from: the first ancestor holding `tools/` and
+/// `Cargo.lock`, searched from the manifest directory cargo gives at run time (the
+/// current checkout), then from the one compiled in. A build cache shared between
+/// checkouts (CI restores one into a fresh clone) can hold binaries compiled in
+/// another checkout, whose compiled-in path may be gone.
+pub fn workspace_root() -> PathBuf {
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    runtime
+        .into_iter()
+        .chain([compiled.clone()])
+        .find_map(|start| {
+            start
+                .ancestors()
+                .find(|d| d.join("tools").is_dir() && d.join("Cargo.lock").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| compiled.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 /// The Jaeger all-in-one binary: `ISTHMUS_JAEGER_BIN` when set; otherwise runs

@@ -19,7 +19,7 @@ mod pki;
 mod process;
 mod responder;
 
-pub use bins::{KubeBins, jaeger};
+pub use bins::{KubeBins, jaeger, workspace_root};
 pub use control_plane::{ControlPlane, ControlPlaneOptions, start_control_planes};
 pub use process::{Process, is_alive};
 pub use responder::http_responder;

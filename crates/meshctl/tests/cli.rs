@@ -255,11 +255,9 @@ fn bad_arguments_get_clear_errors_and_nothing_is_overwritten() {
 #[test]
 fn crds_command_prints_what_is_checked_in() {
     let out = ok(&["crds"]);
-    let checked_in = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/crds/istio-crds.yaml"
-    ))
-    .unwrap();
+    let checked_in =
+        std::fs::read_to_string(testbed::workspace_root().join("deploy/crds/istio-crds.yaml"))
+            .unwrap();
     assert_eq!(out, checked_in);
 }
 

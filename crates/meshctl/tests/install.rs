@@ -14,10 +14,11 @@ fn meshctl(args: &[&str]) -> Output {
 }
 
 fn chart_file(path: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/../../deploy/helm/isthmus/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
+    std::fs::read_to_string(
+        testbed::workspace_root()
+            .join("deploy/helm/isthmus")
+            .join(path),
+    )
     .unwrap()
 }
 
@@ -181,11 +182,9 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
     assert!(text.contains("no caBundle yet"), "{text}");
 
     // The kind path's manifests (helloworld with injection) are accepted too.
-    let kind = std::fs::read_to_string(format!(
-        "{}/../../testbed/kind/helloworld.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let kind =
+        std::fs::read_to_string(testbed::workspace_root().join("testbed/kind/helloworld.yaml"))
+            .unwrap();
     apply_yaml(
         &client,
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: sample}\n",
@@ -219,7 +218,7 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
 
 #[test]
 fn shell_scripts_are_shellcheck_clean() {
-    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let root = testbed::workspace_root().display().to_string();
     let scripts = [
         "testbed/kind/multicluster.sh",
         "tools/build-kube-bins.sh",
