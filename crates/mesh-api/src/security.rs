@@ -262,23 +262,6 @@ pub struct Condition {
     pub not_values: Vec<String>,
 }
 
-/// Attributes a `when:` condition may test.
-pub const CONDITION_KEYS: &[&str] = &[
-    "request.headers[",
-    "source.ip",
-    "remote.ip",
-    "source.namespace",
-    "source.principal",
-    "request.auth.principal",
-    "request.auth.audiences",
-    "request.auth.presenter",
-    "request.auth.claims[",
-    "destination.ip",
-    "destination.port",
-    "connection.sni",
-    "experimental.envoy.filters.",
-];
-
 impl AuthorizationPolicySpec {
     /// The action in force (ALLOW when unset).
     pub fn effective_action(&self) -> AuthorizationAction {
@@ -289,8 +272,28 @@ impl AuthorizationPolicySpec {
         if self.selector.is_some() && (self.target_ref.is_some() || !self.target_refs.is_empty()) {
             v.error("set only one of selector, targetRef and targetRefs");
         }
-        if self.effective_action() == AuthorizationAction::Custom && self.provider.is_none() {
-            v.field("provider", |v| v.error("action CUSTOM needs a provider"));
+        // targetRef binds a policy to a gateway or waypoint; a sidecar is selected by
+        // its labels. Accepting it would make the policy namespace-wide.
+        for (name, set) in [
+            ("targetRef", self.target_ref.is_some()),
+            ("targetRefs", !self.target_refs.is_empty()),
+        ] {
+            if set {
+                v.field(name, |v| {
+                    v.error(
+                        "is not supported: it binds a policy to a gateway or waypoint, which Isthmus does not run; \
+                         select the workloads with `selector.matchLabels` instead",
+                    )
+                });
+            }
+        }
+        if self.effective_action() == AuthorizationAction::Custom {
+            v.field("action", |v| {
+                v.error(
+                    "CUSTOM is not supported: Isthmus has no external authorizer, so the policy could \
+                     not be enforced; express it with ALLOW or DENY rules",
+                )
+            });
         }
         if self.effective_action() != AuthorizationAction::Custom && self.provider.is_some() {
             v.field("provider", |v| {
@@ -299,42 +302,274 @@ impl AuthorizationPolicySpec {
         }
         v.each("rules", &self.rules, |v, rule| {
             v.each("from", &rule.from, |v, f| {
-                v.field("source", |v| {
-                    let s = &f.source;
-                    for (name, blocks) in [
-                        ("ipBlocks", &s.ip_blocks),
-                        ("notIpBlocks", &s.not_ip_blocks),
-                        ("remoteIpBlocks", &s.remote_ip_blocks),
-                        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
-                    ] {
-                        v.each(name, blocks, |v, b| validate_cidr(v, b));
-                    }
-                });
+                v.field("source", |v| f.source.validate(v));
             });
             v.each("to", &rule.to, |v, t| {
-                v.field("operation", |v| {
-                    for (name, ports) in [("ports", &t.operation.ports), ("notPorts", &t.operation.not_ports)] {
-                        v.each(name, ports, |v, p| match p.parse::<u32>() {
-                            Ok(n) => validate_port(v, n),
-                            Err(_) => v.error(format!("{p:?} is not a port number")),
-                        });
-                    }
-                });
+                v.field("operation", |v| t.operation.validate(v));
             });
-            v.each("when", &rule.when, |v, c| {
-                if !CONDITION_KEYS.iter().any(|k| c.key.starts_with(k)) {
-                    v.field("key", |v| {
-                        v.error(format!(
-                            "unknown attribute {:?}; use e.g. request.headers[x-user], source.ip, source.principal",
-                            c.key
-                        ))
-                    });
-                }
-                if c.values.is_empty() && c.not_values.is_empty() {
-                    v.error("set values or notValues");
-                }
-            });
+            v.each("when", &rule.when, |v, c| c.validate(v));
         });
+    }
+}
+
+const NO_JWT: &str = "needs a request principal from a JWT, and Isthmus does not validate JWTs yet \
+     (RequestAuthentication is not enforced), so it could never be evaluated; \
+     remove it or authorize by peer identity (principals, serviceAccounts, namespaces)";
+
+impl Source {
+    fn validate(&self, v: &mut Validator) {
+        for (name, blocks) in [
+            ("ipBlocks", &self.ip_blocks),
+            ("notIpBlocks", &self.not_ip_blocks),
+            ("remoteIpBlocks", &self.remote_ip_blocks),
+            ("notRemoteIpBlocks", &self.not_remote_ip_blocks),
+        ] {
+            v.each(name, blocks, |v, b| validate_cidr(v, b));
+        }
+        for (name, values) in [
+            ("requestPrincipals", &self.request_principals),
+            ("notRequestPrincipals", &self.not_request_principals),
+        ] {
+            if !values.is_empty() {
+                v.field(name, |v| v.error(NO_JWT));
+            }
+        }
+        if (!self.service_accounts.is_empty() || !self.not_service_accounts.is_empty())
+            && (!self.principals.is_empty() || !self.namespaces.is_empty())
+        {
+            v.field("serviceAccounts", |v| {
+                v.error(
+                    "cannot be set with principals or namespaces (Istio's rule); use one of them",
+                )
+            });
+        }
+        for (name, accounts) in [
+            ("serviceAccounts", &self.service_accounts),
+            ("notServiceAccounts", &self.not_service_accounts),
+        ] {
+            v.each(name, accounts, |v, sa| {
+                if ServiceAccountRef::parse(sa).is_none() {
+                    v.error(format!(
+                        "{sa:?} is not NAMESPACE/NAME (exact, no wildcards); use principals for patterns"
+                    ));
+                }
+            });
+        }
+    }
+}
+
+impl Operation {
+    fn validate(&self, v: &mut Validator) {
+        for (name, ports) in [("ports", &self.ports), ("notPorts", &self.not_ports)] {
+            v.each(name, ports, |v, p| match p.parse::<u32>() {
+                Ok(n) => validate_port(v, n),
+                Err(_) => v.error(format!("{p:?} is not a port number")),
+            });
+        }
+        for (name, paths) in [("paths", &self.paths), ("notPaths", &self.not_paths)] {
+            v.each(name, paths, |v, p| {
+                if let Err(reason) = PathPattern::parse(p) {
+                    v.error(reason);
+                }
+            });
+        }
+    }
+}
+
+impl Condition {
+    fn validate(&self, v: &mut Validator) {
+        match ConditionKey::parse(&self.key) {
+            Ok(ConditionKey::RequestAuth) => v.field("key", |v| {
+                v.error(format!("{:?} {NO_JWT}", self.key));
+            }),
+            Ok(key) => {
+                let all = self.values.iter().chain(&self.not_values);
+                match key {
+                    ConditionKey::SourceIp
+                    | ConditionKey::RemoteIp
+                    | ConditionKey::DestinationIp => {
+                        for (name, values) in
+                            [("values", &self.values), ("notValues", &self.not_values)]
+                        {
+                            v.each(name, values, |v, b| validate_cidr(v, b));
+                        }
+                    }
+                    ConditionKey::DestinationPort => {
+                        for p in all {
+                            if p.parse::<u16>().is_err() {
+                                v.field("values", |v| {
+                                    v.error(format!("{p:?} is not a port number"))
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(reason) => v.field("key", |v| v.error(reason)),
+        }
+        if self.values.is_empty() && self.not_values.is_empty() {
+            v.error("set values or notValues");
+        }
+    }
+}
+
+/// An attribute a `when:` condition tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionKey {
+    /// `request.headers[NAME]` (name lower-cased).
+    RequestHeader(String),
+    /// `source.ip`: the peer address.
+    SourceIp,
+    /// `remote.ip`: the original client address (X-Forwarded-For, trusted proxies).
+    RemoteIp,
+    /// `source.namespace`: from the peer identity.
+    SourceNamespace,
+    /// `source.principal`: the peer identity.
+    SourcePrincipal,
+    /// `destination.ip`: the address the connection was sent to.
+    DestinationIp,
+    /// `destination.port`: the workload port.
+    DestinationPort,
+    /// `connection.sni`: the server name of the mTLS connection.
+    ConnectionSni,
+    /// `request.auth.*`: refused until JWTs are validated.
+    RequestAuth,
+}
+
+impl ConditionKey {
+    /// Reads a key, or says why it is refused.
+    pub fn parse(key: &str) -> Result<Self, String> {
+        if let Some(rest) = key.strip_prefix("request.headers[") {
+            let name = rest
+                .strip_suffix(']')
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    format!("{key:?}: write request.headers[NAME] with a header name")
+                })?;
+            if http_header_name(name) {
+                return Ok(Self::RequestHeader(name.to_ascii_lowercase()));
+            }
+            return Err(format!("{key:?}: {name:?} is not an HTTP header name"));
+        }
+        Ok(match key {
+            "source.ip" => Self::SourceIp,
+            "remote.ip" => Self::RemoteIp,
+            "source.namespace" => Self::SourceNamespace,
+            "source.principal" => Self::SourcePrincipal,
+            "destination.ip" => Self::DestinationIp,
+            "destination.port" => Self::DestinationPort,
+            "connection.sni" => Self::ConnectionSni,
+            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
+                Self::RequestAuth
+            }
+            k if k.starts_with("request.auth.claims[") && k.ends_with(']') => Self::RequestAuth,
+            k if k.starts_with("experimental.") => {
+                return Err(format!(
+                    "{k:?} is an Envoy filter's metadata, which Isthmus does not have; the condition could never be evaluated"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "unknown attribute {other:?}; use request.headers[NAME], source.ip, remote.ip, source.namespace, \
+                     source.principal, destination.ip, destination.port or connection.sni"
+                ));
+            }
+        })
+    }
+}
+
+fn http_header_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !name.is_empty()
+}
+
+/// `serviceAccounts:` entry `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Service account name.
+    pub name: String,
+}
+
+impl ServiceAccountRef {
+    /// Reads `NAMESPACE/NAME`; `None` for anything else (wildcards included).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        (ok(ns) && ok(name)).then(|| Self {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A `paths:` value: Istio's string match, or a path template with `{*}` (one
+/// segment) and `{**}` (one or more segments, last only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// Exact, `prefix*`, `*suffix` or `*`.
+    Glob(String),
+    /// `/a/{*}/b/{**}`: one entry per segment.
+    Template(Vec<TemplateSegment>),
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSegment {
+    /// A literal segment.
+    Literal(String),
+    /// `{*}`: exactly one segment.
+    One,
+    /// `{**}`: one or more segments.
+    Rest,
+}
+
+impl PathPattern {
+    /// Reads a path value, or says why it is refused.
+    pub fn parse(p: &str) -> Result<Self, String> {
+        if !p.contains('{') && !p.contains('}') {
+            return Ok(Self::Glob(p.to_owned()));
+        }
+        let body = p
+            .strip_prefix('/')
+            .ok_or_else(|| format!("{p:?}: a path template must start with '/'"))?;
+        let parts: Vec<&str> = body.split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let segment = match *part {
+                "{*}" => TemplateSegment::One,
+                "{**}" if i + 1 == parts.len() => TemplateSegment::Rest,
+                "{**}" => {
+                    return Err(format!(
+                        "{p:?}: {{**}} must be the last segment of a path template"
+                    ));
+                }
+                lit if lit.contains(['{', '}', '*']) => {
+                    return Err(format!(
+                        "{p:?}: segment {lit:?} mixes a template operator with text; use whole segments {{*}} or {{**}}, \
+                         and no '*' wildcard in a template"
+                    ));
+                }
+                lit => TemplateSegment::Literal(lit.to_owned()),
+            };
+            segments.push(segment);
+        }
+        if segments
+            .iter()
+            .filter(|s| !matches!(s, TemplateSegment::Literal(_)))
+            .count()
+            > 5
+        {
+            return Err(format!("{p:?}: at most 5 template operators"));
+        }
+        Ok(Self::Template(segments))
     }
 }
 

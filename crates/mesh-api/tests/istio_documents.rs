@@ -630,3 +630,82 @@ spec:
     let again = mesh_api::from_value(json).unwrap();
     assert_eq!(again, Resource::VirtualService(vs));
 }
+
+/// AuthorizationPolicy shapes the proxy could not evaluate are refused with the
+/// field and the reason, never accepted to match nothing (or everything).
+#[test]
+fn authorization_policy_fields_that_cannot_be_enforced_are_refused() {
+    let policy = |spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec: {spec}\n"
+        )
+    };
+    for (spec, parts) in [
+        (
+            "{action: CUSTOM, provider: {name: opa}, rules: [{}]}",
+            &[
+                "AuthorizationPolicy shop/p",
+                "spec.action",
+                "CUSTOM is not supported",
+                "ALLOW or DENY",
+            ][..],
+        ),
+        (
+            "{targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: gw}}",
+            &["spec.targetRef", "selector.matchLabels"],
+        ),
+        (
+            "{rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}",
+            &["spec.rules[0].from[0].source.requestPrincipals", "JWT"],
+        ),
+        (
+            "{rules: [{from: [{source: {notRequestPrincipals: ['*']}}]}]}",
+            &["source.notRequestPrincipals", "JWT"],
+        ),
+        (
+            "{action: DENY, rules: [{when: [{key: 'request.auth.claims[group]', values: [x]}]}]}",
+            &["spec.rules[0].when[0].key", "JWT"],
+        ),
+        (
+            "{rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: [x]}]}]}",
+            &["when[0].key", "could never be evaluated"],
+        ),
+        (
+            "{rules: [{when: [{key: 'request.header[x]', values: [x]}]}]}",
+            &["when[0].key", "unknown attribute"],
+        ),
+        (
+            "{rules: [{from: [{source: {serviceAccounts: [shop/*]}}]}]}",
+            &["source.serviceAccounts[0]", "NAMESPACE/NAME"],
+        ),
+        (
+            "{rules: [{from: [{source: {serviceAccounts: [shop/a], principals: ['*']}}]}]}",
+            &["source.serviceAccounts", "cannot be set with principals"],
+        ),
+        (
+            "{rules: [{to: [{operation: {paths: ['/api/{**}/x']}}]}]}",
+            &["operation.paths[0]", "last segment"],
+        ),
+        (
+            "{rules: [{to: [{operation: {paths: ['/api/v{*}']}}]}]}",
+            &["operation.paths[0]", "whole segments"],
+        ),
+        (
+            "{rules: [{when: [{key: destination.port, values: [http]}]}]}",
+            &["when[0].values", "not a port number"],
+        ),
+        (
+            "{rules: [{when: [{key: destination.ip, values: [10.0.0.0/40]}]}]}",
+            &["when[0].values[0]", "not an IP address or CIDR"],
+        ),
+    ] {
+        refused(&policy(spec), parts);
+    }
+    // What Istio documents and the proxy enforces is accepted.
+    parse_resource(&policy(
+        "{action: DENY, rules: [{from: [{source: {serviceAccounts: [shop/a], remoteIpBlocks: [192.0.2.0/24]}}], \
+         to: [{operation: {paths: ['/api/{*}/admin/{**}']}}], \
+         when: [{key: connection.sni, values: ['*.shop.svc.cluster.local']}, {key: destination.port, values: ['9080']}]}]}",
+    ))
+    .unwrap();
+}

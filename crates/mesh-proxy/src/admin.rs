@@ -86,9 +86,7 @@ impl Admin {
             "routes": routes,
             "destination_rules": state.policies,
             "peer_authentication": state.peer_authn,
-            "authorization_policies": state.authz.policies().into_iter()
-                .map(|(name, action)| serde_json::json!({"name": name, "action": action}))
-                .collect::<Vec<_>>(),
+            "authorization_policies": state.authz.policies(),
             "last_rejection": self.store.last_rejection().map(|e| e.to_string()),
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default()

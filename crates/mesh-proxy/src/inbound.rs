@@ -32,12 +32,62 @@ pub struct Inbound {
     /// Where the application listens.
     pub app_ip: IpAddr,
     local_id: String,
+    identity: Identity,
+    requests: RequestOptions,
     metrics: MeshMetrics,
     in_flight: crate::http_util::InFlight,
     tracing: mesh_telemetry::trace::Tracing,
     acceptor: TlsAcceptor,
     client: Client<HttpConnector, Body>,
     h2c_client: Client<HttpConnector, Body>,
+}
+
+/// How the inbound side reads requests before authorization (Istio's
+/// `meshConfig.pathNormalization` and `gatewayTopology.numTrustedProxies`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Path normalization applied before policies and forwarded to the app.
+    pub path_normalization: crate::path::PathNormalization,
+    /// Proxies in front of this workload whose `X-Forwarded-For` entries are
+    /// trusted; 0 makes `remote.ip` the peer address.
+    pub num_trusted_proxies: usize,
+}
+
+/// Who is calling, as authorization reads it from the connection.
+#[derive(Debug, Default)]
+struct Caller {
+    /// `spiffe://…` as presented (empty for plaintext).
+    id: Arc<str>,
+    /// `TD/ns/NS/sa/SA` with a trust-domain alias mapped to the local domain.
+    principal: String,
+    /// The same identity in each trust-domain alias.
+    aliases: Vec<String>,
+    /// Server name of the TLS connection.
+    sni: String,
+    /// Where the connection was sent.
+    destination_ip: Option<IpAddr>,
+}
+
+/// The original client address: the entry `num_trusted` hops from the right of
+/// `X-Forwarded-For` (each trusted proxy appended the address it saw), or the peer
+/// when no proxy is trusted or none left an entry. `None` when the header is
+/// malformed or shorter than the trusted hops (the address cannot be known).
+fn remote_ip(headers: &http::HeaderMap, peer: IpAddr, num_trusted: usize) -> Option<IpAddr> {
+    if num_trusted == 0 {
+        return Some(peer);
+    }
+    let mut entries = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        for entry in value.to_str().ok()?.split(',') {
+            entries.push(entry.trim());
+        }
+    }
+    // No proxy recorded anything: the peer is the client.
+    if entries.is_empty() {
+        return Some(peer);
+    }
+    let entry = entries.len().checked_sub(num_trusted).map(|i| entries[i])?;
+    entry.parse().ok()
 }
 
 /// ALPN a client sidecar offers for an opaque TCP stream inside mTLS.
@@ -56,6 +106,7 @@ impl Inbound {
     pub fn new(
         store: Arc<StateStore>,
         identity: &Identity,
+        requests: RequestOptions,
         app_ip: IpAddr,
         metrics: MeshMetrics,
         in_flight: crate::http_util::InFlight,
@@ -68,6 +119,8 @@ impl Inbound {
             store,
             app_ip,
             local_id: identity.cert().id().to_string(),
+            identity: identity.clone(),
+            requests,
             metrics,
             in_flight,
             tracing,
@@ -121,10 +174,32 @@ impl Inbound {
             }
         };
         let (_, conn) = tls.get_ref();
-        let caller: Arc<str> = mesh_identity::peer_id(conn.peer_certificates(), &peer.to_string())
-            .map(|id| id.to_string())
-            .unwrap_or_default()
-            .into();
+        let presented = mesh_identity::peer_id(conn.peer_certificates(), &peer.to_string()).ok();
+        let trust = self.identity.trust();
+        let (principal, aliases) = match &presented {
+            Some(id) => {
+                let canonical = trust.canonical(id);
+                let aliases = trust
+                    .aliases
+                    .iter()
+                    .map(|td| canonical.with_trust_domain(td.clone()).principal())
+                    .collect();
+                (canonical.principal(), aliases)
+            }
+            None => (String::new(), Vec::new()),
+        };
+        let caller = Arc::new(Caller {
+            id: presented
+                .map(|id| id.to_string())
+                .unwrap_or_default()
+                .into(),
+            principal,
+            aliases,
+            sni: conn.server_name().unwrap_or_default().to_owned(),
+            destination_ip: crate::capture::original_dst(tls.get_ref().0)
+                .or_else(|| tls.get_ref().0.local_addr().ok())
+                .map(|a| a.ip()),
+        });
         let target = conn
             .server_name()
             .and_then(parse_outbound_sni)
@@ -165,8 +240,12 @@ impl Inbound {
         }
         if let Decision::Deny(reason) = state.authz.decide(&Attributes {
             principal: "",
+            principal_aliases: &[],
             source_ip: Some(peer.ip()),
+            remote_ip: Some(peer.ip()),
+            destination_ip: crate::capture::original_dst(&tcp).map(|d| d.ip()),
             port,
+            sni: "",
             http: None,
         }) {
             return refuse(&reason);
@@ -188,8 +267,13 @@ impl Inbound {
     }
 
     /// An opaque TCP stream: spliced to the application's port.
-    async fn tcp<S>(&self, mut stream: S, peer: SocketAddr, caller: &str, service_port: Option<u16>)
-    where
+    async fn tcp<S>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        caller: &Caller,
+        service_port: Option<u16>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let _in_flight = self.in_flight.start();
@@ -202,11 +286,16 @@ impl Inbound {
         let (target_port, _) = state.local_port(service_port);
         let app = SocketAddr::new(self.app_ip, target_port);
         let decision = state.authz.decide(&Attributes {
-            principal: caller.strip_prefix("spiffe://").unwrap_or(caller),
+            principal: &caller.principal,
+            principal_aliases: &caller.aliases,
             source_ip: Some(peer.ip()),
+            remote_ip: Some(peer.ip()),
+            destination_ip: caller.destination_ip,
             port: target_port,
+            sni: &caller.sni,
             http: None,
         });
+        let caller = &caller.id;
         if let Decision::Deny(reason) = decision {
             // A denied TCP connection is closed without a byte.
             tracing::info!(target: "access", direction = "inbound", protocol = "tcp", %peer, source_principal = %caller, response_flags = ResponseFlag::Unauthorized.code(), reason = %reason, "connection denied");
@@ -237,9 +326,10 @@ impl Inbound {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
-        caller: &str,
+        from: &Caller,
         service_port: Option<u16>,
     ) -> Response<Body> {
+        let caller: &str = &from.id;
         let _in_flight = self.in_flight.start();
         let started = Instant::now();
         let Some(service_port) = service_port else {
@@ -280,14 +370,53 @@ impl Inbound {
             self.tracing
                 .start(|| format!("{service_host}:{service_port}/*"), true, parent);
         span.context().inject(&mut parts.headers);
+        // Policies and the application see the normalized path.
+        let normalized = self
+            .requests
+            .path_normalization
+            .apply(parts.uri.path())
+            .into_owned();
+        if normalized != parts.uri.path() {
+            let query = parts
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let mut uri = parts.uri.clone().into_parts();
+            uri.path_and_query = format!("{normalized}{query}").parse().ok();
+            match Uri::from_parts(uri) {
+                Ok(u) => parts.uri = u,
+                Err(_) => {
+                    let mut resp = Response::new(crate::http_util::full("invalid request path"));
+                    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                    return resp;
+                }
+            }
+        }
+        let raw_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
         let decision = state.authz.decide(&Attributes {
-            principal: caller.strip_prefix("spiffe://").unwrap_or(caller),
+            principal: &from.principal,
+            principal_aliases: &from.aliases,
             source_ip: Some(peer.ip()),
+            remote_ip: remote_ip(&parts.headers, peer.ip(), self.requests.num_trusted_proxies),
+            destination_ip: from.destination_ip,
             port: target_port,
+            sni: &from.sni,
             http: Some(HttpAttributes {
                 method: parts.method.as_str(),
                 path: parts.uri.path(),
-                host: &host,
+                host: &raw_host,
                 headers: &parts.headers,
             }),
         });
@@ -395,5 +524,35 @@ impl Inbound {
             crate::http_util::content_length(resp.headers()),
         );
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remote_ip;
+
+    #[test]
+    fn remote_ip_trusts_only_the_configured_hops() {
+        let mut h = http::HeaderMap::new();
+        let peer = "10.0.0.7".parse().unwrap();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.2".parse().unwrap(),
+        );
+        assert_eq!(
+            remote_ip(&h, peer, 0),
+            Some(peer),
+            "no trusted proxy: the peer"
+        );
+        assert_eq!(remote_ip(&h, peer, 1), "198.51.100.2".parse().ok());
+        assert_eq!(remote_ip(&h, peer, 2), "203.0.113.9".parse().ok());
+        assert_eq!(
+            remote_ip(&h, peer, 3),
+            None,
+            "fewer entries than trusted hops"
+        );
+        h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(remote_ip(&h, peer, 1), None);
+        assert_eq!(remote_ip(&http::HeaderMap::new(), peer, 1), Some(peer));
     }
 }

@@ -29,6 +29,7 @@ pub mod inbound;
 pub mod lb;
 pub mod outbound;
 pub mod outbound_tcp;
+pub mod path;
 pub mod peer;
 pub mod peer_authn;
 pub mod pool;

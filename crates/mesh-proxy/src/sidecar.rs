@@ -31,6 +31,8 @@ pub struct SidecarOptions {
     pub admin: Vec<SocketAddr>,
     /// Span export (propagation only when disabled).
     pub tracing: mesh_telemetry::trace::Tracing,
+    /// Path normalization and trusted proxies for inbound requests.
+    pub requests: crate::inbound::RequestOptions,
 }
 
 /// A running sidecar. Dropping it stops its listeners.
@@ -103,6 +105,7 @@ impl Sidecar {
         let inbound = Inbound::new(
             store.clone(),
             &identity,
+            options.requests,
             options.app_ip,
             metrics.clone(),
             in_flight.clone(),

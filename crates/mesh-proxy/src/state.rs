@@ -602,10 +602,7 @@ impl ProxyState {
             })
             .collect();
         let peer_authn = crate::peer_authn::PeerAuthn::compile(&peer_authn_specs, &node);
-        let authz = crate::authz::Authorizer::compile(&authz_specs, &node).unwrap_or_else(|e| {
-            errors.extend(e);
-            Default::default()
-        });
+        let authz = crate::authz::Authorizer::compile(&authz_specs, &node);
         for host in services.keys() {
             routes
                 .entry(host.clone())

@@ -74,6 +74,7 @@ fn pod_options() -> SidecarOptions {
         connect_timeout: Duration::from_secs(2),
         admin: vec![],
         tracing: mesh_telemetry::trace::Tracing::disabled(),
+        requests: Default::default(),
     }
 }
 

@@ -31,6 +31,7 @@ services:
 }
 
 struct World {
+    mesh: Mesh,
     servers: Vec<Sidecar>,
     client: Sidecar,
     v1_inbound: SocketAddr,
@@ -87,6 +88,7 @@ async fn world(extra: &str, v2_delay: Duration) -> World {
     )
     .await;
     World {
+        mesh,
         servers,
         client,
         v1_inbound,
@@ -637,7 +639,8 @@ spec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}
     )
     .unwrap_err();
     assert!(
-        err.contains("AuthorizationPolicy shop/ext: action CUSTOM is not supported"),
+        err.contains("AuthorizationPolicy shop/ext")
+            && err.contains("spec.action: CUSTOM is not supported"),
         "{err}"
     );
     assert_eq!(
@@ -645,6 +648,82 @@ spec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}
         403,
         "allow-nothing still in force"
     );
+}
+
+#[tokio::test]
+async fn authorization_by_service_account_and_normalized_path() {
+    let w = world("", Duration::ZERO).await;
+    let a = w.client.outbound_addr;
+    // The same client config under another identity: shop/mallory.
+    let mallory = support::sidecar(
+        &w.mesh,
+        &client_config(w.v1_inbound, w.v2_inbound, ""),
+        "shop",
+        "mallory",
+    )
+    .await;
+    let m = mallory.outbound_addr;
+    let deny_admin = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]
+";
+    with_server_policies(
+        &w,
+        &format!(
+            "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: productpage-only, namespace: shop}}
+spec:
+  rules: [{{from: [{{source: {{serviceAccounts: [shop/productpage]}}}}]}}]
+{deny_admin}"
+        ),
+    )
+    .unwrap();
+    let (status, body) = get(a, "reviews:9080", "/reviews/./1", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("path=/reviews/1 "),
+        "the app sees the normalized path: {body}"
+    );
+    assert_eq!(
+        get(m, "reviews:9080", "/reviews/1", &[]).await.0,
+        403,
+        "shop/mallory is not shop/productpage"
+    );
+    for bypass in [
+        "/admin",
+        "/x/../admin",
+        "/%61dmin",
+        "/%2e%2e/admin/users",
+        "/reviews\\..\\admin",
+    ] {
+        let (status, body) = get(a, "reviews:9080", bypass, &[]).await;
+        assert_eq!(
+            status, 403,
+            "{bypass} must meet the DENY on /admin*: {body}"
+        );
+    }
+
+    // Istio's own example of a service account no caller has.
+    with_server_policies(
+        &w,
+        "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: nobody, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {serviceAccounts: [sample/nobody]}}]}]
+",
+    )
+    .unwrap();
+    assert_eq!(get(a, "reviews:9080", "/reviews/1", &[]).await.0, 403);
+    assert_eq!(get(m, "reviews:9080", "/reviews/1", &[]).await.0, 403);
 }
 
 /// A backend that answers 503 to every other request.

@@ -105,6 +105,7 @@ async fn proxy_status_config_and_analyze_show_what_proxies_hold() {
             connect_timeout: Duration::from_secs(1),
             admin: vec!["127.0.0.1:0".parse().unwrap()],
             tracing: mesh_telemetry::trace::Tracing::disabled(),
+            requests: Default::default(),
         },
     )
     .await

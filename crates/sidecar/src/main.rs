@@ -77,6 +77,15 @@ struct Args {
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
+    /// How inbound request paths are normalized before authorization and routing to
+    /// the app (Istio's meshConfig.pathNormalization): NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES.
+    #[arg(long, env = "ISTHMUS_PATH_NORMALIZATION", default_value = "BASE")]
+    path_normalization: mesh_proxy::path::PathNormalization,
+    /// Proxies in front of this workload whose X-Forwarded-For entries are trusted for
+    /// `remote.ip` and `remoteIpBlocks` (Istio's gatewayTopology.numTrustedProxies).
+    #[arg(long, env = "ISTHMUS_NUM_TRUSTED_PROXIES", default_value = "0")]
+    num_trusted_proxies: usize,
 }
 
 fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
@@ -198,6 +207,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(10),
         admin: args.admin.clone(),
         tracing: tracing.clone(),
+        requests: mesh_proxy::inbound::RequestOptions {
+            path_normalization: args.path_normalization,
+            num_trusted_proxies: args.num_trusted_proxies,
+        },
     };
     let mut sidecar = Sidecar::start(store.clone(), identity.clone(), options).await?;
     tracing::info!(

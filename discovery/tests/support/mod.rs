@@ -235,6 +235,7 @@ pub async fn sidecar(
         connect_timeout: Duration::from_secs(1),
         admin: vec![],
         tracing: mesh_telemetry::trace::Tracing::disabled(),
+        requests: Default::default(),
     };
     let sidecar = mesh_proxy::Sidecar::start(proxy.store.clone(), pki.identity(ns, sa), options)
         .await

@@ -90,6 +90,7 @@ pub fn opts() -> SidecarOptions {
         connect_timeout: Duration::from_secs(1),
         admin: vec!["127.0.0.1:0".parse().unwrap()],
         tracing: mesh_telemetry::trace::Tracing::disabled(),
+        requests: Default::default(),
     }
 }
 
