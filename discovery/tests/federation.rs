@@ -38,7 +38,7 @@ spec: {address: 10.2.0.1, labels: {app: reviews, version: v2}, serviceAccount: r
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: reviews-v2b, namespace: shop}
-spec: {address: 10.2.0.2, labels: {app: reviews, version: v2}, serviceAccount: reviews, locality: us/b}
+spec: {address: 10.2.0.2, labels: {app: reviews, version: v2}, serviceAccount: reviews, locality: us/b, weight: 3}
 ---
 apiVersion: v1
 kind: Service
@@ -139,10 +139,11 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
 
     let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
     // reviews merges: the local endpoint, and west's two v2 endpoints through west's
-    // gateway, as one gateway endpoint of weight 2.
+    // gateway, as one gateway endpoint whose weight sums theirs (WorkloadEntry weight
+    // 1 and 3).
     eventually("merged reviews", T, || {
         endpoint_summary(&proxy.store, REVIEWS)
-            == ["10.1.0.1:15006 east w1 v1", "127.0.0.1:25443 west w2 v2"]
+            == ["10.1.0.1:15006 east w1 v1", "127.0.0.1:25443 west w4 v2"]
     })
     .await;
     let state = proxy.store.snapshot();

@@ -97,6 +97,22 @@ impl Resource {
         }
         v.into_errors()
     }
+
+    /// Fields present that Isthmus accepts without effect (the coverage contract's
+    /// *warned* fields), with their paths.
+    pub fn warnings(&self) -> Vec<crate::coverage::FieldWarning> {
+        let spec = match self {
+            Self::VirtualService(r) => serde_json::to_value(&r.spec),
+            Self::DestinationRule(r) => serde_json::to_value(&r.spec),
+            Self::Gateway(r) => serde_json::to_value(&r.spec),
+            Self::ServiceEntry(r) => serde_json::to_value(&r.spec),
+            Self::PeerAuthentication(r) => serde_json::to_value(&r.spec),
+            Self::AuthorizationPolicy(r) => serde_json::to_value(&r.spec),
+            Self::RequestAuthentication(r) => serde_json::to_value(&r.spec),
+        };
+        spec.map(|s| crate::coverage::check(self.kind(), &s).1)
+            .unwrap_or_default()
+    }
 }
 
 /// Why a document was refused: which object, and every field that is wrong.
@@ -270,6 +286,17 @@ pub fn from_value(mut doc: Value) -> Result<Resource, ResourceError> {
     }
 
     let (namespace, name) = (meta.namespace.clone(), meta.name.clone());
+    // Fields Isthmus cannot honour are refused by the coverage contract, whole kinds
+    // first (their specs are not read further).
+    let (refused, _) = crate::coverage::check(&kind, &spec);
+    if crate::coverage::kind_refused(&kind).is_some() {
+        return Err(ResourceError {
+            kind,
+            namespace,
+            name,
+            errors: refused,
+        });
+    }
     let metadata = meta;
     let resource = match kind.as_str() {
         "VirtualService" => Resource::VirtualService(Box::new(VirtualService {
@@ -304,7 +331,8 @@ pub fn from_value(mut doc: Value) -> Result<Resource, ResourceError> {
         }
         _ => unreachable!("kind checked against KINDS above"),
     };
-    let errors = resource.validate();
+    let mut errors = refused;
+    errors.extend(resource.validate());
     if errors.is_empty() {
         Ok(resource)
     } else {

@@ -23,6 +23,8 @@
 //! ```
 
 pub mod common;
+pub mod coverage;
+mod coverage_table;
 pub mod crd;
 mod document;
 pub mod duration;

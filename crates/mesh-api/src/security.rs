@@ -272,32 +272,12 @@ impl AuthorizationPolicySpec {
         if self.selector.is_some() && (self.target_ref.is_some() || !self.target_refs.is_empty()) {
             v.error("set only one of selector, targetRef and targetRefs");
         }
-        // targetRef binds a policy to a gateway or waypoint; a sidecar is selected by
-        // its labels. Accepting it would make the policy namespace-wide.
-        for (name, set) in [
-            ("targetRef", self.target_ref.is_some()),
-            ("targetRefs", !self.target_refs.is_empty()),
-        ] {
-            if set {
-                v.field(name, |v| {
-                    v.error(
-                        "is not supported: it binds a policy to a gateway or waypoint, which Isthmus does not run; \
-                         select the workloads with `selector.matchLabels` instead",
-                    )
-                });
-            }
-        }
         if self.effective_action() == AuthorizationAction::Custom {
             v.field("action", |v| {
                 v.error(
                     "CUSTOM is not supported: Isthmus has no external authorizer, so the policy could \
                      not be enforced; express it with ALLOW or DENY rules",
                 )
-            });
-        }
-        if self.effective_action() != AuthorizationAction::Custom && self.provider.is_some() {
-            v.field("provider", |v| {
-                v.error("a provider is only used with action CUSTOM")
             });
         }
         v.each("rules", &self.rules, |v, rule| {
@@ -325,14 +305,6 @@ impl Source {
             ("notRemoteIpBlocks", &self.not_remote_ip_blocks),
         ] {
             v.each(name, blocks, |v, b| validate_cidr(v, b));
-        }
-        for (name, values) in [
-            ("requestPrincipals", &self.request_principals),
-            ("notRequestPrincipals", &self.not_request_principals),
-        ] {
-            if !values.is_empty() {
-                v.field(name, |v| v.error(NO_JWT));
-            }
         }
         if (!self.service_accounts.is_empty() || !self.not_service_accounts.is_empty())
             && (!self.principals.is_empty() || !self.namespaces.is_empty())

@@ -481,3 +481,51 @@ impl PoolLimits {
         permit.map(Some).map_err(|_| Overflow)
     }
 }
+
+#[cfg(test)]
+mod compile_tests {
+    use super::*;
+
+    #[test]
+    fn outlier_fields_compile() {
+        let o: OutlierDetection = serde_saphyr::from_str(
+            "{consecutiveErrors: 4, consecutiveGatewayErrors: 2, minHealthPercent: 60, baseEjectionTime: 7s, maxEjectionPercent: 30}",
+        )
+        .unwrap();
+        let p = OutlierPolicy::compile(&o);
+        assert_eq!(
+            p.consecutive_5xx, 4,
+            "deprecated consecutiveErrors read as consecutive5xxErrors"
+        );
+        assert_eq!(p.consecutive_gateway, 2);
+        assert_eq!(p.min_health_percent, 60);
+        assert_eq!(p.max_ejection_percent, 30);
+        assert_eq!(p.base_ejection, std::time::Duration::from_secs(7));
+        let o: OutlierDetection =
+            serde_saphyr::from_str("{consecutive5xxErrors: 9, consecutiveErrors: 4}").unwrap();
+        assert_eq!(
+            OutlierPolicy::compile(&o).consecutive_5xx,
+            9,
+            "the current field wins"
+        );
+    }
+
+    #[test]
+    fn failover_follows_the_from_to_pairs() {
+        let l: LocalityLbSetting = serde_saphyr::from_str(
+            "{failover: [{from: us-east, to: eu-west}, {from: eu-west, to: us-east}]}",
+        )
+        .unwrap();
+        let p = LocalityPolicy::compile(Some(&l)).unwrap();
+        assert_eq!(
+            p.failover,
+            [
+                ("us-east".to_owned(), "eu-west".to_owned()),
+                ("eu-west".to_owned(), "us-east".to_owned())
+            ]
+        );
+        let off: LocalityLbSetting =
+            serde_saphyr::from_str("{enabled: false, failover: [{from: a, to: b}]}").unwrap();
+        assert!(LocalityPolicy::compile(Some(&off)).is_none());
+    }
+}

@@ -511,6 +511,245 @@ mod tests {
         assert!(pick_weighted(&[dest("v1", 0)], 0.5).is_none());
     }
 
+    fn route(yaml: &str, node: &Node) -> Option<CompiledRoute> {
+        let r: HttpRoute = serde_saphyr::from_str(yaml).unwrap();
+        CompiledRoute::compile("shop/reviews", "shop", 0, &r, node).unwrap()
+    }
+
+    fn view<'a>(path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            method: "GET",
+            path,
+            query,
+            authority: "reviews.shop:9080",
+            scheme: "http",
+            headers,
+            port: 9080,
+        }
+    }
+
+    /// Each field of an HTTP match, with a request it accepts and one it refuses.
+    #[test]
+    fn http_match_fields_select_requests() {
+        let node = Node {
+            namespace: "shop".into(),
+            labels: [("app".to_owned(), "productpage".to_owned())].into(),
+            ..Default::default()
+        };
+        let none = HeaderMap::new();
+        let mut jason = HeaderMap::new();
+        jason.insert("end-user", "jason".parse().unwrap());
+        let cases: &[(&str, RequestView<'_>, RequestView<'_>)] = &[
+            (
+                "{uri: {exact: /a}}",
+                view("/a", None, &none),
+                view("/a/b", None, &none),
+            ),
+            (
+                "{uri: {prefix: /a}}",
+                view("/a/b", None, &none),
+                view("/b", None, &none),
+            ),
+            (
+                "{uri: {regex: '/a/[0-9]+'}}",
+                view("/a/12", None, &none),
+                view("/a/x", None, &none),
+            ),
+            (
+                "{uri: {exact: /abc}, ignoreUriCase: true}",
+                view("/ABC", None, &none),
+                view("/ABD", None, &none),
+            ),
+            (
+                "{method: {exact: GET}}",
+                view("/", None, &none),
+                RequestView {
+                    method: "POST",
+                    ..view("/", None, &none)
+                },
+            ),
+            (
+                "{scheme: {exact: http}}",
+                view("/", None, &none),
+                RequestView {
+                    scheme: "https",
+                    ..view("/", None, &none)
+                },
+            ),
+            (
+                "{authority: {prefix: reviews}}",
+                view("/", None, &none),
+                RequestView {
+                    authority: "ratings:9080",
+                    ..view("/", None, &none)
+                },
+            ),
+            (
+                "{headers: {end-user: {exact: jason}}}",
+                view("/", None, &jason),
+                view("/", None, &none),
+            ),
+            (
+                "{withoutHeaders: {end-user: {exact: jason}}}",
+                view("/", None, &none),
+                view("/", None, &jason),
+            ),
+            (
+                "{queryParams: {v: {exact: '2'}}}",
+                view("/", Some("a=1&v=2"), &none),
+                view("/", Some("v=3"), &none),
+            ),
+            (
+                "{port: 9080}",
+                view("/", None, &none),
+                RequestView {
+                    port: 9081,
+                    ..view("/", None, &none)
+                },
+            ),
+        ];
+        for (m, yes, no) in cases {
+            let r = route(
+                &format!("{{match: [{m}], route: [{{destination: {{host: reviews}}}}]}}"),
+                &node,
+            )
+            .unwrap();
+            assert!(r.matches(yes), "{m} should accept {yes:?}");
+            assert!(!r.matches(no), "{m} should refuse {no:?}");
+        }
+        // Matches on the caller: routes that cannot apply to this proxy are left out.
+        for (m, applies) in [
+            ("{sourceLabels: {app: productpage}}", true),
+            ("{sourceLabels: {app: ratings}}", false),
+            ("{sourceNamespace: shop}", true),
+            ("{sourceNamespace: other}", false),
+            ("{gateways: [mesh]}", true),
+            ("{gateways: [shop/ingress]}", false),
+        ] {
+            let r = route(
+                &format!("{{match: [{m}], route: [{{destination: {{host: reviews}}}}]}}"),
+                &node,
+            );
+            assert_eq!(r.is_some(), applies, "{m}");
+        }
+    }
+
+    /// Each field of an HTTP route that is not a match, as the executor receives it.
+    #[test]
+    fn http_route_fields_compile_as_written() {
+        let node = Node::default();
+        let r = route(
+            "{name: primary, timeout: 2s, rewrite: {uri: /v2, authority: reviews-v2}, \
+              headers: {request: {set: {x-a: '1'}, add: {x-b: '2'}, remove: [x-c]}, response: {set: {x-d: '4'}, remove: [server]}}, \
+              retries: {attempts: 4, perTryTimeout: 500ms, retryOn: 'gateway-error,reset'}, \
+              mirror: {host: shadow}, mirrorPercent: 30, \
+              mirrors: [{destination: {host: shadow2, subset: v9, port: {number: 7070}}, percentage: {value: 12.5}}], \
+              route: [{destination: {host: reviews, subset: v1, port: {number: 9080}}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 20}]}",
+            &node,
+        )
+        .unwrap();
+        assert_eq!(r.name, "shop/reviews.primary");
+        assert_eq!(r.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(r.rewrite_uri.as_deref(), Some("/v2"));
+        assert_eq!(r.rewrite_authority.as_deref(), Some("reviews-v2"));
+        assert_eq!(r.request_headers.set, [("x-a".to_owned(), "1".to_owned())]);
+        assert_eq!(r.request_headers.add, [("x-b".to_owned(), "2".to_owned())]);
+        assert_eq!(r.request_headers.remove, ["x-c"]);
+        assert_eq!(r.response_headers.set, [("x-d".to_owned(), "4".to_owned())]);
+        assert_eq!(r.response_headers.remove, ["server"]);
+        assert_eq!(r.retry.attempts, 4);
+        assert_eq!(r.retry.per_try_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(r.mirrors.len(), 2);
+        assert_eq!(
+            (r.mirrors[0].0.host.as_str(), r.mirrors[0].1),
+            ("shadow.shop.svc.cluster.local", 30.0)
+        );
+        assert_eq!(
+            (
+                r.mirrors[1].0.subset.as_str(),
+                r.mirrors[1].0.port,
+                r.mirrors[1].1
+            ),
+            ("v9", Some(7070), 12.5)
+        );
+        let RouteAction::Forward(d) = &r.action else {
+            panic!("{:?}", r.action)
+        };
+        assert_eq!(
+            d.iter()
+                .map(|d| (d.subset.as_str(), d.port, d.weight))
+                .collect::<Vec<_>>(),
+            [("v1", Some(9080), 80), ("v2", None, 20)]
+        );
+        let r = route(
+            "{redirect: {uri: /new, authority: new.example, redirectCode: 308}}",
+            &node,
+        )
+        .unwrap();
+        let RouteAction::Redirect {
+            uri,
+            authority,
+            code,
+        } = &r.action
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (uri.as_deref(), authority.as_deref(), *code),
+            (Some("/new"), Some("new.example"), 308)
+        );
+        let r = route(
+            "{directResponse: {status: 418, body: {string: teapot}}}",
+            &node,
+        )
+        .unwrap();
+        assert!(
+            matches!(&r.action, RouteAction::DirectResponse { status: 418, body } if body == "teapot")
+        );
+    }
+
+    #[test]
+    fn fault_percent_and_grpc_abort() {
+        let node = Node::default();
+        let r = route(
+            "{fault: {delay: {percent: 40, fixedDelay: 1s}, abort: {grpcStatus: UNAVAILABLE, percentage: {value: 5}}}, \
+              route: [{destination: {host: reviews}}]}",
+            &node,
+        )
+        .unwrap();
+        let f = r.fault.unwrap();
+        assert_eq!(
+            f.delay,
+            Some((Duration::from_secs(1), 40.0)),
+            "deprecated percent read as percentage"
+        );
+        assert_eq!(
+            f.abort,
+            Some((503, 5.0)),
+            "grpcStatus UNAVAILABLE answers 503"
+        );
+    }
+
+    #[test]
+    fn tcp_routes_match_ports() {
+        let route: mesh_api::networking::TcpRoute = serde_saphyr::from_str(
+            "{match: [{port: 5432, gateways: [mesh]}, {port: 5433}], route: [{destination: {host: db, subset: primary, port: {number: 5432}}, weight: 75}, {destination: {host: db-replica}, weight: 25}]}",
+        )
+        .unwrap();
+        let c = CompiledTcpRoute::compile(&route, "shop");
+        assert_eq!(c.ports, [5432, 5433]);
+        assert_eq!(
+            c.destinations
+                .iter()
+                .map(|d| (d.host.as_str(), d.subset.as_str(), d.port, d.weight))
+                .collect::<Vec<_>>(),
+            [
+                ("db.shop.svc.cluster.local", "primary", Some(5432), 75),
+                ("db-replica.shop.svc.cluster.local", "", None, 25)
+            ]
+        );
+    }
+
     #[test]
     fn regex_matches_the_whole_value() {
         let m = StrMatch::compile(

@@ -743,6 +743,54 @@ impl StateStore {
 mod tests {
     use super::*;
 
+    fn policy(yaml: &str) -> DestinationPolicy {
+        match mesh_api::parse_resource(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: shop}}\nspec: {yaml}\n"
+        ))
+        .unwrap()
+        {
+            Resource::DestinationRule(d) => DestinationPolicy::compile("shop/r".into(), &d.spec),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn consistent_hash_keys() {
+        let key = |lb: &str| {
+            policy(&format!(
+                "{{host: reviews, trafficPolicy: {{loadBalancer: {{consistentHash: {lb}}}}}}}"
+            ))
+            .resolve("", 9080)
+            .unwrap()
+            .hash_key
+            .clone()
+        };
+        assert!(matches!(
+            key("{useSourceIp: true}"),
+            Some(HashKey::SourceIp)
+        ));
+        assert!(
+            matches!(key("{httpQueryParameterName: user}"), Some(HashKey::Query(q)) if q == "user")
+        );
+    }
+
+    #[test]
+    fn port_level_tls_and_http2_max_requests() {
+        let p = policy(
+            "{host: reviews, trafficPolicy: {connectionPool: {http: {http2MaxRequests: 7}}, \
+              portLevelSettings: [{port: {number: 8080}, tls: {mode: DISABLE}}]}}",
+        );
+        assert!(
+            p.resolve("", 8080).unwrap().plaintext,
+            "port-level tls DISABLE"
+        );
+        assert!(
+            !p.resolve("", 9080).unwrap().plaintext,
+            "other ports keep mesh mTLS"
+        );
+        assert_eq!(p.resolve("", 9080).unwrap().max_requests, Some(7));
+    }
+
     #[test]
     fn hosts_resolve_like_kubernetes_dns() {
         assert_eq!(

@@ -138,6 +138,21 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
         }
     }
 
+    // Fields accepted without effect (the API coverage contract's warned fields).
+    for r in &resources {
+        for w in r.warnings() {
+            out.push(Finding {
+                severity: Severity::Warning,
+                code: "ISM0001",
+                object: object(r),
+                field: w.path,
+                message: w.reason,
+                fix: "remove the field, or see docs/api-coverage.md for what Isthmus does instead"
+                    .into(),
+            });
+        }
+    }
+
     // Hosts known: Services and ServiceEntry hosts.
     let mut hosts = input.services.clone();
     for r in &resources {
@@ -565,6 +580,39 @@ spec:
 
     fn codes(findings: &[Finding]) -> Vec<(&'static str, String)> {
         findings.iter().map(|f| (f.code, f.field.clone())).collect()
+    }
+
+    #[test]
+    fn fields_without_effect_are_warned_with_their_path() {
+        let yaml = format!(
+            "{BASE}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  trafficPolicy: {{outlierDetection: {{consecutive5xxErrors: 3, interval: 5s}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+"
+        );
+        let found: Vec<_> = analyze(&input(&yaml))
+            .into_iter()
+            .filter(|f| f.code == "ISM0001")
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].severity, found[0].code, found[0].field.as_str()),
+            (
+                Severity::Warning,
+                "ISM0001",
+                "spec.trafficPolicy.outlierDetection.interval"
+            )
+        );
+        assert!(
+            found[0].message.contains("has no effect"),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `meshctl crds`: the CRDs generated from mesh-api.
+//! `meshctl crds` and `meshctl api-coverage`: the CRDs and the API coverage page
+//! generated from mesh-api.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,16 @@ pub(crate) struct CrdsArgs {
 }
 
 pub(crate) fn run(args: CrdsArgs) -> anyhow::Result<()> {
-    let yaml = mesh_api::crd::render_yaml();
+    write(&mesh_api::crd::render_yaml(), args)
+}
+
+/// `meshctl api-coverage`: docs/api-coverage.md, every field and what Isthmus does
+/// with it.
+pub(crate) fn api_coverage(args: CrdsArgs) -> anyhow::Result<()> {
+    write(&mesh_api::coverage::markdown(), args)
+}
+
+fn write(yaml: &str, args: CrdsArgs) -> anyhow::Result<()> {
     match args.out {
         Some(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -29,6 +29,9 @@ enum Command {
     Ca(ca::CaCommand),
     /// Print (or write) the CustomResourceDefinitions of the Istio kinds Isthmus reads.
     Crds(crds::CrdsArgs),
+    /// Print (or write) the API coverage page: every field of the Istio kinds and
+    /// whether Isthmus enforces, refuses or warns about it.
+    ApiCoverage(crds::CrdsArgs),
     /// Show federation at work on this machine: one root, two clusters, one mTLS call.
     Quickstart(quickstart::QuickstartArgs),
     /// Find config that will not do what it says (unknown hosts and subsets,
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Crds(args) => crds::run(args),
+        Command::ApiCoverage(args) => crds::api_coverage(args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::ProxyStatus(args) => proxy::status(args),

@@ -509,6 +509,7 @@ impl TrafficPolicy {
             self.load_balancer.as_ref(),
             self.connection_pool.as_ref(),
             self.outlier_detection.as_ref(),
+            self.tls.as_ref(),
         );
         v.each("portLevelSettings", &self.port_level_settings, |v, p| {
             v.field("port", |v| {
@@ -519,6 +520,7 @@ impl TrafficPolicy {
                 p.load_balancer.as_ref(),
                 p.connection_pool.as_ref(),
                 p.outlier_detection.as_ref(),
+                p.tls.as_ref(),
             );
         });
     }
@@ -529,7 +531,18 @@ fn validate_policy_parts(
     lb: Option<&LoadBalancerSettings>,
     pool: Option<&ConnectionPoolSettings>,
     outlier: Option<&OutlierDetection>,
+    tls: Option<&ClientTlsSettings>,
 ) {
+    if let Some(mode @ (ClientTlsMode::Simple | ClientTlsMode::Mutual)) = tls.and_then(|t| t.mode) {
+        v.field("tls", |v| {
+            v.field("mode", |v| {
+                v.error(format!(
+                    "{mode:?} (TLS origination to a server outside the mesh) is not supported yet; \
+                     use ISTIO_MUTUAL between sidecars (the default) or DISABLE for a workload without a sidecar"
+                ))
+            })
+        });
+    }
     if let Some(lb) = lb {
         v.field("loadBalancer", |v| {
             if lb.simple.is_some() && lb.consistent_hash.is_some() {

@@ -499,8 +499,22 @@ pub struct RouteDestination {
     pub weight: Option<i32>,
 }
 
+/// Gateway names a route may bind to: only `mesh` (the sidecars), since Isthmus runs
+/// no ingress or egress gateway yet.
+pub(crate) fn validate_gateways(v: &mut Validator, gateways: &[String]) {
+    v.each("gateways", gateways, |v, g| {
+        if g != "mesh" {
+            v.error(format!(
+                "gateway {g:?}: Isthmus runs no ingress or egress gateway yet, so this binding would do nothing; \
+                 keep only `mesh` (or no gateways) for the sidecars"
+            ));
+        }
+    });
+}
+
 impl VirtualServiceSpec {
     pub(crate) fn validate(&self, v: &mut Validator) {
+        validate_gateways(v, &self.gateways);
         if self.hosts.is_empty() && self.gateways.is_empty() {
             v.field("hosts", |v| {
                 v.error("at least one host is required (the service this VirtualService routes)")
@@ -522,6 +536,7 @@ impl VirtualServiceSpec {
                 if m.sni_hosts.is_empty() {
                     v.field("sniHosts", |v| v.error("at least one SNI host is required"));
                 }
+                validate_gateways(v, &m.gateways);
                 if let Some(p) = m.port {
                     v.field("port", |v| validate_port(v, p));
                 }
@@ -530,6 +545,7 @@ impl VirtualServiceSpec {
         });
         v.each("tcp", &self.tcp, |v, r| {
             v.each("match", &r.matches, |v, m| {
+                validate_gateways(v, &m.gateways);
                 if let Some(p) = m.port {
                     v.field("port", |v| validate_port(v, p));
                 }
@@ -627,6 +643,7 @@ impl HttpRoute {
 
 impl HttpMatchRequest {
     fn validate(&self, v: &mut Validator) {
+        validate_gateways(v, &self.gateways);
         for (name, m) in [
             ("uri", &self.uri),
             ("scheme", &self.scheme),

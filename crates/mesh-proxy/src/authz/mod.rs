@@ -621,6 +621,42 @@ mod tests {
     }
 
     #[test]
+    fn negated_source_fields() {
+        let a =
+            authorizer(&["{action: DENY, rules: [{from: [{source: {notNamespaces: [shop]}}]}]}"]);
+        assert!(req(PRODUCTPAGE).decide(&a));
+        assert!(!req("mesh.example/ns/other/sa/x").decide(&a));
+        let a = authorizer(&[
+            "rules: [{from: [{source: {ipBlocks: [10.0.0.0/24], notIpBlocks: [10.0.0.7]}}]}]",
+        ]);
+        assert!(
+            !req(PRODUCTPAGE).decide(&a),
+            "the peer 10.0.0.7 is excluded"
+        );
+        let a = authorizer(&["rules: [{from: [{source: {ipBlocks: [10.0.0.0/24]}}]}]"]);
+        assert!(req(PRODUCTPAGE).decide(&a));
+        let a = authorizer(&["rules: [{from: [{source: {ipBlocks: [192.0.2.0/24]}}]}]"]);
+        assert!(!req(PRODUCTPAGE).decide(&a));
+    }
+
+    #[test]
+    fn negated_operation_fields() {
+        for (op, allowed) in [
+            ("{notHosts: ['reviews.*']}", false),
+            ("{notHosts: ['ratings.*']}", true),
+            ("{notPorts: ['9080']}", false),
+            ("{notPorts: ['9081']}", true),
+            ("{notMethods: [GET]}", false),
+            ("{notMethods: [POST]}", true),
+            ("{notPaths: ['/reviews/*']}", false),
+            ("{notPaths: ['/admin']}", true),
+        ] {
+            let a = authorizer(&[&format!("rules: [{{to: [{{operation: {op}}}]}}]")]);
+            assert_eq!(req(PRODUCTPAGE).decide(&a), allowed, "{op}");
+        }
+    }
+
+    #[test]
     fn trust_domain_aliases_apply_to_principals() {
         let a = authorizer(&[
             "rules: [{from: [{source: {principals: [old.example/ns/shop/sa/productpage]}}]}]",

@@ -1,0 +1,816 @@
+//! The classification of every field: see [`crate::coverage`]. Tests are named as
+//! `FILE::FUNCTION` (file relative to the workspace root, without `.rs`).
+
+use crate::coverage::{FieldSupport, Support};
+
+const fn e(ty: &'static str, field: &'static str, tests: &'static [&'static str]) -> FieldSupport {
+    FieldSupport {
+        ty,
+        field,
+        support: Support::Enforced,
+        note: "",
+        tests,
+    }
+}
+
+const fn en(
+    ty: &'static str,
+    field: &'static str,
+    note: &'static str,
+    tests: &'static [&'static str],
+) -> FieldSupport {
+    FieldSupport {
+        ty,
+        field,
+        support: Support::Enforced,
+        note,
+        tests,
+    }
+}
+
+const fn r(ty: &'static str, field: &'static str, note: &'static str) -> FieldSupport {
+    FieldSupport {
+        ty,
+        field,
+        support: Support::Refused,
+        note,
+        tests: &[],
+    }
+}
+
+const fn w(ty: &'static str, field: &'static str, note: &'static str) -> FieldSupport {
+    FieldSupport {
+        ty,
+        field,
+        support: Support::Warned,
+        note,
+        tests: &[],
+    }
+}
+
+const ROUTES_MATCH: &[&str] = &["crates/mesh-proxy/src/routes::http_match_fields_select_requests"];
+const ROUTES_FIELDS: &[&str] =
+    &["crates/mesh-proxy/src/routes::http_route_fields_compile_as_written"];
+const AUTHZ_SA: &[&str] =
+    &["crates/mesh-proxy/src/authz/mod::service_accounts_allow_only_the_named_account"];
+const AUTHZ_PRINCIPAL: &[&str] = &["crates/mesh-proxy/src/authz/mod::wrong_principal_is_denied"];
+const AUTHZ_WHEN: &[&str] = &["crates/mesh-proxy/src/authz/mod::connection_conditions_fire"];
+const AUTHZ_FAIL_CLOSED: &[&str] = &["crates/mesh-proxy/src/authz/mod::fail_closed"];
+const AUTHZ_PATHS: &[&str] = &["crates/mesh-proxy/src/authz/mod::paths_hosts_and_templates"];
+const AUTHZ_E2E: &[&str] =
+    &["crates/mesh-proxy/tests/http_routing::authorization_policy_allows_denies_and_deny_wins"];
+const AUTHZ_TCP: &[&str] = &["crates/mesh-proxy/src/authz/mod::tcp_reads_rules_the_strict_way"];
+const POLICY_LAYERS: &[&str] =
+    &["crates/mesh-proxy/src/state::traffic_policy_resolves_top_port_subset_and_subset_port"];
+const OUTLIER: &[&str] = &[
+    "crates/mesh-proxy/tests/resilience::outlier_detection_ejects_a_failing_endpoint_and_readmits_it",
+];
+const FAILOVER: &[&str] = &[
+    "crates/mesh-proxy/tests/resilience::locality_failover_prefers_the_local_cluster_and_spills_over_without_errors",
+];
+const DISTRIBUTE: &[&str] =
+    &["crates/mesh-proxy/tests/resilience::locality_distribute_splits_traffic_by_share"];
+const FAULTS: &[&str] =
+    &["crates/mesh-proxy/tests/http_routing::fault_injection_delays_and_aborts_by_percentage"];
+const CANARY: &[&str] =
+    &["crates/mesh-proxy/tests/http_routing::canary_90_10_split_holds_within_tolerance"];
+const HEADER_ROUTE: &[&str] =
+    &["crates/mesh-proxy/tests/http_routing::header_match_rewrite_and_edits_route_as_istio_does"];
+const TLS_ROUTE: &[&str] =
+    &["crates/mesh-proxy/src/routes::a_route_needs_its_port_and_one_of_its_names"];
+const PEER_AUTHN: &[&str] =
+    &["crates/mesh-proxy/src/peer_authn::workload_over_namespace_over_mesh_with_port_overrides"];
+const FILE_REGISTRY: &[&str] = &[
+    "discovery/tests/file_registry::file_registry_pushes_incrementally_and_refuses_bad_resources_alone",
+];
+const GATEWAY_NAMES: &[&str] =
+    &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"];
+const FEDERATION: &[&str] =
+    &["discovery/tests/federation::linked_clusters_exchange_exported_endpoints_and_withdraw_them"];
+
+const MESH_GATEWAY_ONLY: &str = "Isthmus runs no ingress or egress gateway yet, so a route bound to a gateway other than `mesh` would do nothing; \
+     remove the gateway names (or keep `mesh`)";
+const NO_ORIGINATION: &str = "TLS origination (DestinationRule tls SIMPLE/MUTUAL) is not built yet; \
+     traffic between sidecars is always mesh mTLS (ISTIO_MUTUAL), and workloads without a sidecar take DISABLE";
+const CONNECTION_TUNING: &str =
+    "a connection tuning knob the sidecar does not apply; the default behaviour stays";
+
+pub(crate) static KINDS_REFUSED: &[(&str, &str)] = &[
+    (
+        "Gateway",
+        "Isthmus runs no ingress or egress gateway yet (the east-west gateway is configured by discovery), \
+         so a Gateway would open no port; expose the workload another way for now",
+    ),
+    (
+        "ServiceEntry",
+        "ServiceEntry is not enforced yet: requests to its hosts would not reach its endpoints \
+         (outside the mesh, calls to unknown hosts pass through unchanged)",
+    ),
+    (
+        "RequestAuthentication",
+        "JWTs are not validated yet: applying it would suggest that tokens are checked when they are not",
+    ),
+];
+
+pub(crate) static FIELDS: &[FieldSupport] = &[
+    // VirtualService
+    e("VirtualServiceSpec", "hosts", CANARY),
+    en(
+        "VirtualServiceSpec",
+        "gateways",
+        MESH_GATEWAY_ONLY,
+        GATEWAY_NAMES,
+    ),
+    en(
+        "VirtualServiceSpec",
+        "exportTo",
+        "`.`, `*` and namespace names; `~` keeps it out of every other namespace and cluster",
+        FILE_REGISTRY,
+    ),
+    e("VirtualServiceSpec", "http", CANARY),
+    e(
+        "VirtualServiceSpec",
+        "tls",
+        &[
+            "crates/mesh-proxy/tests/capture::captured_traffic_crosses_pods_over_mtls_and_the_rest_passes_through",
+        ],
+    ),
+    e(
+        "VirtualServiceSpec",
+        "tcp",
+        &[
+            "crates/mesh-proxy/tests/capture::captured_traffic_crosses_pods_over_mtls_and_the_rest_passes_through",
+        ],
+    ),
+    e("HttpRoute", "name", ROUTES_FIELDS),
+    e("HttpRoute", "match", HEADER_ROUTE),
+    e("HttpRoute", "route", CANARY),
+    e("HttpRoute", "redirect", HEADER_ROUTE),
+    e("HttpRoute", "directResponse", HEADER_ROUTE),
+    r(
+        "HttpRoute",
+        "delegate",
+        "VirtualService delegation is not built; merge the delegate's routes into the root VirtualService",
+    ),
+    e("HttpRoute", "rewrite", HEADER_ROUTE),
+    e("HttpRoute", "timeout", ROUTES_FIELDS),
+    e(
+        "HttpRoute",
+        "retries",
+        &["crates/mesh-proxy/tests/http_routing::retries_hide_a_flaky_backend"],
+    ),
+    e("HttpRoute", "fault", FAULTS),
+    e("HttpRoute", "mirror", ROUTES_FIELDS),
+    e("HttpRoute", "mirrors", ROUTES_FIELDS),
+    e("HttpRoute", "mirrorPercent", ROUTES_FIELDS),
+    e(
+        "HttpRoute",
+        "mirrorPercentage",
+        &[
+            "crates/mesh-proxy/tests/http_routing::mirroring_copies_the_configured_share_and_answers_from_the_primary",
+        ],
+    ),
+    r(
+        "HttpRoute",
+        "corsPolicy",
+        "CORS is not enforced by the sidecar; answer preflights in the application",
+    ),
+    e("HttpRoute", "headers", HEADER_ROUTE),
+    e("HttpMatchRequest", "uri", HEADER_ROUTE),
+    e("HttpMatchRequest", "scheme", ROUTES_MATCH),
+    e("HttpMatchRequest", "method", ROUTES_MATCH),
+    e("HttpMatchRequest", "authority", ROUTES_MATCH),
+    e("HttpMatchRequest", "headers", HEADER_ROUTE),
+    e("HttpMatchRequest", "port", ROUTES_MATCH),
+    e("HttpMatchRequest", "sourceLabels", ROUTES_MATCH),
+    en(
+        "HttpMatchRequest",
+        "gateways",
+        MESH_GATEWAY_ONLY,
+        &[
+            "crates/mesh-proxy/src/routes::http_match_fields_select_requests",
+            "crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused",
+        ],
+    ),
+    e("HttpMatchRequest", "queryParams", ROUTES_MATCH),
+    e("HttpMatchRequest", "ignoreUriCase", ROUTES_MATCH),
+    e("HttpMatchRequest", "withoutHeaders", ROUTES_MATCH),
+    e("HttpMatchRequest", "sourceNamespace", ROUTES_MATCH),
+    w(
+        "HttpMatchRequest",
+        "name",
+        "match names only label Envoy's route statistics, which Isthmus does not keep per match",
+    ),
+    w(
+        "HttpMatchRequest",
+        "statPrefix",
+        "per-match statistics are not kept",
+    ),
+    e("StringMatch", "exact", HEADER_ROUTE),
+    e("StringMatch", "prefix", HEADER_ROUTE),
+    e("StringMatch", "regex", HEADER_ROUTE),
+    e("HttpRouteDestination", "destination", CANARY),
+    e("HttpRouteDestination", "weight", CANARY),
+    r(
+        "HttpRouteDestination",
+        "headers",
+        "header edits per destination are not applied; set `headers` on the route instead",
+    ),
+    e("Destination", "host", CANARY),
+    e("Destination", "subset", CANARY),
+    e("Destination", "port", ROUTES_FIELDS),
+    e("PortSelector", "number", ROUTES_FIELDS),
+    e("HttpRedirect", "uri", HEADER_ROUTE),
+    e("HttpRedirect", "authority", ROUTES_FIELDS),
+    e("HttpRedirect", "redirectCode", HEADER_ROUTE),
+    r(
+        "HttpRedirect",
+        "port",
+        "the redirect keeps the request's port; set it in `authority` (HOST:PORT)",
+    ),
+    r(
+        "HttpRedirect",
+        "derivePort",
+        "the redirect keeps the request's port; set it in `authority` (HOST:PORT)",
+    ),
+    r(
+        "HttpRedirect",
+        "scheme",
+        "redirects keep the request's scheme",
+    ),
+    e("HttpDirectResponse", "status", HEADER_ROUTE),
+    e("HttpDirectResponse", "body", HEADER_ROUTE),
+    e("HttpBody", "string", HEADER_ROUTE),
+    r(
+        "HttpBody",
+        "bytes",
+        "only `body.string` is sent; write the body as a string",
+    ),
+    e("HttpRewrite", "uri", HEADER_ROUTE),
+    e("HttpRewrite", "authority", ROUTES_FIELDS),
+    r(
+        "HttpRewrite",
+        "uriRegexRewrite",
+        "regex rewrites are not built; use `rewrite.uri` with a prefix match",
+    ),
+    en(
+        "HttpRetry",
+        "attempts",
+        "",
+        &["crates/mesh-proxy/tests/http_routing::retries_hide_a_flaky_backend"],
+    ),
+    e(
+        "HttpRetry",
+        "perTryTimeout",
+        &["crates/mesh-proxy/tests/http_routing::retries_hide_a_flaky_backend"],
+    ),
+    en(
+        "HttpRetry",
+        "retryOn",
+        "5xx, gateway-error, reset, connect-failure, retriable-4xx, refused-stream, retriable-status-codes, status codes and the gRPC conditions; other tokens are refused",
+        &["crates/mesh-proxy/tests/http_routing::retries_hide_a_flaky_backend"],
+    ),
+    w(
+        "HttpRetry",
+        "retryRemoteLocalities",
+        "retries go to any endpoint the load balancer picks, local or remote",
+    ),
+    e("HttpFaultInjection", "delay", FAULTS),
+    e("HttpFaultInjection", "abort", FAULTS),
+    e("FaultDelay", "fixedDelay", FAULTS),
+    r(
+        "FaultDelay",
+        "exponentialDelay",
+        "exponential delays are not built; use fixedDelay",
+    ),
+    e("FaultDelay", "percentage", FAULTS),
+    en(
+        "FaultDelay",
+        "percent",
+        "deprecated in Istio; read as `percentage`",
+        &["crates/mesh-proxy/src/routes::fault_percent_and_grpc_abort"],
+    ),
+    e("FaultAbort", "httpStatus", FAULTS),
+    e(
+        "FaultAbort",
+        "grpcStatus",
+        &["crates/mesh-proxy/src/routes::fault_percent_and_grpc_abort"],
+    ),
+    r(
+        "FaultAbort",
+        "http2Error",
+        "HTTP/2 error aborts are not built; use httpStatus or grpcStatus",
+    ),
+    e("FaultAbort", "percentage", FAULTS),
+    e("Percent", "value", FAULTS),
+    e(
+        "HttpMirrorPolicy",
+        "destination",
+        &[
+            "crates/mesh-proxy/tests/http_routing::mirroring_copies_the_configured_share_and_answers_from_the_primary",
+        ],
+    ),
+    e("HttpMirrorPolicy", "percentage", ROUTES_FIELDS),
+    e("Headers", "request", HEADER_ROUTE),
+    e("Headers", "response", ROUTES_FIELDS),
+    e("HeaderOperations", "set", HEADER_ROUTE),
+    e("HeaderOperations", "add", ROUTES_FIELDS),
+    e("HeaderOperations", "remove", ROUTES_FIELDS),
+    e("TlsRoute", "match", TLS_ROUTE),
+    e("TlsRoute", "route", TLS_ROUTE),
+    e("TlsMatchAttributes", "sniHosts", TLS_ROUTE),
+    e("TlsMatchAttributes", "port", TLS_ROUTE),
+    r(
+        "TlsMatchAttributes",
+        "destinationSubnets",
+        "tls routes match on SNI and port only",
+    ),
+    r(
+        "TlsMatchAttributes",
+        "sourceLabels",
+        "tls routes match on SNI and port only",
+    ),
+    r(
+        "TlsMatchAttributes",
+        "sourceNamespace",
+        "tls routes match on SNI and port only",
+    ),
+    en(
+        "TlsMatchAttributes",
+        "gateways",
+        MESH_GATEWAY_ONLY,
+        GATEWAY_NAMES,
+    ),
+    e(
+        "TcpRoute",
+        "match",
+        &["crates/mesh-proxy/src/routes::tcp_routes_match_ports"],
+    ),
+    e(
+        "TcpRoute",
+        "route",
+        &["crates/mesh-proxy/src/routes::tcp_routes_match_ports"],
+    ),
+    e(
+        "L4MatchAttributes",
+        "port",
+        &["crates/mesh-proxy/src/routes::tcp_routes_match_ports"],
+    ),
+    r(
+        "L4MatchAttributes",
+        "destinationSubnets",
+        "tcp routes match on the destination port only",
+    ),
+    r(
+        "L4MatchAttributes",
+        "sourceLabels",
+        "tcp routes match on the destination port only",
+    ),
+    r(
+        "L4MatchAttributes",
+        "sourceNamespace",
+        "tcp routes match on the destination port only",
+    ),
+    r(
+        "L4MatchAttributes",
+        "sourceSubnet",
+        "tcp routes match on the destination port only",
+    ),
+    en(
+        "L4MatchAttributes",
+        "gateways",
+        MESH_GATEWAY_ONLY,
+        GATEWAY_NAMES,
+    ),
+    e(
+        "RouteDestination",
+        "destination",
+        &["crates/mesh-proxy/src/routes::tcp_routes_match_ports"],
+    ),
+    e(
+        "RouteDestination",
+        "weight",
+        &["crates/mesh-proxy/src/routes::tcp_routes_match_ports"],
+    ),
+    // DestinationRule
+    e("DestinationRuleSpec", "host", CANARY),
+    e("DestinationRuleSpec", "trafficPolicy", POLICY_LAYERS),
+    e("DestinationRuleSpec", "subsets", POLICY_LAYERS),
+    en(
+        "DestinationRuleSpec",
+        "exportTo",
+        "as VirtualService exportTo",
+        FILE_REGISTRY,
+    ),
+    r(
+        "DestinationRuleSpec",
+        "workloadSelector",
+        "per-workload DestinationRules are not built; the rule would apply to every client",
+    ),
+    e("Subset", "name", CANARY),
+    e("Subset", "labels", POLICY_LAYERS),
+    e("Subset", "trafficPolicy", POLICY_LAYERS),
+    e("TrafficPolicy", "loadBalancer", POLICY_LAYERS),
+    e(
+        "TrafficPolicy",
+        "connectionPool",
+        &["crates/mesh-proxy/tests/http_routing::connection_pool_limits_trip_the_circuit_breaker"],
+    ),
+    e("TrafficPolicy", "outlierDetection", OUTLIER),
+    en(
+        "TrafficPolicy",
+        "tls",
+        "mode ISTIO_MUTUAL and DISABLE; SIMPLE and MUTUAL are refused",
+        &[
+            "crates/mesh-proxy/tests/http_routing::tls_disable_sends_plain_http_to_a_workload_without_a_sidecar",
+        ],
+    ),
+    e("TrafficPolicy", "portLevelSettings", POLICY_LAYERS),
+    r(
+        "TrafficPolicy",
+        "tunnel",
+        "HTTP CONNECT tunnels to a proxy are not built",
+    ),
+    r(
+        "TrafficPolicy",
+        "proxyProtocol",
+        "the PROXY protocol header is not sent; the upstream would refuse the connection",
+    ),
+    e("PortTrafficPolicy", "port", POLICY_LAYERS),
+    e("PortTrafficPolicy", "loadBalancer", POLICY_LAYERS),
+    e("PortTrafficPolicy", "connectionPool", POLICY_LAYERS),
+    e("PortTrafficPolicy", "outlierDetection", POLICY_LAYERS),
+    en(
+        "PortTrafficPolicy",
+        "tls",
+        "as trafficPolicy.tls",
+        &["crates/mesh-proxy/src/state::port_level_tls_and_http2_max_requests"],
+    ),
+    e("LoadBalancerSettings", "simple", POLICY_LAYERS),
+    e(
+        "LoadBalancerSettings",
+        "consistentHash",
+        &["crates/mesh-proxy/tests/http_routing::consistent_hash_keeps_a_user_on_one_endpoint"],
+    ),
+    e("LoadBalancerSettings", "localityLbSetting", FAILOVER),
+    w(
+        "LoadBalancerSettings",
+        "warmupDurationSecs",
+        "new endpoints get their full share at once",
+    ),
+    e(
+        "ConsistentHashLb",
+        "httpHeaderName",
+        &["crates/mesh-proxy/tests/http_routing::consistent_hash_keeps_a_user_on_one_endpoint"],
+    ),
+    e(
+        "ConsistentHashLb",
+        "httpCookie",
+        &[
+            "crates/mesh-proxy/tests/http_routing::an_http_cookie_with_a_ttl_is_generated_and_keeps_the_client_on_one_endpoint",
+        ],
+    ),
+    e(
+        "ConsistentHashLb",
+        "useSourceIp",
+        &["crates/mesh-proxy/src/state::consistent_hash_keys"],
+    ),
+    e(
+        "ConsistentHashLb",
+        "httpQueryParameterName",
+        &["crates/mesh-proxy/src/state::consistent_hash_keys"],
+    ),
+    w(
+        "ConsistentHashLb",
+        "ringHash",
+        "one hash ring of fixed size is used; the ring settings do not change which keys stay together",
+    ),
+    w(
+        "ConsistentHashLb",
+        "maglev",
+        "one hash ring of fixed size is used; the Maglev table settings have no effect",
+    ),
+    w(
+        "ConsistentHashLb",
+        "minimumRingSize",
+        "one hash ring of fixed size is used",
+    ),
+    w(
+        "RingHash",
+        "minimumRingSize",
+        "one hash ring of fixed size is used",
+    ),
+    w("Maglev", "tableSize", "one hash ring of fixed size is used"),
+    e(
+        "HttpCookie",
+        "name",
+        &[
+            "crates/mesh-proxy/tests/http_routing::an_http_cookie_with_a_ttl_is_generated_and_keeps_the_client_on_one_endpoint",
+        ],
+    ),
+    e(
+        "HttpCookie",
+        "path",
+        &[
+            "crates/mesh-proxy/tests/http_routing::an_http_cookie_with_a_ttl_is_generated_and_keeps_the_client_on_one_endpoint",
+        ],
+    ),
+    e(
+        "HttpCookie",
+        "ttl",
+        &[
+            "crates/mesh-proxy/tests/http_routing::an_http_cookie_with_a_ttl_is_generated_and_keeps_the_client_on_one_endpoint",
+        ],
+    ),
+    e("LocalityLbSetting", "distribute", DISTRIBUTE),
+    e(
+        "LocalityLbSetting",
+        "failover",
+        &["crates/mesh-proxy/src/lb::failover_follows_the_from_to_pairs"],
+    ),
+    e("LocalityLbSetting", "failoverPriority", FAILOVER),
+    e("LocalityLbSetting", "enabled", OUTLIER),
+    e("LocalityDistribute", "from", DISTRIBUTE),
+    e("LocalityDistribute", "to", DISTRIBUTE),
+    e(
+        "LocalityFailover",
+        "from",
+        &["crates/mesh-proxy/src/lb::failover_follows_the_from_to_pairs"],
+    ),
+    e(
+        "LocalityFailover",
+        "to",
+        &["crates/mesh-proxy/src/lb::failover_follows_the_from_to_pairs"],
+    ),
+    e(
+        "ConnectionPoolSettings",
+        "tcp",
+        &["crates/mesh-proxy/tests/http_routing::connection_pool_limits_trip_the_circuit_breaker"],
+    ),
+    e(
+        "ConnectionPoolSettings",
+        "http",
+        &["crates/mesh-proxy/tests/http_routing::connection_pool_limits_trip_the_circuit_breaker"],
+    ),
+    e(
+        "TcpSettings",
+        "maxConnections",
+        &["crates/mesh-proxy/tests/http_routing::connection_pool_limits_trip_the_circuit_breaker"],
+    ),
+    e("TcpSettings", "connectTimeout", POLICY_LAYERS),
+    w("TcpSettings", "tcpKeepalive", CONNECTION_TUNING),
+    w("TcpSettings", "maxConnectionDuration", CONNECTION_TUNING),
+    e(
+        "TcpSettings",
+        "idleTimeout",
+        &[
+            "crates/mesh-proxy/tests/http_routing::max_requests_per_connection_and_idle_timeout_renew_upstream_connections",
+        ],
+    ),
+    w("TcpKeepalive", "probes", CONNECTION_TUNING),
+    w("TcpKeepalive", "time", CONNECTION_TUNING),
+    w("TcpKeepalive", "interval", CONNECTION_TUNING),
+    e(
+        "HttpSettings",
+        "http1MaxPendingRequests",
+        &["crates/mesh-proxy/tests/http_routing::connection_pool_limits_trip_the_circuit_breaker"],
+    ),
+    e(
+        "HttpSettings",
+        "http2MaxRequests",
+        &["crates/mesh-proxy/src/state::port_level_tls_and_http2_max_requests"],
+    ),
+    e(
+        "HttpSettings",
+        "maxRequestsPerConnection",
+        &[
+            "crates/mesh-proxy/tests/http_routing::max_requests_per_connection_and_idle_timeout_renew_upstream_connections",
+        ],
+    ),
+    w(
+        "HttpSettings",
+        "maxRetries",
+        "concurrent retries are not limited separately; each request retries as its route says",
+    ),
+    e(
+        "HttpSettings",
+        "idleTimeout",
+        &[
+            "crates/mesh-proxy/tests/http_routing::max_requests_per_connection_and_idle_timeout_renew_upstream_connections",
+        ],
+    ),
+    e(
+        "HttpSettings",
+        "h2UpgradePolicy",
+        &[
+            "crates/mesh-proxy/tests/protocols::http1_stays_http1_between_sidecars_unless_upgraded_and_its_connections_are_reused",
+        ],
+    ),
+    w(
+        "HttpSettings",
+        "useClientProtocol",
+        "the protocol between sidecars follows h2UpgradePolicy and the port's protocol",
+    ),
+    w("HttpSettings", "maxConcurrentStreams", CONNECTION_TUNING),
+    e("OutlierDetection", "consecutive5xxErrors", OUTLIER),
+    en(
+        "OutlierDetection",
+        "consecutiveErrors",
+        "deprecated in Istio; read as consecutive5xxErrors",
+        &["crates/mesh-proxy/src/lb::outlier_fields_compile"],
+    ),
+    e(
+        "OutlierDetection",
+        "consecutiveGatewayErrors",
+        &["crates/mesh-proxy/src/lb::outlier_fields_compile"],
+    ),
+    e("OutlierDetection", "baseEjectionTime", OUTLIER),
+    e("OutlierDetection", "maxEjectionPercent", OUTLIER),
+    e(
+        "OutlierDetection",
+        "minHealthPercent",
+        &["crates/mesh-proxy/src/lb::outlier_fields_compile"],
+    ),
+    w(
+        "OutlierDetection",
+        "interval",
+        "ejections are decided at each failure, not at a scan interval",
+    ),
+    w(
+        "OutlierDetection",
+        "splitExternalLocalOriginErrors",
+        "connect failures and 5xx answers count together",
+    ),
+    w(
+        "OutlierDetection",
+        "consecutiveLocalOriginFailures",
+        "connect failures and 5xx answers count together",
+    ),
+    en(
+        "ClientTlsSettings",
+        "mode",
+        "ISTIO_MUTUAL and DISABLE; SIMPLE and MUTUAL are refused",
+        &[
+            "crates/mesh-proxy/tests/http_routing::tls_disable_sends_plain_http_to_a_workload_without_a_sidecar",
+        ],
+    ),
+    r("ClientTlsSettings", "clientCertificate", NO_ORIGINATION),
+    r("ClientTlsSettings", "privateKey", NO_ORIGINATION),
+    r("ClientTlsSettings", "caCertificates", NO_ORIGINATION),
+    r("ClientTlsSettings", "credentialName", NO_ORIGINATION),
+    r(
+        "ClientTlsSettings",
+        "subjectAltNames",
+        "the peer is verified by its SPIFFE identity from discovery; custom names are not checked",
+    ),
+    r(
+        "ClientTlsSettings",
+        "sni",
+        "the SNI between sidecars names the service and port (outbound_.PORT_.SUBSET_.HOST)",
+    ),
+    r(
+        "ClientTlsSettings",
+        "insecureSkipVerify",
+        "mesh peers are always verified",
+    ),
+    r("ClientTlsSettings", "caCrl", NO_ORIGINATION),
+    // WorkloadEntry (also ServiceEntry endpoints)
+    e("WorkloadEntrySpec", "address", FILE_REGISTRY),
+    e("WorkloadEntrySpec", "ports", FILE_REGISTRY),
+    e("WorkloadEntrySpec", "labels", FILE_REGISTRY),
+    en(
+        "WorkloadEntrySpec",
+        "network",
+        "endpoints on another network are reached through that network's east-west gateway",
+        FEDERATION,
+    ),
+    e("WorkloadEntrySpec", "locality", FILE_REGISTRY),
+    e("WorkloadEntrySpec", "weight", FEDERATION),
+    e("WorkloadEntrySpec", "serviceAccount", FEDERATION),
+    // PeerAuthentication
+    e("PeerAuthenticationSpec", "selector", PEER_AUTHN),
+    e("PeerAuthenticationSpec", "mtls", PEER_AUTHN),
+    e("PeerAuthenticationSpec", "portLevelMtls", PEER_AUTHN),
+    e("PeerMtls", "mode", PEER_AUTHN),
+    e("WorkloadSelector", "matchLabels", AUTHZ_E2E),
+    // AuthorizationPolicy
+    e("AuthorizationPolicySpec", "selector", AUTHZ_E2E),
+    r(
+        "AuthorizationPolicySpec",
+        "targetRef",
+        "it binds a policy to a gateway or waypoint, which Isthmus does not run; select the workloads with `selector.matchLabels` instead",
+    ),
+    r(
+        "AuthorizationPolicySpec",
+        "targetRefs",
+        "it binds a policy to gateways or waypoints, which Isthmus does not run; select the workloads with `selector.matchLabels` instead",
+    ),
+    e("AuthorizationPolicySpec", "rules", AUTHZ_E2E),
+    en(
+        "AuthorizationPolicySpec",
+        "action",
+        "ALLOW, DENY, AUDIT; CUSTOM is refused (no external authorizer)",
+        AUTHZ_E2E,
+    ),
+    r(
+        "AuthorizationPolicySpec",
+        "provider",
+        "it names an external authorizer for CUSTOM, which Isthmus does not have; express the policy with ALLOW or DENY rules",
+    ),
+    e("Rule", "from", AUTHZ_PRINCIPAL),
+    e("Rule", "to", AUTHZ_PATHS),
+    e("Rule", "when", AUTHZ_WHEN),
+    e("RuleFrom", "source", AUTHZ_PRINCIPAL),
+    e("RuleTo", "operation", AUTHZ_PATHS),
+    en(
+        "Source",
+        "principals",
+        "trust-domain aliases of the local domain match too",
+        AUTHZ_PRINCIPAL,
+    ),
+    e("Source", "notPrincipals", AUTHZ_PRINCIPAL),
+    r(
+        "Source",
+        "requestPrincipals",
+        "it needs a JWT, and JWTs are not validated yet",
+    ),
+    r(
+        "Source",
+        "notRequestPrincipals",
+        "it needs a JWT, and JWTs are not validated yet",
+    ),
+    e("Source", "namespaces", AUTHZ_PRINCIPAL),
+    e(
+        "Source",
+        "notNamespaces",
+        &["crates/mesh-proxy/src/authz/mod::negated_source_fields"],
+    ),
+    e(
+        "Source",
+        "ipBlocks",
+        &["crates/mesh-proxy/src/authz/mod::negated_source_fields"],
+    ),
+    e(
+        "Source",
+        "notIpBlocks",
+        &["crates/mesh-proxy/src/authz/mod::negated_source_fields"],
+    ),
+    en(
+        "Source",
+        "remoteIpBlocks",
+        "the client address is the peer, or the X-Forwarded-For entry left by the trusted proxies (--num-trusted-proxies)",
+        AUTHZ_FAIL_CLOSED,
+    ),
+    e("Source", "notRemoteIpBlocks", AUTHZ_FAIL_CLOSED),
+    en(
+        "Source",
+        "serviceAccounts",
+        "NAMESPACE/NAME in any trust domain the mesh accepts; not with principals or namespaces",
+        AUTHZ_SA,
+    ),
+    e("Source", "notServiceAccounts", AUTHZ_SA),
+    en(
+        "Operation",
+        "hosts",
+        "case-insensitive, with or without the port",
+        AUTHZ_PATHS,
+    ),
+    e(
+        "Operation",
+        "notHosts",
+        &["crates/mesh-proxy/src/authz/mod::negated_operation_fields"],
+    ),
+    e("Operation", "ports", AUTHZ_TCP),
+    e(
+        "Operation",
+        "notPorts",
+        &["crates/mesh-proxy/src/authz/mod::negated_operation_fields"],
+    ),
+    e("Operation", "methods", AUTHZ_E2E),
+    e(
+        "Operation",
+        "notMethods",
+        &["crates/mesh-proxy/src/authz/mod::negated_operation_fields"],
+    ),
+    en(
+        "Operation",
+        "paths",
+        "matched after path normalization (--path-normalization, BASE by default); templates {*} and {**}",
+        &[
+            "crates/mesh-proxy/tests/http_routing::authorization_by_service_account_and_normalized_path",
+        ],
+    ),
+    e(
+        "Operation",
+        "notPaths",
+        &["crates/mesh-proxy/src/authz/mod::negated_operation_fields"],
+    ),
+    en(
+        "Condition",
+        "key",
+        "request.headers[…], source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port, connection.sni; request.auth.* and experimental.* are refused",
+        AUTHZ_WHEN,
+    ),
+    e("Condition", "values", AUTHZ_WHEN),
+    e("Condition", "notValues", AUTHZ_WHEN),
+];
