@@ -57,7 +57,7 @@ pub struct RequestOptions {
 #[derive(Debug, Default)]
 struct Caller {
     /// `spiffe://…` as presented (empty for plaintext).
-    id: Arc<str>,
+    id: String,
     /// `TD/ns/NS/sa/SA` with a trust-domain alias mapped to the local domain.
     principal: String,
     /// The same identity in each trust-domain alias.
@@ -189,10 +189,7 @@ impl Inbound {
             None => (String::new(), Vec::new()),
         };
         let caller = Arc::new(Caller {
-            id: presented
-                .map(|id| id.to_string())
-                .unwrap_or_default()
-                .into(),
+            id: presented.map(|id| id.to_string()).unwrap_or_default(),
             principal,
             aliases,
             sni: conn.server_name().unwrap_or_default().to_owned(),
@@ -225,9 +222,8 @@ impl Inbound {
     /// PeerAuthentication mode is PERMISSIVE or DISABLE; STRICT refuses it.
     async fn plaintext(&self, mut tcp: tokio::net::TcpStream, peer: SocketAddr) {
         let local = tcp.local_addr().ok();
-        let port = crate::capture::original_dst(&tcp)
-            .filter(|d| Some(*d) != local)
-            .map(|d| d.port());
+        let original = crate::capture::original_dst(&tcp);
+        let port = original.filter(|d| Some(*d) != local).map(|d| d.port());
         let state = self.store.snapshot();
         let refuse = |reason: &str| {
             tracing::info!(target: "access", direction = "inbound", protocol = "plaintext", %peer, response_flags = ResponseFlag::Unauthorized.code(), reason, "connection refused");
@@ -243,7 +239,7 @@ impl Inbound {
             principal_aliases: &[],
             source_ip: Some(peer.ip()),
             remote_ip: Some(peer.ip()),
-            destination_ip: crate::capture::original_dst(&tcp).map(|d| d.ip()),
+            destination_ip: original.map(|d| d.ip()),
             port,
             sni: "",
             http: None,
@@ -346,20 +342,21 @@ impl Inbound {
             .remove(crate::peer::PEER_HEADER)
             .and_then(|v| v.to_str().ok().map(crate::peer::decode))
             .unwrap_or_default();
-        // HTTP/2 carries the service in the URI's authority, HTTP/1.1 in Host.
-        let host = parts
+        // HTTP/2 carries the service in the URI's authority, HTTP/1.1 in Host; policies
+        // match it as sent (with the port), spans name the host alone.
+        let authority_sent = parts
             .uri
-            .host()
-            .map(str::to_owned)
+            .authority()
+            .map(|a| a.as_str())
             .or_else(|| {
                 parts
                     .headers
                     .get(http::header::HOST)
                     .and_then(|h| h.to_str().ok())
-                    .map(|h| crate::state::strip_port(h).to_owned())
             })
-            .unwrap_or_default();
-        let service_host = host.clone();
+            .unwrap_or_default()
+            .to_owned();
+        let service_host = crate::state::strip_port(&authority_sent).to_owned();
         let grpc = parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -371,12 +368,8 @@ impl Inbound {
                 .start(|| format!("{service_host}:{service_port}/*"), true, parent);
         span.context().inject(&mut parts.headers);
         // Policies and the application see the normalized path.
-        let normalized = self
-            .requests
-            .path_normalization
-            .apply(parts.uri.path())
-            .into_owned();
-        if normalized != parts.uri.path() {
+        let normalized = self.requests.path_normalization.apply(parts.uri.path());
+        if let std::borrow::Cow::Owned(normalized) = normalized {
             let query = parts
                 .uri
                 .query()
@@ -393,18 +386,6 @@ impl Inbound {
                 }
             }
         }
-        let raw_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
         let decision = state.authz.decide(&Attributes {
             principal: &from.principal,
             principal_aliases: &from.aliases,
@@ -416,7 +397,7 @@ impl Inbound {
             http: Some(HttpAttributes {
                 method: parts.method.as_str(),
                 path: parts.uri.path(),
-                host: &raw_host,
+                host: &authority_sent,
                 headers: &parts.headers,
             }),
         });

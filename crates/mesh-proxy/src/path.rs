@@ -64,10 +64,19 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 impl PathNormalization {
+    /// Whether `path` has nothing to normalize: the common case, checked without
+    /// allocating.
+    fn already_normal(self, path: &str) -> bool {
+        let merge = matches!(self, Self::MergeSlashes | Self::DecodeAndMergeSlashes);
+        let escaped = path.bytes().any(|b| b == b'%' || b == b'\\');
+        let dot_segment = path.split('/').any(|seg| seg == "." || seg == "..");
+        !(escaped || dot_segment || merge && path.contains("//"))
+    }
+
     /// The normalized form of `path` (without its query). Paths that do not start
     /// with `/` (`*`, authority form) are left as they are.
     pub fn apply<'a>(self, path: &'a str) -> Cow<'a, str> {
-        if self == Self::None || !path.starts_with('/') {
+        if self == Self::None || !path.starts_with('/') || self.already_normal(path) {
             return Cow::Borrowed(path);
         }
         let bytes = path.as_bytes();
@@ -165,6 +174,14 @@ mod tests {
         assert_eq!(n(Base, "/caf%C3%A9"), "/caf%C3%A9");
         assert_eq!(n(Base, "/100%"), "/100%", "a lone % is left as it is");
         assert_eq!(n(Base, "*"), "*");
+        assert!(
+            matches!(Base.apply("/a..b/c./.d"), std::borrow::Cow::Borrowed(_)),
+            "dots inside names are no dot segments"
+        );
+        assert!(matches!(
+            MergeSlashes.apply("/a/b"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

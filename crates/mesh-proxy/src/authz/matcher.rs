@@ -44,6 +44,18 @@ impl StringMatcher {
             Self::Present => !value.is_empty(),
         }
     }
+
+    /// As [`matches`](Self::matches), ignoring ASCII case (the pattern was built with
+    /// `lowercase`).
+    pub(crate) fn matches_ignore_case(&self, value: &[u8]) -> bool {
+        let eq = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+        match self {
+            Self::Exact(s) => eq(value, s),
+            Self::Prefix(p) => value.len() >= p.len() && eq(&value[..p.len()], p),
+            Self::Suffix(s) => value.len() >= s.len() && eq(&value[value.len() - s.len()..], s),
+            Self::Present => !value.is_empty(),
+        }
+    }
 }
 
 /// A `paths:` value: a string match or a path template.

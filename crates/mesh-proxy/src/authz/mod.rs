@@ -440,13 +440,12 @@ impl OperationMatch {
         // On TCP the HTTP fields are ignored here: ALLOW rules that name them were
         // already ruled out.
         let Some(h) = &a.http else { return true };
-        let host = h.host.to_ascii_lowercase();
-        let bare = crate::state::strip_port(&host);
+        let bare = crate::state::strip_port(h.host);
         self.methods.check(|m| m.matches(h.method.as_bytes()))
             && self.paths.check(|p| p.matches(h.path))
-            && self
-                .hosts
-                .check(|m| m.matches(host.as_bytes()) || m.matches(bare.as_bytes()))
+            && self.hosts.check(|m| {
+                m.matches_ignore_case(h.host.as_bytes()) || m.matches_ignore_case(bare.as_bytes())
+            })
     }
 }
 
@@ -488,15 +487,23 @@ impl ConditionMatch {
         Ok(match self {
             Self::Header(name, f) => match &a.http {
                 Some(h) => {
-                    // Several values of one header are matched as Envoy joins them.
-                    let joined: Vec<u8> = h
-                        .headers
-                        .get_all(name)
-                        .iter()
-                        .map(http::HeaderValue::as_bytes)
-                        .collect::<Vec<_>>()
-                        .join(&b","[..]);
-                    f.check(|m| m.matches(&joined))
+                    // Several values of one header are matched as Envoy joins them;
+                    // one value (the usual case) is matched where it is.
+                    let mut values = h.headers.get_all(name).iter();
+                    match (values.next(), values.next()) {
+                        (None, _) => f.check(|m| m.matches(b"")),
+                        (Some(v), None) => f.check(|m| m.matches(v.as_bytes())),
+                        _ => {
+                            let joined = h
+                                .headers
+                                .get_all(name)
+                                .iter()
+                                .map(http::HeaderValue::as_bytes)
+                                .collect::<Vec<_>>()
+                                .join(&b","[..]);
+                            f.check(|m| m.matches(&joined))
+                        }
+                    }
                 }
                 // Only a DENY (or AUDIT) rule gets here on TCP: the condition is ignored.
                 None => true,
@@ -732,6 +739,13 @@ mod tests {
             !r.decide(&a),
             "a non-UTF-8 value is compared as bytes, not as empty"
         );
+        let mut r = req(PRODUCTPAGE);
+        r.headers.append("x-user", "alice".parse().unwrap());
+        r.headers.append("x-user", "mallory".parse().unwrap());
+        let a = authorizer(&[
+            "{action: DENY, rules: [{when: [{key: 'request.headers[x-user]', values: ['alice,mal*']}]}]}",
+        ]);
+        assert!(!r.decide(&a), "several values are matched joined with ','");
     }
 
     #[test]
