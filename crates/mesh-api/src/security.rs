@@ -355,27 +355,16 @@ impl Condition {
                 v.error(format!("{:?} {NO_JWT}", self.key));
             }),
             Ok(key) => {
-                let all = self.values.iter().chain(&self.not_values);
-                match key {
-                    ConditionKey::SourceIp
-                    | ConditionKey::RemoteIp
-                    | ConditionKey::DestinationIp => {
-                        for (name, values) in
-                            [("values", &self.values), ("notValues", &self.not_values)]
-                        {
-                            v.each(name, values, |v, b| validate_cidr(v, b));
+                for (name, values) in [("values", &self.values), ("notValues", &self.not_values)] {
+                    v.each(name, values, |v, value| match key {
+                        ConditionKey::SourceIp
+                        | ConditionKey::RemoteIp
+                        | ConditionKey::DestinationIp => validate_cidr(v, value),
+                        ConditionKey::DestinationPort if value.parse::<u16>().is_err() => {
+                            v.error(format!("{value:?} is not a port number"));
                         }
-                    }
-                    ConditionKey::DestinationPort => {
-                        for p in all {
-                            if p.parse::<u16>().is_err() {
-                                v.field("values", |v| {
-                                    v.error(format!("{p:?} is not a port number"))
-                                });
-                            }
-                        }
-                    }
-                    _ => {}
+                        _ => {}
+                    });
                 }
             }
             Err(reason) => v.field("key", |v| v.error(reason)),
@@ -546,16 +535,57 @@ impl PathPattern {
 }
 
 fn validate_cidr(v: &mut Validator, block: &str) {
-    let ok = match block.split_once('/') {
-        Some((ip, len)) => match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
-            (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
-            (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+    if let Err(e) = IpBlock::parse(block) {
+        v.error(e);
+    }
+}
+
+/// An IP address or CIDR block of `ipBlocks`, `remoteIpBlocks` and the address
+/// conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    net: std::net::IpAddr,
+    len: u8,
+}
+
+impl IpBlock {
+    /// Reads `ADDRESS` or `ADDRESS/LENGTH`.
+    pub fn parse(block: &str) -> Result<Self, String> {
+        let bad = || format!("{block:?} is not an IP address or CIDR");
+        let (ip, len) = match block.split_once('/') {
+            Some((ip, len)) => (ip, Some(len.parse::<u8>().map_err(|_| bad())?)),
+            None => (block, None),
+        };
+        let net: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad());
+        }
+        Ok(Self { net, len })
+    }
+
+    /// Whether `ip` is in the block (an IPv4 address seen on an IPv6 socket counts
+    /// as that IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(n) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(n) & mask
+            }
             _ => false,
-        },
-        None => block.parse::<std::net::IpAddr>().is_ok(),
-    };
-    if !ok {
-        v.error(format!("{block:?} is not an IP address or CIDR"));
+        }
     }
 }
 

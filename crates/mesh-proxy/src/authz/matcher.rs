@@ -1,7 +1,6 @@
 //! The value matchers of AuthorizationPolicy, compiled once per config push.
 
-use std::net::IpAddr;
-
+pub(crate) use mesh_api::security::IpBlock;
 use mesh_api::security::{PathPattern, ServiceAccountRef, TemplateSegment};
 
 /// Istio's string match: exact, `prefix*`, `*suffix`, or `*` (any non-empty value).
@@ -102,51 +101,6 @@ impl PathMatcher {
                 }
                 parts.next().is_none()
             }
-        }
-    }
-}
-
-/// An IP address or CIDR block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IpBlock {
-    net: IpAddr,
-    len: u8,
-}
-
-impl IpBlock {
-    pub(crate) fn parse(block: &str) -> Result<Self, String> {
-        let bad = || format!("{block:?} is not an IP address or CIDR");
-        let (ip, len) = match block.split_once('/') {
-            Some((ip, len)) => (ip, Some(len.parse::<u8>().map_err(|_| bad())?)),
-            None => (block, None),
-        };
-        let net: IpAddr = ip.parse().map_err(|_| bad())?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let len = len.unwrap_or(max);
-        if len > max {
-            return Err(bad());
-        }
-        Ok(Self { net, len })
-    }
-
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4 peer seen on an IPv6 socket is still that IPv4 address.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(a) & mask == u32::from(n) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(a) & mask == u128::from(n) & mask
-            }
-            _ => false,
         }
     }
 }

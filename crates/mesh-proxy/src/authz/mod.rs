@@ -281,35 +281,35 @@ impl CompiledRule {
     }
 }
 
-/// One of the checks holds (true when there are none). An undeterminable check
-/// makes the result undeterminable unless another one holds.
+/// One of the checks holds (true when there are none: an empty list sets no
+/// condition).
 fn any_of(checks: impl ExactSizeIterator<Item = Result<bool, String>>) -> Result<bool, String> {
     if checks.len() == 0 {
         return Ok(true);
     }
-    let mut unknown = None;
-    for c in checks {
-        match c {
-            Ok(true) => return Ok(true),
-            Ok(false) => {}
-            Err(e) => unknown = Some(e),
-        }
-    }
-    unknown.map_or(Ok(false), Err)
+    settle(checks, true)
 }
 
-/// Every check holds. An undeterminable check makes the result undeterminable
-/// unless another one fails.
+/// Every check holds.
 fn all_of(checks: impl Iterator<Item = Result<bool, String>>) -> Result<bool, String> {
+    settle(checks, false)
+}
+
+/// The first check that comes out `decisive` decides; otherwise an undeterminable
+/// check leaves the result undeterminable, and with none it is `!decisive`.
+fn settle(
+    checks: impl Iterator<Item = Result<bool, String>>,
+    decisive: bool,
+) -> Result<bool, String> {
     let mut unknown = None;
     for c in checks {
         match c {
-            Ok(true) => {}
-            Ok(false) => return Ok(false),
+            Ok(v) if v == decisive => return Ok(decisive),
+            Ok(_) => {}
             Err(e) => unknown = Some(e),
         }
     }
-    unknown.map_or(Ok(true), Err)
+    unknown.map_or(Ok(!decisive), Err)
 }
 
 fn strings(values: &[String], not_values: &[String]) -> Result<Field<StringMatcher>, String> {
