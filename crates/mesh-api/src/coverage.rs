@@ -118,16 +118,15 @@ fn root_type(root: &Value) -> String {
         .to_owned()
 }
 
-/// Every field reachable from a kind's spec, stopping below refused fields (a refused
-/// field's contents need no classification of their own).
-pub fn reachable_fields(schema: &Value) -> BTreeSet<SchemaField> {
-    let mut out = BTreeSet::new();
-    let mut todo = vec![root_type(schema)];
-    let mut seen = BTreeSet::new();
-    while let Some(ty) = todo.pop() {
-        if !seen.insert(ty.clone()) {
-            continue;
-        }
+/// Every field reachable from a kind's spec, type by type in the order the types
+/// are reached (fields by name), stopping below refused fields (a refused field's
+/// contents need no classification of their own).
+pub fn reachable_fields(schema: &Value) -> Vec<SchemaField> {
+    let mut out = Vec::new();
+    let mut types = vec![root_type(schema)];
+    let mut next = 0;
+    while let Some(ty) = types.get(next).cloned() {
+        next += 1;
         let Some(props) = properties(schema, &ty) else {
             continue;
         };
@@ -136,10 +135,11 @@ pub fn reachable_fields(schema: &Value) -> BTreeSet<SchemaField> {
             let refused = lookup(&ty, field).is_some_and(|f| f.support == Support::Refused);
             if let Some(c) = &child
                 && !refused
+                && !types.contains(c)
             {
-                todo.push(c.clone());
+                types.push(c.clone());
             }
-            out.insert(SchemaField {
+            out.push(SchemaField {
                 ty: ty.clone(),
                 field: field.clone(),
                 child,
@@ -203,9 +203,12 @@ pub fn all() -> &'static [FieldSupport] {
 
 /// The classification of `ty.field`.
 pub fn lookup(ty: &str, field: &str) -> Option<&'static FieldSupport> {
-    crate::coverage_table::FIELDS
-        .iter()
-        .find(|f| f.ty == ty && f.field == field)
+    type Index = std::collections::HashMap<(&'static str, &'static str), &'static FieldSupport>;
+    static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
+    INDEX
+        .get_or_init(|| all().iter().map(|f| ((f.ty, f.field), f)).collect())
+        .get(&(ty, field))
+        .copied()
 }
 
 /// A present field that is accepted without effect.
@@ -279,11 +282,13 @@ fn walk(
             }),
             _ => {}
         }
-        let Some(child) = props.and_then(|p| p.get(field)).and_then(ref_name) else {
+        let Some(field_schema) = props.and_then(|p| p.get(field)) else {
             continue;
         };
-        let field_schema = props.and_then(|p| p.get(field));
-        match (v, field_schema.map(shape)) {
+        let Some(child) = ref_name(field_schema) else {
+            continue;
+        };
+        match (v, shape(field_schema)) {
             (Value::Array(items), _) => {
                 for (i, item) in items.iter().enumerate() {
                     walk(
@@ -296,7 +301,7 @@ fn walk(
                     );
                 }
             }
-            (Value::Object(map), Some(Shape::Map)) => {
+            (Value::Object(map), Shape::Map) => {
                 for (k, item) in map {
                     walk(
                         schema,
@@ -318,30 +323,6 @@ pub const DOC_FILE: &str = "docs/api-coverage.md";
 
 /// The command that regenerates [`DOC_FILE`].
 pub const REGENERATE: &str = "cargo run -p meshctl -- api-coverage --out docs/api-coverage.md";
-
-/// Every classified field reachable from `kind`'s spec, in the order the doc lists
-/// them (types in the order they are reached, fields by name).
-fn fields_of(schema: &Value) -> Vec<(SchemaField, Option<&'static FieldSupport>)> {
-    let mut order = vec![root_type(schema)];
-    let mut out = Vec::new();
-    let reachable = reachable_fields(schema);
-    let mut i = 0;
-    while i < order.len() {
-        let ty = order[i].clone();
-        for f in reachable.iter().filter(|f| f.ty == ty) {
-            let support = lookup(&f.ty, &f.field);
-            if let Some(c) = &f.child
-                && !order.contains(c)
-                && support.is_none_or(|s| s.support != Support::Refused)
-            {
-                order.push(c.clone());
-            }
-            out.push((f.clone(), support));
-        }
-        i += 1;
-    }
-    out
-}
 
 /// `docs/api-coverage.md`: kind → field → state → the tests that prove it.
 pub fn markdown() -> String {
@@ -366,7 +347,8 @@ pub fn markdown() -> String {
             continue;
         }
         md.push_str("| field | state | notes | tests |\n| --- | --- | --- | --- |\n");
-        for (f, support) in fields_of(&schema) {
+        for f in reachable_fields(&schema) {
+            let support = lookup(&f.ty, &f.field);
             if !listed.insert((f.ty.clone(), f.field.clone())) {
                 continue;
             }

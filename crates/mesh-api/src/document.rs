@@ -97,22 +97,6 @@ impl Resource {
         }
         v.into_errors()
     }
-
-    /// Fields present that Isthmus accepts without effect (the coverage contract's
-    /// *warned* fields), with their paths.
-    pub fn warnings(&self) -> Vec<crate::coverage::FieldWarning> {
-        let spec = match self {
-            Self::VirtualService(r) => serde_json::to_value(&r.spec),
-            Self::DestinationRule(r) => serde_json::to_value(&r.spec),
-            Self::Gateway(r) => serde_json::to_value(&r.spec),
-            Self::ServiceEntry(r) => serde_json::to_value(&r.spec),
-            Self::PeerAuthentication(r) => serde_json::to_value(&r.spec),
-            Self::AuthorizationPolicy(r) => serde_json::to_value(&r.spec),
-            Self::RequestAuthentication(r) => serde_json::to_value(&r.spec),
-        };
-        spec.map(|s| crate::coverage::check(self.kind(), &s).1)
-            .unwrap_or_default()
-    }
 }
 
 /// Why a document was refused: which object, and every field that is wrong.
@@ -230,7 +214,15 @@ pub fn type_meta(doc: &Value) -> (&str, &str) {
 
 /// Reads one Istio resource from its JSON value (as the Kubernetes API returns it),
 /// then validates it.
-pub fn from_value(mut doc: Value) -> Result<Resource, ResourceError> {
+pub fn from_value(doc: Value) -> Result<Resource, ResourceError> {
+    from_value_with_warnings(doc).map(|(r, _)| r)
+}
+
+/// As [`from_value`], with the fields present that Isthmus accepts without effect
+/// (the coverage contract's *warned* fields), for `meshctl analyze`.
+pub fn from_value_with_warnings(
+    mut doc: Value,
+) -> Result<(Resource, Vec<crate::coverage::FieldWarning>), ResourceError> {
     let (api_version, kind) = type_meta(&doc);
     let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
     let meta_value = doc
@@ -288,7 +280,7 @@ pub fn from_value(mut doc: Value) -> Result<Resource, ResourceError> {
     let (namespace, name) = (meta.namespace.clone(), meta.name.clone());
     // Fields Isthmus cannot honour are refused by the coverage contract, whole kinds
     // first (their specs are not read further).
-    let (refused, _) = crate::coverage::check(&kind, &spec);
+    let (refused, warnings) = crate::coverage::check(&kind, &spec);
     if crate::coverage::kind_refused(&kind).is_some() {
         return Err(ResourceError {
             kind,
@@ -334,7 +326,7 @@ pub fn from_value(mut doc: Value) -> Result<Resource, ResourceError> {
     let mut errors = refused;
     errors.extend(resource.validate());
     if errors.is_empty() {
-        Ok(resource)
+        Ok((resource, warnings))
     } else {
         Err(ResourceError {
             kind,

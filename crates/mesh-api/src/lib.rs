@@ -34,7 +34,7 @@ pub mod validate;
 
 pub use document::{
     KINDS, NETWORKING_GROUP, NETWORKING_VERSIONS, Resource, ResourceError, SECURITY_GROUP,
-    SECURITY_VERSIONS, from_value, is_istio_kind, parse_resource, parse_resources, split_documents,
-    type_meta,
+    SECURITY_VERSIONS, from_value, from_value_with_warnings, is_istio_kind, parse_resource,
+    parse_resources, split_documents, type_meta,
 };
 pub use duration::Duration;

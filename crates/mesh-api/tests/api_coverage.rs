@@ -2,22 +2,8 @@
 //! names tests that exist and mention it, refused fields are refused where they
 //! appear, and docs/api-coverage.md is what the table generates.
 
-use std::path::{Path, PathBuf};
-
 use mesh_api::coverage::{self, Support};
-
-/// This checkout's root, found at run time (a shared build cache may hold binaries
-/// compiled in another checkout).
-fn workspace_root() -> PathBuf {
-    let start = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::current_dir().unwrap());
-    start
-        .ancestors()
-        .find(|d| d.join("Cargo.lock").is_file())
-        .map(Path::to_path_buf)
-        .expect("workspace root")
-}
+use testbed::workspace_root;
 
 #[test]
 fn every_field_of_every_kind_is_classified() {

@@ -71,6 +71,8 @@ impl fmt::Display for Finding {
 pub(crate) struct Input {
     /// Istio resources (or why they could not be read).
     pub(crate) resources: Vec<Result<Resource, mesh_api::ResourceError>>,
+    /// Fields accepted without effect: (`Kind namespace/name`, where and why).
+    pub(crate) warned_fields: Vec<(String, mesh_api::coverage::FieldWarning)>,
     /// Service host names (FQDN).
     pub(crate) services: BTreeSet<String>,
     /// Known namespaces; `None` when nothing says which exist.
@@ -82,7 +84,15 @@ impl Input {
     pub(crate) fn add_document(&mut self, doc: serde_json::Value) {
         let (api_version, kind) = mesh_api::type_meta(&doc);
         if mesh_api::is_istio_kind(api_version, kind) && kind != "WorkloadEntry" {
-            self.resources.push(mesh_api::from_value(doc));
+            match mesh_api::from_value_with_warnings(doc) {
+                Ok((r, warnings)) => {
+                    let name = object(&r);
+                    self.warned_fields
+                        .extend(warnings.into_iter().map(|w| (name.clone(), w)));
+                    self.resources.push(Ok(r));
+                }
+                Err(e) => self.resources.push(Err(e)),
+            }
             return;
         }
         match discovery::files::object_from_value(doc) {
@@ -139,18 +149,16 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
     }
 
     // Fields accepted without effect (the API coverage contract's warned fields).
-    for r in &resources {
-        for w in r.warnings() {
-            out.push(Finding {
-                severity: Severity::Warning,
-                code: "ISM0001",
-                object: object(r),
-                field: w.path,
-                message: w.reason,
-                fix: "remove the field, or see docs/api-coverage.md for what Isthmus does instead"
-                    .into(),
-            });
-        }
+    for (object, w) in &input.warned_fields {
+        out.push(Finding {
+            severity: Severity::Warning,
+            code: "ISM0001",
+            object: object.clone(),
+            field: w.path.clone(),
+            message: w.reason.clone(),
+            fix: "remove the field, or see docs/api-coverage.md for what Isthmus does instead"
+                .into(),
+        });
     }
 
     // Hosts known: Services and ServiceEntry hosts.
