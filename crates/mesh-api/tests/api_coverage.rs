@@ -36,14 +36,17 @@ fn every_field_of_every_kind_is_classified() {
     );
 }
 
-/// The body of `fn NAME` in `text`, up to the next line that closes an item.
+/// The body of `fn NAME` in `text`: up to the closing brace at the indentation of
+/// its `fn` line, so that a later test's text never counts for this one.
 fn body<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    let start = text.find(&format!("fn {name}("))?;
-    let rest = &text[start..];
-    let end = rest
-        .find("\n}\n")
-        .or_else(|| rest.find("\n    }\n"))
-        .unwrap_or(rest.len());
+    let at = text.find(&format!("fn {name}("))?;
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let indent: String = text[line_start..]
+        .chars()
+        .take_while(|c| *c == ' ')
+        .collect();
+    let rest = &text[at..];
+    let end = rest.find(&format!("\n{indent}}}\n")).unwrap_or(rest.len());
     Some(&rest[..end])
 }
 

@@ -573,6 +573,10 @@ mod tests {
 
     impl Req {
         fn decide(&self, a: &Authorizer) -> bool {
+            matches!(self.decision(a), Decision::Allow { .. })
+        }
+
+        fn decision(&self, a: &Authorizer) -> Decision {
             let attrs = Attributes {
                 principal: self.principal,
                 principal_aliases: &self.aliases,
@@ -588,7 +592,7 @@ mod tests {
                     headers: &self.headers,
                 }),
             };
-            matches!(a.decide(&attrs), Decision::Allow { .. })
+            a.decide(&attrs)
         }
     }
 
@@ -818,8 +822,16 @@ mod tests {
             req(PRODUCTPAGE).decide(&authorizer(&["{action: DENY}"])),
             "DENY without rules"
         );
-        let a = authorizer(&["{action: AUDIT, rules: [{}]}"]);
-        let attrs_allow = req(PRODUCTPAGE).decide(&a);
-        assert!(attrs_allow, "AUDIT never denies");
+        let a = authorizer(&[
+            "{action: AUDIT, rules: [{}]}",
+            "{action: AUDIT, rules: [{to: [{operation: {paths: [/admin]}}]}]}",
+        ]);
+        assert_eq!(
+            req(PRODUCTPAGE).decision(&a),
+            Decision::Allow {
+                audited: vec!["shop/p0".into()]
+            },
+            "AUDIT never denies; only the matching policy is recorded"
+        );
     }
 }
