@@ -18,21 +18,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
-# As root the tests build pods and cluster networks (network namespaces, veth pairs,
-# iptables capture): those tools come from the distribution.
+# Tools the tests run, from the distribution: shellcheck (the scripts' lint test)
+# and, as root, what pods and cluster networks need (network namespaces, veth pairs,
+# iptables capture).
+pkgs=()
+command -v shellcheck >/dev/null || pkgs+=(shellcheck)
 if [ "$(id -u)" = 0 ]; then
-  pkgs=()
   command -v ip >/dev/null || pkgs+=(iproute2)
   command -v iptables >/dev/null || pkgs+=(iptables)
-  if [ ${#pkgs[@]} -gt 0 ]; then
-    if command -v apt-get >/dev/null; then
-      echo "tools/test.sh: installing ${pkgs[*]} (network namespaces and capture tests)" >&2
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
-    else
-      echo "tools/test.sh: install ${pkgs[*]} (network namespaces and capture tests run as root)" >&2
-      exit 1
-    fi
+fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "tools/test.sh: installing ${pkgs[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  else
+    echo "tools/test.sh: install ${pkgs[*]} first (Debian: apt-get install ${pkgs[*]})" >&2
+    exit 1
   fi
 fi
 
