@@ -529,7 +529,11 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         &["crates/mesh-proxy/src/lb::failover_follows_the_from_to_pairs"],
     ),
     e("LocalityLbSetting", "failoverPriority", FAILOVER),
-    e("LocalityLbSetting", "enabled", OUTLIER),
+    e(
+        "LocalityLbSetting",
+        "enabled",
+        &["crates/mesh-proxy/src/lb::failover_follows_the_from_to_pairs"],
+    ),
     e("LocalityDistribute", "from", DISTRIBUTE),
     e("LocalityDistribute", "to", DISTRIBUTE),
     e(
