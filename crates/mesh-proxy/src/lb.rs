@@ -483,7 +483,7 @@ impl PoolLimits {
 }
 
 #[cfg(test)]
-mod compile_tests {
+mod tests {
     use super::*;
 
     #[test]
