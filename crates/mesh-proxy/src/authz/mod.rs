@@ -217,10 +217,19 @@ fn compile_policy(spec: &AuthorizationPolicySpec) -> Result<Vec<CompiledRule>, S
     if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
         return Err("targetRef is not supported; select workloads with `selector`".into());
     }
-    spec.rules
+    each(&spec.rules, "spec.rules", CompiledRule::compile)
+}
+
+/// Compiles each item of a list, an error naming the item's path (`field[i].…`).
+fn each<T, U>(
+    items: &[T],
+    field: &str,
+    compile: impl Fn(&T) -> Result<U, String>,
+) -> Result<Vec<U>, String> {
+    items
         .iter()
         .enumerate()
-        .map(|(i, r)| CompiledRule::compile(r).map_err(|e| format!("spec.rules[{i}].{e}")))
+        .map(|(i, item)| compile(item).map_err(|e| format!("{field}[{i}].{e}")))
         .collect()
 }
 
@@ -235,28 +244,13 @@ struct CompiledRule {
 
 impl CompiledRule {
     fn compile(r: &Rule) -> Result<Self, String> {
-        let from = r
-            .from
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                SourceMatch::compile(&f.source).map_err(|e| format!("from[{i}].source.{e}"))
-            })
-            .collect::<Result<_, _>>()?;
-        let to: Vec<OperationMatch> = r
-            .to
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                OperationMatch::compile(&t.operation).map_err(|e| format!("to[{i}].operation.{e}"))
-            })
-            .collect::<Result<_, _>>()?;
-        let when: Vec<ConditionMatch> = r
-            .when
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ConditionMatch::compile(c).map_err(|e| format!("when[{i}].{e}")))
-            .collect::<Result<_, _>>()?;
+        let from = each(&r.from, "from", |f| {
+            SourceMatch::compile(&f.source).map_err(|e| format!("source.{e}"))
+        })?;
+        let to: Vec<OperationMatch> = each(&r.to, "to", |t| {
+            OperationMatch::compile(&t.operation).map_err(|e| format!("operation.{e}"))
+        })?;
+        let when: Vec<ConditionMatch> = each(&r.when, "when", ConditionMatch::compile)?;
         let http_only = to.iter().any(OperationMatch::has_http_fields)
             || when.iter().any(|c| matches!(c, ConditionMatch::Header(..)));
         Ok(Self {
