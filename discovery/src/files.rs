@@ -42,7 +42,13 @@ pub fn object_from_value(doc: serde_json::Value) -> Result<Option<Object>, Strin
                 Ok(None)
             }
         }
-        _ if mesh_api::is_istio_kind(&api_version, &kind) => Ok(Some(Object::Istio(doc))),
+        // Istio kinds Isthmus does not read (Sidecar, EnvoyFilter, ...) go to the
+        // registry too, which refuses them by name instead of dropping them unseen.
+        _ if mesh_api::is_istio_kind(&api_version, &kind)
+            || mesh_api::is_istio_group(&api_version) =>
+        {
+            Ok(Some(Object::Istio(doc)))
+        }
         // Other kinds (Secrets, ConfigMaps, ...) are not the registry's.
         _ => Ok(None),
     }

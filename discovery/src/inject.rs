@@ -3,10 +3,11 @@
 //! namespaces labelled `istio-injection=enabled`, unless the Pod says
 //! `sidecar.istio.io/inject: "false"` (annotation or label), as Istio's injector does.
 //!
-//! The webhook serves a certificate from its own CA, made at start (names: the
-//! discovery Service, `localhost`, `127.0.0.1`); with Kubernetes, discovery writes that
-//! CA into the `caBundle` of its MutatingWebhookConfiguration so the API server trusts
-//! it, and publishes the mesh root to every namespace as ConfigMap
+//! The same HTTPS port serves the validating webhook (`/validate`, see
+//! [`crate::validate`]). It serves a certificate from its own CA, made at start
+//! (names: the discovery Service, `localhost`, `127.0.0.1`); with Kubernetes,
+//! discovery writes that CA into the `caBundle` of its Mutating- and
+//! ValidatingWebhookConfiguration so the API server trusts it, and publishes the mesh root to every namespace as ConfigMap
 //! `istio-ca-root-cert` for the injected sidecars.
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use mesh_proxy::http_util::{Body, text_response};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
 
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// Namespace label that turns injection on.
@@ -271,6 +273,7 @@ pub async fn serve(
     cert: WebhookCert,
     config: InjectConfig,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config()?));
     let config = Arc::new(config);
@@ -278,7 +281,12 @@ pub async fn serve(
         let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
-        let (acceptor, config, registry) = (acceptor.clone(), config.clone(), registry.clone());
+        let (acceptor, config, registry, metrics) = (
+            acceptor.clone(),
+            config.clone(),
+            registry.clone(),
+            metrics.clone(),
+        );
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,
@@ -289,9 +297,12 @@ pub async fn serve(
             };
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (config, registry) = (config.clone(), registry.clone());
+                    let (config, registry, metrics) =
+                        (config.clone(), registry.clone(), metrics.clone());
                     async move {
-                        Ok::<_, std::convert::Infallible>(handle(req, &config, &registry).await)
+                        Ok::<_, std::convert::Infallible>(
+                            handle(req, &config, &registry, &metrics).await,
+                        )
                     }
                 });
             let _ =
@@ -306,15 +317,26 @@ async fn handle(
     req: http::Request<hyper::body::Incoming>,
     config: &InjectConfig,
     registry: &Registry,
+    metrics: &Metrics,
 ) -> http::Response<Body> {
-    if req.uri().path() != "/inject" || req.method() != http::Method::POST {
-        return text_response(StatusCode::NOT_FOUND, "text/plain", "POST /inject\n".into());
+    let path = req.uri().path().to_owned();
+    if !matches!(path.as_str(), "/inject" | "/validate") || req.method() != http::Method::POST {
+        return text_response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "POST /inject or /validate\n".into(),
+        );
     }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return text_response(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     };
-    match review(&body, config, registry) {
+    let answer = if path == "/validate" {
+        crate::validate::review(&body, metrics)
+    } else {
+        review(&body, config, registry)
+    };
+    match answer {
         Ok(v) => text_response(StatusCode::OK, "application/json", v.to_string()),
         Err(e) => text_response(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     }
@@ -391,6 +413,8 @@ pub struct InjectOptions {
     pub config: InjectConfig,
     /// The MutatingWebhookConfiguration whose caBundle discovery keeps (Kubernetes).
     pub webhook_config: Option<String>,
+    /// The ValidatingWebhookConfiguration whose caBundle discovery keeps (Kubernetes).
+    pub validating_config: Option<String>,
     /// DNS names for the serving certificate (e.g. `isthmus-discovery.istio-system.svc`).
     pub dns_names: Vec<String>,
 }

@@ -16,6 +16,7 @@ pub mod peering;
 pub mod push;
 pub mod registry;
 pub mod server;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -146,6 +147,27 @@ impl Options {
             links: peering::LinkOptions::default(),
             tracing: mesh_telemetry::trace::Tracing::disabled(),
         }
+    }
+}
+
+/// Writes the webhook CA into the caBundle of webhook configuration `name`
+/// (validating or mutating), retrying until it exists: it may be applied after
+/// discovery starts.
+async fn keep_ca_bundle(client: kube::Client, name: String, pem: String, validating: bool) {
+    loop {
+        let written = if validating {
+            validate::patch_ca_bundle(&client, &name, &pem).await
+        } else {
+            inject::patch_ca_bundle(&client, &name, &pem).await
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(webhook = %name, "caBundle written");
+                return;
+            }
+            Err(e) => tracing::debug!(webhook = %name, error = %e, "caBundle not written yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -372,28 +394,29 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
             let mut config = inj.config.clone();
             config.trust_domain = td.to_string();
             config.cluster = options.cluster.clone();
-            let reg = registry.clone();
+            let (reg, m) = (registry.clone(), metrics.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = inject::serve(l, cert, config, reg).await {
-                    tracing::error!(error = %e, "injection webhook stopped");
+                if let Err(e) = inject::serve(l, cert, config, reg, m).await {
+                    tracing::error!(error = %e, "webhook server stopped");
                 }
             }));
-            if let (Source::Kubernetes(client), Some(name)) = (&options.source, &inj.webhook_config)
-            {
-                let (client, name, pem) = (client.clone(), name.clone(), ca_pem.clone());
-                tasks.push(tokio::spawn(async move {
-                    // The configuration may be applied after discovery starts: retry.
-                    loop {
-                        match inject::patch_ca_bundle(&client, &name, &pem).await {
-                            Ok(()) => {
-                                tracing::info!(webhook = %name, "caBundle written");
-                                return;
-                            }
-                            Err(e) => tracing::debug!(webhook = %name, error = %e, "caBundle not written yet"),
-                        }
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }));
+            if let Source::Kubernetes(client) = &options.source {
+                if let Some(name) = &inj.webhook_config {
+                    tasks.push(tokio::spawn(keep_ca_bundle(
+                        client.clone(),
+                        name.clone(),
+                        ca_pem.clone(),
+                        false,
+                    )));
+                }
+                if let Some(name) = &inj.validating_config {
+                    tasks.push(tokio::spawn(keep_ca_bundle(
+                        client.clone(),
+                        name.clone(),
+                        ca_pem.clone(),
+                        true,
+                    )));
+                }
             }
             Some((addr, ca_pem))
         }

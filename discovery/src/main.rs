@@ -53,8 +53,8 @@ struct Args {
     /// Longest a change waits for a push.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     debounce_max: Duration,
-    /// Serve the sidecar injection webhook (HTTPS, /inject) on this address (Istio's
-    /// injector port is 15017).
+    /// Serve the sidecar injection and validation webhooks (HTTPS, /inject and
+    /// /validate) on this address (Istio's webhook port is 15017).
     #[arg(long)]
     injector_listen: Option<SocketAddr>,
     /// Image of the injected sidecar and init containers.
@@ -63,6 +63,10 @@ struct Args {
     /// The MutatingWebhookConfiguration whose caBundle discovery keeps up to date.
     #[arg(long, default_value = "isthmus-sidecar-injector")]
     webhook_config: String,
+    /// The ValidatingWebhookConfiguration whose caBundle discovery keeps up to date
+    /// (its webhook calls /validate on the injector's port).
+    #[arg(long, default_value = discovery::validate::WEBHOOK_CONFIG)]
+    validating_webhook_config: String,
     /// Discovery's address as injected sidecars reach it (default:
     /// isthmus-discovery.NAMESPACE.svc:15012).
     #[arg(long)]
@@ -139,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
                 cluster: args.cluster.clone(),
             },
             webhook_config: Some(args.webhook_config.clone()),
+            validating_config: Some(args.validating_webhook_config.clone()),
             dns_names: vec![service.clone(), format!("{service}.cluster.local")],
         });
     }

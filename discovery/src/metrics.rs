@@ -25,6 +25,14 @@ pub struct Metrics {
     pub csr_signed: Counter,
     /// Certificate requests refused.
     pub csr_refused: Counter,
+    /// Objects the validating webhook allowed.
+    pub validation_passed: Counter,
+    /// Objects the validating webhook refused.
+    pub validation_failed: Counter,
+    /// Input objects refused now (set at each scrape).
+    pub config_refused: Gauge,
+    /// Fields in force that are accepted without effect (set at each scrape).
+    pub config_warned_fields: Gauge,
 }
 
 impl Default for Metrics {
@@ -39,6 +47,10 @@ impl Default for Metrics {
             queue_time: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             csr_signed: Counter::default(),
             csr_refused: Counter::default(),
+            validation_passed: Counter::default(),
+            validation_failed: Counter::default(),
+            config_refused: Gauge::default(),
+            config_warned_fields: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("pushes", "Config pushes sent", m.pushes.clone());
@@ -72,6 +84,26 @@ impl Default for Metrics {
             "csr_refused",
             "Workload certificate requests refused",
             m.csr_refused.clone(),
+        );
+        registry.register(
+            "validation_passed",
+            "Istio objects the validating webhook allowed",
+            m.validation_passed.clone(),
+        );
+        registry.register(
+            "validation_failed",
+            "Istio objects the validating webhook refused",
+            m.validation_failed.clone(),
+        );
+        registry.register(
+            "config_refused_objects",
+            "Input objects refused (their last good version, if any, stays in force)",
+            m.config_refused.clone(),
+        );
+        registry.register(
+            "config_warned_fields",
+            "Fields of objects in force that Isthmus accepts without effect (see meshctl analyze)",
+            m.config_warned_fields.clone(),
         );
         Self { registry, ..m }
     }

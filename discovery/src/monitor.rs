@@ -61,11 +61,16 @@ pub async fn serve(listener: TcpListener, views: Views) {
                 "text/plain",
                 "registry or links not synced yet\n".into(),
             ),
-            "/metrics" => text_response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics.encode(),
-            ),
+            "/metrics" => {
+                let (refused, warned) = registry.input_health();
+                metrics.config_refused.set(refused as i64);
+                metrics.config_warned_fields.set(warned as i64);
+                text_response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    metrics.encode(),
+                )
+            }
             "/debug/registry" => json(registry.summary()),
             "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
             "/debug/syncz" => {

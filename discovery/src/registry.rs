@@ -247,6 +247,8 @@ struct Inner {
     /// Istio objects by key: the last good JSON.
     istio: BTreeMap<String, serde_json::Value>,
     errors: BTreeMap<String, InputError>,
+    /// Fields accepted without effect, per Istio object in force (`path: reason`).
+    warned: BTreeMap<String, Vec<String>>,
     file_errors: Vec<String>,
     /// Cluster links by Secret key.
     links: BTreeMap<String, crate::links::Link>,
@@ -441,6 +443,14 @@ impl Registry {
         inner.errors.values().cloned().chain(files).collect()
     }
 
+    /// How healthy the inputs are: (objects refused now, fields of objects in force
+    /// that are accepted without effect).
+    pub fn input_health(&self) -> (usize, usize) {
+        let inner = self.lock();
+        let warned = inner.warned.values().map(Vec::len).sum();
+        (inner.errors.len() + inner.file_errors.len(), warned)
+    }
+
     /// Replaces the file registry's errors (documents it could not read).
     pub fn set_file_errors(&self, errors: Vec<String>) {
         self.lock().file_errors = errors;
@@ -506,6 +516,7 @@ impl Registry {
             }
             Object::Istio(_) => {
                 inner.istio.remove(&key);
+                inner.warned.remove(&key);
                 let gen_ = inner.generation + 1;
                 inner.generation = gen_;
                 set_output(&mut inner, &key, None, gen_);
@@ -522,6 +533,7 @@ impl Registry {
         let mut inner = self.lock();
         inner.errors.remove(key);
         inner.links.remove(key);
+        inner.warned.remove(key);
         if inner.istio.remove(key).is_some() {
             let gen_ = inner.generation + 1;
             inner.generation = gen_;
@@ -720,8 +732,16 @@ impl Registry {
                     meta.remove("uid");
                     meta.remove("creationTimestamp");
                 }
-                let resource = match mesh_api::from_value(value.clone()) {
-                    Ok(r) => r,
+                let resource = match mesh_api::from_value_with_warnings(value.clone()) {
+                    Ok((r, warned)) => {
+                        if warned.is_empty() {
+                            inner.warned.remove(&key);
+                        } else {
+                            let list = warned.iter().map(|w| format!("{}: {}", w.path, w.reason));
+                            inner.warned.insert(key.clone(), list.collect());
+                        }
+                        r
+                    }
                     Err(e) => return Err(refuse(inner, &key, e.to_string())),
                 };
                 inner.errors.remove(&key);
@@ -1245,6 +1265,7 @@ impl Registry {
                 "endpoints": r.services.values().map(|(s, _)| s.endpoints.len()).sum::<usize>(),
             })).collect::<Vec<_>>(),
             "errors": inner.errors.values().collect::<Vec<_>>(),
+            "warnedFields": inner.warned,
             "fileErrors": inner.file_errors,
         })
     }

@@ -393,6 +393,7 @@ async fn the_webhook_injects_pods_in_labelled_namespaces_only() {
             cluster: String::new(),
         },
         webhook_config: Some("isthmus-sidecar-injector".into()),
+        validating_config: None,
         dns_names: vec!["isthmus-discovery.istio-system.svc".into()],
     });
     // The CRDs are not installed here; the Istio watchers retry in the background.
@@ -481,4 +482,164 @@ async fn the_webhook_injects_pods_in_labelled_namespaces_only() {
         assert!(start.elapsed() < T, "root ConfigMap never published");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+const VALIDATE_BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+"#;
+
+const GOOD_VS: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}]}]
+"#;
+
+/// The same object with two refused fields: a weight below zero and an edit of
+/// headers per destination.
+const BAD_VS: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+      weight: -5
+      headers: {request: {set: {x-a: b}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_of_an_invalid_object_fails_with_the_analyzer_message() {
+    let bins = testbed::KubeBins::locate().unwrap();
+    let cps = testbed::start_control_planes(&bins, &["east"])
+        .await
+        .unwrap();
+    let client = cps[0].client().await.unwrap();
+    testbed::apply::apply_crds(&client).await.unwrap();
+    apply_yaml(&client, VALIDATE_BASE, "default", Mode::Apply)
+        .await
+        .unwrap();
+
+    let pki = Pki::new("east");
+    let mut options = options("east", discovery::Source::Kubernetes(client.clone()), &pki);
+    options.inject = Some(discovery::inject::InjectOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config: discovery::inject::InjectConfig {
+            image: "isthmus/proxy:test".into(),
+            discovery_address: "isthmus-discovery.istio-system.svc:15012".into(),
+            trust_domain: String::new(),
+            cluster: String::new(),
+        },
+        webhook_config: None,
+        validating_config: Some(discovery::validate::WEBHOOK_CONFIG.into()),
+        dns_names: vec!["isthmus-discovery.istio-system.svc".into()],
+    });
+    let discovery = discovery::start(options).await.unwrap();
+    let (addr, ca_pem) = discovery.webhook.clone().unwrap();
+    let vwc = discovery::validate::webhook_configuration(&format!(
+        "{{url: \"https://{addr}/validate\"}}"
+    ));
+    apply_yaml(&client, &vwc, "default", Mode::Apply)
+        .await
+        .unwrap();
+    // Discovery writes its CA and turns the webhook fail-closed.
+    let vwcs: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let start = std::time::Instant::now();
+    loop {
+        let hook = vwcs.get(discovery::validate::WEBHOOK_CONFIG).await.unwrap();
+        let hook = hook.webhooks.unwrap().remove(0);
+        if hook
+            .client_config
+            .ca_bundle
+            .is_some_and(|b| b.0 == ca_pem.as_bytes())
+        {
+            assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+            break;
+        }
+        assert!(start.elapsed() < T, "caBundle never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The API server may take a moment to use the new caBundle: a valid object is
+    // stored once the webhook answers.
+    let start = std::time::Instant::now();
+    while let Err(e) = apply_yaml(&client, GOOD_VS, "shop", Mode::Apply).await {
+        assert!(
+            start.elapsed() < T,
+            "a valid VirtualService is refused: {e:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An invalid update is refused with the analyzer's text, and the stored object
+    // keeps its last good spec.
+    let analyzer = mesh_api::parse_resource(BAD_VS).unwrap_err().report();
+    assert_eq!(analyzer.matches("Error [IST0106]").count(), 2, "{analyzer}");
+    for mode in [Mode::DryRun, Mode::Apply] {
+        let err = apply_yaml(&client, BAD_VS, "shop", mode)
+            .await
+            .expect_err("an invalid VirtualService is stored");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("admission webhook \"validation.isthmus.dev\" denied the request"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&analyzer),
+            "{mode:?}: {text}\nwant:\n{analyzer}"
+        );
+    }
+    let stored: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"),
+            "virtualservices",
+        ),
+    );
+    let vs = stored.get("reviews").await.unwrap();
+    assert!(
+        vs.data["spec"]["http"][0]["route"][0]
+            .get("weight")
+            .is_none(),
+        "{:?}",
+        vs.data
+    );
+
+    // A kind Isthmus refuses is refused at apply with its reason.
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
+    let err = apply_yaml(&client, gateway, "shop", Mode::Apply)
+        .await
+        .expect_err("a Gateway is stored");
+    assert!(
+        format!("{err:#}").contains("(Gateway shop/ingress) spec: Gateway is not supported"),
+        "{err:#}"
+    );
+
+    // Deleting is never refused.
+    apply_yaml(&client, GOOD_VS, "shop", Mode::Delete)
+        .await
+        .unwrap();
+    assert!(stored.get_opt("reviews").await.unwrap().is_none());
+
+    // The webhook counts what it decided.
+    let metrics = discovery.metrics.encode();
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("isthmus_discovery_{name}_total ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(count("validation_failed") >= 3.0, "{metrics}");
+    assert!(count("validation_passed") >= 1.0, "{metrics}");
 }

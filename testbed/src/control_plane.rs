@@ -120,6 +120,10 @@ impl ControlPlane {
             // endpoint, which EndpointSlice validation refuses.
             "--endpoint-reconciler-type=none".into(),
             "--enable-priority-and-fairness=false".into(),
+            // Webhooks and aggregated APIs named by Service are reached at the
+            // Service's endpoints, never its cluster IP: no proxy routes cluster IPs
+            // here, so a dial to one would leave the machine.
+            "--enable-aggregator-routing=true".into(),
             "--profiling=false".into(),
             format!("--cert-dir={}", p("certs")),
             "--v=1".into(),

@@ -220,6 +220,17 @@ pub struct FieldWarning {
     pub reason: String,
 }
 
+/// The analyzer code of a field accepted without effect.
+pub const WARNED_CODE: &str = "ISM0001";
+
+impl FieldWarning {
+    /// The one-line warning for `object` (`Kind namespace/name`), as `kubectl apply`
+    /// shows it from the validating webhook.
+    pub fn report(&self, object: &str) -> String {
+        format!("[{WARNED_CODE}] ({object}) {}: {}", self.path, self.reason)
+    }
+}
+
 /// The refused and warned fields present in a spec document of `kind`, with the
 /// paths where they appear.
 pub fn check(kind: &str, spec: &Value) -> (Vec<crate::validate::FieldError>, Vec<FieldWarning>) {

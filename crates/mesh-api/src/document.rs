@@ -99,6 +99,12 @@ impl Resource {
     }
 }
 
+/// The analyzer code of a refused object (Istio's code for a schema validation error).
+pub const REFUSED_CODE: &str = "IST0106";
+/// How to fix a refused object, as `meshctl analyze` and the webhook say it.
+pub const REFUSED_FIX: &str =
+    "correct the field and apply again; until then the last good version stays in force";
+
 /// Why a document was refused: which object, and every field that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ResourceError {
@@ -123,6 +129,25 @@ impl ResourceError {
                 reason: reason.into(),
             }],
         }
+    }
+
+    /// What `meshctl analyze` prints for this object, one finding per field in field
+    /// order, in the analyzer's format; the validating webhook refuses an apply with
+    /// the same text.
+    pub fn report(&self) -> String {
+        let object = self.object();
+        let mut errors: Vec<&FieldError> = self.errors.iter().collect();
+        errors.sort_by(|a, b| a.path.cmp(&b.path));
+        errors
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "Error [{REFUSED_CODE}] ({object}) {}: {}\n    fix: {REFUSED_FIX}",
+                    e.path, e.reason
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `Kind namespace/name`, as the message starts.
@@ -162,6 +187,17 @@ fn object_key(namespace: Option<&str>, name: Option<&str>) -> String {
 pub fn is_istio_kind(api_version: &str, kind: &str) -> bool {
     let group = api_version.split('/').next().unwrap_or_default();
     KINDS.iter().any(|(k, g)| *k == kind && *g == group)
+}
+
+/// True when `api_version` is in one of Istio's API groups, whether or not Isthmus
+/// reads the kind (a `Sidecar` or `EnvoyFilter` is then refused by name, never
+/// dropped without a word).
+pub fn is_istio_group(api_version: &str) -> bool {
+    let group = api_version.split('/').next().unwrap_or_default();
+    matches!(
+        group,
+        "networking.istio.io" | "security.istio.io" | "telemetry.istio.io" | "extensions.istio.io"
+    )
 }
 
 /// Splits YAML (or JSON) text into its documents, skipping empty ones.

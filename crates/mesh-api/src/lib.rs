@@ -33,8 +33,8 @@ pub mod security;
 pub mod validate;
 
 pub use document::{
-    KINDS, NETWORKING_GROUP, NETWORKING_VERSIONS, Resource, ResourceError, SECURITY_GROUP,
-    SECURITY_VERSIONS, from_value, from_value_with_warnings, is_istio_kind, parse_resource,
-    parse_resources, split_documents, type_meta,
+    KINDS, NETWORKING_GROUP, NETWORKING_VERSIONS, REFUSED_CODE, REFUSED_FIX, Resource,
+    ResourceError, SECURITY_GROUP, SECURITY_VERSIONS, from_value, from_value_with_warnings,
+    is_istio_group, is_istio_kind, parse_resource, parse_resources, split_documents, type_meta,
 };
 pub use duration::Duration;

@@ -83,7 +83,11 @@ impl Input {
     /// Adds one document (any kind; kinds analyze does not use are skipped).
     pub(crate) fn add_document(&mut self, doc: serde_json::Value) {
         let (api_version, kind) = mesh_api::type_meta(&doc);
-        if mesh_api::is_istio_kind(api_version, kind) && kind != "WorkloadEntry" {
+        let other_istio_kind =
+            mesh_api::is_istio_group(api_version) && !mesh_api::is_istio_kind(api_version, kind);
+        if (mesh_api::is_istio_kind(api_version, kind) && kind != "WorkloadEntry")
+            || other_istio_kind
+        {
             match mesh_api::from_value_with_warnings(doc) {
                 Ok((r, warnings)) => {
                     let name = object(&r);
@@ -137,11 +141,11 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
                 for fe in &e.errors {
                     out.push(Finding {
                         severity: Severity::Error,
-                        code: "IST0106",
+                        code: mesh_api::REFUSED_CODE,
                         object: e.object(),
                         field: fe.path.clone(),
                         message: fe.reason.clone(),
-                        fix: "correct the field; discovery refuses this object and keeps its last good version".into(),
+                        fix: mesh_api::REFUSED_FIX.into(),
                     });
                 }
             }
@@ -152,7 +156,7 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
     for (object, w) in &input.warned_fields {
         out.push(Finding {
             severity: Severity::Warning,
-            code: "ISM0001",
+            code: mesh_api::coverage::WARNED_CODE,
             object: object.clone(),
             field: w.path.clone(),
             message: w.reason.clone(),
@@ -737,5 +741,30 @@ spec: {{host: reviews.shop.svc.cluster.local}}
         assert_eq!(findings[0].code, "IST0106");
         assert_eq!(findings[0].object, "VirtualService shop/x");
         assert!(findings[0].field.contains("rout"), "{}", findings[0]);
+    }
+
+    #[test]
+    fn refusals_print_what_the_webhook_answers() {
+        let doc = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], http: [{match: [{uri: {regex: \"(\"}}], route: [{destination: {host: x}, headers: {request: {set: {a: b}}}}]}]}\n";
+        let findings = analyze(&input(doc));
+        let printed: Vec<String> = findings.iter().map(ToString::to_string).collect();
+        let refused = mesh_api::parse_resource(doc).unwrap_err();
+        assert_eq!(refused.errors.len(), 2, "{refused}");
+        assert_eq!(printed.join("\n"), refused.report());
+    }
+
+    #[test]
+    fn istio_kinds_isthmus_does_not_read_are_refused_by_name() {
+        let findings = analyze(&input(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"./*\"]}]}\n",
+        ));
+        assert_eq!(codes(&findings), vec![("IST0106", "kind".into())]);
+        assert!(
+            findings[0]
+                .message
+                .contains("\"Sidecar\" is not a kind Isthmus reads"),
+            "{}",
+            findings[0]
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `meshctl install` and `meshctl verify-install`: the control plane of one cluster
 //! (discovery with its CA and injector, the east-west gateway), least-privilege RBAC,
-//! the CRDs and the injection webhook, rendered from a few values and applied with
+//! the CRDs, the injection and validation webhooks, rendered from a few values and applied with
 //! server-side apply (or printed with `--dry-run`).
 
 use std::path::PathBuf;
@@ -69,6 +69,10 @@ pub(crate) fn render(v: &Values) -> String {
         image,
     } = v;
     let istio_groups = "\"networking.istio.io\", \"security.istio.io\"";
+    let validator = discovery::validate::WEBHOOK_CONFIG;
+    let validating = discovery::validate::webhook_configuration(&format!(
+        "{{service: {{name: isthmus-discovery, namespace: {ns}, path: /validate, port: 443}}}}"
+    ));
     format!(
         r#"# Isthmus control plane for cluster {cluster_name} (network {network}, mesh {mesh_id}).
 # Rendered by `meshctl install`; the Helm chart in deploy/helm/isthmus renders the same.
@@ -86,7 +90,7 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {{name: isthmus-eastwest-gateway, namespace: {ns}}}
 ---
-# Discovery reads the registry, checks workload tokens, keeps the webhook's caBundle
+# Discovery reads the registry, checks workload tokens, keeps the webhooks' caBundle
 # and publishes the root ConfigMap; nothing else.
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -107,6 +111,10 @@ rules:
 - apiGroups: [admissionregistration.k8s.io]
   resources: [mutatingwebhookconfigurations]
   resourceNames: [isthmus-sidecar-injector]
+  verbs: [get, update, patch]
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingwebhookconfigurations]
+  resourceNames: [{validator}]
   verbs: [get, update, patch]
 - apiGroups: [""]
   resources: [configmaps]
@@ -264,7 +272,11 @@ webhooks:
   admissionReviewVersions: [v1]
   failurePolicy: Fail
   timeoutSeconds: 10
-"#
+---
+# Istio objects are validated when applied: kubectl apply of an invalid one fails
+# with the message `meshctl analyze` prints. Discovery makes it fail closed
+# (failurePolicy: Fail) when it writes the caBundle.
+{validating}"#
     )
 }
 
@@ -322,7 +334,9 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
 /// Runs `meshctl verify-install`: every object present, the CRDs established, the
 /// webhook's caBundle written by discovery, the deployments' readiness.
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -363,6 +377,15 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             }
             Some(_) => problems.push("the injection webhook has no caBundle yet: discovery writes it when it runs".into()),
             None => problems.push("MutatingWebhookConfiguration isthmus-sidecar-injector is missing".into()),
+        }
+        let validator = discovery::validate::WEBHOOK_CONFIG;
+        let vwcs: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
+        match vwcs.get_opt(validator).await? {
+            Some(v) if v.webhooks.iter().flatten().all(|w| w.client_config.ca_bundle.is_some()) => {
+                println!("  ✔ ValidatingWebhookConfiguration {validator} (caBundle set)")
+            }
+            Some(_) => problems.push("the validating webhook has no caBundle yet: discovery writes it when it runs (until then Istio objects are stored unchecked)".into()),
+            None => problems.push(format!("ValidatingWebhookConfiguration {validator} is missing; run `meshctl install`")),
         }
         anyhow::Ok(())
     })?;

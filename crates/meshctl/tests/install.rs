@@ -1,6 +1,8 @@
 //! `meshctl install` against a real kube-apiserver: every manifest it renders, and the
 //! Helm chart rendered with its values, pass a server-side dry run; an install applies
-//! and `verify-install` says what is not ready yet. The checked-in chart is current.
+//! and `verify-install` says what is not ready yet, then passes once discovery has
+//! written the webhooks' caBundle and the deployments are ready. The checked-in chart
+//! is current.
 
 use std::process::{Command, Output};
 
@@ -102,6 +104,7 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
         "Deployment istio-system/isthmus-discovery",
         "Service istio-system/isthmus-eastwestgateway",
         "MutatingWebhookConfiguration isthmus-sidecar-injector",
+        "ValidatingWebhookConfiguration isthmus-validator",
     ] {
         assert!(
             checked.iter().any(|c| c == want),
@@ -145,6 +148,7 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
     // A real install, then verify-install: everything is there, but with no nodes
     // nothing can be ready, and it says so.
     let kubeconfig = cps[0].kubeconfig().to_str().unwrap().to_owned();
+    let kubeconfig_path = kubeconfig.clone();
     let kc = kubeconfig.clone();
     let out = tokio::task::spawn_blocking(move || {
         meshctl(&[
@@ -202,6 +206,83 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
             "{checked:?}"
         );
     }
+
+    // The success path (last: from here on the validating webhook fails closed, and
+    // it is reached through a Service no pod backs). Discovery runs against the
+    // cluster and writes both webhooks' caBundle, and both deployments report a
+    // ready replica (no kubelet runs here, so their status is written as the
+    // deployment controller would).
+    let cacerts = tempfile::tempdir().unwrap();
+    let td: mesh_identity::TrustDomain = "cluster.local".parse().unwrap();
+    let day = std::time::Duration::from_secs(86400);
+    mesh_identity::RootCa::generate(&td, day)
+        .unwrap()
+        .intermediate("east", day)
+        .unwrap()
+        .write(cacerts.path())
+        .unwrap();
+    let mut options = discovery::Options::new(
+        "east",
+        "net-east",
+        discovery::Source::Kubernetes(client.clone()),
+        discovery::CaCerts::Dir(cacerts.path().to_owned()),
+    );
+    options.grpc = "127.0.0.1:0".parse().unwrap();
+    options.monitor = None;
+    options.inject = Some(discovery::inject::InjectOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config: discovery::inject::InjectConfig {
+            image: "isthmus/proxy:test".into(),
+            discovery_address: "isthmus-discovery.istio-system.svc:15012".into(),
+            trust_domain: String::new(),
+            cluster: String::new(),
+        },
+        webhook_config: Some("isthmus-sidecar-injector".into()),
+        validating_config: Some(discovery::validate::WEBHOOK_CONFIG.into()),
+        dns_names: vec!["isthmus-discovery.istio-system.svc".into()],
+    });
+    let running = discovery::start(options).await.unwrap();
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), "istio-system");
+    for name in ["isthmus-discovery", "isthmus-eastwestgateway"] {
+        deployments
+            .patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    serde_json::json!({"status": {"replicas": 1, "readyReplicas": 1}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let kc = kubeconfig_path.clone();
+        let out =
+            tokio::task::spawn_blocking(move || meshctl(&["verify-install", "--kubeconfig", &kc]))
+                .await
+                .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            assert!(text.contains("The installation is complete."), "{text}");
+            assert!(
+                text.contains("✔ ValidatingWebhookConfiguration isthmus-validator (caBundle set)"),
+                "{text}"
+            );
+            assert!(
+                text.contains("✔ Deployment istio-system/isthmus-eastwestgateway: 1 ready"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "verify-install never succeeds:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    drop(running);
 
     // A bad cluster name is refused before anything is rendered.
     let out = meshctl(&[
