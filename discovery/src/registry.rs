@@ -730,7 +730,6 @@ impl Registry {
                     meta.remove("resourceVersion");
                     meta.remove("generation");
                     meta.remove("uid");
-                    meta.remove("creationTimestamp");
                 }
                 let resource = match mesh_api::from_value_with_warnings(value.clone()) {
                     Ok((r, warned)) => {

@@ -1,7 +1,7 @@
 //! Discovery with the file registry, pushing to proxies over the real mTLS config
-//! stream: updates arrive incrementally, a bad resource is refused alone (by discovery
-//! or by the proxy, whose NACK shows in the status), visibility follows `exportTo`, and
-//! proxies keep their last good config while discovery is away.
+//! stream: updates arrive incrementally, a bad resource is refused alone with its last
+//! good version in force, DestinationRules for one host merge, visibility follows
+//! `exportTo`, and proxies keep their last good config while discovery is away.
 
 mod support;
 
@@ -137,54 +137,47 @@ async fn file_registry_pushes_incrementally_and_refuses_bad_resources_alone() {
             .starts_with("shop/reviews")
     );
 
-    // A second DestinationRule for the same host passes discovery (each is valid on its
-    // own) but the proxy refuses it: a NACK of that resource alone, while an endpoint
-    // change pushed with it is applied and the first DestinationRule stays.
+    // A second DestinationRule for the same host is merged into the first, as Istio
+    // merges them: its new subset is added, the subset both define keeps the first
+    // rule's labels, and an endpoint change pushed with it is applied too.
     write(dir.path(), "routes.yaml", &vs("^/v1/.*", ""));
     write(dir.path(), "dr.yaml", &dr("reviews"));
     eventually("first DestinationRule", T, || {
         proxy.store.snapshot().policies.contains_key(REVIEWS)
     })
     .await;
-    write(dir.path(), "dr-dup.yaml", &dr("reviews-again"));
+    write(
+        dir.path(),
+        "dr-more.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews-more, namespace: shop}\nspec: {host: reviews, subsets: [{name: v1, labels: {version: other}}, {name: v2, labels: {version: v2}}]}\n",
+    );
     std::fs::remove_file(dir.path().join("v2.yaml")).unwrap();
     eventually("endpoint removal applied", T, || {
         endpoints(&proxy.store, REVIEWS) == ["10.1.0.1"]
     })
     .await;
-    eventually("NACK visible in proxy status", T, || {
-        discovery.statuses.list().iter().any(|s| {
-            s.proxy == "frontend-1.shop"
-                && s.state() == "NACKED"
-                && s.nacked.iter().any(|n| {
-                    n.name == "DestinationRule/shop/reviews-again"
-                        && n.reason.contains("already has a DestinationRule")
-                })
-        })
+    eventually("the rules are merged", T, || {
+        proxy.store.snapshot().policies[REVIEWS].rule == "shop/reviews, shop/reviews-more"
     })
     .await;
-    assert!(
-        discovery.registry.errors().is_empty(),
-        "{:?}",
-        discovery.registry.errors()
-    );
-    assert_eq!(
-        proxy.store.snapshot().policies[REVIEWS].rule,
-        "shop/reviews",
-        "the DestinationRule held before stays in force"
-    );
-    let status = proxy.status.load();
-    assert!(status.connected);
-    assert_eq!(status.rejected.len(), 1, "{status:?}");
-
-    // Removing the duplicate clears the NACK.
-    std::fs::remove_file(dir.path().join("dr-dup.yaml")).unwrap();
-    eventually("NACK cleared", T, || {
+    let state = proxy.store.snapshot();
+    let subsets = &state.policies[REVIEWS].subsets;
+    assert_eq!(subsets.keys().collect::<Vec<_>>(), ["v1", "v2"]);
+    assert_eq!(subsets["v1"]["version"], "v1", "the first rule keeps v1");
+    eventually("the proxy is in sync, nothing refused", T, || {
         discovery
             .statuses
             .list()
             .iter()
             .any(|s| s.proxy == "frontend-1.shop" && s.state() == "SYNCED")
+    })
+    .await;
+    assert!(proxy.status.load().rejected.is_empty());
+
+    // Removing the second rule leaves the first alone in force.
+    std::fs::remove_file(dir.path().join("dr-more.yaml")).unwrap();
+    eventually("one rule again", T, || {
+        proxy.store.snapshot().policies[REVIEWS].rule == "shop/reviews"
     })
     .await;
 }

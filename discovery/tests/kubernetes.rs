@@ -251,6 +251,42 @@ async fn kubernetes_registry_reaches_proxies_and_the_ca_checks_tokens() {
     let state = proxy.store.snapshot();
     assert!(state.routes[REVIEWS][0].name.starts_with("shop/reviews"));
     assert!(state.routes[RATINGS][0].name.starts_with("shop/ratings"));
+
+    // A newer VirtualService for the same host whose name sorts first does not take
+    // the host over: the API server's creationTimestamp decides, as in Istio.
+    // (Timestamps have one-second resolution.)
+    apply_yaml(
+        &client,
+        &vs("reviews", "reviews", "^/v1/.*"),
+        "shop",
+        Mode::Apply,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // It also routes a host nobody else names, to see when the proxy holds it.
+    let newer = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a-newer, namespace: shop}\nspec: {hosts: [reviews, newer-only], http: [{route: [{destination: {host: ratings}}]}]}\n";
+    apply_yaml(&client, newer, "shop", Mode::Apply)
+        .await
+        .unwrap();
+    eventually("the newer VirtualService reaches the proxy", T, || {
+        proxy
+            .store
+            .snapshot()
+            .routes
+            .contains_key("newer-only.shop.svc.cluster.local")
+    })
+    .await;
+    assert!(
+        proxy.store.snapshot().routes[REVIEWS][0]
+            .name
+            .starts_with("shop/reviews"),
+        "{:?}",
+        proxy.store.snapshot().routes[REVIEWS][0].name
+    );
+    apply_yaml(&client, &vs("a-newer", "reviews", ""), "shop", Mode::Delete)
+        .await
+        .unwrap();
     // Other changes still flow.
     apply_yaml(&client, &slice(&["10.1.0.3"]), "shop", Mode::Apply)
         .await

@@ -144,6 +144,35 @@ pub struct Headers {
     pub response: Option<HeaderOperations>,
 }
 
+/// True for a valid HTTP header name (an RFC 9110 token).
+pub(crate) fn http_header_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !name.is_empty()
+}
+
+/// Records an error at `v` unless `name` is a valid HTTP header name.
+pub(crate) fn validate_header_name(v: &mut Validator, name: &str) {
+    if !http_header_name(name) {
+        v.error(format!(
+            "{name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        ));
+    }
+}
+
+impl Headers {
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        for (side, ops) in [("request", &self.request), ("response", &self.response)] {
+            let Some(ops) = ops else { continue };
+            v.field(side, |v| {
+                v.each_entry("set", &ops.set, |v, k, _| validate_header_name(v, k));
+                v.each_entry("add", &ops.add, |v, k, _| validate_header_name(v, k));
+                v.each("remove", &ops.remove, |v, k| validate_header_name(v, k));
+            });
+        }
+    }
+}
+
 pub(crate) fn validate_port(v: &mut Validator, port: u32) {
     if port == 0 || port > 65535 {
         v.error(format!("{port} is not a port number between 1 and 65535"));

@@ -29,6 +29,7 @@ pub mod crd;
 mod document;
 pub mod duration;
 pub mod networking;
+pub mod precedence;
 pub mod security;
 pub mod validate;
 

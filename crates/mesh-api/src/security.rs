@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{PolicyTargetReference, WorkloadSelector, validate_port};
+use crate::common::{PolicyTargetReference, WorkloadSelector, http_header_name, validate_port};
 use crate::duration::Duration;
 use crate::validate::Validator;
 
@@ -438,12 +438,6 @@ impl ConditionKey {
             }
         })
     }
-}
-
-fn http_header_name(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        && !name.is_empty()
 }
 
 /// `serviceAccounts:` entry `NAMESPACE/NAME`.

@@ -522,6 +522,40 @@ spec:
 }
 
 #[test]
+fn header_names_that_are_not_http_tokens_are_refused_where_they_appear() {
+    let err = parse_resource(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {"end user": {exact: jason}}
+      withoutHeaders: {"x:debug": {exact: "1"}}
+    headers:
+      request: {set: {x-ok: "1", "bad header": "2"}, remove: ["a b"]}
+    route:
+    - destination: {host: reviews}
+"#,
+    )
+    .expect_err("invalid header names are stored");
+    let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            r#"spec.http[0].match[0].headers["end user"]"#,
+            r#"spec.http[0].match[0].withoutHeaders["x:debug"]"#,
+            r#"spec.http[0].headers.request.set["bad header"]"#,
+            "spec.http[0].headers.request.remove[0]",
+        ],
+        "{err}"
+    );
+    assert!(err.errors[0].reason.contains("is not an HTTP header name"));
+}
+
+#[test]
 fn unknown_enum_value_lists_the_choices() {
     refused(
         r#"

@@ -125,7 +125,7 @@ impl ResourceSet {
     /// Applies one response to `store`. Each added or changed resource is decoded and
     /// compiled on its own first (with the node), and refused alone when that fails.
     /// If the accepted resources together still do not compile (a conflict between
-    /// resources, e.g. two DestinationRules for one host), those that cause it are
+    /// resources, e.g. two outputs for one service host), those that cause it are
     /// found by adding them one at a time, and refused alone.
     pub fn apply(&mut self, response: &ConfigResponse, store: &StateStore) -> Applied {
         let origin = format!("discovery (version {})", response.system_version);
@@ -559,11 +559,34 @@ mod tests {
 
     #[test]
     fn conflicting_resources_are_refused_and_the_held_config_stays() {
-        let dr = |name: &str| {
+        // Two outputs that describe the same service host cannot both be held.
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        let first = service("reviews", "1", "10.0.0.1");
+        set.apply(&response("1", vec![node(), first.clone()], &[]), &store);
+        let mut copy = service("reviews", "1", "10.0.0.9");
+        copy.name = "Service/shop/reviews-copy".into();
+        let applied = set.apply(&response("2", vec![copy], &[]), &store);
+        assert_eq!(applied.rejected.len(), 1, "{applied:?}");
+        assert!(
+            applied.rejected[0].reason.contains("listed twice"),
+            "{applied:?}"
+        );
+        let state = store.snapshot();
+        assert_eq!(state.version, "2");
+        let svc = &state.services["reviews.shop.svc.cluster.local"];
+        assert_eq!(svc.endpoints[0].inbound.ip().to_string(), "10.0.0.1");
+        assert_eq!(set.versions().len(), 2, "the refused copy is not held");
+    }
+
+    #[test]
+    fn destination_rules_for_one_host_merge_with_the_older_first() {
+        let dr = |name: &str, created: &str, subset: &str| {
             let body = serde_json::json!({
                 "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-                "metadata": {"name": name, "namespace": "shop"},
-                "spec": {"host": "reviews"}});
+                "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created},
+                "spec": {"host": "reviews", "subsets": [
+                    {"name": subset, "labels": {"version": name}}]}});
             res(
                 &format!("DestinationRule/shop/{name}"),
                 "DestinationRule",
@@ -573,19 +596,35 @@ mod tests {
         };
         let store = StateStore::default();
         let mut set = ResourceSet::default();
-        set.apply(&response("1", vec![node(), dr("a")], &[]), &store);
-        let applied = set.apply(&response("2", vec![dr("b")], &[]), &store);
-        assert_eq!(applied.rejected.len(), 1);
-        assert!(
-            applied.rejected[0].reason.contains("already has"),
-            "{applied:?}"
+        set.apply(
+            &response(
+                "1",
+                vec![node(), dr("b-old", "2026-01-01T00:00:00Z", "v1")],
+                &[],
+            ),
+            &store,
         );
+        // A newer rule whose name sorts first: it adds v2, and loses v1.
+        let applied = set.apply(
+            &response(
+                "2",
+                vec![
+                    dr("a-new", "2026-03-01T00:00:00Z", "v2"),
+                    dr("a-newest", "2026-04-01T00:00:00Z", "v1"),
+                ],
+                &[],
+            ),
+            &store,
+        );
+        assert!(applied.rejected.is_empty(), "{applied:?}");
         let state = store.snapshot();
-        assert_eq!(state.version, "2");
-        assert_eq!(
-            state.policies["reviews.shop.svc.cluster.local"].rule,
-            "shop/a"
-        );
-        assert_eq!(set.versions().len(), 2, "the refused rule is not held");
+        let policy = &state.policies["reviews.shop.svc.cluster.local"];
+        assert_eq!(policy.rule, "shop/b-old, shop/a-new, shop/a-newest");
+        let versions: Vec<_> = policy
+            .subsets
+            .iter()
+            .map(|(name, labels)| (name.as_str(), labels["version"].as_str()))
+            .collect();
+        assert_eq!(versions, [("v1", "b-old"), ("v2", "a-new")]);
     }
 }

@@ -501,7 +501,12 @@ impl ProxyState {
         let mut tcp_routes: HashMap<String, Vec<CompiledTcpRoute>> = HashMap::new();
         let mut tls_routes: HashMap<String, Vec<CompiledTlsRoute>> = HashMap::new();
         let mut policies = HashMap::new();
-        for r in &bundle.resources {
+        // Istio's precedence: the oldest object first (then name, then namespace).
+        let mut ordered: Vec<&Resource> = bundle.resources.iter().collect();
+        ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+        let mut rules_by_host: BTreeMap<String, Vec<&mesh_api::networking::DestinationRule>> =
+            BTreeMap::new();
+        for r in ordered.iter().copied() {
             let key = r.key();
             let ns = r
                 .metadata()
@@ -536,7 +541,7 @@ impl ProxyState {
                         .collect();
                     for host in &vs.spec.hosts {
                         let fqdn = resolve_host(host, &ns);
-                        // As in Istio, the first VirtualService for a host wins.
+                        // As in Istio, the oldest VirtualService for a host wins.
                         if !vs.spec.http.is_empty() {
                             routes
                                 .entry(fqdn.clone())
@@ -554,21 +559,19 @@ impl ProxyState {
                 }
                 Resource::DestinationRule(dr) => {
                     let fqdn = resolve_host(&dr.spec.host, &ns);
-                    let policy = DestinationPolicy::compile(key.clone(), &dr.spec);
-                    match policies.entry(fqdn.clone()) {
-                        std::collections::hash_map::Entry::Occupied(held) => {
-                            let held: &Arc<DestinationPolicy> = held.get();
-                            errors.push(format!(
-                                "DestinationRule {key}: host {fqdn} already has a DestinationRule ({})",
-                                held.rule
-                            ));
-                        }
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            slot.insert(Arc::new(policy));
-                        }
-                    }
+                    rules_by_host.entry(fqdn).or_default().push(dr);
                 }
                 _ => {}
+            }
+        }
+        // Several DestinationRules for one host: merged as Istio does (the client's
+        // namespace first; subsets of one namespace merged, the older keeps a name).
+        for (fqdn, rules) in &rules_by_host {
+            if let Some(merged) =
+                mesh_api::precedence::merge_destination_rules(fqdn, rules, &node.namespace)
+            {
+                let policy = DestinationPolicy::compile(merged.rules.join(", "), &merged.spec);
+                policies.insert(fqdn.clone(), Arc::new(policy));
             }
         }
         let authz_specs: Vec<_> = bundle
@@ -586,8 +589,8 @@ impl ProxyState {
                 _ => None,
             })
             .collect();
-        let peer_authn_specs: Vec<_> = bundle
-            .resources
+        // Oldest first: at one level, the first policy applies.
+        let peer_authn_specs: Vec<_> = ordered
             .iter()
             .filter_map(|r| match r {
                 Resource::PeerAuthentication(pa) => Some((
@@ -875,6 +878,69 @@ spec:
             "inherited from the top level"
         );
         assert!(p.resolve("", 8080).unwrap().outlier.is_none());
+    }
+
+    #[test]
+    fn the_oldest_virtual_service_and_peer_authentication_win() {
+        let doc = |kind: &str, name: &str, created: &str, spec: &str| {
+            let group = if kind == "VirtualService" {
+                "networking.istio.io"
+            } else {
+                "security.istio.io"
+            };
+            mesh_api::parse_resource(&format!(
+                "apiVersion: {group}/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec: {spec}\n"
+            ))
+            .unwrap()
+        };
+        let bundle = ConfigBundle {
+            proxy: crate::config::ProxyConfig {
+                node: crate::config::Node {
+                    name: "web-1".into(),
+                    namespace: "shop".into(),
+                    service_account: "web".into(),
+                    cluster: String::new(),
+                    network: String::new(),
+                    locality: String::new(),
+                    labels: BTreeMap::new(),
+                },
+                ..Default::default()
+            },
+            // A newer object whose name sorts first must not take over.
+            resources: vec![
+                doc(
+                    "VirtualService",
+                    "bad-subset",
+                    "2026-05-01T00:00:00Z",
+                    "{hosts: [reviews], http: [{name: newer, route: [{destination: {host: reviews, subset: nope}}]}]}",
+                ),
+                doc(
+                    "VirtualService",
+                    "helloworld",
+                    "2026-01-01T00:00:00Z",
+                    "{hosts: [reviews], http: [{name: older, route: [{destination: {host: reviews}}]}]}",
+                ),
+                doc(
+                    "PeerAuthentication",
+                    "a-permissive",
+                    "2026-05-01T00:00:00Z",
+                    "{mtls: {mode: PERMISSIVE}}",
+                ),
+                doc(
+                    "PeerAuthentication",
+                    "z-strict",
+                    "2026-01-01T00:00:00Z",
+                    "{mtls: {mode: STRICT}}",
+                ),
+            ],
+        };
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        let routes = &state.routes["reviews.shop.svc.cluster.local"];
+        assert_eq!(routes[0].name, "shop/helloworld.older");
+        assert_eq!(
+            state.peer_authn.default,
+            mesh_api::security::MtlsMode::Strict
+        );
     }
 
     #[test]

@@ -83,8 +83,10 @@ impl Input {
     /// Adds one document (any kind; kinds analyze does not use are skipped).
     pub(crate) fn add_document(&mut self, doc: serde_json::Value) {
         let (api_version, kind) = mesh_api::type_meta(&doc);
-        let other_istio_kind =
-            mesh_api::is_istio_group(api_version) && !mesh_api::is_istio_kind(api_version, kind);
+        // WorkloadEntry is read by discovery's registry, not by mesh-api.
+        let other_istio_kind = mesh_api::is_istio_group(api_version)
+            && !mesh_api::is_istio_kind(api_version, kind)
+            && kind != "WorkloadEntry";
         if (mesh_api::is_istio_kind(api_version, kind) && kind != "WorkloadEntry")
             || other_istio_kind
         {
@@ -124,10 +126,11 @@ fn object(r: &Resource) -> String {
 }
 
 fn ns_of(r: &Resource) -> String {
-    r.metadata()
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into())
+    ns_of_meta(r.metadata())
+}
+
+fn ns_of_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
 }
 
 /// Runs every check.
@@ -174,9 +177,10 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
             }
         }
     }
-    // Subsets per host, and DestinationRules per host.
+    // Subsets per host, and DestinationRules per (host, namespace).
     let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut rules: BTreeMap<(String, String), Vec<&mesh_api::networking::DestinationRule>> =
+        BTreeMap::new();
     for r in &resources {
         if let Resource::DestinationRule(dr) = r {
             let host = resolve_host(&dr.spec.host, &ns_of(r));
@@ -184,27 +188,48 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
                 .entry(host.clone())
                 .or_default()
                 .extend(dr.spec.subsets.iter().map(|s| s.name.clone()));
-            rules.entry(host).or_default().push(r.key());
+            rules.entry((host, ns_of(r))).or_default().push(dr);
         }
     }
-    for (host, names) in &rules {
-        if names.len() > 1 {
+    // Rules of one namespace for one host are merged as the proxies merge them; say
+    // what a later rule loses and why.
+    for ((host, ns), group) in &rules {
+        let Some(merged) = mesh_api::precedence::merge_destination_rules(host, group, ns) else {
+            continue;
+        };
+        let meta = |key: &str| {
+            group
+                .iter()
+                .find(|d| {
+                    format!(
+                        "{}/{}",
+                        ns_of_meta(&d.metadata),
+                        d.metadata.name.clone().unwrap_or_default()
+                    ) == key
+                })
+                .map(|d| &d.metadata)
+        };
+        for lost in &merged.shadowed {
+            let why = match (meta(&lost.kept_by), meta(&lost.rule)) {
+                (Some(w), Some(l)) => mesh_api::precedence::why_first(w, l),
+                _ => "it comes first".into(),
+            };
             out.push(Finding {
-                severity: Severity::Error,
+                severity: Severity::Warning,
                 code: "IST0174",
-                object: format!("DestinationRule {}", names[1..].join(", ")),
-                field: "spec.host".into(),
+                object: format!("DestinationRule {}", lost.rule),
+                field: lost.field.clone(),
                 message: format!(
-                    "host {host} already has DestinationRule {}; proxies refuse the others (NACK)",
-                    names[0]
+                    "not used: DestinationRule {} also defines it for {host} and wins because {why}",
+                    lost.kept_by
                 ),
-                fix: "merge the subsets and traffic policies into one DestinationRule per host"
+                fix: "define each subset and the traffic policy in one DestinationRule per host"
                     .into(),
             });
         }
     }
 
-    let mut vs_hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut vs_hosts: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
     for r in &resources {
         let Resource::VirtualService(vs) = r else {
             continue;
@@ -216,21 +241,24 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
                 vs_hosts
                     .entry(resolve_host(h, &ns_of(r)))
                     .or_default()
-                    .push(r.key());
+                    .push(r);
             }
         }
     }
-    for (host, names) in &vs_hosts {
-        if names.len() > 1 {
+    for (host, mut list) in vs_hosts {
+        if list.len() > 1 {
+            list.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+            let names: Vec<String> = list.iter().map(|r| r.key()).collect();
             out.push(Finding {
                 severity: Severity::Error,
                 code: "IST0109",
                 object: format!("VirtualService {}", names.join(", ")),
                 field: "spec.hosts".into(),
                 message: format!(
-                    "{} VirtualServices define host {host}; only the first ({}) is used",
+                    "{} VirtualServices define host {host}; only {} is used, because {}; the others are ignored for this host",
                     names.len(),
-                    names[0]
+                    names[0],
+                    mesh_api::precedence::why_first(list[0].metadata(), list[1].metadata())
                 ),
                 fix: "merge their routes into one VirtualService for the host".into(),
             });
@@ -356,7 +384,8 @@ fn check_virtual_service(
 
 fn check_peer_authentications(resources: &[&Resource], out: &mut Vec<Finding>) {
     // Namespace → selector (empty: namespace-wide) → policies.
-    let mut by_scope: BTreeMap<(String, BTreeMap<String, String>), Vec<String>> = BTreeMap::new();
+    let mut by_scope: BTreeMap<(String, BTreeMap<String, String>), Vec<&Resource>> =
+        BTreeMap::new();
     for r in resources {
         if let Resource::PeerAuthentication(pa) = r {
             let selector = pa
@@ -365,16 +394,15 @@ fn check_peer_authentications(resources: &[&Resource], out: &mut Vec<Finding>) {
                 .as_ref()
                 .map(|s| s.match_labels.clone())
                 .unwrap_or_default();
-            by_scope
-                .entry((ns_of(r), selector))
-                .or_default()
-                .push(r.key());
+            by_scope.entry((ns_of(r), selector)).or_default().push(r);
         }
     }
-    for ((ns, selector), names) in by_scope {
-        if names.len() < 2 {
+    for ((ns, selector), mut list) in by_scope {
+        if list.len() < 2 {
             continue;
         }
+        list.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+        let names: Vec<String> = list.iter().map(|r| r.key()).collect();
         let scope = if !selector.is_empty() {
             format!("workloads matching {selector:?} in {ns}")
         } else if ns == discovery::registry::ROOT_NAMESPACE {
@@ -388,8 +416,10 @@ fn check_peer_authentications(resources: &[&Resource], out: &mut Vec<Finding>) {
             object: format!("PeerAuthentication {}", names.join(", ")),
             field: "spec.selector".into(),
             message: format!(
-                "{} PeerAuthentications apply to {scope}; which one wins is undefined",
-                names.len()
+                "{} PeerAuthentications apply to {scope}; only {} applies, because {}",
+                names.len(),
+                names[0],
+                mesh_api::precedence::why_first(list[0].metadata(), list[1].metadata())
             ),
             fix: "keep one PeerAuthentication per scope (use portLevelMtls for per-port modes)"
                 .into(),
@@ -712,6 +742,11 @@ apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: other, namespace: ghost}}
 spec: {{host: reviews.shop.svc.cluster.local}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews-canary, namespace: shop, creationTimestamp: \"2026-03-01T00:00:00Z\"}}
+spec: {{host: reviews, subsets: [{{name: v2, labels: {{version: canary}}}}, {{name: v3, labels: {{version: v3}}}}]}}
 "
         );
         let findings = analyze(&input(&yaml));
@@ -719,7 +754,7 @@ spec: {{host: reviews.shop.svc.cluster.local}}
         for want in [
             ("IST0109", "spec.hosts".to_owned()),
             ("IST0113", "spec.selector".to_owned()),
-            ("IST0174", "spec.host".to_owned()),
+            ("IST0174", "spec.subsets[0]".to_owned()),
             ("IST0102", "metadata.namespace".to_owned()),
             ("IST0102", "spec.exportTo[0]".to_owned()),
             (
@@ -731,6 +766,25 @@ spec: {{host: reviews.shop.svc.cluster.local}}
         }
         let conflict = findings.iter().find(|f| f.code == "IST0109").unwrap();
         assert_eq!(conflict.object, "VirtualService shop/a, shop/b");
+        assert!(
+            conflict
+                .message
+                .contains("only shop/a is used, because it sorts first by name"),
+            "{conflict}"
+        );
+        let pa = findings.iter().find(|f| f.code == "IST0113").unwrap();
+        assert!(pa.message.contains("only shop/permissive applies"), "{pa}");
+        // Only what the newer rule loses is reported: its v3 merges in.
+        let lost: Vec<_> = findings.iter().filter(|f| f.code == "IST0174").collect();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].object, "DestinationRule shop/reviews-canary");
+        assert!(
+            lost[0]
+                .message
+                .contains("DestinationRule shop/reviews also defines it"),
+            "{}",
+            lost[0]
+        );
     }
 
     #[test]

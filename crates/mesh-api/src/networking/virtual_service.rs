@@ -6,7 +6,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Headers, Percent, PortSelector, StringMatch, validate_port};
+use crate::common::{
+    Headers, Percent, PortSelector, StringMatch, validate_header_name, validate_port,
+};
 use crate::duration::Duration;
 use crate::validate::Validator;
 
@@ -572,6 +574,9 @@ impl HttpRoute {
             v.error("redirect and directResponse cannot be combined with route or each other");
         }
         v.each("match", &self.matches, |v, m| m.validate(v));
+        if let Some(h) = &self.headers {
+            v.field("headers", |v| h.validate(v));
+        }
         validate_weights(v, self.route.iter().map(|d| (&d.destination, d.weight)));
         if let Some(rw) = &self.rewrite {
             v.field("rewrite", |v| {
@@ -654,8 +659,12 @@ impl HttpMatchRequest {
                 v.field(name, |v| m.validate(v));
             }
         }
-        v.each_entry("headers", &self.headers, |v, _, m| m.validate(v));
-        v.each_entry("withoutHeaders", &self.without_headers, |v, _, m| {
+        v.each_entry("headers", &self.headers, |v, k, m| {
+            validate_header_name(v, k);
+            m.validate(v)
+        });
+        v.each_entry("withoutHeaders", &self.without_headers, |v, k, m| {
+            validate_header_name(v, k);
             m.validate(v)
         });
         v.each_entry("queryParams", &self.query_params, |v, _, m| m.validate(v));
