@@ -251,27 +251,69 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     );
 
     // A caller whose certificate comes from another root is refused at the QUIC
-    // handshake, before any routing.
-    let stranger = Pki::new("elsewhere");
-    let tunnels =
-        mesh_proxy::tunnel::QuicTunnels::new(&stranger.identity("shop", "frontend")).unwrap();
+    // handshake, before any routing, by the gateway's own check of the client: the
+    // caller trusts the mesh root (it accepts the gateway's certificate) but holds a
+    // certificate for the same identity from a foreign root.
     let target = mesh_proxy::sni::outbound_sni(9080, "v2", REVIEWS);
-    assert!(
-        tunnels
-            .open(
-                gateway.addr,
-                &target,
-                "elsewhere",
-                None,
-                Duration::from_secs(2)
-            )
-            .await
-            .is_err()
+    let open = |identity: mesh_identity::Identity| {
+        let target = target.clone();
+        async move {
+            let tunnels = mesh_proxy::tunnel::QuicTunnels::new(&identity).unwrap();
+            tunnels
+                .open(gateway.addr, &target, "east", None, Duration::from_secs(2))
+                .await
+                .map(drop)
+        }
+    };
+    // Control: the same client with a mesh certificate is let in.
+    open(east_pki.identity("shop", "frontend"))
+        .await
+        .expect("a mesh caller opens a QUIC tunnel");
+    let stranger = Pki::new("elsewhere").identity("shop", "frontend");
+    let tls = stranger.client_config_with_trust(
+        east_pki.trust(),
+        vec![],
+        &[mesh_proxy::tunnel::ALPN_TUNNEL],
     );
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let refused_before = gateway.metrics.refused("quic_handshake");
+    let endpoint = quinn::Endpoint::client((ip(1, 1), 0).into()).unwrap();
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(quic)),
+                gateway.addr,
+                "eastwest-gateway",
+            )
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        // TLS 1.3: the server checks the client's certificate after the client has
+        // finished, so the refusal arrives as the connection's close reason.
+        let stream = async {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            send.write_all(format!("{target}\n").as_bytes())
+                .await
+                .ok()?;
+            recv.read_to_end(1024).await.ok()
+        };
+        match stream.await {
+            Some(_) => Ok(()),
+            None => Err(conn.closed().await.to_string()),
+        }
+    };
+    let err = tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .expect("the gateway neither refused nor served the caller")
+        .expect_err("a caller with a foreign certificate got a tunnel");
     eventually("foreign caller refused at the QUIC handshake", T, || {
-        gateway.metrics.refused("quic_handshake") >= 1
+        gateway.metrics.refused("quic_handshake") > refused_before
     })
     .await;
+    // The client found nothing wrong with the gateway's certificate: the gateway
+    // aborted the handshake over the client's.
+    assert!(err.starts_with("aborted by peer"), "{err}");
+    assert!(err.contains("origin: \"client\""), "{err}");
 
     // UDP fails: west's link now names a gateway that serves TCP only while still
     // advertising QUIC. The sidecar falls back to TCP and requests keep working.

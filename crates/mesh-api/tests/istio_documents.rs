@@ -553,6 +553,24 @@ spec:
         "{err}"
     );
     assert!(err.errors[0].reason.contains("is not an HTTP header name"));
+
+    // Routing on JWT claims is refused with its own reason.
+    refused(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {"@request.auth.claims.groups": {exact: admin}}}]
+    route: [{destination: {host: reviews}}]
+"#,
+        &[
+            r#"spec.http[0].match[0].headers["@request.auth.claims.groups"]"#,
+            "routing on JWT claims needs a RequestAuthentication",
+        ],
+    );
 }
 
 #[test]

@@ -77,6 +77,41 @@ pub(crate) struct Input {
     pub(crate) services: BTreeSet<String>,
     /// Known namespaces; `None` when nothing says which exist.
     pub(crate) namespaces: Option<BTreeSet<String>>,
+    /// Service ports and visibility, by host (FQDN).
+    pub(crate) service_info: BTreeMap<String, ServiceInfo>,
+    /// Workload labels (Pods, WorkloadEntries) by namespace; `None` when no workload
+    /// was given, so nothing can be said about selectors.
+    pub(crate) workloads: Option<BTreeMap<String, Vec<BTreeMap<String, String>>>>,
+}
+
+/// What analyze knows of one Service.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ServiceInfo {
+    /// Its namespace.
+    pub(crate) namespace: String,
+    /// (port, name, appProtocol).
+    pub(crate) ports: Vec<(u16, String, Option<String>)>,
+    /// Its `networking.istio.io/exportTo` annotation (empty: everywhere).
+    pub(crate) export_to: Vec<String>,
+}
+
+/// Whether an object in `owner_ns` exported to `export_to` is visible from `ns`
+/// (Istio's exportTo: empty or `*` everywhere, `.` its own namespace, `~` nowhere).
+fn visible(export_to: &[String], owner_ns: &str, ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == ns || (e == "." && owner_ns == ns))
+}
+
+impl Input {
+    fn add_workload(&mut self, namespace: String, labels: BTreeMap<String, String>) {
+        self.workloads
+            .get_or_insert_with(BTreeMap::new)
+            .entry(namespace)
+            .or_default()
+            .push(labels);
+    }
 }
 
 impl Input {
@@ -102,14 +137,14 @@ impl Input {
             return;
         }
         match discovery::files::object_from_value(doc) {
-            Ok(Some(Object::Service(s))) => {
-                let ns = s
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into());
-                let name = s.metadata.name.clone().unwrap_or_default();
-                self.services.insert(resolve_host(&name, &ns));
+            Ok(Some(Object::Service(s))) => self.add_service(&s),
+            Ok(Some(Object::Pod(p))) => {
+                let ns = ns_of_meta(&p.metadata);
+                self.add_workload(ns, p.metadata.labels.clone().unwrap_or_default());
+            }
+            Ok(Some(Object::WorkloadEntry(w))) => {
+                let ns = ns_of_meta(&w.metadata);
+                self.add_workload(ns, w.spec.labels.clone());
             }
             Ok(Some(Object::Namespace(n))) => {
                 self.namespaces
@@ -118,6 +153,42 @@ impl Input {
             }
             _ => {}
         }
+    }
+}
+
+impl Input {
+    fn add_service(&mut self, s: &k8s_openapi::api::core::v1::Service) {
+        let ns = ns_of_meta(&s.metadata);
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let host = resolve_host(&name, &ns);
+        let ports = s
+            .spec
+            .iter()
+            .flat_map(|spec| spec.ports.iter().flatten())
+            .map(|p| {
+                (
+                    p.port as u16,
+                    p.name.clone().unwrap_or_default(),
+                    p.app_protocol.clone(),
+                )
+            })
+            .collect();
+        let export_to = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(discovery::registry::EXPORT_TO_ANNOTATION))
+            .map(|v| v.split(',').map(|e| e.trim().to_owned()).collect())
+            .unwrap_or_default();
+        self.service_info.insert(
+            host.clone(),
+            ServiceInfo {
+                namespace: ns,
+                ports,
+                export_to,
+            },
+        );
+        self.services.insert(host);
     }
 }
 
@@ -177,17 +248,19 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
             }
         }
     }
-    // Subsets per host, and DestinationRules per (host, namespace).
-    let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Subsets per host (with the defining rule's namespace and exportTo), and
+    // DestinationRules per (host, namespace).
+    let mut subsets: Subsets = BTreeMap::new();
     let mut rules: BTreeMap<(String, String), Vec<&mesh_api::networking::DestinationRule>> =
         BTreeMap::new();
     for r in &resources {
         if let Resource::DestinationRule(dr) = r {
             let host = resolve_host(&dr.spec.host, &ns_of(r));
-            subsets
-                .entry(host.clone())
-                .or_default()
-                .extend(dr.spec.subsets.iter().map(|s| s.name.clone()));
+            subsets.entry(host.clone()).or_default().push((
+                ns_of(r),
+                dr.spec.export_to.clone(),
+                dr.spec.subsets.iter().map(|s| s.name.clone()).collect(),
+            ));
             rules.entry((host, ns_of(r))).or_default().push(dr);
         }
     }
@@ -234,7 +307,7 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
         let Resource::VirtualService(vs) = r else {
             continue;
         };
-        check_virtual_service(r, vs, &hosts, &subsets, &mut out);
+        check_virtual_service(r, vs, &hosts, &input.service_info, &subsets, &mut out);
         let for_mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
         if for_mesh {
             for h in &vs.spec.hosts {
@@ -266,6 +339,10 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
     }
 
     check_peer_authentications(&resources, &mut out);
+    if let Some(workloads) = &input.workloads {
+        check_selectors(&resources, workloads, &mut out);
+    }
+    check_port_names(&input.service_info, &mut out);
     if let Some(known) = &input.namespaces {
         check_namespaces(&resources, known, &mut out);
     }
@@ -273,11 +350,15 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
     out
 }
 
+/// Subsets defined per host: (rule namespace, its exportTo, subset names) per rule.
+type Subsets = BTreeMap<String, Vec<(String, Vec<String>, BTreeSet<String>)>>;
+
 fn check_virtual_service(
     r: &Resource,
     vs: &VirtualService,
     hosts: &BTreeSet<String>,
-    subsets: &BTreeMap<String, BTreeSet<String>>,
+    services: &BTreeMap<String, ServiceInfo>,
+    subsets: &Subsets,
     out: &mut Vec<Finding>,
 ) {
     let ns = ns_of(r);
@@ -310,12 +391,69 @@ fn check_virtual_service(
             });
             return;
         }
+        if let Some(info) = services.get(&fqdn) {
+            if !visible(&info.export_to, &info.namespace, &ns) {
+                out.push(Finding {
+                    severity: Severity::Error,
+                    code: "IST0101",
+                    object: object(r),
+                    field: format!("{field}.destination.host"),
+                    message: format!(
+                        "service {fqdn} is not exported to namespace {ns} (its networking.istio.io/exportTo is {:?}); proxies there do not know it",
+                        info.export_to.join(",")
+                    ),
+                    fix: format!("add {ns} to the Service's exportTo annotation, or route elsewhere"),
+                });
+                return;
+            }
+            if let Some(port) = &d.port
+                && !info
+                    .ports
+                    .iter()
+                    .any(|(p, _, _)| u32::from(*p) == port.number)
+            {
+                let ports: Vec<String> = info.ports.iter().map(|(p, _, _)| p.to_string()).collect();
+                out.push(Finding {
+                    severity: Severity::Error,
+                    code: "IST0101",
+                    object: object(r),
+                    field: format!("{field}.destination.port.number"),
+                    message: format!(
+                        "port {} is not a port of {fqdn} (its ports: {}); requests routed there fail",
+                        port.number,
+                        ports.join(", ")
+                    ),
+                    fix: "use one of the Service's ports".into(),
+                });
+            }
+        }
         if let Some(subset) = &d.subset {
-            let defined = subsets.get(&fqdn);
-            if !defined.is_some_and(|s| s.contains(subset)) {
-                let known = defined
-                    .map(|s| s.iter().cloned().collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default();
+            let rules = subsets.get(&fqdn).map(Vec::as_slice).unwrap_or_default();
+            let visible_here: BTreeSet<&String> = rules
+                .iter()
+                .filter(|(rule_ns, export_to, _)| visible(export_to, rule_ns, &ns))
+                .flat_map(|(_, _, names)| names)
+                .collect();
+            let hidden = rules.iter().any(|(_, _, names)| names.contains(subset));
+            if !visible_here.contains(subset) {
+                let known = visible_here
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if hidden {
+                    out.push(Finding {
+                        severity: Severity::Error,
+                        code: "IST0101",
+                        object: object(r),
+                        field: format!("{field}.destination.subset"),
+                        message: format!(
+                            "subset {subset:?} of {fqdn} is defined by a DestinationRule not exported to namespace {ns}"
+                        ),
+                        fix: format!("export that DestinationRule to {ns} (exportTo), or define the subset in one visible here"),
+                    });
+                    return;
+                }
                 out.push(Finding {
                     severity: Severity::Error,
                     code: "IST0101",
@@ -427,6 +565,72 @@ fn check_peer_authentications(resources: &[&Resource], out: &mut Vec<Finding>) {
     }
 }
 
+/// Policies whose selector matches no workload have no effect (Istio's IST0127).
+fn check_selectors(
+    resources: &[&Resource],
+    workloads: &BTreeMap<String, Vec<BTreeMap<String, String>>>,
+    out: &mut Vec<Finding>,
+) {
+    for r in resources {
+        let selector = match r {
+            Resource::AuthorizationPolicy(p) => p.spec.selector.as_ref(),
+            Resource::PeerAuthentication(p) => p.spec.selector.as_ref(),
+            _ => continue,
+        };
+        let Some(labels) = selector.map(|s| &s.match_labels).filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        let ns = ns_of(r);
+        // A selector in the root namespace applies to workloads of every namespace.
+        let candidates: Vec<&BTreeMap<String, String>> = workloads
+            .iter()
+            .filter(|(w_ns, _)| ns == mesh_api::precedence::ROOT_NAMESPACE || **w_ns == ns)
+            .flat_map(|(_, list)| list)
+            .collect();
+        let matches = candidates
+            .iter()
+            .any(|w| labels.iter().all(|(k, v)| w.get(k) == Some(v)));
+        if !matches {
+            out.push(Finding {
+                severity: Severity::Warning,
+                code: "IST0127",
+                object: object(r),
+                field: "spec.selector.matchLabels".into(),
+                message: format!(
+                    "selects no workload in namespace {ns} ({} known there); the policy has no effect",
+                    candidates.len()
+                ),
+                fix: "fix the labels to match the workload's pod labels, or remove the policy"
+                    .into(),
+            });
+        }
+    }
+}
+
+/// Service ports whose name does not say the protocol (Istio's IST0118): the
+/// sidecar then sniffs every connection.
+fn check_port_names(services: &BTreeMap<String, ServiceInfo>, out: &mut Vec<Finding>) {
+    use mesh_proxy::state::Protocol;
+    for (host, info) in services {
+        for (i, (port, name, app_protocol)) in info.ports.iter().enumerate() {
+            if Protocol::from_port(name, app_protocol.as_deref()) != Protocol::Unknown {
+                continue;
+            }
+            let short = host.split('.').next().unwrap_or_default();
+            out.push(Finding {
+                severity: Severity::Warning,
+                code: "IST0118",
+                object: format!("Service {}/{short}", info.namespace),
+                field: format!("spec.ports[{i}].name"),
+                message: format!(
+                    "port {port} ({name:?}) names no protocol: the sidecar sniffs each connection, and a protocol where the server speaks first waits 100 ms before it is treated as TCP"
+                ),
+                fix: "name it <protocol>[-suffix] (http-, http2-, grpc-, tcp-, tls-, https-, mongo-, mysql-, redis-) or set appProtocol".into(),
+            });
+        }
+    }
+}
+
 fn check_namespaces(resources: &[&Resource], known: &BTreeSet<String>, out: &mut Vec<Finding>) {
     let unknown = |ns: &str| !known.contains(ns);
     for r in resources {
@@ -499,10 +703,21 @@ async fn from_cluster(
     }
     let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client.clone());
     for s in services.list(&lp).await.context("listing Services")? {
-        let ns = s.metadata.namespace.unwrap_or_default();
-        input
-            .services
-            .insert(resolve_host(&s.metadata.name.unwrap_or_default(), &ns));
+        input.add_service(&s);
+    }
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client.clone());
+    for p in pods.list(&lp).await.context("listing Pods")? {
+        let ns = ns_of_meta(&p.metadata);
+        input.add_workload(ns, p.metadata.labels.unwrap_or_default());
+    }
+    let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", "WorkloadEntry");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "workloadentries");
+    let entries: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
+    // Without the CRD there are no WorkloadEntries.
+    for e in entries.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(e.data["spec"]["labels"].clone()).unwrap_or_default();
+        input.add_workload(ns_of_meta(&e.metadata), labels);
     }
     if istio {
         for (group, kind, plural) in discovery::kube_registry::ISTIO_KINDS {
@@ -610,7 +825,7 @@ metadata: {name: shop}
 apiVersion: v1
 kind: Service
 metadata: {name: reviews, namespace: shop}
-spec: {ports: [{port: 9080}]}
+spec: {ports: [{name: http, port: 9080}]}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -785,6 +1000,84 @@ spec: {{host: reviews, subsets: [{{name: v2, labels: {{version: canary}}}}, {{na
             "{}",
             lost[0]
         );
+    }
+
+    #[test]
+    fn visibility_ports_selectors_and_port_names_are_checked() {
+        let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {ports: [{name: http, port: 9080}, {name: admin, port: 9090}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: billing, namespace: pay, annotations: {networking.istio.io/exportTo: \".\"}}
+spec: {ports: [{name: grpc, port: 7070}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec: {host: reviews, exportTo: [\".\"], subsets: [{name: v1, labels: {version: v1}}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-1, namespace: shop, labels: {app: reviews, version: v1}}
+spec: {containers: [{name: app, image: reviews}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: web}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: reviews.shop.svc.cluster.local, subset: v1, port: {number: 9080}}}]
+  - route: [{destination: {host: reviews.shop.svc.cluster.local, port: {number: 8080}}}]
+  - route: [{destination: {host: billing.pay.svc.cluster.local}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo, namespace: shop}
+spec: {selector: {matchLabels: {app: reveiws}}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}
+";
+        let findings = analyze(&input(yaml));
+        let got = codes(&findings);
+        let want: Vec<(&str, String)> = vec![
+            ("IST0101", "spec.http[0].route[0].destination.subset".into()),
+            ("IST0101", "spec.http[1].route[0].destination.port.number".into()),
+            ("IST0101", "spec.http[2].route[0].destination.host".into()),
+            ("IST0101", "spec.hosts[0]".into()),
+            ("IST0118", "spec.ports[1].name".into()),
+            ("IST0127", "spec.selector.matchLabels".into()),
+        ];
+        for w in &want {
+            assert!(got.contains(w), "missing {w:?} in {findings:#?}");
+        }
+        assert_eq!(got.len(), want.len(), "{findings:#?}");
+        let find = |field: &str| findings.iter().find(|f| f.field == field).unwrap();
+        assert!(
+            find("spec.http[0].route[0].destination.subset")
+                .message
+                .contains("not exported to namespace web")
+        );
+        assert!(
+            find("spec.http[1].route[0].destination.port.number")
+                .message
+                .contains("its ports: 9080, 9090")
+        );
+        assert!(
+            find("spec.http[2].route[0].destination.host")
+                .message
+                .contains("not exported to namespace web")
+        );
+        let unused = find("spec.selector.matchLabels");
+        assert_eq!(unused.object, "AuthorizationPolicy shop/typo");
+        assert_eq!(find("spec.ports[1].name").object, "Service shop/reviews");
     }
 
     #[test]

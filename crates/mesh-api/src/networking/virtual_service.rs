@@ -660,7 +660,15 @@ impl HttpMatchRequest {
             }
         }
         v.each_entry("headers", &self.headers, |v, k, m| {
-            validate_header_name(v, k);
+            if k.starts_with("@request.auth.claims") {
+                v.error(
+                    "is not supported: routing on JWT claims needs a RequestAuthentication, which \
+                     Isthmus does not enforce yet, so this match could never be true; route on a \
+                     header your gateway sets instead",
+                );
+            } else {
+                validate_header_name(v, k);
+            }
             m.validate(v)
         });
         v.each_entry("withoutHeaders", &self.without_headers, |v, k, m| {
