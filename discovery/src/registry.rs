@@ -625,6 +625,32 @@ impl Registry {
         for k in &stale_keys {
             self.delete_key(k);
         }
+        // A refused object that is gone (its file removed, or deleted while the watch
+        // was down) is no longer an error: it was never stored, so it is not stale.
+        {
+            let owned = |key: &str| {
+                let k = key.split('/').next().unwrap_or_default();
+                match kind {
+                    InputKind::Istio => !matches!(
+                        k,
+                        "Secret"
+                            | "WorkloadEntry"
+                            | "Service"
+                            | "EndpointSlice"
+                            | "Pod"
+                            | "Node"
+                            | "Namespace"
+                    ),
+                    InputKind::WorkloadEntry => k == "WorkloadEntry",
+                    InputKind::Secret => k == "Secret",
+                    _ => false,
+                }
+            };
+            let mut inner = self.lock();
+            inner
+                .errors
+                .retain(|key, _| !owned(key) || present.contains(key));
+        }
         for o in objects {
             if let Err(e) = self.apply(o) {
                 tracing::warn!(object = %e.object, reason = %e.reason, "input refused");

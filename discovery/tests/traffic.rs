@@ -1,5 +1,6 @@
 //! Live traffic through sidecars fed by discovery: a VirtualService change reroutes
-//! requests in flight, and discovery going away and coming back fails no request.
+//! requests in flight, discovery going away and coming back fails no request, and
+//! every shape of refused input leaves the last good config in force under traffic.
 
 mod support;
 
@@ -171,4 +172,156 @@ async fn routes_change_live_and_traffic_survives_a_discovery_restart() {
         "only {} requests",
         ok.load(Ordering::Relaxed)
     );
+}
+
+const GOOD_VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: v2}}]
+";
+
+const GOOD_DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+const GOOD_AP: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]
+";
+
+/// Every shape the API refuses, each as a user would apply it (an update of an object
+/// in force, or a new object), with the object key and a part of the refusal that
+/// names the field.
+fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    let vs = |http: &str| {
+        GOOD_VS.replace(
+            "  - route: [{destination: {host: reviews, subset: v2}}]",
+            http,
+        )
+    };
+    let dr = |extra: &str| format!("{GOOD_DR}{extra}");
+    let ap = |spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: shop}}\nspec: {spec}\n"
+        )
+    };
+    vec![
+        ("vs.yaml", vs("  - rout: []"), "VirtualService/shop/reviews", "spec.http[0]"),
+        ("vs.yaml", vs("  - match: [{uri: {regex: \"(\"}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "spec.http[0].match[0].uri.regex"),
+        ("vs.yaml", vs("  - route: [{destination: {host: reviews}, headers: {request: {set: {a: b}}}}]"), "VirtualService/shop/reviews", "spec.http[0].route[0].headers"),
+        ("vs.yaml", vs("  - corsPolicy: {allowOrigins: [{exact: x}]}\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "spec.http[0].corsPolicy"),
+        ("vs.yaml", GOOD_VS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  gateways: [ingress]"), "VirtualService/shop/reviews", "spec.gateways[0]"),
+        ("vs.yaml", vs("  - match: [{headers: {\"bad header\": {exact: x}}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "headers[\"bad header\"]"),
+        ("vs.yaml", vs("  - match: [{headers: {\"@request.auth.claims.group\": {exact: x}}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "JWT claims"),
+        ("dr.yaml", dr("  trafficPolicy: {tls: {mode: SIMPLE}}\n"), "DestinationRule/shop/reviews", "spec.trafficPolicy.tls.mode"),
+        ("dr.yaml", dr("  workloadSelector: {matchLabels: {app: frontend}}\n"), "DestinationRule/shop/reviews", "spec.workloadSelector"),
+        ("ap.yaml", ap("{action: CUSTOM, provider: {name: ext}, rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.action"),
+        ("ap.yaml", ap("{action: DENY, rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}"), "AuthorizationPolicy/shop/no-admin", "requestPrincipals"),
+        ("ap.yaml", ap("{action: DENY, rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}"), "AuthorizationPolicy/shop/no-admin", "request.auth"),
+        ("ap.yaml", ap("{action: DENY, targetRefs: [{kind: Service, name: reviews}], rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.targetRefs"),
+        ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: []}\n".into(), "Gateway/shop/ingress", "Gateway is not supported"),
+        ("se.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\nspec: {hosts: [legacy.example], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 10.9.9.9}]}\n".into(), "ServiceEntry/shop/legacy", "ServiceEntry is not supported"),
+        ("sidecar.yaml", "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"./*\"]}]}\n".into(), "Sidecar/shop/default", "not a kind Isthmus reads"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_shape_leaves_the_last_good_config_in_force_under_traffic() {
+    let net = 20 + ((std::process::id() + 100) % 200) as u8;
+    let ip = |host: u8| IpAddr::from([127, net, 1, host]);
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "reviews.yaml", SERVICE);
+    write(dir.path(), "vs.yaml", GOOD_VS);
+    write(dir.path(), "dr.yaml", GOOD_DR);
+    write(dir.path(), "ap.yaml", GOOD_AP);
+    let discovery = start_files("east", dir.path(), &pki).await;
+    let addr = discovery.grpc_addr;
+    app((ip(2), 8080).into(), "v1").await;
+    app((ip(3), 8080).into(), "v2").await;
+    let v1 = sidecar(addr, &pki, "reviews-v1", "shop", "reviews", ip(2)).await;
+    let v2 = sidecar(addr, &pki, "reviews-v2", "shop", "reviews", ip(3)).await;
+    write(
+        dir.path(),
+        "entries.yaml",
+        &format!(
+            "{}---\n{}",
+            entry("reviews-v1", "v1", ip(2), v1.sidecar.inbound_addr.port()),
+            entry("reviews-v2", "v2", ip(3), v2.sidecar.inbound_addr.port())
+        ),
+    );
+    let client = sidecar(addr, &pki, "frontend-1", "shop", "frontend", ip(9)).await;
+    let outbound = client.sidecar.outbound_addr;
+    // The good config in force: every request to v2 (VirtualService + subset of the
+    // DestinationRule), /admin denied (AuthorizationPolicy).
+    let in_force = || async {
+        for _ in 0..5 {
+            let got = get(outbound, "reviews:9080", "/").await;
+            if got != Ok((200, "v2".into())) {
+                return Err(format!("/ answered {got:?}"));
+            }
+        }
+        match get(outbound, "reviews:9080", "/admin").await {
+            Ok((403, _)) => Ok(()),
+            other => Err(format!("/admin answered {other:?}")),
+        }
+    };
+    let start = std::time::Instant::now();
+    while let Err(e) = in_force().await {
+        assert!(
+            start.elapsed() < T,
+            "the good config never took effect: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for (file, yaml, key, field) in refused_shapes() {
+        let good = std::fs::read_to_string(dir.path().join(file)).ok();
+        write(dir.path(), file, &yaml);
+        eventually(&format!("{key} refused naming {field}"), T, || {
+            discovery
+                .registry
+                .errors()
+                .iter()
+                .any(|e| e.object == key && e.reason.contains(field))
+        })
+        .await;
+        let err = discovery
+            .registry
+            .errors()
+            .into_iter()
+            .find(|e| e.object == key)
+            .unwrap();
+        // An update of an object in force keeps the object's last good version.
+        assert_eq!(err.last_good_in_force, good.is_some(), "{key}: {err:?}");
+        let kind = key.split('/').next().unwrap();
+        assert!(err.reason.starts_with(&format!("{kind} shop/")), "{err:?}");
+        // Traffic is served exactly as before, with the refusal in place.
+        in_force()
+            .await
+            .unwrap_or_else(|e| panic!("after refusing {key} ({field}): {e}"));
+        // The user fixes it (puts the good version back, or removes the new object).
+        match good {
+            Some(g) => write(dir.path(), file, &g),
+            None => std::fs::remove_file(dir.path().join(file)).unwrap(),
+        }
+        eventually(&format!("{key} no longer refused"), T, || {
+            !discovery.registry.errors().iter().any(|e| e.object == key)
+        })
+        .await;
+    }
+    in_force().await.unwrap();
+    assert!(client.proxy.status.load().rejected.is_empty());
 }

@@ -1049,7 +1049,10 @@ spec: {selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}
         let got = codes(&findings);
         let want: Vec<(&str, String)> = vec![
             ("IST0101", "spec.http[0].route[0].destination.subset".into()),
-            ("IST0101", "spec.http[1].route[0].destination.port.number".into()),
+            (
+                "IST0101",
+                "spec.http[1].route[0].destination.port.number".into(),
+            ),
             ("IST0101", "spec.http[2].route[0].destination.host".into()),
             ("IST0101", "spec.hosts[0]".into()),
             ("IST0118", "spec.ports[1].name".into()),
