@@ -324,4 +324,35 @@ async fn every_refused_shape_leaves_the_last_good_config_in_force_under_traffic(
     }
     in_force().await.unwrap();
     assert!(client.proxy.status.load().rejected.is_empty());
+
+    // A field accepted without effect is not an error: the object is used, and the
+    // monitoring port counts the field (meshctl analyze names it).
+    write(
+        dir.path(),
+        "dr.yaml",
+        &GOOD_DR.replace(
+            "  subsets:",
+            "  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 5, interval: 5s}}\n  subsets:",
+        ),
+    );
+    let monitor = discovery.monitor_addr.unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, metrics) = mesh_proxy::http_util::get(monitor, "/metrics")
+            .await
+            .unwrap();
+        if metrics.contains("isthmus_discovery_config_warned_fields 1") {
+            assert!(
+                metrics.contains("isthmus_discovery_config_refused_objects 0"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < T,
+            "the warned field is not counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    in_force().await.unwrap();
 }
