@@ -53,6 +53,14 @@ struct Args {
     /// Longest a change waits for a push.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     debounce_max: Duration,
+    /// Longest a linked cluster's endpoints are kept stale after its lease ran out,
+    /// even while its east-west gateway passes its health checks.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    stale_endpoint_bound: Duration,
+    /// How often a stale linked cluster's east-west gateway is probed (three failures
+    /// in a row withdraw its endpoints).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    gateway_probe_interval: Duration,
     /// Serve the sidecar injection and validation webhooks (HTTPS, /inject and
     /// /validate) on this address (Istio's webhook port is 15017).
     #[arg(long)]
@@ -119,6 +127,8 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     }
     let tracing = options.tracing.clone();
+    options.links.stale_bound = args.stale_endpoint_bound;
+    options.links.probe_interval = args.gateway_probe_interval;
     options.debounce = discovery::push::Debounce {
         after: args.debounce_after,
         max: args.debounce_max,

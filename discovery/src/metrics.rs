@@ -1,6 +1,8 @@
 //! Discovery's own metrics, in Prometheus text on the monitoring port (15014).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -33,6 +35,18 @@ pub struct Metrics {
     pub config_refused: Gauge,
     /// Fields in force that are accepted without effect (set at each scrape).
     pub config_warned_fields: Gauge,
+    /// Endpoints received per linked cluster, by whether they are stale (set at each
+    /// scrape).
+    pub remote_endpoints: Family<RemoteLabels, Gauge>,
+}
+
+/// Labels of [`Metrics::remote_endpoints`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteLabels {
+    /// The linked cluster.
+    pub cluster: String,
+    /// `true` while its control plane is silent and its gateway healthy.
+    pub stale: String,
 }
 
 impl Default for Metrics {
@@ -51,6 +65,7 @@ impl Default for Metrics {
             validation_failed: Counter::default(),
             config_refused: Gauge::default(),
             config_warned_fields: Gauge::default(),
+            remote_endpoints: Family::default(),
             registry: Registry::default(),
         };
         registry.register("pushes", "Config pushes sent", m.pushes.clone());
@@ -104,6 +119,11 @@ impl Default for Metrics {
             "config_warned_fields",
             "Fields of objects in force that Isthmus accepts without effect (see meshctl analyze)",
             m.config_warned_fields.clone(),
+        );
+        registry.register(
+            "remote_endpoints",
+            "Endpoints received from each linked cluster; stale=true while its control plane is silent and its gateway passes its health checks",
+            m.remote_endpoints.clone(),
         );
         Self { registry, ..m }
     }

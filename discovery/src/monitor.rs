@@ -65,6 +65,19 @@ pub async fn serve(listener: TcpListener, views: Views) {
                 let (refused, warned) = registry.input_health();
                 metrics.config_refused.set(refused as i64);
                 metrics.config_warned_fields.set(warned as i64);
+                metrics.remote_endpoints.clear();
+                for l in links.list() {
+                    let stale = l.state == "stale";
+                    for (flag, count) in [(true, if stale { l.endpoints } else { 0 }), (false, if stale { 0 } else { l.endpoints })] {
+                        metrics
+                            .remote_endpoints
+                            .get_or_create(&crate::metrics::RemoteLabels {
+                                cluster: l.link.cluster.clone(),
+                                stale: flag.to_string(),
+                            })
+                            .set(count as i64);
+                    }
+                }
                 text_response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

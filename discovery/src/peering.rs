@@ -8,8 +8,10 @@
 //! Client side ([`run_links`]): one subscription per link Secret. The first full
 //! update replaces what was held from that cluster; a changed link connects anew and
 //! drops the old connection only once the new one has synced (make before break); a
-//! silent peer's endpoints stay until the lease runs out, then are withdrawn; a
-//! deleted link withdraws them at once. Reconnects back off.
+//! silent peer's endpoints stay until the lease runs out, then are kept as *stale*
+//! while the peer's east-west gateway passes a health probe through its data port,
+//! and withdrawn when it fails them or after a long bound; a deleted link withdraws
+//! them at once. Reconnects back off.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -158,7 +160,9 @@ pub struct LinkStatus {
     /// The link.
     pub link: Link,
     /// `connecting`, `syncing`, `connected`, `disconnected`, `timed out` (not synced
-    /// within the readiness bound) or `lease expired`.
+    /// within the readiness bound), `stale` (lease expired, endpoints kept while the
+    /// peer's gateway passes its health checks) or `withdrawn` (lease expired and the
+    /// gateway failed its checks, or stale for longer than the bound).
     pub state: String,
     /// Services received.
     pub services: usize,
@@ -171,6 +175,13 @@ pub struct LinkStatus {
     /// Whether the peer's certificate verified against the link's trust bundle on the
     /// last connection (`None` before any handshake).
     pub trust_bundle_match: Option<bool>,
+    /// Since when the peer's endpoints are kept stale (RFC 3339; empty when fresh).
+    pub stale_since: String,
+    /// The last health probe of the peer's gateway while stale: `ok: ...` or
+    /// `failing (N/M): why`.
+    pub gateway_probe: String,
+    /// Failed gateway probes since the link was added.
+    pub gateway_probe_failures: u64,
     /// Last error.
     pub last_error: String,
     #[serde(skip)]
@@ -238,7 +249,19 @@ pub struct LinkOptions {
     pub max_backoff: Duration,
     /// Where a span per link sync (connect to first full sync) goes.
     pub tracing: mesh_telemetry::trace::Tracing,
+    /// How often a stale peer's east-west gateway is probed.
+    pub probe_interval: Duration,
+    /// Longest wait for one probe's answer.
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes that withdraw a stale peer's endpoints.
+    pub probe_failures: u32,
+    /// Longest a peer's endpoints are kept stale, even with a healthy gateway.
+    pub stale_bound: Duration,
 }
+
+/// Default of [`LinkOptions::stale_bound`]: a day, long enough to ride out any
+/// control-plane outage an operator would leave unattended.
+pub const DEFAULT_STALE_BOUND: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for LinkOptions {
     fn default() -> Self {
@@ -247,6 +270,10 @@ impl Default for LinkOptions {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             tracing: mesh_telemetry::trace::Tracing::disabled(),
+            probe_interval: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(2),
+            probe_failures: 3,
+            stale_bound: DEFAULT_STALE_BOUND,
         }
     }
 }
@@ -313,6 +340,9 @@ pub async fn run_links(
                     last_heartbeat: String::new(),
                     lease_expiry: String::new(),
                     trust_bundle_match: None,
+                    stale_since: String::new(),
+                    gateway_probe: String::new(),
+                    gateway_probe_failures: 0,
                     last_error: String::new(),
                     added: Some(Instant::now()),
                     synced: false,
@@ -384,34 +414,16 @@ async fn subscribe_loop(
 ) {
     let cluster = link.cluster.clone();
     let last_seen: Arc<Mutex<Option<(Instant, Duration)>>> = Arc::default();
-    // The lease: withdraw the peer's endpoints when it has been silent too long.
-    let watchdog = {
-        let (last_seen, registry, links, cluster) = (
-            last_seen.clone(),
-            registry.clone(),
-            links.clone(),
-            cluster.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let expired = last_seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some_and(|(at, lease)| at.elapsed() > lease);
-                if expired {
-                    *last_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    registry.set_remote(&cluster, None);
-                    links.update(&cluster, |s| {
-                        s.state = "lease expired".into();
-                        s.services = 0;
-                        s.endpoints = 0;
-                    });
-                    tracing::warn!(peer = %cluster, "lease expired; the peer's endpoints are withdrawn");
-                }
-            }
-        })
-    };
+    // The lease: when the peer has been silent too long its endpoints turn stale, and
+    // stay while its gateway passes its health checks.
+    let watchdog = tokio::spawn(lease_watchdog(
+        link.clone(),
+        registry.clone(),
+        identity.clone(),
+        links.clone(),
+        options.clone(),
+        last_seen.clone(),
+    ));
     let _watchdog = AbortOnDrop(watchdog);
     let mut backoff =
         mesh_proxy::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
@@ -430,7 +442,7 @@ async fn subscribe_loop(
         if let Err(e) = &result {
             tracing::warn!(peer = %cluster, error = %e, "peering stream closed; retrying");
             links.update(&cluster, |s| {
-                if s.state != "lease expired" && s.state != "timed out" {
+                if !matches!(s.state.as_str(), "stale" | "withdrawn" | "timed out") {
                     s.state = "disconnected".into();
                 }
                 s.last_error = e.clone();
@@ -438,6 +450,113 @@ async fn subscribe_loop(
         }
         backoff.wait(started).await;
     }
+}
+
+/// Watches one link's lease. On expiry the peer's endpoints are kept and marked
+/// stale (a control-plane outage must not take down a healthy data plane); while
+/// stale, the peer's east-west gateway is probed through its data port, and the
+/// endpoints are withdrawn after `probe_failures` failed probes in a row or once
+/// stale for `stale_bound`. A fresh full sync ends the stale state.
+async fn lease_watchdog(
+    link: Link,
+    registry: Arc<Registry>,
+    identity: Identity,
+    links: Arc<Links>,
+    options: LinkOptions,
+    last_seen: Arc<Mutex<Option<(Instant, Duration)>>>,
+) {
+    let cluster = link.cluster.clone();
+    let probe_tls = link_trust(&link).map(|trust| {
+        Arc::new(identity.client_config_with_trust(trust, vec![], &[mesh_proxy::probe::ALPN_PROBE]))
+    });
+    let withdraw = |reason: String| {
+        registry.set_remote(&cluster, None);
+        links.update(&cluster, |s| {
+            s.state = "withdrawn".into();
+            s.services = 0;
+            s.endpoints = 0;
+            s.stale_since.clear();
+            s.last_error = reason.clone();
+        });
+        tracing::warn!(peer = %cluster, reason = %reason, "the peer's stale endpoints are withdrawn");
+    };
+    let mut failures = 0u32;
+    let mut next_probe = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let expired = last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(at, lease)| at.elapsed() > lease);
+        if expired {
+            *last_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if registry.mark_remote_stale(&cluster) {
+                let now = SystemTime::now();
+                links.update(&cluster, |s| {
+                    s.state = "stale".into();
+                    s.stale_since = mesh_identity::cert::rfc3339(now);
+                });
+                tracing::warn!(peer = %cluster, "lease expired; the peer's endpoints are kept as stale while its gateway passes its health checks");
+                failures = 0;
+                next_probe = Instant::now();
+            }
+        }
+        let Some(since) = registry.remote_stale_since(&cluster) else {
+            failures = 0;
+            continue;
+        };
+        if since.elapsed().unwrap_or_default() > options.stale_bound {
+            withdraw(format!(
+                "stale for longer than the bound ({:?})",
+                options.stale_bound
+            ));
+            continue;
+        }
+        if Instant::now() < next_probe {
+            continue;
+        }
+        next_probe = Instant::now() + options.probe_interval;
+        // Without a gateway (same network) there is nothing to probe: the endpoints
+        // stay until the bound, and the proxies' outlier detection judges them.
+        let Some(tls) = probe_tls.clone() else {
+            continue;
+        };
+        if link.gateway_address.is_empty() {
+            continue;
+        }
+        let result = match resolve(&link.gateway_address).await {
+            Ok(gw) => mesh_proxy::probe::probe_gateway(gw, tls, options.probe_timeout).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(answer) => {
+                failures = 0;
+                links.update(&cluster, |s| s.gateway_probe = format!("ok: {answer}"));
+            }
+            Err(e) => {
+                failures += 1;
+                let n = options.probe_failures;
+                links.update(&cluster, |s| {
+                    s.gateway_probe = format!("failing ({failures}/{n}): {e}");
+                    s.gateway_probe_failures += 1;
+                });
+                tracing::info!(peer = %cluster, failures, error = %e, "gateway health probe failed");
+                if failures >= n {
+                    withdraw(format!(
+                        "its gateway failed {n} health checks in a row: {e}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The trust a link names for its peer (the peer's trust domain and roots).
+fn link_trust(link: &Link) -> Option<TrustConfig> {
+    let td: mesh_identity::TrustDomain = link.trust_domain.parse().ok()?;
+    let bundle =
+        TrustBundle::from_pem(td.clone(), link.trust_bundle.as_bytes(), &link.secret).ok()?;
+    Some(TrustConfig::new(td, bundle))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -489,7 +608,7 @@ async fn subscribe_once(
     let address = resolve(&link.discovery_address).await?;
     let gateway = resolve(&link.gateway_address).await.ok();
     links.update(cluster, |s| {
-        if s.state != "timed out" && s.state != "lease expired" {
+        if !matches!(s.state.as_str(), "stale" | "withdrawn" | "timed out") {
             s.state = "connecting".into();
         }
     });
@@ -522,7 +641,7 @@ async fn subscribe_once(
         .into_inner();
     links.update(cluster, |s| {
         s.trust_bundle_match = Some(true);
-        if s.state != "timed out" && s.state != "lease expired" {
+        if !matches!(s.state.as_str(), "stale" | "withdrawn" | "timed out") {
             s.state = "syncing".into();
         }
     });
@@ -565,6 +684,7 @@ async fn subscribe_once(
                     gateway,
                     gateway_quic: link.gateway_quic,
                     services,
+                    stale_since: None,
                 }),
             );
             if let Some(old) = previous.take() {
@@ -576,6 +696,10 @@ async fn subscribe_once(
                 span.set([("services", update.services.len().to_string())]);
                 span.end(200, "-");
             }
+        } else if !registry.mark_remote_fresh(cluster) {
+            // What this peer sent was withdrawn while it was silent: only a full sync
+            // brings it back.
+            return Err("the peer's endpoints were withdrawn while it was silent; resubscribing for a full sync".into());
         } else if !update.services.is_empty() || !update.removed.is_empty() {
             let upserts = update.services.iter().filter_map(decode).collect();
             let removed = update
@@ -589,6 +713,8 @@ async fn subscribe_once(
         let now = SystemTime::now();
         links.update(cluster, |s| {
             s.state = "connected".into();
+            s.stale_since.clear();
+            s.gateway_probe.clear();
             s.synced = true;
             s.services = services;
             s.endpoints = endpoints;

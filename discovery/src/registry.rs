@@ -342,6 +342,9 @@ pub struct RemoteCluster {
     pub gateway_quic: bool,
     /// Exported services: (namespace, name) → (service, exportTo).
     pub services: BTreeMap<(String, String), (ServiceConfig, Vec<String>)>,
+    /// Since when the peer's lease has run out while its gateway still passes its
+    /// health checks: the endpoints are kept and marked stale.
+    pub stale_since: Option<std::time::SystemTime>,
 }
 
 /// What proxies read: see the module documentation.
@@ -887,7 +890,10 @@ impl Registry {
                 &ep.network
             };
             if *network == self.network {
-                out.push(ep.clone());
+                out.push(EndpointConfig {
+                    stale: remote.stale_since.is_some(),
+                    ..ep.clone()
+                });
             } else if remote.gateway.is_some() {
                 let key = (
                     ep.labels.clone(),
@@ -912,6 +918,7 @@ impl Registry {
                     locality,
                     weight: Some(weight),
                     ready: true,
+                    stale: remote.stale_since.is_some(),
                 });
             }
         }
@@ -929,8 +936,40 @@ impl Registry {
             })
     }
 
+    /// Marks what was received from `cluster` stale (its lease ran out, its gateway
+    /// is healthy): kept, shown as stale. False when nothing is held from it.
+    pub fn mark_remote_stale(&self, cluster: &str) -> bool {
+        self.set_remote_stale(cluster, true)
+    }
+
+    /// Ends the stale state of what `cluster` sent (it speaks again). False when
+    /// nothing is held from it (it was withdrawn meanwhile).
+    pub fn mark_remote_fresh(&self, cluster: &str) -> bool {
+        self.set_remote_stale(cluster, false)
+    }
+
+    fn set_remote_stale(&self, cluster: &str, stale: bool) -> bool {
+        let mut inner = self.lock();
+        let Some(r) = inner.remote.get_mut(cluster) else {
+            return false;
+        };
+        if r.stale_since.is_some() != stale {
+            r.stale_since = stale.then(std::time::SystemTime::now);
+            let touched = r.services.keys().cloned().collect();
+            self.recompile_services(&mut inner, touched);
+            drop(inner);
+            self.changed.send_modify(|_| {});
+        }
+        true
+    }
+
+    /// Since when what `cluster` sent is stale, if it is.
+    pub fn remote_stale_since(&self, cluster: &str) -> Option<std::time::SystemTime> {
+        self.lock().remote.get(cluster).and_then(|r| r.stale_since)
+    }
+
     /// Replaces everything received from `cluster` (a full sync, or `None` to withdraw
-    /// it: link deleted or lease expired).
+    /// it: link deleted, or lease expired and its gateway unhealthy).
     pub fn set_remote(&self, cluster: &str, remote: Option<RemoteCluster>) {
         let mut inner = self.lock();
         let mut touched: Vec<(String, String)> = inner
@@ -1045,6 +1084,7 @@ impl Registry {
                     }
                     endpoints.push(EndpointConfig {
                         tunnel: None,
+                        stale: false,
                         address,
                         inbound_port: pod.as_ref().and_then(|w| w.inbound_port),
                         labels: pod.as_ref().map(|w| w.labels.clone()).unwrap_or_default(),
@@ -1080,6 +1120,7 @@ impl Registry {
                 let w = self.entry_workload(we);
                 endpoints.push(EndpointConfig {
                     tunnel: None,
+                    stale: false,
                     address,
                     inbound_port: w.inbound_port,
                     labels: w.labels,
@@ -1288,6 +1329,7 @@ impl Registry {
                 "gateway": r.gateway.map(|g| g.to_string()),
                 "services": r.services.len(),
                 "endpoints": r.services.values().map(|(s, _)| s.endpoints.len()).sum::<usize>(),
+                "staleSince": r.stale_since.map(mesh_identity::cert::rfc3339),
             })).collect::<Vec<_>>(),
             "errors": inner.errors.values().collect::<Vec<_>>(),
             "warnedFields": inner.warned,

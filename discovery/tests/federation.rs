@@ -1,8 +1,9 @@
 //! Two discovery services linked by link Secrets (file mode): each streams what it
 //! exports to the other over mTLS; services merge by namespace sameness, a service
 //! only in the other cluster resolves, endpoints on another network go through that
-//! network's gateway, cluster-local and hidden services stay home; a deleted link and
-//! an expired lease withdraw the peer's endpoints.
+//! network's gateway, cluster-local and hidden services stay home; a deleted link
+//! withdraws the peer's endpoints, an expired lease turns them stale, and they are
+//! withdrawn once the peer's gateway fails its health checks.
 
 mod support;
 
@@ -110,6 +111,7 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
         &east_pki,
     );
     east_opts.lease = Duration::from_secs(2);
+    east_opts.links.probe_interval = Duration::from_millis(200);
     let mut west_opts = options(
         "west",
         discovery::Source::Files(west_dir.path().to_owned()),
@@ -230,16 +232,37 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
         2,
         "kept within the lease"
     );
-    eventually("lease expired", T, || {
-        endpoint_summary(&proxy.store, REVIEWS) == ["10.1.0.1:15006 east w1 v1"]
+    // At lease expiry the endpoints turn stale (kept, marked), not withdrawn ...
+    let stale = |store: &mesh_proxy::StateStore| {
+        store
+            .snapshot()
+            .services
+            .get(REVIEWS)
+            .is_some_and(|s| s.endpoints.iter().any(|e| e.cluster == "west" && e.stale))
+    };
+    eventually("lease expired: west's endpoints stale", T, || {
+        stale(&proxy.store)
     })
     .await;
     // The lease counts from west's last message, heartbeats come every third of it.
     assert!(
         stopped.elapsed() >= Duration::from_millis(1300),
-        "withdrawn before the lease ran out"
+        "stale before the lease ran out"
     );
-    assert_eq!(east.links.list()[0].state, "lease expired");
+    // ... and since west's gateway (nothing listens at 127.0.0.1:25443) fails its
+    // health probes, they are withdrawn after three failures in a row.
+    eventually("withdrawn after the gateway failed its checks", T, || {
+        endpoint_summary(&proxy.store, REVIEWS) == ["10.1.0.1:15006 east w1 v1"]
+    })
+    .await;
+    let link = east.links.list().remove(0);
+    assert_eq!(link.state, "withdrawn", "{link:?}");
+    assert!(
+        link.last_error
+            .contains("gateway failed 3 health checks in a row"),
+        "{link:?}"
+    );
+    assert!(link.gateway_probe_failures >= 3, "{link:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

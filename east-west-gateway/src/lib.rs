@@ -2,7 +2,9 @@
 //! `outbound_.PORT_.SUBSET_.HOST` to a healthy local endpoint of that service and
 //! subset, never decrypting. Its config is what the cluster exports (discovery's
 //! gateway view), so only exported, non-cluster-local services are reachable; an
-//! unknown or forbidden SNI is refused and counted.
+//! unknown or forbidden SNI is refused and counted. The server name
+//! [`mesh_proxy::probe::GATEWAY_PROBE_SNI`] is answered by the gateway itself: the
+//! health check linked clusters run through this port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +31,8 @@ pub struct RefusedLabels {
     /// `not_tls`, `no_sni`, `not_mesh_sni`, `unknown_service`, `unknown_port`,
     /// `unknown_subset`, `no_healthy_endpoint`, `upstream_connect_failed`, `timeout`,
     /// `quic_handshake` (e.g. a caller from a trust domain not accepted),
-    /// `bad_tunnel_header`.
+    /// `bad_tunnel_header`, `probe_refused` (a health probe whose caller the gateway
+    /// does not accept), `probe_without_identity`.
     pub reason: String,
 }
 
@@ -45,6 +48,8 @@ pub struct GatewayMetrics {
     pub refused: Family<RefusedLabels, Counter>,
     /// Connections tunnelled over QUIC.
     pub quic_streams: Counter,
+    /// Health probes answered (linked clusters checking this gateway).
+    pub probes: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -58,6 +63,7 @@ impl Default for GatewayMetrics {
             received: Family::default(),
             refused: Family::default(),
             quic_streams: Counter::default(),
+            probes: Counter::default(),
         };
         registry.register(
             "istio_tcp_connections_opened",
@@ -83,6 +89,11 @@ impl Default for GatewayMetrics {
             "isthmus_gateway_quic_streams",
             "Connections tunnelled over QUIC",
             m.quic_streams.clone(),
+        );
+        registry.register(
+            "isthmus_gateway_probes",
+            "Health probes from linked clusters answered",
+            m.probes.clone(),
         );
         registry.register(
             "isthmus_gateway_refused",
@@ -197,6 +208,10 @@ pub async fn start(
     let mut tasks = Vec::new();
     {
         let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
+        // The probe is answered with the gateway's own certificate (mTLS).
+        let probe_tls = identity
+            .as_ref()
+            .map(|i| Arc::new(i.server_config(&[mesh_proxy::probe::ALPN_PROBE])));
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((conn, peer)) = listener.accept().await else {
@@ -204,8 +219,15 @@ pub async fn start(
                     continue;
                 };
                 let _ = conn.set_nodelay(true);
-                let (store, metrics, options) = (store.clone(), metrics.clone(), options.clone());
-                tokio::spawn(async move { handle(conn, peer, &store, &metrics, &options).await });
+                let (store, metrics, options, probe_tls) = (
+                    store.clone(),
+                    metrics.clone(),
+                    options.clone(),
+                    probe_tls.clone(),
+                );
+                tokio::spawn(async move {
+                    handle(conn, peer, &store, &metrics, &options, probe_tls).await
+                });
             }
         }));
     }
@@ -426,6 +448,7 @@ async fn handle(
     store: &StateStore,
     metrics: &GatewayMetrics,
     options: &GatewayOptions,
+    probe_tls: Option<mesh_proxy::probe::ProbeServerConfig>,
 ) {
     let (hello, sni) =
         match tokio::time::timeout(options.hello_timeout, read_client_hello(&mut conn)).await {
@@ -442,6 +465,29 @@ async fn handle(
             "the ClientHello has no server name",
         );
     };
+    if sni == mesh_proxy::probe::GATEWAY_PROBE_SNI {
+        // A linked cluster checking this gateway: answered here, not routed.
+        let Some(tls) = probe_tls else {
+            return refuse(
+                metrics,
+                peer,
+                Some(&sni),
+                "probe_without_identity",
+                "this gateway has no certificate to answer probes with",
+            );
+        };
+        use tokio::io::AsyncReadExt as _;
+        let (read, write) = tokio::io::split(conn);
+        let replayed = tokio::io::join(std::io::Cursor::new(hello).chain(read), write);
+        let cluster = store.snapshot().node.cluster.clone();
+        match mesh_proxy::probe::answer_probe(replayed, tls, store.is_ready(), &cluster).await {
+            Ok(()) => {
+                metrics.probes.inc();
+            }
+            Err(e) => refuse(metrics, peer, Some(&sni), "probe_refused", &e),
+        }
+        return;
+    }
     match route(&sni, store, options).await {
         Ok((upstream, labels, addr)) => {
             splice(

@@ -425,3 +425,193 @@ async fn a_request_crosses_clusters_through_the_gateway_and_fails_over() {
     }
     let _ = v2_status;
 }
+
+/// West's discovery dies while west's gateway and workloads keep running: after its
+/// lease, east keeps west's endpoints as stale because the gateway passes its health
+/// probes, and no request fails; when the gateway dies too, the endpoints are
+/// withdrawn and requests fail fast with 503 instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_control_plane_keeps_healthy_cross_cluster_traffic_flowing() {
+    let net = 20 + ((std::process::id() + 77) % 200) as u8;
+    let ip = |cluster: u8, host: u8| IpAddr::from([127, net, cluster, host]);
+    let east_pki = Pki::new("east");
+    let west_pki = east_pki.sibling("west");
+    let root = east_pki.root.cert_pem().to_owned();
+    let (east_dir, west_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // reviews runs only in west.
+    write(
+        east_dir.path(),
+        "rules.yaml",
+        &format!("{RULES}{}", route(None)),
+    );
+    write(west_dir.path(), "rules.yaml", RULES);
+    write(east_dir.path(), "svc.yaml", SERVICE);
+    let mut east_opts = options(
+        "east",
+        discovery::Source::Files(east_dir.path().to_owned()),
+        &east_pki,
+    );
+    east_opts.links.probe_interval = Duration::from_millis(200);
+    east_opts.links.probe_timeout = Duration::from_millis(500);
+    let east = discovery::start(east_opts).await.unwrap();
+    let mut west_opts = options(
+        "west",
+        discovery::Source::Files(west_dir.path().to_owned()),
+        &west_pki,
+    );
+    // The lease west grants its subscribers.
+    west_opts.lease = Duration::from_secs(1);
+    let west = discovery::start(west_opts).await.unwrap();
+
+    app((ip(2, 2), 8080).into(), "v2 in west").await;
+    let v2 = sidecar(
+        west.grpc_addr,
+        &west_pki,
+        "reviews-v2",
+        "shop",
+        "reviews",
+        ip(2, 2),
+    )
+    .await;
+    write(
+        west_dir.path(),
+        "svc.yaml",
+        &format!(
+            "{SERVICE}{}",
+            entry(
+                "reviews-v2",
+                "v2",
+                ip(2, 2),
+                v2.sidecar.inbound_addr.port(),
+                "us/west"
+            )
+        ),
+    );
+    let gw_identity = west_pki.identity("istio-system", "isthmus-eastwest-gateway");
+    let gw_proxy = connect_as(
+        west.grpc_addr,
+        gw_identity.clone(),
+        "eastwest-gateway",
+        "gateway",
+    );
+    let gateway = east_west_gateway::start(
+        gw_proxy.store.clone(),
+        Some(gw_identity),
+        east_west_gateway::GatewayOptions {
+            listen: (ip(2, 100), 0).into(),
+            admin: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the gateway knows reviews", T, || {
+        gw_proxy.store.snapshot().services.contains_key(REVIEWS)
+    })
+    .await;
+    let frontend = sidecar(
+        east.grpc_addr,
+        &east_pki,
+        "frontend-1",
+        "shop",
+        "frontend",
+        ip(1, 9),
+    )
+    .await;
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link_secret("west", west.grpc_addr, gateway.addr, &root, false),
+    );
+    eventually("east sees west's v2 behind the gateway", T, || {
+        endpoints(&frontend.proxy.store, REVIEWS) == [ip(2, 100).to_string()]
+    })
+    .await;
+    let out = frontend.sidecar.outbound_addr;
+    assert_eq!(
+        get(out, "reviews:9080", "/").await.unwrap(),
+        (200, "v2 in west".into())
+    );
+
+    // Load from east's frontend throughout.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let results = Arc::new(std::sync::Mutex::new(Vec::<(Duration, u16)>::new()));
+    let load = {
+        let (stop, results) = (stop.clone(), results.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let start = std::time::Instant::now();
+                let status = get(out, "reviews:9080", "/")
+                    .await
+                    .map(|(s, _)| s)
+                    .unwrap_or(0);
+                results.lock().unwrap().push((start.elapsed(), status));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // West's control plane goes away for three times its lease.
+    drop(west);
+    let start = std::time::Instant::now();
+    eventually("west's endpoints are stale", T, || {
+        frontend
+            .proxy
+            .store
+            .snapshot()
+            .services
+            .get(REVIEWS)
+            .is_some_and(|s| s.endpoints.iter().all(|e| e.stale) && !s.endpoints.is_empty())
+    })
+    .await;
+    while start.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let link = east.links.list().remove(0);
+    assert_eq!(link.state, "stale", "{link:?}");
+    assert!(link.gateway_probe.starts_with("ok: ready west"), "{link:?}");
+    assert!(!link.stale_since.is_empty());
+    assert!(
+        gateway.metrics.probes.get() >= 3,
+        "{}",
+        gateway.metrics.encode()
+    );
+    let (_, metrics) = mesh_proxy::http_util::get(east.monitor_addr.unwrap(), "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("isthmus_discovery_remote_endpoints{cluster=\"west\",stale=\"true\"} 1"),
+        "{metrics}"
+    );
+    {
+        let r = results.lock().unwrap();
+        let failed: Vec<_> = r.iter().filter(|(_, s)| *s != 200).collect();
+        assert!(r.len() > 100, "only {} requests", r.len());
+        assert!(
+            failed.is_empty(),
+            "{} of {} failed while west's discovery was down",
+            failed.len(),
+            r.len()
+        );
+        println!("control plane down 3 s: {} requests, 0 failed", r.len());
+    }
+
+    // Now the gateway dies too: its probes fail and the endpoints go; requests fail
+    // fast (503, no healthy upstream) instead of hanging.
+    drop(gateway);
+    eventually("west's endpoints withdrawn", T, || {
+        endpoints(&frontend.proxy.store, REVIEWS).is_empty()
+    })
+    .await;
+    assert_eq!(east.links.list()[0].state, "withdrawn");
+    results.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+    let r = results.lock().unwrap();
+    assert!(!r.is_empty());
+    for (took, status) in r.iter() {
+        assert_eq!(*status, 503);
+        assert!(*took < Duration::from_secs(1), "a request took {took:?}");
+    }
+}

@@ -155,6 +155,11 @@ pub struct EndpointConfig {
     /// on the same port (UDP); sidecars then try QUIC first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<String>,
+    /// True when the endpoint's cluster stopped renewing its lease (its control plane
+    /// is silent) but its east-west gateway still passes health checks: kept, shown
+    /// as stale.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 fn yes() -> bool {

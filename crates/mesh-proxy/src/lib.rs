@@ -33,6 +33,7 @@ pub mod path;
 pub mod peer;
 pub mod peer_authn;
 pub mod pool;
+pub mod probe;
 pub mod retry;
 pub mod routes;
 pub mod sidecar;

@@ -85,6 +85,8 @@ pub struct Endpoint {
     pub ready: bool,
     /// A gateway that accepts QUIC tunnels (tried before TCP).
     pub quic: bool,
+    /// Kept while its cluster's control plane is silent and its gateway healthy.
+    pub stale: bool,
 }
 
 /// A service with its endpoints.
@@ -476,6 +478,7 @@ impl ProxyState {
                         weight: e.weight.unwrap_or(1),
                         ready: e.ready,
                         quic: e.tunnel.as_deref() == Some("quic"),
+                        stale: e.stale,
                     })
                 })
                 .collect();

@@ -308,7 +308,16 @@ pub(crate) fn run(cmd: MulticlusterCommand) -> anyhow::Result<()> {
                 "LEASE EXPIRES",
                 "TRUST",
             );
+            let mut stale = Vec::new();
             for l in &list {
+                if l["state"] == "stale" {
+                    stale.push(format!(
+                        "  {} stale since {}; gateway probe: {}",
+                        s(&l["link"]["cluster"]),
+                        s(&l["staleSince"]),
+                        s(&l["gatewayProbe"]),
+                    ));
+                }
                 let trust = match l["trustBundleMatch"] {
                     serde_json::Value::Bool(true) => "ok",
                     serde_json::Value::Bool(false) => "BAD",
@@ -326,6 +335,14 @@ pub(crate) fn run(cmd: MulticlusterCommand) -> anyhow::Result<()> {
                     trust,
                     s(&l["lastError"]),
                 );
+            }
+            if !stale.is_empty() {
+                println!(
+                    "\nStale: the peer's control plane is silent; its endpoints are kept while its east-west gateway passes its health checks."
+                );
+                for line in stale {
+                    println!("{line}");
+                }
             }
             Ok(())
         }

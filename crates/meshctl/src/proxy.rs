@@ -238,10 +238,14 @@ pub(crate) fn config(args: ProxyConfigArgs) -> anyhow::Result<()> {
                         s(&ep, "cluster"),
                         s(&ep, "network"),
                         s(&ep, "locality"),
-                        if ep["ready"] == Value::Bool(true) {
-                            "ready".into()
-                        } else {
-                            "not ready".into()
+                        match (
+                            ep["ready"] == Value::Bool(true),
+                            ep["stale"] == Value::Bool(true),
+                        ) {
+                            (true, false) => "ready".into(),
+                            // Its cluster's control plane is silent; its gateway is healthy.
+                            (true, true) => "ready (stale)".into(),
+                            (false, _) => "not ready".into(),
                         },
                         labels.join(","),
                     ]);
