@@ -43,6 +43,9 @@ pub async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client>
 
 /// The service account discovery runs as; proxies expect this identity.
 pub const SERVICE_ACCOUNT: &str = "isthmus-discovery";
+/// The east-west gateway's service account: the only identity granted the gateway
+/// view by default.
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "isthmus-eastwest-gateway";
 /// The namespace discovery runs in by default.
 pub const NAMESPACE: &str = "istio-system";
 
@@ -124,6 +127,9 @@ pub struct Options {
     pub links: peering::LinkOptions,
     /// Spans (config pushes, certificate requests, link syncs), when exported.
     pub tracing: mesh_telemetry::trace::Tracing,
+    /// (namespace, service account) of the east-west gateways, granted the gateway
+    /// view; empty: [`GATEWAY_SERVICE_ACCOUNT`] in discovery's namespace.
+    pub gateway_service_accounts: Vec<(String, String)>,
 }
 
 impl Options {
@@ -146,6 +152,7 @@ impl Options {
             link_sync_timeout: Duration::from_secs(10),
             links: peering::LinkOptions::default(),
             tracing: mesh_telemetry::trace::Tracing::disabled(),
+            gateway_service_accounts: Vec::new(),
         }
     }
 }
@@ -292,15 +299,29 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
 
     let published = push::publisher(registry.clone(), options.debounce, options.tracing.clone());
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let gateway_ids = if options.gateway_service_accounts.is_empty() {
+        vec![(
+            options.namespace.clone(),
+            GATEWAY_SERVICE_ACCOUNT.to_owned(),
+        )]
+    } else {
+        options.gateway_service_accounts.clone()
+    }
+    .into_iter()
+    .map(|(ns, sa)| SpiffeId::new(td.clone(), &ns, &sa))
+    .collect::<Result<Vec<_>, _>>()
+    .context("a gateway service account is not a valid identity")?;
     let config = push::ConfigService::new(
         registry.clone(),
         published.clone(),
         statuses.clone(),
         metrics.clone(),
         shutdown_rx.clone(),
-    );
+    )
+    .with_gateway_identities(gateway_ids);
     let peering_service =
-        peering::PeeringService::new(registry.clone(), published, options.lease, shutdown_rx);
+        peering::PeeringService::new(registry.clone(), published, options.lease, shutdown_rx)
+            .with_peer_namespace(&options.links.namespace);
     let listener = tokio::net::TcpListener::bind(options.grpc)
         .await
         .with_context(|| format!("binding the gRPC port {}", options.grpc))?;

@@ -61,6 +61,11 @@ struct Args {
     /// in a row withdraw its endpoints).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     gateway_probe_interval: Duration,
+    /// NAMESPACE/NAME of a service account granted the gateway view (repeatable;
+    /// default: isthmus-eastwest-gateway in --namespace). Proxies of any other
+    /// identity get their namespace's view, whatever kind they claim.
+    #[arg(long = "gateway-service-account", value_parser = parse_service_account)]
+    gateway_service_accounts: Vec<(String, String)>,
     /// Serve the sidecar injection and validation webhooks (HTTPS, /inject and
     /// /validate) on this address (Istio's webhook port is 15017).
     #[arg(long)]
@@ -86,6 +91,13 @@ struct Args {
     /// OTLP/gRPC to this collector, e.g. http://jaeger:4317.
     #[arg(long, env = "ISTHMUS_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+}
+
+fn parse_service_account(s: &str) -> Result<(String, String), String> {
+    s.split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+        .ok_or_else(|| format!("{s:?}: write NAMESPACE/NAME"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -128,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let tracing = options.tracing.clone();
     options.links.stale_bound = args.stale_endpoint_bound;
+    options.gateway_service_accounts = args.gateway_service_accounts.clone();
     options.links.probe_interval = args.gateway_probe_interval;
     options.debounce = discovery::push::Debounce {
         after: args.debounce_after,

@@ -52,6 +52,8 @@ pub struct PeeringService {
     published: watch::Receiver<Published>,
     lease: Duration,
     shutdown: watch::Receiver<bool>,
+    /// The namespace of the linked clusters' discovery identity.
+    peer_namespace: String,
 }
 
 impl PeeringService {
@@ -67,7 +69,46 @@ impl PeeringService {
             published,
             lease,
             shutdown,
+            peer_namespace: crate::NAMESPACE.into(),
         }
+    }
+
+    /// The namespace the linked clusters' discovery runs in (their identity is
+    /// `spiffe://TD/ns/NAMESPACE/sa/isthmus-discovery`).
+    pub fn with_peer_namespace(mut self, namespace: &str) -> Self {
+        self.peer_namespace = namespace.to_owned();
+        self
+    }
+
+    /// Whether `id`, subscribing as `cluster`, may read this cluster's exports: the
+    /// cluster must be linked here, and `id` must be the discovery identity its link
+    /// names (its trust domain, the peers' namespace, the discovery service account).
+    fn authorize(&self, id: &SpiffeId, cluster: &str) -> Result<(), Status> {
+        let Some(link) = self
+            .registry
+            .links()
+            .into_iter()
+            .find(|l| l.cluster == cluster)
+        else {
+            return Err(Status::permission_denied(format!(
+                "cluster {cluster:?} is not linked to this one: apply its link Secret here too (meshctl remote-secret), peering is authorized both ways"
+            )));
+        };
+        let expected = link
+            .trust_domain
+            .parse::<mesh_identity::TrustDomain>()
+            .map_err(|e| Status::internal(format!("link {}: {e}", link.secret)))
+            .and_then(|td| {
+                SpiffeId::new(td, &self.peer_namespace, crate::SERVICE_ACCOUNT)
+                    .map_err(|e| Status::internal(e.to_string()))
+            })?;
+        if *id != expected {
+            return Err(Status::permission_denied(format!(
+                "{id} may not subscribe as cluster {cluster:?}: its link ({}) names {expected}",
+                link.secret
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -87,13 +128,11 @@ impl Peering for PeeringService {
         let id = peer.id.ok_or_else(|| {
             Status::unauthenticated("peering needs a discovery certificate (mTLS)")
         })?;
-        if id.service_account() != crate::SERVICE_ACCOUNT {
-            return Err(Status::permission_denied(format!(
-                "{id} is not a discovery identity (service account {})",
-                crate::SERVICE_ACCOUNT
-            )));
-        }
         let req = request.into_inner();
+        if let Err(refused) = self.authorize(&id, &req.cluster) {
+            tracing::warn!(peer = %req.cluster, identity = %id, address = %peer.address, reason = %refused.message(), "peering refused");
+            return Err(refused);
+        }
         tracing::info!(peer = %req.cluster, identity = %id, address = %peer.address, "linked cluster subscribed");
         let (tx, rx) = mpsc::channel(8);
         let registry = self.registry.clone();

@@ -206,6 +206,9 @@ pub struct ConfigService {
     published: watch::Receiver<Published>,
     statuses: Arc<Statuses>,
     metrics: Arc<Metrics>,
+    /// The identities granted the gateway view; any other proxy gets its namespace's
+    /// view, whatever kind its node claims.
+    gateway_ids: Arc<Vec<SpiffeId>>,
 }
 
 impl ConfigService {
@@ -224,7 +227,15 @@ impl ConfigService {
             published,
             statuses,
             metrics,
+            gateway_ids: Arc::new(Vec::new()),
         }
+    }
+
+    /// Grants the gateway view (everything the cluster exports, bypassing `exportTo`)
+    /// to these authenticated identities only.
+    pub fn with_gateway_identities(mut self, ids: Vec<SpiffeId>) -> Self {
+        self.gateway_ids = Arc::new(ids);
+        self
     }
 }
 
@@ -502,6 +513,12 @@ impl ConfigDiscovery for ConfigService {
             return Err(Status::invalid_argument("node.name is empty"));
         }
         let proxy = format!("{}.{}", node.name, node.namespace);
+        // The gateway view goes by authenticated identity, never by what the node
+        // says it is.
+        let gateway = node.kind == "gateway" && self.gateway_ids.contains(&id);
+        if node.kind == "gateway" && !gateway {
+            tracing::warn!(proxy = %proxy, identity = %id, "a proxy claims to be a gateway without a gateway identity; it gets its namespace's view");
+        }
         self.statuses
             .0
             .lock()
@@ -512,7 +529,11 @@ impl ConfigDiscovery for ConfigService {
                     proxy: proxy.clone(),
                     identity: id.to_string(),
                     address: peer.address.to_string(),
-                    kind: node.kind.clone(),
+                    kind: if node.kind == "gateway" && !gateway {
+                        "sidecar (claimed gateway)".into()
+                    } else {
+                        node.kind.clone()
+                    },
                     admin_address: node.admin_address.clone(),
                     connected: true,
                     connected_at: mesh_identity::cert::rfc3339(SystemTime::now()),
@@ -537,7 +558,7 @@ impl ConfigDiscovery for ConfigService {
             metrics: self.metrics.clone(),
             proxy,
             namespace: node.namespace.clone(),
-            gateway: node.kind == "gateway",
+            gateway,
             node,
             id,
             tx,

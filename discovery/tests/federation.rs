@@ -314,3 +314,147 @@ async fn readiness_waits_a_bounded_time_for_an_unreachable_link() {
     assert_eq!(links[0].state, "timed out", "{links:?}");
     assert!(!links[0].last_error.is_empty(), "{links:?}");
 }
+
+/// Subscribes to the peering service at `addr` as `cluster`, presenting `identity`
+/// and verifying the server with `server_trust`: the first update, or the refusal.
+async fn subscribe_as(
+    addr: std::net::SocketAddr,
+    identity: &mesh_identity::Identity,
+    server_trust: mesh_identity::TrustConfig,
+    cluster: &str,
+) -> Result<(), String> {
+    use mesh_proto::peering::SubscribeRequest;
+    use mesh_proto::peering::peering_client::PeeringClient;
+    let tls = identity.client_config_with_trust(server_trust, vec![], &[b"h2"]);
+    let channel = mesh_proxy::discovery_client::tls_channel(addr, std::sync::Arc::new(tls))
+        .await
+        .map_err(|e| mesh_proxy::discovery_client::source_chain(&e))?;
+    let mut stream = PeeringClient::new(channel)
+        .subscribe(SubscribeRequest {
+            cluster: cluster.into(),
+            network: "net-x".into(),
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    stream
+        .message()
+        .await
+        .map(drop)
+        .map_err(|s| s.message().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peering_is_authorized_by_the_identity_the_link_names() {
+    let west_pki = Pki::new("west");
+    let east_pki = west_pki.sibling("east");
+    // A cluster of another mesh (its own trust domain and root), linked to west too.
+    let north_td: mesh_identity::TrustDomain = "north.example".parse().unwrap();
+    let north_root =
+        mesh_identity::RootCa::generate(&north_td, mesh_identity::ca::ROOT_VALIDITY).unwrap();
+    let north_ca = north_root
+        .intermediate("north", mesh_identity::ca::INTERMEDIATE_VALIDITY)
+        .unwrap();
+    let north_identity = |ns: &str| {
+        let id = mesh_identity::SpiffeId::new(north_td.clone(), ns, "isthmus-discovery").unwrap();
+        let cert = north_ca
+            .issue_workload(&id, Duration::from_secs(3600))
+            .unwrap()
+            .load("north")
+            .unwrap();
+        let bundle = mesh_identity::TrustBundle::from_pem(
+            north_td.clone(),
+            north_root.cert_pem().as_bytes(),
+            "north root",
+        )
+        .unwrap();
+        mesh_identity::Identity::new(
+            cert,
+            mesh_identity::TrustConfig::new(north_td.clone(), bundle),
+        )
+        .unwrap()
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "shop.yaml", WEST);
+    let west = start_files("west", dir.path(), &west_pki).await;
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    write(
+        dir.path(),
+        "link-east.yaml",
+        &link_secret(
+            "east",
+            nowhere,
+            "127.0.0.1:15443",
+            west_pki.root.cert_pem(),
+            false,
+        ),
+    );
+    let north_link = link_secret(
+        "north",
+        nowhere,
+        "127.0.0.1:15443",
+        north_root.cert_pem(),
+        false,
+    )
+    .replace(TD, "north.example");
+    write(dir.path(), "link-north.yaml", &north_link);
+    eventually("both links held", T, || west.registry.links().len() == 2).await;
+    // West trusts north's root once the link is in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let trust = west_pki.trust();
+    let discovery_id = |ns: &str| east_pki.identity(ns, "isthmus-discovery");
+    // The identity east's link names: served.
+    subscribe_as(
+        west.grpc_addr,
+        &discovery_id("istio-system"),
+        trust.clone(),
+        "east",
+    )
+    .await
+    .expect("east's discovery is refused");
+    // The right service account in another namespace: refused.
+    let err = subscribe_as(
+        west.grpc_addr,
+        &discovery_id("default"),
+        trust.clone(),
+        "east",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("may not subscribe as cluster \"east\"")
+            && err.contains("names spiffe://mesh.example/ns/istio-system/sa/isthmus-discovery"),
+        "{err}"
+    );
+    // A cluster nobody linked here: refused, saying what to do.
+    let err = subscribe_as(
+        west.grpc_addr,
+        &discovery_id("istio-system"),
+        trust.clone(),
+        "ghost",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("\"ghost\" is not linked to this one"), "{err}");
+    // Another trust domain claiming to be east (its root is trusted here, for north):
+    // refused; as north it is served.
+    let err = subscribe_as(
+        west.grpc_addr,
+        &north_identity("istio-system"),
+        trust.clone(),
+        "east",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("spiffe://north.example/ns/istio-system/sa/isthmus-discovery may not subscribe as cluster \"east\""), "{err}");
+    subscribe_as(
+        west.grpc_addr,
+        &north_identity("istio-system"),
+        trust,
+        "north",
+    )
+    .await
+    .expect("north's discovery is refused");
+}

@@ -1,7 +1,7 @@
 //! Discovery with the file registry, pushing to proxies over the real mTLS config
 //! stream: updates arrive incrementally, a bad resource is refused alone with its last
 //! good version in force, DestinationRules for one host merge, visibility follows
-//! `exportTo`, and proxies keep their last good config while discovery is away.
+//! `exportTo` (the gateway view goes to the gateway's identity only), and proxies keep their last good config while discovery is away.
 
 mod support;
 
@@ -105,6 +105,44 @@ async fn file_registry_pushes_incrementally_and_refuses_bad_resources_alone() {
             .services
             .contains_key("public.other.svc.cluster.local")
     );
+
+    // The gateway view (everything the cluster exports, exportTo bypassed) goes to the
+    // gateway's identity only: a sidecar claiming `kind: gateway` gets its own view.
+    let gateway = connect_as(
+        discovery.grpc_addr,
+        pki.identity("istio-system", "isthmus-eastwest-gateway"),
+        "eastwest-gateway",
+        "gateway",
+    );
+    let liar = connect_as(
+        discovery.grpc_addr,
+        pki.identity("shop", "frontend"),
+        "frontend-2",
+        "gateway",
+    );
+    const INTERNAL: &str = "internal.other.svc.cluster.local";
+    eventually("both have their config", T, || {
+        gateway.store.is_ready()
+            && liar.store.is_ready()
+            && liar.store.snapshot().services.contains_key(REVIEWS)
+    })
+    .await;
+    assert!(gateway.store.snapshot().services.contains_key(INTERNAL));
+    assert!(
+        !liar.store.snapshot().services.contains_key(INTERNAL),
+        "a sidecar claiming to be a gateway sees a service exported to its namespace only"
+    );
+    let kinds: Vec<(String, String)> = discovery
+        .statuses
+        .list()
+        .into_iter()
+        .map(|s| (s.proxy, s.kind))
+        .collect();
+    assert!(
+        kinds.contains(&("frontend-2.shop".into(), "sidecar (claimed gateway)".into())),
+        "{kinds:?}"
+    );
+    drop((gateway, liar));
 
     // A new endpoint arrives as a small incremental push.
     let before = discovery.metrics.pushed_resources.get();

@@ -518,10 +518,22 @@ async fn a_silent_control_plane_keeps_healthy_cross_cluster_traffic_flowing() {
         ip(1, 9),
     )
     .await;
+    // Peering is authorized both ways: each cluster holds the other's link.
     write(
         east_dir.path(),
         "link-west.yaml",
         &link_secret("west", west.grpc_addr, gateway.addr, &root, false),
+    );
+    write(
+        west_dir.path(),
+        "link-east.yaml",
+        &link_secret(
+            "east",
+            east.grpc_addr,
+            std::net::SocketAddr::from((ip(1, 100), 15443)),
+            &root,
+            false,
+        ),
     );
     eventually("east sees west's v2 behind the gateway", T, || {
         endpoints(&frontend.proxy.store, REVIEWS) == [ip(2, 100).to_string()]
