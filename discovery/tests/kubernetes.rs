@@ -380,6 +380,22 @@ kind: ServiceAccount
 metadata: {name: default, namespace: plain}
 "#;
 
+/// The webhook server on loopback, keeping the caBundle of the named configurations.
+fn webhooks(mutating: Option<&str>, validating: Option<&str>) -> discovery::inject::InjectOptions {
+    discovery::inject::InjectOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config: discovery::inject::InjectConfig {
+            image: "isthmus/proxy:test".into(),
+            discovery_address: "isthmus-discovery.istio-system.svc:15012".into(),
+            trust_domain: String::new(),
+            cluster: String::new(),
+        },
+        webhook_config: mutating.map(str::to_owned),
+        validating_config: validating.map(str::to_owned),
+        dns_names: vec!["isthmus-discovery.istio-system.svc".into()],
+    }
+}
+
 fn webhook_config(addr: std::net::SocketAddr) -> String {
     format!(
         r#"apiVersion: admissionregistration.k8s.io/v1
@@ -420,18 +436,7 @@ async fn the_webhook_injects_pods_in_labelled_namespaces_only() {
 
     let pki = Pki::new("east");
     let mut options = options("east", discovery::Source::Kubernetes(client.clone()), &pki);
-    options.inject = Some(discovery::inject::InjectOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        config: discovery::inject::InjectConfig {
-            image: "isthmus/proxy:test".into(),
-            discovery_address: "isthmus-discovery.istio-system.svc:15012".into(),
-            trust_domain: String::new(),
-            cluster: String::new(),
-        },
-        webhook_config: Some("isthmus-sidecar-injector".into()),
-        validating_config: None,
-        dns_names: vec!["isthmus-discovery.istio-system.svc".into()],
-    });
+    options.inject = Some(webhooks(Some("isthmus-sidecar-injector"), None));
     // The CRDs are not installed here; the Istio watchers retry in the background.
     let discovery = discovery::start(options).await.unwrap();
     let (addr, ca_pem) = discovery.webhook.clone().unwrap();
@@ -566,18 +571,7 @@ async fn kubectl_apply_of_an_invalid_object_fails_with_the_analyzer_message() {
 
     let pki = Pki::new("east");
     let mut options = options("east", discovery::Source::Kubernetes(client.clone()), &pki);
-    options.inject = Some(discovery::inject::InjectOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        config: discovery::inject::InjectConfig {
-            image: "isthmus/proxy:test".into(),
-            discovery_address: "isthmus-discovery.istio-system.svc:15012".into(),
-            trust_domain: String::new(),
-            cluster: String::new(),
-        },
-        webhook_config: None,
-        validating_config: Some(discovery::validate::WEBHOOK_CONFIG.into()),
-        dns_names: vec!["isthmus-discovery.istio-system.svc".into()],
-    });
+    options.inject = Some(webhooks(None, Some(discovery::validate::WEBHOOK_CONFIG)));
     let discovery = discovery::start(options).await.unwrap();
     let (addr, ca_pem) = discovery.webhook.clone().unwrap();
     let vwc = discovery::validate::webhook_configuration(&format!(

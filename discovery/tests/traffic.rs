@@ -56,18 +56,28 @@ spec:
   ports: [{name: http, port: 9080, targetPort: 8080}]
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_change_live_and_traffic_survives_a_discovery_restart() {
+/// reviews v1 and v2 (each an app behind its sidecar) and a frontend client, fed by a
+/// file-registry discovery reading `files`, on loopback addresses 127.N.`subnet`.x.
+struct Bed {
+    pki: Pki,
+    dir: tempfile::TempDir,
+    discovery: discovery::Discovery,
+    client: MeshSidecar,
+    _reviews: [MeshSidecar; 2],
+}
+
+async fn bed(subnet: u8, files: &[(&str, &str)]) -> Bed {
     // Loopback addresses of this test's workloads (all of 127/8 is local).
     let net = 20 + (std::process::id() % 200) as u8;
-    let ip = |host: u8| IpAddr::from([127, net, 0, host]);
+    let ip = |host: u8| IpAddr::from([127, net, subnet, host]);
     let pki = Pki::new("east");
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "reviews.yaml", SERVICE);
-    write(dir.path(), "routes.yaml", &route_to("v1"));
+    for (file, text) in files {
+        write(dir.path(), file, text);
+    }
     let discovery = start_files("east", dir.path(), &pki).await;
     let addr = discovery.grpc_addr;
-
     app((ip(2), 8080).into(), "v1").await;
     app((ip(3), 8080).into(), "v2").await;
     let v1 = sidecar(addr, &pki, "reviews-v1", "shop", "reviews", ip(2)).await;
@@ -82,11 +92,31 @@ async fn routes_change_live_and_traffic_survives_a_discovery_restart() {
         ),
     );
     let client = sidecar(addr, &pki, "frontend-1", "shop", "frontend", ip(9)).await;
-    let outbound = client.sidecar.outbound_addr;
     eventually("client sees both endpoints", T, || {
         endpoints(&client.proxy.store, "reviews.shop.svc.cluster.local").len() == 2
     })
     .await;
+    Bed {
+        pki,
+        dir,
+        discovery,
+        client,
+        _reviews: [v1, v2],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_change_live_and_traffic_survives_a_discovery_restart() {
+    let routes = route_to("v1");
+    let Bed {
+        pki,
+        dir,
+        discovery,
+        client,
+        _reviews,
+    } = bed(0, &[("routes.yaml", &routes)]).await;
+    let addr = discovery.grpc_addr;
+    let outbound = client.sidecar.outbound_addr;
     for _ in 0..5 {
         assert_eq!(
             get(outbound, "reviews:9080", "/").await.unwrap(),
@@ -239,30 +269,16 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refused_shape_leaves_the_last_good_config_in_force_under_traffic() {
-    let net = 20 + ((std::process::id() + 100) % 200) as u8;
-    let ip = |host: u8| IpAddr::from([127, net, 1, host]);
-    let pki = Pki::new("east");
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "reviews.yaml", SERVICE);
-    write(dir.path(), "vs.yaml", GOOD_VS);
-    write(dir.path(), "dr.yaml", GOOD_DR);
-    write(dir.path(), "ap.yaml", GOOD_AP);
-    let discovery = start_files("east", dir.path(), &pki).await;
-    let addr = discovery.grpc_addr;
-    app((ip(2), 8080).into(), "v1").await;
-    app((ip(3), 8080).into(), "v2").await;
-    let v1 = sidecar(addr, &pki, "reviews-v1", "shop", "reviews", ip(2)).await;
-    let v2 = sidecar(addr, &pki, "reviews-v2", "shop", "reviews", ip(3)).await;
-    write(
-        dir.path(),
-        "entries.yaml",
-        &format!(
-            "{}---\n{}",
-            entry("reviews-v1", "v1", ip(2), v1.sidecar.inbound_addr.port()),
-            entry("reviews-v2", "v2", ip(3), v2.sidecar.inbound_addr.port())
-        ),
-    );
-    let client = sidecar(addr, &pki, "frontend-1", "shop", "frontend", ip(9)).await;
+    let b = bed(
+        1,
+        &[
+            ("vs.yaml", GOOD_VS),
+            ("dr.yaml", GOOD_DR),
+            ("ap.yaml", GOOD_AP),
+        ],
+    )
+    .await;
+    let (dir, discovery, client) = (&b.dir, &b.discovery, &b.client);
     let outbound = client.sidecar.outbound_addr;
     // The good config in force: every request to v2 (VirtualService + subset of the
     // DestinationRule), /admin denied (AuthorizationPolicy).
