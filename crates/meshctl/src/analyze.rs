@@ -350,6 +350,18 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
     out
 }
 
+/// An error that `r` refers to something that does not exist (Istio's IST0101).
+fn not_found(r: &Resource, field: String, message: String, fix: String) -> Finding {
+    Finding {
+        severity: Severity::Error,
+        code: "IST0101",
+        object: object(r),
+        field,
+        message,
+        fix,
+    }
+}
+
 /// Subsets defined per host: (rule namespace, its exportTo, subset names) per rule.
 type Subsets = BTreeMap<String, Vec<(String, Vec<String>, BTreeSet<String>)>>;
 
@@ -378,32 +390,28 @@ fn check_virtual_service(
     let check_destination = |field: String, d: &Destination, out: &mut Vec<Finding>| {
         let fqdn = resolve_host(&d.host, &ns);
         if !hosts.contains(&fqdn) {
-            out.push(Finding {
-                severity: Severity::Error,
-                code: "IST0101",
-                object: object(r),
-                field: format!("{field}.destination.host"),
-                message: format!(
+            out.push(not_found(
+                r,
+                format!("{field}.destination.host"),
+                format!(
                     "destination {:?} ({fqdn}) is not a known Service or ServiceEntry; requests routed there fail with 503 (UH)",
                     d.host
                 ),
-                fix: "create the Service, or route to an existing one".into(),
-            });
+                "create the Service, or route to an existing one".into(),
+            ));
             return;
         }
         if let Some(info) = services.get(&fqdn) {
             if !visible(&info.export_to, &info.namespace, &ns) {
-                out.push(Finding {
-                    severity: Severity::Error,
-                    code: "IST0101",
-                    object: object(r),
-                    field: format!("{field}.destination.host"),
-                    message: format!(
+                out.push(not_found(
+                    r,
+                    format!("{field}.destination.host"),
+                    format!(
                         "service {fqdn} is not exported to namespace {ns} (its networking.istio.io/exportTo is {:?}); proxies there do not know it",
                         info.export_to.join(",")
                     ),
-                    fix: format!("add {ns} to the Service's exportTo annotation, or route elsewhere"),
-                });
+                    format!("add {ns} to the Service's exportTo annotation, or route elsewhere"),
+                ));
                 return;
             }
             if let Some(port) = &d.port
@@ -413,18 +421,16 @@ fn check_virtual_service(
                     .any(|(p, _, _)| u32::from(*p) == port.number)
             {
                 let ports: Vec<String> = info.ports.iter().map(|(p, _, _)| p.to_string()).collect();
-                out.push(Finding {
-                    severity: Severity::Error,
-                    code: "IST0101",
-                    object: object(r),
-                    field: format!("{field}.destination.port.number"),
-                    message: format!(
+                out.push(not_found(
+                    r,
+                    format!("{field}.destination.port.number"),
+                    format!(
                         "port {} is not a port of {fqdn} (its ports: {}); requests routed there fail",
                         port.number,
                         ports.join(", ")
                     ),
-                    fix: "use one of the Service's ports".into(),
-                });
+                    "use one of the Service's ports".into(),
+                ));
             }
         }
         if let Some(subset) = &d.subset {
@@ -442,34 +448,28 @@ fn check_virtual_service(
                     .collect::<Vec<_>>()
                     .join(", ");
                 if hidden {
-                    out.push(Finding {
-                        severity: Severity::Error,
-                        code: "IST0101",
-                        object: object(r),
-                        field: format!("{field}.destination.subset"),
-                        message: format!(
+                    out.push(not_found(
+                        r,
+                        format!("{field}.destination.subset"),
+                        format!(
                             "subset {subset:?} of {fqdn} is defined by a DestinationRule not exported to namespace {ns}"
                         ),
-                        fix: format!("export that DestinationRule to {ns} (exportTo), or define the subset in one visible here"),
-                    });
+                        format!("export that DestinationRule to {ns} (exportTo), or define the subset in one visible here"),
+                    ));
                     return;
                 }
-                out.push(Finding {
-                    severity: Severity::Error,
-                    code: "IST0101",
-                    object: object(r),
-                    field: format!("{field}.destination.subset"),
-                    message: format!(
-                        "subset {subset:?} is not defined by any DestinationRule for {fqdn}"
-                    ),
-                    fix: if known.is_empty() {
+                out.push(not_found(
+                    r,
+                    format!("{field}.destination.subset"),
+                    format!("subset {subset:?} is not defined by any DestinationRule for {fqdn}"),
+                    if known.is_empty() {
                         format!("add a DestinationRule for {fqdn} with subset {subset}")
                     } else {
                         format!(
                             "add subset {subset} to the DestinationRule, or use one of: {known}"
                         )
                     },
-                });
+                ));
             }
         }
     };
