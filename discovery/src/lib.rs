@@ -321,7 +321,8 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
     .with_gateway_identities(gateway_ids);
     let peering_service =
         peering::PeeringService::new(registry.clone(), published, options.lease, shutdown_rx)
-            .with_peer_namespace(&options.links.namespace);
+            .with_peer_namespace(&options.links.namespace)
+            .with_local_trust_domain(td.clone());
     let listener = tokio::net::TcpListener::bind(options.grpc)
         .await
         .with_context(|| format!("binding the gRPC port {}", options.grpc))?;

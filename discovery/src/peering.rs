@@ -54,6 +54,8 @@ pub struct PeeringService {
     shutdown: watch::Receiver<bool>,
     /// The namespace of the linked clusters' discovery identity.
     peer_namespace: String,
+    /// This cluster's trust domain.
+    local_trust_domain: Option<mesh_identity::TrustDomain>,
 }
 
 impl PeeringService {
@@ -70,7 +72,15 @@ impl PeeringService {
             lease,
             shutdown,
             peer_namespace: crate::NAMESPACE.into(),
+            local_trust_domain: None,
         }
+    }
+
+    /// This cluster's trust domain: a cluster not linked here yet (its link Secret is
+    /// on its way) may subscribe with the discovery identity of this trust domain.
+    pub fn with_local_trust_domain(mut self, td: mesh_identity::TrustDomain) -> Self {
+        self.local_trust_domain = Some(td);
+        self
     }
 
     /// The namespace the linked clusters' discovery runs in (their identity is
@@ -80,9 +90,10 @@ impl PeeringService {
         self
     }
 
-    /// Whether `id`, subscribing as `cluster`, may read this cluster's exports: the
-    /// cluster must be linked here, and `id` must be the discovery identity its link
-    /// names (its trust domain, the peers' namespace, the discovery service account).
+    /// Whether `id`, subscribing as `cluster`, may read this cluster's exports: `id`
+    /// must be the discovery identity the cluster's link here names (its trust domain,
+    /// the peers' namespace, the discovery service account); a cluster not linked
+    /// here (yet) must present this trust domain's discovery identity.
     fn authorize(&self, id: &SpiffeId, cluster: &str) -> Result<(), Status> {
         let Some(link) = self
             .registry
@@ -90,8 +101,14 @@ impl PeeringService {
             .into_iter()
             .find(|l| l.cluster == cluster)
         else {
+            let own = self.local_trust_domain.as_ref().and_then(|td| {
+                SpiffeId::new(td.clone(), &self.peer_namespace, crate::SERVICE_ACCOUNT).ok()
+            });
+            if own.as_ref() == Some(id) {
+                return Ok(());
+            }
             return Err(Status::permission_denied(format!(
-                "cluster {cluster:?} is not linked to this one: apply its link Secret here too (meshctl remote-secret), peering is authorized both ways"
+                "cluster {cluster:?} is not linked to this one, and {id} is not this mesh's discovery identity: apply its link Secret here (meshctl remote-secret)"
             )));
         };
         let expected = link

@@ -428,16 +428,37 @@ async fn peering_is_authorized_by_the_identity_the_link_names() {
             && err.contains("names spiffe://mesh.example/ns/istio-system/sa/isthmus-discovery"),
         "{err}"
     );
-    // A cluster nobody linked here: refused, saying what to do.
-    let err = subscribe_as(
+    // A cluster not linked here (yet) is served only with this mesh's discovery
+    // identity: another namespace or trust domain is refused, saying what to do.
+    subscribe_as(
         west.grpc_addr,
         &discovery_id("istio-system"),
         trust.clone(),
         "ghost",
     )
     .await
+    .expect("a cluster of this trust domain whose link is on its way is refused");
+    let err = subscribe_as(
+        west.grpc_addr,
+        &discovery_id("default"),
+        trust.clone(),
+        "ghost",
+    )
+    .await
     .unwrap_err();
     assert!(err.contains("\"ghost\" is not linked to this one"), "{err}");
+    let err = subscribe_as(
+        west.grpc_addr,
+        &north_identity("istio-system"),
+        trust.clone(),
+        "ghost",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("is not this mesh's discovery identity"),
+        "{err}"
+    );
     // Another trust domain claiming to be east (its root is trusted here, for north):
     // refused; as north it is served.
     let err = subscribe_as(
