@@ -60,6 +60,8 @@ pub struct Shadowed {
     pub field: String,
     /// The rule whose definition is used instead.
     pub kept_by: String,
+    /// Why that rule comes first ([`why_first`]).
+    pub why: String,
 }
 
 /// The DestinationRule in force for one host as one client sees it.
@@ -110,53 +112,57 @@ pub fn merge_destination_rules(
     // Only the rules of the winning namespace are merged (for "any other" namespace,
     // that of the first rule in order).
     let chosen_ns = ns_of(first);
-    let mut merged = first.spec.clone();
-    let mut out = MergedRule {
-        spec: DestinationRuleSpec::default(),
-        rules: vec![key(&first.metadata)],
-        shadowed: Vec::new(),
-    };
-    let mut policy_from = merged.traffic_policy.as_ref().map(|_| key(&first.metadata));
-    let mut subset_from: Vec<(String, String)> = merged
+    let mut spec = first.spec.clone();
+    let mut rules = vec![key(&first.metadata)];
+    let mut shadowed = Vec::new();
+    // Which rule defined the traffic policy and each subset name.
+    let mut policy_from = spec.traffic_policy.as_ref().map(|_| *first);
+    let mut subset_from: Vec<(String, &DestinationRule)> = spec
         .subsets
         .iter()
-        .map(|s| (s.name.clone(), key(&first.metadata)))
+        .map(|s| (s.name.clone(), *first))
         .collect();
-    for r in sorted.iter().skip(1).filter(|r| ns_of(r) == chosen_ns) {
-        let name = key(&r.metadata);
-        out.rules.push(name.clone());
-        match (&r.spec.traffic_policy, &policy_from) {
+    let lost = |r: &DestinationRule, field: String, kept: &DestinationRule| Shadowed {
+        rule: key(&r.metadata),
+        field,
+        kept_by: key(&kept.metadata),
+        why: why_first(&kept.metadata, &r.metadata),
+    };
+    for r in sorted
+        .iter()
+        .copied()
+        .skip(1)
+        .filter(|r| ns_of(r) == chosen_ns)
+    {
+        rules.push(key(&r.metadata));
+        match (&r.spec.traffic_policy, policy_from) {
             (Some(p), None) => {
-                merged.traffic_policy = Some(p.clone());
-                policy_from = Some(name.clone());
+                spec.traffic_policy = Some(p.clone());
+                policy_from = Some(r);
             }
-            (Some(_), Some(kept)) => out.shadowed.push(Shadowed {
-                rule: name.clone(),
-                field: "spec.trafficPolicy".into(),
-                kept_by: kept.clone(),
-            }),
+            (Some(_), Some(kept)) => shadowed.push(lost(r, "spec.trafficPolicy".into(), kept)),
             (None, _) => {}
         }
         for (i, s) in r.spec.subsets.iter().enumerate() {
             match subset_from.iter().find(|(n, _)| *n == s.name) {
-                Some((_, kept)) => out.shadowed.push(Shadowed {
-                    rule: name.clone(),
-                    field: format!("spec.subsets[{i}]"),
-                    kept_by: kept.clone(),
-                }),
+                Some((_, kept)) => shadowed.push(lost(r, format!("spec.subsets[{i}]"), kept)),
                 None => {
-                    merged.subsets.push(s.clone());
-                    subset_from.push((s.name.clone(), name.clone()));
+                    spec.subsets.push(s.clone());
+                    subset_from.push((s.name.clone(), r));
                 }
             }
         }
         for e in &r.spec.export_to {
-            if !merged.export_to.contains(e) {
-                merged.export_to.push(e.clone());
+            if !spec.export_to.contains(e) {
+                spec.export_to.push(e.clone());
             }
         }
     }
-    out.spec = merged;
+    let out = MergedRule {
+        spec,
+        rules,
+        shadowed,
+    };
     Some(out)
 }
 
@@ -227,12 +233,14 @@ mod tests {
                 Shadowed {
                     rule: "shop/a-canary".into(),
                     field: "spec.trafficPolicy".into(),
-                    kept_by: "shop/newer-name-but-older".into()
+                    kept_by: "shop/newer-name-but-older".into(),
+                    why: "it is older (created 2026-01-01T00:00:00Z)".into()
                 },
                 Shadowed {
                     rule: "shop/a-canary".into(),
                     field: "spec.subsets[0]".into(),
-                    kept_by: "shop/newer-name-but-older".into()
+                    kept_by: "shop/newer-name-but-older".into(),
+                    why: "it is older (created 2026-01-01T00:00:00Z)".into()
                 },
             ]
         );

@@ -270,31 +270,15 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
         let Some(merged) = mesh_api::precedence::merge_destination_rules(host, group, ns) else {
             continue;
         };
-        let meta = |key: &str| {
-            group
-                .iter()
-                .find(|d| {
-                    format!(
-                        "{}/{}",
-                        ns_of_meta(&d.metadata),
-                        d.metadata.name.clone().unwrap_or_default()
-                    ) == key
-                })
-                .map(|d| &d.metadata)
-        };
         for lost in &merged.shadowed {
-            let why = match (meta(&lost.kept_by), meta(&lost.rule)) {
-                (Some(w), Some(l)) => mesh_api::precedence::why_first(w, l),
-                _ => "it comes first".into(),
-            };
             out.push(Finding {
                 severity: Severity::Warning,
                 code: "IST0174",
                 object: format!("DestinationRule {}", lost.rule),
                 field: lost.field.clone(),
                 message: format!(
-                    "not used: DestinationRule {} also defines it for {host} and wins because {why}",
-                    lost.kept_by
+                    "not used: DestinationRule {} also defines it for {host} and wins because {}",
+                    lost.kept_by, lost.why
                 ),
                 fix: "define each subset and the traffic policy in one DestinationRule per host"
                     .into(),
