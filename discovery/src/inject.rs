@@ -342,6 +342,28 @@ async fn handle(
     }
 }
 
+/// Reads the cluster-scoped object `name`, lets `edit` change it, and writes it back
+/// (the webhook configurations whose caBundle discovery keeps).
+pub(crate) async fn edit_cluster_object<K>(
+    client: &kube::Client,
+    name: &str,
+    edit: impl FnOnce(&mut K),
+) -> anyhow::Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let api: kube::Api<K> = kube::Api::all(client.clone());
+    let mut object = api.get(name).await?;
+    edit(&mut object);
+    object.meta_mut().managed_fields = None;
+    api.replace(name, &Default::default(), &object).await?;
+    Ok(())
+}
+
 /// Writes `ca_pem` into the `caBundle` of every webhook of the
 /// MutatingWebhookConfiguration `name`.
 pub async fn patch_ca_bundle(
@@ -350,15 +372,13 @@ pub async fn patch_ca_bundle(
     ca_pem: &str,
 ) -> anyhow::Result<()> {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
-    let mut mwc = api.get(name).await?;
     let bundle = k8s_openapi::ByteString(ca_pem.as_bytes().to_vec());
-    for w in mwc.webhooks.iter_mut().flatten() {
-        w.client_config.ca_bundle = Some(bundle.clone());
-    }
-    mwc.metadata.managed_fields = None;
-    api.replace(name, &Default::default(), &mwc).await?;
-    Ok(())
+    edit_cluster_object(client, name, |mwc: &mut MutatingWebhookConfiguration| {
+        for w in mwc.webhooks.iter_mut().flatten() {
+            w.client_config.ca_bundle = Some(bundle.clone());
+        }
+    })
+    .await
 }
 
 /// Keeps ConfigMap `istio-ca-root-cert` with `root-cert.pem` in every namespace the

@@ -137,16 +137,14 @@ pub async fn patch_ca_bundle(
     ca_pem: &str,
 ) -> anyhow::Result<()> {
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-    let api: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
-    let mut vwc = api.get(name).await?;
     let bundle = k8s_openapi::ByteString(ca_pem.as_bytes().to_vec());
-    for w in vwc.webhooks.iter_mut().flatten() {
-        w.client_config.ca_bundle = Some(bundle.clone());
-        w.failure_policy = Some("Fail".into());
-    }
-    vwc.metadata.managed_fields = None;
-    api.replace(name, &Default::default(), &vwc).await?;
-    Ok(())
+    crate::inject::edit_cluster_object(client, name, |vwc: &mut ValidatingWebhookConfiguration| {
+        for w in vwc.webhooks.iter_mut().flatten() {
+            w.client_config.ca_bundle = Some(bundle.clone());
+            w.failure_policy = Some("Fail".into());
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
