@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use mesh_identity::rotation::CertificateSource;
-use mesh_identity::{ClusterCa, SpiffeId, WorkloadCert};
+use mesh_identity::rotation::{CertificateSource, Renewed};
+use mesh_identity::{ClusterCa, Identity, SpiffeId, TrustConfig, WorkloadCert};
 use mesh_proto::ca::{SignRequest, SignResponse, certificates_server::Certificates};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
+use crate::{CaCerts, Source};
 
 /// The audience workload tokens must be minted for (as Istio's `istio-ca`).
 pub const TOKEN_AUDIENCE: &str = "isthmus-ca";
@@ -119,29 +121,38 @@ impl Authenticator {
     }
 }
 
+/// The cluster CA as it is now: replaced whole when `cacerts` changes.
+pub type SharedCa = Arc<ArcSwap<ClusterCa>>;
+
 /// The CA service.
 #[derive(Debug, Clone)]
 pub struct CaService {
-    ca: Arc<ClusterCa>,
+    ca: SharedCa,
     auth: Authenticator,
-    trust_roots: Arc<BTreeMap<String, String>>,
+    trust: Identity,
     metrics: Arc<Metrics>,
     tracing: mesh_telemetry::trace::Tracing,
 }
 
+/// Trust domain → roots (PEM) of `trust`: the local domain and every federated one,
+/// as the CA hands them out with each certificate.
+pub fn trust_roots(trust: &TrustConfig) -> BTreeMap<String, String> {
+    std::iter::once(&trust.local)
+        .chain(&trust.federated)
+        .map(|td| (td.to_string(), trust.bundle.to_pem(td)))
+        .filter(|(_, pem)| !pem.is_empty())
+        .collect()
+}
+
 impl CaService {
-    /// A CA signing with `ca`, authenticating with `auth`, handing out `trust_roots`
-    /// (trust domain → PEM) with each certificate.
-    pub fn new(
-        ca: Arc<ClusterCa>,
-        auth: Authenticator,
-        trust_roots: BTreeMap<String, String>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A CA signing with `ca`, authenticating with `auth`, handing out the full trust
+    /// bundle `trust` holds now (the local roots, two during a root rotation, and those
+    /// of every linked trust domain) with each certificate.
+    pub fn new(ca: SharedCa, auth: Authenticator, trust: Identity, metrics: Arc<Metrics>) -> Self {
         Self {
             ca,
             auth,
-            trust_roots: Arc::new(trust_roots),
+            trust,
             metrics,
             tracing: mesh_telemetry::trace::Tracing::disabled(),
         }
@@ -166,25 +177,21 @@ impl CaService {
             .authenticate(&token)
             .await
             .map_err(Status::unauthenticated)?;
-        let id = SpiffeId::new(self.ca.trust_domain().clone(), &ns, &sa)
+        let ca = self.ca.load_full();
+        let id = SpiffeId::new(ca.trust_domain().clone(), &ns, &sa)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let req = request.into_inner();
         let ttl = match req.validity_seconds {
             s if s > 0 => Duration::from_secs(s as u64).min(MAX_TTL),
             _ => MAX_TTL,
         };
-        let issued = self
-            .ca
+        let issued = ca
             .sign_csr(&req.csr_pem, &id, ttl)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         tracing::info!(identity = %id, not_after = %mesh_identity::cert::rfc3339(issued.not_after), "workload certificate signed");
         Ok(SignResponse {
             cert_chain_pem: issued.chain_pem,
-            trust_roots: self
-                .trust_roots
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            trust_roots: trust_roots(&self.trust.trust()).into_iter().collect(),
         })
     }
 }
@@ -222,15 +229,119 @@ impl Certificates for CaService {
 #[derive(Debug, Clone)]
 pub struct LocalIssuer {
     /// The cluster CA.
-    pub ca: Arc<ClusterCa>,
+    pub ca: SharedCa,
     /// Lifetime of each certificate.
     pub ttl: Duration,
 }
 
-impl CertificateSource for LocalIssuer {
-    async fn fetch(&self, current: &WorkloadCert) -> mesh_identity::Result<WorkloadCert> {
+impl LocalIssuer {
+    /// A certificate for `id` from the CA as it is now.
+    pub fn issue(&self, id: &SpiffeId) -> mesh_identity::Result<WorkloadCert> {
         self.ca
-            .issue_workload(current.id(), self.ttl)?
+            .load()
+            .issue_workload(id, self.ttl)?
             .load("discovery's own certificate")
+    }
+}
+
+impl CertificateSource for LocalIssuer {
+    async fn fetch(&self, identity: &Identity) -> mesh_identity::Result<Renewed> {
+        self.issue(identity.cert().id()).map(Renewed::from)
+    }
+}
+
+/// Reads the cluster CA from where `cacerts` says.
+pub async fn load_cacerts(
+    cacerts: &CaCerts,
+    source: &Source,
+    namespace: &str,
+) -> anyhow::Result<ClusterCa> {
+    match (cacerts, source) {
+        (CaCerts::Dir(dir), _) => Ok(ClusterCa::load(dir)?),
+        (CaCerts::Secret(name), Source::Kubernetes(client)) => {
+            let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                kube::Api::namespaced(client.clone(), namespace);
+            let secret = api
+                .get(name)
+                .await
+                .with_context(|| format!("reading Secret {}/{name} (the cluster CA)", namespace))?;
+            let data = secret.data.unwrap_or_default();
+            let get = |k: &str| -> anyhow::Result<String> {
+                let v = data
+                    .get(k)
+                    .with_context(|| format!("Secret {}/{name} has no key {k}", namespace))?;
+                Ok(String::from_utf8_lossy(&v.0).into_owned())
+            };
+            Ok(ClusterCa::from_pems(
+                &get("ca-cert.pem")?,
+                &get("ca-key.pem")?,
+                &get("cert-chain.pem")?,
+                &get("root-cert.pem")?,
+                &format!("Secret {}/{name}", namespace),
+            )?)
+        }
+        (CaCerts::Secret(_), Source::Files(_) | Source::Api) => {
+            anyhow::bail!("a cacerts Secret needs the Kubernetes registry; give a directory")
+        }
+    }
+}
+
+/// Follows `cacerts` (Istio's plugged-in CA, reloaded as istiod does): polled every
+/// `interval`; a changed set that loads and checks replaces the CA, discovery's own
+/// certificate is reissued under it and its `root-cert.pem` becomes the local roots
+/// (so a root rotation A → A+B → B needs no restart); a changed set that does not
+/// load is refused with the reason and the CA in force stays.
+pub async fn follow_cacerts(
+    cacerts: CaCerts,
+    source: Source,
+    namespace: String,
+    issuer: LocalIssuer,
+    trust: Arc<crate::trust::TrustSources>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) {
+    let fingerprint = |ca: &ClusterCa| format!("{}{}", ca.cert_chain_pem(), ca.root_pem());
+    let mut current = fingerprint(&issuer.ca.load());
+    let mut refused = String::new();
+    loop {
+        tokio::time::sleep(interval).await;
+        let loaded = match load_cacerts(&cacerts, &source, &namespace).await {
+            Ok(ca) => ca,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                if reason != refused {
+                    metrics.cacerts_refused.inc();
+                    tracing::error!(error = %reason, "the changed cacerts is refused; the CA in force stays");
+                    refused = reason;
+                }
+                continue;
+            }
+        };
+        let next = fingerprint(&loaded);
+        if next == current {
+            continue;
+        }
+        let previous = issuer.ca.swap(Arc::new(loaded));
+        let adopted = issuer
+            .issue(trust.identity().cert().id())
+            .map_err(|e| e.to_string())
+            .and_then(|cert| trust.set_local(issuer.ca.load().root_pem(), cert));
+        match adopted {
+            Ok(()) => {
+                metrics.cacerts_reloaded.inc();
+                refused.clear();
+                current = next;
+                let ca = issuer.ca.load();
+                tracing::info!(intermediate = %ca.info().subject, roots = ca.root_pem().matches("BEGIN CERTIFICATE").count(), "cacerts changed: the new CA is in force");
+            }
+            Err(e) => {
+                issuer.ca.store(previous);
+                if e != refused {
+                    metrics.cacerts_refused.inc();
+                    tracing::error!(error = %e, "the changed cacerts is refused; the CA in force stays");
+                    refused = e;
+                }
+            }
+        }
     }
 }

@@ -381,18 +381,25 @@ pub async fn patch_ca_bundle(
     .await
 }
 
-/// Keeps ConfigMap `istio-ca-root-cert` with `root-cert.pem` in every namespace the
-/// registry knows, as namespaces appear (retrying failures every `interval`).
+/// Keeps ConfigMap `istio-ca-root-cert` with the CA's `root-cert.pem` in every
+/// namespace the registry knows, as namespaces appear and when the roots change
+/// (retrying failures every `interval`).
 pub async fn publish_root(
     client: kube::Client,
     registry: Arc<Registry>,
-    root_pem: String,
+    ca: crate::ca::SharedCa,
     interval: std::time::Duration,
 ) {
     use k8s_openapi::api::core::v1::ConfigMap;
     let mut done = std::collections::BTreeSet::new();
+    let mut published = String::new();
     let mut changes = registry.subscribe();
     loop {
+        let root_pem = ca.load().root_pem().to_owned();
+        if root_pem != published {
+            done.clear();
+            published = root_pem.clone();
+        }
         for ns in registry.namespace_names() {
             if done.contains(&ns) {
                 continue;

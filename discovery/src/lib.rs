@@ -9,6 +9,7 @@ pub mod ca;
 pub mod files;
 pub mod inject;
 pub mod kube_registry;
+pub mod link_client;
 pub mod links;
 pub mod metrics;
 pub mod monitor;
@@ -16,16 +17,16 @@ pub mod peering;
 pub mod push;
 pub mod registry;
 pub mod server;
+pub mod trust;
 pub mod validate;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mesh_identity::{ClusterCa, Identity, SpiffeId, TrustBundle, TrustConfig};
+use mesh_identity::{Identity, SpiffeId, TrustBundle, TrustConfig};
 use mesh_proto::ca::certificates_server::CertificatesServer;
 use mesh_proto::config::config_discovery_server::ConfigDiscoveryServer;
 
@@ -117,6 +118,8 @@ pub struct Options {
     pub file_poll: Duration,
     /// Lifetime of discovery's own certificate.
     pub own_cert_ttl: Duration,
+    /// How often `cacerts` is read again for changes (a new intermediate or root set).
+    pub cacerts_poll: Duration,
     /// The sidecar injection webhook, if served.
     pub inject: Option<inject::InjectOptions>,
     /// Lease granted to linked clusters on what this one exports.
@@ -124,7 +127,7 @@ pub struct Options {
     /// Longest readiness waits for a link to sync.
     pub link_sync_timeout: Duration,
     /// Link client settings.
-    pub links: peering::LinkOptions,
+    pub links: link_client::LinkOptions,
     /// Spans (config pushes, certificate requests, link syncs), when exported.
     pub tracing: mesh_telemetry::trace::Tracing,
     /// (namespace, service account) of the east-west gateways, granted the gateway
@@ -147,10 +150,11 @@ impl Options {
             debounce: push::Debounce::default(),
             file_poll: Duration::from_millis(500),
             own_cert_ttl: Duration::from_secs(24 * 3600),
+            cacerts_poll: Duration::from_secs(10),
             inject: None,
             lease: peering::DEFAULT_LEASE,
             link_sync_timeout: Duration::from_secs(10),
-            links: peering::LinkOptions::default(),
+            links: link_client::LinkOptions::default(),
             tracing: mesh_telemetry::trace::Tracing::disabled(),
             gateway_service_accounts: Vec::new(),
         }
@@ -193,8 +197,8 @@ pub struct Discovery {
     pub monitor_addr: Option<SocketAddr>,
     /// Discovery's own identity.
     pub identity: Identity,
-    /// The cluster CA.
-    pub ca: Arc<ClusterCa>,
+    /// The cluster CA (replaced when `cacerts` changes).
+    pub ca: ca::SharedCa,
     /// Where the injection webhook listens, and the CA of its certificate.
     pub webhook: Option<(SocketAddr, String)>,
     /// Linked clusters.
@@ -220,50 +224,25 @@ impl Discovery {
     }
 }
 
-async fn load_cacerts(options: &Options) -> anyhow::Result<ClusterCa> {
-    match (&options.cacerts, &options.source) {
-        (CaCerts::Dir(dir), _) => Ok(ClusterCa::load(dir)?),
-        (CaCerts::Secret(name), Source::Kubernetes(client)) => {
-            let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-                kube::Api::namespaced(client.clone(), &options.namespace);
-            let secret = api.get(name).await.with_context(|| {
-                format!(
-                    "reading Secret {}/{name} (the cluster CA)",
-                    options.namespace
-                )
-            })?;
-            let data = secret.data.unwrap_or_default();
-            let get = |k: &str| -> anyhow::Result<String> {
-                let v = data.get(k).with_context(|| {
-                    format!("Secret {}/{name} has no key {k}", options.namespace)
-                })?;
-                Ok(String::from_utf8_lossy(&v.0).into_owned())
-            };
-            Ok(ClusterCa::from_pems(
-                &get("ca-cert.pem")?,
-                &get("ca-key.pem")?,
-                &get("cert-chain.pem")?,
-                &get("root-cert.pem")?,
-                &format!("Secret {}/{name}", options.namespace),
-            )?)
-        }
-        (CaCerts::Secret(_), Source::Files(_) | Source::Api) => {
-            anyhow::bail!("a cacerts Secret needs the Kubernetes registry; give a directory")
-        }
-    }
-}
-
 /// Starts discovery: loads the CA, issues its own certificate, starts the registry,
 /// the publisher, the gRPC server and the monitoring port.
 pub async fn start(options: Options) -> anyhow::Result<Discovery> {
-    let ca = Arc::new(load_cacerts(&options).await?);
-    let td = ca.trust_domain().clone();
+    let loaded = ca::load_cacerts(&options.cacerts, &options.source, &options.namespace).await?;
+    let td = loaded.trust_domain().clone();
+    let issuer = ca::LocalIssuer {
+        ca: Arc::new(arc_swap::ArcSwap::from_pointee(loaded)),
+        ttl: options.own_cert_ttl,
+    };
     let own_id = SpiffeId::new(td.clone(), &options.namespace, SERVICE_ACCOUNT)?;
-    let own = ca
-        .issue_workload(&own_id, options.own_cert_ttl)?
-        .load("discovery's own certificate")?;
-    let bundle = TrustBundle::from_pem(td.clone(), ca.root_pem().as_bytes(), "cacerts root")?;
+    let own = issuer.issue(&own_id)?;
+    let root_pem = issuer.ca.load().root_pem().to_owned();
+    let bundle = TrustBundle::from_pem(td.clone(), root_pem.as_bytes(), "cacerts root")?;
     let identity = Identity::new(own, TrustConfig::new(td.clone(), bundle))?;
+    let trust = Arc::new(trust::TrustSources::new(
+        identity.clone(),
+        td.clone(),
+        &root_pem,
+    ));
 
     let kinds = match &options.source {
         Source::Kubernetes(_) | Source::Files(_) => registry::InputKind::ALL,
@@ -348,9 +327,8 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         CaAuth::Disabled => None,
     };
     if let Some(auth) = auth {
-        let roots = BTreeMap::from([(td.to_string(), ca.root_pem().to_owned())]);
         router = router.add_service(CertificatesServer::new(
-            ca::CaService::new(ca.clone(), auth, roots, metrics.clone())
+            ca::CaService::new(issuer.ca.clone(), auth, identity.clone(), metrics.clone())
                 .with_tracing(options.tracing.clone()),
         ));
     }
@@ -362,17 +340,23 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
     }));
     tasks.push(tokio::spawn(mesh_identity::rotation::run_renewal(
         identity.clone(),
-        ca::LocalIssuer {
-            ca: ca.clone(),
-            ttl: options.own_cert_ttl,
-        },
+        issuer.clone(),
+    )));
+    tasks.push(tokio::spawn(ca::follow_cacerts(
+        options.cacerts.clone(),
+        options.source.clone(),
+        options.namespace.clone(),
+        issuer.clone(),
+        trust.clone(),
+        metrics.clone(),
+        options.cacerts_poll,
     )));
     let links = Arc::new(peering::Links::default());
-    tasks.push(tokio::spawn(peering::run_links(
+    tasks.push(tokio::spawn(link_client::run_links(
         registry.clone(),
-        identity.clone(),
+        trust.clone(),
         links.clone(),
-        peering::LinkOptions {
+        link_client::LinkOptions {
             tracing: options.tracing.clone(),
             ..options.links.clone()
         },
@@ -401,7 +385,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         tasks.push(tokio::spawn(inject::publish_root(
             client.clone(),
             registry.clone(),
-            ca.root_pem().to_owned(),
+            issuer.ca.clone(),
             Duration::from_secs(10),
         )));
     }
@@ -452,7 +436,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         grpc_addr,
         monitor_addr,
         identity,
-        ca,
+        ca: issuer.ca,
         webhook,
         links,
         tasks,

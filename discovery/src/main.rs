@@ -61,6 +61,15 @@ struct Args {
     /// in a row withdraw its endpoints).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     gateway_probe_interval: Duration,
+    /// How often cacerts (directory or Secret) is read again: a changed one (a new
+    /// intermediate, or root-cert.pem with two roots during a root rotation) is
+    /// adopted without a restart.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    cacerts_poll: Duration,
+    /// Longest the previous version of a changed link Secret keeps serving while the
+    /// new version has not synced.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    link_rotation_grace: Duration,
     /// NAMESPACE/NAME of a service account granted the gateway view (repeatable;
     /// default: isthmus-eastwest-gateway in --namespace). Proxies of any other
     /// identity get their namespace's view, whatever kind they claim.
@@ -142,6 +151,8 @@ async fn main() -> anyhow::Result<()> {
     options.links.stale_bound = args.stale_endpoint_bound;
     options.gateway_service_accounts = args.gateway_service_accounts.clone();
     options.links.probe_interval = args.gateway_probe_interval;
+    options.links.rotation_grace = args.link_rotation_grace;
+    options.cacerts_poll = args.cacerts_poll;
     options.debounce = discovery::push::Debounce {
         after: args.debounce_after,
         max: args.debounce_max,

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub csr_signed: Counter,
     /// Certificate requests refused.
     pub csr_refused: Counter,
+    /// Changed `cacerts` adopted (a new intermediate or root set).
+    pub cacerts_reloaded: Counter,
+    /// Changed `cacerts` refused (the CA in force stays).
+    pub cacerts_refused: Counter,
     /// Objects the validating webhook allowed.
     pub validation_passed: Counter,
     /// Objects the validating webhook refused.
@@ -61,6 +65,8 @@ impl Default for Metrics {
             queue_time: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             csr_signed: Counter::default(),
             csr_refused: Counter::default(),
+            cacerts_reloaded: Counter::default(),
+            cacerts_refused: Counter::default(),
             validation_passed: Counter::default(),
             validation_failed: Counter::default(),
             config_refused: Gauge::default(),
@@ -99,6 +105,16 @@ impl Default for Metrics {
             "csr_refused",
             "Workload certificate requests refused",
             m.csr_refused.clone(),
+        );
+        registry.register(
+            "cacerts_reloaded",
+            "Changed cacerts adopted (new intermediate or roots)",
+            m.cacerts_reloaded.clone(),
+        );
+        registry.register(
+            "cacerts_refused",
+            "Changed cacerts refused; the CA in force stays",
+            m.cacerts_refused.clone(),
         );
         registry.register(
             "validation_passed",

@@ -479,3 +479,192 @@ async fn peering_is_authorized_by_the_identity_the_link_names() {
     .await
     .expect("north's discovery is refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_rotated_twice_then_deleted_stays_gone_and_its_roots_untrusted() {
+    let east_pki = Pki::new("east");
+    let west_pki = east_pki.sibling("west");
+    let root_pem = east_pki.root.cert_pem().to_owned();
+    let east_dir = tempfile::tempdir().unwrap();
+    let west_dir = tempfile::tempdir().unwrap();
+    write(east_dir.path(), "shop.yaml", EAST);
+    write(west_dir.path(), "shop.yaml", WEST);
+    let mut east_opts = options(
+        "east",
+        discovery::Source::Files(east_dir.path().to_owned()),
+        &east_pki,
+    );
+    east_opts.lease = Duration::from_secs(2);
+    let mut west_opts = options(
+        "west",
+        discovery::Source::Files(west_dir.path().to_owned()),
+        &west_pki,
+    );
+    west_opts.lease = Duration::from_secs(2);
+    let east = discovery::start(east_opts).await.unwrap();
+    let west = discovery::start(west_opts).await.unwrap();
+    let link = |discovery: std::net::SocketAddr, gateway: &str| {
+        link_secret("west", discovery, gateway, &root_pem, false)
+    };
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link(west.grpc_addr, "127.0.0.1:25443"),
+    );
+    // A peer of another trust domain, linked too: its roots are trusted while linked.
+    let north_td: mesh_identity::TrustDomain = "north.example".parse().unwrap();
+    let north_root =
+        mesh_identity::RootCa::generate(&north_td, mesh_identity::ca::ROOT_VALIDITY).unwrap();
+    let north_ca = north_root
+        .intermediate("north", mesh_identity::ca::INTERMEDIATE_VALIDITY)
+        .unwrap();
+    let north_id =
+        mesh_identity::SpiffeId::new(north_td.clone(), "istio-system", "isthmus-discovery")
+            .unwrap();
+    let north = mesh_identity::Identity::new(
+        north_ca
+            .issue_workload(&north_id, Duration::from_secs(3600))
+            .unwrap()
+            .load("north")
+            .unwrap(),
+        mesh_identity::TrustConfig::new(
+            north_td.clone(),
+            mesh_identity::TrustBundle::from_pem(
+                north_td.clone(),
+                north_root.cert_pem().as_bytes(),
+                "north root",
+            )
+            .unwrap(),
+        ),
+    )
+    .unwrap();
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let north_link = |gateway: &str| {
+        link_secret("north", nowhere, gateway, north_root.cert_pem(), false)
+            .replace(TD, "north.example")
+    };
+    write(
+        east_dir.path(),
+        "link-north.yaml",
+        &north_link("127.0.0.1:35443"),
+    );
+    eventually("west synced", T, || {
+        east.registry.remote_counts("west") == (2, 3)
+    })
+    .await;
+    eventually("north's roots trusted", T, || {
+        east.identity.trust().federated.contains(&north_td)
+    })
+    .await;
+    subscribe_as(east.grpc_addr, &north, east_pki.trust(), "north")
+        .await
+        .expect("north's discovery is refused while linked");
+    assert_eq!(
+        handshake_refusal(east.grpc_addr, &north, east_pki.trust()).await,
+        "accepted"
+    );
+
+    // Rotation 1: a version that cannot sync (nothing answers at its address). The
+    // version in force keeps serving meanwhile (make before break).
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link(nowhere, "127.0.0.1:25443"),
+    );
+    write(
+        east_dir.path(),
+        "link-north.yaml",
+        &north_link("127.0.0.1:35444"),
+    );
+    eventually("rotation 1 seen", T, || {
+        east.links
+            .list()
+            .iter()
+            .any(|l| l.link.cluster == "west" && l.link.discovery_address == nowhere.to_string())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        east.registry.remote_counts("west"),
+        (2, 3),
+        "the previous version stopped serving before the new one synced"
+    );
+    // Rotation 2: a version that syncs, with a new gateway address.
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link(west.grpc_addr, "127.0.0.1:25444"),
+    );
+    write(
+        east_dir.path(),
+        "link-north.yaml",
+        &north_link("127.0.0.1:35445"),
+    );
+    let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
+    eventually("rotation 2 in force: the new gateway", T, || {
+        endpoint_summary(&proxy.store, RATINGS) == ["127.0.0.1:25444 west w1 "]
+    })
+    .await;
+
+    // Deleted: withdrawn at once, and nothing of the earlier versions brings the
+    // endpoints back (heartbeats come every 0.7 s, reconnects within a second).
+    std::fs::remove_file(east_dir.path().join("link-west.yaml")).unwrap();
+    std::fs::remove_file(east_dir.path().join("link-north.yaml")).unwrap();
+    eventually("withdrawn", T, || {
+        east.registry.remote_counts("west") == (0, 0)
+            && !proxy.store.snapshot().services.contains_key(RATINGS)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        east.registry.remote_counts("west"),
+        (0, 0),
+        "an earlier version of the deleted link brought its endpoints back"
+    );
+    assert!(!proxy.store.snapshot().services.contains_key(RATINGS));
+    assert!(east.links.list().is_empty(), "{:?}", east.links.list());
+    // North's roots are no longer trusted: its discovery cannot even complete a
+    // handshake (not merely be refused as unlinked).
+    assert!(!east.identity.trust().federated.contains(&north_td));
+    assert!(east.identity.trust().bundle.roots(&north_td).is_empty());
+    let err = subscribe_as(east.grpc_addr, &north, east_pki.trust(), "north")
+        .await
+        .unwrap_err();
+    assert!(!err.contains("is not linked"), "{err}");
+    let refused = handshake_refusal(east.grpc_addr, &north, east_pki.trust()).await;
+    assert!(
+        refused.contains("alert") || refused.contains("certificate"),
+        "north's certificate was accepted at the handshake: {refused}"
+    );
+}
+
+/// Completes a TLS handshake to `addr` as `identity` and reads: what the server said
+/// (a fatal alert when it refuses the certificate), or `accepted`.
+async fn handshake_refusal(
+    addr: std::net::SocketAddr,
+    identity: &mesh_identity::Identity,
+    server_trust: mesh_identity::TrustConfig,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = identity.client_config_with_trust(server_trust, vec![], &[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("discovery").unwrap();
+    let mut stream = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    // HTTP/2 preface: a server that accepted the certificate answers with SETTINGS.
+    let _ = stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => "accepted".into(),
+        Ok(Ok(_)) => "closed without an alert".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer".into(),
+    }
+}

@@ -108,6 +108,16 @@ impl TrustBundle {
         }
     }
 
+    /// Whether `other` holds exactly the same roots for the same trust domains.
+    pub fn same_roots(&self, other: &TrustBundle) -> bool {
+        self.domains.len() == other.domains.len()
+            && self.domains.iter().all(|(td, roots)| {
+                other.domains.get(td).is_some_and(|o| {
+                    o.len() == roots.len() && roots.iter().all(|r| o.iter().any(|x| x.der == r.der))
+                })
+            })
+    }
+
     /// The trust domains with at least one root.
     pub fn trust_domains(&self) -> impl Iterator<Item = &TrustDomain> {
         self.domains.keys()

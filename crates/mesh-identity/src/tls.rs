@@ -82,6 +82,11 @@ impl WorkloadCert {
         &self.info
     }
 
+    /// The chain, leaf first (DER).
+    pub fn chain(&self) -> &[rustls_pki_types::CertificateDer<'static>] {
+        &self.key.cert
+    }
+
     fn check_trusted(&self, trust: &TrustConfig) -> Result<()> {
         let chain = &self.key.cert;
         trust.verify(
@@ -152,6 +157,31 @@ impl Identity {
             ),
         })?;
         tracing::info!(domains = ?trust.bundle.trust_domains().collect::<Vec<_>>(), "trust bundle updated");
+        self.trust.store(Arc::new(trust));
+        Ok(())
+    }
+
+    /// Installs a certificate and a trust configuration together (a renewal that
+    /// brings new roots, or a root rotation): the certificate must be for the same
+    /// identity and verify under the new trust; otherwise both stay as they are.
+    pub fn replace(&self, cert: WorkloadCert, trust: TrustConfig) -> Result<()> {
+        let current = self.cert.load();
+        if cert.id != current.id {
+            return Err(IdentityError::UnexpectedIdentity {
+                origin: "renewed certificate".into(),
+                actual: cert.id.to_string(),
+                expected: current.id.to_string(),
+            });
+        }
+        cert.check_trusted(&trust)?;
+        let trust_changed = !self.trust.load().bundle.same_roots(&trust.bundle);
+        if trust_changed {
+            tracing::info!(domains = ?trust.bundle.trust_domains().collect::<Vec<_>>(), "trust bundle updated");
+        }
+        tracing::info!(id = %cert.id, serial = %cert.info.serial, not_after = %crate::cert::rfc3339(cert.info.not_after), "workload certificate rotated");
+        // The certificate first: until the trust follows, peers are still verified
+        // under the old roots, which is what they were issued under.
+        self.cert.store(Arc::new(cert));
         self.trust.store(Arc::new(trust));
         Ok(())
     }

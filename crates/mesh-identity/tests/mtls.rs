@@ -260,12 +260,14 @@ struct LocalCa(mesh_identity::ClusterCa);
 impl mesh_identity::rotation::CertificateSource for LocalCa {
     async fn fetch(
         &self,
-        current: &mesh_identity::WorkloadCert,
-    ) -> mesh_identity::Result<mesh_identity::WorkloadCert> {
-        let id = current.id().clone();
-        self.0
+        identity: &Identity,
+    ) -> mesh_identity::Result<mesh_identity::rotation::Renewed> {
+        let id = identity.cert().id().clone();
+        Ok(self
+            .0
             .issue_workload(&id, Duration::from_secs(3600))?
-            .load("renewed")
+            .load("renewed")?
+            .into())
     }
 }
 
@@ -273,9 +275,9 @@ impl mesh_identity::rotation::CertificateSource for LocalCa {
 async fn renewal_task_replaces_the_certificate_at_half_life() {
     let mesh = Mesh::new(TD);
     let wid = id(TD, "shop", "frontend");
-    // A 20 s certificate, backdated by the CA by 5 min: already past half life, so the
-    // first renewal is immediate. Renewed ones live 1 h (+5 min backdating), so they are
-    // due 1950 s ± 195 s after their start, i.e. 1650 s ± 195 s from now.
+    // A 20 s certificate (backdated by the CA by 5 min, which does not count): renewed
+    // at 10 s ± 1 s. Renewed ones live 1 h, so they are due 1800 s ± 180 s after they
+    // arrive.
     let first = mesh
         .east
         .issue_workload(&wid, Duration::from_secs(20))
@@ -289,15 +291,18 @@ async fn renewal_task_replaces_the_certificate_at_half_life() {
         LocalCa(mesh.east),
     ));
 
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let serial1 = identity.cert().info().serial.clone();
-    assert_ne!(
-        serial1, serial0,
-        "an overdue certificate is renewed at once"
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        identity.cert().info().serial,
+        serial0,
+        "renewed before half of the time it had left"
     );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let serial1 = identity.cert().info().serial.clone();
+    assert_ne!(serial1, serial0, "not renewed at half of its 20 s");
 
     // Not renewed again before its half life…
-    tokio::time::sleep(Duration::from_secs(1400)).await;
+    tokio::time::sleep(Duration::from_secs(1600)).await;
     assert_eq!(identity.cert().info().serial, serial1);
     // …and renewed once it has passed.
     tokio::time::sleep(Duration::from_secs(500)).await;

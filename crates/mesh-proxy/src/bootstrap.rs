@@ -43,10 +43,20 @@ pub struct IdentityArgs {
     /// Workload service account.
     #[arg(long, env = "SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
+    /// Lifetime requested for CA-issued certificates (renewed at half of it; the CA
+    /// caps it at 24h).
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    pub cert_ttl: Duration,
     /// Discovery's SPIFFE identity (default:
     /// spiffe://TRUST_DOMAIN/ns/istio-system/sa/isthmus-discovery).
     #[arg(long)]
     pub discovery_id: Option<String>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    s.parse::<mesh_api::Duration>()
+        .map(Duration::from)
+        .map_err(|e| e.to_string())
 }
 
 /// Resolves `host:port` (a Service name in a pod, an IP elsewhere).
@@ -115,7 +125,7 @@ pub async fn identity(
         bootstrap_trust: TrustConfig::new(td.clone(), bundle),
         discovery_id: discovery_id(args, &td)?,
         token_file: token_file.clone(),
-        ttl: Duration::from_secs(24 * 3600),
+        ttl: args.cert_ttl,
     };
     let id = SpiffeId::new(
         td,

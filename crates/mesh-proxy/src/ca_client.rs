@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_identity::rotation::CertificateSource;
+use mesh_identity::rotation::{CertificateSource, Renewed};
 use mesh_identity::{
-    IdentityError, SpiffeId, TrustBundle, TrustConfig, TrustDomain, WorkloadCert, WorkloadCsr,
+    Identity, IdentityError, SpiffeId, TrustBundle, TrustConfig, TrustDomain, WorkloadCert,
+    WorkloadCsr,
 };
 use mesh_proto::ca::SignRequest;
 use mesh_proto::ca::certificates_client::CertificatesClient;
@@ -41,13 +42,18 @@ pub struct Issued {
 }
 
 impl CaClient {
-    /// Requests a certificate for `id`.
+    /// Requests a certificate for `id`, verifying the CA under the bootstrap trust.
     pub async fn request(&self, id: &SpiffeId) -> Result<Issued, String> {
+        self.request_with(id, self.bootstrap_trust.clone()).await
+    }
+
+    /// Requests a certificate for `id`, verifying the CA under `trust`.
+    pub async fn request_with(&self, id: &SpiffeId, trust: TrustConfig) -> Result<Issued, String> {
         let token = std::fs::read_to_string(&self.token_file)
             .map_err(|e| format!("reading token {}: {e}", self.token_file.display()))?;
         let csr = WorkloadCsr::generate(id).map_err(|e| e.to_string())?;
         let tls = Arc::new(mesh_identity::tls::anonymous_client_config(
-            self.bootstrap_trust.clone(),
+            trust,
             vec![self.discovery_id.clone()],
             &[b"h2"],
         ));
@@ -109,11 +115,18 @@ pub fn trust_from_roots(
     Ok(trust)
 }
 
+/// Renewals verify the CA under the workload's current trust (what the CA handed out
+/// last, so that discovery may move to a new root) and adopt the trust the CA hands
+/// out with the certificate.
 impl CertificateSource for CaClient {
-    async fn fetch(&self, current: &WorkloadCert) -> mesh_identity::Result<WorkloadCert> {
-        self.request(current.id())
+    async fn fetch(&self, identity: &Identity) -> mesh_identity::Result<Renewed> {
+        let trust = identity.trust().as_ref().clone();
+        self.request_with(identity.cert().id(), trust)
             .await
-            .map(|i| i.cert)
+            .map(|i| Renewed {
+                cert: i.cert,
+                trust: Some(i.trust),
+            })
             .map_err(|reason| IdentityError::CsrRefused { reason })
     }
 }
