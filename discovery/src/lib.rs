@@ -298,10 +298,12 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         shutdown_rx.clone(),
     )
     .with_gateway_identities(gateway_ids);
+    let links = Arc::new(peering::Links::default());
     let peering_service =
         peering::PeeringService::new(registry.clone(), published, options.lease, shutdown_rx)
             .with_peer_namespace(&options.links.namespace)
-            .with_local_trust_domain(td.clone());
+            .with_local_trust_domain(td.clone())
+            .with_links(links.clone());
     let listener = tokio::net::TcpListener::bind(options.grpc)
         .await
         .with_context(|| format!("binding the gRPC port {}", options.grpc))?;
@@ -351,7 +353,6 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         metrics.clone(),
         options.cacerts_poll,
     )));
-    let links = Arc::new(peering::Links::default());
     tasks.push(tokio::spawn(link_client::run_links(
         registry.clone(),
         trust.clone(),

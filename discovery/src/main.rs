@@ -53,6 +53,10 @@ struct Args {
     /// Longest a change waits for a push.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     debounce_max: Duration,
+    /// Lease granted to linked clusters on what this one exports: they keep it fresh
+    /// for this long without a message (heartbeats come every third of it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    peering_lease: Duration,
     /// Longest a linked cluster's endpoints are kept stale after its lease ran out,
     /// even while its east-west gateway passes its health checks.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
@@ -153,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
     options.links.probe_interval = args.gateway_probe_interval;
     options.links.rotation_grace = args.link_rotation_grace;
     options.cacerts_poll = args.cacerts_poll;
+    options.lease = args.peering_lease;
     options.debounce = discovery::push::Debounce {
         after: args.debounce_after,
         max: args.debounce_max,

@@ -86,6 +86,9 @@ pub async fn serve(listener: TcpListener, views: Views) {
             }
             "/debug/registry" => json(registry.summary()),
             "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
+            "/debug/peering-refusals" => {
+                json(serde_json::to_value(links.refusals()).unwrap_or_default())
+            }
             "/debug/syncz" => {
                 let list: Vec<_> = statuses
                     .list()

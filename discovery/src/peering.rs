@@ -50,6 +50,8 @@ pub struct PeeringService {
     peer_namespace: String,
     /// This cluster's trust domain.
     local_trust_domain: Option<mesh_identity::TrustDomain>,
+    /// Where refusals are noted.
+    links: Arc<Links>,
 }
 
 impl PeeringService {
@@ -67,7 +69,14 @@ impl PeeringService {
             shutdown,
             peer_namespace: crate::NAMESPACE.into(),
             local_trust_domain: None,
+            links: Arc::default(),
         }
+    }
+
+    /// Notes refused subscriptions in `links` (shown by `meshctl multicluster status`).
+    pub fn with_links(mut self, links: Arc<Links>) -> Self {
+        self.links = links;
+        self
     }
 
     /// This cluster's trust domain: a cluster not linked here yet (its link Secret is
@@ -142,6 +151,13 @@ impl Peering for PeeringService {
         let req = request.into_inner();
         if let Err(refused) = self.authorize(&id, &req.cluster) {
             tracing::warn!(peer = %req.cluster, identity = %id, address = %peer.address, reason = %refused.message(), "peering refused");
+            self.links.refused(Refusal {
+                at: mesh_identity::cert::rfc3339(std::time::SystemTime::now()),
+                cluster: req.cluster.clone(),
+                identity: id.to_string(),
+                address: peer.address.to_string(),
+                reason: refused.message().to_owned(),
+            });
             return Err(refused);
         }
         tracing::info!(peer = %req.cluster, identity = %id, address = %peer.address, "linked cluster subscribed");
@@ -240,11 +256,52 @@ pub struct LinkStatus {
     pub(crate) synced: bool,
 }
 
-/// Every link's status, by cluster.
+/// A subscription this cluster refused, as `meshctl multicluster status` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The cluster it claimed to be.
+    pub cluster: String,
+    /// The identity it presented.
+    pub identity: String,
+    /// Its address.
+    pub address: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// How many refusals are kept.
+const REFUSALS_KEPT: usize = 20;
+
+/// Every link's status, by cluster, and the last subscriptions refused here.
 #[derive(Debug, Default)]
-pub struct Links(Mutex<BTreeMap<String, LinkStatus>>);
+pub struct Links(
+    Mutex<BTreeMap<String, LinkStatus>>,
+    Mutex<std::collections::VecDeque<Refusal>>,
+);
 
 impl Links {
+    /// Notes a refused subscription.
+    pub(crate) fn refused(&self, r: Refusal) {
+        let mut list = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() == REFUSALS_KEPT {
+            list.pop_front();
+        }
+        list.push_back(r);
+    }
+
+    /// The last subscriptions refused here, oldest first.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn update(&self, cluster: &str, f: impl FnOnce(&mut LinkStatus)) {
         if let Some(s) = self
             .0

@@ -478,6 +478,15 @@ async fn peering_is_authorized_by_the_identity_the_link_names() {
     )
     .await
     .expect("north's discovery is refused");
+    // Each refusal is kept, with its reason, for `meshctl multicluster status`.
+    let refusals = west.links.refusals();
+    assert_eq!(refusals.len(), 4, "{refusals:?}");
+    assert!(
+        refusals.iter().any(|r| r.cluster == "east"
+            && r.identity == "spiffe://north.example/ns/istio-system/sa/isthmus-discovery"
+            && r.reason.contains("may not subscribe as cluster \"east\"")),
+        "{refusals:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

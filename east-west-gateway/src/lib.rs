@@ -247,9 +247,22 @@ pub async fn start(
         Some(a) => {
             let l = TcpListener::bind(a).await?;
             let bound = l.local_addr()?;
-            let (store, metrics) = (store.clone(), metrics.clone());
+            let (store, metrics, certs_of) = (store.clone(), metrics.clone(), identity.clone());
             tasks.push(tokio::spawn(serve_endpoints(l, move |req| {
                 match req.uri().path() {
+                    "/certs" => match &certs_of {
+                        Some(id) => text_response(
+                            http::StatusCode::OK,
+                            "application/json",
+                            serde_json::to_string_pretty(&mesh_proxy::admin::certs(id))
+                                .unwrap_or_default(),
+                        ),
+                        None => text_response(
+                            http::StatusCode::NOT_FOUND,
+                            "text/plain",
+                            "this gateway has no identity (plain SNI passthrough)\n".into(),
+                        ),
+                    },
                     "/healthz/ready" if store.is_ready() => {
                         text_response(http::StatusCode::OK, "text/plain", "ready\n".into())
                     }
@@ -266,7 +279,7 @@ pub async fn start(
                     _ => text_response(
                         http::StatusCode::NOT_FOUND,
                         "text/plain",
-                        "endpoints: /healthz/ready /stats/prometheus\n".into(),
+                        "endpoints: /healthz/ready /stats/prometheus /certs\n".into(),
                     ),
                 }
             })));

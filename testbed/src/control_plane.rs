@@ -207,6 +207,11 @@ impl ControlPlane {
         self.options.service_cidr()
     }
 
+    /// The kube-apiserver process (to stop and start it again; etcd keeps the data).
+    pub fn apiserver_mut(&mut self) -> &mut Process {
+        &mut self.apiserver
+    }
+
     /// Process ids of etcd and kube-apiserver, while running.
     pub fn pids(&self) -> Vec<u32> {
         self.etcd

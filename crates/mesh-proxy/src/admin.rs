@@ -51,10 +51,15 @@ impl Admin {
                 self.metrics.encode(),
             ),
             "/config_dump" => (StatusCode::OK, "application/json", self.config_dump()),
+            "/certs" => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&certs(&self.identity)).unwrap_or_default(),
+            ),
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "endpoints: /healthz/ready /healthz/live /stats/prometheus /config_dump\n"
+                "endpoints: /healthz/ready /healthz/live /stats/prometheus /config_dump /certs\n"
                     .to_owned(),
             ),
         };
@@ -63,7 +68,6 @@ impl Admin {
 
     fn config_dump(&self) -> String {
         let state = self.store.snapshot();
-        let cert = self.identity.cert();
         let routes: serde_json::Map<_, _> = state
             .routes
             .iter()
@@ -77,11 +81,7 @@ impl Admin {
         let doc = serde_json::json!({
             "version": state.version,
             "node": state.node,
-            "identity": {
-                "spiffe_id": cert.id().to_string(),
-                "serial": cert.info().serial,
-                "not_after": mesh_identity::cert::rfc3339(cert.info().not_after),
-            },
+            "identity": certs(&self.identity),
             "services": state.services.values().collect::<Vec<_>>(),
             "routes": routes,
             "destination_rules": state.policies,
@@ -91,4 +91,37 @@ impl Admin {
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default()
     }
+}
+
+/// The proxy's certificate and trust as `/certs` shows them (Envoy's admin has the
+/// same endpoint): identity, serial, expiry, the issuing intermediate, and the serials
+/// of the roots trusted per trust domain.
+pub fn certs(identity: &Identity) -> serde_json::Value {
+    let cert = identity.cert();
+    let issuer = cert
+        .chain()
+        .get(1)
+        .and_then(|der| mesh_identity::cert::CertInfo::parse(der, "issuer").ok());
+    let trust = identity.trust();
+    let roots: serde_json::Map<_, _> = trust
+        .bundle
+        .trust_domains()
+        .map(|td| {
+            let serials: Vec<String> = trust
+                .bundle
+                .root_infos(td)
+                .iter()
+                .map(|i| i.serial.clone())
+                .collect();
+            (td.to_string(), serials.into())
+        })
+        .collect();
+    serde_json::json!({
+        "spiffe_id": cert.id().to_string(),
+        "serial": cert.info().serial,
+        "not_after": mesh_identity::cert::rfc3339(cert.info().not_after),
+        "issuer": issuer.as_ref().map(|i| i.subject.clone()),
+        "issuer_serial": issuer.as_ref().map(|i| i.serial.clone()),
+        "trust_roots": roots,
+    })
 }

@@ -286,17 +286,37 @@ pub(crate) fn run(cmd: MulticlusterCommand) -> anyhow::Result<()> {
             let list = get_json(&rt, discovery, "/debug/links")?
                 .with_context(|| format!("discovery at {discovery} has no /debug/links"))?;
             let list = list.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!(
-                    "No cluster is linked to this one. Link one with `meshctl remote-secret` (see docs/federation.md)."
-                );
-                return Ok(());
-            }
             let s = |v: &serde_json::Value| match v {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Null => "-".into(),
                 other => other.to_string(),
             };
+            let refusals = get_json(&rt, discovery, "/debug/peering-refusals")?
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default();
+            let print_refusals = || {
+                if refusals.is_empty() {
+                    return;
+                }
+                println!("\nRefused subscriptions (the last {}):", refusals.len());
+                for r in &refusals {
+                    println!(
+                        "  {} cluster {} as {} from {}: {}",
+                        s(&r["at"]),
+                        s(&r["cluster"]),
+                        s(&r["identity"]),
+                        s(&r["address"]),
+                        s(&r["reason"]),
+                    );
+                }
+            };
+            if list.is_empty() {
+                println!(
+                    "No cluster is linked to this one. Link one with `meshctl remote-secret` (see docs/federation.md)."
+                );
+                print_refusals();
+                return Ok(());
+            }
             println!(
                 "{:<12} {:<14} {:<22} {:>8} {:>9}  {:<21} {:<21} {:<6} ERROR",
                 "PEER",
@@ -344,6 +364,7 @@ pub(crate) fn run(cmd: MulticlusterCommand) -> anyhow::Result<()> {
                     println!("{line}");
                 }
             }
+            print_refusals();
             Ok(())
         }
     }

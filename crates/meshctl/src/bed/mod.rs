@@ -4,6 +4,7 @@
 //! sidecars, all linked; `status`, `curl`, `scenario` and `down` talk to it.
 
 mod apps;
+mod children;
 mod network;
 mod plan;
 mod supervisor;
@@ -50,6 +51,8 @@ pub(crate) enum TestbedCommand {
         /// Then run these scenarios (repeatable): failover, canary, strict-mtls.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
+        #[command(flatten)]
+        tuning: supervisor::Tuning,
         /// Where the testbed keeps its state, certificates and logs.
         #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
         dir: Option<PathBuf>,
@@ -105,10 +108,11 @@ pub(crate) fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             registry,
             workloads,
             scenarios,
+            tuning,
             dir,
         } => {
             let dir = default_dir(dir);
-            up(&dir, clusters, networks, registry, workloads)?;
+            up(&dir, clusters, networks, registry, workloads, &tuning)?;
             for s in scenarios {
                 scenario(&dir, &s)?;
             }
@@ -137,6 +141,7 @@ fn up(
     networks: usize,
     registry: RegistryMode,
     workloads: WorkloadMode,
+    tuning: &supervisor::Tuning,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=8).contains(&clusters),
@@ -205,6 +210,7 @@ fn up(
             },
         ])
         .args(pods.then_some("--pods"))
+        .args(tuning.args())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -397,29 +403,57 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         Ok((s, _)) => format!("{s}"),
         Err(_) => "down".to_owned(),
     };
+    // What the supervisor says of a component: held down, restarting, restarts.
+    let supervised = |name: &str| {
+        let Some(c) = state.components.iter().find(|c| c.name == name) else {
+            return String::new();
+        };
+        let mut note = String::new();
+        if c.state != "running" {
+            note.push_str(&format!(" ({})", c.state));
+        }
+        if c.restarts > 0 {
+            let last = c.last_exit.lines().next().unwrap_or_default();
+            note.push_str(&format!("  restarts {} (last exit: {last})", c.restarts));
+        }
+        note
+    };
     for c in &plan.clusters {
         println!(
             "\ncluster {} (network {}, {})",
             c.name, c.network, c.locality
         );
+        if let Some(kubeconfig) = state.kubeconfigs.get(&c.name) {
+            let name = format!("apiserver-{}", c.name);
+            let note = supervised(&name);
+            println!(
+                "  {:<24} {:<22} {}",
+                "kube-apiserver",
+                kubeconfig,
+                note.trim()
+            );
+        }
         println!(
-            "  {:<24} {:<22} {}",
+            "  {:<24} {:<22} {}{}",
             "discovery",
             c.discovery,
-            check(c.monitor, "/ready")
+            check(c.monitor, "/ready"),
+            supervised(&format!("discovery-{}", c.name))
         );
         println!(
-            "  {:<24} {:<22} {}",
+            "  {:<24} {:<22} {}{}",
             "east-west gateway",
             c.gateway,
-            check(c.gateway_admin, "/healthz/ready")
+            check(c.gateway_admin, "/healthz/ready"),
+            supervised(&format!("gateway-{}", c.name))
         );
         for w in &c.workloads {
             println!(
-                "  {:<24} {:<22} {}",
+                "  {:<24} {:<22} {}{}",
                 w.name,
                 w.ip,
-                check(w.admin(), "/healthz/ready")
+                check(w.admin(), "/healthz/ready"),
+                supervised(&w.name)
             );
         }
     }

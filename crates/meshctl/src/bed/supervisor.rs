@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -15,6 +15,7 @@ use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
 use serde::{Deserialize, Serialize};
 
 use super::apps::{self, AppControl};
+use super::children::{Children, ComponentState};
 use super::network;
 use super::plan::{self, NAMESPACE, Plan};
 
@@ -62,6 +63,9 @@ pub(crate) struct State {
     /// Host links the testbed made (pod mode), for `down`.
     #[serde(default)]
     pub(crate) links: Vec<String>,
+    /// What the supervisor keeps running, with restarts.
+    #[serde(default)]
+    pub(crate) components: Vec<ComponentState>,
 }
 
 /// The state file in `dir`.
@@ -153,6 +157,33 @@ pub(crate) struct SuperviseArgs {
     /// Workloads in pods (network namespaces; root).
     #[arg(long)]
     pub(crate) pods: bool,
+    #[command(flatten)]
+    pub(crate) tuning: Tuning,
+}
+
+/// Timings of the testbed's components (short, so that what a fault does shows in
+/// seconds).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Tuning {
+    /// Lease each discovery grants the linked clusters (heartbeats every third).
+    #[arg(long, default_value = "10s")]
+    pub(crate) peering_lease: String,
+    /// Lifetime of the certificates the proxies get from discovery's CA (renewed at
+    /// half of it).
+    #[arg(long, default_value = "1h")]
+    pub(crate) cert_ttl: String,
+}
+
+impl Tuning {
+    /// The arguments that pass these on to `testbed supervise`.
+    pub(crate) fn args(&self) -> [String; 4] {
+        [
+            "--peering-lease".into(),
+            self.peering_lease.clone(),
+            "--cert-ttl".into(),
+            self.cert_ttl.clone(),
+        ]
+    }
 }
 
 /// Runs the supervisor until SIGTERM.
@@ -177,10 +208,19 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 struct Running {
-    processes: Vec<testbed::Process>,
-    control_planes: Vec<testbed::ControlPlane>,
+    children: Arc<Mutex<Children>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     network: Option<network::PodNetwork>,
+}
+
+impl Running {
+    fn add(&self, p: testbed::Process) {
+        lock(&self.children).add(p);
+    }
+}
+
+fn lock(children: &Mutex<Children>) -> std::sync::MutexGuard<'_, Children> {
+    children.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Running {
@@ -189,10 +229,7 @@ impl Drop for Running {
             t.abort();
         }
         // Proxies first, then discovery, then the API servers.
-        while let Some(mut p) = self.processes.pop() {
-            p.stop();
-        }
-        self.control_planes.clear();
+        lock(&self.children).stop_all();
         // Last: the namespaces (the pods' apps run on threads of this process).
         self.network.take();
     }
@@ -209,8 +246,7 @@ async fn run(args: SuperviseArgs) -> anyhow::Result<()> {
     };
     r.save();
     let mut running = Running {
-        processes: Vec::new(),
-        control_planes: Vec::new(),
+        children: Arc::default(),
         tasks: Vec::new(),
         network: None,
     };
@@ -221,12 +257,14 @@ async fn run(args: SuperviseArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    // Scenario control: POST /fail/NAME, /restore/NAME.
+    // Scenario control: /fail/APP and /restore/APP (a sample app answers 500s, or
+    // not), /kill/NAME, /stop/NAME and /start/NAME (a component).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     r.state.control = Some(listener.local_addr()?.to_string());
     r.state.ready = true;
     r.save();
     let controls = Arc::new(controls);
+    let children = running.children.clone();
     running
         .tasks
         .push(tokio::spawn(mesh_proxy::http_util::serve_endpoints(
@@ -237,6 +275,13 @@ async fn run(args: SuperviseArgs) -> anyhow::Result<()> {
                     .trim_start_matches('/')
                     .split_once('/')
                     .unwrap_or(("", ""));
+                if matches!(action, "kill" | "stop" | "start") {
+                    let (status, body) = match lock(&children).control(action, name) {
+                        Ok(done) => (http::StatusCode::OK, done),
+                        Err(e) => (http::StatusCode::NOT_FOUND, format!("{e}\n")),
+                    };
+                    return mesh_proxy::http_util::text_response(status, "text/plain", body);
+                }
                 match (action, controls.get(name)) {
                     ("fail", Some(c)) => c.failing.store(true, std::sync::atomic::Ordering::SeqCst),
                     ("restore", Some(c)) => {
@@ -258,16 +303,20 @@ async fn run(args: SuperviseArgs) -> anyhow::Result<()> {
             },
         )));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut watch = tokio::time::interval(Duration::from_secs(2));
+    let mut watch = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = watch.tick() => {
-                for p in &mut running.processes {
-                    if let Err(e) = p.check_running() {
-                        tracing::error!(error = %e, "a testbed process exited");
-                    }
+                let states = {
+                    let mut children = lock(&running.children);
+                    children.tick();
+                    children.states()
+                };
+                if states != r.state.components {
+                    r.state.components = states;
+                    r.save();
                 }
             }
         }
@@ -406,7 +455,13 @@ async fn bring_up(
             r.state.children.extend(cp.pids());
             clients.insert(c.name.clone(), client);
         }
-        running.control_planes = cps;
+        {
+            let mut children = lock(&running.children);
+            for (i, cp) in cps.iter().enumerate() {
+                children.add_apiserver(&format!("apiserver-{}", cp.name()), i);
+            }
+            children.control_planes = cps;
+        }
         r.state.registry = "kubernetes".into();
         r.done(format!(
             "{} kube-apiserver + etcd, one per cluster",
@@ -454,7 +509,7 @@ async fn bring_up(
             ));
             let p = testbed::Process::spawn("jaeger", cmd, &logs.join("jaeger.log"))?;
             r.state.children.extend(p.pid());
-            running.processes.push(p);
+            running.add(p);
             let query: std::net::SocketAddr = "127.0.0.1:16686".parse()?;
             wait_http_ok(query, "/api/services", Duration::from_secs(30)).await?;
             r.state.jaeger = Some(query.to_string());
@@ -485,7 +540,9 @@ async fn bring_up(
                 &c.discovery.to_string(),
                 "--monitor",
                 &c.monitor.to_string(),
-            ]);
+            ])
+            .args(["--peering-lease", &args.tuning.peering_lease])
+            .args(["--cacerts-poll", "1s"]);
         match r.state.kubeconfigs.get(&c.name) {
             Some(k) => cmd.args(["--kubeconfig", k]),
             None => cmd.arg("--registry-dir").arg(cdir.join("registry")),
@@ -499,7 +556,7 @@ async fn bring_up(
             &logs.join(format!("discovery-{}.log", c.name)),
         )?;
         r.state.children.extend(p.pid());
-        running.processes.push(p);
+        running.add(p);
     }
     for c in &plan.clusters {
         wait_http_ok(c.monitor, "/ready", Duration::from_secs(30)).await?;
@@ -557,6 +614,8 @@ async fn bring_up(
         root_pem_path.display().to_string(),
         "--trust-domain".into(),
         plan.trust_domain.clone(),
+        "--cert-ttl".into(),
+        args.tuning.cert_ttl.clone(),
     ];
     let mut controls = BTreeMap::new();
     for c in &plan.clusters {
@@ -587,7 +646,7 @@ async fn bring_up(
             &logs.join(format!("gateway-{}.log", c.name)),
         )?;
         r.state.children.extend(p.pid());
-        running.processes.push(p);
+        running.add(p);
         for w in &c.workloads {
             let mut cmd = match &w.pod {
                 Some(pod) => {
@@ -628,7 +687,7 @@ async fn bring_up(
             }
             let p = testbed::Process::spawn(&w.name, cmd, &logs.join(format!("{}.log", w.name)))?;
             r.state.children.extend(p.pid());
-            running.processes.push(p);
+            running.add(p);
             if w.port != 0 {
                 let control = Arc::new(AppControl::default());
                 controls.insert(w.name.clone(), control.clone());
