@@ -359,6 +359,11 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         links.clone(),
         link_client::LinkOptions {
             tracing: options.tracing.clone(),
+            // Connections to peers leave from the address discovery serves on.
+            source: options
+                .links
+                .source
+                .or_else(|| Some(grpc_addr.ip()).filter(|ip| !ip.is_unspecified())),
             ..options.links.clone()
         },
     )));
@@ -376,6 +381,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
                     metrics: metrics.clone(),
                     links: links.clone(),
                     link_sync_timeout: options.link_sync_timeout,
+                    identity: identity.clone(),
                 },
             )));
             Some(a)

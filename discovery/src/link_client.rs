@@ -53,6 +53,9 @@ pub struct LinkOptions {
     /// Longest the previous version of a rotated link keeps serving while the new one
     /// has not synced.
     pub rotation_grace: Duration,
+    /// The local address peering connections and gateway probes leave from (the
+    /// address discovery serves on, when it is a specific one).
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Default of [`LinkOptions::stale_bound`]: a day, long enough to ride out any
@@ -71,6 +74,7 @@ impl Default for LinkOptions {
             probe_failures: 3,
             stale_bound: DEFAULT_STALE_BOUND,
             rotation_grace: Duration::from_secs(60),
+            source: None,
         }
     }
 }
@@ -386,7 +390,10 @@ async fn lease_watchdog(
             continue;
         }
         let result = match resolve(&link.gateway_address).await {
-            Ok(gw) => mesh_proxy::probe::probe_gateway(gw, tls, options.probe_timeout).await,
+            Ok(gw) => {
+                mesh_proxy::probe::probe_gateway(gw, options.source, tls, options.probe_timeout)
+                    .await
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -462,7 +469,13 @@ async fn subscribe_once(
             s.state = "connecting".into();
         }
     });
-    let channel = match mesh_proxy::discovery_client::tls_channel(address, Arc::new(tls)).await {
+    let channel = match mesh_proxy::discovery_client::tls_channel_from(
+        address,
+        options.source,
+        Arc::new(tls),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             let reason = mesh_proxy::discovery_client::source_chain(&e);

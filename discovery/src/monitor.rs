@@ -9,6 +9,8 @@
 //! - `/debug/syncz`: every proxy's status (versions sent and acked, NACKs, certificate).
 //! - `/debug/resource?name=Kind/ns/name`: one compiled resource as proxies receive it.
 //! - `/debug/proxy?name=NAME.NAMESPACE`: the resources (name, version) that proxy sees.
+//! - `/debug/certs`: discovery's own certificate, its issuer and the roots it trusts.
+//! - `/debug/peering-refusals`: the last peering subscriptions refused, with why.
 
 use std::sync::Arc;
 
@@ -33,6 +35,8 @@ pub struct Views {
     pub links: Arc<crate::peering::Links>,
     /// Longest readiness waits for a link.
     pub link_sync_timeout: std::time::Duration,
+    /// Discovery's own identity (its certificate and the trust it holds).
+    pub identity: mesh_identity::Identity,
 }
 
 /// Serves the monitoring endpoints until dropped.
@@ -44,6 +48,7 @@ pub async fn serve(listener: TcpListener, views: Views) {
             metrics,
             links,
             link_sync_timeout,
+            identity,
         } = &views;
         let json = |v: serde_json::Value| {
             text_response(
@@ -86,6 +91,7 @@ pub async fn serve(listener: TcpListener, views: Views) {
             }
             "/debug/registry" => json(registry.summary()),
             "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
+            "/debug/certs" => json(mesh_proxy::admin::certs(identity)),
             "/debug/peering-refusals" => {
                 json(serde_json::to_value(links.refusals()).unwrap_or_default())
             }

@@ -182,6 +182,15 @@ pub fn mark_as_proxy(socket: &impl AsFd) {
 
 /// Connects to `addr` from a socket carrying the proxy mark.
 pub async fn connect_marked(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    connect_marked_from(addr, None).await
+}
+
+/// As [`connect_marked`], from the local address `source` when given (a control
+/// plane whose connections must leave from the address it serves on).
+pub async fn connect_marked_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -189,6 +198,9 @@ pub async fn connect_marked(addr: SocketAddr) -> std::io::Result<tokio::net::Tcp
     };
     mark_as_proxy(&socket);
     socket.set_nodelay(true)?;
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
     socket.connect(addr).await
 }
 

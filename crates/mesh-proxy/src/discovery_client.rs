@@ -296,12 +296,22 @@ pub async fn tls_channel(
     address: SocketAddr,
     tls: Arc<tokio_rustls::rustls::ClientConfig>,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tls_channel_from(address, None, tls).await
+}
+
+/// As [`tls_channel`], its connections leaving from the local address `source` when
+/// given.
+pub async fn tls_channel_from(
+    address: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let tls = tls.clone();
         async move {
             // Marked as the proxy's own: in a captured pod the config stream and the
             // CA must not loop back through the proxy (which may not be listening yet).
-            let tcp = crate::capture::connect_marked(address).await?;
+            let tcp = crate::capture::connect_marked_from(address, source).await?;
             let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)

@@ -384,42 +384,59 @@ impl MeshPool {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         // The DestinationRule's connectTimeout, else the proxy's default.
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
-        let mut io: Option<Box<dyn Io>> = None;
+        let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
+        let handshake_failed = |e: std::io::Error| {
+            uf(format!(
+                "{endpoint}: mTLS handshake failed: {}",
+                mesh_identity::explain(&e)
+            ))
+        };
         if let (Some(tunnels), Some(source)) = (
             self.tunnels
                 .as_ref()
                 .filter(|t| !t.recently_failed(endpoint)),
             tunnel,
         ) {
-            // A gateway that advertises QUIC: a tunnel stream, else TCP below.
-            let quic_timeout = timeout.min(Duration::from_secs(1));
-            if let Ok(stream) = tunnels
-                .open(endpoint, sni, source, trace, quic_timeout)
-                .await
-            {
-                io = Some(Box::new(stream));
+            // A gateway that advertises QUIC: a tunnel stream, else TCP below. The
+            // bound covers the mTLS handshake too: a cached QUIC connection to a
+            // gateway that has just died still opens streams, and only its idle
+            // timeout (tens of seconds) would end them.
+            let quic_timeout = timeout.min(Duration::from_millis(500));
+            let attempt = tokio::time::timeout(quic_timeout, async {
+                let stream = tunnels
+                    .open(endpoint, sni, source, trace, quic_timeout)
+                    .await?;
+                connector
+                    .connect(name.clone(), Box::new(stream) as Box<dyn Io>)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            match attempt {
+                Ok(Ok(tls)) => return Ok(tls),
+                Ok(Err(e)) => tunnels.mark_failed(endpoint, &e),
+                Err(_) => tunnels.mark_failed(
+                    endpoint,
+                    &format!("no tunnel with mTLS within {quic_timeout:?}"),
+                ),
             }
         }
-        let io = match io {
-            Some(io) => io,
-            None => {
-                let tcp: TcpStream =
-                    tokio::time::timeout(timeout, crate::capture::connect_marked(endpoint))
-                        .await
-                        .map_err(|_| {
-                            uf(format!("{endpoint}: connect timed out after {timeout:?}"))
-                        })?
-                        .map_err(|e| uf(format!("{endpoint}: {e}")))?;
-                Box::new(tcp)
-            }
-        };
-        let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
-        connector.connect(name, io).await.map_err(|e| {
+        let tcp: TcpStream =
+            tokio::time::timeout(timeout, crate::capture::connect_marked(endpoint))
+                .await
+                .map_err(|_| uf(format!("{endpoint}: connect timed out after {timeout:?}")))?
+                .map_err(|e| uf(format!("{endpoint}: {e}")))?;
+        tokio::time::timeout(
+            timeout,
+            connector.connect(name, Box::new(tcp) as Box<dyn Io>),
+        )
+        .await
+        .map_err(|_| {
             uf(format!(
-                "{endpoint}: mTLS handshake failed: {}",
-                mesh_identity::explain(&e)
+                "{endpoint}: mTLS handshake timed out after {timeout:?}"
             ))
-        })
+        })?
+        .map_err(handshake_failed)
     }
 
     async fn connect(

@@ -25,11 +25,12 @@ pub const ALPN_PROBE: &[u8] = b"isthmus-probe";
 /// trust): `Ok` with the gateway's answer when it is ready, else why not.
 pub async fn probe_gateway(
     addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
     tls: Arc<tokio_rustls::rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<String, String> {
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
+        let tcp = crate::capture::connect_marked_from(addr, source)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let name =

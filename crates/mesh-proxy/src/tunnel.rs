@@ -27,15 +27,23 @@ pub const FALLBACK_FOR: Duration = Duration::from_secs(30);
 /// One tunnelled connection: the stream's two halves as one byte stream.
 pub type TunnelStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
 
+/// Keep-alive interval of a tunnel connection.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(150);
+/// A tunnel connection silent this long is closed, and what it carried fails over to
+/// TCP. A gateway that dies sends nothing (UDP has no reset), so this bounds how long
+/// requests in flight through it wait: short, at the cost of four keep-alives lost in
+/// a row closing a healthy connection (then TCP carries the traffic for a while).
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(600);
+
 /// QUIC client config presenting `identity`.
 fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, String> {
     let tls = identity.client_config(vec![], &[ALPN_TUNNEL]);
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(60)).map_err(|e| e.to_string())?,
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).map_err(|e| e.to_string())?,
     ));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
@@ -164,6 +172,13 @@ impl QuicTunnels {
             .is_some_and(|at| at.elapsed() < FALLBACK_FOR)
     }
 
+    /// Notes that a tunnel through `gateway` failed: it is reached over TCP for
+    /// [`FALLBACK_FOR`], and its cached connection is dropped.
+    pub fn mark_failed(&self, gateway: SocketAddr, error: &str) {
+        tracing::info!(gateway = %gateway, error = %error, "QUIC to the gateway failed; using TCP");
+        self.fail(gateway);
+    }
+
     fn fail(&self, gateway: SocketAddr) {
         if let Ok(mut m) = self.failed.lock() {
             m.insert(gateway, Instant::now());
@@ -182,10 +197,19 @@ impl QuicTunnels {
             .connections
             .lock()
             .ok()
-            .and_then(|m| m.get(&gateway).cloned())
-            .filter(|c| c.close_reason().is_none());
+            .and_then(|m| m.get(&gateway).cloned());
         if let Some(c) = cached {
-            return Ok(c);
+            match c.close_reason() {
+                None => return Ok(c),
+                // Silent past the idle timeout: the gateway is gone or UDP is lost;
+                // a new handshake would wait out its timeout too.
+                Some(quinn::ConnectionError::TimedOut) => {
+                    return Err(format!(
+                        "the QUIC connection to {gateway} went silent ({IDLE_TIMEOUT:?})"
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         let config = client_config(&self.identity)?;
         // QUIC needs a server name; the gateway's certificate is checked by identity.

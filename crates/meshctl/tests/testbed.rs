@@ -7,53 +7,12 @@
 //! namespace, mount or file. Then the path without root: loopback workloads in
 //! explicit proxy mode.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_meshctl"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use std::path::Path;
+use std::process::Command;
 
-/// The binaries the testbed starts, built when only this package is being tested.
-fn ensure_binaries() {
-    let missing = ["discovery", "sidecar", "east-west-gateway"]
-        .iter()
-        .any(|b| !bin_dir().join(b).exists());
-    if missing {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "discovery",
-                "-p",
-                "sidecar",
-                "-p",
-                "east-west-gateway",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-fn meshctl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshctl"))
-        .args(args)
-        .env("ISTHMUS_TESTBED_DIR", dir)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use support::*;
 
 /// `meshctl testbed curl --cluster west` reaches helloworld v2 there.
 fn assert_west_serves_v2(dir: &Path) {
@@ -72,27 +31,6 @@ fn assert_west_serves_v2(dir: &Path) {
         "{}",
         text(&hello)
     );
-}
-
-/// Whether an optional prerequisite named by `var` is there. Without it the checks
-/// that need it cannot run; under `CI=true` that fails the test instead of skipping.
-fn prerequisite(var: &str, what: &str) -> bool {
-    let present = std::env::var_os(var).is_some_and(|p| Path::new(&p).exists());
-    assert!(
-        present || std::env::var("CI").as_deref() != Ok("true"),
-        "{var} is not set or does not exist: under CI=true the {what} checks must run \
-         (tools/test.sh builds it and exports {var})"
-    );
-    present
-}
-
-/// Stops the testbed even when an assertion fails.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = meshctl(&self.0, &["testbed", "down"]);
-    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! sidecars, all linked; `status`, `curl`, `scenario` and `down` talk to it.
 
 mod apps;
+mod chaos;
 mod children;
 mod network;
 mod plan;
@@ -84,6 +85,21 @@ pub(crate) enum TestbedCommand {
         #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
         dir: Option<PathBuf>,
     },
+    /// Inject a fault under load and print what it did (requests sent and failed,
+    /// timings): local-discovery, remote-discovery, remote-gateway, link-rotation,
+    /// link-churn, root-rotation, claimed-gateway, foreign-discovery, apiserver, or
+    /// all. Exits non-zero when a scenario does not show what it must.
+    Chaos {
+        name: String,
+        /// How long a component stays down (where the scenario does not fix it).
+        #[arg(long, default_value = "5s")]
+        outage: String,
+        /// One JSON object per scenario instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The background supervisor (started by `up`).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -127,6 +143,18 @@ pub(crate) fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TestbedCommand::Scenario { name, dir } => scenario(&default_dir(dir), &name),
+        TestbedCommand::Chaos {
+            name,
+            outage,
+            json,
+            dir,
+        } => {
+            let outage = outage
+                .parse::<mesh_api::Duration>()
+                .map(Duration::from)
+                .map_err(|e| anyhow::anyhow!("--outage: {e}"))?;
+            chaos::run(&default_dir(dir), &name, outage, json)
+        }
         TestbedCommand::Supervise(args) => supervisor::supervise(args),
     }
 }
@@ -585,10 +613,22 @@ fn configure(
     yaml: &str,
     remove: bool,
 ) -> anyhow::Result<()> {
+    configure_in(state, None, file, yaml, remove)
+}
+
+/// As [`configure`], in one cluster only when `only` names it.
+fn configure_in(
+    state: &supervisor::State,
+    only: Option<&str>,
+    file: &str,
+    yaml: &str,
+    remove: bool,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    for (cluster, kubeconfig) in &state.kubeconfigs {
+    let wanted = |c: &str| only.is_none_or(|o| o == c);
+    for (cluster, kubeconfig) in state.kubeconfigs.iter().filter(|(c, _)| wanted(c)) {
         rt.block_on(async {
             let client = discovery::kube_client(Path::new(kubeconfig)).await?;
             let mode = if remove {
@@ -601,7 +641,7 @@ fn configure(
         })
         .with_context(|| format!("configuring cluster {cluster}"))?;
     }
-    for dir in state.registry_dirs.values() {
+    for (_, dir) in state.registry_dirs.iter().filter(|(c, _)| wanted(c)) {
         let path = Path::new(dir).join(file);
         if remove {
             let _ = std::fs::remove_file(&path);

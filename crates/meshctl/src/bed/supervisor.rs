@@ -66,6 +66,12 @@ pub(crate) struct State {
     /// What the supervisor keeps running, with restarts.
     #[serde(default)]
     pub(crate) components: Vec<ComponentState>,
+    /// The peering lease discovery grants (`--peering-lease`).
+    #[serde(default)]
+    pub(crate) peering_lease: String,
+    /// The proxies' certificate lifetime (`--cert-ttl`).
+    #[serde(default)]
+    pub(crate) cert_ttl: String,
 }
 
 /// The state file in `dir`.
@@ -240,6 +246,8 @@ async fn run(args: SuperviseArgs) -> anyhow::Result<()> {
         dir: args.dir.clone(),
         state: State {
             pid: std::process::id(),
+            peering_lease: args.tuning.peering_lease.clone(),
+            cert_ttl: args.tuning.cert_ttl.clone(),
             ..Default::default()
         },
         step_started: Instant::now(),
