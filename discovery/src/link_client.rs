@@ -67,7 +67,9 @@ impl Default for LinkOptions {
         Self {
             namespace: crate::NAMESPACE.into(),
             initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
+            // A peer that is down costs one connection attempt every few seconds;
+            // a peer that is back is found within them.
+            max_backoff: Duration::from_secs(3),
             tracing: mesh_telemetry::trace::Tracing::disabled(),
             probe_interval: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(2),
@@ -469,9 +471,12 @@ async fn subscribe_once(
             s.state = "connecting".into();
         }
     });
+    // Pinged every 2 s: a peer behind a path that went dark is noticed in 3 s and
+    // reconnected to as soon as the path heals.
     let channel = match mesh_proxy::discovery_client::tls_channel_from(
         address,
         options.source,
+        Duration::from_secs(2),
         Arc::new(tls),
     )
     .await
@@ -588,4 +593,33 @@ async fn subscribe_once(
             s.last_error.clear();
         });
     }
+}
+
+/// Subscribes once to the peering service at `addr` as `cluster`, presenting
+/// `identity` and verifying the server under `server_trust`, and waits for the first
+/// update: whether that identity would be served, or why not. A check for operators'
+/// tools (`meshctl testbed chaos foreign-discovery`), not a link.
+pub async fn try_subscribe(
+    addr: std::net::SocketAddr,
+    identity: &Identity,
+    server_trust: TrustConfig,
+    cluster: &str,
+) -> Result<(), String> {
+    let tls = identity.client_config_with_trust(server_trust, vec![], &[b"h2"]);
+    let channel = mesh_proxy::discovery_client::tls_channel(addr, Arc::new(tls))
+        .await
+        .map_err(|e| mesh_proxy::discovery_client::source_chain(&e))?;
+    let mut stream = PeeringClient::new(channel)
+        .subscribe(SubscribeRequest {
+            cluster: cluster.into(),
+            network: String::new(),
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    stream
+        .message()
+        .await
+        .map(drop)
+        .map_err(|s| s.message().to_owned())
 }

@@ -70,6 +70,46 @@ metadata:
 spec: {selector: {app: private}, ports: [{name: http, port: 80}]}
 ";
 
+/// East and west (file registries with EAST and WEST, one root, a lease of 2 s, east
+/// probing a stale peer's gateway every 200 ms), not linked yet.
+struct Pair {
+    east_pki: Pki,
+    west_pki: Pki,
+    root_pem: String,
+    east_dir: tempfile::TempDir,
+    west_dir: tempfile::TempDir,
+    east: discovery::Discovery,
+    west: discovery::Discovery,
+}
+
+async fn pair() -> Pair {
+    // One federated root, one intermediate per cluster.
+    let east_pki = Pki::new("east");
+    let west_pki = east_pki.sibling("west");
+    let root_pem = east_pki.root.cert_pem().to_owned();
+    let east_dir = tempfile::tempdir().unwrap();
+    let west_dir = tempfile::tempdir().unwrap();
+    write(east_dir.path(), "shop.yaml", EAST);
+    write(west_dir.path(), "shop.yaml", WEST);
+    let start = |name: &str, dir: &tempfile::TempDir, pki: &Pki| {
+        let mut o = options(name, discovery::Source::Files(dir.path().to_owned()), pki);
+        o.lease = Duration::from_secs(2);
+        o.links.probe_interval = Duration::from_millis(200);
+        discovery::start(o)
+    };
+    let east = start("east", &east_dir, &east_pki).await.unwrap();
+    let west = start("west", &west_dir, &west_pki).await.unwrap();
+    Pair {
+        east_pki,
+        west_pki,
+        root_pem,
+        east_dir,
+        west_dir,
+        east,
+        west,
+    }
+}
+
 fn endpoint_summary(store: &mesh_proxy::StateStore, host: &str) -> Vec<String> {
     let state = store.snapshot();
     let mut v: Vec<String> = state
@@ -96,30 +136,15 @@ fn endpoint_summary(store: &mesh_proxy::StateStore, host: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
-    // One federated root, one intermediate per cluster.
-    let east_pki = Pki::new("east");
-    let west_pki = east_pki.sibling("west");
-    let root_pem = east_pki.root.cert_pem().to_owned();
-
-    let east_dir = tempfile::tempdir().unwrap();
-    let west_dir = tempfile::tempdir().unwrap();
-    write(east_dir.path(), "shop.yaml", EAST);
-    write(west_dir.path(), "shop.yaml", WEST);
-    let mut east_opts = options(
-        "east",
-        discovery::Source::Files(east_dir.path().to_owned()),
-        &east_pki,
-    );
-    east_opts.lease = Duration::from_secs(2);
-    east_opts.links.probe_interval = Duration::from_millis(200);
-    let mut west_opts = options(
-        "west",
-        discovery::Source::Files(west_dir.path().to_owned()),
-        &west_pki,
-    );
-    west_opts.lease = Duration::from_secs(2);
-    let east = discovery::start(east_opts).await.unwrap();
-    let west = discovery::start(west_opts).await.unwrap();
+    let Pair {
+        east_pki,
+        west_pki,
+        root_pem,
+        east_dir,
+        west_dir,
+        east,
+        west,
+    } = pair().await;
 
     // Link each to the other (the gateways are addresses on their networks).
     write(
@@ -323,25 +348,7 @@ async fn subscribe_as(
     server_trust: mesh_identity::TrustConfig,
     cluster: &str,
 ) -> Result<(), String> {
-    use mesh_proto::peering::SubscribeRequest;
-    use mesh_proto::peering::peering_client::PeeringClient;
-    let tls = identity.client_config_with_trust(server_trust, vec![], &[b"h2"]);
-    let channel = mesh_proxy::discovery_client::tls_channel(addr, std::sync::Arc::new(tls))
-        .await
-        .map_err(|e| mesh_proxy::discovery_client::source_chain(&e))?;
-    let mut stream = PeeringClient::new(channel)
-        .subscribe(SubscribeRequest {
-            cluster: cluster.into(),
-            network: "net-x".into(),
-        })
-        .await
-        .map_err(|s| s.message().to_owned())?
-        .into_inner();
-    stream
-        .message()
-        .await
-        .map(drop)
-        .map_err(|s| s.message().to_owned())
+    discovery::link_client::try_subscribe(addr, identity, server_trust, cluster).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,27 +498,16 @@ async fn peering_is_authorized_by_the_identity_the_link_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_rotated_twice_then_deleted_stays_gone_and_its_roots_untrusted() {
-    let east_pki = Pki::new("east");
-    let west_pki = east_pki.sibling("west");
-    let root_pem = east_pki.root.cert_pem().to_owned();
-    let east_dir = tempfile::tempdir().unwrap();
-    let west_dir = tempfile::tempdir().unwrap();
-    write(east_dir.path(), "shop.yaml", EAST);
-    write(west_dir.path(), "shop.yaml", WEST);
-    let mut east_opts = options(
-        "east",
-        discovery::Source::Files(east_dir.path().to_owned()),
-        &east_pki,
-    );
-    east_opts.lease = Duration::from_secs(2);
-    let mut west_opts = options(
-        "west",
-        discovery::Source::Files(west_dir.path().to_owned()),
-        &west_pki,
-    );
-    west_opts.lease = Duration::from_secs(2);
-    let east = discovery::start(east_opts).await.unwrap();
-    let west = discovery::start(west_opts).await.unwrap();
+    // Every field bound: the directories must live as long as the test.
+    let Pair {
+        east_pki,
+        west_pki: _west_pki,
+        root_pem,
+        east_dir,
+        west_dir: _west_dir,
+        east,
+        west,
+    } = pair().await;
     let link = |discovery: std::net::SocketAddr, gateway: &str| {
         link_secret("west", discovery, gateway, &root_pem, false)
     };

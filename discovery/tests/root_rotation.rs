@@ -93,19 +93,8 @@ async fn ca_sidecar(
     let issued = ca.request(&id).await.unwrap();
     let identity = Identity::new(issued.cert, issued.trust).unwrap();
     let renewal = tokio::spawn(mesh_identity::rotation::run_renewal(identity.clone(), ca));
-    let proxy = connect_as(discovery_addr, identity.clone(), name, "sidecar");
-    let options = mesh_proxy::SidecarOptions {
-        outbound: std::net::SocketAddr::new(ip, 0),
-        inbound: std::net::SocketAddr::new(ip, 0),
-        app_ip: ip,
-        connect_timeout: Duration::from_secs(1),
-        admin: vec![],
-        tracing: mesh_telemetry::trace::Tracing::disabled(),
-        requests: Default::default(),
-    };
-    let sidecar = mesh_proxy::Sidecar::start(proxy.store.clone(), identity.clone(), options)
-        .await
-        .unwrap();
+    let MeshSidecar { sidecar, proxy } =
+        sidecar_as(discovery_addr, identity.clone(), name, ip).await;
     CaSidecar {
         sidecar,
         identity,

@@ -129,9 +129,8 @@ impl Identity {
         self.trust.load_full()
     }
 
-    /// Installs a renewed certificate for new handshakes. It must be for the same
-    /// identity and verify under the current trust; otherwise the current one stays.
-    pub fn rotate_cert(&self, cert: WorkloadCert) -> Result<()> {
+    /// A renewed certificate must be for the identity this workload has.
+    fn check_same_id(&self, cert: &WorkloadCert) -> Result<()> {
         let current = self.cert.load();
         if cert.id != current.id {
             return Err(IdentityError::UnexpectedIdentity {
@@ -140,6 +139,13 @@ impl Identity {
                 expected: current.id.to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// Installs a renewed certificate for new handshakes. It must be for the same
+    /// identity and verify under the current trust; otherwise the current one stays.
+    pub fn rotate_cert(&self, cert: WorkloadCert) -> Result<()> {
+        self.check_same_id(&cert)?;
         cert.check_trusted(&self.trust.load())?;
         tracing::info!(id = %cert.id, serial = %cert.info.serial, not_after = %crate::cert::rfc3339(cert.info.not_after), "workload certificate rotated");
         self.cert.store(Arc::new(cert));
@@ -165,14 +171,7 @@ impl Identity {
     /// brings new roots, or a root rotation): the certificate must be for the same
     /// identity and verify under the new trust; otherwise both stay as they are.
     pub fn replace(&self, cert: WorkloadCert, trust: TrustConfig) -> Result<()> {
-        let current = self.cert.load();
-        if cert.id != current.id {
-            return Err(IdentityError::UnexpectedIdentity {
-                origin: "renewed certificate".into(),
-                actual: cert.id.to_string(),
-                expected: current.id.to_string(),
-            });
-        }
+        self.check_same_id(&cert)?;
         cert.check_trusted(&trust)?;
         let trust_changed = !self.trust.load().bundle.same_roots(&trust.bundle);
         if trust_changed {

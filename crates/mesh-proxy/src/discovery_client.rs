@@ -296,14 +296,16 @@ pub async fn tls_channel(
     address: SocketAddr,
     tls: Arc<tokio_rustls::rustls::ClientConfig>,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tls_channel_from(address, None, tls).await
+    tls_channel_from(address, None, Duration::from_secs(10), tls).await
 }
 
 /// As [`tls_channel`], its connections leaving from the local address `source` when
-/// given.
+/// given, pinging every `keep_alive` (and giving up after half of it more without an
+/// answer) so that a path that went dark is noticed.
 pub async fn tls_channel_from(
     address: SocketAddr,
     source: Option<std::net::IpAddr>,
+    keep_alive: Duration,
     tls: Arc<tokio_rustls::rustls::ClientConfig>,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let connector = tower::service_fn(move |_uri: http::Uri| {
@@ -322,8 +324,8 @@ pub async fn tls_channel_from(
     tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("a socket address is a valid URI")
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(keep_alive)
+        .keep_alive_timeout(keep_alive / 2)
         .connect_with_connector(connector)
         .await
 }

@@ -227,7 +227,17 @@ pub async fn sidecar(
     sa: &str,
     ip: std::net::IpAddr,
 ) -> MeshSidecar {
-    let proxy = connect(discovery_addr, pki, name, ns, sa);
+    sidecar_as(discovery_addr, pki.identity(ns, sa), name, ip).await
+}
+
+/// As [`sidecar`], with `identity` (a certificate from discovery's CA, say).
+pub async fn sidecar_as(
+    discovery_addr: std::net::SocketAddr,
+    identity: Identity,
+    name: &str,
+    ip: std::net::IpAddr,
+) -> MeshSidecar {
+    let proxy = connect_as(discovery_addr, identity.clone(), name, "sidecar");
     let options = mesh_proxy::SidecarOptions {
         outbound: std::net::SocketAddr::new(ip, 0),
         inbound: std::net::SocketAddr::new(ip, 0),
@@ -237,7 +247,7 @@ pub async fn sidecar(
         tracing: mesh_telemetry::trace::Tracing::disabled(),
         requests: Default::default(),
     };
-    let sidecar = mesh_proxy::Sidecar::start(proxy.store.clone(), pki.identity(ns, sa), options)
+    let sidecar = mesh_proxy::Sidecar::start(proxy.store.clone(), identity, options)
         .await
         .unwrap();
     MeshSidecar { sidecar, proxy }

@@ -1077,40 +1077,12 @@ fn claimed_gateway(bed: &Bed, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Subscribes to `addr`'s peering as `cluster` with `identity`: the refusal, if any.
-async fn subscribe(
-    addr: SocketAddr,
-    identity: &mesh_identity::Identity,
-    trust: mesh_identity::TrustConfig,
-    cluster: &str,
-) -> Result<(), String> {
-    use mesh_proto::peering::SubscribeRequest;
-    use mesh_proto::peering::peering_client::PeeringClient;
-    let tls = identity.client_config_with_trust(trust, vec![], &[b"h2"]);
-    let channel = mesh_proxy::discovery_client::tls_channel(addr, Arc::new(tls))
-        .await
-        .map_err(|e| mesh_proxy::discovery_client::source_chain(&e))?;
-    let mut stream = PeeringClient::new(channel)
-        .subscribe(SubscribeRequest {
-            cluster: cluster.into(),
-            network: "chaos".into(),
-        })
-        .await
-        .map_err(|s| s.message().to_owned())?
-        .into_inner();
-    stream
-        .message()
-        .await
-        .map(drop)
-        .map_err(|s| s.message().to_owned())
-}
-
 fn foreign_discovery(bed: &Bed, report: &mut Report) -> anyhow::Result<()> {
     let (east, west) = (bed.east(), bed.west());
     let trust = mesh_trust(bed)?;
     // East's discovery service account, but in another namespace (same root).
     let other_ns = issued(bed, "default", discovery::SERVICE_ACCOUNT)?;
-    let wrong_ns = bed.rt.block_on(subscribe(
+    let wrong_ns = bed.rt.block_on(discovery::link_client::try_subscribe(
         west.discovery,
         &other_ns,
         trust.clone(),
@@ -1118,7 +1090,7 @@ fn foreign_discovery(bed: &Bed, report: &mut Report) -> anyhow::Result<()> {
     ));
     // Another trust domain, under a root of its own.
     let (other_td, _) = foreign_identity(&"elsewhere.example".parse()?, "istio-system")?;
-    let wrong_td = bed.rt.block_on(subscribe(
+    let wrong_td = bed.rt.block_on(discovery::link_client::try_subscribe(
         west.discovery,
         &other_td,
         trust.clone(),
@@ -1126,9 +1098,12 @@ fn foreign_discovery(bed: &Bed, report: &mut Report) -> anyhow::Result<()> {
     ));
     // The right identity is still served.
     let own = issued(bed, "istio-system", discovery::SERVICE_ACCOUNT)?;
-    let right = bed
-        .rt
-        .block_on(subscribe(west.discovery, &own, trust, &east.name));
+    let right = bed.rt.block_on(discovery::link_client::try_subscribe(
+        west.discovery,
+        &own,
+        trust,
+        &east.name,
+    ));
     let refusals = bed
         .get_json(west.monitor, "/debug/peering-refusals")?
         .as_array()
