@@ -146,7 +146,7 @@ fn chaos_scenarios_show_what_they_must() {
     if root {
         let p = r("partition");
         assert!(
-            figure(p, "from healing to the first").is_some_and(|s| s < 30.0),
+            figure(p, "from healing to the first").is_some_and(|s| s < 10.0),
             "{p:#}"
         );
     }

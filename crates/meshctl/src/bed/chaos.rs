@@ -1364,8 +1364,8 @@ fn partition(bed: &Bed, report: &mut Report) -> anyhow::Result<()> {
         withdrawn.is_ok() && probe.contains("health checks"),
     );
     report.check(
-        "back within seconds of healing (< 30 s), then 0 failed",
-        back.as_ref().is_ok_and(|b| *b < Duration::from_secs(30)) && after.failed() == 0,
+        "back within seconds of healing (< 10 s), then 0 failed",
+        back.as_ref().is_ok_and(|b| *b < Duration::from_secs(10)) && after.failed() == 0,
     );
     Ok(())
 }
