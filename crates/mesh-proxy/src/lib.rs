@@ -32,6 +32,7 @@ pub mod outbound_tcp;
 pub mod path;
 pub mod peer;
 pub mod peer_authn;
+pub mod plan;
 pub mod pool;
 pub mod probe;
 pub mod retry;

@@ -16,9 +16,9 @@ use mesh_telemetry::metrics::{MeshMetrics, PeerLabels, RequestLabels};
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged, full};
 use crate::pool::MeshPool;
-use crate::routes::{HeaderEdits, RequestView, RouteAction, pick_weighted};
+use crate::routes::HeaderEdits;
 use crate::sni::outbound_sni;
-use crate::state::{DestinationPolicy, StateStore, authority_port};
+use crate::state::{DestinationPolicy, StateStore};
 
 /// Everything the outbound handler needs, shared by all connections.
 #[derive(Debug, Clone)]
@@ -41,6 +41,19 @@ pub struct Outbound {
     pub tracing: mesh_telemetry::trace::Tracing,
     /// Connection-pool limits (circuit breaking).
     pub limits: crate::lb::PoolLimits,
+}
+
+/// Where the tries of one request go, from its plan.
+#[derive(Clone, Copy)]
+struct Sends<'a> {
+    target: &'a crate::state::Service,
+    candidates: &'a [&'a Arc<crate::state::Endpoint>],
+    policy: Option<&'a DestinationPolicy>,
+    resolved: Option<&'a crate::state::ResolvedPolicy>,
+    hash: Option<u64>,
+    target_port: u16,
+    retry: &'a crate::retry::RetryPolicy,
+    timeout: Option<std::time::Duration>,
 }
 
 /// Largest request body held in memory so that it can be retried.
@@ -157,144 +170,41 @@ impl Outbound {
             out.flag = Some(flag);
             flagged(flag, detail)
         };
-        let service = match captured {
-            Some(dst) => state.service_for_ip(dst.ip()),
-            None => state.service_for_authority(authority),
-        };
-        let Some(service) = service else {
-            return fail(
-                out,
-                ResponseFlag::NoRoute,
-                &format!("no service named {authority:?}"),
-            );
-        };
-        let req_port = captured
-            .map(|d| d.port())
-            .or_else(|| authority_port(authority))
-            .or_else(|| service.port(None).map(|p| p.port))
-            .unwrap_or(80);
-        let routes = state.routes.get(&service.host).cloned().unwrap_or_default();
         let (parts, body) = req.into_parts();
-        let view = RequestView {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query(),
+        let inputs = crate::plan::Inputs {
+            parts: &parts,
             authority,
-            scheme: parts.uri.scheme_str().unwrap_or("http"),
-            headers: &parts.headers,
-            port: req_port,
+            captured,
+            peer,
         };
-        let Some(route) = routes.iter().find(|r| r.matches(&view)) else {
-            return fail(
-                out,
-                ResponseFlag::NoRoute,
-                &format!("no route of {} matches", service.host),
-            );
+        let decision = match crate::plan::plan(&state, inputs, &crate::plan::Rolls::random()) {
+            Ok(d) => d,
+            Err(refusal) => return self.refused(&state, refusal, out),
         };
+        let route = decision.route;
         out.route = route.name.clone();
-        let matched_prefix = route
-            .matches
-            .iter()
-            .find(|m| m.matches(&view))
-            .and_then(|m| m.uri_prefix())
-            .map(str::to_owned);
-        if let Some(fault) = &route.fault {
-            let roll = |pct: f64| rand::random::<f64>() * 100.0 < pct;
-            if let Some((delay, pct)) = fault.delay
-                && roll(pct)
-            {
-                out.flag = Some(ResponseFlag::DelayInjected);
-                tokio::time::sleep(delay).await;
-            }
-            if let Some((status, pct)) = fault.abort
-                && roll(pct)
-            {
-                out.flag = Some(ResponseFlag::FaultInjected);
-                let mut r = Response::new(full("fault filter abort"));
-                *r.status_mut() = http::StatusCode::from_u16(status)
-                    .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
-                return r;
-            }
+        if let Some(delay) = decision.delay {
+            out.flag = Some(ResponseFlag::DelayInjected);
+            tokio::time::sleep(delay).await;
         }
-        let dests = match &route.action {
-            RouteAction::Forward(d) => d,
-            RouteAction::Redirect {
-                uri,
-                authority: new_auth,
-                code,
-            } => {
-                let location = format!(
-                    "http://{}{}",
-                    new_auth.as_deref().unwrap_or(authority),
-                    uri.as_deref().unwrap_or(parts.uri.path())
-                );
-                let mut r = Response::new(full(""));
-                *r.status_mut() = http::StatusCode::from_u16(*code)
-                    .unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    r.headers_mut().insert(http::header::LOCATION, v);
-                }
-                return r;
-            }
-            RouteAction::DirectResponse { status, body } => {
-                let mut r = Response::new(full(body.clone()));
-                *r.status_mut() =
-                    http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
-                return r;
-            }
+        let plan = match decision.action {
+            crate::plan::Action::Forward(plan) => plan,
+            crate::plan::Action::Respond(local) => return respond_locally(local, out),
         };
-        let Some(dest) = pick_weighted(dests, rand::random::<f64>()) else {
-            return fail(
-                out,
-                ResponseFlag::NoHealthyUpstream,
-                "every destination has weight 0",
-            );
-        };
-        let Some(target) = state.services.get(&dest.host) else {
-            return fail(
-                out,
-                ResponseFlag::NoHealthyUpstream,
-                &format!("unknown service {}", dest.host),
-            );
-        };
-        let Some(port) = target
-            .port(dest.port.or(Some(req_port)))
-            .or_else(|| target.port(None))
-        else {
-            return fail(
-                out,
-                ResponseFlag::NoHealthyUpstream,
-                &format!("{} has no port", target.host),
-            );
-        };
-        let policy = state.policies.get(&dest.host).map(Arc::as_ref);
-        let resolved = policy.and_then(|p| p.resolve(&dest.subset, port.port));
-        let hash_key = resolved.and_then(|r| r.hash_key.as_ref());
-        let mut hash = hash_key.and_then(|k| request_hash(k, &parts, peer));
-        // httpCookie with a TTL and no cookie yet: make one up, hash on it, and hand it
-        // to the client so its next requests stick to the same endpoint.
-        let mut set_cookie = None;
-        if let (
-            None,
-            Some(crate::state::HashKey::Cookie {
-                name,
-                ttl: Some(ttl),
-                path,
-            }),
-        ) = (hash, hash_key)
-        {
-            let value: String = (0..16)
-                .map(|_| format!("{:x}", rand::random_range(0..16u8)))
-                .collect();
-            hash = Some(crate::lb::hash_of(value.clone()));
-            set_cookie = http::HeaderValue::from_str(&format!(
-                "{name}={value}; Path={}; Max-Age={}; HttpOnly",
-                path.as_deref().unwrap_or("/"),
-                ttl.as_secs().max(1)
-            ))
-            .ok();
-        }
-        out.upstream_cluster = outbound_sni(port.port, &dest.subset, &target.host);
+        let crate::plan::Plan {
+            target,
+            port,
+            policy,
+            resolved,
+            sni,
+            hash,
+            set_cookie,
+            candidates,
+            uri,
+            http1,
+            ..
+        } = *plan;
+        out.upstream_cluster = sni;
         out.peers = Some(crate::peer::source_report(
             &state.node,
             &self.own_id,
@@ -302,18 +212,6 @@ impl Outbound {
             None,
             self.trust_domain(),
         ));
-        let candidates = match DestinationPolicy::select(policy, target, &dest.subset) {
-            Ok(c) => c,
-            Err(e) => return fail(out, ResponseFlag::NoHealthyUpstream, &e),
-        };
-        if candidates.is_empty() {
-            return fail(
-                out,
-                ResponseFlag::NoHealthyUpstream,
-                &format!("no ready endpoint for {}", out.upstream_cluster),
-            );
-        }
-
         let _slot = match self
             .limits
             .acquire(
@@ -333,40 +231,8 @@ impl Outbound {
             }
         };
         let mut upstream = Request::from_parts(parts, boxed(body));
-        let path_and_query = rewrite_path(
-            upstream.uri(),
-            route.rewrite_uri.as_deref(),
-            matched_prefix.as_deref(),
-        );
-        let new_authority = route
-            .rewrite_authority
-            .clone()
-            .unwrap_or_else(|| format!("{}:{}", target.host, port.port));
-        match Uri::builder()
-            .scheme("http")
-            .authority(new_authority.as_str())
-            .path_and_query(path_and_query)
-            .build()
-        {
-            Ok(uri) => *upstream.uri_mut() = uri,
-            Err(e) => {
-                return fail(
-                    out,
-                    ResponseFlag::NoRoute,
-                    &format!("cannot build upstream URI: {e}"),
-                );
-            }
-        }
-        // Istio's default h2UpgradePolicy: HTTP/1.1 stays HTTP/1.1 between sidecars;
-        // HTTP/2 and gRPC (or a port declared http2/grpc) use multiplexed HTTP/2, as
-        // does HTTP/1.1 under `h2UpgradePolicy: UPGRADE`. The pool writes the Host
-        // header for HTTP/1.1.
-        let http1 = upstream.version() <= http::Version::HTTP_11
-            && !matches!(
-                port.protocol,
-                crate::state::Protocol::Http2 | crate::state::Protocol::Grpc
-            )
-            && !resolved.is_some_and(|r| r.h2_upgrade);
+        *upstream.uri_mut() = uri;
+        // The pool writes the Host header for HTTP/1.1.
         *upstream.version_mut() = if http1 {
             http::Version::HTTP_11
         } else {
@@ -392,7 +258,7 @@ impl Outbound {
             || hyper::body::Body::size_hint(&body)
                 .upper()
                 .is_some_and(|u| u <= MAX_REPLAY_BYTES);
-        let (buffered, mut streaming) =
+        let (buffered, streaming) =
             if (retry.attempts > 0 || !route.mirrors.is_empty()) && replayable {
                 match body.collect().await {
                     Ok(c) => (Some(c.to_bytes()), None),
@@ -419,7 +285,78 @@ impl Outbound {
         } else {
             1
         };
-        let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
+        let sends = Sends {
+            target,
+            candidates: &candidates,
+            policy,
+            resolved,
+            hash,
+            target_port: port.target_port,
+            retry,
+            timeout: route.timeout,
+        };
+        let (last, retried) = self
+            .attempts(&state, &sends, &template, buffered, streaming, tries, out)
+            .await;
+        answer(last, retried, route, set_cookie, out)
+    }
+}
+
+impl Outbound {
+    /// A request that could not be planned: its flag and reason, with the route and
+    /// the upstream cluster when they were known.
+    fn refused(
+        &self,
+        state: &crate::state::ProxyState,
+        refusal: crate::plan::Refusal,
+        out: &mut Outcome,
+    ) -> Response<Body> {
+        if let Some(route) = refusal.route {
+            out.route = route;
+        }
+        if let Some((sni, target)) = &refusal.upstream {
+            out.upstream_cluster = sni.clone();
+            out.peers = Some(crate::peer::source_report(
+                &state.node,
+                &self.own_id,
+                target,
+                None,
+                self.trust_domain(),
+            ));
+        }
+        out.flag = Some(refusal.flag);
+        flagged(refusal.flag, &refusal.detail)
+    }
+
+    /// Sends a planned request up to `tries` times (another endpoint each time when
+    /// there is a choice), within the route's timeout and each try's: the last
+    /// response or failure, and whether the request was retried.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        state: &crate::state::ProxyState,
+        sends: &Sends<'_>,
+        template: &http::request::Parts,
+        buffered: Option<bytes::Bytes>,
+        streaming: Option<Body>,
+        tries: u32,
+        out: &mut Outcome,
+    ) -> (
+        Option<Result<Response<Incoming>, (ResponseFlag, String)>>,
+        bool,
+    ) {
+        let Sends {
+            target,
+            candidates,
+            policy,
+            resolved,
+            hash,
+            target_port,
+            retry,
+            timeout,
+        } = *sends;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut streaming = streaming;
         let mut tried: Vec<std::net::SocketAddr> = Vec::new();
         let mut last: Option<Result<Response<Incoming>, (ResponseFlag, String)>> = None;
         for attempt in 0..tries {
@@ -427,7 +364,7 @@ impl Outbound {
             // a choice (Envoy's previous-hosts predicate), then the balancing algorithm.
             let Some(endpoint) = self.health.choose(
                 &target.host,
-                &candidates,
+                candidates,
                 &tried,
                 &state.node,
                 resolved,
@@ -478,7 +415,7 @@ impl Outbound {
                 // tls.mode DISABLE: the destination has no sidecar; its own port.
                 plaintext: resolved
                     .is_some_and(|r| r.plaintext)
-                    .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), port.target_port)),
+                    .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), target_port)),
                 connect_timeout: resolved.and_then(|r| r.connect_timeout),
                 reuse: crate::pool::Reuse::of(resolved),
                 http1: template.version == http::Version::HTTP_11,
@@ -531,38 +468,9 @@ impl Outbound {
             }
             tracing::debug!(attempt = attempt + 1, upstream = %endpoint.inbound, "retrying");
         }
-        let retried = tried.len() > 1;
-        match last {
-            Some(Ok(resp)) => {
-                if retried && resp.status().is_server_error() {
-                    out.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
-                }
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                apply_edits(&mut parts.headers, &route.response_headers);
-                if let Some(cookie) = set_cookie {
-                    parts.headers.append(http::header::SET_COOKIE, cookie);
-                }
-                parts.version = http::Version::HTTP_11;
-                Response::from_parts(parts, boxed(body))
-            }
-            Some(Err((flag, detail))) => {
-                let resp = fail(out, flag, &detail);
-                if retried && flag != ResponseFlag::UpstreamTimeout {
-                    out.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
-                }
-                resp
-            }
-            None => fail(
-                out,
-                ResponseFlag::NoHealthyUpstream,
-                "no endpoint could be tried",
-            ),
-        }
+        (last, tried.len() > 1)
     }
-}
 
-impl Outbound {
     /// Sends a copy of a request to a mirror, fire and forget, with the authority
     /// suffixed `-shadow` as Istio does. Its response and failures are ignored.
     fn mirror(
@@ -659,32 +567,60 @@ impl Outbound {
     }
 }
 
-/// The consistent-hash value of a request, when its key is present.
-fn request_hash(
-    key: &crate::state::HashKey,
-    parts: &http::request::Parts,
-    peer: Option<std::net::IpAddr>,
-) -> Option<u64> {
-    use crate::state::HashKey;
-    let value: String = match key {
-        HashKey::Header(name) => parts.headers.get(name.as_str())?.to_str().ok()?.to_owned(),
-        HashKey::Cookie { name, .. } => parts
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|kv| {
-                let (k, v) = kv.trim().split_once('=')?;
-                (k == name).then(|| v.to_owned())
-            })?,
-        HashKey::Query(name) => parts.uri.query()?.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then(|| v.to_owned())
-        })?,
-        HashKey::SourceIp => peer?.to_string(),
+/// The response to the application from the last try: its response with the route's
+/// edits (and a made-up hash cookie), or the failure with its flag (`URX` when retries
+/// ran out).
+fn answer(
+    last: Option<Result<Response<Incoming>, (ResponseFlag, String)>>,
+    retried: bool,
+    route: &crate::routes::CompiledRoute,
+    set_cookie: Option<HeaderValue>,
+    out: &mut Outcome,
+) -> Response<Body> {
+    let fail = |out: &mut Outcome, flag: ResponseFlag, detail: &str| {
+        out.flag = Some(flag);
+        flagged(flag, detail)
     };
-    Some(crate::lb::hash_of(value))
+    match last {
+        Some(Ok(resp)) => {
+            if retried && resp.status().is_server_error() {
+                out.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
+            }
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            apply_edits(&mut parts.headers, &route.response_headers);
+            if let Some(cookie) = set_cookie {
+                parts.headers.append(http::header::SET_COOKIE, cookie);
+            }
+            parts.version = http::Version::HTTP_11;
+            Response::from_parts(parts, boxed(body))
+        }
+        Some(Err((flag, detail))) => {
+            let resp = fail(out, flag, &detail);
+            if retried && flag != ResponseFlag::UpstreamTimeout {
+                out.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
+            }
+            resp
+        }
+        None => fail(
+            out,
+            ResponseFlag::NoHealthyUpstream,
+            "no endpoint could be tried",
+        ),
+    }
+}
+
+/// A redirect, a direct response or an injected abort, answered here.
+fn respond_locally(local: crate::plan::Local, out: &mut Outcome) -> Response<Body> {
+    if local.flag.is_some() {
+        out.flag = local.flag;
+    }
+    let mut r = Response::new(full(local.body));
+    *r.status_mut() = local.status;
+    if let Some(location) = local.location {
+        r.headers_mut().insert(http::header::LOCATION, location);
+    }
+    r
 }
 
 fn authority_of(req: &Request<Incoming>) -> String {
@@ -698,32 +634,6 @@ fn authority_of(req: &Request<Incoming>) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_default()
-}
-
-/// Istio's `rewrite.uri`: replaces the matched prefix (or the whole path otherwise).
-fn rewrite_path(uri: &Uri, rewrite: Option<&str>, matched_prefix: Option<&str>) -> String {
-    let path = uri.path();
-    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let Some(new) = rewrite else {
-        return format!("{path}{query}");
-    };
-    let rewritten = match matched_prefix {
-        Some(prefix) if path.starts_with(prefix) => {
-            let rest = &path[prefix.len()..];
-            if new.ends_with('/') && rest.starts_with('/') {
-                format!("{new}{}", &rest[1..])
-            } else {
-                format!("{new}{rest}")
-            }
-        }
-        _ => new.to_owned(),
-    };
-    let rewritten = if rewritten.is_empty() {
-        "/".to_owned()
-    } else {
-        rewritten
-    };
-    format!("{rewritten}{query}")
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {

@@ -1,0 +1,744 @@
+//! The outbound planner: what the sidecar does with one HTTP request, decided from
+//! the config snapshot and the request's head alone, before any I/O. A [`Decision`]
+//! is plain data: the route, an injected delay, and either a local answer (redirect,
+//! direct response, injected abort) or a [`Plan`] to forward (destination service,
+//! port, subset, policy, ready endpoints, hash, rewritten path and authority, the HTTP
+//! version upstream). A [`Refusal`] carries its response flag and why. The executor in
+//! [`crate::outbound`] does the I/O the plan describes: pool limits, the connection,
+//! retries, mirrors and response edits.
+//!
+//! Randomness (fault percentages, weighted destinations, a made-up hash cookie) comes
+//! in as [`Rolls`], so a plan is a pure function of its inputs and routing semantics
+//! are tested as tables.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode, Uri};
+
+use crate::error::ResponseFlag;
+use crate::routes::{CompiledRoute, RequestView, RouteAction, pick_weighted};
+use crate::sni::outbound_sni;
+use crate::state::{
+    DestinationPolicy, Endpoint, HashKey, Protocol, ProxyState, ResolvedPolicy, Service,
+    ServicePort, authority_port,
+};
+
+/// The request as the planner sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'r> {
+    /// The request head.
+    pub parts: &'r http::request::Parts,
+    /// Its authority (the URI's, else the Host header).
+    pub authority: &'r str,
+    /// The original destination of a captured connection.
+    pub captured: Option<SocketAddr>,
+    /// The caller's address.
+    pub peer: Option<IpAddr>,
+}
+
+/// The random samples a plan depends on, each in `[0, 1)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rolls {
+    /// Against a fault's delay percentage.
+    pub delay: f64,
+    /// Against a fault's abort percentage.
+    pub abort: f64,
+    /// Picks among weighted destinations.
+    pub destination: f64,
+    /// Makes up a hash cookie's value when the client has none.
+    pub cookie: fn() -> String,
+}
+
+impl Rolls {
+    /// Fresh samples.
+    pub fn random() -> Self {
+        Self {
+            delay: rand::random(),
+            abort: rand::random(),
+            destination: rand::random(),
+            cookie: || {
+                (0..16)
+                    .map(|_| format!("{:x}", rand::random_range(0..16u8)))
+                    .collect()
+            },
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub struct Decision<'s> {
+    /// The route that matched.
+    pub route: &'s CompiledRoute,
+    /// A delay injected before anything else.
+    pub delay: Option<Duration>,
+    /// Then: answer here, or forward.
+    pub action: Action<'s>,
+}
+
+/// The second half of a [`Decision`].
+#[derive(Debug)]
+pub enum Action<'s> {
+    /// Answer without an upstream.
+    Respond(Local),
+    /// Send upstream.
+    Forward(Box<Plan<'s>>),
+}
+
+/// A local answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    /// Status.
+    pub status: StatusCode,
+    /// `Location` of a redirect.
+    pub location: Option<HeaderValue>,
+    /// Body.
+    pub body: String,
+    /// The flag it is logged with (an injected abort).
+    pub flag: Option<ResponseFlag>,
+}
+
+/// Where and how to forward a request.
+#[derive(Debug)]
+pub struct Plan<'s> {
+    /// The destination service.
+    pub target: &'s Arc<Service>,
+    /// Its port the request goes to.
+    pub port: &'s ServicePort,
+    /// The subset (empty: all endpoints).
+    pub subset: &'s str,
+    /// The destination's DestinationRule, compiled.
+    pub policy: Option<&'s DestinationPolicy>,
+    /// Its traffic policy for this subset and port.
+    pub resolved: Option<&'s ResolvedPolicy>,
+    /// Istio's SNI of the upstream cluster (`outbound_.PORT_.SUBSET_.HOST`).
+    pub sni: String,
+    /// The consistent-hash value, when the policy hashes and the key is present.
+    pub hash: Option<u64>,
+    /// A `Set-Cookie` for a hash cookie made up for this client.
+    pub set_cookie: Option<HeaderValue>,
+    /// The ready endpoints of the subset.
+    pub candidates: Vec<&'s Arc<Endpoint>>,
+    /// The upstream URI (path rewritten, authority rewritten or the target's).
+    pub uri: Uri,
+    /// HTTP/1.1 upstream (else multiplexed HTTP/2).
+    pub http1: bool,
+}
+
+/// Why a request cannot be planned.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The flag and status it answers with.
+    pub flag: ResponseFlag,
+    /// Why, for the response body and the access log.
+    pub detail: String,
+    /// The route that matched, when one did.
+    pub route: Option<String>,
+    /// The upstream cluster's SNI and service, when the destination was known.
+    pub upstream: Option<(String, Arc<Service>)>,
+}
+
+impl Refusal {
+    fn new(flag: ResponseFlag, detail: impl Into<String>) -> Self {
+        Self {
+            flag,
+            detail: detail.into(),
+            route: None,
+            upstream: None,
+        }
+    }
+}
+
+/// Plans one request.
+pub fn plan<'s>(
+    state: &'s ProxyState,
+    req: Inputs<'_>,
+    rolls: &Rolls,
+) -> Result<Decision<'s>, Refusal> {
+    let Inputs {
+        parts,
+        authority,
+        captured,
+        peer,
+    } = req;
+    let service = match captured {
+        Some(dst) => state.service_for_ip(dst.ip()),
+        None => state.service_for_authority(authority),
+    }
+    .ok_or_else(|| {
+        Refusal::new(
+            ResponseFlag::NoRoute,
+            format!("no service named {authority:?}"),
+        )
+    })?;
+    let req_port = captured
+        .map(|d| d.port())
+        .or_else(|| authority_port(authority))
+        .or_else(|| service.port(None).map(|p| p.port))
+        .unwrap_or(80);
+    let view = RequestView {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        authority,
+        scheme: parts.uri.scheme_str().unwrap_or("http"),
+        headers: &parts.headers,
+        port: req_port,
+    };
+    let route = state
+        .routes
+        .get(&service.host)
+        .and_then(|routes| routes.iter().find(|r| r.matches(&view)))
+        .ok_or_else(|| {
+            Refusal::new(
+                ResponseFlag::NoRoute,
+                format!("no route of {} matches", service.host),
+            )
+        })?;
+    let refuse = |flag, detail: String| Refusal {
+        route: Some(route.name.clone()),
+        ..Refusal::new(flag, detail)
+    };
+    let fault = route.fault.as_ref();
+    let delay = fault
+        .and_then(|f| f.delay)
+        .filter(|(_, pct)| rolls.delay * 100.0 < *pct)
+        .map(|(d, _)| d);
+    let decided = |action| Decision {
+        route,
+        delay,
+        action,
+    };
+    if let Some((status, _)) = fault
+        .and_then(|f| f.abort)
+        .filter(|(_, pct)| rolls.abort * 100.0 < *pct)
+    {
+        return Ok(decided(Action::Respond(Local {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            location: None,
+            body: "fault filter abort".into(),
+            flag: Some(ResponseFlag::FaultInjected),
+        })));
+    }
+    let dests = match &route.action {
+        RouteAction::Forward(d) => d,
+        RouteAction::Redirect {
+            uri,
+            authority: new_auth,
+            code,
+        } => {
+            let location = format!(
+                "http://{}{}",
+                new_auth.as_deref().unwrap_or(authority),
+                uri.as_deref().unwrap_or(parts.uri.path())
+            );
+            return Ok(decided(Action::Respond(Local {
+                status: StatusCode::from_u16(*code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                location: HeaderValue::from_str(&location).ok(),
+                body: String::new(),
+                flag: None,
+            })));
+        }
+        RouteAction::DirectResponse { status, body } => {
+            return Ok(decided(Action::Respond(Local {
+                status: StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                location: None,
+                body: body.clone(),
+                flag: None,
+            })));
+        }
+    };
+    let dest = pick_weighted(dests, rolls.destination).ok_or_else(|| {
+        refuse(
+            ResponseFlag::NoHealthyUpstream,
+            "every destination has weight 0".into(),
+        )
+    })?;
+    let target = state.services.get(&dest.host).ok_or_else(|| {
+        refuse(
+            ResponseFlag::NoHealthyUpstream,
+            format!("unknown service {}", dest.host),
+        )
+    })?;
+    let port = target
+        .port(dest.port.or(Some(req_port)))
+        .or_else(|| target.port(None))
+        .ok_or_else(|| {
+            refuse(
+                ResponseFlag::NoHealthyUpstream,
+                format!("{} has no port", target.host),
+            )
+        })?;
+    let sni = outbound_sni(port.port, &dest.subset, &target.host);
+    let refuse_at = |flag, detail: String| Refusal {
+        upstream: Some((sni.clone(), target.clone())),
+        ..refuse(flag, detail)
+    };
+    let policy = state.policies.get(&dest.host).map(Arc::as_ref);
+    let resolved = policy.and_then(|p| p.resolve(&dest.subset, port.port));
+    let (hash, set_cookie) = hashing(resolved, parts, peer, rolls);
+    let candidates = DestinationPolicy::select(policy, target, &dest.subset)
+        .map_err(|e| refuse_at(ResponseFlag::NoHealthyUpstream, e))?;
+    if candidates.is_empty() {
+        return Err(refuse_at(
+            ResponseFlag::NoHealthyUpstream,
+            format!("no ready endpoint for {sni}"),
+        ));
+    }
+    let matched_prefix = route
+        .matches
+        .iter()
+        .find(|m| m.matches(&view))
+        .and_then(|m| m.uri_prefix());
+    let path_and_query = rewrite_path(&parts.uri, route.rewrite_uri.as_deref(), matched_prefix);
+    let new_authority = route
+        .rewrite_authority
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", target.host, port.port));
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(new_authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| {
+            refuse_at(
+                ResponseFlag::NoRoute,
+                format!("cannot build upstream URI: {e}"),
+            )
+        })?;
+    // Istio's default h2UpgradePolicy: HTTP/1.1 stays HTTP/1.1 between sidecars;
+    // HTTP/2 and gRPC (or a port declared http2/grpc) use multiplexed HTTP/2, as does
+    // HTTP/1.1 under `h2UpgradePolicy: UPGRADE`.
+    let http1 = parts.version <= http::Version::HTTP_11
+        && !matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
+        && !resolved.is_some_and(|r| r.h2_upgrade);
+    Ok(decided(Action::Forward(Box::new(Plan {
+        target,
+        port,
+        subset: &dest.subset,
+        policy,
+        resolved,
+        sni,
+        hash,
+        set_cookie,
+        candidates,
+        uri,
+        http1,
+    }))))
+}
+
+/// The consistent-hash value of a request and, for an `httpCookie` with a TTL that
+/// the client does not have yet, the cookie made up for it (hashed on, and handed to
+/// the client so that its next requests stick to the same endpoint).
+fn hashing(
+    resolved: Option<&ResolvedPolicy>,
+    parts: &http::request::Parts,
+    peer: Option<IpAddr>,
+    rolls: &Rolls,
+) -> (Option<u64>, Option<HeaderValue>) {
+    let Some(key) = resolved.and_then(|r| r.hash_key.as_ref()) else {
+        return (None, None);
+    };
+    if let Some(hash) = request_hash(key, parts, peer) {
+        return (Some(hash), None);
+    }
+    let HashKey::Cookie {
+        name,
+        ttl: Some(ttl),
+        path,
+    } = key
+    else {
+        return (None, None);
+    };
+    let value = (rolls.cookie)();
+    let cookie = HeaderValue::from_str(&format!(
+        "{name}={value}; Path={}; Max-Age={}; HttpOnly",
+        path.as_deref().unwrap_or("/"),
+        ttl.as_secs().max(1)
+    ))
+    .ok();
+    (Some(crate::lb::hash_of(value)), cookie)
+}
+
+/// The consistent-hash value of a request, when its key is present.
+fn request_hash(key: &HashKey, parts: &http::request::Parts, peer: Option<IpAddr>) -> Option<u64> {
+    let value: String = match key {
+        HashKey::Header(name) => parts.headers.get(name.as_str())?.to_str().ok()?.to_owned(),
+        HashKey::Cookie { name, .. } => parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            })?,
+        HashKey::Query(name) => parts.uri.query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| v.to_owned())
+        })?,
+        HashKey::SourceIp => peer?.to_string(),
+    };
+    Some(crate::lb::hash_of(value))
+}
+
+/// Istio's `rewrite.uri`: replaces the matched prefix (or the whole path otherwise).
+pub(crate) fn rewrite_path(
+    uri: &Uri,
+    rewrite: Option<&str>,
+    matched_prefix: Option<&str>,
+) -> String {
+    let path = uri.path();
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let Some(new) = rewrite else {
+        return format!("{path}{query}");
+    };
+    let rewritten = match matched_prefix {
+        Some(prefix) if path.starts_with(prefix) => {
+            let rest = &path[prefix.len()..];
+            if new.ends_with('/') && rest.starts_with('/') {
+                format!("{new}{}", &rest[1..])
+            } else {
+                format!("{new}{rest}")
+            }
+        }
+        _ => new.to_owned(),
+    };
+    let rewritten = if rewritten.is_empty() {
+        "/".to_owned()
+    } else {
+        rewritten
+    };
+    format!("{rewritten}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {name: web-1, namespace: shop, serviceAccount: web}
+services:
+- name: reviews
+  namespace: shop
+  addresses: [10.96.0.7]
+  ports: [{name: http, port: 9080}, {name: grpc, port: 9090}]
+  endpoints:
+  - {address: 10.1.0.1, inboundPort: 15006, labels: {version: v1}}
+  - {address: 10.1.0.2, inboundPort: 15006, labels: {version: v2}}
+  - {address: 10.1.0.3, inboundPort: 15006, labels: {version: v2}, ready: false}
+- name: ratings
+  namespace: shop
+  ports: [{name: http, port: 9080}]
+  endpoints: []
+";
+
+    fn state(istio: &str) -> ProxyState {
+        let text = if istio.is_empty() {
+            NODE.to_owned()
+        } else {
+            format!("{NODE}---\n{istio}")
+        };
+        let bundle = crate::config::ConfigBundle::from_yaml(&text, "test").unwrap();
+        ProxyState::compile(&bundle, "test").unwrap()
+    }
+
+    fn head(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn rolls(sample: f64) -> Rolls {
+        Rolls {
+            delay: sample,
+            abort: sample,
+            destination: sample,
+            cookie: || "c0ffee".into(),
+        }
+    }
+
+    /// What one request is planned to: the outcome in one line.
+    fn outcome(state: &ProxyState, uri: &str, headers: &[(&str, &str)], sample: f64) -> String {
+        let parts = head("GET", uri, headers);
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let inputs = Inputs {
+            parts: &parts,
+            authority: &authority,
+            captured: None,
+            peer: Some("10.0.0.9".parse().unwrap()),
+        };
+        match plan(state, inputs, &rolls(sample)) {
+            Err(r) => format!("refused {} {}", r.flag.code(), r.detail),
+            Ok(d) => {
+                let delay = d.delay.map(|d| format!(" after {d:?}")).unwrap_or_default();
+                match d.action {
+                    Action::Respond(l) => format!(
+                        "respond {}{}{delay}",
+                        l.status.as_u16(),
+                        l.location
+                            .map(|v| format!(" {}", v.to_str().unwrap()))
+                            .unwrap_or_default()
+                    ),
+                    Action::Forward(p) => {
+                        let mut eps: Vec<String> = p
+                            .candidates
+                            .iter()
+                            .map(|e| e.inbound.ip().to_string())
+                            .collect();
+                        eps.sort();
+                        format!(
+                            "{} {} [{}] {}{}{delay}",
+                            p.sni,
+                            p.uri,
+                            eps.join(" "),
+                            if p.http1 { "h1" } else { "h2" },
+                            p.hash.map(|_| " hashed").unwrap_or_default(),
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    /// A table row: state, URI, headers, roll, the outcome wanted.
+    type Row<'a> = (
+        &'a ProxyState,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        f64,
+        &'a str,
+    );
+
+    const SUBSETS: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+    #[test]
+    fn routing_decisions_as_a_table() {
+        let base = state("");
+        let routed = state(&format!(
+            "{SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - match: [{{uri: {{prefix: /old/}}}}]
+    rewrite: {{uri: /new/}}
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /moved}}}}]
+    redirect: {{uri: /elsewhere, authority: ratings}}
+  - match: [{{uri: {{exact: /teapot}}}}]
+    directResponse: {{status: 418, body: {{string: short and stout}}}}
+  - match: [{{uri: {{prefix: /split}}}}]
+    route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 80}}
+    - {{destination: {{host: reviews, subset: v2}}, weight: 20}}
+  - match: [{{uri: {{prefix: /faulty}}}}]
+    fault: {{delay: {{fixedDelay: 2s, percentage: {{value: 50}}}}, abort: {{httpStatus: 503, percentage: {{value: 10}}}}}}
+    route: [{{destination: {{host: reviews}}}}]
+  - match: [{{uri: {{prefix: /nowhere}}}}]
+    route: [{{destination: {{host: reviews, subset: v9}}}}]
+  - match: [{{uri: {{prefix: /empty}}}}]
+    route: [{{destination: {{host: ratings}}}}]
+  - route: [{{destination: {{host: reviews, subset: v1}}}}]
+"
+        ));
+        let rows: &[Row<'_>] = &[
+            // No VirtualService: every ready endpoint, HTTP/1.1 kept.
+            (
+                &base,
+                "http://reviews:9080/a?b=1",
+                &[],
+                0.5,
+                "outbound_.9080_._.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/a?b=1 [10.1.0.1 10.1.0.2] h1",
+            ),
+            (
+                &base,
+                "http://unknown:80/",
+                &[],
+                0.5,
+                "refused NR no service named \"unknown:80\"",
+            ),
+            // A gRPC port is multiplexed HTTP/2 upstream.
+            (
+                &base,
+                "http://reviews:9090/",
+                &[],
+                0.5,
+                "outbound_.9090_._.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9090/ [10.1.0.1 10.1.0.2] h2",
+            ),
+            // Header match first.
+            (
+                &routed,
+                "http://reviews:9080/x",
+                &[("end-user", "jason")],
+                0.5,
+                "outbound_.9080_.v2_.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/x [10.1.0.2] h1",
+            ),
+            // Prefix rewrite keeps the rest of the path and the query.
+            (
+                &routed,
+                "http://reviews:9080/old/page?q=1",
+                &[],
+                0.5,
+                "outbound_.9080_.v1_.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/new/page?q=1 [10.1.0.1] h1",
+            ),
+            (
+                &routed,
+                "http://reviews:9080/moved/x",
+                &[],
+                0.5,
+                "respond 301 http://ratings/elsewhere",
+            ),
+            (
+                &routed,
+                "http://reviews:9080/teapot",
+                &[],
+                0.5,
+                "respond 418",
+            ),
+            // Weighted destinations by the roll: 80/20.
+            (
+                &routed,
+                "http://reviews:9080/split",
+                &[],
+                0.1,
+                "outbound_.9080_.v1_.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/split [10.1.0.1] h1",
+            ),
+            (
+                &routed,
+                "http://reviews:9080/split",
+                &[],
+                0.9,
+                "outbound_.9080_.v2_.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/split [10.1.0.2] h1",
+            ),
+            // Faults by their percentages: delayed and aborted, delayed only, neither.
+            (
+                &routed,
+                "http://reviews:9080/faulty",
+                &[],
+                0.05,
+                "respond 503 after 2s",
+            ),
+            (
+                &routed,
+                "http://reviews:9080/faulty",
+                &[],
+                0.3,
+                "outbound_.9080_._.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/faulty [10.1.0.1 10.1.0.2] h1 after 2s",
+            ),
+            (
+                &routed,
+                "http://reviews:9080/faulty",
+                &[],
+                0.7,
+                "outbound_.9080_._.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/faulty [10.1.0.1 10.1.0.2] h1",
+            ),
+            // Refusals carry their flag.
+            (
+                &routed,
+                "http://reviews:9080/nowhere",
+                &[],
+                0.5,
+                "refused UH subset \"v9\" of reviews.shop.svc.cluster.local is not defined by any DestinationRule",
+            ),
+            (
+                &routed,
+                "http://reviews:9080/empty",
+                &[],
+                0.5,
+                "refused UH no ready endpoint for outbound_.9080_._.ratings.shop.svc.cluster.local",
+            ),
+            (
+                &routed,
+                "http://reviews:9080/else",
+                &[],
+                0.5,
+                "outbound_.9080_.v1_.reviews.shop.svc.cluster.local http://reviews.shop.svc.cluster.local:9080/else [10.1.0.1] h1",
+            ),
+        ];
+        for (state, uri, headers, sample, want) in rows {
+            assert_eq!(
+                outcome(state, uri, headers, *sample),
+                *want,
+                "{uri} {headers:?} roll {sample}"
+            );
+        }
+    }
+
+    #[test]
+    fn consistent_hashing_and_the_made_up_cookie() {
+        let s = state(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: sticky, ttl: 60s}}
+",
+        );
+        let plan_of = |headers: &[(&str, &str)]| {
+            let parts = head("GET", "http://reviews:9080/", headers);
+            let inputs = Inputs {
+                parts: &parts,
+                authority: "reviews:9080",
+                captured: None,
+                peer: None,
+            };
+            match plan(&s, inputs, &rolls(0.5)).unwrap().action {
+                Action::Forward(p) => (p.hash, p.set_cookie),
+                Action::Respond(l) => panic!("{l:?}"),
+            }
+        };
+        // With the cookie: hashed on it, nothing to set.
+        let (with, none) = plan_of(&[("cookie", "a=1; sticky=abc")]);
+        assert_eq!(with, Some(crate::lb::hash_of("abc".to_owned())));
+        assert!(none.is_none());
+        // Without: one is made up, hashed on, and handed to the client.
+        let (made, cookie) = plan_of(&[]);
+        assert_eq!(made, Some(crate::lb::hash_of("c0ffee".to_owned())));
+        assert_eq!(
+            cookie.unwrap().to_str().unwrap(),
+            "sticky=c0ffee; Path=/; Max-Age=60; HttpOnly"
+        );
+    }
+
+    #[test]
+    fn a_captured_connection_is_planned_by_its_original_destination() {
+        let s = state("");
+        let parts = head("GET", "/", &[("host", "whatever")]);
+        let inputs = Inputs {
+            parts: &parts,
+            authority: "whatever",
+            captured: Some("10.96.0.7:9090".parse().unwrap()),
+            peer: None,
+        };
+        let Action::Forward(p) = plan(&s, inputs, &rolls(0.5)).unwrap().action else {
+            panic!("not forwarded");
+        };
+        assert_eq!(p.sni, "outbound_.9090_._.reviews.shop.svc.cluster.local");
+    }
+}
