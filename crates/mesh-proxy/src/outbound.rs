@@ -204,14 +204,7 @@ impl Outbound {
             http1,
             ..
         } = *plan;
-        out.upstream_cluster = sni;
-        out.peers = Some(crate::peer::source_report(
-            &state.node,
-            &self.own_id,
-            target,
-            None,
-            self.trust_domain(),
-        ));
+        self.note_upstream(&state, sni, target, out);
         let _slot = match self
             .limits
             .acquire(
@@ -303,6 +296,25 @@ impl Outbound {
 }
 
 impl Outbound {
+    /// Notes the upstream cluster a request goes to, and who is calling whom there, for
+    /// its metrics and access log.
+    fn note_upstream(
+        &self,
+        state: &crate::state::ProxyState,
+        sni: String,
+        target: &crate::state::Service,
+        out: &mut Outcome,
+    ) {
+        out.upstream_cluster = sni;
+        out.peers = Some(crate::peer::source_report(
+            &state.node,
+            &self.own_id,
+            target,
+            None,
+            self.trust_domain(),
+        ));
+    }
+
     /// A request that could not be planned: its flag and reason, with the route and
     /// the upstream cluster when they were known.
     fn refused(
@@ -314,15 +326,8 @@ impl Outbound {
         if let Some(route) = refusal.route {
             out.route = route;
         }
-        if let Some((sni, target)) = &refusal.upstream {
-            out.upstream_cluster = sni.clone();
-            out.peers = Some(crate::peer::source_report(
-                &state.node,
-                &self.own_id,
-                target,
-                None,
-                self.trust_domain(),
-            ));
+        if let Some((sni, target)) = refusal.upstream {
+            self.note_upstream(state, sni, &target, out);
         }
         out.flag = Some(refusal.flag);
         flagged(refusal.flag, &refusal.detail)

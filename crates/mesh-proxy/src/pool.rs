@@ -403,21 +403,32 @@ impl MeshPool {
             // timeout (tens of seconds) would end them.
             let quic_timeout = timeout.min(Duration::from_millis(500));
             let attempt = tokio::time::timeout(quic_timeout, async {
-                let stream = tunnels
+                // A tunnel that fails marks itself failed; so does a handshake
+                // inside it that fails, below.
+                let Ok(stream) = tunnels
                     .open(endpoint, sni, source, trace, quic_timeout)
-                    .await?;
-                connector
+                    .await
+                else {
+                    return None;
+                };
+                match connector
                     .connect(name.clone(), Box::new(stream) as Box<dyn Io>)
                     .await
-                    .map_err(|e| e.to_string())
+                {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        tunnels.mark_failed(endpoint, &mesh_identity::explain(&e));
+                        None
+                    }
+                }
             })
             .await;
             match attempt {
-                Ok(Ok(tls)) => return Ok(tls),
-                Ok(Err(e)) => tunnels.mark_failed(endpoint, &e),
+                Ok(Some(tls)) => return Ok(tls),
+                Ok(None) => {}
                 Err(_) => tunnels.mark_failed(
                     endpoint,
-                    &format!("no tunnel with mTLS within {quic_timeout:?}"),
+                    &format_args!("no tunnel with mTLS within {quic_timeout:?}"),
                 ),
             }
         }

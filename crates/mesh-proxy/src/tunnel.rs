@@ -35,24 +35,78 @@ pub const KEEP_ALIVE: Duration = Duration::from_millis(150);
 /// a row closing a healthy connection (then TCP carries the traffic for a while).
 pub const IDLE_TIMEOUT: Duration = Duration::from_millis(600);
 
+/// Why a tunnel through a gateway could not be opened. Each makes the sidecar reach
+/// that gateway over TCP for [`FALLBACK_FOR`].
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The TLS config cannot be used for QUIC (no TLS 1.3 suite, say).
+    #[error("QUIC TLS config: {0}")]
+    Config(String),
+    /// The client's UDP socket.
+    #[error("QUIC client socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The connection went silent past the idle timeout: the gateway is gone, or UDP
+    /// is lost on the way.
+    #[error("the QUIC connection to {gateway} went silent ({IDLE_TIMEOUT:?})")]
+    Silent {
+        /// The gateway.
+        gateway: SocketAddr,
+    },
+    /// The handshake did not finish in time.
+    #[error("QUIC handshake with {gateway} timed out after {after:?}")]
+    HandshakeTimeout {
+        /// The gateway.
+        gateway: SocketAddr,
+        /// The bound.
+        after: Duration,
+    },
+    /// The connection could not be started.
+    #[error("QUIC connection to {gateway}: {source}")]
+    Connect {
+        /// The gateway.
+        gateway: SocketAddr,
+        /// Why.
+        source: quinn::ConnectError,
+    },
+    /// The handshake or the connection failed.
+    #[error("QUIC connection to {gateway}: {source}")]
+    Connection {
+        /// The gateway.
+        gateway: SocketAddr,
+        /// Why.
+        source: quinn::ConnectionError,
+    },
+    /// The stream's first line could not be written.
+    #[error("QUIC stream to {gateway}: {source}")]
+    Write {
+        /// The gateway.
+        gateway: SocketAddr,
+        /// Why.
+        source: quinn::WriteError,
+    },
+}
+
 /// QUIC client config presenting `identity`.
-fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, String> {
+fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, TunnelError> {
     let tls = identity.client_config(vec![], &[ALPN_TUNNEL]);
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TunnelError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).map_err(|e| e.to_string())?,
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+            .map_err(|e| TunnelError::Config(e.to_string()))?,
     ));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
 
 /// QUIC server config for a gateway: client certificates required and verified.
-pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, String> {
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TunnelError> {
     let tls = identity.server_config(&[ALPN_TUNNEL]);
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TunnelError::Config(e.to_string()))?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
@@ -140,7 +194,7 @@ impl std::fmt::Debug for QuicTunnels {
 impl QuicTunnels {
     /// Tunnels with `identity`; the client endpoint (an ephemeral UDP port, IPv4) is
     /// made when the first tunnel is opened.
-    pub fn new(identity: &Identity) -> Result<Self, String> {
+    pub fn new(identity: &Identity) -> Result<Self, TunnelError> {
         Ok(Self {
             endpoint: Mutex::default(),
             identity: identity.clone(),
@@ -149,16 +203,13 @@ impl QuicTunnels {
         })
     }
 
-    fn endpoint(&self) -> Result<quinn::Endpoint, String> {
-        let mut slot = self
-            .endpoint
-            .lock()
-            .map_err(|_| "QUIC endpoint lock poisoned".to_owned())?;
+    fn endpoint(&self) -> Result<quinn::Endpoint, TunnelError> {
+        let mut slot = self.endpoint.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = slot.as_ref() {
             return Ok(e.clone());
         }
         let e = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
-            .map_err(|e| format!("QUIC client socket: {e}"))?;
+            .map_err(TunnelError::Socket)?;
         *slot = Some(e.clone());
         Ok(e)
     }
@@ -174,7 +225,7 @@ impl QuicTunnels {
 
     /// Notes that a tunnel through `gateway` failed: it is reached over TCP for
     /// [`FALLBACK_FOR`], and its cached connection is dropped.
-    pub fn mark_failed(&self, gateway: SocketAddr, error: &str) {
+    pub fn mark_failed(&self, gateway: SocketAddr, error: &dyn std::fmt::Display) {
         tracing::info!(gateway = %gateway, error = %error, "QUIC to the gateway failed; using TCP");
         self.fail(gateway);
     }
@@ -192,7 +243,7 @@ impl QuicTunnels {
         &self,
         gateway: SocketAddr,
         timeout: Duration,
-    ) -> Result<quinn::Connection, String> {
+    ) -> Result<quinn::Connection, TunnelError> {
         let cached = self
             .connections
             .lock()
@@ -204,9 +255,7 @@ impl QuicTunnels {
                 // Silent past the idle timeout: the gateway is gone or UDP is lost;
                 // a new handshake would wait out its timeout too.
                 Some(quinn::ConnectionError::TimedOut) => {
-                    return Err(format!(
-                        "the QUIC connection to {gateway} went silent ({IDLE_TIMEOUT:?})"
-                    ));
+                    return Err(TunnelError::Silent { gateway });
                 }
                 Some(_) => {}
             }
@@ -216,11 +265,14 @@ impl QuicTunnels {
         let connecting = self
             .endpoint()?
             .connect_with(config, gateway, "eastwest-gateway")
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| TunnelError::Connect { gateway, source })?;
         let conn = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| format!("QUIC handshake with {gateway} timed out after {timeout:?}"))?
-            .map_err(|e| format!("QUIC handshake with {gateway}: {e}"))?;
+            .map_err(|_| TunnelError::HandshakeTimeout {
+                gateway,
+                after: timeout,
+            })?
+            .map_err(|source| TunnelError::Connection { gateway, source })?;
         if let Ok(mut m) = self.connections.lock() {
             m.insert(gateway, conn.clone());
         }
@@ -237,19 +289,21 @@ impl QuicTunnels {
         source_cluster: &str,
         trace: Option<mesh_telemetry::trace::TraceParent>,
         timeout: Duration,
-    ) -> Result<TunnelStream, String> {
+    ) -> Result<TunnelStream, TunnelError> {
         let result = async {
             let conn = self.connection(gateway, timeout).await?;
-            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let (mut send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|source| TunnelError::Connection { gateway, source })?;
             send.write_all(header_line(target, source_cluster, trace).as_bytes())
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(tokio::io::join(recv, send))
+                .map_err(|source| TunnelError::Write { gateway, source })?;
+            Ok(tokio::io::join(recv, send))
         }
         .await;
         if let Err(e) = &result {
-            tracing::info!(gateway = %gateway, error = %e, "QUIC to the gateway failed; using TCP");
-            self.fail(gateway);
+            self.mark_failed(gateway, e);
         }
         result
     }
