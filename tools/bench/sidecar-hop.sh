@@ -11,6 +11,7 @@
 # proxies pinned to core 1 with one worker each, load generator and backend on core 0.
 #
 #   tools/bench/sidecar-hop.sh [RATE] [SECONDS]     (defaults 1000 rps, 20 s)
+#   ROUNDS=5 THROUGHPUT_ONLY=1 tools/bench/sidecar-hop.sh   (interleaved throughput rounds only)
 #
 # Needs: oha (cargo install oha --locked), nginx, haproxy, openssl, taskset.
 # Prints Markdown rows for docs/benchmarks.md.
@@ -171,8 +172,6 @@ rss_kb() { for p in $(family "$1"); do awk '/^VmRSS/ {print $2}' "/proc/$p/statu
 hwm_kb() { for p in $(family "$1"); do awk '/^VmHWM/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s}'; }
 HZ=$(getconf CLK_TCK)
 
-echo "| topology | conns | rate | p50 µs | p90 µs | p99 µs | p99.9 µs | ok | CPU-s/10k (A, B) | RSS idle→peak MiB (A, B) |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
 run() {
   local name=$1 url=$2 conns=$3 a=${4:-} b=${5:-}
   local extra=()
@@ -197,6 +196,10 @@ us=lambda k: f'{p[k]*1e6:.0f}'
 print(f'| $name | $conns | $RATE | {us(\"p50\")} | {us(\"p90\")} | {us(\"p99\")} | {us(\"p99.9\")} | $ok | $cpu | $mem |')"
 }
 
+# THROUGHPUT_ONLY=1 skips the latency rows (the throughput rounds below still run).
+if [ "${THROUGHPUT_ONLY:-}" != 1 ]; then
+echo "| topology | conns | rate | p50 µs | p90 µs | p99 µs | p99.9 µs | ok | CPU-s/10k (A, B) | RSS idle→peak MiB (A, B) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for c in 4 16; do
   run direct  http://127.0.0.1:18080/ "$c"
   run isthmus http://127.0.0.1:18301/ "$c" "$ISTHMUS_A" "$ISTHMUS_B"
@@ -208,14 +211,26 @@ run "direct churn"  http://127.0.0.1:18080/ 4
 run "isthmus churn" http://127.0.0.1:18311/ 4 "$ISTHMUS_AC" "$ISTHMUS_B"
 run "nginx churn"   http://127.0.0.1:18111/ 4 "$NGINX_AC" "$NGINX_B"
 run "haproxy churn" http://127.0.0.1:18211/ 4 "$HAPROXY_AC" "$HAPROXY_B"
+fi
 
-# Throughput of each pair on its one core: closed loop, 16 connections.
+# Throughput of each pair on its one core: closed loop, 16 connections, 10 s per try.
+# The systems are interleaved over ROUNDS rounds (default 3) and the median is reported
+# with the lowest and highest try, since one run on a shared machine says little.
+ROUNDS=${ROUNDS:-3}
+declare -A TRIES=()
+for _ in $(seq "$ROUNDS"); do
+  for t in "isthmus http://127.0.0.1:18301/" "nginx http://127.0.0.1:18101/" "haproxy http://127.0.0.1:18201/"; do
+    read -r name url <<<"$t"
+    rps=$(taskset -c 0 oha -z 10s -c 16 --no-tui -H 'host: bench:8080' --output-format json "$url" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["summary"]["requestsPerSec"]))')
+    TRIES[$name]="${TRIES[$name]:-} $rps"
+  done
+done
 echo
-echo "| topology | max rps (pair on one core, 16 conns, closed loop) |"
-echo "|---|---|"
-for t in "isthmus http://127.0.0.1:18301/" "nginx http://127.0.0.1:18101/" "haproxy http://127.0.0.1:18201/"; do
-  read -r name url <<<"$t"
-  set -- "$name" "$url"
-  rps=$(taskset -c 0 oha -z 10s -c 16 --no-tui -H 'host: bench:8080' --output-format json "$2" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["summary"]["requestsPerSec"]))')
-  echo "| $1 | $rps |"
+echo "| topology | max rps, median of $ROUNDS interleaved tries (min–max) (pair on one core, 16 conns, closed loop) | × haproxy |"
+echo "|---|---|---|"
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)], a[1], a[NR]}'; }
+read -r hap _ _ <<<"$(median "${TRIES[haproxy]}")"
+for name in isthmus nginx haproxy; do
+  read -r med lo hi <<<"$(median "${TRIES[$name]}")"
+  echo "| $name | $med ($lo–$hi) | $(python3 -c "print(f'{$med/$hap:.2f}')") |"
 done
