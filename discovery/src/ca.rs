@@ -321,21 +321,22 @@ pub async fn follow_cacerts(
         if next == current {
             continue;
         }
-        let previous = issuer.ca.swap(Arc::new(loaded));
-        let adopted = issuer
-            .issue(trust.identity().cert().id())
+        // Discovery's own certificate from the new CA, under the new roots, before the
+        // CA signs anything for workloads.
+        let adopted = loaded
+            .issue_workload(trust.identity().cert().id(), issuer.ttl)
+            .and_then(|i| i.load("discovery's own certificate"))
             .map_err(|e| e.to_string())
-            .and_then(|cert| trust.set_local(issuer.ca.load().root_pem(), cert));
+            .and_then(|cert| trust.set_local(loaded.root_pem(), cert));
         match adopted {
             Ok(()) => {
                 metrics.cacerts_reloaded.inc();
                 refused.clear();
                 current = next;
-                let ca = issuer.ca.load();
-                tracing::info!(intermediate = %ca.info().subject, roots = ca.root_pem().matches("BEGIN CERTIFICATE").count(), "cacerts changed: the new CA is in force");
+                tracing::info!(intermediate = %loaded.info().subject, roots = loaded.root_pem().matches("BEGIN CERTIFICATE").count(), "cacerts changed: the new CA is in force");
+                issuer.ca.store(Arc::new(loaded));
             }
             Err(e) => {
-                issuer.ca.store(previous);
                 if e != refused {
                     metrics.cacerts_refused.inc();
                     tracing::error!(error = %e, "the changed cacerts is refused; the CA in force stays");

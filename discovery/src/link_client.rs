@@ -190,6 +190,8 @@ pub async fn run_links(
     let mut generation = 0u64;
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<(String, u64)>();
     let mut changes = registry.subscribe();
+    // Links whose roots are to be installed again.
+    let mut touched: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut spawn = |link: &Link, gate: &Arc<Mutex<Gate>>| {
         generation += 1;
         lock(gate).newest = generation;
@@ -239,10 +241,12 @@ pub async fn run_links(
                     slot.retiring.push((old_link, old_task));
                     slot.generation = generation;
                     slot.started = Instant::now();
+                    touched.insert(cluster.clone());
                     tracing::info!(peer = %cluster, "link changed; the new version takes over once it has synced");
                 }
                 None => {
                     links.upsert(link);
+                    touched.insert(cluster.clone());
                     let gate = Arc::new(Mutex::new(Gate::default()));
                     let (generation, task) = spawn(link, &gate);
                     slots.insert(
@@ -259,8 +263,12 @@ pub async fn run_links(
                 }
             }
         }
-        for (cluster, slot) in &slots {
-            trust.set_link(cluster, slot.roots());
+        // Only links whose versions changed (added, rotated, or a rotation finished):
+        // the registry changes with every endpoint, the roots rarely.
+        for cluster in std::mem::take(&mut touched) {
+            if let Some(slot) = slots.get(&cluster) {
+                trust.set_link(&cluster, slot.roots());
+            }
         }
         let rotating = slots.values().any(|s| !s.retiring.is_empty());
         tokio::select! {
@@ -272,6 +280,7 @@ pub async fn run_links(
             Some((cluster, generation)) = synced_rx.recv() => {
                 if let Some(slot) = slots.get_mut(&cluster).filter(|s| s.generation == generation && !s.retiring.is_empty()) {
                     slot.retiring.clear();
+                    touched.insert(cluster.clone());
                     tracing::info!(peer = %cluster, "the new link version has synced; the previous one is stopped");
                 }
             }
@@ -285,6 +294,7 @@ pub async fn run_links(
                     lock(&slot.gate).owner = slot.generation;
                     registry.mark_remote_stale(cluster);
                     slot.retiring.clear();
+                    touched.insert(cluster.clone());
                     tracing::warn!(peer = %cluster, grace = ?options.rotation_grace, "the new link version has not synced in time; the previous one is stopped and what it sent is kept as stale");
                 }
             }

@@ -277,15 +277,15 @@ const REFUSALS_KEPT: usize = 20;
 
 /// Every link's status, by cluster, and the last subscriptions refused here.
 #[derive(Debug, Default)]
-pub struct Links(
-    Mutex<BTreeMap<String, LinkStatus>>,
-    Mutex<std::collections::VecDeque<Refusal>>,
-);
+pub struct Links {
+    statuses: Mutex<BTreeMap<String, LinkStatus>>,
+    refusals: Mutex<std::collections::VecDeque<Refusal>>,
+}
 
 impl Links {
     /// Notes a refused subscription.
     pub(crate) fn refused(&self, r: Refusal) {
-        let mut list = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         if list.len() == REFUSALS_KEPT {
             list.pop_front();
         }
@@ -294,7 +294,7 @@ impl Links {
 
     /// The last subscriptions refused here, oldest first.
     pub fn refusals(&self) -> Vec<Refusal> {
-        self.1
+        self.refusals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -304,7 +304,7 @@ impl Links {
 
     pub(crate) fn update(&self, cluster: &str, f: impl FnOnce(&mut LinkStatus)) {
         if let Some(s) = self
-            .0
+            .statuses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(cluster)
@@ -315,7 +315,7 @@ impl Links {
 
     /// Starts showing `link` (a new link), or shows its new version.
     pub(crate) fn upsert(&self, link: &Link) {
-        self.0
+        self.statuses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(link.cluster.clone())
@@ -339,7 +339,7 @@ impl Links {
 
     /// Stops showing `cluster`'s link (deleted).
     pub(crate) fn remove(&self, cluster: &str) {
-        self.0
+        self.statuses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(cluster);
@@ -347,7 +347,7 @@ impl Links {
 
     /// A copy of every status.
     pub fn list(&self) -> Vec<LinkStatus> {
-        self.0
+        self.statuses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
@@ -358,7 +358,7 @@ impl Links {
     /// True when every link has synced once, or waited `bound` (those are marked
     /// `timed out`): readiness does not wait longer for a peer.
     pub fn settled(&self, bound: Duration) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
         let mut settled = true;
         for s in map.values_mut() {
             if s.synced {

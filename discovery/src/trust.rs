@@ -24,7 +24,6 @@ pub struct LinkRoots {
 struct Sources {
     local: TrustDomain,
     local_roots: String,
-    aliases: BTreeSet<TrustDomain>,
     /// By cluster: the roots of its current link and of versions being replaced.
     links: BTreeMap<String, Vec<LinkRoots>>,
 }
@@ -44,7 +43,6 @@ impl TrustSources {
             sources: Mutex::new(Sources {
                 local,
                 local_roots: local_roots.to_owned(),
-                aliases: BTreeSet::new(),
                 links: BTreeMap::new(),
             }),
         }
@@ -113,7 +111,6 @@ fn install(identity: &Identity, s: &Sources, cert: Option<WorkloadCert>) -> Resu
         }
     }
     let mut trust = TrustConfig::new(s.local.clone(), bundle);
-    trust.aliases = s.aliases.clone();
     trust.federated = federated;
     match cert {
         Some(cert) => identity.replace(cert, trust).map_err(|e| e.to_string()),

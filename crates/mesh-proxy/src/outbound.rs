@@ -166,10 +166,6 @@ impl Outbound {
         out: &mut Outcome,
     ) -> Response<Body> {
         let state = self.store.snapshot();
-        let fail = |out: &mut Outcome, flag: ResponseFlag, detail: &str| {
-            out.flag = Some(flag);
-            flagged(flag, detail)
-        };
         let (parts, body) = req.into_parts();
         let inputs = crate::plan::Inputs {
             parts: &parts,
@@ -329,8 +325,7 @@ impl Outbound {
         if let Some((sni, target)) = refusal.upstream {
             self.note_upstream(state, sni, &target, out);
         }
-        out.flag = Some(refusal.flag);
-        flagged(refusal.flag, &refusal.detail)
+        fail(out, refusal.flag, &refusal.detail)
     }
 
     /// Sends a planned request up to `tries` times (another endpoint each time when
@@ -582,10 +577,6 @@ fn answer(
     set_cookie: Option<HeaderValue>,
     out: &mut Outcome,
 ) -> Response<Body> {
-    let fail = |out: &mut Outcome, flag: ResponseFlag, detail: &str| {
-        out.flag = Some(flag);
-        flagged(flag, detail)
-    };
     match last {
         Some(Ok(resp)) => {
             if retried && resp.status().is_server_error() {
@@ -613,6 +604,12 @@ fn answer(
             "no endpoint could be tried",
         ),
     }
+}
+
+/// A failure answered with its flag's status, the flag noted for the access log.
+fn fail(out: &mut Outcome, flag: ResponseFlag, detail: &str) -> Response<Body> {
+    out.flag = Some(flag);
+    flagged(flag, detail)
 }
 
 /// A redirect, a direct response or an injected abort, answered here.

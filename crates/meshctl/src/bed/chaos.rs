@@ -279,6 +279,7 @@ impl Bed<'_> {
     fn load(&self, authority: &str, expect: &'static str) -> anyhow::Result<Load> {
         let (plan, cluster, curl) = (self.plan.clone(), self.east().clone(), self.curl()?.clone());
         let authority = authority.to_owned();
+        let authority_now = authority.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let started = Instant::now();
@@ -306,7 +307,7 @@ impl Bed<'_> {
         // Wait for the first answer, so the fault lands on a steady load.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, body)) = self.request(&self.plan_authority(expect), "/")
+            if let Ok((200, body)) = self.request(&authority_now, "/")
                 && body.contains(expect)
             {
                 break;
@@ -318,13 +319,6 @@ impl Bed<'_> {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(Load { stop, handle })
-    }
-
-    fn plan_authority(&self, expect: &str) -> String {
-        match expect {
-            "ratings" => "frontpage:9080".into(),
-            _ => "reviews:9080".into(),
-        }
     }
 
     /// Waits until `f` holds (polling), or `timeout`: how long it took.
