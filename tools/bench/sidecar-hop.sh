@@ -12,6 +12,8 @@
 #
 #   tools/bench/sidecar-hop.sh [RATE] [SECONDS]     (defaults 1000 rps, 20 s)
 #   ROUNDS=5 THROUGHPUT_ONLY=1 tools/bench/sidecar-hop.sh   (interleaved throughput rounds only)
+#   PROFILE=DIR THROUGHPUT_ONLY=1 ROUNDS=1 tools/bench/sidecar-hop.sh
+#     (also records perf profiles of sidecars A and B at maximum rps: DIR/{a,b}.txt)
 #
 # Needs: oha (cargo install oha --locked), nginx, haproxy, openssl, taskset.
 # Prints Markdown rows for docs/benchmarks.md.
@@ -211,6 +213,25 @@ run "direct churn"  http://127.0.0.1:18080/ 4
 run "isthmus churn" http://127.0.0.1:18311/ 4 "$ISTHMUS_AC" "$ISTHMUS_B"
 run "nginx churn"   http://127.0.0.1:18111/ 4 "$NGINX_AC" "$NGINX_B"
 run "haproxy churn" http://127.0.0.1:18211/ 4 "$HAPROXY_AC" "$HAPROXY_B"
+fi
+
+# A profile of each Isthmus sidecar at maximum rps (needs perf).
+if [ -n "${PROFILE:-}" ]; then
+  command -v perf >/dev/null || { echo "error: PROFILE needs perf (apt-get install linux-perf)" >&2; exit 1; }
+  mkdir -p "$PROFILE"
+  oha -z 3s -c 16 --no-tui -H 'host: bench:8080' http://127.0.0.1:18301/ >/dev/null
+  for side in a b; do
+    pid=$ISTHMUS_A; [ "$side" = b ] && pid=$ISTHMUS_B
+    perf record -q -F 999 -g -p "$pid" -o "$PROFILE/$side.data" -- sleep 8 2>/dev/null &
+    perf_pid=$!
+    taskset -c 0 oha -z 8s -c 16 --no-tui -H 'host: bench:8080' http://127.0.0.1:18301/ >/dev/null
+    wait "$perf_pid" || true
+    perf report -i "$PROFILE/$side.data" --no-children -g none --percent-limit 0.3 \
+      --sort dso,symbol --stdio > "$PROFILE/$side.txt" 2>/dev/null || true
+    perf report -i "$PROFILE/$side.data" --no-children -g none --sort dso --stdio \
+      > "$PROFILE/$side-dso.txt" 2>/dev/null || true
+  done
+  echo "profiles: $PROFILE/a.txt $PROFILE/b.txt (by library: $PROFILE/a-dso.txt $PROFILE/b-dso.txt)"
 fi
 
 # Throughput of each pair on its one core: closed loop, 16 connections, 10 s per try.

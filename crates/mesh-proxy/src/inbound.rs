@@ -16,7 +16,7 @@ use mesh_identity::Identity;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use mesh_telemetry::metrics::{MeshMetrics, RequestLabels};
+use mesh_telemetry::metrics::{LabelCache, MeshMetrics};
 
 use crate::authz::{Attributes, Decision, HttpAttributes};
 use crate::error::ResponseFlag;
@@ -35,6 +35,7 @@ pub struct Inbound {
     identity: Identity,
     requests: RequestOptions,
     metrics: MeshMetrics,
+    labels: LabelCache,
     in_flight: crate::http_util::InFlight,
     tracing: mesh_telemetry::trace::Tracing,
     acceptor: TlsAcceptor,
@@ -66,6 +67,8 @@ struct Caller {
     sni: String,
     /// Where the connection was sent.
     destination_ip: Option<IpAddr>,
+    /// The `x-forwarded-client-cert` value the application gets with each request.
+    xfcc: Option<HeaderValue>,
 }
 
 /// The original client address: the entry `num_trusted` hops from the right of
@@ -122,6 +125,7 @@ impl Inbound {
             identity: identity.clone(),
             requests,
             metrics,
+            labels: LabelCache::default(),
             in_flight,
             tracing,
             acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -188,8 +192,10 @@ impl Inbound {
             }
             None => (String::new(), Vec::new()),
         };
+        let id = presented.map(|id| id.to_string()).unwrap_or_default();
         let caller = Arc::new(Caller {
-            id: presented.map(|id| id.to_string()).unwrap_or_default(),
+            xfcc: HeaderValue::from_str(&format!("By={};URI={id}", self.local_id)).ok(),
+            id,
             principal,
             aliases,
             sni: conn.server_name().unwrap_or_default().to_owned(),
@@ -337,11 +343,13 @@ impl Inbound {
         let state = self.store.snapshot();
         let (target_port, protocol) = state.local_port(service_port);
         let (mut parts, body) = req.into_parts();
-        let caller_info = parts
-            .headers
-            .remove(crate::peer::PEER_HEADER)
-            .and_then(|v| v.to_str().ok().map(crate::peer::decode))
+        let peer_header = parts.headers.remove(crate::peer::PEER_HEADER);
+        let peer_value = peer_header
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        // Decoded only for what is written out (a log line, a span, a new series).
+        let caller_info = || crate::peer::decode(peer_value);
         // HTTP/2 carries the service in the URI's authority, HTTP/1.1 in Host; policies
         // match it as sent (with the port), spans name the host alone.
         let authority_sent = parts
@@ -445,8 +453,8 @@ impl Inbound {
         {
             parts.headers.insert(http::header::HOST, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={caller}", self.local_id)) {
-            parts.headers.insert("x-forwarded-client-cert", v);
+        if let Some(v) = &from.xfcc {
+            parts.headers.insert("x-forwarded-client-cert", v.clone());
         }
         let resp = self
             .client_for(h2)
@@ -472,7 +480,7 @@ impl Inbound {
             status = resp.status().as_u16(),
             response_flags = flag.map_or("-", ResponseFlag::code),
             source_principal = %caller,
-            source_cluster = %caller_info.cluster,
+            source_cluster = %caller_info().cluster,
             duration_ms = started.elapsed().as_millis() as u64,
         );
         let node = &state.node;
@@ -481,24 +489,33 @@ impl Inbound {
             span.set([
                 ("http.url", format!("http://{service_host}{path}")),
                 ("source_principal", caller.to_owned()),
-                ("source_cluster", caller_info.cluster.clone()),
+                ("source_cluster", caller_info().cluster),
                 ("destination_cluster", node.cluster.clone()),
             ]);
         }
         span.end(resp.status().as_u16(), flag.map_or("-", ResponseFlag::code));
-        self.metrics.request(
-            &RequestLabels {
-                peers: crate::peer::destination_report(
+        // The labels depend on the caller's header and identity, the service and this
+        // node (whose own header value stands for it).
+        let own = state.peer_header().and_then(|v| v.to_str().ok());
+        let peers = self.labels.get(
+            &[peer_value, caller, &service_host, own.unwrap_or_default()],
+            || {
+                crate::peer::destination_report(
                     node,
                     &self.local_id,
-                    &caller_info,
+                    &caller_info(),
                     caller,
                     &service_host,
-                ),
-                request_protocol: if grpc { "grpc" } else { "http" }.into(),
-                response_code: resp.status().as_u16().to_string(),
-                grpc_response_status: String::new(),
-                response_flags: flag.map_or("-", ResponseFlag::code).to_owned(),
+                )
+            },
+        );
+        self.metrics.record(
+            &peers,
+            mesh_telemetry::metrics::Response {
+                grpc,
+                code: resp.status().as_u16(),
+                grpc_status: None,
+                flags: flag.map_or("-", ResponseFlag::code),
             },
             started.elapsed().as_secs_f64() * 1000.0,
             request_bytes,

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use mesh_telemetry::metrics::{MeshMetrics, PeerLabels, RequestLabels};
 
+
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged, full};
 use crate::pool::MeshPool;
@@ -66,7 +67,7 @@ struct Outcome {
     upstream_host: String,
     upstream_cluster: String,
     flag: Option<ResponseFlag>,
-    peers: Option<PeerLabels>,
+    peers: Option<Arc<PeerLabels>>,
     trace: Option<mesh_telemetry::trace::TraceParent>,
 }
 
@@ -120,27 +121,42 @@ impl Outbound {
                 ),
             ]);
         }
-        self.metrics.request(
-            &RequestLabels {
-                peers: outcome.peers.clone().unwrap_or_else(|| PeerLabels {
-                    reporter: "source".into(),
-                    destination_service: authority.clone(),
-                    ..Default::default()
-                }),
-                request_protocol: if grpc { "grpc" } else { "http" }.into(),
-                response_code: resp.status().as_u16().to_string(),
-                grpc_response_status: resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned(),
-                response_flags: outcome.flag.map_or("-", ResponseFlag::code).to_owned(),
-            },
+        let response = mesh_telemetry::metrics::Response {
+            grpc,
+            code: resp.status().as_u16(),
+            grpc_status: resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()),
+            flags: outcome.flag.map_or("-", ResponseFlag::code),
+        };
+        let (elapsed, response_bytes) = (
             started.elapsed().as_secs_f64() * 1000.0,
-            request_bytes,
             crate::http_util::content_length(resp.headers()),
         );
+        match &outcome.peers {
+            Some(peers) => {
+                self.metrics
+                    .record(peers, response, elapsed, request_bytes, response_bytes)
+            }
+            // No service was found: the authority asked for names the series.
+            None => self.metrics.request(
+                &RequestLabels {
+                    peers: PeerLabels {
+                        reporter: "source".into(),
+                        destination_service: authority.clone(),
+                        ..Default::default()
+                    },
+                    request_protocol: if grpc { "grpc" } else { "http" }.into(),
+                    response_code: response.code.to_string(),
+                    grpc_response_status: response.grpc_status.unwrap_or_default().to_owned(),
+                    response_flags: response.flags.to_owned(),
+                },
+                elapsed,
+                request_bytes,
+                response_bytes,
+            ),
+        }
         tracing::info!(
             target: "access",
             direction = "outbound",
@@ -230,8 +246,10 @@ impl Outbound {
         upstream.headers_mut().remove(http::header::HOST);
         strip_hop_by_hop(upstream.headers_mut());
         apply_edits(upstream.headers_mut(), &route.request_headers);
-        if let Ok(v) = HeaderValue::from_str(&crate::peer::encode(&state.node)) {
-            upstream.headers_mut().insert(crate::peer::PEER_HEADER, v);
+        if let Some(v) = state.peer_header() {
+            upstream
+                .headers_mut()
+                .insert(crate::peer::PEER_HEADER, v.clone());
         }
         if let Some(t) = out.trace {
             t.inject(upstream.headers_mut());
@@ -302,7 +320,7 @@ impl Outbound {
         out: &mut Outcome,
     ) {
         out.upstream_cluster = sni;
-        out.peers = Some(crate::peer::source_report(
+        out.peers = Some(crate::peer::source_labels(
             &state.node,
             &self.own_id,
             target,
@@ -342,7 +360,7 @@ impl Outbound {
         tries: u32,
         out: &mut Outcome,
     ) -> (
-        Option<Result<Response<Incoming>, (ResponseFlag, String)>>,
+        Option<Result<Response<crate::pool::UpstreamBody>, (ResponseFlag, String)>>,
         bool,
     ) {
         let Sends {
@@ -358,7 +376,7 @@ impl Outbound {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut streaming = streaming;
         let mut tried: Vec<std::net::SocketAddr> = Vec::new();
-        let mut last: Option<Result<Response<Incoming>, (ResponseFlag, String)>> = None;
+        let mut last: Option<Result<Response<crate::pool::UpstreamBody>, (ResponseFlag, String)>> = None;
         for attempt in 0..tries {
             // Healthy first, best locality next, an endpoint not tried yet when there is
             // a choice (Envoy's previous-hosts predicate), then the balancing algorithm.
@@ -377,15 +395,27 @@ impl Outbound {
             };
             tried.push(endpoint.inbound);
             out.upstream_host = endpoint.inbound.to_string();
-            let mut peers = crate::peer::source_report(
-                &state.node,
-                &self.own_id,
-                target,
-                Some(endpoint),
-                self.trust_domain(),
-            );
-            peers.connection_security_policy = "mutual_tls".into();
-            out.peers = Some(peers);
+            let plaintext = resolved.is_some_and(|r| r.plaintext);
+            out.peers = Some(if plaintext {
+                // tls.mode DISABLE: the request leaves in the clear.
+                let mut peers = crate::peer::source_report(
+                    &state.node,
+                    &self.own_id,
+                    target,
+                    Some(endpoint),
+                    self.trust_domain(),
+                );
+                peers.connection_security_policy = "none".into();
+                Arc::new(peers)
+            } else {
+                crate::peer::source_labels(
+                    &state.node,
+                    &self.own_id,
+                    target,
+                    Some(endpoint),
+                    self.trust_domain(),
+                )
+            });
 
             let mut req = Request::new(match (&buffered, streaming.take()) {
                 (Some(b), _) => full(b.clone()),
@@ -413,8 +443,7 @@ impl Outbound {
                 sni: &out.upstream_cluster,
                 tunnel: endpoint.quic.then_some(state.node.cluster.as_str()),
                 // tls.mode DISABLE: the destination has no sidecar; its own port.
-                plaintext: resolved
-                    .is_some_and(|r| r.plaintext)
+                plaintext: plaintext
                     .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), target_port)),
                 connect_timeout: resolved.and_then(|r| r.connect_timeout),
                 reuse: crate::pool::Reuse::of(resolved),
@@ -571,7 +600,7 @@ impl Outbound {
 /// edits (and a made-up hash cookie), or the failure with its flag (`URX` when retries
 /// ran out).
 fn answer(
-    last: Option<Result<Response<Incoming>, (ResponseFlag, String)>>,
+    last: Option<Result<Response<crate::pool::UpstreamBody>, (ResponseFlag, String)>>,
     retried: bool,
     route: &crate::routes::CompiledRoute,
     set_cookie: Option<HeaderValue>,

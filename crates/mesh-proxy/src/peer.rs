@@ -3,6 +3,8 @@
 //! `x-isthmus-peer` header (the receiving sidecar strips it before the application sees
 //! it), and the callee is known from the endpoint that was chosen.
 
+use std::sync::Arc;
+
 use mesh_telemetry::metrics::PeerLabels;
 
 use crate::config::Node;
@@ -100,6 +102,31 @@ pub fn source_report(
         destination_service_namespace: service.namespace.clone(),
         destination_cluster: endpoint.map_or("unknown".into(), |e| or_unknown(&e.cluster)),
         connection_security_policy: "unknown".into(),
+    }
+}
+
+/// [`source_report`] made once per endpoint (over mTLS) or once per service (no
+/// endpoint chosen yet) of a compiled state, shared by every request after that.
+pub fn source_labels(
+    node: &Node,
+    own_id: &str,
+    service: &Service,
+    endpoint: Option<&Endpoint>,
+    td: &str,
+) -> Arc<PeerLabels> {
+    match endpoint {
+        Some(e) => e
+            .source_labels
+            .get_or_init(|| {
+                let mut labels = source_report(node, own_id, service, Some(e), td);
+                labels.connection_security_policy = "mutual_tls".into();
+                Arc::new(labels)
+            })
+            .clone(),
+        None => service
+            .source_labels
+            .get_or_init(|| Arc::new(source_report(node, own_id, service, None, td)))
+            .clone(),
     }
 }
 

@@ -98,8 +98,12 @@ struct Pooled {
     last_used: std::time::Instant,
 }
 
+/// Pooled connections by endpoint, then SNI: found by the request's `&str` without
+/// building a key.
+type ByEndpoint<T> = HashMap<SocketAddr, HashMap<Arc<str>, T>>;
+
 /// Open HTTP/2 connections by (endpoint, SNI).
-type Connections = HashMap<(SocketAddr, String), Pooled>;
+type Connections = ByEndpoint<Pooled>;
 
 /// How often the pools are swept of closed and long-idle connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -114,10 +118,91 @@ struct Pooled1 {
     sender: hyper::client::conn::http1::SendRequest<Body>,
     requests: u32,
     last_used: std::time::Instant,
+    endpoint: SocketAddr,
+    sni: Arc<str>,
 }
 
 /// Idle HTTP/1.1 connections by (endpoint, SNI), most recently used last.
-type Idle1 = HashMap<(SocketAddr, String), Vec<Pooled1>>;
+type Idle1 = ByEndpoint<Vec<Pooled1>>;
+
+/// A response body from upstream. One read over HTTP/1.1 to its end puts its
+/// connection back in the pool (read to the end, or ended without a body); dropped
+/// before that, the connection is closed with it.
+pub struct UpstreamBody {
+    inner: hyper::body::Incoming,
+    give_back: Option<(Pooled1, Arc<Mutex<Idle1>>)>,
+}
+
+impl UpstreamBody {
+    fn new(inner: hyper::body::Incoming) -> Self {
+        Self {
+            inner,
+            give_back: None,
+        }
+    }
+
+    fn returning(inner: hyper::body::Incoming, conn: Pooled1, idle: Arc<Mutex<Idle1>>) -> Self {
+        let mut body = Self {
+            inner,
+            give_back: Some((conn, idle)),
+        };
+        body.give_back_if_done();
+        body
+    }
+
+    fn give_back_if_done(&mut self) {
+        if !hyper::body::Body::is_end_stream(&self.inner) {
+            return;
+        }
+        if let Some((mut conn, idle)) = self.give_back.take()
+            && !conn.sender.is_closed()
+            && let Ok(mut m) = idle.lock()
+        {
+            conn.last_used = std::time::Instant::now();
+            m.entry(conn.endpoint)
+                .or_default()
+                .entry(conn.sni.clone())
+                .or_default()
+                .push(conn);
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if frame.is_ready() {
+            self.give_back_if_done();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.give_back_if_done();
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
 
 /// The pool. Cloning shares it.
 #[derive(Clone)]
@@ -168,7 +253,7 @@ impl MeshPool {
         &self,
         up: &Upstream<'_>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         if let Some(addr) = up.plaintext {
             return self.send_plain(addr, req, up.connect_timeout).await;
         }
@@ -183,13 +268,13 @@ impl MeshPool {
             reuse,
             ..
         } = *up;
-        let key = (endpoint, sni.to_owned());
         let cached = self.conns.lock().ok().and_then(|mut m| {
-            let p = m.get_mut(&key)?;
+            let by_sni = m.get_mut(&endpoint)?;
+            let p = by_sni.get_mut(sni)?;
             let worn = reuse.worn(p.requests, p.last_used) || p.sender.is_closed();
             if worn {
                 // Dropping the sender closes the connection once its requests finish.
-                m.remove(&key);
+                by_sni.remove(sni);
                 return None;
             }
             p.requests += 1;
@@ -207,8 +292,8 @@ impl MeshPool {
                     .connect(endpoint, tunnel, sni, connect_timeout, trace)
                     .await?;
                 if let Ok(mut m) = self.conns.lock() {
-                    m.insert(
-                        key.clone(),
+                    m.entry(endpoint).or_default().insert(
+                        Arc::from(sni),
                         Pooled {
                             sender: s.clone(),
                             requests: 1,
@@ -223,12 +308,20 @@ impl MeshPool {
             .ready()
             .await
             .map_err(|e| UpstreamError::new(ResponseFlag::UpstreamReset, e.to_string()))?;
-        sender.send_request(req).await.map_err(|e| {
-            if let Ok(mut m) = self.conns.lock() {
-                m.remove(&key);
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::new)),
+            Err(e) => {
+                if let Ok(mut m) = self.conns.lock()
+                    && let Some(by_sni) = m.get_mut(&endpoint)
+                {
+                    by_sni.remove(sni);
+                }
+                Err(UpstreamError::new(
+                    ResponseFlag::UpstreamReset,
+                    format!("{endpoint}: {e}"),
+                ))
             }
-            UpstreamError::new(ResponseFlag::UpstreamReset, format!("{endpoint}: {e}"))
-        })
+        }
     }
 
     /// At most every [`SWEEP_EVERY`], drops pooled connections that are closed or
@@ -248,12 +341,18 @@ impl MeshPool {
             return;
         }
         if let Ok(mut m) = self.conns.lock() {
-            m.retain(|_, p| !p.sender.is_closed() && p.last_used.elapsed() < MAX_IDLE);
+            m.retain(|_, by_sni| {
+                by_sni.retain(|_, p| !p.sender.is_closed() && p.last_used.elapsed() < MAX_IDLE);
+                !by_sni.is_empty()
+            });
         }
         if let Ok(mut m) = self.idle1.lock() {
-            m.retain(|_, list| {
-                list.retain(|p| !p.sender.is_closed() && p.last_used.elapsed() < MAX_IDLE);
-                !list.is_empty()
+            m.retain(|_, by_sni| {
+                by_sni.retain(|_, list| {
+                    list.retain(|p| !p.sender.is_closed() && p.last_used.elapsed() < MAX_IDLE);
+                    !list.is_empty()
+                });
+                !by_sni.is_empty()
             });
         }
     }
@@ -265,47 +364,23 @@ impl MeshPool {
         &self,
         up: &Upstream<'_>,
         mut req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         to_http1(&mut req);
-        let key = (up.endpoint, up.sni.to_owned());
         let reuse = up.reuse;
-        let idle = self.idle1.lock().ok().and_then(|mut m| {
-            let list = m.get_mut(&key)?;
-            // Worn connections are dropped (closing them).
-            list.retain(|p| !p.sender.is_closed() && !reuse.worn(p.requests, p.last_used));
-            list.pop()
-        });
-        let mut conn = match idle {
-            Some(c) => c,
-            None => {
-                self.sweep();
-                let trace = up
-                    .tunnel
-                    .and_then(|_| TraceParent::from_headers(req.headers()));
-                let tls = self
-                    .tls(
-                        &self.h1_connector,
-                        up.endpoint,
-                        up.tunnel,
-                        up.sni,
-                        up.connect_timeout,
-                        trace,
-                    )
-                    .await?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| {
-                        UpstreamError::new(
-                            ResponseFlag::UpstreamConnectionFailure,
-                            format!("{}: HTTP/1.1 handshake: {e}", up.endpoint),
-                        )
-                    })?;
-                tokio::spawn(conn);
-                Pooled1 {
-                    sender,
-                    requests: 0,
-                    last_used: std::time::Instant::now(),
-                }
+        let mut conn = loop {
+            let idle = self.idle1.lock().ok().and_then(|mut m| {
+                let list = m.get_mut(&up.endpoint)?.get_mut(up.sni)?;
+                // Worn connections are dropped (closing them).
+                list.retain(|p| !p.sender.is_closed() && !reuse.worn(p.requests, p.last_used));
+                list.pop()
+            });
+            let Some(mut c) = idle else {
+                break self.open_http1(up, &req).await?;
+            };
+            // Back in the pool as soon as its last response was read: ready once its
+            // connection has finished with that response, or closed by the server.
+            if c.sender.ready().await.is_ok() {
+                break c;
             }
         };
         conn.requests += 1;
@@ -313,18 +388,46 @@ impl MeshPool {
         let resp = conn.sender.send_request(req).await.map_err(|e| {
             UpstreamError::new(ResponseFlag::UpstreamReset, format!("{endpoint}: {e}"))
         })?;
-        // Back to the pool when the response is read (and the server keeps the
-        // connection open); dropped otherwise.
-        let idle1 = self.idle1.clone();
-        tokio::spawn(async move {
-            if conn.sender.ready().await.is_ok() {
-                conn.last_used = std::time::Instant::now();
-                if let Ok(mut m) = idle1.lock() {
-                    m.entry(key).or_default().push(conn);
-                }
-            }
-        });
-        Ok(resp)
+        let idle = self.idle1.clone();
+        Ok(resp.map(|body| UpstreamBody::returning(body, conn, idle)))
+    }
+
+    /// A new mTLS HTTP/1.1 connection for `up`.
+    async fn open_http1(
+        &self,
+        up: &Upstream<'_>,
+        req: &http::Request<Body>,
+    ) -> Result<Pooled1, UpstreamError> {
+        self.sweep();
+        let trace = up
+            .tunnel
+            .and_then(|_| TraceParent::from_headers(req.headers()));
+        let tls = self
+            .tls(
+                &self.h1_connector,
+                up.endpoint,
+                up.tunnel,
+                up.sni,
+                up.connect_timeout,
+                trace,
+            )
+            .await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| {
+                UpstreamError::new(
+                    ResponseFlag::UpstreamConnectionFailure,
+                    format!("{}: HTTP/1.1 handshake: {e}", up.endpoint),
+                )
+            })?;
+        tokio::spawn(conn);
+        Ok(Pooled1 {
+            sender,
+            requests: 0,
+            last_used: std::time::Instant::now(),
+            endpoint: up.endpoint,
+            sni: Arc::from(up.sni),
+        })
     }
 
     /// Sends `req` as plain HTTP/1.1 to a workload without a sidecar (`tls.mode:
@@ -334,7 +437,7 @@ impl MeshPool {
         addr: SocketAddr,
         req: http::Request<Body>,
         connect_timeout: Option<Duration>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         let tcp = tokio::time::timeout(timeout, crate::capture::connect_marked(addr))
@@ -350,6 +453,7 @@ impl MeshPool {
         sender
             .send_request(req)
             .await
+            .map(|resp| resp.map(UpstreamBody::new))
             .map_err(|e| UpstreamError::new(ResponseFlag::UpstreamReset, format!("{addr}: {e}")))
     }
 

@@ -87,6 +87,10 @@ pub struct Endpoint {
     pub quic: bool,
     /// Kept while its cluster's control plane is silent and its gateway healthy.
     pub stale: bool,
+    /// The metric labels of requests sent to this endpoint over mTLS, made on first
+    /// use (the endpoint belongs to one service of one compiled state).
+    #[serde(skip)]
+    pub source_labels: std::sync::OnceLock<Arc<mesh_telemetry::metrics::PeerLabels>>,
 }
 
 /// A service with its endpoints.
@@ -104,6 +108,10 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The metric labels of requests to this service before an endpoint is chosen
+    /// (refused or failed ones), made on first use.
+    #[serde(skip)]
+    pub source_labels: std::sync::OnceLock<Arc<mesh_telemetry::metrics::PeerLabels>>,
 }
 
 impl Service {
@@ -431,6 +439,58 @@ pub struct ProxyState {
     pub authz: crate::authz::Authorizer,
     /// Inbound mTLS modes from PeerAuthentications.
     pub peer_authn: crate::peer_authn::PeerAuthn,
+    /// The `x-isthmus-peer` value naming this node, made on first use.
+    peer_header: std::sync::OnceLock<Option<http::HeaderValue>>,
+    /// Lookups the request path makes, indexed once per compile.
+    index: Index,
+}
+
+/// Services by every name a request can give them, by virtual IP, and this node's
+/// workload ports by service port: map lookups instead of scans and string building
+/// per request.
+#[derive(Debug, Default)]
+struct Index {
+    /// `name` (this node's namespace only), `name.ns`, `name.ns.svc` and the full host,
+    /// exactly as [`resolve_host`] resolves them from the node's namespace.
+    names: HashMap<String, Arc<Service>>,
+    /// Services by virtual IP (the first host in order when two share one).
+    ips: HashMap<std::net::IpAddr, Arc<Service>>,
+    /// This node's workload port and protocol by service port.
+    local_ports: HashMap<u16, (u16, Protocol)>,
+}
+
+impl Index {
+    fn build(services: &HashMap<String, Arc<Service>>, namespace: &str) -> Self {
+        let mut hosts: Vec<&Arc<Service>> = services.values().collect();
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        let mut index = Self::default();
+        let kube_suffix = format!(".svc.{CLUSTER_DOMAIN}");
+        let local_suffix = format!(".{namespace}{kube_suffix}");
+        for svc in hosts {
+            index.names.insert(svc.host.clone(), svc.clone());
+            if let Some(name_ns) = svc.host.strip_suffix(&kube_suffix) {
+                index.names.insert(name_ns.to_owned(), svc.clone());
+                index.names.insert(format!("{name_ns}.svc"), svc.clone());
+            }
+            if let Some(name) = svc.host.strip_suffix(&local_suffix)
+                && !name.contains('.')
+            {
+                index.names.insert(name.to_owned(), svc.clone());
+            }
+            for ip in &svc.addresses {
+                index.ips.entry(*ip).or_insert_with(|| svc.clone());
+            }
+            if svc.namespace == namespace {
+                for p in &svc.ports {
+                    index
+                        .local_ports
+                        .entry(p.port)
+                        .or_insert((p.target_port, p.protocol));
+                }
+            }
+        }
+        index
+    }
 }
 
 /// `name`, `name.ns`, `name.ns.svc` or an FQDN, resolved the way Kubernetes DNS would
@@ -479,6 +539,7 @@ impl ProxyState {
                         ready: e.ready,
                         quic: e.tunnel.as_deref() == Some("quic"),
                         stale: e.stale,
+                        source_labels: std::sync::OnceLock::new(),
                     })
                 })
                 .collect();
@@ -492,6 +553,7 @@ impl ProxyState {
                         addresses: svc.addresses.clone(),
                         ports,
                         endpoints,
+                        source_labels: std::sync::OnceLock::new(),
                     }),
                 )
                 .is_some()
@@ -619,8 +681,6 @@ impl ProxyState {
         }
         Ok(Self {
             version: bundle.proxy.version.clone(),
-            node,
-            services,
             routes: routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             policies,
             tcp_routes: tcp_routes
@@ -633,31 +693,40 @@ impl ProxyState {
                 .collect(),
             authz,
             peer_authn,
+            peer_header: std::sync::OnceLock::new(),
+            index: Index::build(&services, &node.namespace),
+            node,
+            services,
         })
     }
 
     /// The workload port and protocol behind one of this node's service ports (the
     /// port itself, protocol unknown, when no service of the node declares it).
     pub fn local_port(&self, service_port: u16) -> (u16, Protocol) {
-        self.services
-            .values()
-            .filter(|s| s.namespace == self.node.namespace)
-            .flat_map(|s| s.ports.iter())
-            .find(|p| p.port == service_port)
-            .map_or((service_port, Protocol::Unknown), |p| {
-                (p.target_port, p.protocol)
-            })
+        self.index
+            .local_ports
+            .get(&service_port)
+            .copied()
+            .unwrap_or((service_port, Protocol::Unknown))
+    }
+
+    /// The `x-isthmus-peer` header value that tells the receiving sidecar who calls.
+    pub fn peer_header(&self) -> Option<&http::HeaderValue> {
+        self.peer_header
+            .get_or_init(|| http::HeaderValue::from_str(&crate::peer::encode(&self.node)).ok())
+            .as_ref()
     }
 
     /// The service whose virtual IP a captured connection was sent to.
     pub fn service_for_ip(&self, ip: std::net::IpAddr) -> Option<&Arc<Service>> {
-        self.services.values().find(|s| s.addresses.contains(&ip))
+        self.index.ips.get(&ip)
     }
 
     /// The service a request's authority names, from the caller's namespace.
     pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<Service>> {
-        let host = strip_port(authority);
-        self.services.get(&resolve_host(host, &self.node.namespace))
+        self.index
+            .names
+            .get(strip_port(authority).trim_end_matches('.'))
     }
 }
 
@@ -953,5 +1022,70 @@ spec:
         assert_eq!(Protocol::from_port("tcp-db", None), Protocol::Tcp);
         assert_eq!(Protocol::from_port("web", Some("http2")), Protocol::Http2);
         assert_eq!(Protocol::from_port("web", None), Protocol::Unknown);
+    }
+
+    #[test]
+    fn indexed_lookups_answer_as_resolving_and_scanning_did() {
+        let svc = |name: &str, namespace: &str, ip: &str, port: u16, target: u16| {
+            crate::config::ServiceConfig {
+                name: name.into(),
+                namespace: namespace.into(),
+                addresses: vec![ip.parse().unwrap()],
+                ports: vec![crate::config::ServicePortConfig {
+                    name: "http".into(),
+                    port,
+                    target_port: Some(target),
+                    ..Default::default()
+                }],
+                endpoints: vec![],
+            }
+        };
+        let mut bundle = ConfigBundle::default();
+        bundle.proxy.node.namespace = "shop".into();
+        bundle.proxy.services = vec![
+            svc("reviews", "shop", "10.0.0.1", 9080, 8080),
+            svc("reviews", "other", "10.0.0.2", 9081, 8081),
+            svc("ratings", "other", "10.0.0.3", 9082, 8082),
+        ];
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        // What a lookup used to be: resolve from the node's namespace, then look up.
+        let resolved = |authority: &str| {
+            state
+                .services
+                .get(&resolve_host(strip_port(authority), "shop"))
+                .map(|s| s.host.clone())
+        };
+        for authority in [
+            "reviews",
+            "reviews:9080",
+            "reviews.",
+            "reviews.shop",
+            "reviews.other:9081",
+            "reviews.other.svc",
+            "reviews.other.svc.cluster.local",
+            "reviews.other.svc.cluster.local.:80",
+            "ratings",
+            "ratings.other",
+            "ratings.shop",
+            "nope",
+            "reviews.shop.svc.cluster",
+            "",
+        ] {
+            assert_eq!(
+                state.service_for_authority(authority).map(|s| s.host.clone()),
+                resolved(authority),
+                "{authority:?}"
+            );
+        }
+        let by_ip = |ip: &str| {
+            state
+                .service_for_ip(ip.parse().unwrap())
+                .map(|s| s.host.as_str())
+        };
+        assert_eq!(by_ip("10.0.0.2"), Some("reviews.other.svc.cluster.local"));
+        assert_eq!(by_ip("10.0.0.9"), None);
+        // Only this node's namespace gives its workload ports.
+        assert_eq!(state.local_port(9080), (8080, Protocol::Http));
+        assert_eq!(state.local_port(9081), (9081, Protocol::Unknown));
     }
 }

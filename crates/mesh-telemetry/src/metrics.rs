@@ -6,7 +6,9 @@
 //! `istio_tcp_connections_closed_total`, each carrying `source_cluster` and
 //! `destination_cluster`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -69,6 +71,79 @@ pub struct RequestLabels {
     pub response_flags: String,
 }
 
+/// What a request's response adds to its peers' labels, in the form the data path has
+/// it (no strings to build per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Response<'a> {
+    /// gRPC rather than plain HTTP.
+    pub grpc: bool,
+    /// HTTP status.
+    pub code: u16,
+    /// The `grpc-status` trailer or header value, when there is one.
+    pub grpc_status: Option<&'a str>,
+    /// Envoy-style flags, `-` for none.
+    pub flags: &'static str,
+}
+
+/// The four series one request is recorded in.
+#[derive(Debug, Clone)]
+struct Series {
+    /// Keeps the labels alive, so that their address in the key stays theirs.
+    _peers: Arc<PeerLabels>,
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// A series is found by the address of its interned peer labels and the small response
+/// fields: no label string is hashed or compared on the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    peers: usize,
+    grpc: bool,
+    code: u16,
+    grpc_status: u8,
+    flags: &'static str,
+}
+
+/// More distinct series than this and the cache starts again (the series themselves
+/// stay in the registry): labels of endpoints that went away do not pile up.
+const MAX_CACHED_SERIES: usize = 4096;
+
+/// The strings a label set was made from, and the set.
+type Interned = (Box<[Box<str>]>, Arc<PeerLabels>);
+
+/// Interned label sets, found by the strings they are made from: the receiving side
+/// builds its peers' labels from a header once per distinct caller, not per request.
+#[derive(Debug, Clone, Default)]
+pub struct LabelCache {
+    entries: Arc<Mutex<HashMap<u64, Vec<Interned>>>>,
+    hasher: std::hash::RandomState,
+}
+
+impl LabelCache {
+    /// The labels made by `make` from `parts`, made once per distinct `parts`.
+    pub fn get(&self, parts: &[&str], make: impl FnOnce() -> PeerLabels) -> Arc<PeerLabels> {
+        let hash = self.hasher.hash_one(parts);
+        let same =
+            |k: &[Box<str>]| k.len() == parts.len() && k.iter().zip(parts).all(|(a, b)| **a == **b);
+        let Ok(mut map) = self.entries.lock() else {
+            return Arc::new(make());
+        };
+        if let Some((_, labels)) = map.get(&hash).and_then(|v| v.iter().find(|(k, _)| same(k))) {
+            return labels.clone();
+        }
+        if map.len() >= MAX_CACHED_SERIES {
+            map.clear();
+        }
+        let labels = Arc::new(make());
+        let key = parts.iter().map(|p| Box::from(*p)).collect();
+        map.entry(hash).or_default().push((key, labels.clone()));
+        labels
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -95,6 +170,7 @@ pub struct MeshMetrics {
     tcp_received: Family<PeerLabels, Counter>,
     tcp_opened: Family<PeerLabels, Counter>,
     tcp_closed: Family<PeerLabels, Counter>,
+    series: Arc<Mutex<HashMap<SeriesKey, Series>>>,
 }
 
 impl Default for MeshMetrics {
@@ -167,6 +243,7 @@ impl MeshMetrics {
             tcp_received,
             tcp_opened,
             tcp_closed,
+            series: Arc::default(),
         }
     }
 
@@ -186,6 +263,71 @@ impl MeshMetrics {
         self.response_bytes
             .get_or_create(labels)
             .observe(response_bytes as f64);
+    }
+
+    /// Records one finished request between `peers` (interned: the same `Arc` for the
+    /// same peers) with `response`'s fields. The same series as [`Self::request`]
+    /// with the labels spelled out, found without building or hashing label strings.
+    pub fn record(
+        &self,
+        peers: &Arc<PeerLabels>,
+        response: Response<'_>,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        // gRPC statuses are 0-16; anything else takes the long way.
+        let grpc_status = match response.grpc_status {
+            None => Some(u8::MAX),
+            Some(s) => s.parse::<u8>().ok().filter(|c| *c < u8::MAX),
+        };
+        let (Some(grpc_status), Ok(mut cache)) = (grpc_status, self.series.lock()) else {
+            return self.request(
+                &Self::labels(peers, response),
+                duration_ms,
+                request_bytes,
+                response_bytes,
+            );
+        };
+        let key = SeriesKey {
+            peers: Arc::as_ptr(peers) as usize,
+            grpc: response.grpc,
+            code: response.code,
+            grpc_status,
+            flags: response.flags,
+        };
+        if !cache.contains_key(&key) {
+            if cache.len() >= MAX_CACHED_SERIES {
+                cache.clear();
+            }
+            let labels = Self::labels(peers, response);
+            cache.insert(
+                key,
+                Series {
+                    _peers: peers.clone(),
+                    requests: self.requests.get_or_create(&labels).clone(),
+                    duration: self.duration.get_or_create(&labels).clone(),
+                    request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+                    response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+                },
+            );
+        }
+        if let Some(s) = cache.get(&key) {
+            s.requests.inc();
+            s.duration.observe(duration_ms);
+            s.request_bytes.observe(request_bytes as f64);
+            s.response_bytes.observe(response_bytes as f64);
+        }
+    }
+
+    fn labels(peers: &PeerLabels, response: Response<'_>) -> RequestLabels {
+        RequestLabels {
+            peers: peers.clone(),
+            request_protocol: if response.grpc { "grpc" } else { "http" }.into(),
+            response_code: response.code.to_string(),
+            grpc_response_status: response.grpc_status.unwrap_or_default().to_owned(),
+            response_flags: response.flags.to_owned(),
+        }
     }
 
     /// Records a TCP connection opening.
@@ -244,6 +386,114 @@ mod tests {
         assert!(
             text.contains("istio_request_duration_milliseconds_bucket{"),
             "{text}"
+        );
+    }
+
+    fn count(text: &str, needle: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("istio_requests_total{") && l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn interned_peers_count_into_the_same_series_as_spelled_out_labels() {
+        let m = MeshMetrics::new();
+        let peers = PeerLabels {
+            reporter: "source".into(),
+            destination_service: "reviews.shop.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let ok = Response {
+            grpc: false,
+            code: 200,
+            grpc_status: None,
+            flags: "-",
+        };
+        // Two interned copies of equal labels (say, before and after a config push)
+        // and the spelled-out form all land in one series.
+        m.record(&Arc::new(peers.clone()), ok, 1.0, 0, 10);
+        m.record(&Arc::new(peers.clone()), ok, 1.0, 0, 10);
+        m.request(&MeshMetrics::labels(&peers, ok), 1.0, 0, 10);
+        let text = m.encode();
+        let lines = count(&text, "response_code=\"200\"");
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].ends_with(" 3"), "{}", lines[0]);
+
+        // Each response field is its own series.
+        let shared = Arc::new(peers);
+        m.record(
+            &shared,
+            Response {
+                code: 503,
+                flags: "UF",
+                ..ok
+            },
+            1.0,
+            0,
+            0,
+        );
+        m.record(
+            &shared,
+            Response {
+                grpc: true,
+                grpc_status: Some("14"),
+                ..ok
+            },
+            1.0,
+            0,
+            0,
+        );
+        m.record(
+            &shared,
+            Response {
+                grpc: true,
+                grpc_status: Some("odd"),
+                ..ok
+            },
+            1.0,
+            0,
+            0,
+        );
+        let text = m.encode();
+        assert_eq!(count(&text, "response_flags=\"UF\"").len(), 1, "{text}");
+        assert_eq!(
+            count(&text, "grpc_response_status=\"14\"").len(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            count(&text, "grpc_response_status=\"odd\"").len(),
+            1,
+            "{text}"
+        );
+        assert_eq!(count(&text, "request_protocol=\"grpc\"").len(), 2, "{text}");
+    }
+
+    #[test]
+    fn label_cache_makes_each_distinct_key_once() {
+        let cache = LabelCache::default();
+        let made = std::cell::Cell::new(0);
+        let make = |name: &str| {
+            made.set(made.get() + 1);
+            PeerLabels {
+                source_workload: name.into(),
+                ..Default::default()
+            }
+        };
+        let a = cache.get(&["a", "x"], || make("a"));
+        let again = cache.get(&["a", "x"], || make("a"));
+        let b = cache.get(&["a", "y"], || make("b"));
+        let c = cache.get(&["ax", ""], || make("c"));
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(made.get(), 3);
+        assert_eq!(
+            (
+                a.source_workload.as_str(),
+                b.source_workload.as_str(),
+                c.source_workload.as_str()
+            ),
+            ("a", "b", "c")
         );
     }
 }

@@ -45,6 +45,20 @@ fn random_span_id() -> [u8; 8] {
     rand::random::<[u8; 8]>().map(nonzero)
 }
 
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const B3_TRACE_ID: http::HeaderName = http::HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: http::HeaderName = http::HeaderName::from_static("x-b3-spanid");
+const B3_SAMPLED: http::HeaderName = http::HeaderName::from_static("x-b3-sampled");
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -142,20 +156,27 @@ impl TraceParent {
         for n in B3_HEADERS {
             h.remove(*n);
         }
-        let tp = self.to_w3c();
-        let set = |h: &mut HeaderMap, n: &'static str, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(n, v);
+        // 00-{32 hex}-{16 hex}-{2 hex}
+        let mut tp = [b'-'; 55];
+        tp[..2].copy_from_slice(b"00");
+        hex_into(&self.trace_id, &mut tp[3..35]);
+        hex_into(&self.span_id, &mut tp[36..52]);
+        tp[53..].copy_from_slice(if self.sampled { b"01" } else { b"00" });
+        let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).ok();
+        let names = [
+            (TRACEPARENT, value(&tp)),
+            (B3_TRACE_ID, value(&tp[3..35])),
+            (B3_SPAN_ID, value(&tp[36..52])),
+            (
+                B3_SAMPLED,
+                Some(HeaderValue::from_static(if self.sampled { "1" } else { "0" })),
+            ),
+        ];
+        for (name, v) in names {
+            if let Some(v) = v {
+                h.insert(name, v);
             }
-        };
-        set(h, "traceparent", tp);
-        set(h, "x-b3-traceid", hex(&self.trace_id));
-        set(h, "x-b3-spanid", hex(&self.span_id));
-        set(
-            h,
-            "x-b3-sampled",
-            if self.sampled { "1" } else { "0" }.into(),
-        );
+        }
     }
 
     /// The trace id as 32 hex digits.
@@ -368,6 +389,16 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
         assert_eq!(out["x-b3-traceid"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(out["x-b3-spanid"], "00f067aa0ba902b7");
+        assert_eq!(out["x-b3-sampled"], "1");
+        let unsampled = TraceParent {
+            sampled: false,
+            ..p
+        };
+        unsampled.inject(&mut out);
+        assert_eq!(out["traceparent"], unsampled.to_w3c().as_str());
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+        assert_eq!(out["x-b3-sampled"], "0");
         assert!(TraceParent::from_headers(&HeaderMap::new()).is_none());
         let mut bad = HeaderMap::new();
         bad.insert(
