@@ -198,39 +198,63 @@ pub enum Outcome {
     Reset,
 }
 
-/// Health of endpoints by (service host, endpoint), kept across config updates.
+/// Health of endpoints by service host, then endpoint, kept across config updates:
+/// found by the request's `&str` host, so nothing is allocated per request.
 #[derive(Debug, Clone, Default)]
 pub struct HealthTracker {
-    inner: Arc<Mutex<HashMap<(String, SocketAddr), EndpointHealth>>>,
+    inner: Arc<Mutex<Health>>,
 }
 
 /// Counts a request in flight to an endpoint (for LEAST_REQUEST) while alive.
 #[derive(Debug)]
 pub struct ActiveRequest {
     tracker: HealthTracker,
-    key: (String, SocketAddr),
+    host: Option<Arc<str>>,
+    ep: SocketAddr,
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.tracker.inner.lock()
-            && let Some(h) = m.get_mut(&self.key)
+        if let Some(host) = &self.host
+            && let Ok(mut m) = self.tracker.inner.lock()
+            && let Some(h) = m.get_mut(host).and_then(|eps| eps.get_mut(&self.ep))
         {
             h.in_flight = h.in_flight.saturating_sub(1);
         }
     }
 }
 
+type Health = HashMap<Arc<str>, HashMap<SocketAddr, EndpointHealth>>;
+
+/// The interned host and the health entries of `host`, made on first use.
+fn entries<'m>(
+    m: &'m mut Health,
+    host: &str,
+) -> (Arc<str>, &'m mut HashMap<SocketAddr, EndpointHealth>) {
+    let key = match m.get_key_value(host) {
+        Some((k, _)) => k.clone(),
+        None => {
+            let k: Arc<str> = Arc::from(host);
+            m.insert(k.clone(), HashMap::new());
+            k
+        }
+    };
+    let eps = m.entry(key.clone()).or_default();
+    (key, eps)
+}
+
 impl HealthTracker {
     /// Counts a request to `ep` of `host` until the guard drops.
     pub fn start(&self, host: &str, ep: SocketAddr) -> ActiveRequest {
-        let key = (host.to_owned(), ep);
-        if let Ok(mut m) = self.inner.lock() {
-            m.entry(key.clone()).or_default().in_flight += 1;
-        }
+        let host = self.inner.lock().ok().map(|mut m| {
+            let (key, eps) = entries(&mut m, host);
+            eps.entry(ep).or_default().in_flight += 1;
+            key
+        });
         ActiveRequest {
             tracker: self.clone(),
-            key,
+            host,
+            ep,
         }
     }
 
@@ -246,8 +270,8 @@ impl HealthTracker {
         let Some(policy) = policy else { return };
         let Ok(mut m) = self.inner.lock() else { return };
         let now = Instant::now();
-        let key = (host.to_owned(), ep);
-        let h = m.entry(key.clone()).or_default();
+        let (_, eps) = entries(&mut m, host);
+        let h = eps.entry(ep).or_default();
         let (is_5xx, is_gateway) = match outcome {
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
             Outcome::ConnectFailure | Outcome::Reset => (true, true),
@@ -265,34 +289,20 @@ impl HealthTracker {
             return;
         }
         // Only when an endpoint trips: how many of the service's are out already.
-        let ejected_now = m
-            .iter()
-            .filter(|((h, _), s)| h == host && s.ejected_until.is_some_and(|t| t > now))
+        let ejected_now = eps
+            .values()
+            .filter(|s| s.ejected_until.is_some_and(|t| t > now))
             .count();
         if (ejected_now + 1) * 100 > endpoints * policy.max_ejection_percent as usize {
             return;
         }
-        let Some(h) = m.get_mut(&key) else { return };
+        let Some(h) = eps.get_mut(&ep) else { return };
         h.times_ejected += 1;
         let until = now + policy.base_ejection * h.times_ejected;
         h.ejected_until = Some(until);
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
         tracing::info!(host, endpoint = %ep, for_ms = (until - now).as_millis() as u64, "endpoint ejected");
-    }
-
-    fn snapshot(&self, host: &str, eps: &[&Arc<Endpoint>]) -> Vec<(bool, u32)> {
-        let now = Instant::now();
-        let m = self.inner.lock().ok();
-        eps.iter()
-            .map(|e| {
-                m.as_ref()
-                    .and_then(|m| m.get(&(host.to_owned(), e.inbound)))
-                    .map_or((false, 0), |h| {
-                        (h.ejected_until.is_some_and(|t| t > now), h.in_flight)
-                    })
-            })
-            .collect()
     }
 
     /// Picks an endpoint among `candidates` (ready endpoints of the subset) under the
@@ -312,23 +322,39 @@ impl HealthTracker {
         let outlier = resolved.and_then(|p| p.outlier.as_ref());
         let locality = resolved.and_then(|p| p.locality.as_ref());
         let lb = resolved.and_then(|p| p.lb);
-        let state = self.snapshot(host, candidates);
-        let healthy_share =
-            state.iter().filter(|(ej, _)| !ej).count() * 100 / candidates.len().max(1);
-        let panic = outlier.is_some_and(|o| healthy_share < o.min_health_percent as usize);
-        let mut pool: Vec<(usize, &'a Arc<Endpoint>, u32)> = candidates
-            .iter()
-            .zip(&state)
-            .filter(|(_, (ejected, _))| panic || !ejected)
-            .map(|(e, (_, inflight))| (locality.map_or(0, |l| l.priority(node, e)), *e, *inflight))
-            .collect();
-        if pool.is_empty() {
-            // Everything ejected: better to try than to fail (Envoy's panic mode).
-            pool = candidates
+        // (locality priority, endpoint, requests in flight, ejected) of each candidate.
+        let mut pool: Vec<(usize, &'a Arc<Endpoint>, u32, bool)> = {
+            let now = Instant::now();
+            let m = self.inner.lock().ok();
+            let known = m.as_ref().and_then(|m| m.get(host));
+            candidates
                 .iter()
-                .zip(&state)
-                .map(|(e, (_, i))| (0, *e, *i))
-                .collect();
+                .map(|e| {
+                    let (ejected, in_flight) = known
+                        .and_then(|k| k.get(&e.inbound))
+                        .map_or((false, 0), |h| {
+                            (h.ejected_until.is_some_and(|t| t > now), h.in_flight)
+                        });
+                    (0, *e, in_flight, ejected)
+                })
+                .collect()
+        };
+        let healthy = pool.iter().filter(|p| !p.3).count();
+        let panic = outlier.is_some_and(|o| {
+            healthy * 100 / candidates.len().max(1) < o.min_health_percent as usize
+        });
+        // Everything ejected: better to try than to fail (Envoy's panic mode).
+        if !panic && healthy > 0 {
+            pool.retain(|p| !p.3);
+            if let Some(l) = locality {
+                for p in &mut pool {
+                    p.0 = l.priority(node, p.1);
+                }
+            }
+        } else if panic && let Some(l) = locality {
+            for p in &mut pool {
+                p.0 = l.priority(node, p.1);
+            }
         }
         // `distribute`: pick a destination locality by its share (among those with a
         // usable endpoint), then balance within it.
@@ -339,7 +365,7 @@ impl HealthTracker {
                     *w > 0
                         && pool
                             .iter()
-                            .any(|(_, e, _)| locality_matches(to, &e.locality))
+                            .any(|(_, e, _, _)| locality_matches(to, &e.locality))
                 })
                 .map(|(to, w)| (to.as_str(), *w))
                 .collect();
@@ -363,26 +389,20 @@ impl HealthTracker {
                 }
             }
         }
-        let best = pool.iter().map(|(p, _, _)| *p).min()?;
-        let mut tier: Vec<_> = pool.into_iter().filter(|(p, _, _)| *p == best).collect();
-        if tier.len() > 1 {
-            let fresh: Vec<_> = tier
-                .iter()
-                .copied()
-                .filter(|(_, e, _)| !avoid.contains(&e.inbound))
-                .collect();
-            if !fresh.is_empty() {
-                tier = fresh;
-            }
+        let best = pool.iter().map(|p| p.0).min()?;
+        pool.retain(|p| p.0 == best);
+        if pool.len() > 1 && pool.iter().any(|p| !avoid.contains(&p.1.inbound)) {
+            pool.retain(|p| !avoid.contains(&p.1.inbound));
         }
+        let tier = pool;
         let n = tier.len();
         if let Some(key) = balance.hash {
             // Rendezvous hashing: the endpoint with the highest hash of (key, endpoint)
             // wins, so a key moves only when its endpoint goes away.
             return tier
                 .iter()
-                .max_by_key(|(_, e, _)| hash_of((key, e.inbound)))
-                .map(|(_, e, _)| *e);
+                .max_by_key(|(_, e, _, _)| hash_of((key, e.inbound)))
+                .map(|(_, e, _, _)| *e);
         }
         let i = match lb {
             Some(SimpleLb::RoundRobin) => {
@@ -459,9 +479,12 @@ impl PoolLimits {
             let Ok(mut m) = self.inner.lock() else {
                 return Ok(None);
             };
-            let entry = m
-                .entry(cluster.to_owned())
-                .or_insert_with(|| Slots::new(max));
+            if !m.contains_key(cluster) {
+                m.insert(cluster.to_owned(), Slots::new(max));
+            }
+            let Some(entry) = m.get_mut(cluster) else {
+                return Ok(None);
+            };
             if entry.limit != max {
                 // The limit changed with a config update: start a new pool of slots.
                 *entry = Slots::new(max);

@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 
 use mesh_telemetry::metrics::{MeshMetrics, PeerLabels, RequestLabels};
 
-
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged, full};
 use crate::pool::MeshPool;
@@ -65,7 +64,7 @@ const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 struct Outcome {
     route: String,
     upstream_host: String,
-    upstream_cluster: String,
+    upstream_cluster: Arc<str>,
     flag: Option<ResponseFlag>,
     peers: Option<Arc<PeerLabels>>,
     trace: Option<mesh_telemetry::trace::TraceParent>,
@@ -108,7 +107,7 @@ impl Outbound {
             span.set([
                 ("http.method", method.to_string()),
                 ("http.url", format!("http://{authority}{path}")),
-                ("upstream_cluster", outcome.upstream_cluster.clone()),
+                ("upstream_cluster", outcome.upstream_cluster.to_string()),
                 ("upstream_host", outcome.upstream_host.clone()),
                 ("source_cluster", node.cluster.clone()),
                 (
@@ -315,7 +314,7 @@ impl Outbound {
     fn note_upstream(
         &self,
         state: &crate::state::ProxyState,
-        sni: String,
+        sni: Arc<str>,
         target: &crate::state::Service,
         out: &mut Outcome,
     ) {
@@ -376,7 +375,8 @@ impl Outbound {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut streaming = streaming;
         let mut tried: Vec<std::net::SocketAddr> = Vec::new();
-        let mut last: Option<Result<Response<crate::pool::UpstreamBody>, (ResponseFlag, String)>> = None;
+        let mut last: Option<Result<Response<crate::pool::UpstreamBody>, (ResponseFlag, String)>> =
+            None;
         for attempt in 0..tries {
             // Healthy first, best locality next, an endpoint not tried yet when there is
             // a choice (Envoy's previous-hosts predicate), then the balancing algorithm.

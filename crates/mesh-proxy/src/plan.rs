@@ -19,7 +19,6 @@ use http::{HeaderValue, StatusCode, Uri};
 
 use crate::error::ResponseFlag;
 use crate::routes::{CompiledRoute, RequestView, RouteAction, pick_weighted};
-use crate::sni::outbound_sni;
 use crate::state::{
     DestinationPolicy, Endpoint, HashKey, Protocol, ProxyState, ResolvedPolicy, Service,
     ServicePort, authority_port,
@@ -114,7 +113,7 @@ pub struct Plan<'s> {
     /// Its traffic policy for this subset and port.
     pub resolved: Option<&'s ResolvedPolicy>,
     /// Istio's SNI of the upstream cluster (`outbound_.PORT_.SUBSET_.HOST`).
-    pub sni: String,
+    pub sni: Arc<str>,
     /// The consistent-hash value, when the policy hashes and the key is present.
     pub hash: Option<u64>,
     /// A `Set-Cookie` for a hash cookie made up for this client.
@@ -137,7 +136,7 @@ pub struct Refusal {
     /// The route that matched, when one did.
     pub route: Option<String>,
     /// The upstream cluster's SNI and service, when the destination was known.
-    pub upstream: Option<(String, Arc<Service>)>,
+    pub upstream: Option<(Arc<str>, Arc<Service>)>,
 }
 
 impl Refusal {
@@ -271,7 +270,7 @@ pub fn plan<'s>(
                 format!("{} has no port", target.host),
             )
         })?;
-    let sni = outbound_sni(port.port, &dest.subset, &target.host);
+    let sni = port.sni(&dest.subset, &target.host);
     let refuse_at = |flag, detail: String| Refusal {
         upstream: Some((sni.clone(), target.clone())),
         ..refuse(flag, detail)
@@ -292,22 +291,12 @@ pub fn plan<'s>(
         .iter()
         .find(|m| m.matches(&view))
         .and_then(|m| m.uri_prefix());
-    let path_and_query = rewrite_path(&parts.uri, route.rewrite_uri.as_deref(), matched_prefix);
-    let new_authority = route
-        .rewrite_authority
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", target.host, port.port));
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(new_authority.as_str())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| {
-            refuse_at(
-                ResponseFlag::NoRoute,
-                format!("cannot build upstream URI: {e}"),
-            )
-        })?;
+    let uri = upstream_uri(route, port, &parts.uri, matched_prefix).map_err(|e| {
+        refuse_at(
+            ResponseFlag::NoRoute,
+            format!("cannot build upstream URI: {e}"),
+        )
+    })?;
     // Istio's default h2UpgradePolicy: HTTP/1.1 stays HTTP/1.1 between sidecars;
     // HTTP/2 and gRPC (or a port declared http2/grpc) use multiplexed HTTP/2, as does
     // HTTP/1.1 under `h2UpgradePolicy: UPGRADE`.
@@ -327,6 +316,35 @@ pub fn plan<'s>(
         uri,
         http1,
     }))))
+}
+
+/// The URI a request goes upstream with: the route's authority rewrite or the port's
+/// `host:port`, and the path as sent or as the route rewrites it.
+fn upstream_uri(
+    route: &CompiledRoute,
+    port: &ServicePort,
+    uri: &Uri,
+    matched_prefix: Option<&str>,
+) -> Result<Uri, http::Error> {
+    let authority = match (&route.rewrite_authority, &port.authority) {
+        (Some(a), _) => http::uri::Authority::try_from(a.as_str())?,
+        (None, Some(a)) => a.clone(),
+        // A host that makes no authority: the builder says why.
+        (None, None) => http::uri::Authority::try_from("")?,
+    };
+    let path_and_query = match (&route.rewrite_uri, uri.path_and_query()) {
+        (None, Some(pq)) => pq.clone(),
+        (rewrite, _) => http::uri::PathAndQuery::try_from(rewrite_path(
+            uri,
+            rewrite.as_deref(),
+            matched_prefix,
+        ))?,
+    };
+    Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
 }
 
 /// The consistent-hash value of a request and, for an `httpCookie` with a TTL that
@@ -739,6 +757,6 @@ spec:
         let Action::Forward(p) = plan(&s, inputs, &rolls(0.5)).unwrap().action else {
             panic!("not forwarded");
         };
-        assert_eq!(p.sni, "outbound_.9090_._.reviews.shop.svc.cluster.local");
+        assert_eq!(&*p.sni, "outbound_.9090_._.reviews.shop.svc.cluster.local");
     }
 }

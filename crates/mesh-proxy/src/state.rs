@@ -62,6 +62,23 @@ pub struct ServicePort {
     pub target_port: u16,
     /// Protocol.
     pub protocol: Protocol,
+    /// Istio's SNI of the port's upstream cluster with no subset.
+    #[serde(skip)]
+    pub sni: Arc<str>,
+    /// `host:port`, the authority requests to this port carry upstream.
+    #[serde(skip)]
+    pub authority: Option<http::uri::Authority>,
+}
+
+impl ServicePort {
+    /// Istio's SNI of this port's upstream cluster for `subset` of `host`.
+    pub fn sni(&self, subset: &str, host: &str) -> Arc<str> {
+        if subset.is_empty() {
+            self.sni.clone()
+        } else {
+            Arc::from(crate::sni::outbound_sni(self.port, subset, host))
+        }
+    }
 }
 
 /// One endpoint as the data path uses it.
@@ -522,6 +539,8 @@ impl ProxyState {
                     port: p.port,
                     target_port: p.target_port.unwrap_or(p.port),
                     protocol: Protocol::from_port(&p.name, p.app_protocol.as_deref()),
+                    sni: Arc::from(crate::sni::outbound_sni(p.port, "", &host)),
+                    authority: format!("{host}:{}", p.port).parse().ok(),
                 })
                 .collect();
             let endpoints = svc
@@ -1072,7 +1091,9 @@ spec:
             "",
         ] {
             assert_eq!(
-                state.service_for_authority(authority).map(|s| s.host.clone()),
+                state
+                    .service_for_authority(authority)
+                    .map(|s| s.host.clone()),
                 resolved(authority),
                 "{authority:?}"
             );

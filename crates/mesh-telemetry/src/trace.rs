@@ -169,7 +169,11 @@ impl TraceParent {
             (B3_SPAN_ID, value(&tp[36..52])),
             (
                 B3_SAMPLED,
-                Some(HeaderValue::from_static(if self.sampled { "1" } else { "0" })),
+                Some(HeaderValue::from_static(if self.sampled {
+                    "1"
+                } else {
+                    "0"
+                })),
             ),
         ];
         for (name, v) in names {
