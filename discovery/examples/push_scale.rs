@@ -221,10 +221,9 @@ async fn main() -> anyhow::Result<()> {
         let identity = identities[&ns].clone();
         let (addr, probe, discovery_id) = (d.grpc_addr, probe.clone(), discovery_id.clone());
         tokio::spawn(async move {
-            let channel =
-                mesh_proxy::discovery_client::channel(addr, &identity, vec![discovery_id])
-                    .await
-                    .expect("connect");
+            let channel = mesh_net::channel::channel(addr, &identity, vec![discovery_id])
+                .await
+                .expect("connect");
             let mut client =
                 ConfigDiscoveryClient::new(channel).max_decoding_message_size(256 << 20);
             let (tx, rx) = mpsc::channel(4);

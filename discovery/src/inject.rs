@@ -16,7 +16,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use mesh_proxy::http_util::{Body, text_response};
+use mesh_net::http::{Body, text_response};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
 

@@ -314,11 +314,16 @@ async fn subscribe_loop(link: Link, writer: Writer, identity: Identity, options:
         options.clone(),
         last_seen.clone(),
     )));
-    let mut backoff =
-        mesh_proxy::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
-    loop {
-        let started = Instant::now();
-        if let Err(e) = subscribe_once(&link, &writer, &identity, &options, &last_seen).await {
+    let backoff = mesh_net::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
+    mesh_net::watch::reconnecting(
+        backoff,
+        (link, writer.clone(), identity, options, last_seen),
+        |(link, writer, identity, options, last_seen)| async move {
+            let result = subscribe_once(&link, &writer, &identity, &options, &last_seen).await;
+            ((link, writer, identity, options, last_seen), result)
+        },
+        |_, error| {
+            let Some(e) = error else { return };
             tracing::warn!(peer = %cluster, error = %e, "peering stream closed; retrying");
             writer.status(|s| {
                 if !matches!(s.state.as_str(), "stale" | "withdrawn" | "timed out") {
@@ -326,9 +331,9 @@ async fn subscribe_loop(link: Link, writer: Writer, identity: Identity, options:
                 }
                 s.last_error = e.clone();
             });
-        }
-        backoff.wait(started).await;
-    }
+        },
+    )
+    .await;
 }
 
 /// Watches one link's lease. On expiry the peer's endpoints are kept and marked
@@ -345,7 +350,7 @@ async fn lease_watchdog(
 ) {
     let cluster = link.cluster.clone();
     let probe_tls = link_trust(&link).map(|trust| {
-        Arc::new(identity.client_config_with_trust(trust, vec![], &[mesh_proxy::probe::ALPN_PROBE]))
+        Arc::new(identity.client_config_with_trust(trust, vec![], &[mesh_net::probe::ALPN_PROBE]))
     });
     let withdraw = |reason: String| {
         if writer.owned(|r, c| r.set_remote(c, None)).is_none() {
@@ -403,8 +408,9 @@ async fn lease_watchdog(
         }
         let result = match resolve(&link.gateway_address).await {
             Ok(gw) => {
-                mesh_proxy::probe::probe_gateway(gw, options.source, tls, options.probe_timeout)
+                mesh_net::probe::probe_gateway(gw, options.source, tls, options.probe_timeout)
                     .await
+                    .map_err(|e| e.to_string())
             }
             Err(e) => Err(e),
         };
@@ -483,7 +489,7 @@ async fn subscribe_once(
     });
     // Pinged every 2 s: a peer behind a path that went dark is noticed in 3 s and
     // reconnected to as soon as the path heals.
-    let channel = match mesh_proxy::discovery_client::tls_channel_from(
+    let channel = match mesh_net::channel::tls_channel_from(
         address,
         options.source,
         Duration::from_secs(2),
@@ -493,7 +499,7 @@ async fn subscribe_once(
     {
         Ok(c) => c,
         Err(e) => {
-            let reason = mesh_proxy::discovery_client::source_chain(&e);
+            let reason = mesh_net::channel::source_chain(&e);
             let mismatch = reason.contains("certificate")
                 || reason.contains("identity")
                 || reason.contains("issuer");
@@ -539,7 +545,7 @@ async fn subscribe_once(
         let lease = Duration::from_secs(u64::from(update.lease_seconds.max(1)));
         *lock(last_seen) = Some((Instant::now(), lease));
         let decode = |svc: &ExportedService| {
-            serde_json::from_slice::<mesh_proxy::config::ServiceConfig>(&svc.body)
+            serde_json::from_slice::<mesh_proto::model::ServiceConfig>(&svc.body)
                 .map(|cfg| ((svc.namespace.clone(), svc.name.clone()), cfg, svc.export_to.clone()))
                 .map_err(|e| tracing::warn!(peer = %cluster, service = %format!("{}/{}", svc.namespace, svc.name), error = %e, "exported service refused"))
                 .ok()
@@ -616,9 +622,9 @@ pub async fn try_subscribe(
     cluster: &str,
 ) -> Result<(), String> {
     let tls = identity.client_config_with_trust(server_trust, vec![], &[b"h2"]);
-    let channel = mesh_proxy::discovery_client::tls_channel(addr, Arc::new(tls))
+    let channel = mesh_net::channel::tls_channel(addr, Arc::new(tls))
         .await
-        .map_err(|e| mesh_proxy::discovery_client::source_chain(&e))?;
+        .map_err(|e| mesh_net::channel::source_chain(&e))?;
     let mut stream = PeeringClient::new(channel)
         .subscribe(SubscribeRequest {
             cluster: cluster.into(),

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use mesh_proxy::http_util::{serve_endpoints, text_response};
+use mesh_net::http::{serve_endpoints, text_response};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -91,7 +91,7 @@ pub async fn serve(listener: TcpListener, views: Views) {
             }
             "/debug/registry" => json(registry.summary()),
             "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
-            "/debug/certs" => json(mesh_proxy::admin::certs(identity)),
+            "/debug/certs" => json(identity.report()),
             "/debug/peering-refusals" => {
                 json(serde_json::to_value(links.refusals()).unwrap_or_default())
             }

@@ -17,7 +17,7 @@ use mesh_proto::config::{
     ConfigRequest, ConfigResponse, Node as WireNode, Resource as WireResource,
     config_discovery_server::ConfigDiscovery,
 };
-use mesh_proxy::discovery_client::{KIND_NODE, NODE_RESOURCE};
+use mesh_proto::model::{KIND_NODE, NODE_RESOURCE};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -253,7 +253,7 @@ fn wire(o: &Output) -> WireResource {
 fn node_resource(registry: &Registry, node: &WireNode, id: &SpiffeId) -> WireResource {
     let ip = node.ip.parse().ok();
     let workload = registry.workload(&node.namespace, &node.name, ip);
-    let n = mesh_proxy::config::Node {
+    let n = mesh_proto::model::Node {
         name: node.name.clone(),
         namespace: node.namespace.clone(),
         service_account: id.service_account().to_owned(),

@@ -19,7 +19,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use mesh_api::networking::WorkloadEntry;
-use mesh_proxy::config::{EndpointConfig, ServiceConfig, ServicePortConfig};
+use mesh_proto::model::{EndpointConfig, ServiceConfig, ServicePortConfig};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -811,7 +811,7 @@ impl Registry {
                 "{}.{}.svc.{}",
                 key.1,
                 key.0,
-                mesh_proxy::config::CLUSTER_DOMAIN
+                mesh_proto::model::CLUSTER_DOMAIN
             );
             let cluster_local = self.is_cluster_local(&host);
             let local = inner.services.get(&key).map(|svc| {
@@ -830,7 +830,13 @@ impl Registry {
                 .filter(|(_, export_to)| !cluster_local && !export_to.iter().any(|e| e == "~"))
                 .map(|(cfg, export_to)| {
                     let body = serde_json::to_vec(cfg).unwrap_or_default();
-                    Output::new(name.clone(), "Service", &key.0, export_to.clone(), body)
+                    Output::new(
+                        name.clone(),
+                        mesh_proto::model::KIND_SERVICE,
+                        &key.0,
+                        export_to.clone(),
+                        body,
+                    )
                 });
             if inner.exports.set(&name, export, gen_) {
                 inner.pending_since.get_or_insert_with(Instant::now);
@@ -863,7 +869,13 @@ impl Registry {
                     cfg.endpoints.extend(self.remote_endpoints(remote, svc));
                 }
                 let body = serde_json::to_vec(&cfg).unwrap_or_default();
-                Output::new(name.clone(), "Service", &key.0, export_to, body)
+                Output::new(
+                    name.clone(),
+                    mesh_proto::model::KIND_SERVICE,
+                    &key.0,
+                    export_to,
+                    body,
+                )
             });
             set_output(inner, &name, output, gen_);
         }
@@ -908,7 +920,9 @@ impl Registry {
         if let Some(gw) = remote.gateway {
             for ((labels, locality, service_account, cluster, network), weight) in groups {
                 out.push(EndpointConfig {
-                    tunnel: remote.gateway_quic.then(|| "quic".to_owned()),
+                    tunnel: remote
+                        .gateway_quic
+                        .then_some(mesh_proto::model::Tunnel::Quic),
                     address: gw.ip(),
                     inbound_port: Some(gw.port()),
                     labels,

@@ -3,7 +3,7 @@
 //! subset, never decrypting. Its config is what the cluster exports (discovery's
 //! gateway view), so only exported, non-cluster-local services are reachable; an
 //! unknown or forbidden SNI is refused and counted. The server name
-//! [`mesh_proxy::probe::GATEWAY_PROBE_SNI`] is answered by the gateway itself: the
+//! [`mesh_net::probe::GATEWAY_PROBE_SNI`] is answered by the gateway itself: the
 //! health check linked clusters run through this port.
 
 use std::net::SocketAddr;
@@ -211,7 +211,7 @@ pub async fn start(
         // The probe is answered with the gateway's own certificate (mTLS).
         let probe_tls = identity
             .as_ref()
-            .map(|i| Arc::new(i.server_config(&[mesh_proxy::probe::ALPN_PROBE])));
+            .map(|i| Arc::new(i.server_config(&[mesh_net::probe::ALPN_PROBE])));
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((conn, peer)) = listener.accept().await else {
@@ -254,8 +254,7 @@ pub async fn start(
                         Some(id) => text_response(
                             http::StatusCode::OK,
                             "application/json",
-                            serde_json::to_string_pretty(&mesh_proxy::admin::certs(id))
-                                .unwrap_or_default(),
+                            serde_json::to_string_pretty(&id.report()).unwrap_or_default(),
                         ),
                         None => text_response(
                             http::StatusCode::NOT_FOUND,
@@ -461,7 +460,7 @@ async fn handle(
     store: &StateStore,
     metrics: &GatewayMetrics,
     options: &GatewayOptions,
-    probe_tls: Option<mesh_proxy::probe::ProbeServerConfig>,
+    probe_tls: Option<mesh_net::probe::ProbeServerConfig>,
 ) {
     let (hello, sni) =
         match tokio::time::timeout(options.hello_timeout, read_client_hello(&mut conn)).await {
@@ -478,7 +477,7 @@ async fn handle(
             "the ClientHello has no server name",
         );
     };
-    if sni == mesh_proxy::probe::GATEWAY_PROBE_SNI {
+    if sni == mesh_net::probe::GATEWAY_PROBE_SNI {
         // A linked cluster checking this gateway: answered here, not routed.
         let Some(tls) = probe_tls else {
             return refuse(
@@ -493,11 +492,11 @@ async fn handle(
         let (read, write) = tokio::io::split(conn);
         let replayed = tokio::io::join(std::io::Cursor::new(hello).chain(read), write);
         let cluster = store.snapshot().node.cluster.clone();
-        match mesh_proxy::probe::answer_probe(replayed, tls, store.is_ready(), &cluster).await {
+        match mesh_net::probe::answer_probe(replayed, tls, store.is_ready(), &cluster).await {
             Ok(()) => {
                 metrics.probes.inc();
             }
-            Err(e) => refuse(metrics, peer, Some(&sni), "probe_refused", &e),
+            Err(e) => refuse(metrics, peer, Some(&sni), "probe_refused", &e.to_string()),
         }
         return;
     }

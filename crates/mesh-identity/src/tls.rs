@@ -297,3 +297,39 @@ impl ResolvesClientCert for CertResolver {
         true
     }
 }
+
+impl Identity {
+    /// The proxy's certificate and trust as `/certs` shows them (Envoy's admin has the
+    /// same endpoint): identity, serial, expiry, the issuing intermediate, and the serials
+    /// of the roots trusted per trust domain.
+    pub fn report(&self) -> serde_json::Value {
+        let identity = self;
+        let cert = identity.cert();
+        let issuer = cert
+            .chain()
+            .get(1)
+            .and_then(|der| crate::cert::CertInfo::parse(der, "issuer").ok());
+        let trust = identity.trust();
+        let roots: serde_json::Map<_, _> = trust
+            .bundle
+            .trust_domains()
+            .map(|td| {
+                let serials: Vec<String> = trust
+                    .bundle
+                    .root_infos(td)
+                    .iter()
+                    .map(|i| i.serial.clone())
+                    .collect();
+                (td.to_string(), serials.into())
+            })
+            .collect();
+        serde_json::json!({
+            "spiffe_id": cert.id().to_string(),
+            "serial": cert.info().serial,
+            "not_after": crate::cert::rfc3339(cert.info().not_after),
+            "issuer": issuer.as_ref().map(|i| i.subject.clone()),
+            "issuer_serial": issuer.as_ref().map(|i| i.serial.clone()),
+            "trust_roots": roots,
+        })
+    }
+}

@@ -4,21 +4,25 @@
 //! - [`config`]: the proxy config stream (discovery → sidecar/gateway), incremental and
 //!   acknowledged;
 //! - [`ca`]: workload certificate signing (workload → discovery's CA);
-//! - [`peering`]: discovery ⇄ discovery, what a linked cluster exports.
+//! - [`peering`]: discovery ⇄ discovery, what a linked cluster exports;
+//! - [`model`]: the services, endpoints and node identity those streams carry.
 
-#![allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod model;
 
 /// The proxy config stream (`isthmus.config.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod config {
     tonic::include_proto!("isthmus.config.v1");
 }
 
 /// Workload certificate signing (`isthmus.ca.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod ca {
     tonic::include_proto!("isthmus.ca.v1");
 }
 
 /// Discovery ⇄ discovery peering (`isthmus.peering.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod peering {
     tonic::include_proto!("isthmus.peering.v1");
 }

@@ -54,7 +54,7 @@ impl Admin {
             "/certs" => (
                 StatusCode::OK,
                 "application/json",
-                serde_json::to_string_pretty(&certs(&self.identity)).unwrap_or_default(),
+                serde_json::to_string_pretty(&self.identity.report()).unwrap_or_default(),
             ),
             _ => (
                 StatusCode::NOT_FOUND,
@@ -81,7 +81,7 @@ impl Admin {
         let doc = serde_json::json!({
             "version": state.version,
             "node": state.node,
-            "identity": certs(&self.identity),
+            "identity": self.identity.report(),
             "services": state.services.values().collect::<Vec<_>>(),
             "routes": routes,
             "destination_rules": state.policies,
@@ -91,37 +91,4 @@ impl Admin {
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default()
     }
-}
-
-/// The proxy's certificate and trust as `/certs` shows them (Envoy's admin has the
-/// same endpoint): identity, serial, expiry, the issuing intermediate, and the serials
-/// of the roots trusted per trust domain.
-pub fn certs(identity: &Identity) -> serde_json::Value {
-    let cert = identity.cert();
-    let issuer = cert
-        .chain()
-        .get(1)
-        .and_then(|der| mesh_identity::cert::CertInfo::parse(der, "issuer").ok());
-    let trust = identity.trust();
-    let roots: serde_json::Map<_, _> = trust
-        .bundle
-        .trust_domains()
-        .map(|td| {
-            let serials: Vec<String> = trust
-                .bundle
-                .root_infos(td)
-                .iter()
-                .map(|i| i.serial.clone())
-                .collect();
-            (td.to_string(), serials.into())
-        })
-        .collect();
-    serde_json::json!({
-        "spiffe_id": cert.id().to_string(),
-        "serial": cert.info().serial,
-        "not_after": mesh_identity::cert::rfc3339(cert.info().not_after),
-        "issuer": issuer.as_ref().map(|i| i.subject.clone()),
-        "issuer_serial": issuer.as_ref().map(|i| i.serial.clone()),
-        "trust_roots": roots,
-    })
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mesh_api::Resource as IstioResource;
 use mesh_identity::{Identity, SpiffeId};
@@ -24,12 +24,7 @@ use tokio::sync::mpsc;
 use crate::config::{ConfigBundle, Node, ProxyConfig, ServiceConfig};
 use crate::state::{ProxyState, StateStore};
 
-/// Resource kinds that are not Istio kinds.
-pub const KIND_NODE: &str = "Node";
-/// A service with its ports and endpoints ([`ServiceConfig`] as JSON).
-pub const KIND_SERVICE: &str = "Service";
-/// The name of the node resource.
-pub const NODE_RESOURCE: &str = "Node";
+pub use mesh_proto::model::{KIND_NODE, KIND_SERVICE, NODE_RESOURCE};
 
 #[derive(Debug, Clone)]
 enum Item {
@@ -281,54 +276,7 @@ pub struct StreamStatus {
     pub last_error: Option<String>,
 }
 
-/// Opens a gRPC channel to discovery over mTLS with the workload identity.
-pub async fn channel(
-    address: SocketAddr,
-    identity: &Identity,
-    expected: Vec<SpiffeId>,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let tls = Arc::new(identity.client_config(expected, &[b"h2"]));
-    tls_channel(address, tls).await
-}
-
-/// Opens a gRPC channel over TLS with the given client config.
-pub async fn tls_channel(
-    address: SocketAddr,
-    tls: Arc<tokio_rustls::rustls::ClientConfig>,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tls_channel_from(address, None, Duration::from_secs(10), tls).await
-}
-
-/// As [`tls_channel`], its connections leaving from the local address `source` when
-/// given, pinging every `keep_alive` (and giving up after half of it more without an
-/// answer) so that a path that went dark is noticed.
-pub async fn tls_channel_from(
-    address: SocketAddr,
-    source: Option<std::net::IpAddr>,
-    keep_alive: Duration,
-    tls: Arc<tokio_rustls::rustls::ClientConfig>,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let connector = tower::service_fn(move |_uri: http::Uri| {
-        let tls = tls.clone();
-        async move {
-            // Marked as the proxy's own: in a captured pod the config stream and the
-            // CA must not loop back through the proxy (which may not be listening yet).
-            let tcp = crate::capture::connect_marked_from(address, source).await?;
-            let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("a socket address is a valid URI")
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(keep_alive)
-        .keep_alive_timeout(keep_alive / 2)
-        .connect_with_connector(connector)
-        .await
-}
+pub use mesh_net::channel::{channel, source_chain, tls_channel};
 
 /// Keeps the config stream up for as long as the task runs, applying every response
 /// to `store`. Status updates go to `status`.
@@ -338,20 +286,30 @@ pub async fn run(
     store: Arc<StateStore>,
     status: Arc<arc_swap::ArcSwap<StreamStatus>>,
 ) {
-    let mut set = ResourceSet::default();
-    let mut backoff = crate::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
-    loop {
-        let started = Instant::now();
-        let result = stream_once(&options, &identity, &store, &mut set, &status).await;
-        let mut s = (**status.load()).clone();
-        s.connected = false;
-        s.last_error = result.err();
-        if let Some(e) = &s.last_error {
-            tracing::warn!(discovery = %options.address, error = %e, "config stream closed; serving the last good config");
-        }
-        status.store(Arc::new(s));
-        backoff.wait(started).await;
-    }
+    // What is held outlives each stream: a reconnect sends its versions, so discovery
+    // resends only what differs.
+    let backoff = mesh_net::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
+    let address = options.address;
+    let context = (options, identity, store, status.clone());
+    mesh_net::watch::reconnecting(
+        backoff,
+        (context, ResourceSet::default()),
+        |((options, identity, store, status), mut set)| async move {
+            let result = stream_once(&options, &identity, &store, &mut set, &status).await;
+            (((options, identity, store, status), set), result)
+        },
+        |_, error: Option<String>| {
+            if let Some(e) = &error {
+                tracing::warn!(discovery = %address, error = %e, "config stream closed; serving the last good config");
+            }
+            status.rcu(|s| StreamStatus {
+                connected: false,
+                last_error: error.clone(),
+                ..(**s).clone()
+            });
+        },
+    )
+    .await;
 }
 
 async fn stream_once(
@@ -420,21 +378,6 @@ async fn stream_once(
         .await
         .map_err(|_| "request channel closed".to_owned())?;
     }
-}
-
-/// An error and its sources, joined: tonic's transport errors say little on their own.
-pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@
 
 pub mod admin;
 pub mod authz;
-pub mod backoff;
 pub mod bootstrap;
 pub mod ca_client;
 pub mod capture;
@@ -34,7 +33,6 @@ pub mod peer;
 pub mod peer_authn;
 pub mod plan;
 pub mod pool;
-pub mod probe;
 pub mod retry;
 pub mod routes;
 pub mod sidecar;

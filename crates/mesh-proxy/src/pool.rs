@@ -440,7 +440,7 @@ impl MeshPool {
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
-        let tcp = tokio::time::timeout(timeout, crate::capture::connect_marked(addr))
+        let tcp = tokio::time::timeout(timeout, mesh_net::socket::connect_marked(addr))
             .await
             .map_err(|_| uf(format!("{addr}: connect timed out after {timeout:?}")))?
             .map_err(|e| uf(format!("{addr}: {e}")))?;
@@ -537,7 +537,7 @@ impl MeshPool {
             }
         }
         let tcp: TcpStream =
-            tokio::time::timeout(timeout, crate::capture::connect_marked(endpoint))
+            tokio::time::timeout(timeout, mesh_net::socket::connect_marked(endpoint))
                 .await
                 .map_err(|_| uf(format!("{endpoint}: connect timed out after {timeout:?}")))?
                 .map_err(|e| uf(format!("{endpoint}: {e}")))?;

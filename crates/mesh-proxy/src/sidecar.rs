@@ -189,7 +189,7 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>) {
 /// A captured connection to something outside the mesh goes where it was going,
 /// untouched (Istio's `ALLOW_ANY` outbound policy).
 async fn passthrough(mut downstream: tokio::net::TcpStream, dst: SocketAddr) {
-    match crate::capture::connect_marked(dst).await {
+    match mesh_net::socket::connect_marked(dst).await {
         Ok(mut upstream) => {
             let r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
             tracing::info!(target: "access", direction = "outbound", upstream_host = %dst, upstream_cluster = "PassthroughCluster", bytes = ?r.ok(), "tcp passthrough");

@@ -556,7 +556,7 @@ impl ProxyState {
                         locality: e.locality.clone(),
                         weight: e.weight.unwrap_or(1),
                         ready: e.ready,
-                        quic: e.tunnel.as_deref() == Some("quic"),
+                        quic: e.tunnel == Some(crate::config::Tunnel::Quic),
                         stale: e.stale,
                         source_labels: std::sync::OnceLock::new(),
                     })

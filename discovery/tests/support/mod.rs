@@ -203,6 +203,7 @@ pub async fn get(
     mesh_proxy::http_util::request(outbound, authority, path, &[])
         .await
         .map(|(s, b)| (s.as_u16(), b))
+        .map_err(String::from)
 }
 
 /// Writes a file the way a config manager would (write, then rename), so a half

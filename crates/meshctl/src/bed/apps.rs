@@ -151,4 +151,5 @@ pub(crate) async fn call(
     mesh_proxy::http_util::request(outbound, authority, path, headers)
         .await
         .map(|(status, body)| (status.as_u16(), body))
+        .map_err(String::from)
 }

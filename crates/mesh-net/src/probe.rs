@@ -21,6 +21,73 @@ pub type ProbeServerConfig = Arc<tokio_rustls::rustls::ServerConfig>;
 /// ALPN of the probe.
 pub const ALPN_PROBE: &[u8] = b"isthmus-probe";
 
+/// Why a probe failed or was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No TCP connection to the gateway.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The gateway.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (either side refused the other's certificate).
+    #[error("TLS with {addr}: {source}")]
+    Handshake {
+        /// The gateway.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection broke while the probe was asked or answered.
+    #[error("probe exchange with {addr}: {source}")]
+    Exchange {
+        /// The gateway.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gateway closed the connection without an answer.
+    #[error("{addr} closed the probe without an answer")]
+    NoAnswer {
+        /// The gateway.
+        addr: SocketAddr,
+    },
+    /// The gateway answered that it cannot route (it holds no config yet).
+    #[error("{addr} answered {status:?}: {body}")]
+    NotReady {
+        /// The gateway.
+        addr: SocketAddr,
+        /// Its status line.
+        status: String,
+        /// Its body.
+        body: String,
+    },
+    /// No answer in time.
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// The gateway.
+        addr: SocketAddr,
+        /// How long the prober waited.
+        timeout: Duration,
+    },
+}
+
+/// Why a probe could not be answered (on the gateway's side).
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The prober's handshake failed.
+    #[error("probe handshake: {0}")]
+    Handshake(std::io::Error),
+    /// The connection broke.
+    #[error("probe connection: {0}")]
+    Io(std::io::Error),
+    /// The request head did not end within 4 KiB.
+    #[error("incomplete probe request")]
+    Incomplete,
+}
+
 /// Probes the gateway at `addr` with `tls` (the prober's identity, the gateway's
 /// trust): `Ok` with the gateway's answer when it is ready, else why not.
 pub async fn probe_gateway(
@@ -28,26 +95,27 @@ pub async fn probe_gateway(
     source: Option<std::net::IpAddr>,
     tls: Arc<tokio_rustls::rustls::ClientConfig>,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ProbeError> {
     let attempt = async {
-        let tcp = crate::capture::connect_marked_from(addr, source)
+        let tcp = crate::socket::connect_marked_from(addr, source)
             .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        let name =
-            rustls_pki_types::ServerName::try_from(GATEWAY_PROBE_SNI).map_err(|e| e.to_string())?;
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let name = rustls_pki_types::ServerName::try_from(GATEWAY_PROBE_SNI)
+            .expect("the probe name is a valid DNS name");
         let mut tls = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {addr}: {e}"))?;
+            .map_err(|source| ProbeError::Handshake { addr, source })?;
+        let exchange = |source| ProbeError::Exchange { addr, source };
         tls.write_all(b"GET /ready HTTP/1.1\r\nhost: gateway-probe\r\nconnection: close\r\n\r\n")
             .await
-            .map_err(|e| format!("writing to {addr}: {e}"))?;
+            .map_err(exchange)?;
         let mut lines = BufReader::new(tls).lines();
         let status = lines
             .next_line()
             .await
-            .map_err(|e| format!("reading from {addr}: {e}"))?
-            .ok_or_else(|| format!("{addr} closed the probe without an answer"))?;
+            .map_err(exchange)?
+            .ok_or(ProbeError::NoAnswer { addr })?;
         let mut body = String::new();
         while let Ok(Some(line)) = lines.next_line().await {
             body = line;
@@ -55,12 +123,12 @@ pub async fn probe_gateway(
         if status.starts_with("HTTP/1.1 200") {
             Ok(body)
         } else {
-            Err(format!("{addr} answered {status:?}: {body}"))
+            Err(ProbeError::NotReady { addr, status, body })
         }
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
+        .map_err(|_| ProbeError::Timeout { addr, timeout })?
 }
 
 /// Answers one probe on `stream` (the TLS connection whose ClientHello named
@@ -71,20 +139,20 @@ pub async fn answer_probe<S: AsyncRead + AsyncWrite + Unpin>(
     tls: ProbeServerConfig,
     ready: bool,
     about: &str,
-) -> Result<(), String> {
+) -> Result<(), AnswerError> {
     let mut tls = tokio_rustls::TlsAcceptor::from(tls)
         .accept(stream)
         .await
-        .map_err(|e| format!("probe handshake: {e}"))?;
+        .map_err(AnswerError::Handshake)?;
     // The request head, at most a few lines.
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = tokio::io::AsyncReadExt::read(&mut tls, &mut buf)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(AnswerError::Io)?;
         if n == 0 || head.len() > 4096 {
-            return Err("incomplete probe request".into());
+            return Err(AnswerError::Incomplete);
         }
         head.extend_from_slice(&buf[..n]);
     }
@@ -99,7 +167,7 @@ pub async fn answer_probe<S: AsyncRead + AsyncWrite + Unpin>(
     );
     tls.write_all(answer.as_bytes())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(AnswerError::Io)?;
     let _ = tls.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,163 @@
+//! The proxy's view of the mesh as discovery sends it and a config file spells it: who
+//! the proxy is ([`Node`]), the services it may call ([`ServiceConfig`]) with their
+//! ports and endpoints (in any cluster, network and locality, behind an east-west
+//! gateway and its [`Tunnel`] or not). Discovery builds these, the sidecar and the
+//! gateways read them; the config stream carries them as JSON.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The port a sidecar accepts mesh (mTLS) traffic on.
+pub const INBOUND_PORT: u16 = 15006;
+/// The port a sidecar accepts outbound traffic from its application on.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Kubernetes' cluster domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The `ProxyConfig` document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Always `isthmus.dev/v1alpha1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// Always `ProxyConfig`.
+    #[serde(default)]
+    pub kind: String,
+    /// Version label of this config (shown in `/config_dump` and logs).
+    #[serde(default)]
+    pub version: String,
+    /// The workload this proxy serves.
+    pub node: Node,
+    /// Services this proxy can reach.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// The workload a proxy runs beside.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Node {
+    /// Workload (pod) name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account: the SPIFFE identity is `spiffe://TD/ns/NAMESPACE/sa/SA`.
+    #[serde(default = "default_sa")]
+    pub service_account: String,
+    /// Cluster name.
+    #[serde(default)]
+    pub cluster: String,
+    /// Network name.
+    #[serde(default)]
+    pub network: String,
+    /// `region/zone/subzone`.
+    #[serde(default)]
+    pub locality: String,
+    /// Workload labels (for `sourceLabels` matches and policy selectors).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_sa() -> String {
+    "default".into()
+}
+
+/// A service and its endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Virtual IPs (the Kubernetes ClusterIP): captured connections to them are
+    /// routed to this service.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Ports.
+    pub ports: Vec<ServicePortConfig>,
+    /// Endpoints (in any cluster or network).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// A service port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePortConfig {
+    /// Port name; its prefix gives the protocol as in Istio (`http-…`, `grpc-…`, `tcp-…`).
+    #[serde(default)]
+    pub name: String,
+    /// Service port.
+    pub port: u16,
+    /// Port on the workload (defaults to `port`).
+    #[serde(default)]
+    pub target_port: Option<u16>,
+    /// Explicit protocol (`http`, `http2`, `grpc`, `tcp`, …), overriding the name.
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// IP address of the workload.
+    pub address: IpAddr,
+    /// Port where the workload's sidecar accepts mesh traffic (default 15006).
+    #[serde(default)]
+    pub inbound_port: Option<u16>,
+    /// Labels of the workload.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Service account of the workload.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Cluster the endpoint runs in.
+    #[serde(default)]
+    pub cluster: String,
+    /// Network the endpoint is on.
+    #[serde(default)]
+    pub network: String,
+    /// `region/zone/subzone`.
+    #[serde(default)]
+    pub locality: String,
+    /// Load-balancing weight (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// False when the workload is not ready.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// `quic` when the endpoint is an east-west gateway that also accepts QUIC tunnels
+    /// on the same port (UDP); sidecars then try QUIC first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
+    /// True when the endpoint's cluster stopped renewing its lease (its control plane
+    /// is silent) but its east-west gateway still passes health checks: kept, shown
+    /// as stale.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A tunnel an east-west gateway endpoint accepts besides mTLS over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tunnel {
+    /// QUIC on the same port (UDP).
+    Quic,
+}
+
+/// The kind of the config-stream resource that says who the proxy is (a [`Node`] as
+/// JSON); every other kind is an Istio kind or [`KIND_SERVICE`].
+pub const KIND_NODE: &str = "Node";
+/// A service with its ports and endpoints ([`ServiceConfig`] as JSON).
+pub const KIND_SERVICE: &str = "Service";
+/// The name of the node resource.
+pub const NODE_RESOURCE: &str = "Node";
