@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use mesh_proxy::StateStore;
 use mesh_proxy::http_util::{serve_endpoints, text_response};
+use mesh_proxy::policy::DestinationPolicy;
 use mesh_proxy::sni::{parse_outbound_sni, read_client_hello};
-use mesh_proxy::state::DestinationPolicy;
 use mesh_telemetry::metrics::PeerLabels;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

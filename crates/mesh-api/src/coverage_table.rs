@@ -61,7 +61,7 @@ const AUTHZ_E2E: &[&str] =
     &["crates/mesh-proxy/tests/http_routing::authorization_policy_allows_denies_and_deny_wins"];
 const AUTHZ_TCP: &[&str] = &["crates/mesh-proxy/src/authz/mod::tcp_reads_rules_the_strict_way"];
 const POLICY_LAYERS: &[&str] =
-    &["crates/mesh-proxy/src/state::traffic_policy_resolves_top_port_subset_and_subset_port"];
+    &["crates/mesh-proxy/src/policy::traffic_policy_resolves_top_port_subset_and_subset_port"];
 const OUTLIER: &[&str] = &[
     "crates/mesh-proxy/tests/resilience::outlier_detection_ejects_a_failing_endpoint_and_readmits_it",
 ];
@@ -444,7 +444,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "PortTrafficPolicy",
         "tls",
         "as trafficPolicy.tls",
-        &["crates/mesh-proxy/src/state::port_level_tls_and_http2_max_requests"],
+        &["crates/mesh-proxy/src/policy::port_level_tls_and_http2_max_requests"],
     ),
     e("LoadBalancerSettings", "simple", POLICY_LAYERS),
     e(
@@ -473,12 +473,12 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     e(
         "ConsistentHashLb",
         "useSourceIp",
-        &["crates/mesh-proxy/src/state::consistent_hash_keys"],
+        &["crates/mesh-proxy/src/policy::consistent_hash_keys"],
     ),
     e(
         "ConsistentHashLb",
         "httpQueryParameterName",
-        &["crates/mesh-proxy/src/state::consistent_hash_keys"],
+        &["crates/mesh-proxy/src/policy::consistent_hash_keys"],
     ),
     w(
         "ConsistentHashLb",
@@ -582,7 +582,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     e(
         "HttpSettings",
         "http2MaxRequests",
-        &["crates/mesh-proxy/src/state::port_level_tls_and_http2_max_requests"],
+        &["crates/mesh-proxy/src/policy::port_level_tls_and_http2_max_requests"],
     ),
     e(
         "HttpSettings",

@@ -117,15 +117,16 @@ impl ResourceSet {
         Some(ConfigBundle { proxy, resources })
     }
 
-    /// Applies one response to `store`. Each added or changed resource is decoded and
-    /// compiled on its own first (with the node), and refused alone when that fails.
-    /// If the accepted resources together still do not compile (a conflict between
-    /// resources, e.g. two outputs for one service host), those that cause it are
-    /// found by adding them one at a time, and refused alone.
+    /// Applies one response to `store`, compiling the whole set once. Each added or
+    /// changed resource is decoded and validated on its own first (an Istio object
+    /// with the node), and refused alone when that fails; a service whose host another
+    /// held or newer resource already defines is refused alone too (the one held, or
+    /// else the first by name, keeps it), so the set that is compiled is the set that
+    /// is installed. Should the set still not compile, every change of this response
+    /// is refused together and the last good config stays in force.
     pub fn apply(&mut self, response: &ConfigResponse, store: &StateStore) -> Applied {
         let origin = format!("discovery (version {})", response.system_version);
         let mut rejected = Vec::new();
-        let mut accepted: Vec<(String, Held)> = Vec::new();
         let node_now = response
             .resources
             .iter()
@@ -140,7 +141,27 @@ impl ResourceSet {
                     _ => None,
                 })
             });
-        for r in &response.resources {
+
+        let mut next = self.held.clone();
+        for name in &response.removed {
+            next.remove(name);
+        }
+        // Which resource defines each service host, among those that stay.
+        let mut hosts: HashMap<String, String> = next
+            .iter()
+            .filter_map(|(name, h)| match &h.item {
+                Item::Service(svc) => Some((service_host(svc), name.clone())),
+                _ => None,
+            })
+            .collect();
+        // Changed services give their old host up first, so a service may move.
+        let changed: std::collections::HashSet<&str> =
+            response.resources.iter().map(|r| r.name.as_str()).collect();
+        hosts.retain(|_, owner| !changed.contains(owner.as_str()));
+        let mut incoming: Vec<&WireResource> = response.resources.iter().collect();
+        incoming.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut accepted = 0usize;
+        for r in incoming {
             let reject = |reason: String| Rejection {
                 name: r.name.clone(),
                 version: r.version.clone(),
@@ -153,72 +174,65 @@ impl ResourceSet {
                     continue;
                 }
             };
-            if let (Item::Istio(res), Some(node)) = (&item, &node_now) {
-                let alone = ConfigBundle {
-                    proxy: ProxyConfig {
-                        node: node.clone(),
-                        ..Default::default()
-                    },
-                    resources: vec![res.clone()],
-                };
-                if let Err(e) = ProxyState::compile(&alone, &r.name) {
-                    rejected.push(reject(e.reasons.join("; ")));
-                    continue;
+            match (&item, &node_now) {
+                (Item::Istio(res), Some(node)) => {
+                    let alone = ConfigBundle {
+                        proxy: ProxyConfig {
+                            node: node.clone(),
+                            ..Default::default()
+                        },
+                        resources: vec![res.clone()],
+                    };
+                    if let Err(e) = ProxyState::compile(&alone, &r.name) {
+                        rejected.push(reject(e.reasons.join("; ")));
+                        continue;
+                    }
                 }
+                (Item::Service(svc), _) => {
+                    let host = service_host(svc);
+                    if let Some(owner) = hosts.get(&host).filter(|o| **o != r.name) {
+                        rejected.push(reject(format!(
+                            "conflicts with the config held: service {host} is listed twice \
+                             (already defined by {owner})"
+                        )));
+                        continue;
+                    }
+                    hosts.insert(host, r.name.clone());
+                }
+                _ => {}
             }
-            accepted.push((
+            accepted += 1;
+            next.insert(
                 r.name.clone(),
                 Held {
                     version: r.version.clone(),
                     item,
                 },
-            ));
+            );
         }
 
-        let mut next = self.held.clone();
-        for name in &response.removed {
-            next.remove(name);
-        }
         let version = response.system_version.clone();
-        let compiles = |set: &BTreeMap<String, Held>| {
-            Self::bundle(set, &version).map(|b| ProxyState::compile(&b, &origin))
-        };
-        let mut all = next.clone();
-        all.extend(accepted.iter().cloned());
-        if let Some(Err(_)) = compiles(&all) {
-            // Some resources conflict with each other or with what is held: add them
-            // one at a time (services and the node first) and refuse those that break
-            // the config, so the rest still applies.
-            // Services and the node first, then Istio objects by name, so the outcome
-            // does not depend on the order of the response.
-            accepted.sort_by(|(a, ha), (b, hb)| {
-                let istio = |h: &Held| matches!(h.item, Item::Istio(_));
-                (istio(ha), a).cmp(&(istio(hb), b))
-            });
-            for (name, held) in accepted {
-                let mut candidate = next.clone();
-                candidate.insert(name.clone(), held.clone());
-                match compiles(&candidate) {
-                    Some(Err(e)) => rejected.push(Rejection {
-                        name,
-                        version: held.version,
-                        reason: format!("conflicts with the config held: {}", e.reasons.join("; ")),
-                    }),
-                    _ => next = candidate,
-                }
-            }
-        } else {
-            next = all;
-        }
         let mut changed = false;
-        match Self::bundle(&next, &version).map(|b| store.apply(&b, &origin)) {
-            Some(Ok(())) => {
+        match Self::bundle(&next, &version).map(|b| ProxyState::compile(&b, &origin)) {
+            Some(Ok(state)) => {
+                store.install(state);
                 self.held = next;
                 changed = true;
             }
             Some(Err(e)) => {
-                // Cannot happen after the checks above; keep everything as it was.
-                tracing::error!(error = %e, "config refused after validation");
+                // A conflict between resources that no check above knows: nothing of
+                // this response is taken, so the proxy keeps a config it knows works.
+                let reason = format!("conflicts with the config held: {}", e.reasons.join("; "));
+                store.record_rejection(e);
+                for r in &response.resources {
+                    if !rejected.iter().any(|x| x.name == r.name) {
+                        rejected.push(Rejection {
+                            name: r.name.clone(),
+                            version: r.version.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
             }
             None => {
                 // No node yet: hold what was accepted until the node arrives.
@@ -231,8 +245,18 @@ impl ResourceSet {
         for r in &rejected {
             tracing::warn!(resource = %r.name, version = %r.version, reason = %r.reason, "resource refused; the last good version stays in force");
         }
+        tracing::debug!(
+            accepted,
+            refused = rejected.len(),
+            "config response applied"
+        );
         Applied { rejected, changed }
     }
+}
+
+/// The host a service is known by, as the compiler names it.
+fn service_host(svc: &ServiceConfig) -> String {
+    crate::model::resolve_host(&svc.name, &svc.namespace)
 }
 
 /// Where and how to reach discovery.
@@ -532,6 +556,46 @@ mod tests {
         let svc = &state.services["reviews.shop.svc.cluster.local"];
         assert_eq!(svc.endpoints[0].inbound.ip().to_string(), "10.0.0.1");
         assert_eq!(set.versions().len(), 2, "the refused copy is not held");
+    }
+
+    #[test]
+    fn a_duplicate_in_one_response_is_refused_by_name_and_the_rest_applies() {
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        let mut copy = service("reviews", "1", "10.0.0.9");
+        copy.name = "Service/shop/reviews-copy".into();
+        let applied = set.apply(
+            &response(
+                "1",
+                vec![
+                    copy,
+                    vs("reviews", "a", "^/v1/.*"),
+                    service("reviews", "1", "10.0.0.1"),
+                    node(),
+                ],
+                &[],
+            ),
+            &store,
+        );
+        // The first by name keeps the host, whatever the order sent.
+        assert_eq!(applied.rejected.len(), 1, "{applied:?}");
+        assert_eq!(applied.rejected[0].name, "Service/shop/reviews-copy");
+        assert!(
+            applied.rejected[0]
+                .reason
+                .contains("already defined by Service/shop/reviews"),
+            "{applied:?}"
+        );
+        let state = store.snapshot();
+        assert_eq!(state.version, "1");
+        let svc = &state.services["reviews.shop.svc.cluster.local"];
+        assert_eq!(svc.endpoints[0].inbound.ip().to_string(), "10.0.0.1");
+        assert_eq!(
+            state.routes["reviews.shop.svc.cluster.local"].len(),
+            1,
+            "the VirtualService in the same response applied"
+        );
+        assert!(store.last_rejection().is_none());
     }
 
     #[test]

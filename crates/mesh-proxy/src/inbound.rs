@@ -21,8 +21,9 @@ use mesh_telemetry::metrics::{LabelCache, MeshMetrics};
 use crate::authz::{Attributes, Decision, HttpAttributes};
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged};
+use crate::model::Protocol;
 use crate::sni::parse_outbound_sni;
-use crate::state::{Protocol, StateStore};
+use crate::state::StateStore;
 
 /// The inbound side of a sidecar.
 #[derive(Clone)]
@@ -364,7 +365,7 @@ impl Inbound {
             })
             .unwrap_or_default()
             .to_owned();
-        let service_host = crate::state::strip_port(&authority_sent).to_owned();
+        let service_host = crate::model::strip_port(&authority_sent).to_owned();
         let grpc = parts
             .headers
             .get(http::header::CONTENT_TYPE)

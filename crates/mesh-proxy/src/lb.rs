@@ -20,146 +20,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use mesh_api::networking::{LocalityLbSetting, OutlierDetection, SimpleLb};
+use mesh_api::networking::SimpleLb;
 
 use crate::config::Node;
-use crate::state::{Endpoint, ResolvedPolicy};
-
-/// Compiled `outlierDetection`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct OutlierPolicy {
-    /// Consecutive 5xx before ejection (0 = off).
-    pub consecutive_5xx: u32,
-    /// Consecutive gateway errors before ejection (0 = off).
-    pub consecutive_gateway: u32,
-    /// Base ejection time.
-    pub base_ejection: Duration,
-    /// Most endpoints ejected at once, percent.
-    pub max_ejection_percent: u32,
-    /// Below this share of healthy endpoints, ejections are ignored.
-    pub min_health_percent: u32,
-}
-
-impl OutlierPolicy {
-    pub(crate) fn compile(o: &OutlierDetection) -> Self {
-        Self {
-            consecutive_5xx: o
-                .consecutive_5xx_errors
-                .or(o.consecutive_errors.map(|e| e.max(0) as u32))
-                .unwrap_or(OutlierDetection::DEFAULT_CONSECUTIVE_5XX),
-            consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
-            base_ejection: o.effective_base_ejection_time().as_std(),
-            max_ejection_percent: o.effective_max_ejection_percent().clamp(0, 100) as u32,
-            min_health_percent: o.effective_min_health_percent().clamp(0, 100) as u32,
-        }
-    }
-}
-
-/// Compiled locality settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LocalityPolicy {
-    /// Ordered labels of `failoverPriority`.
-    pub failover_priority: Vec<String>,
-    /// `failover` from region → to region.
-    pub failover: Vec<(String, String)>,
-    /// `distribute`: from locality pattern → (to locality pattern, share).
-    pub distribute: Vec<(String, Vec<(String, u32)>)>,
-}
-
-impl LocalityPolicy {
-    pub(crate) fn compile(l: Option<&LocalityLbSetting>) -> Option<Self> {
-        if l.and_then(|l| l.enabled) == Some(false) {
-            return None;
-        }
-        Some(Self {
-            failover_priority: l.map(|l| l.failover_priority.clone()).unwrap_or_default(),
-            failover: l
-                .map(|l| {
-                    l.failover
-                        .iter()
-                        .map(|f| (f.from.clone(), f.to.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            distribute: l
-                .map(|l| {
-                    l.distribute
-                        .iter()
-                        .map(|d| {
-                            let to = d.to.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                            (d.from.clone(), to)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-    }
-
-    /// The `distribute` shares for a proxy in `locality`, if a rule's `from` matches.
-    fn shares(&self, locality: &str) -> Option<&[(String, u32)]> {
-        self.distribute
-            .iter()
-            .find(|(from, _)| locality_matches(from, locality))
-            .map(|(_, to)| to.as_slice())
-    }
-
-    /// Priority of `ep` for a proxy on `node`: 0 is best.
-    fn priority(&self, node: &Node, ep: &Endpoint) -> usize {
-        let node_loc: Vec<&str> = node.locality.split('/').collect();
-        let ep_loc: Vec<&str> = ep.locality.split('/').collect();
-        let value = |labels_of: &dyn Fn(&str) -> Option<String>, key: &str| labels_of(key);
-        let node_label = |key: &str| -> Option<String> {
-            match key {
-                "topology.istio.io/network" => Some(node.network.clone()),
-                "topology.istio.io/cluster" => Some(node.cluster.clone()),
-                "topology.kubernetes.io/region" => node_loc.first().map(|s| (*s).to_owned()),
-                "topology.kubernetes.io/zone" => node_loc.get(1).map(|s| (*s).to_owned()),
-                "topology.istio.io/subzone" => node_loc.get(2).map(|s| (*s).to_owned()),
-                other => node.labels.get(other).cloned(),
-            }
-        };
-        let ep_label = |key: &str| -> Option<String> {
-            match key {
-                "topology.istio.io/network" => Some(ep.network.clone()),
-                "topology.istio.io/cluster" => Some(ep.cluster.clone()),
-                "topology.kubernetes.io/region" => ep_loc.first().map(|s| (*s).to_owned()),
-                "topology.kubernetes.io/zone" => ep_loc.get(1).map(|s| (*s).to_owned()),
-                "topology.istio.io/subzone" => ep_loc.get(2).map(|s| (*s).to_owned()),
-                other => ep.labels.get(other).cloned(),
-            }
-        };
-        let keys: Vec<&str> = if self.failover_priority.is_empty() {
-            vec![
-                "topology.kubernetes.io/region",
-                "topology.kubernetes.io/zone",
-                "topology.istio.io/subzone",
-            ]
-        } else {
-            self.failover_priority.iter().map(String::as_str).collect()
-        };
-        let matched = keys
-            .iter()
-            .take_while(|k| {
-                let n = value(&node_label, k);
-                n.is_some() && n == value(&ep_label, k)
-            })
-            .count();
-        let mut prio = (keys.len() - matched) * 2;
-        // Explicit region failover: the named region comes before other regions.
-        if matched == 0
-            && let Some((_, to)) = self
-                .failover
-                .iter()
-                .find(|(from, _)| Some(from.as_str()) == node_loc.first().copied())
-            && ep_loc.first() != Some(&to.as_str())
-        {
-            prio += 1;
-        }
-        prio
-    }
-}
+use crate::model::Endpoint;
+use crate::policy::{OutlierPolicy, ResolvedPolicy, locality_matches};
 
 /// A stable 64-bit hash, for consistent hashing.
 pub fn hash_of(value: impl std::hash::Hash) -> u64 {
@@ -420,21 +287,6 @@ impl HealthTracker {
     }
 }
 
-/// Whether `locality` (`region/zone/subzone`) matches `pattern`, where a `*` segment
-/// matches the rest (`us-west/*`, `*`) and a shorter pattern matches as a prefix.
-fn locality_matches(pattern: &str, locality: &str) -> bool {
-    let mut loc = locality.split('/');
-    for p in pattern.split('/') {
-        if p == "*" {
-            return true;
-        }
-        if loc.next() != Some(p) {
-            return false;
-        }
-    }
-    true
-}
-
 /// Connection-pool limits per destination (service host and subset): a request
 /// takes a slot while in flight; when none is free it waits if fewer than
 /// `max_pending` are already waiting, and overflows otherwise.
@@ -508,6 +360,8 @@ impl PoolLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::LocalityPolicy;
+    use mesh_api::networking::{LocalityLbSetting, OutlierDetection};
 
     #[test]
     fn outlier_fields_compile() {

@@ -15,10 +15,11 @@ use mesh_telemetry::metrics::{MeshMetrics, PeerLabels, RequestLabels};
 
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged, full};
+use crate::policy::DestinationPolicy;
 use crate::pool::MeshPool;
 use crate::routes::HeaderEdits;
 use crate::sni::outbound_sni;
-use crate::state::{DestinationPolicy, StateStore};
+use crate::state::StateStore;
 
 /// Everything the outbound handler needs, shared by all connections.
 #[derive(Debug, Clone)]
@@ -46,10 +47,10 @@ pub struct Outbound {
 /// Where the tries of one request go, from its plan.
 #[derive(Clone, Copy)]
 struct Sends<'a> {
-    target: &'a crate::state::Service,
-    candidates: &'a [&'a Arc<crate::state::Endpoint>],
+    target: &'a crate::model::Service,
+    candidates: &'a [&'a Arc<crate::model::Endpoint>],
     policy: Option<&'a DestinationPolicy>,
-    resolved: Option<&'a crate::state::ResolvedPolicy>,
+    resolved: Option<&'a crate::policy::ResolvedPolicy>,
     hash: Option<u64>,
     target_port: u16,
     retry: &'a crate::retry::RetryPolicy,
@@ -315,7 +316,7 @@ impl Outbound {
         &self,
         state: &crate::state::ProxyState,
         sni: Arc<str>,
-        target: &crate::state::Service,
+        target: &crate::model::Service,
         out: &mut Outcome,
     ) {
         out.upstream_cluster = sni;
@@ -566,11 +567,11 @@ impl Outbound {
     pub(crate) fn pick_one(
         &self,
         state: &crate::state::ProxyState,
-        target: &crate::state::Service,
+        target: &crate::model::Service,
         subset: &str,
         port: u16,
         hash: Option<u64>,
-    ) -> Option<Arc<crate::state::Endpoint>> {
+    ) -> Option<Arc<crate::model::Endpoint>> {
         let policy = state.policies.get(&target.host).map(Arc::as_ref);
         let candidates = DestinationPolicy::select(policy, target, subset).ok()?;
         self.health

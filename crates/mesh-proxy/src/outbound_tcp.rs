@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::error::ResponseFlag;
+use crate::model::{Protocol, Service};
 use crate::outbound::Outbound;
 use crate::routes::{WeightedDestination, pick_weighted};
 use crate::sni::{outbound_sni, read_client_hello};
-use crate::state::{Protocol, Service};
 
 /// Request-line starts of HTTP/1.x methods, and the HTTP/2 connection preface.
 const HTTP_STARTS: &[&[u8]] = &[
@@ -155,7 +155,7 @@ impl Outbound {
         let policy = state.policies.get(&dest.host).map(Arc::as_ref);
         let resolved = policy.and_then(|p| p.resolve(&dest.subset, port));
         let hash = (resolved.and_then(|r| r.hash_key.as_ref())
-            == Some(&crate::state::HashKey::SourceIp))
+            == Some(&crate::policy::HashKey::SourceIp))
         .then(|| downstream.peer_addr().ok())
         .flatten()
         .map(|a| crate::lb::hash_of(a.ip()));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mesh_telemetry::metrics::PeerLabels;
 
 use crate::config::Node;
-use crate::state::{Endpoint, Service};
+use crate::model::{Endpoint, Service};
 
 /// The header carrying the caller's metadata between sidecars.
 pub const PEER_HEADER: &str = "x-isthmus-peer";

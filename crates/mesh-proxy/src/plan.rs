@@ -18,11 +18,10 @@ use std::time::Duration;
 use http::{HeaderValue, StatusCode, Uri};
 
 use crate::error::ResponseFlag;
+use crate::model::{Endpoint, Protocol, Service, ServicePort, authority_port};
+use crate::policy::{DestinationPolicy, HashKey, ResolvedPolicy};
 use crate::routes::{CompiledRoute, RequestView, RouteAction, pick_weighted};
-use crate::state::{
-    DestinationPolicy, Endpoint, HashKey, Protocol, ProxyState, ResolvedPolicy, Service,
-    ServicePort, authority_port,
-};
+use crate::state::ProxyState;
 
 /// The request as the planner sees it.
 #[derive(Debug, Clone, Copy)]

@@ -63,7 +63,7 @@ impl Reuse {
     }
 
     /// The settings of a resolved policy.
-    pub fn of(policy: Option<&crate::state::ResolvedPolicy>) -> Self {
+    pub fn of(policy: Option<&crate::policy::ResolvedPolicy>) -> Self {
         Self {
             max_requests: policy.and_then(|p| p.max_requests_per_connection),
             idle: policy.and_then(|p| p.idle_timeout),

@@ -11,7 +11,7 @@ use mesh_api::networking::{HttpMatchRequest, HttpRoute, HttpRouteDestination};
 use regex::Regex;
 
 use crate::config::Node;
-use crate::state::resolve_host;
+use crate::model::resolve_host;
 
 /// A compiled string condition.
 #[derive(Debug, Clone)]

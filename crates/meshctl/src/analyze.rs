@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use discovery::registry::Object;
 use mesh_api::Resource;
 use mesh_api::networking::{Destination, VirtualService};
-use mesh_proxy::state::resolve_host;
+use mesh_proxy::model::resolve_host;
 
 /// `meshctl analyze` arguments.
 #[derive(Debug, clap::Args)]
@@ -594,7 +594,7 @@ fn check_selectors(
 /// Service ports whose name does not say the protocol (Istio's IST0118): the
 /// sidecar then sniffs every connection.
 fn check_port_names(services: &BTreeMap<String, ServiceInfo>, out: &mut Vec<Finding>) {
-    use mesh_proxy::state::Protocol;
+    use mesh_proxy::model::Protocol;
     for (host, info) in services {
         for (i, (port, name, app_protocol)) in info.ports.iter().enumerate() {
             if Protocol::from_port(name, app_protocol.as_deref()) != Protocol::Unknown {

@@ -434,7 +434,7 @@ impl OperationMatch {
         // On TCP the HTTP fields are ignored here: ALLOW rules that name them were
         // already ruled out.
         let Some(h) = &a.http else { return true };
-        let bare = crate::state::strip_port(h.host);
+        let bare = crate::model::strip_port(h.host);
         self.methods.check(|m| m.matches(h.method.as_bytes()))
             && self.paths.check(|p| p.matches(h.path))
             && self.hosts.check(|m| {

@@ -1,0 +1,214 @@
+//! Compiling a config ([`ConfigBundle`]) into a [`ProxyState`]: services and their
+//! endpoints, VirtualService routes by host, merged DestinationRules, authorization
+//! and peer authentication, and the lookup index.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_api::Resource;
+
+use super::{Index, ProxyState};
+use crate::config::{ConfigBundle, INBOUND_PORT};
+use crate::error::ConfigError;
+use crate::model::{Endpoint, Protocol, Service, ServicePort, resolve_host};
+use crate::policy::DestinationPolicy;
+use crate::routes::{CompiledRoute, CompiledTcpRoute, CompiledTlsRoute};
+
+impl ProxyState {
+    /// Compiles a config. Every problem is collected; any problem rejects the whole
+    /// update.
+    pub fn compile(bundle: &ConfigBundle, origin: &str) -> Result<Self, ConfigError> {
+        let node = bundle.proxy.node.clone();
+        let mut errors = Vec::new();
+        let mut services = HashMap::new();
+        for svc in &bundle.proxy.services {
+            let host = resolve_host(&svc.name, &svc.namespace);
+            let ports = svc
+                .ports
+                .iter()
+                .map(|p| ServicePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port: p.target_port.unwrap_or(p.port),
+                    protocol: Protocol::from_port(&p.name, p.app_protocol.as_deref()),
+                    sni: Arc::from(crate::sni::outbound_sni(p.port, "", &host)),
+                    authority: format!("{host}:{}", p.port).parse().ok(),
+                })
+                .collect();
+            let endpoints = svc
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Arc::new(Endpoint {
+                        inbound: SocketAddr::new(e.address, e.inbound_port.unwrap_or(INBOUND_PORT)),
+                        labels: e.labels.clone(),
+                        service_account: e.service_account.clone(),
+                        cluster: e.cluster.clone(),
+                        network: e.network.clone(),
+                        locality: e.locality.clone(),
+                        weight: e.weight.unwrap_or(1),
+                        ready: e.ready,
+                        quic: e.tunnel == Some(crate::config::Tunnel::Quic),
+                        stale: e.stale,
+                        source_labels: std::sync::OnceLock::new(),
+                    })
+                })
+                .collect();
+            if services
+                .insert(
+                    host.clone(),
+                    Arc::new(Service {
+                        host: host.clone(),
+                        name: svc.name.clone(),
+                        namespace: svc.namespace.clone(),
+                        addresses: svc.addresses.clone(),
+                        ports,
+                        endpoints,
+                        source_labels: std::sync::OnceLock::new(),
+                    }),
+                )
+                .is_some()
+            {
+                errors.push(format!("service {host} is listed twice"));
+            }
+        }
+
+        let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
+        let mut tcp_routes: HashMap<String, Vec<CompiledTcpRoute>> = HashMap::new();
+        let mut tls_routes: HashMap<String, Vec<CompiledTlsRoute>> = HashMap::new();
+        let mut policies = HashMap::new();
+        // Istio's precedence: the oldest object first (then name, then namespace).
+        let mut ordered: Vec<&Resource> = bundle.resources.iter().collect();
+        ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+        let mut rules_by_host: BTreeMap<String, Vec<&mesh_api::networking::DestinationRule>> =
+            BTreeMap::new();
+        for r in ordered.iter().copied() {
+            let key = r.key();
+            let ns = r
+                .metadata()
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            match r {
+                Resource::VirtualService(vs) => {
+                    if !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh")
+                    {
+                        continue; // gateway-only routes do not apply to sidecars
+                    }
+                    let mut compiled = Vec::new();
+                    for (i, route) in vs.spec.http.iter().enumerate() {
+                        match CompiledRoute::compile(&key, &ns, i, route, &node) {
+                            Ok(Some(c)) => compiled.push(c),
+                            Ok(None) => {}
+                            Err(e) => errors.push(format!("VirtualService {key}: spec.{e}")),
+                        }
+                    }
+                    let tcp: Vec<_> = vs
+                        .spec
+                        .tcp
+                        .iter()
+                        .map(|t| CompiledTcpRoute::compile(t, &ns))
+                        .collect();
+                    let tls: Vec<_> = vs
+                        .spec
+                        .tls
+                        .iter()
+                        .map(|t| CompiledTlsRoute::compile(t, &ns))
+                        .collect();
+                    for host in &vs.spec.hosts {
+                        let fqdn = resolve_host(host, &ns);
+                        // As in Istio, the oldest VirtualService for a host wins.
+                        if !vs.spec.http.is_empty() {
+                            routes
+                                .entry(fqdn.clone())
+                                .or_insert_with(|| compiled.clone());
+                        }
+                        if !tls.is_empty() {
+                            tls_routes
+                                .entry(fqdn.clone())
+                                .or_insert_with(|| tls.clone());
+                        }
+                        if !tcp.is_empty() {
+                            tcp_routes.entry(fqdn).or_insert_with(|| tcp.clone());
+                        }
+                    }
+                }
+                Resource::DestinationRule(dr) => {
+                    let fqdn = resolve_host(&dr.spec.host, &ns);
+                    rules_by_host.entry(fqdn).or_default().push(dr);
+                }
+                _ => {}
+            }
+        }
+        // Several DestinationRules for one host: merged as Istio does (the client's
+        // namespace first; subsets of one namespace merged, the older keeps a name).
+        for (fqdn, rules) in &rules_by_host {
+            if let Some(merged) =
+                mesh_api::precedence::merge_destination_rules(fqdn, rules, &node.namespace)
+            {
+                let policy = DestinationPolicy::compile(merged.rules.join(", "), &merged.spec);
+                policies.insert(fqdn.clone(), Arc::new(policy));
+            }
+        }
+        let authz_specs: Vec<_> = bundle
+            .resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::AuthorizationPolicy(ap) => Some((
+                    ap.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    ap.metadata.name.clone().unwrap_or_default(),
+                    &ap.spec,
+                )),
+                _ => None,
+            })
+            .collect();
+        // Oldest first: at one level, the first policy applies.
+        let peer_authn_specs: Vec<_> = ordered
+            .iter()
+            .filter_map(|r| match r {
+                Resource::PeerAuthentication(pa) => Some((
+                    pa.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    pa.metadata.name.clone().unwrap_or_default(),
+                    &pa.spec,
+                )),
+                _ => None,
+            })
+            .collect();
+        let peer_authn = crate::peer_authn::PeerAuthn::compile(&peer_authn_specs, &node);
+        let authz = crate::authz::Authorizer::compile(&authz_specs, &node);
+        for host in services.keys() {
+            routes
+                .entry(host.clone())
+                .or_insert_with(|| vec![CompiledRoute::default_for(host)]);
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::many(origin, errors));
+        }
+        Ok(Self {
+            version: bundle.proxy.version.clone(),
+            routes: routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            policies,
+            tcp_routes: tcp_routes
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+            tls_routes: tls_routes
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+            authz,
+            peer_authn,
+            peer_header: std::sync::OnceLock::new(),
+            index: Index::build(&services, &node.namespace),
+            node,
+            services,
+        })
+    }
+}

@@ -1,0 +1,372 @@
+//! The proxy's compiled state and its store. An update is compiled and validated
+//! off the hot path ([`compile`]); only a fully valid state is swapped in, atomically,
+//! and the data path reads one snapshot per request. A rejected update leaves the last
+//! good state in force and is reported.
+
+mod compile;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{CLUSTER_DOMAIN, ConfigBundle, Node};
+use crate::error::ConfigError;
+use crate::model::{Protocol, Service, strip_port};
+use crate::policy::DestinationPolicy;
+use crate::routes::{CompiledRoute, CompiledTcpRoute, CompiledTlsRoute};
+
+/// Everything the data path needs, compiled from one config.
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    /// Version of the config this was compiled from.
+    pub version: String,
+    /// This proxy's workload.
+    pub node: Node,
+    /// Services by fully qualified host.
+    pub services: HashMap<String, Arc<Service>>,
+    /// HTTP routes by host; a service without a VirtualService gets a default route.
+    pub routes: HashMap<String, Arc<Vec<CompiledRoute>>>,
+    /// Destination policies by host.
+    pub policies: HashMap<String, Arc<DestinationPolicy>>,
+    /// TCP routes by host (VirtualService `tcp`).
+    pub tcp_routes: HashMap<String, Arc<Vec<CompiledTcpRoute>>>,
+    /// TLS routes by host (VirtualService `tls`, matched on the ClientHello SNI).
+    pub tls_routes: HashMap<String, Arc<Vec<CompiledTlsRoute>>>,
+    /// AuthorizationPolicies that apply to this workload.
+    pub authz: crate::authz::Authorizer,
+    /// Inbound mTLS modes from PeerAuthentications.
+    pub peer_authn: crate::peer_authn::PeerAuthn,
+    /// The `x-isthmus-peer` value naming this node, made on first use.
+    peer_header: std::sync::OnceLock<Option<http::HeaderValue>>,
+    /// Lookups the request path makes, indexed once per compile.
+    index: Index,
+}
+
+/// Services by every name a request can give them, by virtual IP, and this node's
+/// workload ports by service port: map lookups instead of scans and string building
+/// per request.
+#[derive(Debug, Default)]
+struct Index {
+    /// `name` (this node's namespace only), `name.ns`, `name.ns.svc` and the full host,
+    /// exactly as [`resolve_host`] resolves them from the node's namespace.
+    names: HashMap<String, Arc<Service>>,
+    /// Services by virtual IP (the first host in order when two share one).
+    ips: HashMap<std::net::IpAddr, Arc<Service>>,
+    /// This node's workload port and protocol by service port.
+    local_ports: HashMap<u16, (u16, Protocol)>,
+}
+
+impl Index {
+    fn build(services: &HashMap<String, Arc<Service>>, namespace: &str) -> Self {
+        let mut hosts: Vec<&Arc<Service>> = services.values().collect();
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        let mut index = Self::default();
+        let kube_suffix = format!(".svc.{CLUSTER_DOMAIN}");
+        let local_suffix = format!(".{namespace}{kube_suffix}");
+        for svc in hosts {
+            index.names.insert(svc.host.clone(), svc.clone());
+            if let Some(name_ns) = svc.host.strip_suffix(&kube_suffix) {
+                index.names.insert(name_ns.to_owned(), svc.clone());
+                index.names.insert(format!("{name_ns}.svc"), svc.clone());
+            }
+            if let Some(name) = svc.host.strip_suffix(&local_suffix)
+                && !name.contains('.')
+            {
+                index.names.insert(name.to_owned(), svc.clone());
+            }
+            for ip in &svc.addresses {
+                index.ips.entry(*ip).or_insert_with(|| svc.clone());
+            }
+            if svc.namespace == namespace {
+                for p in &svc.ports {
+                    index
+                        .local_ports
+                        .entry(p.port)
+                        .or_insert((p.target_port, p.protocol));
+                }
+            }
+        }
+        index
+    }
+}
+
+impl ProxyState {
+    /// The workload port and protocol behind one of this node's service ports (the
+    /// port itself, protocol unknown, when no service of the node declares it).
+    pub fn local_port(&self, service_port: u16) -> (u16, Protocol) {
+        self.index
+            .local_ports
+            .get(&service_port)
+            .copied()
+            .unwrap_or((service_port, Protocol::Unknown))
+    }
+
+    /// The `x-isthmus-peer` header value that tells the receiving sidecar who calls.
+    pub fn peer_header(&self) -> Option<&http::HeaderValue> {
+        self.peer_header
+            .get_or_init(|| http::HeaderValue::from_str(&crate::peer::encode(&self.node)).ok())
+            .as_ref()
+    }
+
+    /// The service whose virtual IP a captured connection was sent to.
+    pub fn service_for_ip(&self, ip: std::net::IpAddr) -> Option<&Arc<Service>> {
+        self.index.ips.get(&ip)
+    }
+
+    /// The service a request's authority names, from the caller's namespace.
+    pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<Service>> {
+        self.index
+            .names
+            .get(strip_port(authority).trim_end_matches('.'))
+    }
+}
+
+/// Holds the live state; see the module documentation.
+#[derive(Debug)]
+pub struct StateStore {
+    current: ArcSwap<ProxyState>,
+    last_rejection: ArcSwap<Option<ConfigError>>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        Self::new(ProxyState::default())
+    }
+}
+
+impl StateStore {
+    /// A store starting with `state`.
+    pub fn new(state: ProxyState) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(state),
+            last_rejection: ArcSwap::from_pointee(None),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<ProxyState> {
+        self.current.load_full()
+    }
+
+    /// Compiles and installs `bundle`, or keeps the current state and records why not.
+    pub fn apply(&self, bundle: &ConfigBundle, origin: &str) -> Result<(), ConfigError> {
+        match ProxyState::compile(bundle, origin) {
+            Ok(state) => {
+                self.install(state);
+                Ok(())
+            }
+            Err(e) => {
+                self.record_rejection(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Installs a state compiled elsewhere (the config stream compiles each push once,
+    /// and installs what it validated).
+    pub fn install(&self, state: ProxyState) {
+        tracing::info!(version = %state.version, services = state.services.len(), "config applied");
+        self.current.store(Arc::new(state));
+        self.last_rejection.store(Arc::new(None));
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Records why an update was refused; the current state stays.
+    pub fn record_rejection(&self, e: ConfigError) {
+        tracing::warn!(error = %e, version = %self.current.load().version, "config rejected; keeping the last good config");
+        self.last_rejection.store(Arc::new(Some(e)));
+    }
+
+    /// Reads a YAML config and applies it (see [`StateStore::apply`]).
+    pub fn apply_yaml(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let bundle = ConfigBundle::from_yaml(text, origin).inspect_err(|e| {
+            tracing::warn!(error = %e, "config rejected; keeping the last good config");
+            self.last_rejection.store(Arc::new(Some(e.clone())));
+        })?;
+        self.apply(&bundle, origin)
+    }
+
+    /// True once a config has been applied: a proxy is ready only after its first
+    /// config, and stays ready (serving its last good config) afterwards.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Why the last update was refused, if it was.
+    pub fn last_rejection(&self) -> Option<ConfigError> {
+        self.last_rejection.load().as_ref().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{authority_port, resolve_host};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn hosts_resolve_like_kubernetes_dns() {
+        assert_eq!(
+            resolve_host("reviews", "shop"),
+            "reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.other", "shop"),
+            "reviews.other.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.other.svc", "shop"),
+            "reviews.other.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.other.svc.cluster.local", "shop"),
+            "reviews.other.svc.cluster.local"
+        );
+        assert_eq!(strip_port("reviews:9080"), "reviews");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(authority_port("reviews:9080"), Some(9080));
+    }
+
+    #[test]
+    fn the_oldest_virtual_service_and_peer_authentication_win() {
+        let doc = |kind: &str, name: &str, created: &str, spec: &str| {
+            let group = if kind == "VirtualService" {
+                "networking.istio.io"
+            } else {
+                "security.istio.io"
+            };
+            mesh_api::parse_resource(&format!(
+                "apiVersion: {group}/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec: {spec}\n"
+            ))
+            .unwrap()
+        };
+        let bundle = ConfigBundle {
+            proxy: crate::config::ProxyConfig {
+                node: crate::config::Node {
+                    name: "web-1".into(),
+                    namespace: "shop".into(),
+                    service_account: "web".into(),
+                    cluster: String::new(),
+                    network: String::new(),
+                    locality: String::new(),
+                    labels: BTreeMap::new(),
+                },
+                ..Default::default()
+            },
+            // A newer object whose name sorts first must not take over.
+            resources: vec![
+                doc(
+                    "VirtualService",
+                    "bad-subset",
+                    "2026-05-01T00:00:00Z",
+                    "{hosts: [reviews], http: [{name: newer, route: [{destination: {host: reviews, subset: nope}}]}]}",
+                ),
+                doc(
+                    "VirtualService",
+                    "helloworld",
+                    "2026-01-01T00:00:00Z",
+                    "{hosts: [reviews], http: [{name: older, route: [{destination: {host: reviews}}]}]}",
+                ),
+                doc(
+                    "PeerAuthentication",
+                    "a-permissive",
+                    "2026-05-01T00:00:00Z",
+                    "{mtls: {mode: PERMISSIVE}}",
+                ),
+                doc(
+                    "PeerAuthentication",
+                    "z-strict",
+                    "2026-01-01T00:00:00Z",
+                    "{mtls: {mode: STRICT}}",
+                ),
+            ],
+        };
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        let routes = &state.routes["reviews.shop.svc.cluster.local"];
+        assert_eq!(routes[0].name, "shop/helloworld.older");
+        assert_eq!(
+            state.peer_authn.default,
+            mesh_api::security::MtlsMode::Strict
+        );
+    }
+
+    #[test]
+    fn protocol_follows_istio_port_naming() {
+        assert_eq!(Protocol::from_port("http-web", None), Protocol::Http);
+        assert_eq!(Protocol::from_port("grpc", None), Protocol::Grpc);
+        assert_eq!(Protocol::from_port("tcp-db", None), Protocol::Tcp);
+        assert_eq!(Protocol::from_port("web", Some("http2")), Protocol::Http2);
+        assert_eq!(Protocol::from_port("web", None), Protocol::Unknown);
+    }
+
+    #[test]
+    fn indexed_lookups_answer_as_resolving_and_scanning_did() {
+        let svc = |name: &str, namespace: &str, ip: &str, port: u16, target: u16| {
+            crate::config::ServiceConfig {
+                name: name.into(),
+                namespace: namespace.into(),
+                addresses: vec![ip.parse().unwrap()],
+                ports: vec![crate::config::ServicePortConfig {
+                    name: "http".into(),
+                    port,
+                    target_port: Some(target),
+                    ..Default::default()
+                }],
+                endpoints: vec![],
+            }
+        };
+        let mut bundle = ConfigBundle::default();
+        bundle.proxy.node.namespace = "shop".into();
+        bundle.proxy.services = vec![
+            svc("reviews", "shop", "10.0.0.1", 9080, 8080),
+            svc("reviews", "other", "10.0.0.2", 9081, 8081),
+            svc("ratings", "other", "10.0.0.3", 9082, 8082),
+        ];
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        // What a lookup used to be: resolve from the node's namespace, then look up.
+        let resolved = |authority: &str| {
+            state
+                .services
+                .get(&resolve_host(strip_port(authority), "shop"))
+                .map(|s| s.host.clone())
+        };
+        for authority in [
+            "reviews",
+            "reviews:9080",
+            "reviews.",
+            "reviews.shop",
+            "reviews.other:9081",
+            "reviews.other.svc",
+            "reviews.other.svc.cluster.local",
+            "reviews.other.svc.cluster.local.:80",
+            "ratings",
+            "ratings.other",
+            "ratings.shop",
+            "nope",
+            "reviews.shop.svc.cluster",
+            "",
+        ] {
+            assert_eq!(
+                state
+                    .service_for_authority(authority)
+                    .map(|s| s.host.clone()),
+                resolved(authority),
+                "{authority:?}"
+            );
+        }
+        let by_ip = |ip: &str| {
+            state
+                .service_for_ip(ip.parse().unwrap())
+                .map(|s| s.host.as_str())
+        };
+        assert_eq!(by_ip("10.0.0.2"), Some("reviews.other.svc.cluster.local"));
+        assert_eq!(by_ip("10.0.0.9"), None);
+        // Only this node's namespace gives its workload ports.
+        assert_eq!(state.local_port(9080), (8080, Protocol::Http));
+        assert_eq!(state.local_port(9081), (9081, Protocol::Unknown));
+    }
+}
