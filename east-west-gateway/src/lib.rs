@@ -337,7 +337,7 @@ async fn route(
     }
     let policy = state.policies.get(parsed.host).map(|p| p.as_ref());
     let endpoints = DestinationPolicy::select(policy, service, parsed.subset)
-        .map_err(|e| ("unknown_subset", e))?;
+        .map_err(|e| ("unknown_subset", e.to_string()))?;
     let local: Vec<_> = endpoints
         .into_iter()
         .filter(|e| e.cluster == state.node.cluster || e.cluster.is_empty())

@@ -21,7 +21,10 @@ use mesh_proto::config::{
 };
 use tokio::sync::mpsc;
 
-use crate::config::{ConfigBundle, Node, ProxyConfig, ServiceConfig};
+use crate::config::{Node, ServiceConfig};
+use crate::error::ConfigError;
+use crate::model::Service;
+use crate::state::compile_service;
 use crate::state::{ProxyState, StateStore};
 
 pub use mesh_proto::model::{KIND_NODE, KIND_SERVICE, NODE_RESOURCE};
@@ -29,8 +32,10 @@ pub use mesh_proto::model::{KIND_NODE, KIND_SERVICE, NODE_RESOURCE};
 #[derive(Debug, Clone)]
 enum Item {
     Node(Node),
-    Service(ServiceConfig),
-    Istio(IstioResource),
+    /// As sent, and compiled once (again only when the node changes: the compiled
+    /// service caches metric labels that name this proxy).
+    Service(Arc<ServiceConfig>, Arc<Service>),
+    Istio(Arc<IstioResource>),
 }
 
 #[derive(Debug, Clone)]
@@ -46,13 +51,16 @@ fn decode(r: &WireResource) -> Result<Item, String> {
             .map(Item::Node)
             .map_err(|e| format!("node: {e}")),
         KIND_SERVICE => serde_json::from_slice(&r.body)
-            .map(Item::Service)
+            .map(|svc: ServiceConfig| {
+                let compiled = compile_service(&svc);
+                Item::Service(Arc::new(svc), compiled)
+            })
             .map_err(|e| format!("service: {e}")),
         _ => {
             let value: serde_json::Value =
                 serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
             mesh_api::from_value(value)
-                .map(Item::Istio)
+                .map(|r| Item::Istio(Arc::new(r)))
                 .map_err(|e| e.to_string())
         }
     }
@@ -99,22 +107,34 @@ impl ResourceSet {
         self.held.is_empty()
     }
 
-    fn bundle(held: &BTreeMap<String, Held>, version: &str) -> Option<ConfigBundle> {
-        let mut proxy = ProxyConfig {
-            version: version.to_owned(),
-            ..Default::default()
-        };
-        let mut resources = Vec::new();
+    /// The node held, if any.
+    fn node(&self) -> Option<&Node> {
+        self.held.values().find_map(|h| match &h.item {
+            Item::Node(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// Compiles the held set from its compiled services and Istio objects; `None`
+    /// before the node has arrived.
+    fn compile_set(
+        held: &BTreeMap<String, Held>,
+        version: &str,
+        origin: &str,
+    ) -> Option<Result<ProxyState, ConfigError>> {
         let mut node = None;
+        let mut services = Vec::new();
+        let mut resources = Vec::new();
         for h in held.values() {
             match &h.item {
-                Item::Node(n) => node = Some(n.clone()),
-                Item::Service(s) => proxy.services.push(s.clone()),
-                Item::Istio(r) => resources.push(r.clone()),
+                Item::Node(n) => node = Some(n),
+                Item::Service(_, compiled) => services.push(compiled.clone()),
+                Item::Istio(r) => resources.push(r.as_ref()),
             }
         }
-        proxy.node = node?;
-        Some(ConfigBundle { proxy, resources })
+        Some(ProxyState::compile_parts(
+            node?, version, services, &resources, origin,
+        ))
     }
 
     /// Applies one response to `store`, compiling the whole set once. Each added or
@@ -150,7 +170,7 @@ impl ResourceSet {
         let mut hosts: HashMap<String, String> = next
             .iter()
             .filter_map(|(name, h)| match &h.item {
-                Item::Service(svc) => Some((service_host(svc), name.clone())),
+                Item::Service(_, svc) => Some((svc.host.clone(), name.clone())),
                 _ => None,
             })
             .collect();
@@ -176,20 +196,14 @@ impl ResourceSet {
             };
             match (&item, &node_now) {
                 (Item::Istio(res), Some(node)) => {
-                    let alone = ConfigBundle {
-                        proxy: ProxyConfig {
-                            node: node.clone(),
-                            ..Default::default()
-                        },
-                        resources: vec![res.clone()],
-                    };
-                    if let Err(e) = ProxyState::compile(&alone, &r.name) {
+                    let alone = [res.as_ref()];
+                    if let Err(e) = ProxyState::compile_parts(node, "", [], &alone, &r.name) {
                         rejected.push(reject(e.reasons.join("; ")));
                         continue;
                     }
                 }
-                (Item::Service(svc), _) => {
-                    let host = service_host(svc);
+                (Item::Service(_, svc), _) => {
+                    let host = svc.host.clone();
                     if let Some(owner) = hosts.get(&host).filter(|o| **o != r.name) {
                         rejected.push(reject(format!(
                             "conflicts with the config held: service {host} is listed twice \
@@ -213,7 +227,21 @@ impl ResourceSet {
 
         let version = response.system_version.clone();
         let mut changed = false;
-        match Self::bundle(&next, &version).map(|b| ProxyState::compile(&b, &origin)) {
+        if let Some(node) = response
+            .resources
+            .iter()
+            .find(|r| r.kind == KIND_NODE)
+            .and(node_now.as_ref())
+            && self.node() != Some(node)
+        {
+            // A new node: services compiled for the old one are compiled again.
+            for h in next.values_mut() {
+                if let Item::Service(config, compiled) = &mut h.item {
+                    *compiled = compile_service(config);
+                }
+            }
+        }
+        match Self::compile_set(&next, &version, &origin) {
             Some(Ok(state)) => {
                 store.install(state);
                 self.held = next;
@@ -252,11 +280,6 @@ impl ResourceSet {
         );
         Applied { rejected, changed }
     }
-}
-
-/// The host a service is known by, as the compiler names it.
-fn service_host(svc: &ServiceConfig) -> String {
-    crate::model::resolve_host(&svc.name, &svc.namespace)
 }
 
 /// Where and how to reach discovery.
@@ -596,6 +619,57 @@ mod tests {
             "the VirtualService in the same response applied"
         );
         assert!(store.last_rejection().is_none());
+    }
+
+    #[test]
+    fn a_push_compiles_only_the_services_it_changes_until_the_node_changes() {
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        let host = |n: &str| format!("{n}.shop.svc.cluster.local");
+        set.apply(
+            &response(
+                "1",
+                vec![
+                    node(),
+                    service("reviews", "a", "10.0.0.1"),
+                    service("ratings", "a", "10.0.0.2"),
+                ],
+                &[],
+            ),
+            &store,
+        );
+        let before = store.snapshot();
+        set.apply(
+            &response("2", vec![service("ratings", "b", "10.0.0.3")], &[]),
+            &store,
+        );
+        let after = store.snapshot();
+        assert!(
+            Arc::ptr_eq(
+                &before.services[&host("reviews")],
+                &after.services[&host("reviews")]
+            ),
+            "an unchanged service is reused, not compiled again"
+        );
+        let ratings = &after.services[&host("ratings")];
+        assert_eq!(ratings.endpoints[0].inbound.ip().to_string(), "10.0.0.3");
+
+        let mut moved = node();
+        moved.version = "n2".into();
+        moved.body =
+            br#"{"name":"fe-1","namespace":"shop","serviceAccount":"fe","cluster":"west"}"#
+                .to_vec()
+                .into();
+        set.apply(&response("3", vec![moved], &[]), &store);
+        let renamed = store.snapshot();
+        assert_eq!(renamed.node.cluster, "west");
+        assert!(
+            !Arc::ptr_eq(
+                &after.services[&host("reviews")],
+                &renamed.services[&host("reviews")]
+            ),
+            "services are compiled again for a new node"
+        );
     }
 
     #[test]

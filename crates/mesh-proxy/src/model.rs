@@ -119,7 +119,9 @@ pub struct Service {
     /// Endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The metric labels of requests to this service before an endpoint is chosen
-    /// (refused or failed ones), made on first use.
+    /// (refused or failed ones), made on first use. They name the calling proxy, so a
+    /// compiled service is valid for the node it was compiled under (the config
+    /// stream compiles its services again when the node changes).
     #[serde(skip)]
     pub source_labels: std::sync::OnceLock<Arc<mesh_telemetry::metrics::PeerLabels>>,
 }

@@ -278,7 +278,7 @@ pub fn plan<'s>(
     let resolved = policy.and_then(|p| p.resolve(&dest.subset, port.port));
     let (hash, set_cookie) = hashing(resolved, parts, peer, rolls);
     let candidates = DestinationPolicy::select(policy, target, &dest.subset)
-        .map_err(|e| refuse_at(ResponseFlag::NoHealthyUpstream, e))?;
+        .map_err(|e| refuse_at(ResponseFlag::NoHealthyUpstream, e.to_string()))?;
     if candidates.is_empty() {
         return Err(refuse_at(
             ResponseFlag::NoHealthyUpstream,

@@ -271,23 +271,33 @@ impl DestinationPolicy {
     }
 }
 
+/// A route or SNI names a subset no DestinationRule defines for the host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subset {subset:?} of {host} is not defined by any DestinationRule")]
+pub struct UnknownSubset {
+    /// The subset asked for.
+    pub subset: String,
+    /// The service host.
+    pub host: String,
+}
+
 impl DestinationPolicy {
     /// The endpoints of `service` in `subset` that are ready, or why there are none.
     pub fn select<'a>(
         policy: Option<&Self>,
         service: &'a Service,
         subset: &str,
-    ) -> Result<Vec<&'a Arc<Endpoint>>, String> {
+    ) -> Result<Vec<&'a Arc<Endpoint>>, UnknownSubset> {
         let labels = if subset.is_empty() {
             None
         } else {
             match policy.and_then(|p| p.subsets.get(subset)) {
                 Some(l) => Some(l),
                 None => {
-                    return Err(format!(
-                        "subset {subset:?} of {} is not defined by any DestinationRule",
-                        service.host
-                    ));
+                    return Err(UnknownSubset {
+                        subset: subset.to_owned(),
+                        host: service.host.clone(),
+                    });
                 }
             }
         };

@@ -193,9 +193,24 @@ impl Authorizer {
     }
 }
 
+/// An attribute a rule needs that the request or connection does not carry: the
+/// rule cannot be evaluated, and the decision fails closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unknown {
+    /// `ipBlocks` or `source.ip` without the peer's address.
+    #[error("source address unknown")]
+    SourceAddress,
+    /// `remoteIpBlocks` or `remote.ip` without the original client's address.
+    #[error("original client address unknown")]
+    ClientAddress,
+    /// `destination.ip` without the original destination.
+    #[error("destination address unknown")]
+    DestinationAddress,
+}
+
 impl CompiledPolicy {
     /// `Err` when an attribute a rule needs cannot be determined.
-    fn matches(&self, a: &Attributes<'_>) -> Result<bool, String> {
+    fn matches(&self, a: &Attributes<'_>) -> Result<bool, Unknown> {
         let rules = match &self.body {
             Ok(rules) => rules,
             // Fail closed: a broken DENY (or AUDIT) matches, a broken ALLOW does not.
@@ -261,7 +276,7 @@ impl CompiledRule {
         })
     }
 
-    fn matches(&self, a: &Attributes<'_>, action: AuthorizationAction) -> Result<bool, String> {
+    fn matches(&self, a: &Attributes<'_>, action: AuthorizationAction) -> Result<bool, Unknown> {
         if a.http.is_none() && self.http_only && action == AuthorizationAction::Allow {
             return Ok(false);
         }
@@ -277,7 +292,7 @@ impl CompiledRule {
 
 /// One of the checks holds (true when there are none: an empty list sets no
 /// condition).
-fn any_of(checks: impl ExactSizeIterator<Item = Result<bool, String>>) -> Result<bool, String> {
+fn any_of(checks: impl ExactSizeIterator<Item = Result<bool, Unknown>>) -> Result<bool, Unknown> {
     if checks.len() == 0 {
         return Ok(true);
     }
@@ -285,16 +300,16 @@ fn any_of(checks: impl ExactSizeIterator<Item = Result<bool, String>>) -> Result
 }
 
 /// Every check holds.
-fn all_of(checks: impl Iterator<Item = Result<bool, String>>) -> Result<bool, String> {
+fn all_of(checks: impl Iterator<Item = Result<bool, Unknown>>) -> Result<bool, Unknown> {
     settle(checks, false)
 }
 
 /// The first check that comes out `decisive` decides; otherwise an undeterminable
 /// check leaves the result undeterminable, and with none it is `!decisive`.
 fn settle(
-    checks: impl Iterator<Item = Result<bool, String>>,
+    checks: impl Iterator<Item = Result<bool, Unknown>>,
     decisive: bool,
-) -> Result<bool, String> {
+) -> Result<bool, Unknown> {
     let mut unknown = None;
     for c in checks {
         match c {
@@ -338,11 +353,11 @@ fn source_namespace(principal: &str) -> &str {
         .unwrap_or_default()
 }
 
-fn ip_field(f: &Field<IpBlock>, ip: Option<IpAddr>, what: &str) -> Result<bool, String> {
+fn ip_field(f: &Field<IpBlock>, ip: Option<IpAddr>, what: Unknown) -> Result<bool, Unknown> {
     if f.is_empty() {
         return Ok(true);
     }
-    let ip = ip.ok_or_else(|| format!("{what} unknown"))?;
+    let ip = ip.ok_or(what)?;
     Ok(f.check(|b| b.contains(ip)))
 }
 
@@ -379,7 +394,7 @@ impl SourceMatch {
         })
     }
 
-    fn matches(&self, a: &Attributes<'_>) -> Result<bool, String> {
+    fn matches(&self, a: &Attributes<'_>) -> Result<bool, Unknown> {
         let identity = self.principals.check(|m| principal_matches(m, a))
             && self
                 .namespaces
@@ -388,12 +403,10 @@ impl SourceMatch {
         if !identity {
             return Ok(false);
         }
-        Ok(ip_field(&self.ip_blocks, a.source_ip, "source address")?
-            && ip_field(
-                &self.remote_ip_blocks,
-                a.remote_ip,
-                "original client address",
-            )?)
+        Ok(
+            ip_field(&self.ip_blocks, a.source_ip, Unknown::SourceAddress)?
+                && ip_field(&self.remote_ip_blocks, a.remote_ip, Unknown::ClientAddress)?,
+        )
     }
 }
 
@@ -477,7 +490,7 @@ impl ConditionMatch {
         })
     }
 
-    fn matches(&self, a: &Attributes<'_>) -> Result<bool, String> {
+    fn matches(&self, a: &Attributes<'_>) -> Result<bool, Unknown> {
         Ok(match self {
             Self::Header(name, f) => match &a.http {
                 Some(h) => {
@@ -502,9 +515,9 @@ impl ConditionMatch {
                 // Only a DENY (or AUDIT) rule gets here on TCP: the condition is ignored.
                 None => true,
             },
-            Self::SourceIp(f) => ip_field(f, a.source_ip, "source address")?,
-            Self::RemoteIp(f) => ip_field(f, a.remote_ip, "original client address")?,
-            Self::DestinationIp(f) => ip_field(f, a.destination_ip, "destination address")?,
+            Self::SourceIp(f) => ip_field(f, a.source_ip, Unknown::SourceAddress)?,
+            Self::RemoteIp(f) => ip_field(f, a.remote_ip, Unknown::ClientAddress)?,
+            Self::DestinationIp(f) => ip_field(f, a.destination_ip, Unknown::DestinationAddress)?,
             Self::Namespace(f) => f.check(|m| m.matches(source_namespace(a.principal).as_bytes())),
             Self::Principal(f) => f.check(|m| principal_matches(m, a)),
             Self::DestinationPort(f) => f.check(|p| *p == a.port),

@@ -9,67 +9,88 @@ use std::sync::Arc;
 use mesh_api::Resource;
 
 use super::{Index, ProxyState};
-use crate::config::{ConfigBundle, INBOUND_PORT};
+use crate::config::{ConfigBundle, INBOUND_PORT, Node, ServiceConfig};
 use crate::error::ConfigError;
 use crate::model::{Endpoint, Protocol, Service, ServicePort, resolve_host};
 use crate::policy::DestinationPolicy;
 use crate::routes::{CompiledRoute, CompiledTcpRoute, CompiledTlsRoute};
 
+/// Compiles one service and its endpoints. A pushed service is compiled once, when it
+/// arrives, and the compiled service is reused by every later compile of the set
+/// until the service itself changes.
+pub fn compile_service(svc: &ServiceConfig) -> Arc<Service> {
+    let host = resolve_host(&svc.name, &svc.namespace);
+    let ports = svc
+        .ports
+        .iter()
+        .map(|p| ServicePort {
+            name: p.name.clone(),
+            port: p.port,
+            target_port: p.target_port.unwrap_or(p.port),
+            protocol: Protocol::from_port(&p.name, p.app_protocol.as_deref()),
+            sni: Arc::from(crate::sni::outbound_sni(p.port, "", &host)),
+            authority: format!("{host}:{}", p.port).parse().ok(),
+        })
+        .collect();
+    let endpoints = svc
+        .endpoints
+        .iter()
+        .map(|e| {
+            Arc::new(Endpoint {
+                inbound: SocketAddr::new(e.address, e.inbound_port.unwrap_or(INBOUND_PORT)),
+                labels: e.labels.clone(),
+                service_account: e.service_account.clone(),
+                cluster: e.cluster.clone(),
+                network: e.network.clone(),
+                locality: e.locality.clone(),
+                weight: e.weight.unwrap_or(1),
+                ready: e.ready,
+                quic: e.tunnel == Some(crate::config::Tunnel::Quic),
+                stale: e.stale,
+                source_labels: std::sync::OnceLock::new(),
+            })
+        })
+        .collect();
+    Arc::new(Service {
+        host,
+        name: svc.name.clone(),
+        namespace: svc.namespace.clone(),
+        addresses: svc.addresses.clone(),
+        ports,
+        endpoints,
+        source_labels: std::sync::OnceLock::new(),
+    })
+}
+
 impl ProxyState {
     /// Compiles a config. Every problem is collected; any problem rejects the whole
     /// update.
     pub fn compile(bundle: &ConfigBundle, origin: &str) -> Result<Self, ConfigError> {
-        let node = bundle.proxy.node.clone();
+        let resources: Vec<&Resource> = bundle.resources.iter().collect();
+        Self::compile_parts(
+            &bundle.proxy.node,
+            &bundle.proxy.version,
+            bundle.proxy.services.iter().map(compile_service),
+            &resources,
+            origin,
+        )
+    }
+
+    /// Compiles a config from services compiled before ([`compile_service`]) and the
+    /// Istio resources: routes, policies, authorization and the index are built here.
+    pub fn compile_parts(
+        node: &Node,
+        version: &str,
+        compiled: impl IntoIterator<Item = Arc<Service>>,
+        resources: &[&Resource],
+        origin: &str,
+    ) -> Result<Self, ConfigError> {
+        let node = node.clone();
         let mut errors = Vec::new();
         let mut services = HashMap::new();
-        for svc in &bundle.proxy.services {
-            let host = resolve_host(&svc.name, &svc.namespace);
-            let ports = svc
-                .ports
-                .iter()
-                .map(|p| ServicePort {
-                    name: p.name.clone(),
-                    port: p.port,
-                    target_port: p.target_port.unwrap_or(p.port),
-                    protocol: Protocol::from_port(&p.name, p.app_protocol.as_deref()),
-                    sni: Arc::from(crate::sni::outbound_sni(p.port, "", &host)),
-                    authority: format!("{host}:{}", p.port).parse().ok(),
-                })
-                .collect();
-            let endpoints = svc
-                .endpoints
-                .iter()
-                .map(|e| {
-                    Arc::new(Endpoint {
-                        inbound: SocketAddr::new(e.address, e.inbound_port.unwrap_or(INBOUND_PORT)),
-                        labels: e.labels.clone(),
-                        service_account: e.service_account.clone(),
-                        cluster: e.cluster.clone(),
-                        network: e.network.clone(),
-                        locality: e.locality.clone(),
-                        weight: e.weight.unwrap_or(1),
-                        ready: e.ready,
-                        quic: e.tunnel == Some(crate::config::Tunnel::Quic),
-                        stale: e.stale,
-                        source_labels: std::sync::OnceLock::new(),
-                    })
-                })
-                .collect();
-            if services
-                .insert(
-                    host.clone(),
-                    Arc::new(Service {
-                        host: host.clone(),
-                        name: svc.name.clone(),
-                        namespace: svc.namespace.clone(),
-                        addresses: svc.addresses.clone(),
-                        ports,
-                        endpoints,
-                        source_labels: std::sync::OnceLock::new(),
-                    }),
-                )
-                .is_some()
-            {
+        for svc in compiled {
+            let host = svc.host.clone();
+            if services.insert(host.clone(), svc).is_some() {
                 errors.push(format!("service {host} is listed twice"));
             }
         }
@@ -79,7 +100,7 @@ impl ProxyState {
         let mut tls_routes: HashMap<String, Vec<CompiledTlsRoute>> = HashMap::new();
         let mut policies = HashMap::new();
         // Istio's precedence: the oldest object first (then name, then namespace).
-        let mut ordered: Vec<&Resource> = bundle.resources.iter().collect();
+        let mut ordered: Vec<&Resource> = resources.to_vec();
         ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
         let mut rules_by_host: BTreeMap<String, Vec<&mesh_api::networking::DestinationRule>> =
             BTreeMap::new();
@@ -151,8 +172,7 @@ impl ProxyState {
                 policies.insert(fqdn.clone(), Arc::new(policy));
             }
         }
-        let authz_specs: Vec<_> = bundle
-            .resources
+        let authz_specs: Vec<_> = resources
             .iter()
             .filter_map(|r| match r {
                 Resource::AuthorizationPolicy(ap) => Some((
@@ -192,7 +212,7 @@ impl ProxyState {
             return Err(ConfigError::many(origin, errors));
         }
         Ok(Self {
-            version: bundle.proxy.version.clone(),
+            version: version.to_owned(),
             routes: routes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             policies,
             tcp_routes: tcp_routes

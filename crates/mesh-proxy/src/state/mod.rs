@@ -5,6 +5,8 @@
 
 mod compile;
 
+pub use compile::compile_service;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
