@@ -343,7 +343,7 @@ impl Outbound {
         if let Some((sni, target)) = refusal.upstream {
             self.note_upstream(state, sni, &target, out);
         }
-        fail(out, refusal.flag, &refusal.detail)
+        fail(out, refusal.why.flag(), &refusal.why.to_string())
     }
 
     /// Sends a planned request up to `tries` times (another endpoint each time when

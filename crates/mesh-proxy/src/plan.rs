@@ -128,24 +128,72 @@ pub struct Plan<'s> {
 /// Why a request cannot be planned.
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    /// The flag and status it answers with.
-    pub flag: ResponseFlag,
-    /// Why, for the response body and the access log.
-    pub detail: String,
+    /// Why: it decides the flag and status ([`Why::flag`]), and its text is the
+    /// response body and the access log's detail.
+    pub why: Why,
     /// The route that matched, when one did.
     pub route: Option<String>,
     /// The upstream cluster's SNI and service, when the destination was known.
     pub upstream: Option<(Arc<str>, Arc<Service>)>,
 }
 
+/// The reasons a request has no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Why {
+    /// Neither the captured address nor the Host names a known service.
+    #[error("no service named {0:?}")]
+    NoService(String),
+    /// The service's routes (its VirtualService) match nothing in the request.
+    #[error("no route of {0} matches")]
+    NoRouteMatches(String),
+    /// Every destination of the route has weight 0.
+    #[error("every destination has weight 0")]
+    AllWeightsZero,
+    /// A route names a host that is not a known service.
+    #[error("unknown service {0}")]
+    UnknownService(String),
+    /// The destination service has no port the request can use.
+    #[error("{0} has no port")]
+    NoPort(String),
+    /// A route names a subset no DestinationRule defines.
+    #[error(transparent)]
+    UnknownSubset(#[from] crate::policy::UnknownSubset),
+    /// The destination (subset) has no ready endpoint.
+    #[error("no ready endpoint for {0}")]
+    NoReadyEndpoint(Arc<str>),
+    /// A rewrite made a URI that is not valid.
+    #[error("cannot build upstream URI: {0}")]
+    BadUpstreamUri(String),
+}
+
+impl Why {
+    /// The one place a refusal's flag is chosen (and with it the status).
+    pub fn flag(&self) -> ResponseFlag {
+        match self {
+            Self::NoService(_) | Self::NoRouteMatches(_) | Self::BadUpstreamUri(_) => {
+                ResponseFlag::NoRoute
+            }
+            Self::AllWeightsZero
+            | Self::UnknownService(_)
+            | Self::NoPort(_)
+            | Self::UnknownSubset(_)
+            | Self::NoReadyEndpoint(_) => ResponseFlag::NoHealthyUpstream,
+        }
+    }
+}
+
 impl Refusal {
-    fn new(flag: ResponseFlag, detail: impl Into<String>) -> Self {
+    fn new(why: Why) -> Self {
         Self {
-            flag,
-            detail: detail.into(),
+            why,
             route: None,
             upstream: None,
         }
+    }
+
+    /// The flag and status the request is answered with.
+    pub fn flag(&self) -> ResponseFlag {
+        self.why.flag()
     }
 }
 
@@ -165,12 +213,7 @@ pub fn plan<'s>(
         Some(dst) => state.service_for_ip(dst.ip()),
         None => state.service_for_authority(authority),
     }
-    .ok_or_else(|| {
-        Refusal::new(
-            ResponseFlag::NoRoute,
-            format!("no service named {authority:?}"),
-        )
-    })?;
+    .ok_or_else(|| Refusal::new(Why::NoService(authority.to_owned())))?;
     let req_port = captured
         .map(|d| d.port())
         .or_else(|| authority_port(authority))
@@ -189,15 +232,10 @@ pub fn plan<'s>(
         .routes
         .get(&service.host)
         .and_then(|routes| routes.iter().find(|r| r.matches(&view)))
-        .ok_or_else(|| {
-            Refusal::new(
-                ResponseFlag::NoRoute,
-                format!("no route of {} matches", service.host),
-            )
-        })?;
-    let refuse = |flag, detail: String| Refusal {
+        .ok_or_else(|| Refusal::new(Why::NoRouteMatches(service.host.clone())))?;
+    let refuse = |why: Why| Refusal {
         route: Some(route.name.clone()),
-        ..Refusal::new(flag, detail)
+        ..Refusal::new(why)
     };
     let fault = route.fault.as_ref();
     let delay = fault
@@ -248,54 +286,36 @@ pub fn plan<'s>(
             })));
         }
     };
-    let dest = pick_weighted(dests, rolls.destination).ok_or_else(|| {
-        refuse(
-            ResponseFlag::NoHealthyUpstream,
-            "every destination has weight 0".into(),
-        )
-    })?;
-    let target = state.services.get(&dest.host).ok_or_else(|| {
-        refuse(
-            ResponseFlag::NoHealthyUpstream,
-            format!("unknown service {}", dest.host),
-        )
-    })?;
+    let dest =
+        pick_weighted(dests, rolls.destination).ok_or_else(|| refuse(Why::AllWeightsZero))?;
+    let target = state
+        .services
+        .get(&dest.host)
+        .ok_or_else(|| refuse(Why::UnknownService(dest.host.clone())))?;
     let port = target
         .port(dest.port.or(Some(req_port)))
         .or_else(|| target.port(None))
-        .ok_or_else(|| {
-            refuse(
-                ResponseFlag::NoHealthyUpstream,
-                format!("{} has no port", target.host),
-            )
-        })?;
+        .ok_or_else(|| refuse(Why::NoPort(target.host.clone())))?;
     let sni = port.sni(&dest.subset, &target.host);
-    let refuse_at = |flag, detail: String| Refusal {
+    let refuse_at = |why: Why| Refusal {
         upstream: Some((sni.clone(), target.clone())),
-        ..refuse(flag, detail)
+        ..refuse(why)
     };
     let policy = state.policies.get(&dest.host).map(Arc::as_ref);
     let resolved = policy.and_then(|p| p.resolve(&dest.subset, port.port));
     let (hash, set_cookie) = hashing(resolved, parts, peer, rolls);
-    let candidates = DestinationPolicy::select(policy, target, &dest.subset)
-        .map_err(|e| refuse_at(ResponseFlag::NoHealthyUpstream, e.to_string()))?;
+    let candidates =
+        DestinationPolicy::select(policy, target, &dest.subset).map_err(|e| refuse_at(e.into()))?;
     if candidates.is_empty() {
-        return Err(refuse_at(
-            ResponseFlag::NoHealthyUpstream,
-            format!("no ready endpoint for {sni}"),
-        ));
+        return Err(refuse_at(Why::NoReadyEndpoint(sni.clone())));
     }
     let matched_prefix = route
         .matches
         .iter()
         .find(|m| m.matches(&view))
         .and_then(|m| m.uri_prefix());
-    let uri = upstream_uri(route, port, &parts.uri, matched_prefix).map_err(|e| {
-        refuse_at(
-            ResponseFlag::NoRoute,
-            format!("cannot build upstream URI: {e}"),
-        )
-    })?;
+    let uri = upstream_uri(route, port, &parts.uri, matched_prefix)
+        .map_err(|e| refuse_at(Why::BadUpstreamUri(e.to_string())))?;
     // Istio's default h2UpgradePolicy: HTTP/1.1 stays HTTP/1.1 between sidecars;
     // HTTP/2 and gRPC (or a port declared http2/grpc) use multiplexed HTTP/2, as does
     // HTTP/1.1 under `h2UpgradePolicy: UPGRADE`.
@@ -496,7 +516,7 @@ services:
             peer: Some("10.0.0.9".parse().unwrap()),
         };
         match plan(state, inputs, &rolls(sample)) {
-            Err(r) => format!("refused {} {}", r.flag.code(), r.detail),
+            Err(r) => format!("refused {} {}", r.flag().code(), r.why),
             Ok(d) => {
                 let delay = d.delay.map(|d| format!(" after {d:?}")).unwrap_or_default();
                 match d.action {
