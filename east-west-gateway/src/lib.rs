@@ -14,11 +14,10 @@ use mesh_proxy::StateStore;
 use mesh_proxy::http_util::{serve_endpoints, text_response};
 use mesh_proxy::policy::DestinationPolicy;
 use mesh_proxy::sni::{parse_outbound_sni, read_client_hello};
-use mesh_telemetry::metrics::PeerLabels;
+use mesh_telemetry::metrics::{MeshMetrics, PeerLabels};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,14 +35,11 @@ pub struct RefusedLabels {
     pub reason: String,
 }
 
-/// Gateway metrics: Istio's TCP metrics and refusals.
+/// Gateway metrics: Istio's TCP metrics (recorded as every proxy records them) and
+/// the gateway's own refusals, QUIC streams and probes, in one registry.
 #[derive(Debug)]
 pub struct GatewayMetrics {
-    registry: Registry,
-    opened: Family<PeerLabels, Counter>,
-    closed: Family<PeerLabels, Counter>,
-    sent: Family<PeerLabels, Counter>,
-    received: Family<PeerLabels, Counter>,
+    mesh: MeshMetrics,
     /// Refused connections by reason.
     pub refused: Family<RefusedLabels, Counter>,
     /// Connections tunnelled over QUIC.
@@ -54,62 +50,39 @@ pub struct GatewayMetrics {
 
 impl Default for GatewayMetrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let m = Self {
-            registry: Registry::default(),
-            opened: Family::default(),
-            closed: Family::default(),
-            sent: Family::default(),
-            received: Family::default(),
-            refused: Family::default(),
-            quic_streams: Counter::default(),
-            probes: Counter::default(),
-        };
-        registry.register(
-            "istio_tcp_connections_opened",
-            "TCP connections opened",
-            m.opened.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_closed",
-            "TCP connections closed",
-            m.closed.clone(),
-        );
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent towards the caller",
-            m.sent.clone(),
-        );
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from the caller",
-            m.received.clone(),
-        );
-        registry.register(
-            "isthmus_gateway_quic_streams",
-            "Connections tunnelled over QUIC",
-            m.quic_streams.clone(),
-        );
-        registry.register(
-            "isthmus_gateway_probes",
-            "Health probes from linked clusters answered",
-            m.probes.clone(),
-        );
-        registry.register(
-            "isthmus_gateway_refused",
-            "Connections refused, by reason",
-            m.refused.clone(),
-        );
-        Self { registry, ..m }
+        let refused = Family::<RefusedLabels, Counter>::default();
+        let quic_streams = Counter::default();
+        let probes = Counter::default();
+        let mesh = MeshMetrics::with_extra(|registry| {
+            registry.register(
+                "isthmus_gateway_quic_streams",
+                "Connections tunnelled over QUIC",
+                quic_streams.clone(),
+            );
+            registry.register(
+                "isthmus_gateway_probes",
+                "Health probes from linked clusters answered",
+                probes.clone(),
+            );
+            registry.register(
+                "isthmus_gateway_refused",
+                "Connections refused, by reason",
+                refused.clone(),
+            );
+        });
+        Self {
+            mesh,
+            refused,
+            quic_streams,
+            probes,
+        }
     }
 }
 
 impl GatewayMetrics {
     /// Prometheus text.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.mesh.encode()
     }
 
     /// Refused connections with `reason`.
@@ -119,25 +92,6 @@ impl GatewayMetrics {
                 reason: reason.into(),
             })
             .get()
-    }
-
-    /// Connections opened to `service` (FQDN).
-    pub fn opened_to(&self, service: &str) -> u64 {
-        let mut total = 0;
-        let text = self.encode();
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
-        {
-            if line.contains(&format!("destination_service=\"{service}\"")) {
-                total += line
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-        total
     }
 }
 
@@ -406,7 +360,7 @@ async fn splice<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         trace,
     } = hop;
     let started = Instant::now();
-    metrics.opened.get_or_create(&labels).inc();
+    metrics.mesh.tcp_opened(&labels);
     let mut span = tracing.start(|| format!("gateway {target}"), true, trace);
     if span.is_recording() {
         span.set([
@@ -435,9 +389,7 @@ async fn splice<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         Ok((a, b)) => (*a + first.len() as u64, *b),
         Err(_) => (first.len() as u64, 0),
     };
-    metrics.received.get_or_create(&labels).inc_by(from_caller);
-    metrics.sent.get_or_create(&labels).inc_by(to_caller);
-    metrics.closed.get_or_create(&labels).inc();
+    metrics.mesh.tcp_closed(&labels, to_caller, from_caller);
     tracing::info!(
         target: "access",
         peer = %peer,

@@ -399,17 +399,9 @@ async fn inbound_refuses_plaintext_and_untrusted_callers() {
     assert!(body.contains("does not reach a trusted root"), "{body}");
 }
 
-/// The value of the first sample of `metric` whose labels contain every `labels` pair.
+/// The sum of the samples of `metric` whose labels contain every `labels` pair.
 fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    mesh_telemetry::metrics::sum_of(text, metric, labels) as u64
 }
 
 #[tokio::test]

@@ -182,7 +182,14 @@ impl Default for MeshMetrics {
 impl MeshMetrics {
     /// A fresh registry with every Istio metric registered.
     pub fn new() -> Self {
+        Self::with_extra(|_| {})
+    }
+
+    /// As [`MeshMetrics::new`], with a component's own metrics registered beside
+    /// Istio's by `extra` (one registry, one exposition).
+    pub fn with_extra(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
+        extra(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = HistogramFamily::<RequestLabels>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
@@ -351,9 +358,35 @@ impl MeshMetrics {
     }
 }
 
+/// The sum of every sample of `metric` in a Prometheus text exposition whose labels
+/// include each of `labels`, read as a scraper reads it (for checks and status views).
+pub fn sum_of(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sum_of_reads_only_the_named_metric_with_every_label() {
+        let text = "# TYPE x counter\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\nx_total_more{a=\"1\"} 100\ny 5\n";
+        assert_eq!(sum_of(text, "x_total", &[("a", "1")]), 7.0);
+        assert_eq!(sum_of(text, "x_total", &[("b", "3")]), 4.0);
+        assert_eq!(sum_of(text, "x_total", &[("a", "2")]), 0.0);
+        assert_eq!(sum_of(text, "y", &[]), 5.0);
+    }
 
     #[test]
     fn istio_names_and_labels_are_exposed() {

@@ -242,9 +242,8 @@ impl Bed<'_> {
             .block_on(mesh_proxy::http_util::get(addr, "/metrics"))
             .ok()?;
         body.lines()
-            .find(|l| l.split([' ', '{']).next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+            .any(|l| l.split([' ', '{']).next() == Some(name))
+            .then(|| mesh_telemetry::metrics::sum_of(&body, name, &[]))
     }
 
     /// The link to `peer` as the discovery of `cluster` shows it.
