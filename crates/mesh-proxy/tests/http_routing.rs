@@ -604,6 +604,21 @@ spec:
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
     let (status, _) = get(a, "reviews:9080", "/reviews/1", &[("x-user", "mallory")]).await;
     assert_eq!(status, 403, "DENY is evaluated before ALLOW");
+    // Denied requests are recorded where they were denied, as Istio records them.
+    let mut denied = 0;
+    for server in &w.servers {
+        let (_, m) = get(server.admin_addrs[0], "admin", "/stats/prometheus", &[]).await;
+        denied += sample(
+            &m,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("response_code", "403"),
+                ("response_flags", "UAEX"),
+            ],
+        );
+    }
+    assert_eq!(denied, 2, "both denials are counted");
 
     // An ALLOW policy without rules allows nothing.
     with_server_policies(

@@ -1,13 +1,16 @@
 //! Inbound mesh traffic: mTLS terminated with the workload identity (STRICT: a
 //! plaintext connection is refused), the service port read from the SNI
 //! `outbound_.PORT_.SUBSET_.HOST`, and each request forwarded to the local application
-//! with the caller's identity in `x-forwarded-client-cert`.
+//! with the caller's identity in `x-forwarded-client-cert`. [`plan`] decides what
+//! happens to a request; this module does it and records it once.
+
+mod plan;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,10 +21,9 @@ use tokio_rustls::TlsAcceptor;
 
 use mesh_telemetry::metrics::{LabelCache, MeshMetrics};
 
-use crate::authz::{Attributes, Decision, HttpAttributes};
+use crate::authz::{Attributes, Decision};
 use crate::error::ResponseFlag;
 use crate::http_util::{Body, boxed, flagged};
-use crate::model::Protocol;
 use crate::sni::parse_outbound_sni;
 use crate::state::StateStore;
 
@@ -53,6 +55,20 @@ pub struct RequestOptions {
     /// Proxies in front of this workload whose `X-Forwarded-For` entries are
     /// trusted; 0 makes `remote.ip` the peer address.
     pub num_trusted_proxies: usize,
+}
+
+/// What one request's record needs, read before the request is handed on.
+struct Facts<'a> {
+    peer: SocketAddr,
+    caller: &'a Caller,
+    /// The caller's `x-isthmus-peer` value (empty when absent).
+    peer_value: &'a str,
+    /// The service host as sent, without its port.
+    service_host: &'a str,
+    grpc: bool,
+    request_bytes: u64,
+    method: http::Method,
+    started: Instant,
 }
 
 /// Who is calling, as authorization reads it from the connection.
@@ -332,25 +348,11 @@ impl Inbound {
         from: &Caller,
         service_port: Option<u16>,
     ) -> Response<Body> {
-        let caller: &str = &from.id;
         let _in_flight = self.in_flight.start();
         let started = Instant::now();
-        let Some(service_port) = service_port else {
-            return flagged(
-                ResponseFlag::NoRoute,
-                "the connection carried no outbound SNI",
-            );
-        };
         let state = self.store.snapshot();
-        let (target_port, protocol) = state.local_port(service_port);
         let (mut parts, body) = req.into_parts();
         let peer_header = parts.headers.remove(crate::peer::PEER_HEADER);
-        let peer_value = peer_header
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        // Decoded only for what is written out (a log line, a span, a new series).
-        let caller_info = || crate::peer::decode(peer_value);
         // HTTP/2 carries the service in the URI's authority, HTTP/1.1 in Host; policies
         // match it as sent (with the port), spans name the host alone.
         let authority_sent = parts
@@ -365,103 +367,97 @@ impl Inbound {
             })
             .unwrap_or_default()
             .to_owned();
-        let service_host = crate::model::strip_port(&authority_sent).to_owned();
-        let grpc = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let request_bytes = crate::http_util::content_length(&parts.headers);
-        let parent = mesh_telemetry::trace::TraceParent::from_headers(&parts.headers);
-        let mut span =
-            self.tracing
-                .start(|| format!("{service_host}:{service_port}/*"), true, parent);
-        span.context().inject(&mut parts.headers);
-        // Policies and the application see the normalized path.
-        let normalized = self.requests.path_normalization.apply(parts.uri.path());
-        if let std::borrow::Cow::Owned(normalized) = normalized {
-            let query = parts
-                .uri
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            let mut uri = parts.uri.clone().into_parts();
-            uri.path_and_query = format!("{normalized}{query}").parse().ok();
-            match Uri::from_parts(uri) {
-                Ok(u) => parts.uri = u,
-                Err(_) => {
-                    let mut resp = Response::new(crate::http_util::full("invalid request path"));
-                    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
-                    return resp;
-                }
-            }
-        }
-        let decision = state.authz.decide(&Attributes {
-            principal: &from.principal,
-            principal_aliases: &from.aliases,
-            source_ip: Some(peer.ip()),
-            remote_ip: remote_ip(&parts.headers, peer.ip(), self.requests.num_trusted_proxies),
-            destination_ip: from.destination_ip,
-            port: target_port,
-            sni: &from.sni,
-            http: Some(HttpAttributes {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                host: &authority_sent,
-                headers: &parts.headers,
-            }),
-        });
-        match &decision {
-            Decision::Deny(reason) => {
-                tracing::info!(target: "access", direction = "inbound", %peer, method = %parts.method, path = %parts.uri.path(), status = 403, source_principal = %caller, response_flags = ResponseFlag::Unauthorized.code(), reason = %reason, "request denied");
-                let mut resp = Response::new(crate::http_util::full("RBAC: access denied"));
-                *resp.status_mut() = http::StatusCode::FORBIDDEN;
-                return resp;
-            }
-            Decision::Allow { audited } if !audited.is_empty() => {
-                tracing::info!(target: "access", direction = "inbound", %peer, method = %parts.method, path = %parts.uri.path(), source_principal = %caller, audit = ?audited, "audited");
-            }
-            Decision::Allow { .. } => {}
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        parts.uri = match Uri::builder()
-            .scheme("http")
-            .authority(SocketAddr::new(self.app_ip, target_port).to_string())
-            .path_and_query(path.as_str())
-            .build()
-        {
-            Ok(u) => u,
-            Err(e) => return flagged(ResponseFlag::NoRoute, &e.to_string()),
+        let facts = Facts {
+            peer,
+            caller: from,
+            peer_value: peer_header
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            service_host: crate::model::strip_port(&authority_sent),
+            grpc: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            request_bytes: crate::http_util::content_length(&parts.headers),
+            method: parts.method.clone(),
+            started,
         };
-        // gRPC and HTTP/2 ports get HTTP/2 (cleartext) to the app, so trailers and
-        // streams arrive intact; everything else HTTP/1.1.
-        let h2 = matches!(protocol, Protocol::Grpc | Protocol::Http2);
-        parts.version = if h2 {
+        let parent = mesh_telemetry::trace::TraceParent::from_headers(&parts.headers);
+        let span = self.tracing.start(
+            || {
+                let port = service_port.map_or_else(|| "-".to_owned(), |p| p.to_string());
+                format!("{}:{port}/*", facts.service_host)
+            },
+            true,
+            parent,
+        );
+        span.context().inject(&mut parts.headers);
+        let decided = plan::plan(
+            &state,
+            &parts,
+            plan::Inputs {
+                caller: from,
+                peer,
+                service_port,
+                authority: &authority_sent,
+                app_ip: self.app_ip,
+                options: self.requests,
+            },
+        );
+        let (resp, flag, path, refusal) = match decided {
+            Ok(plan) => {
+                if !plan.audited.is_empty() {
+                    tracing::info!(target: "access", direction = "inbound", %peer, method = %parts.method, path = %parts.uri.path(), source_principal = %from.id, audit = ?plan.audited, "audited");
+                }
+                let path = plan
+                    .app_uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                let (resp, flag) = self.send(parts, body, plan, from).await;
+                (resp, flag, path, None)
+            }
+            Err(refusal) => {
+                let (status, text) = refusal.answer();
+                let mut resp = Response::new(crate::http_util::full(text));
+                *resp.status_mut() = status;
+                let path = parts.uri.path().to_owned();
+                (resp, refusal.flag(), path, Some(refusal))
+            }
+        };
+        self.record(&state, &facts, &path, &resp, flag, refusal.as_ref(), span);
+        resp
+    }
+
+    /// Executes a plan: the request goes to the application.
+    async fn send(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        plan: plan::InboundPlan,
+        from: &Caller,
+    ) -> (Response<Body>, Option<ResponseFlag>) {
+        // An HTTP/2 request's authority becomes the Host the application sees.
+        let authority = parts.uri.authority().map(|a| a.to_string());
+        let target = plan.app_uri.authority().map(|a| a.to_string());
+        parts.uri = plan.app_uri;
+        parts.version = if plan.h2 {
             http::Version::HTTP_2
         } else {
             http::Version::HTTP_11
         };
-        if !authority.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&authority)
-        {
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
             parts.headers.insert(http::header::HOST, v);
         }
         if let Some(v) = &from.xfcc {
             parts.headers.insert("x-forwarded-client-cert", v.clone());
         }
-        let resp = self
-            .client_for(h2)
+        match self
+            .client_for(plan.h2)
             .request(Request::from_parts(parts, boxed(body)))
-            .await;
-        let (resp, flag) = match resp {
+            .await
+        {
             Ok(r) => {
                 let (parts, body) = r.into_parts();
                 (Response::from_parts(parts, boxed(body)), None)
@@ -469,60 +465,86 @@ impl Inbound {
             Err(e) => (
                 flagged(
                     ResponseFlag::UpstreamConnectionFailure,
-                    &format!("local application on port {target_port}: {e}"),
+                    &format!("local application at {}: {e}", target.unwrap_or_default()),
                 ),
                 Some(ResponseFlag::UpstreamConnectionFailure),
             ),
-        };
+        }
+    }
+
+    /// The one record of a request, whatever its outcome: access log, span, metrics.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        state: &crate::state::ProxyState,
+        facts: &Facts<'_>,
+        path: &str,
+        resp: &Response<Body>,
+        flag: Option<ResponseFlag>,
+        refusal: Option<&plan::InboundRefusal>,
+        mut span: mesh_telemetry::trace::HopSpan,
+    ) {
+        let caller: &str = &facts.caller.id;
+        // Decoded only for what is written out (a log line, a span, a new series).
+        let caller_info = || crate::peer::decode(facts.peer_value);
+        let flags = flag.map_or("-", ResponseFlag::code);
+        let status = resp.status().as_u16();
         tracing::info!(
             target: "access",
             direction = "inbound",
+            peer = %facts.peer,
+            method = %facts.method,
             path = %path,
-            status = resp.status().as_u16(),
-            response_flags = flag.map_or("-", ResponseFlag::code),
+            status,
+            response_flags = flags,
             source_principal = %caller,
             source_cluster = %caller_info().cluster,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = facts.started.elapsed().as_millis() as u64,
+            reason = refusal.map(ToString::to_string).unwrap_or_default(),
         );
         let node = &state.node;
         if span.is_recording() {
             span.set(crate::peer::node_span_attributes(node));
             span.set([
-                ("http.url", format!("http://{service_host}{path}")),
+                ("http.url", format!("http://{}{path}", facts.service_host)),
                 ("source_principal", caller.to_owned()),
                 ("source_cluster", caller_info().cluster),
                 ("destination_cluster", node.cluster.clone()),
             ]);
         }
-        span.end(resp.status().as_u16(), flag.map_or("-", ResponseFlag::code));
+        span.end(status, flags);
         // The labels depend on the caller's header and identity, the service and this
         // node (whose own header value stands for it).
         let own = state.peer_header().and_then(|v| v.to_str().ok());
         let peers = self.labels.get(
-            &[peer_value, caller, &service_host, own.unwrap_or_default()],
+            &[
+                facts.peer_value,
+                caller,
+                facts.service_host,
+                own.unwrap_or_default(),
+            ],
             || {
                 crate::peer::destination_report(
                     node,
                     &self.local_id,
                     &caller_info(),
                     caller,
-                    &service_host,
+                    facts.service_host,
                 )
             },
         );
         self.metrics.record(
             &peers,
             mesh_telemetry::metrics::Response {
-                grpc,
-                code: resp.status().as_u16(),
+                grpc: facts.grpc,
+                code: status,
                 grpc_status: None,
-                flags: flag.map_or("-", ResponseFlag::code),
+                flags,
             },
-            started.elapsed().as_secs_f64() * 1000.0,
-            request_bytes,
+            facts.started.elapsed().as_secs_f64() * 1000.0,
+            facts.request_bytes,
             crate::http_util::content_length(resp.headers()),
         );
-        resp
     }
 }
 
