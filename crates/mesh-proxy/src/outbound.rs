@@ -589,7 +589,7 @@ impl Outbound {
             .cloned()
     }
 
-    fn trust_domain(&self) -> &str {
+    pub(crate) fn trust_domain(&self) -> &str {
         self.own_id
             .strip_prefix("spiffe://")
             .and_then(|r| r.split('/').next())

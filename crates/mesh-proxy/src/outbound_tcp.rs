@@ -12,8 +12,10 @@ use tokio::net::TcpStream;
 use crate::error::ResponseFlag;
 use crate::model::{Protocol, Service};
 use crate::outbound::Outbound;
-use crate::routes::{WeightedDestination, pick_weighted};
+use crate::policy::{HashKey, ResolvedPolicy};
+use crate::routes::pick_weighted;
 use crate::sni::{outbound_sni, read_client_hello};
+use crate::state::ProxyState;
 
 /// Request-line starts of HTTP/1.x methods, and the HTTP/2 connection preface.
 const HTTP_STARTS: &[&[u8]] = &[
@@ -78,35 +80,124 @@ async fn sniff_http(stream: &TcpStream) -> bool {
     }
 }
 
+/// Where one captured TCP (or TLS) connection goes, decided without I/O.
+#[derive(Debug)]
+pub(crate) struct TcpPlan<'s> {
+    /// The destination service.
+    pub target: &'s Arc<Service>,
+    /// Its subset ("" for none).
+    pub subset: &'s str,
+    /// The destination port.
+    pub port: u16,
+    /// The upstream cluster's SNI, `outbound_.PORT_.SUBSET_.HOST`.
+    pub cluster: String,
+    /// The traffic policy in force for (subset, port).
+    pub resolved: Option<&'s ResolvedPolicy>,
+    /// The policy hashes on the caller's address (`useSourceIp`).
+    pub hash_source_ip: bool,
+}
+
+/// Why a captured connection has no destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TcpRefusal {
+    /// Every destination of the matching route has weight 0.
+    #[error("every destination has weight 0")]
+    AllWeightsZero,
+    /// The route names a host that is not a known service.
+    #[error("unknown service {0}")]
+    UnknownService(String),
+}
+
+impl TcpRefusal {
+    /// The flag it is recorded with.
+    pub(crate) fn flag(&self) -> ResponseFlag {
+        match self {
+            Self::AllWeightsZero | Self::UnknownService(_) => ResponseFlag::NoHealthyUpstream,
+        }
+    }
+}
+
+/// Plans a captured connection to `service` on `port`: the `tls` route matching the
+/// ClientHello's `server_name` when one was read, else the first `tcp` route for the
+/// port, else the service itself; `roll` in [0, 1) picks among weighted destinations.
+pub(crate) fn plan_tcp<'s>(
+    state: &'s ProxyState,
+    service: &'s Arc<Service>,
+    port: u16,
+    server_name: Option<&str>,
+    roll: f64,
+) -> Result<TcpPlan<'s>, TcpRefusal> {
+    let tls = server_name.and_then(|name| {
+        state
+            .tls_routes
+            .get(&service.host)?
+            .iter()
+            .find(|r| r.matches(name, port))
+    });
+    let dests = match tls {
+        Some(route) => Some(&route.destinations[..]),
+        None => state
+            .tcp_routes
+            .get(&service.host)
+            .and_then(|routes| {
+                routes
+                    .iter()
+                    .find(|r| r.ports.is_empty() || r.ports.contains(&port))
+            })
+            .map(|r| &r.destinations[..]),
+    };
+    let (host, subset, dest_port) = match dests {
+        Some(dests) => {
+            let d = pick_weighted(dests, roll).ok_or(TcpRefusal::AllWeightsZero)?;
+            (d.host.as_str(), d.subset.as_str(), d.port)
+        }
+        None => (service.host.as_str(), "", None),
+    };
+    let target = state
+        .services
+        .get(host)
+        .ok_or_else(|| TcpRefusal::UnknownService(host.to_owned()))?;
+    let port = dest_port.unwrap_or(port);
+    let resolved = state
+        .policies
+        .get(host)
+        .and_then(|p| p.resolve(subset, port));
+    Ok(TcpPlan {
+        target,
+        subset,
+        port,
+        cluster: outbound_sni(port, subset, &target.host),
+        resolved,
+        hash_source_ip: resolved.and_then(|r| r.hash_key.as_ref()) == Some(&HashKey::SourceIp),
+    })
+}
+
+/// How a captured connection ended, for its one record.
+struct TcpOutcome<'a> {
+    flag: Option<ResponseFlag>,
+    /// The service the metrics name (the destination once planned).
+    service: &'a Service,
+    cluster: &'a str,
+    endpoint: Option<&'a Arc<crate::model::Endpoint>>,
+    /// Bytes to and from the upstream.
+    bytes: (u64, u64),
+}
+
 impl Outbound {
     /// Carries a captured TCP connection to `service`:`port` over mTLS.
     pub async fn tcp(&self, mut downstream: TcpStream, dst: SocketAddr, service: Arc<Service>) {
         let _in_flight = self.in_flight.start();
         let started = Instant::now();
         let state = self.store.snapshot();
-        let default = [WeightedDestination {
-            host: service.host.clone(),
-            subset: String::new(),
-            port: None,
-            weight: 1,
-        }];
         // TLS routes look at the ClientHello's SNI; its bytes are read here and sent
         // upstream first. A hello no route matches falls back to the TCP routes.
         let mut hello = Vec::new();
-        let tls_routes = state.tls_routes.get(&service.host).cloned();
-        let mut tls_dests = None;
-        let mut server_name = String::new();
-        if let Some(routes) = tls_routes.as_deref()
-            && starts_with_tls(&downstream).await
-        {
+        let mut server_name = None;
+        if state.tls_routes.contains_key(&service.host) && starts_with_tls(&downstream).await {
             match tokio::time::timeout(SNIFF_WAIT * 50, read_client_hello(&mut downstream)).await {
                 Ok(Ok((raw, sni))) => {
                     hello = raw;
-                    server_name = sni.unwrap_or_default();
-                    tls_dests = routes
-                        .iter()
-                        .find(|r| r.matches(&server_name, dst.port()))
-                        .map(|r| &r.destinations[..]);
+                    server_name = Some(sni.unwrap_or_default());
                 }
                 _ => {
                     tracing::info!(target: "access", direction = "outbound", protocol = "tls", original_dst = %dst, response_flags = ResponseFlag::DownstreamConnectionTermination.code(), "no complete ClientHello");
@@ -114,92 +205,236 @@ impl Outbound {
                 }
             }
         }
-        let routes = state.tcp_routes.get(&service.host).cloned();
-        let dests = tls_dests.unwrap_or_else(|| {
-            routes
-                .as_deref()
-                .and_then(|r| {
-                    r.iter()
-                        .find(|r| r.ports.is_empty() || r.ports.contains(&dst.port()))
-                })
-                .map_or(&default[..], |r| &r.destinations[..])
-        });
-        let log = |flag: &str, cluster: &str, host: &str, bytes: (u64, u64)| {
-            tracing::info!(
-                target: "access",
-                direction = "outbound",
-                protocol = if hello.is_empty() { "tcp" } else { "tls" },
-                original_dst = %dst,
-                requested_server_name = %server_name,
-                upstream_cluster = %cluster,
-                upstream_host = %host,
-                response_flags = flag,
-                bytes_sent = bytes.0,
-                bytes_received = bytes.1,
-                duration_ms = started.elapsed().as_millis() as u64,
+        let record = |o: TcpOutcome<'_>| {
+            self.record_tcp(
+                &state,
+                dst,
+                server_name.as_deref(),
+                !hello.is_empty(),
+                started,
+                o,
             );
         };
-        let Some(dest) = pick_weighted(dests, rand::random::<f64>()) else {
-            return log(ResponseFlag::NoHealthyUpstream.code(), "-", "-", (0, 0));
+        let plan = match plan_tcp(
+            &state,
+            &service,
+            dst.port(),
+            server_name.as_deref(),
+            rand::random::<f64>(),
+        ) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                tracing::debug!(reason = %refusal, "TCP connection refused");
+                return record(TcpOutcome {
+                    flag: Some(refusal.flag()),
+                    service: &service,
+                    cluster: "-",
+                    endpoint: None,
+                    bytes: (0, 0),
+                });
+            }
         };
-        let Some(target) = state.services.get(&dest.host) else {
-            return log(
-                ResponseFlag::NoHealthyUpstream.code(),
-                &dest.host,
-                "-",
-                (0, 0),
-            );
+        let hash = plan
+            .hash_source_ip
+            .then(|| downstream.peer_addr().ok())
+            .flatten()
+            .map(|a| crate::lb::hash_of(a.ip()));
+        let Some(endpoint) = self.pick_one(&state, plan.target, plan.subset, plan.port, hash)
+        else {
+            return record(TcpOutcome {
+                flag: Some(ResponseFlag::NoHealthyUpstream),
+                service: plan.target,
+                cluster: &plan.cluster,
+                endpoint: None,
+                bytes: (0, 0),
+            });
         };
-        let port = dest.port.unwrap_or(dst.port());
-        let cluster = outbound_sni(port, &dest.subset, &target.host);
-        let policy = state.policies.get(&dest.host).map(Arc::as_ref);
-        let resolved = policy.and_then(|p| p.resolve(&dest.subset, port));
-        let hash = (resolved.and_then(|r| r.hash_key.as_ref())
-            == Some(&crate::policy::HashKey::SourceIp))
-        .then(|| downstream.peer_addr().ok())
-        .flatten()
-        .map(|a| crate::lb::hash_of(a.ip()));
-        let endpoint = self.pick_one(&state, target, &dest.subset, port, hash);
-        let Some(endpoint) = endpoint else {
-            return log(
-                ResponseFlag::NoHealthyUpstream.code(),
-                &cluster,
-                "-",
-                (0, 0),
-            );
-        };
-        match self
+        let upstream = self
             .pool
             .connect_stream(
                 endpoint.inbound,
                 endpoint.quic.then_some(state.node.cluster.as_str()),
-                &cluster,
-                resolved.and_then(|r| r.connect_timeout),
+                &plan.cluster,
+                plan.resolved.and_then(|r| r.connect_timeout),
             )
-            .await
-        {
+            .await;
+        let (flag, bytes) = match upstream {
             Ok(mut upstream) => {
                 use tokio::io::AsyncWriteExt;
                 if upstream.write_all(&hello).await.is_err() {
-                    let flag = ResponseFlag::UpstreamReset.code();
-                    return log(flag, &cluster, &endpoint.inbound.to_string(), (0, 0));
+                    (Some(ResponseFlag::UpstreamReset), (0, 0))
+                } else {
+                    let (sent, received) =
+                        tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                            .await
+                            .unwrap_or_default();
+                    (None, (sent + hello.len() as u64, received))
                 }
-                let (sent, received) =
-                    tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
-                        .await
-                        .unwrap_or_default();
-                let bytes = (sent + hello.len() as u64, received);
-                log("-", &cluster, &endpoint.inbound.to_string(), bytes);
             }
             Err(e) => {
                 tracing::debug!(error = %e.detail, "TCP upstream failed");
-                log(
-                    e.flag.code(),
-                    &cluster,
-                    &endpoint.inbound.to_string(),
-                    (0, 0),
-                );
+                (Some(e.flag), (0, 0))
             }
+        };
+        record(TcpOutcome {
+            flag,
+            service: plan.target,
+            cluster: &plan.cluster,
+            endpoint: Some(&endpoint),
+            bytes,
+        });
+    }
+
+    /// The one record of a captured connection: access log and Istio's TCP metrics.
+    fn record_tcp(
+        &self,
+        state: &ProxyState,
+        dst: SocketAddr,
+        server_name: Option<&str>,
+        tls: bool,
+        started: Instant,
+        o: TcpOutcome<'_>,
+    ) {
+        let host = o
+            .endpoint
+            .map_or_else(|| "-".to_owned(), |e| e.inbound.to_string());
+        tracing::info!(
+            target: "access",
+            direction = "outbound",
+            protocol = if tls { "tls" } else { "tcp" },
+            original_dst = %dst,
+            requested_server_name = server_name.unwrap_or_default(),
+            upstream_cluster = %o.cluster,
+            upstream_host = %host,
+            response_flags = o.flag.map_or("-", ResponseFlag::code),
+            bytes_sent = o.bytes.0,
+            bytes_received = o.bytes.1,
+            duration_ms = started.elapsed().as_millis() as u64,
+        );
+        let labels = crate::peer::source_labels(
+            &state.node,
+            &self.own_id,
+            o.service,
+            o.endpoint.map(AsRef::as_ref),
+            self.trust_domain(),
+        );
+        self.metrics.tcp_opened(&labels);
+        self.metrics.tcp_closed(&labels, o.bytes.0, o.bytes.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {name: web-1, namespace: shop}
+services:
+- {name: db, namespace: shop, ports: [{name: tcp, port: 5000}, {name: tcp-admin, port: 5001}]}
+- {name: db-next, namespace: shop, ports: [{name: tcp, port: 5000}]}
+- {name: secure, namespace: shop, ports: [{name: tls, port: 8443}, {name: tls-b, port: 8444}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{port: 5001}]
+    route: [{destination: {host: db, subset: admin}}]
+  - route:
+    - {destination: {host: db}, weight: 80}
+    - {destination: {host: db-next}, weight: 20}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: shop}
+spec:
+  hosts: [secure]
+  tls:
+  - match: [{sniHosts: ['*.beta.example'], port: 8443}]
+    route: [{destination: {host: secure, port: {number: 8444}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: shop}
+spec:
+  host: db
+  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}
+  subsets: [{name: admin, labels: {role: admin}}]
+";
+
+    /// Where one connection goes, in one line.
+    fn outcome(host: &str, port: u16, sni: Option<&str>, roll: f64) -> String {
+        let bundle = crate::config::ConfigBundle::from_yaml(CONFIG, "test").unwrap();
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        let service = state.services[&format!("{host}.shop.svc.cluster.local")].clone();
+        match plan_tcp(&state, &service, port, sni, roll) {
+            Ok(p) => format!("{} hash_ip={}", p.cluster, p.hash_source_ip),
+            Err(r) => format!("{} {r}", r.flag().code()),
+        }
+    }
+
+    #[test]
+    fn tcp_and_tls_routing_as_a_table() {
+        let rows: &[(&str, u16, Option<&str>, f64, &str)] = &[
+            (
+                "db",
+                5000,
+                None,
+                0.1,
+                "outbound_.5000_._.db.shop.svc.cluster.local hash_ip=true",
+            ),
+            (
+                "db",
+                5000,
+                None,
+                0.9,
+                "outbound_.5000_._.db-next.shop.svc.cluster.local hash_ip=false",
+            ),
+            (
+                "db",
+                5001,
+                None,
+                0.9,
+                "outbound_.5001_.admin_.db.shop.svc.cluster.local hash_ip=true",
+            ),
+            (
+                "secure",
+                8443,
+                Some("api.beta.example"),
+                0.5,
+                "outbound_.8444_._.secure.shop.svc.cluster.local hash_ip=false",
+            ),
+            (
+                "secure",
+                8443,
+                Some("www.example"),
+                0.5,
+                "outbound_.8443_._.secure.shop.svc.cluster.local hash_ip=false",
+            ),
+            (
+                "secure",
+                8443,
+                None,
+                0.5,
+                "outbound_.8443_._.secure.shop.svc.cluster.local hash_ip=false",
+            ),
+            (
+                "db-next",
+                5000,
+                None,
+                0.5,
+                "outbound_.5000_._.db-next.shop.svc.cluster.local hash_ip=false",
+            ),
+        ];
+        for (host, port, sni, roll, want) in rows {
+            assert_eq!(
+                &outcome(host, *port, *sni, *roll),
+                want,
+                "{host}:{port} sni={sni:?} roll={roll}"
+            );
         }
     }
 }

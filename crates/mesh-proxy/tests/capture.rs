@@ -226,7 +226,8 @@ spec:
                 .unwrap();
                 ready_tx.send(()).unwrap();
                 let _ = stop_rx.await;
-            });
+                _sidecar.metrics.encode()
+            })
         })
         .unwrap();
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -286,7 +287,7 @@ spec:
                 .unwrap();
                 // The application's blocking calls run off the runtime thread; the
                 // thread pool inherits this namespace.
-                tokio::task::spawn_blocking(|| {
+                let outcome = tokio::task::spawn_blocking(|| {
                     // Port named `web`: no declared protocol, so the sidecar sniffs HTTP.
                     let meshed = http_get(&format!("{REVIEWS_VIP}:9080"), "reviews");
                     let tcp = exchange(
@@ -307,16 +308,82 @@ spec:
                     (meshed, passthrough, direct, tcp, permissive, tls)
                 })
                 .await
-                .unwrap()
+                .unwrap();
+                (outcome, _sidecar.metrics.encode())
             })
         })
         .unwrap()
         .join()
         .unwrap();
     let _ = stop_tx.send(());
-    server.join().unwrap();
+    let server_metrics = server.join().unwrap();
 
-    let (meshed, passthrough, direct, tcp, permissive, tls) = results;
+    let ((meshed, passthrough, direct, tcp, permissive, tls), client_metrics) = results;
+    // Istio's TCP metrics, on both sides, for the opaque TCP stream to db: the
+    // client's sidecar sent the 5 bytes of "ping\n" and got the answer back.
+    let db = [("destination_service", "db.shop.svc.cluster.local")];
+    let sum = |text: &str, metric: &str, labels: &[(&str, &str)]| {
+        mesh_telemetry::metrics::sum_of(text, metric, labels)
+    };
+    let reply = "db got ping from 127.0.0.1\n".len() as f64;
+    assert_eq!(
+        sum(
+            &client_metrics,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source"), db[0]]
+        ),
+        1.0,
+        "{client_metrics}"
+    );
+    assert_eq!(
+        sum(
+            &client_metrics,
+            "istio_tcp_connections_closed_total",
+            &[("reporter", "source"), db[0]]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &client_metrics,
+            "istio_tcp_sent_bytes_total",
+            &[("reporter", "source"), db[0]]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sum(
+            &client_metrics,
+            "istio_tcp_received_bytes_total",
+            &[("reporter", "source"), db[0]]
+        ),
+        reply
+    );
+    assert_eq!(
+        sum(
+            &server_metrics,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination"), db[0]]
+        ),
+        1.0,
+        "{server_metrics}"
+    );
+    assert_eq!(
+        sum(
+            &server_metrics,
+            "istio_tcp_received_bytes_total",
+            &[("reporter", "destination"), db[0]]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sum(
+            &server_metrics,
+            "istio_tcp_sent_bytes_total",
+            &[("reporter", "destination"), db[0]]
+        ),
+        reply
+    );
     let hello_len = client_hello("www.secure.example").len();
     assert_eq!(
         tls.0.unwrap(),

@@ -297,50 +297,81 @@ impl Inbound {
     {
         let _in_flight = self.in_flight.start();
         let started = Instant::now();
-        let Some(service_port) = service_port else {
-            tracing::info!(target: "access", direction = "inbound", %peer, response_flags = "NR", "TCP stream without outbound SNI");
-            return;
-        };
         let state = self.store.snapshot();
-        let (target_port, _) = state.local_port(service_port);
-        let app = SocketAddr::new(self.app_ip, target_port);
-        let decision = state.authz.decide(&Attributes {
-            principal: &caller.principal,
-            principal_aliases: &caller.aliases,
-            source_ip: Some(peer.ip()),
-            remote_ip: Some(peer.ip()),
-            destination_ip: caller.destination_ip,
-            port: target_port,
-            sni: &caller.sni,
-            http: None,
-        });
-        let caller = &caller.id;
-        if let Decision::Deny(reason) = decision {
-            // A denied TCP connection is closed without a byte.
-            tracing::info!(target: "access", direction = "inbound", protocol = "tcp", %peer, source_principal = %caller, response_flags = ResponseFlag::Unauthorized.code(), reason = %reason, "connection denied");
-            return;
-        }
-        let (flags, bytes) = match tokio::net::TcpStream::connect(app).await {
-            Ok(mut upstream) => {
-                let r = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-                ("-", r.unwrap_or_default())
+        let (flag, app, bytes, reason) = match service_port {
+            None => (
+                Some(ResponseFlag::NoRoute),
+                None,
+                (0, 0),
+                "TCP stream without outbound SNI".to_owned(),
+            ),
+            Some(service_port) => {
+                let (target_port, _) = state.local_port(service_port);
+                let app = SocketAddr::new(self.app_ip, target_port);
+                let decision = state.authz.decide(&Attributes {
+                    principal: &caller.principal,
+                    principal_aliases: &caller.aliases,
+                    source_ip: Some(peer.ip()),
+                    remote_ip: Some(peer.ip()),
+                    destination_ip: caller.destination_ip,
+                    port: target_port,
+                    sni: &caller.sni,
+                    http: None,
+                });
+                match decision {
+                    // A denied TCP connection is closed without a byte.
+                    Decision::Deny(reason) => {
+                        (Some(ResponseFlag::Unauthorized), Some(app), (0, 0), reason)
+                    }
+                    Decision::Allow { .. } => match tokio::net::TcpStream::connect(app).await {
+                        Ok(mut upstream) => {
+                            let r = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                            (None, Some(app), r.unwrap_or_default(), String::new())
+                        }
+                        Err(e) => (
+                            Some(ResponseFlag::UpstreamConnectionFailure),
+                            Some(app),
+                            (0, 0),
+                            e.to_string(),
+                        ),
+                    },
+                }
             }
-            Err(_) => ("UF", (0, 0)),
         };
+        // The one record of the connection: access log and Istio's TCP metrics.
         tracing::info!(
             target: "access",
             direction = "inbound",
             protocol = "tcp",
             %peer,
-            upstream_host = %app,
-            source_principal = %caller,
-            response_flags = flags,
+            upstream_host = %app.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            source_principal = %caller.id,
+            response_flags = flag.map_or("-", ResponseFlag::code),
             bytes_received = bytes.0,
             bytes_sent = bytes.1,
             duration_ms = started.elapsed().as_millis() as u64,
+            reason,
         );
+        let service_host = parse_outbound_sni(&caller.sni).map_or("unknown", |s| s.host);
+        let own = state.peer_header().and_then(|v| v.to_str().ok());
+        let labels = self.labels.get(
+            &["", &caller.id, service_host, own.unwrap_or_default()],
+            || {
+                crate::peer::destination_report(
+                    &state.node,
+                    &self.local_id,
+                    &crate::peer::PeerInfo::default(),
+                    &caller.id,
+                    service_host,
+                )
+            },
+        );
+        self.metrics.tcp_opened(&labels);
+        // Sent is towards the caller, received from it.
+        self.metrics.tcp_closed(&labels, bytes.1, bytes.0);
     }
 
+    /// An HTTP request: planned, sent to the application, recorded once.
     async fn forward(
         &self,
         req: Request<Incoming>,
