@@ -181,6 +181,9 @@ struct TcpOutcome<'a> {
     endpoint: Option<&'a Arc<crate::model::Endpoint>>,
     /// Bytes to and from the upstream.
     bytes: (u64, u64),
+    /// Whether the connection was counted as opened when it was (a connection that
+    /// never reached an upstream is counted opened and closed at its end).
+    counted_open: bool,
 }
 
 impl Outbound {
@@ -231,6 +234,7 @@ impl Outbound {
                     cluster: "-",
                     endpoint: None,
                     bytes: (0, 0),
+                    counted_open: false,
                 });
             }
         };
@@ -247,6 +251,7 @@ impl Outbound {
                 cluster: &plan.cluster,
                 endpoint: None,
                 bytes: (0, 0),
+                counted_open: false,
             });
         };
         let upstream = self
@@ -258,6 +263,16 @@ impl Outbound {
                 plan.resolved.and_then(|r| r.connect_timeout),
             )
             .await;
+        let counted_open = upstream.is_ok();
+        if counted_open {
+            self.metrics.tcp_opened(&crate::peer::source_labels(
+                &state.node,
+                &self.own_id,
+                plan.target,
+                Some(&endpoint),
+                self.trust_domain(),
+            ));
+        }
         let (flag, bytes) = match upstream {
             Ok(mut upstream) => {
                 use tokio::io::AsyncWriteExt;
@@ -282,6 +297,7 @@ impl Outbound {
             cluster: &plan.cluster,
             endpoint: Some(&endpoint),
             bytes,
+            counted_open,
         });
     }
 
@@ -318,7 +334,9 @@ impl Outbound {
             o.endpoint.map(AsRef::as_ref),
             self.trust_domain(),
         );
-        self.metrics.tcp_opened(&labels);
+        if !o.counted_open {
+            self.metrics.tcp_opened(&labels);
+        }
         self.metrics.tcp_closed(&labels, o.bytes.0, o.bytes.1);
     }
 }

@@ -298,6 +298,22 @@ impl Inbound {
         let _in_flight = self.in_flight.start();
         let started = Instant::now();
         let state = self.store.snapshot();
+        let service_host = parse_outbound_sni(&caller.sni).map_or("unknown", |s| s.host);
+        let own = state.peer_header().and_then(|v| v.to_str().ok());
+        let labels = self.labels.get(
+            &["", &caller.id, service_host, own.unwrap_or_default()],
+            || {
+                crate::peer::destination_report(
+                    &state.node,
+                    &self.local_id,
+                    &crate::peer::PeerInfo::default(),
+                    &caller.id,
+                    service_host,
+                )
+            },
+        );
+        // Counted as opened when it is, closed with its bytes when it ends.
+        self.metrics.tcp_opened(&labels);
         let (flag, app, bytes, reason) = match service_port {
             None => (
                 Some(ResponseFlag::NoRoute),
@@ -352,21 +368,6 @@ impl Inbound {
             duration_ms = started.elapsed().as_millis() as u64,
             reason,
         );
-        let service_host = parse_outbound_sni(&caller.sni).map_or("unknown", |s| s.host);
-        let own = state.peer_header().and_then(|v| v.to_str().ok());
-        let labels = self.labels.get(
-            &["", &caller.id, service_host, own.unwrap_or_default()],
-            || {
-                crate::peer::destination_report(
-                    &state.node,
-                    &self.local_id,
-                    &crate::peer::PeerInfo::default(),
-                    &caller.id,
-                    service_host,
-                )
-            },
-        );
-        self.metrics.tcp_opened(&labels);
         // Sent is towards the caller, received from it.
         self.metrics.tcp_closed(&labels, bytes.1, bytes.0);
     }
