@@ -14,6 +14,7 @@ use mesh_proxy::StateStore;
 use mesh_proxy::http_util::{serve_endpoints, text_response};
 use mesh_proxy::policy::DestinationPolicy;
 use mesh_proxy::sni::{parse_outbound_sni, read_client_hello};
+use mesh_proxy::state::ProxyState;
 use mesh_telemetry::metrics::{MeshMetrics, PeerLabels};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -250,59 +251,128 @@ pub async fn start(
     })
 }
 
-fn refuse(
-    metrics: &GatewayMetrics,
-    peer: SocketAddr,
-    sni: Option<&str>,
-    reason: &str,
-    detail: &str,
-) {
+/// Why the gateway refuses a connection. [`GatewayRefusal::reason`] is the `reason`
+/// label of `isthmus_gateway_refused_total`; the text is the access log's detail.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayRefusal {
+    /// The first bytes are not a TLS ClientHello.
+    #[error("not a TLS ClientHello: {0}")]
+    NotTls(std::io::Error),
+    /// No ClientHello within the hello timeout.
+    #[error("no ClientHello in time")]
+    Timeout,
+    /// The ClientHello names no server.
+    #[error("the ClientHello has no server name")]
+    NoSni,
+    /// The server name is not `outbound_.PORT_.SUBSET_.HOST`.
+    #[error("expected outbound_.PORT_.SUBSET_.HOST")]
+    NotMeshSni,
+    /// Not a service this cluster exports.
+    #[error("not a service this cluster exports")]
+    UnknownService,
+    /// The service has no such port.
+    #[error("the service has no such port")]
+    UnknownPort,
+    /// The subset is not defined for the service.
+    #[error(transparent)]
+    UnknownSubset(#[from] mesh_proxy::policy::UnknownSubset),
+    /// No ready endpoint in this cluster.
+    #[error("no ready local endpoint")]
+    NoHealthyEndpoint,
+    /// No endpoint accepted the connection.
+    #[error("no endpoint accepted the connection")]
+    UpstreamConnectFailed,
+    /// A QUIC caller failed the handshake (e.g. a trust domain not accepted).
+    #[error("QUIC handshake: {0}")]
+    QuicHandshake(String),
+    /// A QUIC stream did not start with its target line.
+    #[error("no target line")]
+    BadTunnelHeader,
+    /// A health probe whose caller the gateway does not accept.
+    #[error("probe: {0}")]
+    ProbeRefused(mesh_net::probe::AnswerError),
+    /// A health probe arrived, but the gateway has no certificate to answer it with.
+    #[error("this gateway has no certificate to answer probes with")]
+    ProbeWithoutIdentity,
+}
+
+impl GatewayRefusal {
+    /// The metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotTls(_) => "not_tls",
+            Self::Timeout => "timeout",
+            Self::NoSni => "no_sni",
+            Self::NotMeshSni => "not_mesh_sni",
+            Self::UnknownService => "unknown_service",
+            Self::UnknownPort => "unknown_port",
+            Self::UnknownSubset(_) => "unknown_subset",
+            Self::NoHealthyEndpoint => "no_healthy_endpoint",
+            Self::UpstreamConnectFailed => "upstream_connect_failed",
+            Self::QuicHandshake(_) => "quic_handshake",
+            Self::BadTunnelHeader => "bad_tunnel_header",
+            Self::ProbeRefused(_) => "probe_refused",
+            Self::ProbeWithoutIdentity => "probe_without_identity",
+        }
+    }
+}
+
+/// The one record of a refused connection: the refusal counter and an access-log line.
+fn refuse(metrics: &GatewayMetrics, peer: SocketAddr, sni: Option<&str>, why: GatewayRefusal) {
+    let reason = why.reason();
     metrics
         .refused
         .get_or_create(&RefusedLabels {
             reason: reason.into(),
         })
         .inc();
-    tracing::info!(target: "access", peer = %peer, sni = sni.unwrap_or("-"), reason, detail, "gateway refused connection");
+    tracing::info!(target: "access", peer = %peer, sni = sni.unwrap_or("-"), reason, detail = %why, "gateway refused connection");
 }
 
-/// Where a target (`outbound_.PORT_.SUBSET_.HOST`) goes: a connected local endpoint
-/// and the labels of the connection, or why not (reason, detail).
+/// Where one hop goes, decided without I/O: the service and port the server name
+/// asks for, and the ready endpoints of its subset in this cluster.
+#[derive(Debug)]
+pub struct HopPlan<'s> {
+    /// The destination service.
+    pub service: &'s mesh_proxy::model::Service,
+    /// Its ready endpoints in this cluster, in the service's order.
+    pub endpoints: Vec<&'s Arc<mesh_proxy::model::Endpoint>>,
+}
+
+/// Plans the hop a server name (`outbound_.PORT_.SUBSET_.HOST`) asks for.
+pub fn plan_hop<'s>(target: &str, state: &'s ProxyState) -> Result<HopPlan<'s>, GatewayRefusal> {
+    let parsed = parse_outbound_sni(target).ok_or(GatewayRefusal::NotMeshSni)?;
+    let service = state
+        .services
+        .get(parsed.host)
+        .ok_or(GatewayRefusal::UnknownService)?;
+    if service.port(Some(parsed.port)).is_none() {
+        return Err(GatewayRefusal::UnknownPort);
+    }
+    let policy = state.policies.get(parsed.host).map(|p| p.as_ref());
+    let endpoints: Vec<_> = DestinationPolicy::select(policy, service, parsed.subset)?
+        .into_iter()
+        .filter(|e| e.cluster == state.node.cluster || e.cluster.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err(GatewayRefusal::NoHealthyEndpoint);
+    }
+    Ok(HopPlan { service, endpoints })
+}
+
+/// Executes a hop's plan: connects to one of its endpoints (at random, up to three
+/// tried), with the labels of the connection.
 async fn route(
     target: &str,
     store: &StateStore,
     options: &GatewayOptions,
-) -> Result<(TcpStream, PeerLabels, SocketAddr), (&'static str, String)> {
-    let Some(parsed) = parse_outbound_sni(target) else {
-        return Err((
-            "not_mesh_sni",
-            "expected outbound_.PORT_.SUBSET_.HOST".into(),
-        ));
-    };
+) -> Result<(TcpStream, PeerLabels, SocketAddr), GatewayRefusal> {
     let state = store.snapshot();
-    let Some(service) = state.services.get(parsed.host) else {
-        return Err((
-            "unknown_service",
-            "not a service this cluster exports".into(),
-        ));
-    };
-    if service.port(Some(parsed.port)).is_none() {
-        return Err(("unknown_port", "the service has no such port".into()));
-    }
-    let policy = state.policies.get(parsed.host).map(|p| p.as_ref());
-    let endpoints = DestinationPolicy::select(policy, service, parsed.subset)
-        .map_err(|e| ("unknown_subset", e.to_string()))?;
-    let local: Vec<_> = endpoints
-        .into_iter()
-        .filter(|e| e.cluster == state.node.cluster || e.cluster.is_empty())
-        .collect();
-    if local.is_empty() {
-        return Err(("no_healthy_endpoint", "no ready local endpoint".into()));
-    }
+    let HopPlan { service, endpoints } = plan_hop(target, &state)?;
     // Random order; the first endpoint that accepts the connection gets it.
-    let first = rand::random_range(0..local.len());
-    for i in 0..local.len().min(3) {
-        let ep = local[(first + i) % local.len()];
+    let first = rand::random_range(0..endpoints.len());
+    for i in 0..endpoints.len().min(3) {
+        let ep = endpoints[(first + i) % endpoints.len()];
         match tokio::time::timeout(options.connect_timeout, TcpStream::connect(ep.inbound)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
@@ -325,10 +395,7 @@ async fn route(
             Err(_) => tracing::debug!(endpoint = %ep.inbound, "endpoint connect timed out"),
         }
     }
-    Err((
-        "upstream_connect_failed",
-        "no endpoint accepted the connection".into(),
-    ))
+    Err(GatewayRefusal::UpstreamConnectFailed)
 }
 
 /// One connection through the gateway: who called, for what, how, and the trace
@@ -417,17 +484,11 @@ async fn handle(
     let (hello, sni) =
         match tokio::time::timeout(options.hello_timeout, read_client_hello(&mut conn)).await {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return refuse(metrics, peer, None, "not_tls", &e.to_string()),
-            Err(_) => return refuse(metrics, peer, None, "timeout", "no ClientHello in time"),
+            Ok(Err(e)) => return refuse(metrics, peer, None, GatewayRefusal::NotTls(e)),
+            Err(_) => return refuse(metrics, peer, None, GatewayRefusal::Timeout),
         };
     let Some(sni) = sni else {
-        return refuse(
-            metrics,
-            peer,
-            None,
-            "no_sni",
-            "the ClientHello has no server name",
-        );
+        return refuse(metrics, peer, None, GatewayRefusal::NoSni);
     };
     if sni == mesh_net::probe::GATEWAY_PROBE_SNI {
         // A linked cluster checking this gateway: answered here, not routed.
@@ -436,8 +497,7 @@ async fn handle(
                 metrics,
                 peer,
                 Some(&sni),
-                "probe_without_identity",
-                "this gateway has no certificate to answer probes with",
+                GatewayRefusal::ProbeWithoutIdentity,
             );
         };
         use tokio::io::AsyncReadExt as _;
@@ -448,7 +508,7 @@ async fn handle(
             Ok(()) => {
                 metrics.probes.inc();
             }
-            Err(e) => refuse(metrics, peer, Some(&sni), "probe_refused", &e.to_string()),
+            Err(e) => refuse(metrics, peer, Some(&sni), GatewayRefusal::ProbeRefused(e)),
         }
         return;
     }
@@ -471,7 +531,7 @@ async fn handle(
             )
             .await;
         }
-        Err((reason, detail)) => refuse(metrics, peer, Some(&sni), reason, &detail),
+        Err(why) => refuse(metrics, peer, Some(&sni), why),
     }
 }
 
@@ -491,7 +551,12 @@ async fn serve_quic(
                 Ok(c) => c,
                 Err(e) => {
                     // A caller whose certificate the gateway does not accept ends here.
-                    return refuse(&metrics, peer, None, "quic_handshake", &e.to_string());
+                    return refuse(
+                        &metrics,
+                        peer,
+                        None,
+                        GatewayRefusal::QuicHandshake(e.to_string()),
+                    );
                 }
             };
             while let Ok((send, mut recv)) = conn.accept_bi().await {
@@ -505,13 +570,7 @@ async fn serve_quic(
                     {
                         Ok(Ok(t)) => t,
                         _ => {
-                            return refuse(
-                                &metrics,
-                                peer,
-                                None,
-                                "bad_tunnel_header",
-                                "no target line",
-                            );
+                            return refuse(&metrics, peer, None, GatewayRefusal::BadTunnelHeader);
                         }
                     };
                     let target = header.target;
@@ -538,12 +597,90 @@ async fn serve_quic(
                             )
                             .await;
                         }
-                        Err((reason, detail)) => {
-                            refuse(&metrics, peer, Some(&target), reason, &detail)
-                        }
+                        Err(why) => refuse(&metrics, peer, Some(&target), why),
                     }
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {name: gateway, namespace: istio-system, cluster: west}
+services:
+- name: reviews
+  namespace: shop
+  ports: [{name: http, port: 9080}]
+  endpoints:
+  - {address: 10.2.0.1, cluster: west, labels: {version: v2}}
+  - {address: 10.2.0.2, cluster: west, labels: {version: v3}, ready: false}
+  - {address: 10.1.0.1, cluster: east, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+";
+
+    /// Where a server name goes, in one line: the endpoints, or the refusal's label.
+    fn outcome(state: &ProxyState, sni: &str) -> String {
+        match plan_hop(sni, state) {
+            Ok(plan) => plan
+                .endpoints
+                .iter()
+                .map(|e| e.inbound.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(why) => format!("{}: {why}", why.reason()),
+        }
+    }
+
+    #[test]
+    fn hops_as_a_table() {
+        let bundle = mesh_proxy::ConfigBundle::from_yaml(CONFIG, "test").unwrap();
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        let host = "reviews.shop.svc.cluster.local";
+        let rows = [
+            (format!("outbound_.9080_._.{host}"), "10.2.0.1"),
+            (format!("outbound_.9080_.v2_.{host}"), "10.2.0.1"),
+            // Only this cluster's ready endpoints: v1 runs in east, v3 is not ready.
+            (
+                format!("outbound_.9080_.v1_.{host}"),
+                "no_healthy_endpoint: no ready local endpoint",
+            ),
+            (
+                format!("outbound_.9080_.v3_.{host}"),
+                "no_healthy_endpoint: no ready local endpoint",
+            ),
+            (
+                format!("outbound_.9080_.v9_.{host}"),
+                "unknown_subset: subset \"v9\" of reviews.shop.svc.cluster.local is not defined by any DestinationRule",
+            ),
+            (
+                format!("outbound_.7000_._.{host}"),
+                "unknown_port: the service has no such port",
+            ),
+            (
+                "outbound_.9080_._.ratings.shop.svc.cluster.local".to_owned(),
+                "unknown_service: not a service this cluster exports",
+            ),
+            (
+                "reviews.example".to_owned(),
+                "not_mesh_sni: expected outbound_.PORT_.SUBSET_.HOST",
+            ),
+        ];
+        for (sni, want) in rows {
+            assert_eq!(outcome(&state, &sni), want, "{sni}");
+        }
     }
 }
