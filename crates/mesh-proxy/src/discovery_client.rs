@@ -44,24 +44,39 @@ struct Held {
     item: Item,
 }
 
+/// Why a pushed resource cannot be taken in (its text is the NACK's reason).
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    /// The node resource does not parse.
+    #[error("node: {0}")]
+    Node(serde_json::Error),
+    /// A service resource does not parse.
+    #[error("service: {0}")]
+    Service(serde_json::Error),
+    /// An Istio resource is not JSON.
+    #[error("not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// An Istio resource is refused by the API's reader and validator.
+    #[error(transparent)]
+    Istio(#[from] mesh_api::ResourceError),
+}
+
 /// Decodes one resource of the stream.
-fn decode(r: &WireResource) -> Result<Item, String> {
+fn decode(r: &WireResource) -> Result<Item, DecodeError> {
     match r.kind.as_str() {
         KIND_NODE => serde_json::from_slice(&r.body)
             .map(Item::Node)
-            .map_err(|e| format!("node: {e}")),
+            .map_err(DecodeError::Node),
         KIND_SERVICE => serde_json::from_slice(&r.body)
             .map(|svc: ServiceConfig| {
                 let compiled = compile_service(&svc);
                 Item::Service(Arc::new(svc), compiled)
             })
-            .map_err(|e| format!("service: {e}")),
+            .map_err(DecodeError::Service),
         _ => {
             let value: serde_json::Value =
-                serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
-            mesh_api::from_value(value)
-                .map(|r| Item::Istio(Arc::new(r)))
-                .map_err(|e| e.to_string())
+                serde_json::from_slice(&r.body).map_err(DecodeError::NotJson)?;
+            Ok(Item::Istio(Arc::new(mesh_api::from_value(value)?)))
         }
     }
 }
@@ -189,8 +204,8 @@ impl ResourceSet {
             };
             let item = match decode(r) {
                 Ok(item) => item,
-                Err(reason) => {
-                    rejected.push(reject(reason));
+                Err(e) => {
+                    rejected.push(reject(e.to_string()));
                     continue;
                 }
             };

@@ -590,8 +590,10 @@ impl MeshPool {
     }
 }
 
-fn rustls_server_name(sni: &str) -> Result<rustls_pki_types::ServerName<'static>, String> {
-    rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())
+fn rustls_server_name(
+    sni: &str,
+) -> Result<rustls_pki_types::ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
+    rustls_pki_types::ServerName::try_from(sni.to_owned())
 }
 
 /// HTTP/1.1 on the wire: version 1.1, the authority in `Host`, an origin-form target.
