@@ -15,6 +15,7 @@
 #   PROFILE=DIR THROUGHPUT_ONLY=1 ROUNDS=1 tools/bench/sidecar-hop.sh
 #     (also records perf profiles of sidecars A and B at maximum rps: DIR/{a,b}.txt)
 #
+# Also prints each proxy's idle memory: resident, anonymous and file-backed apart.
 # Needs: oha (cargo install oha --locked), nginx, haproxy, openssl, taskset.
 # Prints Markdown rows for docs/benchmarks.md.
 set -euo pipefail
@@ -197,6 +198,21 @@ d=json.load(sys.stdin); p=d['latencyPercentiles']
 us=lambda k: f'{p[k]*1e6:.0f}'
 print(f'| $name | $conns | $RATE | {us(\"p50\")} | {us(\"p90\")} | {us(\"p99\")} | {us(\"p99.9\")} | $ok | $cpu | $mem |')"
 }
+
+# Idle memory of each proxy (its process and children), after the checks above and
+# before any load: resident in total, and its anonymous part (heap, stacks: what the
+# proxy itself allocates) apart from file-backed pages (its binary and libraries,
+# shared with every other process that maps them).
+status_kb() { for p in $(family "$1"); do awk -v k="$2:" '$1 == k {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s}'; }
+mib() { python3 -c "print(f'{$1/1024:.1f}')"; }
+echo "| proxy (idle) | RSS MiB | anonymous MiB | file-backed MiB |"
+echo "|---|---|---|---|"
+for pair in "isthmus A:$ISTHMUS_A" "isthmus B:$ISTHMUS_B" "nginx A:$NGINX_A" "nginx B:$NGINX_B" \
+    "haproxy A:$HAPROXY_A" "haproxy B:$HAPROXY_B"; do
+  pid=${pair#*:}
+  echo "| ${pair%%:*} | $(mib "$(status_kb "$pid" VmRSS)") | $(mib "$(status_kb "$pid" RssAnon)") | $(mib "$(status_kb "$pid" RssFile)") |"
+done
+echo
 
 # THROUGHPUT_ONLY=1 skips the latency rows (the throughput rounds below still run).
 if [ "${THROUGHPUT_ONLY:-}" != 1 ]; then
