@@ -452,18 +452,15 @@ impl Outbound {
             };
             let send = self.pool.send(&upstream, req);
             let result = match per_try {
-                Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
-                    Err(crate::pool::UpstreamError {
-                        flag: ResponseFlag::UpstreamTimeout,
-                        detail: format!("no response within {t:?}"),
-                    })
-                }),
+                Some(t) => tokio::time::timeout(t, send)
+                    .await
+                    .unwrap_or(Err(crate::pool::UpstreamError::PerTryTimeout(t))),
                 None => send.await,
             };
             let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             let observed = match &result {
                 Ok(resp) => crate::lb::Outcome::Status(resp.status().as_u16()),
-                Err(e) if e.flag == ResponseFlag::UpstreamConnectionFailure => {
+                Err(e) if e.flag() == ResponseFlag::UpstreamConnectionFailure => {
                     crate::lb::Outcome::ConnectFailure
                 }
                 Err(_) => crate::lb::Outcome::Reset,
@@ -489,8 +486,8 @@ impl Outbound {
                     }
                 }
                 Err(e) => {
-                    let again = retry.retry_failure(e.flag);
-                    last = Some(Err((e.flag, e.detail)));
+                    let again = retry.retry_failure(e.flag());
+                    last = Some(Err((e.flag(), e.to_string())));
                     if !again || out_of_time {
                         break;
                     }

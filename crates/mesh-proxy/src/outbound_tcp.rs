@@ -287,8 +287,8 @@ impl Outbound {
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e.detail, "TCP upstream failed");
-                (Some(e.flag), (0, 0))
+                tracing::debug!(error = %e, "TCP upstream failed");
+                (Some(e.flag()), (0, 0))
             }
         };
         record(TcpOutcome {

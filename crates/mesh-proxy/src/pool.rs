@@ -19,20 +19,86 @@ use crate::error::ResponseFlag;
 use crate::http_util::Body;
 
 /// Why an upstream request failed, classified for the response flag.
+/// Why a connection to, or an exchange with, an upstream failed. [`UpstreamError::flag`]
+/// is the one place its response flag is chosen (and with it retries and status).
 #[derive(Debug, thiserror::Error)]
-#[error("{flag}: {detail}")]
-pub struct UpstreamError {
-    /// The flag.
-    pub flag: ResponseFlag,
-    /// What happened.
-    pub detail: String,
+pub enum UpstreamError {
+    /// No TCP connection within the connect timeout.
+    #[error("{addr}: connect timed out after {after:?}")]
+    ConnectTimeout {
+        /// The upstream.
+        addr: SocketAddr,
+        /// The timeout in force.
+        after: Duration,
+    },
+    /// The TCP connection failed.
+    #[error("{addr}: {source}")]
+    Connect {
+        /// The upstream.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The cluster's SNI is not a DNS name.
+    #[error("SNI {sni:?}: {source}")]
+    InvalidSni {
+        /// The server name.
+        sni: String,
+        /// Why.
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// No mTLS handshake within the connect timeout.
+    #[error("{addr}: mTLS handshake timed out after {after:?}")]
+    HandshakeTimeout {
+        /// The upstream.
+        addr: SocketAddr,
+        /// The timeout in force.
+        after: Duration,
+    },
+    /// The mTLS handshake failed (the explanation names the certificate problem).
+    #[error("{addr}: mTLS handshake failed: {reason}")]
+    Handshake {
+        /// The upstream.
+        addr: SocketAddr,
+        /// What went wrong, explained.
+        reason: String,
+    },
+    /// The HTTP/1.1 or HTTP/2 handshake on a new connection failed.
+    #[error("{addr}: {protocol} handshake failed: {source}")]
+    HttpHandshake {
+        /// The upstream.
+        addr: SocketAddr,
+        /// `HTTP/1.1` or `HTTP/2`.
+        protocol: &'static str,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// No response within the route's per-try timeout.
+    #[error("no response within {0:?}")]
+    PerTryTimeout(Duration),
+    /// The connection broke while the request was sent or answered.
+    #[error("{addr}: {source}")]
+    Reset {
+        /// The upstream.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
 }
 
 impl UpstreamError {
-    fn new(flag: ResponseFlag, detail: impl Into<String>) -> Self {
-        Self {
-            flag,
-            detail: detail.into(),
+    /// The response flag: connection failures are UF (retried on `connect-failure`),
+    /// a per-try timeout UT, a broken exchange UR (retried on `reset`).
+    pub fn flag(&self) -> ResponseFlag {
+        match self {
+            Self::ConnectTimeout { .. }
+            | Self::Connect { .. }
+            | Self::InvalidSni { .. }
+            | Self::HandshakeTimeout { .. }
+            | Self::Handshake { .. }
+            | Self::HttpHandshake { .. } => ResponseFlag::UpstreamConnectionFailure,
+            Self::PerTryTimeout(_) => ResponseFlag::UpstreamTimeout,
+            Self::Reset { .. } => ResponseFlag::UpstreamReset,
         }
     }
 }
@@ -307,19 +373,22 @@ impl MeshPool {
         sender
             .ready()
             .await
-            .map_err(|e| UpstreamError::new(ResponseFlag::UpstreamReset, e.to_string()))?;
+            .map_err(|source| UpstreamError::Reset {
+                addr: endpoint,
+                source,
+            })?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(resp.map(UpstreamBody::new)),
-            Err(e) => {
+            Err(source) => {
                 if let Ok(mut m) = self.conns.lock()
                     && let Some(by_sni) = m.get_mut(&endpoint)
                 {
                     by_sni.remove(sni);
                 }
-                Err(UpstreamError::new(
-                    ResponseFlag::UpstreamReset,
-                    format!("{endpoint}: {e}"),
-                ))
+                Err(UpstreamError::Reset {
+                    addr: endpoint,
+                    source,
+                })
             }
         }
     }
@@ -385,9 +454,14 @@ impl MeshPool {
         };
         conn.requests += 1;
         let endpoint = up.endpoint;
-        let resp = conn.sender.send_request(req).await.map_err(|e| {
-            UpstreamError::new(ResponseFlag::UpstreamReset, format!("{endpoint}: {e}"))
-        })?;
+        let resp = conn
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Reset {
+                addr: endpoint,
+                source,
+            })?;
         let idle = self.idle1.clone();
         Ok(resp.map(|body| UpstreamBody::returning(body, conn, idle)))
     }
@@ -414,11 +488,10 @@ impl MeshPool {
             .await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| {
-                UpstreamError::new(
-                    ResponseFlag::UpstreamConnectionFailure,
-                    format!("{}: HTTP/1.1 handshake: {e}", up.endpoint),
-                )
+            .map_err(|source| UpstreamError::HttpHandshake {
+                addr: up.endpoint,
+                protocol: "HTTP/1.1",
+                source,
             })?;
         tokio::spawn(conn);
         Ok(Pooled1 {
@@ -438,15 +511,21 @@ impl MeshPool {
         req: http::Request<Body>,
         connect_timeout: Option<Duration>,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-        let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
         let tcp = tokio::time::timeout(timeout, mesh_net::socket::connect_marked(addr))
             .await
-            .map_err(|_| uf(format!("{addr}: connect timed out after {timeout:?}")))?
-            .map_err(|e| uf(format!("{addr}: {e}")))?;
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                addr,
+                after: timeout,
+            })?
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| uf(format!("{addr}: {e}")))?;
+            .map_err(|source| UpstreamError::HttpHandshake {
+                addr,
+                protocol: "HTTP/1.1",
+                source,
+            })?;
         tokio::spawn(conn);
         let mut req = req;
         *req.version_mut() = http::Version::HTTP_11;
@@ -454,7 +533,7 @@ impl MeshPool {
             .send_request(req)
             .await
             .map(|resp| resp.map(UpstreamBody::new))
-            .map_err(|e| UpstreamError::new(ResponseFlag::UpstreamReset, format!("{addr}: {e}")))
+            .map_err(|source| UpstreamError::Reset { addr, source })
     }
 
     /// Opens an mTLS stream for opaque TCP to the sidecar at `endpoint`.
@@ -485,15 +564,15 @@ impl MeshPool {
         connect_timeout: Option<Duration>,
         trace: Option<TraceParent>,
     ) -> Result<MeshStream, UpstreamError> {
-        let uf = |d: String| UpstreamError::new(ResponseFlag::UpstreamConnectionFailure, d);
         // The DestinationRule's connectTimeout, else the proxy's default.
         let timeout = connect_timeout.unwrap_or(self.connect_timeout);
-        let name = rustls_server_name(sni).map_err(|e| uf(format!("SNI {sni:?}: {e}")))?;
-        let handshake_failed = |e: std::io::Error| {
-            uf(format!(
-                "{endpoint}: mTLS handshake failed: {}",
-                mesh_identity::explain(&e)
-            ))
+        let name = rustls_server_name(sni).map_err(|source| UpstreamError::InvalidSni {
+            sni: sni.to_owned(),
+            source,
+        })?;
+        let handshake_failed = |e: std::io::Error| UpstreamError::Handshake {
+            addr: endpoint,
+            reason: mesh_identity::explain(&e),
         };
         if let (Some(tunnels), Some(source)) = (
             self.tunnels
@@ -539,17 +618,22 @@ impl MeshPool {
         let tcp: TcpStream =
             tokio::time::timeout(timeout, mesh_net::socket::connect_marked(endpoint))
                 .await
-                .map_err(|_| uf(format!("{endpoint}: connect timed out after {timeout:?}")))?
-                .map_err(|e| uf(format!("{endpoint}: {e}")))?;
+                .map_err(|_| UpstreamError::ConnectTimeout {
+                    addr: endpoint,
+                    after: timeout,
+                })?
+                .map_err(|source| UpstreamError::Connect {
+                    addr: endpoint,
+                    source,
+                })?;
         tokio::time::timeout(
             timeout,
             connector.connect(name, Box::new(tcp) as Box<dyn Io>),
         )
         .await
-        .map_err(|_| {
-            uf(format!(
-                "{endpoint}: mTLS handshake timed out after {timeout:?}"
-            ))
+        .map_err(|_| UpstreamError::HandshakeTimeout {
+            addr: endpoint,
+            after: timeout,
         })?
         .map_err(handshake_failed)
     }
@@ -575,11 +659,10 @@ impl MeshPool {
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
-                .map_err(|e| {
-                    UpstreamError::new(
-                        ResponseFlag::UpstreamConnectionFailure,
-                        format!("{endpoint}: HTTP/2 handshake failed: {e}"),
-                    )
+                .map_err(|source| UpstreamError::HttpHandshake {
+                    addr: endpoint,
+                    protocol: "HTTP/2",
+                    source,
                 })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
