@@ -318,7 +318,7 @@ async fn readiness_waits_a_bounded_time_for_an_unreachable_link() {
     let east = discovery::start(opts).await.unwrap();
     let monitor = east.monitor_addr.unwrap();
     let ready = || async {
-        mesh_proxy::http_util::get(monitor, "/ready")
+        mesh_net::http::get(monitor, "/ready")
             .await
             .map(|(s, _)| s.as_u16())
             .unwrap_or(0)

@@ -354,9 +354,7 @@ async fn every_refused_shape_leaves_the_last_good_config_in_force_under_traffic(
     let monitor = discovery.monitor_addr.unwrap();
     let start = std::time::Instant::now();
     loop {
-        let (_, metrics) = mesh_proxy::http_util::get(monitor, "/metrics")
-            .await
-            .unwrap();
+        let (_, metrics) = mesh_net::http::get(monitor, "/metrics").await.unwrap();
         if metrics.contains("isthmus_discovery_config_warned_fields 1") {
             assert!(
                 metrics.contains("isthmus_discovery_config_refused_objects 0"),

@@ -588,7 +588,7 @@ async fn a_silent_control_plane_keeps_healthy_cross_cluster_traffic_flowing() {
         "{}",
         gateway.metrics.encode()
     );
-    let (_, metrics) = mesh_proxy::http_util::get(east.monitor_addr.unwrap(), "/metrics")
+    let (_, metrics) = mesh_net::http::get(east.monitor_addr.unwrap(), "/metrics")
         .await
         .unwrap();
     assert!(

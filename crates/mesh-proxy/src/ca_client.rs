@@ -57,13 +57,13 @@ impl CaClient {
             vec![self.discovery_id.clone()],
             &[b"h2"],
         ));
-        let channel = crate::discovery_client::tls_channel(self.address, tls)
+        let channel = mesh_net::channel::tls_channel(self.address, tls)
             .await
             .map_err(|e| {
                 format!(
                     "connecting to the CA at {}: {}",
                     self.address,
-                    crate::discovery_client::source_chain(&e)
+                    mesh_net::channel::source_chain(&e)
                 )
             })?;
         let mut request = tonic::Request::new(SignRequest {

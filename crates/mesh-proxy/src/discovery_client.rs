@@ -162,7 +162,9 @@ impl ResourceSet {
     pub fn apply(&mut self, response: &ConfigResponse, store: &StateStore) -> Applied {
         let origin = format!("discovery (version {})", response.system_version);
         let mut rejected = Vec::new();
-        let node_now = response
+        // A node in this response that differs from the one held: the services
+        // compiled for the old node are compiled again below.
+        let new_node = response
             .resources
             .iter()
             .find(|r| r.kind == KIND_NODE)
@@ -170,12 +172,8 @@ impl ResourceSet {
                 Ok(Item::Node(n)) => Some(n),
                 _ => None,
             })
-            .or_else(|| {
-                self.held.values().find_map(|h| match &h.item {
-                    Item::Node(n) => Some(n.clone()),
-                    _ => None,
-                })
-            });
+            .filter(|n| self.node() != Some(n));
+        let node_now = new_node.clone().or_else(|| self.node().cloned());
 
         let mut next = self.held.clone();
         for name in &response.removed {
@@ -195,7 +193,6 @@ impl ResourceSet {
         hosts.retain(|_, owner| !changed.contains(owner.as_str()));
         let mut incoming: Vec<&WireResource> = response.resources.iter().collect();
         incoming.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut accepted = 0usize;
         for r in incoming {
             let reject = |reason: String| Rejection {
                 name: r.name.clone(),
@@ -230,7 +227,6 @@ impl ResourceSet {
                 }
                 _ => {}
             }
-            accepted += 1;
             next.insert(
                 r.name.clone(),
                 Held {
@@ -242,14 +238,7 @@ impl ResourceSet {
 
         let version = response.system_version.clone();
         let mut changed = false;
-        if let Some(node) = response
-            .resources
-            .iter()
-            .find(|r| r.kind == KIND_NODE)
-            .and(node_now.as_ref())
-            && self.node() != Some(node)
-        {
-            // A new node: services compiled for the old one are compiled again.
+        if new_node.is_some() {
             for h in next.values_mut() {
                 if let Item::Service(config, compiled) = &mut h.item {
                     *compiled = compile_service(config);
@@ -288,11 +277,6 @@ impl ResourceSet {
         for r in &rejected {
             tracing::warn!(resource = %r.name, version = %r.version, reason = %r.reason, "resource refused; the last good version stays in force");
         }
-        tracing::debug!(
-            accepted,
-            refused = rejected.len(),
-            "config response applied"
-        );
         Applied { rejected, changed }
     }
 }
@@ -338,8 +322,6 @@ pub struct StreamStatus {
     pub last_error: Option<String>,
 }
 
-pub use mesh_net::channel::{channel, source_chain, tls_channel};
-
 /// Keeps the config stream up for as long as the task runs, applying every response
 /// to `store`. Status updates go to `status`.
 pub async fn run(
@@ -381,7 +363,7 @@ async fn stream_once(
     set: &mut ResourceSet,
     status: &arc_swap::ArcSwap<StreamStatus>,
 ) -> Result<(), String> {
-    let channel = channel(
+    let channel = mesh_net::channel::channel(
         options.address,
         identity,
         vec![options.discovery_id.clone()],
@@ -391,7 +373,7 @@ async fn stream_once(
         format!(
             "connecting to discovery at {}: {}",
             options.address,
-            source_chain(&e)
+            mesh_net::channel::source_chain(&e)
         )
     })?;
     let mut client = ConfigDiscoveryClient::new(channel);

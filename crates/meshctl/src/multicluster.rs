@@ -103,7 +103,7 @@ fn get_json(
     path: &str,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let (status, body) = rt
-        .block_on(mesh_proxy::http_util::get(discovery, path))
+        .block_on(mesh_net::http::get(discovery, path))
         .map_err(|e| anyhow::anyhow!("GET http://{discovery}{path}: {e}"))?;
     if status == http::StatusCode::NOT_FOUND {
         return Ok(None);

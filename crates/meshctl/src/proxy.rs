@@ -41,7 +41,7 @@ pub(crate) struct ProxyConfigArgs {
 }
 
 async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
-    let (status, body) = mesh_proxy::http_util::get(addr, path)
+    let (status, body) = mesh_net::http::get(addr, path)
         .await
         .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(

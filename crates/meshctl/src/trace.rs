@@ -132,7 +132,7 @@ pub(crate) fn waterfall(spans: &[Span]) -> String {
 }
 
 async fn query(jaeger: SocketAddr, path: &str) -> anyhow::Result<Value> {
-    let (status, body) = mesh_proxy::http_util::get(jaeger, path)
+    let (status, body) = mesh_net::http::get(jaeger, path)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (is Jaeger running? `meshctl testbed up` starts one)"))?;
     anyhow::ensure!(

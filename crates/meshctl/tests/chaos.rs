@@ -61,7 +61,7 @@ fn chaos_scenarios_show_what_they_must() {
         .build()
         .unwrap();
     let (code, body) = rt
-        .block_on(mesh_proxy::http_util::get(control, "/kill/gateway-west"))
+        .block_on(mesh_net::http::get(control, "/kill/gateway-west"))
         .unwrap();
     assert!(code.is_success(), "{body}");
     let start = Instant::now();

@@ -200,7 +200,7 @@ pub async fn get(
     authority: &str,
     path: &str,
 ) -> Result<(u16, String), String> {
-    mesh_proxy::http_util::request(outbound, authority, path, &[])
+    mesh_net::http::request(outbound, authority, path, &[])
         .await
         .map(|(s, b)| (s.as_u16(), b))
         .map_err(String::from)

@@ -95,13 +95,15 @@ pub(super) fn plan(
     let (target_port, protocol) = state.local_port(service_port);
     // Policies and the application see the normalized path.
     let path = input.options.path_normalization.apply(parts.uri.path());
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.clone().into_owned(),
+    // Parsed once: an unchanged path reuses the request's own.
+    let path_and_query = match (&path, parts.uri.path_and_query()) {
+        (std::borrow::Cow::Borrowed(_), Some(pq)) => pq.clone(),
+        _ => match parts.uri.query() {
+            Some(q) => format!("{path}?{q}").parse(),
+            None => path.parse(),
+        }
+        .map_err(|_| InboundRefusal::InvalidPath)?,
     };
-    if path_and_query.parse::<http::uri::PathAndQuery>().is_err() {
-        return Err(InboundRefusal::InvalidPath);
-    }
     let decision = state.authz.decide(&Attributes {
         principal: &input.caller.principal,
         principal_aliases: &input.caller.aliases,

@@ -148,7 +148,7 @@ pub(crate) async fn call(
     path: &str,
     headers: &[(&str, http::HeaderValue)],
 ) -> Result<(u16, String), String> {
-    mesh_proxy::http_util::request(outbound, authority, path, headers)
+    mesh_net::http::request(outbound, authority, path, headers)
         .await
         .map(|(status, body)| (status.as_u16(), body))
         .map_err(String::from)

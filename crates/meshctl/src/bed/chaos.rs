@@ -229,7 +229,7 @@ impl Bed<'_> {
     fn get_json(&self, addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
         let (status, body) = self
             .rt
-            .block_on(mesh_proxy::http_util::get(addr, path))
+            .block_on(mesh_net::http::get(addr, path))
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("GET http://{addr}{path}"))?;
         anyhow::ensure!(status.is_success(), "GET http://{addr}{path}: {status}");
@@ -239,7 +239,7 @@ impl Bed<'_> {
     fn metric(&self, addr: SocketAddr, name: &str) -> Option<f64> {
         let (_, body) = self
             .rt
-            .block_on(mesh_proxy::http_util::get(addr, "/metrics"))
+            .block_on(mesh_net::http::get(addr, "/metrics"))
             .ok()?;
         body.lines()
             .any(|l| l.split([' ', '{']).next() == Some(name))

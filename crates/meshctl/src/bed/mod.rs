@@ -425,7 +425,7 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let check = |addr: std::net::SocketAddr, path: &str| match rt
-        .block_on(mesh_proxy::http_util::get(addr, path))
+        .block_on(mesh_net::http::get(addr, path))
     {
         Ok((s, _)) if s.is_success() => "ready".to_owned(),
         Ok((s, _)) => format!("{s}"),
@@ -587,10 +587,7 @@ fn control(state: &supervisor::State, action: &str, app: &str) -> anyhow::Result
         .enable_all()
         .build()?;
     let (status, body) = rt
-        .block_on(mesh_proxy::http_util::get(
-            addr,
-            &format!("/{action}/{app}"),
-        ))
+        .block_on(mesh_net::http::get(addr, &format!("/{action}/{app}")))
         .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(status.is_success(), "{body}");
     Ok(())
@@ -751,7 +748,7 @@ fn strict_mtls(dir: &Path) -> anyhow::Result<()> {
         // Until the helloworld sidecar holds it.
         let start = Instant::now();
         loop {
-            let dump = rt.block_on(mesh_proxy::http_util::get(target.admin(), "/config_dump"));
+            let dump = rt.block_on(mesh_net::http::get(target.admin(), "/config_dump"));
             if dump.is_ok_and(|(_, b)| b.contains(&format!("\"default\": \"{mode}\""))) {
                 return Ok(());
             }

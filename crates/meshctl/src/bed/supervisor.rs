@@ -342,7 +342,7 @@ async fn wait_http_ok(
 ) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
-        if let Ok((status, _)) = mesh_proxy::http_util::get(addr, path).await
+        if let Ok((status, _)) = mesh_net::http::get(addr, path).await
             && status.is_success()
         {
             return Ok(());
