@@ -1,5 +1,5 @@
 //! The `east-west-gateway` binary: flags around [`east_west_gateway::start`], with its
-//! identity and config from discovery as a sidecar gets them.
+//! identity and config from discovery, or from files, as a sidecar gets them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +13,19 @@ use mesh_proxy::{StateStore, bootstrap};
 #[derive(Debug, Parser)]
 #[command(name = "east-west-gateway", version, about)]
 struct Args {
-    /// Discovery's address (port 15012).
-    #[arg(long, env = "ISTHMUS_DISCOVERY_ADDRESS")]
-    discovery: String,
+    /// Discovery's address (port 15012): the config comes from its stream, and it is
+    /// also the CA unless --ca-address says otherwise.
+    #[arg(
+        long,
+        env = "ISTHMUS_DISCOVERY_ADDRESS",
+        required_unless_present = "config"
+    )]
+    discovery: Option<String>,
+    /// Config from a file instead of discovery: a ProxyConfig document whose services
+    /// list the local endpoints the gateway may reach, as a sidecar's `--config`
+    /// (re-read when it changes). Use with --cert-dir.
+    #[arg(long, env = "ISTHMUS_PROXY_CONFIG", conflicts_with = "discovery")]
+    config: Option<std::path::PathBuf>,
     #[command(flatten)]
     identity: bootstrap::IdentityArgs,
     /// The gateway's name, as discovery lists it.
@@ -36,35 +46,60 @@ struct Args {
     /// Write logs as JSON lines.
     #[arg(long)]
     json_logs: bool,
+    /// Worker threads (default: one per core). 1 runs everything on one thread.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    bootstrap::runtime(args.workers)?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     mesh_telemetry::init_logging(mesh_telemetry::LogFormat::json(args.json_logs), "info");
     let (identity, renewal) = bootstrap::identity(
         &args.identity,
-        Some(&args.discovery),
+        args.discovery.as_deref(),
         "isthmus-eastwest-gateway",
     )
     .await
     .map_err(anyhow::Error::msg)?;
     let store = Arc::new(StateStore::default());
-    let stream = bootstrap::follow_discovery(
-        &args.discovery,
-        &args.identity,
-        &identity,
-        bootstrap::NodeInfo {
-            name: args.name.clone(),
-            ip: None,
-            kind: "gateway",
-            admin: Some(args.admin),
-        },
-        store.clone(),
-        Duration::from_secs(5),
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let mut background: Vec<_> = renewal.into_iter().collect();
+    match (&args.config, &args.discovery) {
+        (Some(config), _) => {
+            background.push(
+                bootstrap::follow_file(config, store.clone(), Duration::from_secs(1))
+                    .map_err(anyhow::Error::msg)?,
+            );
+            if let Some(dir) = &args.identity.cert_dir {
+                background.push(bootstrap::follow_cert_dir(
+                    dir,
+                    identity.clone(),
+                    Duration::from_secs(1),
+                ));
+            }
+        }
+        (None, Some(discovery)) => background.push(
+            bootstrap::follow_discovery(
+                discovery,
+                &args.identity,
+                &identity,
+                bootstrap::NodeInfo {
+                    name: args.name.clone(),
+                    ip: None,
+                    kind: "gateway",
+                    admin: Some(args.admin),
+                },
+                store.clone(),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?,
+        ),
+        (None, None) => anyhow::bail!("give --config or --discovery"),
+    }
     let cluster = store.snapshot().node.cluster.clone();
     let tracing = match &args.otlp_endpoint {
         Some(endpoint) => mesh_telemetry::trace::Tracing::otlp(
@@ -95,9 +130,8 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(gateway);
     tracing.flush();
-    stream.abort();
-    if let Some(r) = renewal {
-        r.abort();
+    for task in &background {
+        task.abort();
     }
     Ok(())
 }

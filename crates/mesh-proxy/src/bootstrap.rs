@@ -3,7 +3,7 @@
 //!
 //! Identity: certificate files (`--cert-dir`, re-read by the binary), or a key and CSR
 //! sent to discovery's CA with a token (`--token-file`), renewed at half life. Config:
-//! discovery's stream (`--discovery`).
+//! discovery's stream (`--discovery`) or a file (`--config`), through one intake.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -197,4 +197,117 @@ pub async fn follow_discovery(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(task)
+}
+
+/// File mode: takes the config file at `path` into `store` through the same intake as
+/// discovery's stream ([`crate::intake::ResourceSet`]), then re-reads it whenever it
+/// changes (checked every `every`). At start every document must be taken: a file with
+/// any refused document is an error naming each one. Later versions are taken document
+/// by document: a wrong one is refused alone and its last good version stays.
+pub fn follow_file(
+    path: &Path,
+    store: Arc<StateStore>,
+    every: Duration,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let origin = path.display().to_string();
+    let mut set = crate::intake::ResourceSet::default();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {origin}: {e}"))?;
+    let applied = set.apply_file(&text, &origin, &store);
+    if !applied.rejected.is_empty() || !store.is_ready() {
+        let reasons: Vec<String> = applied
+            .rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.name, r.reason))
+            .collect();
+        return Err(format!(
+            "config from {origin} refused: {}",
+            reasons.join("; ")
+        ));
+    }
+    let path = path.to_owned();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match std::fs::read_to_string(&path) {
+                // Refusals are logged by the intake; the last good versions stay.
+                Ok(text) => {
+                    set.apply_file(&text, &origin, &store);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %origin, "cannot read config; keeping the last good one")
+                }
+            }
+        }
+    }))
+}
+
+/// Certificate files (`--cert-dir`): re-reads them whenever one changes (checked every
+/// `every`) and installs what they hold. A set that does not load or verify is refused
+/// and the current certificate stays.
+pub fn follow_cert_dir(
+    dir: &Path,
+    identity: Identity,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let files: Vec<PathBuf> = ["cert-chain.pem", "key.pem", "root-cert.pem"]
+        .iter()
+        .map(|f| dir.join(f))
+        .collect();
+    let modified = |files: &[PathBuf]| -> Vec<_> {
+        files
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let dir = dir.to_owned();
+    let mut seen = modified(&files);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = modified(&files);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let result = load_identity_dir(&dir).and_then(|(cert, trust)| {
+                // During a root rotation only one order is valid: a certificate from the
+                // new root needs the new trust first, and the reverse.
+                if identity.rotate_cert(cert.clone()).is_ok() {
+                    identity.update_trust(trust).map_err(|e| e.to_string())
+                } else {
+                    identity.update_trust(trust).map_err(|e| e.to_string())?;
+                    identity.rotate_cert(cert).map_err(|e| e.to_string())
+                }
+            });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "certificate files refused; keeping the current certificate");
+            }
+        }
+    })
+}
+
+/// The runtime of a proxy binary: `workers` threads (default one per core); one runs
+/// everything on the current thread, with no hand-off between threads.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
 }

@@ -25,6 +25,7 @@ pub mod discovery_client;
 pub mod error;
 pub mod http_util;
 pub mod inbound;
+pub mod intake;
 pub mod lb;
 pub mod model;
 pub mod outbound;

@@ -57,6 +57,37 @@ struct Sends<'a> {
     timeout: Option<std::time::Duration>,
 }
 
+/// Looked up on every response: a constant, since a lookup by `&str` parses the name.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// Envoy's count of tries, sent from the second one.
+const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// The request of one try (number `attempt`, from 0) from the request's parts: the
+/// last try takes them, with no copy of the headers; the tries before it copy them.
+fn try_request(
+    template: &mut http::request::Parts,
+    body: Body,
+    attempt: u32,
+    last: bool,
+) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.version_mut() = template.version;
+    if last {
+        *req.method_mut() = std::mem::take(&mut template.method);
+        *req.uri_mut() = std::mem::take(&mut template.uri);
+        *req.headers_mut() = std::mem::take(&mut template.headers);
+    } else {
+        *req.method_mut() = template.method.clone();
+        *req.uri_mut() = template.uri.clone();
+        *req.headers_mut() = template.headers.clone();
+    }
+    if attempt > 0 {
+        req.headers_mut()
+            .insert(ATTEMPT_COUNT, HeaderValue::from(attempt + 1));
+    }
+    req
+}
+
 /// Largest request body held in memory so that it can be retried.
 const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 
@@ -126,7 +157,7 @@ impl Outbound {
             code: resp.status().as_u16(),
             grpc_status: resp
                 .headers()
-                .get("grpc-status")
+                .get(&GRPC_STATUS)
                 .and_then(|v| v.to_str().ok()),
             flags: outcome.flag.map_or("-", ResponseFlag::code),
         };
@@ -303,7 +334,7 @@ impl Outbound {
             timeout: route.timeout,
         };
         let (last, retried) = self
-            .attempts(&state, &sends, &template, buffered, streaming, tries, out)
+            .attempts(&state, &sends, template, buffered, streaming, tries, out)
             .await;
         answer(last, retried, route, set_cookie, out)
     }
@@ -354,7 +385,7 @@ impl Outbound {
         &self,
         state: &crate::state::ProxyState,
         sends: &Sends<'_>,
-        template: &http::request::Parts,
+        mut template: http::request::Parts,
         buffered: Option<bytes::Bytes>,
         streaming: Option<Body>,
         tries: u32,
@@ -397,40 +428,14 @@ impl Outbound {
             tried.push(endpoint.inbound);
             out.upstream_host = endpoint.inbound.to_string();
             let plaintext = resolved.is_some_and(|r| r.plaintext);
-            out.peers = Some(if plaintext {
-                // tls.mode DISABLE: the request leaves in the clear.
-                let mut peers = crate::peer::source_report(
-                    &state.node,
-                    &self.own_id,
-                    target,
-                    Some(endpoint),
-                    self.trust_domain(),
-                );
-                peers.connection_security_policy = "none".into();
-                Arc::new(peers)
-            } else {
-                crate::peer::source_labels(
-                    &state.node,
-                    &self.own_id,
-                    target,
-                    Some(endpoint),
-                    self.trust_domain(),
-                )
-            });
+            out.peers = Some(self.try_labels(state, target, endpoint, plaintext));
 
-            let mut req = Request::new(match (&buffered, streaming.take()) {
+            let body = match (&buffered, streaming.take()) {
                 (Some(b), _) => full(b.clone()),
                 (None, Some(s)) => s,
                 (None, None) => break,
-            });
-            *req.method_mut() = template.method.clone();
-            *req.uri_mut() = template.uri.clone();
-            *req.version_mut() = template.version;
-            *req.headers_mut() = template.headers.clone();
-            if attempt > 0 {
-                req.headers_mut()
-                    .insert("x-envoy-attempt-count", HeaderValue::from(attempt + 1));
-            }
+            };
+            let req = try_request(&mut template, body, attempt, attempt + 1 == tries);
 
             let now = tokio::time::Instant::now();
             let overall_left = deadline.map(|d| d.saturating_duration_since(now));
@@ -448,7 +453,7 @@ impl Outbound {
                     .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), target_port)),
                 connect_timeout: resolved.and_then(|r| r.connect_timeout),
                 reuse: crate::pool::Reuse::of(resolved),
-                http1: template.version == http::Version::HTTP_11,
+                http1: req.version() == http::Version::HTTP_11,
             };
             let send = self.pool.send(&upstream, req);
             let result = match per_try {
@@ -476,7 +481,7 @@ impl Outbound {
                 Ok(resp) => {
                     let grpc = resp
                         .headers()
-                        .get("grpc-status")
+                        .get(&GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     let again = retry.retry_response(resp.status().as_u16(), grpc);
@@ -496,6 +501,25 @@ impl Outbound {
             tracing::debug!(attempt = attempt + 1, upstream = %endpoint.inbound, "retrying");
         }
         (last, tried.len() > 1)
+    }
+
+    /// Who calls whom on one try, for its metrics: over mTLS, or in the clear for
+    /// `tls.mode: DISABLE`.
+    fn try_labels(
+        &self,
+        state: &crate::state::ProxyState,
+        target: &crate::model::Service,
+        endpoint: &crate::model::Endpoint,
+        plaintext: bool,
+    ) -> Arc<PeerLabels> {
+        let (node, own, td) = (&state.node, &self.own_id, self.trust_domain());
+        if plaintext {
+            let mut peers = crate::peer::source_report(node, own, target, Some(endpoint), td);
+            peers.connection_security_policy = "none".into();
+            Arc::new(peers)
+        } else {
+            crate::peer::source_labels(node, own, target, Some(endpoint), td)
+        }
     }
 
     /// Sends a copy of a request to a mirror, fire and forget, with the authority

@@ -49,6 +49,9 @@ const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent
 const B3_TRACE_ID: http::HeaderName = http::HeaderName::from_static("x-b3-traceid");
 const B3_SPAN_ID: http::HeaderName = http::HeaderName::from_static("x-b3-spanid");
 const B3_SAMPLED: http::HeaderName = http::HeaderName::from_static("x-b3-sampled");
+const B3_SINGLE: http::HeaderName = http::HeaderName::from_static("b3");
+const B3_PARENT: http::HeaderName = http::HeaderName::from_static("x-b3-parentspanid");
+const B3_FLAGS: http::HeaderName = http::HeaderName::from_static("x-b3-flags");
 
 /// Lower-case hex of `bytes` into `out` (twice as long).
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
@@ -70,34 +73,35 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// B3 headers Envoy uses; removed and rewritten at each hop.
-const B3_HEADERS: &[&str] = &[
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
+const B3_HEADERS: [http::HeaderName; 6] = [
+    B3_SINGLE,
+    B3_TRACE_ID,
+    B3_SPAN_ID,
+    B3_PARENT,
+    B3_SAMPLED,
+    B3_FLAGS,
 ];
 
 impl TraceParent {
     /// Reads `traceparent`, else B3 (multi-header or single `b3`).
     pub fn from_headers(h: &HeaderMap) -> Option<Self> {
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
-        if let Some(tp) = get("traceparent") {
+        // Names as constants: a lookup by `&str` parses the name first.
+        let get = |n: &http::HeaderName| h.get(n).and_then(|v| v.to_str().ok());
+        if let Some(tp) = get(&TRACEPARENT) {
             return Self::parse(tp);
         }
-        if let (Some(trace), Some(span)) = (get("x-b3-traceid"), get("x-b3-spanid")) {
+        if let (Some(trace), Some(span)) = (get(&B3_TRACE_ID), get(&B3_SPAN_ID)) {
             // 64-bit B3 trace ids are left-padded to 128 bits.
             let trace = format!("{trace:0>32}");
             let p = Self {
                 trace_id: hex_to(&trace)?,
                 span_id: hex_to(span)?,
-                sampled: get("x-b3-sampled").is_none_or(|s| s == "1" || s == "true")
-                    || get("x-b3-flags") == Some("1"),
+                sampled: get(&B3_SAMPLED).is_none_or(|s| s == "1" || s == "true")
+                    || get(&B3_FLAGS) == Some("1"),
             };
             return p.valid().then_some(p);
         }
-        if let Some(single) = get("b3") {
+        if let Some(single) = get(&B3_SINGLE) {
             let parts: Vec<&str> = single.split('-').collect();
             if parts.len() >= 2 {
                 let p = Self {
@@ -153,8 +157,8 @@ impl TraceParent {
 
     /// Writes this position as `traceparent` and as B3, replacing what was there.
     pub fn inject(&self, h: &mut HeaderMap) {
-        for n in B3_HEADERS {
-            h.remove(*n);
+        for n in &B3_HEADERS {
+            h.remove(n);
         }
         // 00-{32 hex}-{16 hex}-{2 hex}
         let mut tp = [b'-'; 55];

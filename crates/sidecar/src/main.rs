@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,8 +17,9 @@ use mesh_proxy::{Sidecar, SidecarOptions, StateStore, bootstrap};
 #[derive(Debug, Parser)]
 #[command(name = "sidecar", version, about)]
 struct Args {
-    /// Proxy config: a ProxyConfig document and Istio documents (YAML). Re-read when it
-    /// changes; an invalid version is refused and the last good one stays in force.
+    /// Proxy config: a ProxyConfig document and Istio documents (YAML). At start every
+    /// document must be valid. Re-read when it changes, document by document: a wrong
+    /// one is refused alone and its last good version stays in force.
     #[arg(
         long,
         env = "ISTHMUS_PROXY_CONFIG",
@@ -88,28 +89,9 @@ struct Args {
     num_trusted_proxies: usize,
 }
 
-fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
-    paths
-        .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = match args.workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
-            .enable_all()
-            .build()?,
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-    };
-    runtime.block_on(run(args))
+    bootstrap::runtime(args.workers)?.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -144,16 +126,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
     background.extend(renewal);
-    let origin = args
-        .config
-        .as_ref()
-        .map(|c| c.display().to_string())
-        .unwrap_or_default();
     match (&args.config, &args.discovery) {
         (Some(config), _) => {
-            let text =
-                std::fs::read_to_string(config).with_context(|| format!("reading {origin}"))?;
-            store.apply_yaml(&text, &origin)?;
+            // Re-read when it changes, through the stream's intake.
+            let task = bootstrap::follow_file(config, store.clone(), Duration::from_secs(1))
+                .map_err(anyhow::Error::msg)?;
+            background.push(task);
         }
         (None, Some(address)) => {
             let node = bootstrap::NodeInfo {
@@ -221,64 +199,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "sidecar ready"
     );
 
-    // File mode: re-read the config and certificate files when they change.
-    let config_files: Vec<PathBuf> = args.config.iter().cloned().collect();
-    let cert_files: Vec<PathBuf> = args
-        .identity
-        .cert_dir
-        .iter()
-        .flat_map(|dir| {
-            ["cert-chain.pem", "key.pem", "root-cert.pem"]
-                .iter()
-                .map(move |f| dir.join(f))
-        })
-        .collect();
-    let (mut config_seen, mut certs_seen) = (modified(&config_files), modified(&cert_files));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    if let Some(dir) = &args.identity.cert_dir {
+        background.push(bootstrap::follow_cert_dir(
+            dir,
+            identity.clone(),
+            Duration::from_secs(1),
+        ));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-        let now = modified(&config_files);
-        if let Some(config) = &args.config
-            && now != config_seen
-        {
-            config_seen = now;
-            match std::fs::read_to_string(config) {
-                // A refusal is logged by the store; the last good config stays.
-                Ok(text) => {
-                    let _ = store.apply_yaml(&text, &origin);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, file = %origin, "cannot read config; keeping the last good one")
-                }
-            }
-        }
-        let now = modified(&cert_files);
-        if let Some(dir) = &args.identity.cert_dir
-            && now != certs_seen
-        {
-            certs_seen = now;
-            let result = bootstrap::load_identity_dir(dir)
-                .map_err(anyhow::Error::msg)
-                .and_then(|(cert, trust)| {
-                    // During a root rotation only one order is valid: a certificate from the
-                    // new root needs the new trust first, and the reverse.
-                    if identity.rotate_cert(cert.clone()).is_ok() {
-                        identity.update_trust(trust)?;
-                    } else {
-                        identity.update_trust(trust)?;
-                        identity.rotate_cert(cert)?;
-                    }
-                    Ok(())
-                });
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "certificate files refused; keeping the current certificate");
-            }
-        }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
     for task in &background {
         task.abort();

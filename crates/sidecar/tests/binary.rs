@@ -1,5 +1,6 @@
 //! Two real sidecar processes: a request crosses them over mTLS, a broken config file
-//! is refused while traffic keeps flowing, and SIGTERM stops the process cleanly.
+//! is refused while traffic keeps flowing, a file is taken document by document (a
+//! wrong document is refused alone), and SIGTERM stops the process cleanly.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -151,6 +152,18 @@ fn two_sidecar_processes_carry_a_request_and_survive_a_bad_config() {
         assert_eq!(get(c_out).unwrap().0, 200);
     }
 
+    // An edit with a good VirtualService (an abort for every request) and a broken one
+    // for another host: the good one is in force, the broken one refused by name.
+    let abort = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec: {hosts: [reviews], http: [{fault: {abort: {httpStatus: 418, percentage: {value: 100}}}, route: [{destination: {host: reviews}}]}]}\n";
+    let broken = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: other, namespace: shop}\nspec: {hosts: [other], http: [{match: [{uri: {regex: '(unclosed'}}], route: [{destination: {host: other}}]}]}\n";
+    std::fs::write(&client_cfg, format!("{good}{abort}{broken}")).unwrap();
+    wait_for(
+        || get(c_out).is_some_and(|(s, _)| s == 418),
+        "the good VirtualService of the edit to be in force",
+    );
+    let log = std::fs::read_to_string(&client_log).unwrap();
+    assert!(log.contains("VirtualService/shop/other"), "{log}");
+
     // SIGTERM: the process stops by itself.
     nix_kill_term(client.0.id());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -162,6 +175,43 @@ fn two_sidecar_processes_carry_a_request_and_survive_a_bad_config() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_sidecar_does_not_start_on_a_file_with_a_wrong_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = RootCa::generate(&"mesh.example".parse().unwrap(), ROOT_VALIDITY).unwrap();
+    let ca = root.intermediate("east", INTERMEDIATE_VALIDITY).unwrap();
+    write_certs(&ca, "productpage", &tmp.path().join("certs"));
+    let cfg = tmp.path().join("client.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: isthmus.dev/v1alpha1\nkind: ProxyConfig\nnode: {name: pp-1, namespace: shop, serviceAccount: productpage}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec: {host: reviews, trafficPolicy: {loadBalancer: {simple: SOMETIMES}}}\n",
+    )
+    .unwrap();
+    let log = tmp.path().join("sidecar.log");
+    let mut proc = sidecar(
+        &cfg,
+        &tmp.path().join("certs"),
+        free_port(),
+        free_port(),
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar started on a wrong file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("DestinationRule/shop/reviews"), "{log}");
+    assert!(log.contains("SOMETIMES"), "{log}");
 }
 
 fn nix_kill_term(pid: u32) {

@@ -172,37 +172,7 @@ impl ProxyState {
                 policies.insert(fqdn.clone(), Arc::new(policy));
             }
         }
-        let authz_specs: Vec<_> = resources
-            .iter()
-            .filter_map(|r| match r {
-                Resource::AuthorizationPolicy(ap) => Some((
-                    ap.metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                    ap.metadata.name.clone().unwrap_or_default(),
-                    &ap.spec,
-                )),
-                _ => None,
-            })
-            .collect();
-        // Oldest first: at one level, the first policy applies.
-        let peer_authn_specs: Vec<_> = ordered
-            .iter()
-            .filter_map(|r| match r {
-                Resource::PeerAuthentication(pa) => Some((
-                    pa.metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                    pa.metadata.name.clone().unwrap_or_default(),
-                    &pa.spec,
-                )),
-                _ => None,
-            })
-            .collect();
-        let peer_authn = crate::peer_authn::PeerAuthn::compile(&peer_authn_specs, &node);
-        let authz = crate::authz::Authorizer::compile(&authz_specs, &node);
+        let (peer_authn, authz) = compile_security(resources, &ordered, &node);
         for host in services.keys() {
             routes
                 .entry(host.clone())
@@ -231,4 +201,46 @@ impl ProxyState {
             services,
         })
     }
+}
+
+/// Namespace (`default` when unset) and name of an object.
+fn namespace_and_name(r: &Resource) -> (String, String) {
+    let meta = r.metadata();
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// PeerAuthentication (`ordered`: oldest first, so that at one level the first policy
+/// applies) and AuthorizationPolicy, compiled for `node`.
+fn compile_security(
+    resources: &[&Resource],
+    ordered: &[&Resource],
+    node: &Node,
+) -> (crate::peer_authn::PeerAuthn, crate::authz::Authorizer) {
+    let authz_specs: Vec<_> = resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::AuthorizationPolicy(ap) => {
+                let (ns, name) = namespace_and_name(r);
+                Some((ns, name, &ap.spec))
+            }
+            _ => None,
+        })
+        .collect();
+    let peer_authn_specs: Vec<_> = ordered
+        .iter()
+        .filter_map(|r| match r {
+            Resource::PeerAuthentication(pa) => {
+                let (ns, name) = namespace_and_name(r);
+                Some((ns, name, &pa.spec))
+            }
+            _ => None,
+        })
+        .collect();
+    (
+        crate::peer_authn::PeerAuthn::compile(&peer_authn_specs, node),
+        crate::authz::Authorizer::compile(&authz_specs, node),
+    )
 }
