@@ -46,6 +46,25 @@ metadata: {name: public, namespace: other}
 spec:
   selector: {app: public}
   ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: other}
+spec:
+  hosts: [private.other.example]
+  exportTo: ["."]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.9.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shared, namespace: other}
+spec:
+  hosts: [shared.other.example]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.9.0.2}]
 "#;
 
 fn vs(regex: &str, extra: &str) -> String {
@@ -105,6 +124,9 @@ async fn file_registry_pushes_incrementally_and_refuses_bad_resources_alone() {
             .services
             .contains_key("public.other.svc.cluster.local")
     );
+    // The same for ServiceEntries: exportTo "." keeps other/private from shop.
+    assert!(!state.services.contains_key("private.other.example"));
+    assert!(state.services.contains_key("shared.other.example"));
 
     // The gateway view (everything the cluster exports, exportTo bypassed) goes to the
     // gateway's identity only: a sidecar claiming `kind: gateway` gets its own view.

@@ -85,6 +85,9 @@ const FILE_REGISTRY: &[&str] = &[
 ];
 const GATEWAY_NAMES: &[&str] =
     &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"];
+const SERVICE_ENTRY: &[&str] = &[
+    "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
+];
 const FEDERATION: &[&str] =
     &["discovery/tests/federation::linked_clusters_exchange_exported_endpoints_and_withdraw_them"];
 
@@ -100,11 +103,6 @@ pub(crate) static KINDS_REFUSED: &[(&str, &str)] = &[
         "Gateway",
         "Isthmus runs no ingress or egress gateway yet (the east-west gateway is configured by discovery), \
          so a Gateway would open no port; expose the workload another way for now",
-    ),
-    (
-        "ServiceEntry",
-        "ServiceEntry is not enforced yet: requests to its hosts would not reach its endpoints \
-         (outside the mesh, calls to unknown hosts pass through unchanged)",
     ),
     (
         "RequestAuthentication",
@@ -678,6 +676,65 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "mesh peers are always verified",
     ),
     r("ClientTlsSettings", "caCrl", NO_ORIGINATION),
+    // ServiceEntry
+    en(
+        "ServiceEntrySpec",
+        "hosts",
+        "each host as written; wildcard hosts are refused",
+        SERVICE_ENTRY,
+    ),
+    en(
+        "ServiceEntrySpec",
+        "addresses",
+        "IP addresses (the service's virtual IPs for captured traffic); address ranges are refused",
+        SERVICE_ENTRY,
+    ),
+    e("ServiceEntrySpec", "ports", SERVICE_ENTRY),
+    en(
+        "ServiceEntrySpec",
+        "location",
+        "MESH_EXTERNAL (the default): each endpoint at its own address and port, without mesh mTLS or mesh headers; \
+         MESH_INTERNAL: over mesh mTLS to the endpoint's sidecar",
+        &[
+            "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
+            "crates/mesh-proxy/tests/service_entry::a_mesh_internal_entry_goes_over_mtls_to_its_sidecar",
+        ],
+    ),
+    en(
+        "ServiceEntrySpec",
+        "resolution",
+        "STATIC; NONE (also when unset), DNS and DNS_ROUND_ROBIN are refused until they are built",
+        &[
+            "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
+            "crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused",
+        ],
+    ),
+    e("ServiceEntrySpec", "endpoints", SERVICE_ENTRY),
+    r(
+        "ServiceEntrySpec",
+        "workloadSelector",
+        "selecting pods and WorkloadEntries for a ServiceEntry is not built; list the endpoints under `endpoints`",
+    ),
+    en(
+        "ServiceEntrySpec",
+        "exportTo",
+        "`.`, `*` and namespace names, as for VirtualServices",
+        FILE_REGISTRY,
+    ),
+    r(
+        "ServiceEntrySpec",
+        "subjectAltNames",
+        "not enforced: mesh endpoints are verified by their SPIFFE identity; set `serviceAccount` on each endpoint",
+    ),
+    e("Port", "number", SERVICE_ENTRY),
+    en(
+        "Port",
+        "protocol",
+        "HTTP, HTTP2 and GRPC are routed as HTTP; TCP, TLS, HTTPS and MONGO as opaque TCP",
+        SERVICE_ENTRY,
+    ),
+    e("Port", "name", SERVICE_ENTRY),
+    e("Port", "targetPort", SERVICE_ENTRY),
     // WorkloadEntry (also ServiceEntry endpoints)
     e("WorkloadEntrySpec", "address", FILE_REGISTRY),
     e("WorkloadEntrySpec", "ports", FILE_REGISTRY),

@@ -154,20 +154,31 @@ spec:
         ]
     );
 
-    for (kind, extra) in [
+    for (group, kind, extra) in [
         (
+            "networking.istio.io",
             "Gateway",
             "{selector: {istio: ingressgateway}, servers: []}",
         ),
-        ("ServiceEntry", "{hosts: [legacy.internal.example]}"),
+        ("security.istio.io", "RequestAuthentication", "{}"),
     ] {
         let err = mesh_api::parse_resource(&format!(
-            "apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: x, namespace: shop}}\nspec: {extra}\n"
+            "apiVersion: {group}/v1\nkind: {kind}\nmetadata: {{name: x, namespace: shop}}\nspec: {extra}\n"
         ))
         .unwrap_err()
         .to_string();
         assert!(err.contains(&format!("{kind} is not supported")), "{err}");
     }
+    // A refused field of a kind that is enforced otherwise.
+    let err = mesh_api::parse_resource(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [a.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, workloadSelector: {labels: {app: vm}}}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spec.workloadSelector: is not supported"),
+        "{err}"
+    );
     let err = mesh_api::parse_resource(
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: a}]}\n",
     )
@@ -202,6 +213,22 @@ fn values_isthmus_cannot_honour_are_refused() {
         (
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], tcp: [{match: [{port: 5432, gateways: [egress]}], route: [{destination: {host: x}}]}]}\n",
             "spec.tcp[0].match[0].gateways[0]",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: DNS}\n",
+            "spec.resolution: DNS is not enforced yet",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}]}\n",
+            "spec.resolution: NONE is not enforced yet (unset means NONE)",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: ['*.example.com'], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 10.0.0.1}]}\n",
+            "spec.hosts[0]: wildcard host",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [a.example.com], addresses: [10.0.0.0/24], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 10.0.0.1}]}\n",
+            "spec.addresses[0]",
         ),
     ] {
         let err = mesh_api::parse_resource(yaml).unwrap_err().to_string();

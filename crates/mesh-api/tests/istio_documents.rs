@@ -377,7 +377,7 @@ fn json_documents_as_the_api_server_returns_them() {
 /// Kinds Isthmus does not enforce yet are refused whole, with the reason, as users
 /// of Istio's multi-cluster guide would write them.
 #[test]
-fn gateway_and_service_entry_are_refused_with_the_reason() {
+fn gateway_is_refused_and_a_static_service_entry_read() {
     let err = parse_resource(
         r#"{"apiVersion":"networking.istio.io/v1","kind":"Gateway",
             "metadata":{"name":"cross-network-gateway","namespace":"istio-system"},
@@ -395,8 +395,9 @@ fn gateway_and_service_entry_are_refused_with_the_reason() {
         err.contains("the east-west gateway is configured by discovery"),
         "{err}"
     );
-    let err = parse_resource(
-        r#"
+    // A STATIC ServiceEntry is read (and enforced by the proxies); with DNS resolution,
+    // not built yet, it is refused with the reason.
+    let entry = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: external-svc, namespace: default}
@@ -411,12 +412,16 @@ spec:
   endpoints:
   - address: 192.0.2.10
     labels: {version: v1}
-"#,
-    )
-    .unwrap_err()
-    .to_string();
+"#;
+    parse_resource(entry).unwrap();
+    let err = parse_resource(&entry.replace("resolution: STATIC", "resolution: DNS"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ServiceEntry default/external-svc"), "{err}");
-    assert!(err.contains("ServiceEntry is not enforced yet"), "{err}");
+    assert!(
+        err.contains("spec.resolution: DNS is not enforced yet"),
+        "{err}"
+    );
 }
 
 /// Asserts that `yaml` is refused and that the message names every `expected` part.

@@ -97,16 +97,44 @@ pub struct Endpoint {
     pub quic: bool,
     /// Kept while its cluster's control plane is silent and its gateway healthy.
     pub stale: bool,
+    /// This endpoint's own port for a service port, by the port's name, where it
+    /// differs from the service's target port (a ServiceEntry endpoint's `ports`).
+    pub ports: BTreeMap<String, u16>,
     /// The metric labels of requests sent to this endpoint over mTLS, made on first
     /// use (the endpoint belongs to one service of one compiled state).
     #[serde(skip)]
     pub source_labels: std::sync::OnceLock<Arc<mesh_telemetry::metrics::PeerLabels>>,
 }
 
+impl Endpoint {
+    /// The port this endpoint serves `port` on: its own mapping for the port's name,
+    /// else the service's target port.
+    pub fn port_for(&self, port: &ServicePort) -> u16 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .unwrap_or(port.target_port)
+    }
+}
+
+/// Where a service's endpoints are, in the mesh or outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Location {
+    /// Workloads with sidecars: reached over mesh mTLS at their sidecar's inbound port.
+    #[default]
+    Mesh,
+    /// Outside the mesh (a ServiceEntry with `location: MESH_EXTERNAL`): each endpoint
+    /// is reached at its own address and port as the application would reach it,
+    /// without mesh mTLS or mesh headers.
+    External,
+}
+
 /// A service with its endpoints.
 #[derive(Debug, serde::Serialize)]
 pub struct Service {
-    /// Fully qualified host, `name.namespace.svc.cluster.local`.
+    /// Fully qualified host: `name.namespace.svc.cluster.local` for a Kubernetes
+    /// Service, the host as written for a ServiceEntry.
     pub host: String,
     /// Name.
     pub name: String,
@@ -118,6 +146,8 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// In the mesh, or outside it.
+    pub location: Location,
     /// The metric labels of requests to this service before an endpoint is chosen
     /// (refused or failed ones), made on first use. They name the calling proxy, so a
     /// compiled service is valid for the node it was compiled under (the config

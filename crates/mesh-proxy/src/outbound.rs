@@ -52,7 +52,7 @@ struct Sends<'a> {
     policy: Option<&'a DestinationPolicy>,
     resolved: Option<&'a crate::policy::ResolvedPolicy>,
     hash: Option<u64>,
-    target_port: u16,
+    port: &'a crate::model::ServicePort,
     retry: &'a crate::retry::RetryPolicy,
     timeout: Option<std::time::Duration>,
 }
@@ -277,7 +277,10 @@ impl Outbound {
         upstream.headers_mut().remove(http::header::HOST);
         strip_hop_by_hop(upstream.headers_mut());
         apply_edits(upstream.headers_mut(), &route.request_headers);
-        if let Some(v) = state.peer_header() {
+        // Who calls is told to mesh destinations only, never outside the mesh.
+        if target.location == crate::model::Location::Mesh
+            && let Some(v) = state.peer_header()
+        {
             upstream
                 .headers_mut()
                 .insert(crate::peer::PEER_HEADER, v.clone());
@@ -329,7 +332,7 @@ impl Outbound {
             policy,
             resolved,
             hash,
-            target_port: port.target_port,
+            port,
             retry,
             timeout: route.timeout,
         };
@@ -400,7 +403,7 @@ impl Outbound {
             policy,
             resolved,
             hash,
-            target_port,
+            port,
             retry,
             timeout,
         } = *sends;
@@ -426,9 +429,13 @@ impl Outbound {
                 break;
             };
             tried.push(endpoint.inbound);
-            out.upstream_host = endpoint.inbound.to_string();
-            let plaintext = resolved.is_some_and(|r| r.plaintext);
-            out.peers = Some(self.try_labels(state, target, endpoint, plaintext));
+            // In the clear to the endpoint's own port: outside the mesh, or a mesh
+            // workload without a sidecar (tls.mode DISABLE).
+            let plaintext = (target.location == crate::model::Location::External
+                || resolved.is_some_and(|r| r.plaintext))
+            .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(port)));
+            out.upstream_host = plaintext.unwrap_or(endpoint.inbound).to_string();
+            out.peers = Some(self.try_labels(state, target, endpoint, plaintext.is_some()));
 
             let body = match (&buffered, streaming.take()) {
                 (Some(b), _) => full(b.clone()),
@@ -448,9 +455,7 @@ impl Outbound {
                 endpoint: endpoint.inbound,
                 sni: &out.upstream_cluster,
                 tunnel: endpoint.quic.then_some(state.node.cluster.as_str()),
-                // tls.mode DISABLE: the destination has no sidecar; its own port.
-                plaintext: plaintext
-                    .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), target_port)),
+                plaintext,
                 connect_timeout: resolved.and_then(|r| r.connect_timeout),
                 reuse: crate::pool::Reuse::of(resolved),
                 http1: req.version() == http::Version::HTTP_11,
@@ -535,15 +540,19 @@ impl Outbound {
         let Some(target) = state.services.get(&mirror.host).cloned() else {
             return;
         };
-        let Some(port) = target
+        let Some(service_port) = target
             .port(mirror.port.or(Some(default_port)))
             .or_else(|| target.port(None))
-            .map(|p| p.port)
         else {
             return;
         };
+        let port = service_port.port;
         let endpoint = self.pick_one(state, &target, &mirror.subset, port, None);
         let Some(endpoint) = endpoint else { return };
+        // Outside the mesh: in the clear, to the endpoint's own port.
+        let plaintext = (target.location == crate::model::Location::External).then(|| {
+            std::net::SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(service_port))
+        });
         let mut req = Request::new(full(body));
         *req.method_mut() = template.method.clone();
         *req.version_mut() = template.version;
@@ -569,7 +578,7 @@ impl Outbound {
                         endpoint: endpoint.inbound,
                         sni: &sni,
                         tunnel: tunnel.as_deref(),
-                        plaintext: None,
+                        plaintext,
                         connect_timeout: None,
                         reuse: crate::pool::Reuse::default(),
                         http1,

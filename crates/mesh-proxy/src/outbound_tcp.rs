@@ -254,15 +254,31 @@ impl Outbound {
                 counted_open: false,
             });
         };
-        let upstream = self
-            .pool
-            .connect_stream(
-                endpoint.inbound,
-                endpoint.quic.then_some(state.node.cluster.as_str()),
-                &plan.cluster,
-                plan.resolved.and_then(|r| r.connect_timeout),
-            )
-            .await;
+        let timeout = plan.resolved.and_then(|r| r.connect_timeout);
+        // Outside the mesh: the endpoint's own port, in the clear; else mTLS to its
+        // sidecar.
+        let outside = plan
+            .target
+            .port(Some(plan.port))
+            .filter(|_| plan.target.location == crate::model::Location::External)
+            .map(|p| SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(p)));
+        let upstream: Result<Box<dyn crate::pool::Io>, crate::pool::UpstreamError> = match outside {
+            Some(addr) => self
+                .pool
+                .connect_plain(addr, timeout)
+                .await
+                .map(|s| Box::new(s) as _),
+            None => self
+                .pool
+                .connect_stream(
+                    endpoint.inbound,
+                    endpoint.quic.then_some(state.node.cluster.as_str()),
+                    &plan.cluster,
+                    timeout,
+                )
+                .await
+                .map(|s| Box::new(s) as _),
+        };
         let counted_open = upstream.is_ok();
         if counted_open {
             self.metrics.tcp_opened(&crate::peer::source_labels(

@@ -511,14 +511,7 @@ impl MeshPool {
         req: http::Request<Body>,
         connect_timeout: Option<Duration>,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-        let timeout = connect_timeout.unwrap_or(self.connect_timeout);
-        let tcp = tokio::time::timeout(timeout, mesh_net::socket::connect_marked(addr))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout {
-                addr,
-                after: timeout,
-            })?
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let tcp = self.connect_plain(addr, connect_timeout).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|source| UpstreamError::HttpHandshake {
@@ -528,12 +521,30 @@ impl MeshPool {
             })?;
         tokio::spawn(conn);
         let mut req = req;
-        *req.version_mut() = http::Version::HTTP_11;
+        // Origin-form and a Host header, as any HTTP/1.1 server expects them.
+        to_http1(&mut req);
         sender
             .send_request(req)
             .await
             .map(|resp| resp.map(UpstreamBody::new))
             .map_err(|source| UpstreamError::Reset { addr, source })
+    }
+
+    /// A plain TCP connection to `addr` (a destination without a sidecar or outside the
+    /// mesh), marked so that capture leaves it alone.
+    pub async fn connect_plain(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Option<Duration>,
+    ) -> Result<tokio::net::TcpStream, UpstreamError> {
+        let timeout = connect_timeout.unwrap_or(self.connect_timeout);
+        tokio::time::timeout(timeout, mesh_net::socket::connect_marked(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                addr,
+                after: timeout,
+            })?
+            .map_err(|source| UpstreamError::Connect { addr, source })
     }
 
     /// Opens an mTLS stream for opaque TCP to the sidecar at `endpoint`.

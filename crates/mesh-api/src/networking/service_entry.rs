@@ -132,6 +132,34 @@ impl ServiceEntrySpec {
         if self.hosts.is_empty() {
             v.field("hosts", |v| v.error("at least one host is required"));
         }
+        v.each("hosts", &self.hosts, |v, h| {
+            if h.contains('*') {
+                v.error(format!(
+                    "wildcard host {h:?} is not enforced yet; list each host the entry serves"
+                ));
+            }
+        });
+        v.each("addresses", &self.addresses, |v, a| {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                v.error(format!(
+                    "{a:?} is not an IP address (address ranges are not enforced yet)"
+                ));
+            }
+        });
+        let resolution = match self.resolution {
+            Some(ServiceEntryResolution::Static) => None,
+            None | Some(ServiceEntryResolution::None) => Some("NONE"),
+            Some(ServiceEntryResolution::Dns) => Some("DNS"),
+            Some(ServiceEntryResolution::DnsRoundRobin) => Some("DNS_ROUND_ROBIN"),
+        };
+        if let Some(r) = resolution {
+            v.field("resolution", |v| {
+                v.error(format!(
+                    "{r} is not enforced yet (unset means NONE); list the endpoints' IP \
+                     addresses with `resolution: STATIC`"
+                ))
+            });
+        }
         v.each("ports", &self.ports, |v, p| {
             v.field("number", |v| validate_port(v, p.number));
         });

@@ -11,7 +11,7 @@ use mesh_api::Resource;
 use super::{Index, ProxyState};
 use crate::config::{ConfigBundle, INBOUND_PORT, Node, ServiceConfig};
 use crate::error::ConfigError;
-use crate::model::{Endpoint, Protocol, Service, ServicePort, resolve_host};
+use crate::model::{Endpoint, Location, Protocol, Service, ServicePort, resolve_host};
 use crate::policy::DestinationPolicy;
 use crate::routes::{CompiledRoute, CompiledTcpRoute, CompiledTlsRoute};
 
@@ -47,6 +47,7 @@ pub fn compile_service(svc: &ServiceConfig) -> Arc<Service> {
                 ready: e.ready,
                 quic: e.tunnel == Some(crate::config::Tunnel::Quic),
                 stale: e.stale,
+                ports: BTreeMap::new(),
                 source_labels: std::sync::OnceLock::new(),
             })
         })
@@ -58,6 +59,7 @@ pub fn compile_service(svc: &ServiceConfig) -> Arc<Service> {
         addresses: svc.addresses.clone(),
         ports,
         endpoints,
+        location: Location::Mesh,
         source_labels: std::sync::OnceLock::new(),
     })
 }
@@ -94,6 +96,7 @@ impl ProxyState {
                 errors.push(format!("service {host} is listed twice"));
             }
         }
+        add_service_entries(resources, &mut services, &mut errors);
 
         let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
         let mut tcp_routes: HashMap<String, Vec<CompiledTcpRoute>> = HashMap::new();
@@ -243,4 +246,38 @@ fn compile_security(
         crate::peer_authn::PeerAuthn::compile(&peer_authn_specs, node),
         crate::authz::Authorizer::compile(&authz_specs, node),
     )
+}
+
+/// The services ServiceEntries define, added to `services` (a host that is already a
+/// service is an error, as is anything an entry asks that cannot be honoured).
+fn add_service_entries(
+    resources: &[&Resource],
+    services: &mut HashMap<String, Arc<Service>>,
+    errors: &mut Vec<String>,
+) {
+    for r in resources {
+        let Resource::ServiceEntry(se) = r else {
+            continue;
+        };
+        let key = r.key();
+        match super::service_entry::compile(&se.spec, &namespace_and_name(r).0) {
+            Ok(list) => {
+                for svc in list {
+                    let host = svc.host.clone();
+                    if services.insert(host.clone(), Arc::new(svc)).is_some() {
+                        errors.push(format!(
+                            "ServiceEntry {key}: spec.hosts: {host} is already defined by another service"
+                        ));
+                    }
+                }
+            }
+            Err(reasons) => {
+                errors.extend(
+                    reasons
+                        .into_iter()
+                        .map(|e| format!("ServiceEntry {key}: spec.{e}")),
+                );
+            }
+        }
+    }
 }

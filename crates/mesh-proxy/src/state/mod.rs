@@ -4,6 +4,7 @@
 //! good state in force and is reported.
 
 mod compile;
+mod service_entry;
 
 pub use compile::compile_service;
 
@@ -69,6 +70,11 @@ impl Index {
         let local_suffix = format!(".{namespace}{kube_suffix}");
         for svc in hosts {
             index.names.insert(svc.host.clone(), svc.clone());
+            // A ServiceEntry host as written (a Kubernetes Service name has no dot):
+            // `api.example` is keyed as config resolves it, and requested as written.
+            if svc.name.contains('.') {
+                index.names.insert(svc.name.clone(), svc.clone());
+            }
             if let Some(name_ns) = svc.host.strip_suffix(&kube_suffix) {
                 index.names.insert(name_ns.to_owned(), svc.clone());
                 index.names.insert(format!("{name_ns}.svc"), svc.clone());
