@@ -703,9 +703,11 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "ServiceEntrySpec",
         "resolution",
-        "STATIC; NONE (also when unset), DNS and DNS_ROUND_ROBIN are refused until they are built",
+        "STATIC, DNS and DNS_ROUND_ROBIN (names resolved off the request path, TTLs honoured, the last answer kept when a lookup fails); \
+         NONE (also when unset) is refused until it is built",
         &[
             "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
+            "crates/mesh-proxy/tests/service_entry::a_dns_entry_follows_its_name_and_keeps_the_last_answer",
             "crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused",
         ],
     ),

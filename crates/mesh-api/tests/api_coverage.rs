@@ -215,8 +215,8 @@ fn values_isthmus_cannot_honour_are_refused() {
             "spec.tcp[0].match[0].gateways[0]",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: DNS}\n",
-            "spec.resolution: DNS is not enforced yet",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: NONE}\n",
+            "spec.resolution: NONE is not enforced yet",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}]}\n",

@@ -395,7 +395,7 @@ fn gateway_is_refused_and_a_static_service_entry_read() {
         err.contains("the east-west gateway is configured by discovery"),
         "{err}"
     );
-    // A STATIC ServiceEntry is read (and enforced by the proxies); with DNS resolution,
+    // A STATIC ServiceEntry is read (and enforced by the proxies); with NONE resolution,
     // not built yet, it is refused with the reason.
     let entry = r#"
 apiVersion: networking.istio.io/v1
@@ -414,12 +414,12 @@ spec:
     labels: {version: v1}
 "#;
     parse_resource(entry).unwrap();
-    let err = parse_resource(&entry.replace("resolution: STATIC", "resolution: DNS"))
+    let err = parse_resource(&entry.replace("resolution: STATIC", "resolution: NONE"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("ServiceEntry default/external-svc"), "{err}");
     assert!(
-        err.contains("spec.resolution: DNS is not enforced yet"),
+        err.contains("spec.resolution: NONE is not enforced yet"),
         "{err}"
     );
 }

@@ -88,6 +88,11 @@ impl Admin {
             "peer_authentication": state.peer_authn,
             "authorization_policies": state.authz.policies(),
             "last_rejection": self.store.last_rejection().map(|e| e.to_string()),
+            // ServiceEntry names resolved by DNS: their last answer, and the last
+            // lookup's failure while that answer stays in use.
+            "dns": self.store.dns().report().into_iter().map(|(name, addresses, error)| {
+                serde_json::json!({"name": name, "addresses": addresses, "error": error})
+            }).collect::<Vec<_>>(),
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default()
     }

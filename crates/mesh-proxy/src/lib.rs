@@ -22,6 +22,7 @@ pub mod ca_client;
 pub mod capture;
 pub mod config;
 pub mod discovery_client;
+pub mod dns;
 pub mod error;
 pub mod http_util;
 pub mod inbound;

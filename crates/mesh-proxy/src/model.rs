@@ -148,6 +148,9 @@ pub struct Service {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// In the mesh, or outside it.
     pub location: Location,
+    /// For a ServiceEntry with DNS resolution: the names its endpoints come from (the
+    /// endpoints above are their addresses last resolved).
+    pub dns: Option<Arc<DnsEndpoints>>,
     /// The metric labels of requests to this service before an endpoint is chosen
     /// (refused or failed ones), made on first use. They name the calling proxy, so a
     /// compiled service is valid for the node it was compiled under (the config
@@ -156,7 +159,53 @@ pub struct Service {
     pub source_labels: std::sync::OnceLock<Arc<mesh_telemetry::metrics::PeerLabels>>,
 }
 
+/// The endpoints of a ServiceEntry with `resolution: DNS` or `DNS_ROUND_ROBIN`: names
+/// resolved in the background ([`crate::dns`]), each address an endpoint like its
+/// template.
+#[derive(Debug, serde::Serialize)]
+pub struct DnsEndpoints {
+    /// DNS_ROUND_ROBIN: only the first address of each name (Envoy's logical DNS).
+    pub first_only: bool,
+    /// Endpoints listed by address, kept beside the resolved ones.
+    pub fixed: Vec<Arc<Endpoint>>,
+    /// Each name with the endpoint its addresses stand for (its address unspecified).
+    pub names: Vec<(String, Arc<Endpoint>)>,
+}
+
+impl DnsEndpoints {
+    /// The endpoints for the addresses `lookup` gives each name.
+    pub fn endpoints(&self, lookup: impl Fn(&str) -> Vec<std::net::IpAddr>) -> Vec<Arc<Endpoint>> {
+        let mut out = self.fixed.clone();
+        for (name, template) in &self.names {
+            let addresses = lookup(name);
+            let take = if self.first_only { 1 } else { addresses.len() };
+            for ip in addresses.into_iter().take(take) {
+                let mut e = Endpoint::clone(template);
+                e.inbound.set_ip(ip);
+                e.source_labels = std::sync::OnceLock::new();
+                out.push(Arc::new(e));
+            }
+        }
+        out
+    }
+}
+
 impl Service {
+    /// The same service with other endpoints (a DNS answer changed).
+    pub fn with_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        Self {
+            host: self.host.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            addresses: self.addresses.clone(),
+            ports: self.ports.clone(),
+            endpoints,
+            location: self.location,
+            dns: self.dns.clone(),
+            source_labels: std::sync::OnceLock::new(),
+        }
+    }
+
     /// The port a request should use: the one named, else the only one, else the first
     /// HTTP port.
     pub fn port(&self, wanted: Option<u16>) -> Option<&ServicePort> {

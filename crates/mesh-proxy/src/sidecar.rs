@@ -114,6 +114,8 @@ impl Sidecar {
         let mut tasks = vec![
             tokio::spawn(serve_outbound(out_listener, Arc::new(outbound))),
             tokio::spawn(Arc::new(inbound).serve(in_listener)),
+            // ServiceEntry names with DNS resolution, resolved off the request path.
+            tokio::spawn(crate::dns::DnsTable::run(Arc::downgrade(&store))),
         ];
         let admin = crate::admin::Admin {
             store: store.clone(),

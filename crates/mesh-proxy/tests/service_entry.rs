@@ -1,8 +1,10 @@
 //! ServiceEntry through real sidecars: a STATIC entry outside the mesh is routed by
 //! VirtualService and DestinationRule as a Service is (subsets, faults, the endpoint's
 //! own ports), reached in the clear without mesh headers; a MESH_INTERNAL entry goes
-//! over mesh mTLS to its endpoint's sidecar; what the entry asks that cannot be
-//! honoured is refused with the last good config kept.
+//! over mesh mTLS to its endpoint's sidecar; a DNS entry follows its name's answers
+//! (served by a DNS server of the test) and keeps the last one when lookups fail;
+//! what the entry asks that cannot be honoured is refused with the last good config
+//! kept.
 
 mod support;
 
@@ -55,6 +57,71 @@ async fn echo(name: &'static str) -> u16 {
         }
     });
     port
+}
+
+/// A backend like [`echo`] on `ip:port`.
+async fn echo_at(name: &'static str, addr: SocketAddr) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: http::Request<Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(name),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// What the test's DNS server answers to an A query: this address (TTL 1 s), or
+/// SERVFAIL when `None`.
+type Answer = std::sync::Arc<std::sync::Mutex<Option<std::net::Ipv4Addr>>>;
+
+/// A DNS server on loopback (UDP) answering every A query with `answer`, and AAAA
+/// queries with no records.
+async fn dns_server(answer: Answer) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let query = &buf[..n];
+            // The question: labels up to the zero byte, then type and class.
+            let Some(end) = query[12..].iter().position(|b| *b == 0).map(|p| 12 + p + 5) else {
+                continue;
+            };
+            let qtype = u16::from_be_bytes([query[end - 4], query[end - 3]]);
+            let ip = *answer.lock().unwrap();
+            let mut out = Vec::from(&query[..2]); // id
+            let (flags, count): (u16, u16) = match (ip, qtype) {
+                (None, _) => (0x8182, 0), // SERVFAIL
+                (Some(_), 1) => (0x8180, 1),
+                (Some(_), _) => (0x8180, 0),
+            };
+            out.extend(flags.to_be_bytes());
+            out.extend([0, 1]); // one question
+            out.extend(count.to_be_bytes());
+            out.extend([0, 0, 0, 0]);
+            out.extend(&query[12..end]);
+            if let (Some(ip), 1) = (ip, count) {
+                // The name by pointer to the question, A, IN, TTL 1 s, four bytes.
+                out.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                out.extend(ip.octets());
+            }
+            let _ = socket.send_to(&out, from).await;
+        }
+    });
+    addr
 }
 
 /// GET `path` with `host` through the sidecar's outbound listener.
@@ -158,18 +225,18 @@ spec:
     let (status, _) = get(out, "nothing.internal.example:5000", "/").await;
     assert_eq!(status, 404);
 
-    // An entry the sidecar cannot honour (resolution DNS) is refused by field, and
+    // An entry the sidecar cannot honour (resolution NONE) is refused by field, and
     // the last good config keeps routing.
     let refused = client
         .store
         .apply_yaml(
-            &config.replace("resolution: STATIC", "resolution: DNS"),
+            &config.replace("resolution: STATIC", "resolution: NONE"),
             "edit",
         )
         .unwrap_err()
         .to_string();
     assert!(
-        refused.contains("spec.resolution: DNS is not enforced yet"),
+        refused.contains("spec.resolution: NONE is not enforced yet"),
         "{refused}"
     );
     let (status, _) = get(out, "legacy.internal.example:5000", "/").await;
@@ -227,6 +294,86 @@ spec:
             "xfcc=By=spiffe://mesh.example/ns/shop/sa/legacy;URI=spiffe://mesh.example/ns/shop/sa/productpage"
         ),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_dns_entry_follows_its_name_and_keeps_the_last_answer() {
+    let mesh = Mesh::new();
+    // Two backends on one port of two loopback addresses: the name's answer decides.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let octet = rand_octet();
+    let (first, second) = (
+        std::net::Ipv4Addr::new(127, 0, octet, 1),
+        std::net::Ipv4Addr::new(127, 0, octet, 2),
+    );
+    echo_at("first", SocketAddr::from((first, port))).await;
+    echo_at("second", SocketAddr::from((second, port))).await;
+    let answer: Answer = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
+    let dns = dns_server(answer.clone()).await;
+
+    // No endpoints listed: the host itself is resolved.
+    let config = format!(
+        "{NODE}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: shop}}
+spec:
+  hosts: [api.test.example]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: DNS
+"
+    );
+    let store = std::sync::Arc::new(mesh_proxy::StateStore::with_resolvers(
+        Default::default(),
+        mesh_proxy::dns::Resolvers::Servers(vec![dns]),
+    ));
+    store.apply_yaml(&config, "test").unwrap();
+    let sidecar = mesh_proxy::Sidecar::start(
+        store.clone(),
+        mesh.identity("shop", "productpage"),
+        support::opts(),
+    )
+    .await
+    .unwrap();
+    let out = sidecar.outbound_addr;
+    let answers = |want: &'static str| async move {
+        for _ in 0..100 {
+            let (status, body) = get(out, "api.test.example", "/").await;
+            if status == 200 && body == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{want} never answered");
+    };
+    answers("first").await;
+
+    // The name moves: once its 1 s TTL runs out, requests follow it.
+    *answer.lock().unwrap() = Some(second);
+    answers("second").await;
+
+    // The DNS server fails: the last answer stays in use, and the failure is reported.
+    *answer.lock().unwrap() = None;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(out, "api.test.example", "/").await,
+            (200, "second".to_owned())
+        );
+    }
+    let report = store.dns().report();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(report[0].0, "api.test.example");
+    assert_eq!(report[0].1, [IpAddr::from(second)]);
+    assert!(
+        report[0].2.is_some(),
+        "the failed lookup is reported: {report:?}"
     );
 }
 

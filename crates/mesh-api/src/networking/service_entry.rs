@@ -146,18 +146,12 @@ impl ServiceEntrySpec {
                 ));
             }
         });
-        let resolution = match self.resolution {
-            Some(ServiceEntryResolution::Static) => None,
-            None | Some(ServiceEntryResolution::None) => Some("NONE"),
-            Some(ServiceEntryResolution::Dns) => Some("DNS"),
-            Some(ServiceEntryResolution::DnsRoundRobin) => Some("DNS_ROUND_ROBIN"),
-        };
-        if let Some(r) = resolution {
+        if matches!(self.resolution, None | Some(ServiceEntryResolution::None)) {
             v.field("resolution", |v| {
-                v.error(format!(
-                    "{r} is not enforced yet (unset means NONE); list the endpoints' IP \
-                     addresses with `resolution: STATIC`"
-                ))
+                v.error(
+                    "NONE is not enforced yet (unset means NONE); use STATIC with the \
+                     endpoints' IP addresses, or DNS",
+                )
             });
         }
         v.each("ports", &self.ports, |v, p| {

@@ -60,6 +60,7 @@ pub fn compile_service(svc: &ServiceConfig) -> Arc<Service> {
         ports,
         endpoints,
         location: Location::Mesh,
+        dns: None,
         source_labels: std::sync::OnceLock::new(),
     })
 }

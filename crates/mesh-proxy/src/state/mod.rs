@@ -21,7 +21,7 @@ use crate::policy::DestinationPolicy;
 use crate::routes::{CompiledRoute, CompiledTcpRoute, CompiledTlsRoute};
 
 /// Everything the data path needs, compiled from one config.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ProxyState {
     /// Version of the config this was compiled from.
     pub version: String,
@@ -50,7 +50,7 @@ pub struct ProxyState {
 /// Services by every name a request can give them, by virtual IP, and this node's
 /// workload ports by service port: map lookups instead of scans and string building
 /// per request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Index {
     /// `name` (this node's namespace only), `name.ns`, `name.ns.svc` and the full host,
     /// exactly as [`resolve_host`] resolves them from the node's namespace.
@@ -101,6 +101,35 @@ impl Index {
 }
 
 impl ProxyState {
+    /// This state with the endpoints of DNS-resolved services as `table` knows them
+    /// now (names not seen before are resolved by its background task), and every
+    /// other name forgotten.
+    fn with_dns(mut self, table: &crate::dns::DnsTable) -> Self {
+        let mut wanted = std::collections::HashSet::new();
+        let mut replaced = false;
+        for svc in self.services.values_mut() {
+            let Some(dns) = svc.dns.clone() else {
+                continue;
+            };
+            wanted.extend(dns.names.iter().map(|(n, _)| n.clone()));
+            let endpoints = dns.endpoints(|name| table.addresses(name));
+            let same = endpoints.len() == svc.endpoints.len()
+                && endpoints
+                    .iter()
+                    .zip(&svc.endpoints)
+                    .all(|(a, b)| a.inbound == b.inbound);
+            if !same {
+                *svc = Arc::new(svc.with_endpoints(endpoints));
+                replaced = true;
+            }
+        }
+        table.retain(&wanted);
+        if replaced {
+            self.index = Index::build(&self.services, &self.node.namespace);
+        }
+        self
+    }
+
     /// The workload port and protocol behind one of this node's service ports (the
     /// port itself, protocol unknown, when no service of the node declares it).
     pub fn local_port(&self, service_port: u16) -> (u16, Protocol) {
@@ -135,6 +164,7 @@ impl ProxyState {
 #[derive(Debug)]
 pub struct StateStore {
     current: ArcSwap<ProxyState>,
+    dns: Arc<crate::dns::DnsTable>,
     last_rejection: ArcSwap<Option<ConfigError>>,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -150,9 +180,31 @@ impl StateStore {
     pub fn new(state: ProxyState) -> Self {
         Self {
             current: ArcSwap::from_pointee(state),
+            dns: Arc::default(),
             last_rejection: ArcSwap::from_pointee(None),
             ready: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A store starting with `state` whose ServiceEntry names are resolved by
+    /// `resolvers` (the system's by default).
+    pub fn with_resolvers(state: ProxyState, resolvers: crate::dns::Resolvers) -> Self {
+        Self {
+            dns: Arc::new(crate::dns::DnsTable::new(resolvers)),
+            ..Self::new(state)
+        }
+    }
+
+    /// The names DNS-resolved ServiceEntries ask for and their answers.
+    pub fn dns(&self) -> &Arc<crate::dns::DnsTable> {
+        &self.dns
+    }
+
+    /// Swaps in the current state with the endpoints of DNS-resolved services as the
+    /// table knows them now (an answer changed).
+    pub fn refresh_dns(&self) {
+        self.current
+            .rcu(|current| Arc::new(ProxyState::clone(current).with_dns(&self.dns)));
     }
 
     /// The current snapshot.
@@ -177,6 +229,7 @@ impl StateStore {
     /// Installs a state compiled elsewhere (the config stream compiles each push once,
     /// and installs what it validated).
     pub fn install(&self, state: ProxyState) {
+        let state = state.with_dns(&self.dns);
         tracing::info!(version = %state.version, services = state.services.len(), "config applied");
         self.current.store(Arc::new(state));
         self.last_rejection.store(Arc::new(None));

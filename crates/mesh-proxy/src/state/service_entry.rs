@@ -1,7 +1,9 @@
 //! ServiceEntry compiled into services the data path routes to as it routes to
 //! Kubernetes Services: one service per host, with the entry's ports, virtual IPs and
-//! STATIC endpoints, so that VirtualServices and DestinationRules apply to its hosts
-//! unchanged. `location: MESH_INTERNAL` endpoints run sidecars and are reached over
+//! endpoints, so that VirtualServices and DestinationRules apply to its hosts
+//! unchanged. STATIC endpoints are addresses; with DNS (and DNS_ROUND_ROBIN) an
+//! endpoint may be a name, and with no endpoints listed the host itself is: names are
+//! resolved in the background ([`crate::dns`]) and their addresses become endpoints. `location: MESH_INTERNAL` endpoints run sidecars and are reached over
 //! mesh mTLS; `MESH_EXTERNAL` ones (Istio's default) at their own address and port, in
 //! the clear, as the application would reach them.
 //!
@@ -13,10 +15,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use mesh_api::networking::{ServiceEntryLocation, ServiceEntrySpec};
+use mesh_api::networking::{
+    ServiceEntryLocation, ServiceEntryResolution, ServiceEntrySpec, WorkloadEntrySpec,
+};
 
 use crate::config::INBOUND_PORT;
-use crate::model::{Endpoint, Location, Protocol, Service, ServicePort, resolve_host};
+use crate::model::{
+    DnsEndpoints, Endpoint, Location, Protocol, Service, ServicePort, resolve_host,
+};
 
 /// Why a ServiceEntry cannot be taken: the field path (under `spec.`) and the reason.
 pub(super) type Refusals = Vec<String>;
@@ -24,9 +30,13 @@ pub(super) type Refusals = Vec<String>;
 /// The services `spec` (in `namespace`) defines, one per host, or every reason it
 /// cannot be honoured.
 pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Service>, Refusals> {
-    // Resolution, selectors, SANs and wildcards are refused by the API's validation
+    // NONE resolution, selectors, SANs and wildcards are refused by the API's validation
     // (`mesh_api`), which every reader shares; what is left here cannot fail there.
     let mut errors = Vec::new();
+    let dns = matches!(
+        spec.resolution,
+        Some(ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin)
+    );
     let location = match spec.location {
         Some(ServiceEntryLocation::MeshInternal) => Location::Mesh,
         Some(ServiceEntryLocation::MeshExternal) | None => Location::External,
@@ -38,89 +48,50 @@ pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Se
             Err(_) => errors.push(format!("addresses[{i}]: {a:?} is not an IP address")),
         }
     }
-    let mut endpoints = Vec::new();
-    for (i, e) in spec.endpoints.iter().enumerate() {
-        let Ok(ip) = e.address.parse::<IpAddr>() else {
-            errors.push(format!(
-                "endpoints[{i}].address: {:?} is not an IP address",
-                e.address
-            ));
-            continue;
-        };
-        let ports: BTreeMap<String, u16> = e
-            .ports
-            .iter()
-            .filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?)))
-            .collect();
-        endpoints.push((ip, ports, e));
-    }
     let mut services = Vec::new();
     for written in &spec.hosts {
         let written = written.trim_end_matches('.').to_ascii_lowercase();
         let host = resolve_host(&written, namespace);
-        let ports: Vec<ServicePort> = spec
-            .ports
-            .iter()
-            .filter_map(|p| {
-                let port = u16::try_from(p.number).ok()?;
-                let name = if p.name.is_empty() {
-                    format!("{}-{port}", p.protocol.to_ascii_lowercase())
-                } else {
-                    p.name.clone()
-                };
-                Some(ServicePort {
-                    protocol: Protocol::from_port(&name, Some(&p.protocol)),
-                    name,
-                    port,
-                    target_port: p
-                        .target_port
-                        .and_then(|t| u16::try_from(t).ok())
-                        .unwrap_or(port),
-                    sni: Arc::from(crate::sni::outbound_sni(port, "", &host)),
-                    authority: format!("{written}:{port}").parse().ok(),
-                })
+        let ports = service_ports(spec, &host, &written);
+        // Where endpoints come from: each one listed (an address, or with DNS a name);
+        // with DNS and none listed, the host itself.
+        let listed: Vec<(&str, Option<&WorkloadEntrySpec>)> = if dns && spec.endpoints.is_empty() {
+            vec![(written.as_str(), None)]
+        } else {
+            spec.endpoints
+                .iter()
+                .map(|e| (e.address.as_str(), Some(e)))
+                .collect()
+        };
+        let (mut fixed, mut names) = (Vec::new(), Vec::new());
+        for (i, (address, e)) in listed.into_iter().enumerate() {
+            match address.parse::<IpAddr>() {
+                Ok(ip) => fixed.push(Arc::new(endpoint(location, ip, &ports, e))),
+                Err(_) if dns => names.push((
+                    address.trim_end_matches('.').to_ascii_lowercase(),
+                    Arc::new(endpoint(location, IpAddr::from([0, 0, 0, 0]), &ports, e)),
+                )),
+                Err(_) => errors.push(format!(
+                    "endpoints[{i}].address: {address:?} is not an IP address"
+                )),
+            }
+        }
+        let dns = (!names.is_empty()).then(|| {
+            Arc::new(DnsEndpoints {
+                first_only: spec.resolution == Some(ServiceEntryResolution::DnsRoundRobin),
+                fixed: fixed.clone(),
+                names,
             })
-            .collect();
-        let first_port = ports.first().map_or(0, |p| p.target_port);
-        let endpoints = endpoints
-            .iter()
-            .map(|(ip, own_ports, e)| {
-                // A mesh endpoint is its sidecar; an external one is the endpoint itself
-                // (at its first port here; each request goes to the port it asks for).
-                let inbound = match location {
-                    Location::Mesh => SocketAddr::new(*ip, INBOUND_PORT),
-                    Location::External => SocketAddr::new(
-                        *ip,
-                        ports
-                            .first()
-                            .and_then(|p| own_ports.get(&p.name).copied())
-                            .unwrap_or(first_port),
-                    ),
-                };
-                Arc::new(Endpoint {
-                    inbound,
-                    labels: e.labels.clone(),
-                    service_account: e.service_account.clone(),
-                    cluster: String::new(),
-                    network: e.network.clone().unwrap_or_default(),
-                    locality: e.locality.clone().unwrap_or_default(),
-                    weight: e.weight.unwrap_or(1),
-                    ready: true,
-                    quic: false,
-                    stale: false,
-                    ports: own_ports.clone(),
-                    source_labels: std::sync::OnceLock::new(),
-                })
-            })
-            .collect();
+        });
         services.push(Service {
             host,
             name: written,
             namespace: namespace.to_owned(),
             addresses: addresses.clone(),
             ports,
-            endpoints,
+            endpoints: fixed,
             location,
+            dns,
             source_labels: std::sync::OnceLock::new(),
         });
     }
@@ -128,5 +99,70 @@ pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Se
         Ok(services)
     } else {
         Err(errors)
+    }
+}
+
+/// The entry's ports for one host (`written` as the entry lists it, `host` its key).
+fn service_ports(spec: &ServiceEntrySpec, host: &str, written: &str) -> Vec<ServicePort> {
+    spec.ports
+        .iter()
+        .filter_map(|p| {
+            let port = u16::try_from(p.number).ok()?;
+            let name = if p.name.is_empty() {
+                format!("{}-{port}", p.protocol.to_ascii_lowercase())
+            } else {
+                p.name.clone()
+            };
+            Some(ServicePort {
+                protocol: Protocol::from_port(&name, Some(&p.protocol)),
+                name,
+                port,
+                target_port: p
+                    .target_port
+                    .and_then(|t| u16::try_from(t).ok())
+                    .unwrap_or(port),
+                sni: Arc::from(crate::sni::outbound_sni(port, "", host)),
+                authority: format!("{written}:{port}").parse().ok(),
+            })
+        })
+        .collect()
+}
+
+/// One endpoint at `ip`: a mesh endpoint is its sidecar; an external one is the
+/// endpoint itself (at its port for the entry's first port here; each request goes to
+/// the port it asks for).
+fn endpoint(
+    location: Location,
+    ip: IpAddr,
+    ports: &[ServicePort],
+    e: Option<&WorkloadEntrySpec>,
+) -> Endpoint {
+    let own_ports: BTreeMap<String, u16> = e
+        .map(|e| {
+            e.ports
+                .iter()
+                .filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = match location {
+        Location::Mesh => INBOUND_PORT,
+        Location::External => ports.first().map_or(0, |p| {
+            own_ports.get(&p.name).copied().unwrap_or(p.target_port)
+        }),
+    };
+    Endpoint {
+        inbound: SocketAddr::new(ip, port),
+        labels: e.map(|e| e.labels.clone()).unwrap_or_default(),
+        service_account: e.and_then(|e| e.service_account.clone()),
+        cluster: String::new(),
+        network: e.and_then(|e| e.network.clone()).unwrap_or_default(),
+        locality: e.and_then(|e| e.locality.clone()).unwrap_or_default(),
+        weight: e.and_then(|e| e.weight).unwrap_or(1),
+        ready: true,
+        quic: false,
+        stale: false,
+        ports: own_ports,
+        source_labels: std::sync::OnceLock::new(),
     }
 }
