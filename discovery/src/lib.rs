@@ -133,6 +133,8 @@ pub struct Options {
     /// (namespace, service account) of the east-west gateways, granted the gateway
     /// view; empty: [`GATEWAY_SERVICE_ACCOUNT`] in discovery's namespace.
     pub gateway_service_accounts: Vec<(String, String)>,
+    /// The mesh's outbound traffic policy, told to every proxy.
+    pub outbound_traffic_policy: mesh_proto::model::OutboundTrafficPolicy,
 }
 
 impl Options {
@@ -157,6 +159,7 @@ impl Options {
             links: link_client::LinkOptions::default(),
             tracing: mesh_telemetry::trace::Tracing::disabled(),
             gateway_service_accounts: Vec::new(),
+            outbound_traffic_policy: Default::default(),
         }
     }
 }
@@ -248,7 +251,10 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
         Source::Kubernetes(_) | Source::Files(_) => registry::InputKind::ALL,
         Source::Api => &[],
     };
-    let registry = Arc::new(Registry::new(&options.cluster, &options.network, kinds));
+    let registry = Arc::new(
+        Registry::new(&options.cluster, &options.network, kinds)
+            .with_outbound_traffic_policy(options.outbound_traffic_policy),
+    );
     let metrics = Arc::new(metrics::Metrics::default());
     let statuses = Arc::new(push::Statuses::default());
     let mut tasks = Vec::new();

@@ -18,6 +18,15 @@ struct Args {
     /// This cluster's default network.
     #[arg(long, default_value = "")]
     network: String,
+    /// What sidecars do with a captured connection to an address no service has
+    /// (Istio's meshConfig outboundTrafficPolicy.mode): ALLOW_ANY passes it through,
+    /// REGISTRY_ONLY refuses it.
+    #[arg(
+        long,
+        env = "ISTHMUS_OUTBOUND_TRAFFIC_POLICY",
+        default_value = "ALLOW_ANY"
+    )]
+    outbound_traffic_policy: mesh_proto::model::OutboundTrafficPolicy,
     /// Kubeconfig of the cluster to watch (in a pod: the in-cluster config is used
     /// when neither this nor --registry-dir is given).
     #[arg(long, conflicts_with = "registry_dir")]
@@ -137,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         None => CaCerts::Secret(args.cacerts_secret.clone()),
     };
     let mut options = Options::new(&args.cluster, &args.network, source.clone(), cacerts);
+    options.outbound_traffic_policy = args.outbound_traffic_policy;
     options.namespace = args.namespace.clone();
     options.grpc = args.grpc;
     options.monitor = Some(args.monitor);

@@ -269,6 +269,7 @@ fn node_resource(registry: &Registry, node: &WireNode, id: &SpiffeId) -> WireRes
         labels: workload
             .map(|w| w.labels)
             .unwrap_or_else(|| node.labels.clone().into_iter().collect()),
+        outbound_traffic_policy: registry.outbound_traffic_policy(),
     };
     let body = serde_json::to_vec(&n).unwrap_or_default();
     WireResource {
@@ -596,5 +597,36 @@ impl ConfigDiscovery for ConfigService {
                 .update(&stream.proxy, |s| s.connected = false);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_tells_each_proxy_the_mesh_outbound_traffic_policy() {
+        let id: SpiffeId = "spiffe://mesh.example/ns/shop/sa/web".parse().unwrap();
+        let proxy = WireNode {
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        };
+        let decode = |registry: &Registry| -> mesh_proto::model::Node {
+            serde_json::from_slice(&node_resource(registry, &proxy, &id).body).unwrap()
+        };
+        let default = Registry::new("east", "net", &[]);
+        assert_eq!(
+            decode(&default).outbound_traffic_policy,
+            mesh_proto::model::OutboundTrafficPolicy::AllowAny
+        );
+        let strict = Registry::new("east", "net", &[])
+            .with_outbound_traffic_policy(mesh_proto::model::OutboundTrafficPolicy::RegistryOnly);
+        let node = decode(&strict);
+        assert_eq!(
+            node.outbound_traffic_policy,
+            mesh_proto::model::OutboundTrafficPolicy::RegistryOnly
+        );
+        assert_eq!(node.cluster, "east");
     }
 }

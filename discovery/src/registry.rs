@@ -356,6 +356,7 @@ pub struct Registry {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     expected_kinds: BTreeSet<InputKind>,
+    outbound_traffic_policy: mesh_proto::model::OutboundTrafficPolicy,
 }
 
 /// Outputs changed between two generations.
@@ -390,7 +391,23 @@ impl Registry {
             inner: Mutex::default(),
             changed: watch::channel(0).0,
             expected_kinds: expected_kinds.iter().copied().collect(),
+            outbound_traffic_policy: Default::default(),
         }
+    }
+
+    /// Sets the mesh's outbound traffic policy, told to every proxy in its node.
+    pub fn with_outbound_traffic_policy(
+        mut self,
+        policy: mesh_proto::model::OutboundTrafficPolicy,
+    ) -> Self {
+        self.outbound_traffic_policy = policy;
+        self
+    }
+
+    /// The mesh's outbound traffic policy (Istio's meshConfig
+    /// `outboundTrafficPolicy.mode`).
+    pub fn outbound_traffic_policy(&self) -> mesh_proto::model::OutboundTrafficPolicy {
+        self.outbound_traffic_policy
     }
 
     /// Sets the cluster-local host patterns (`name.ns.svc.cluster.local` or `*.suffix`).

@@ -59,6 +59,49 @@ pub struct Node {
     /// Workload labels (for `sourceLabels` matches and policy selectors).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What happens to a captured connection to an address no service has (Istio's
+    /// meshConfig `outboundTrafficPolicy.mode`).
+    #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_default")]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    /// Passed through to where it was going (`PassthroughCluster`).
+    #[default]
+    AllowAny,
+    /// Refused (`BlackHoleCluster`): only services the mesh knows are reachable.
+    RegistryOnly,
+}
+
+impl OutboundTrafficPolicy {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The upstream cluster Istio names for such connections.
+    pub fn cluster(self) -> &'static str {
+        match self {
+            Self::AllowAny => "PassthroughCluster",
+            Self::RegistryOnly => "BlackHoleCluster",
+        }
+    }
+}
+
+impl std::str::FromStr for OutboundTrafficPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ALLOW_ANY" => Ok(Self::AllowAny),
+            "REGISTRY_ONLY" => Ok(Self::RegistryOnly),
+            other => Err(format!(
+                "outbound traffic policy {other:?}: use ALLOW_ANY or REGISTRY_ONLY"
+            )),
+        }
+    }
 }
 
 fn default_sa() -> String {

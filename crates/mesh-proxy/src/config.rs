@@ -25,8 +25,8 @@
 use crate::error::ConfigError;
 
 pub use mesh_proto::model::{
-    CLUSTER_DOMAIN, EndpointConfig, INBOUND_PORT, Node, OUTBOUND_PORT, ProxyConfig, ServiceConfig,
-    ServicePortConfig, Tunnel,
+    CLUSTER_DOMAIN, EndpointConfig, INBOUND_PORT, Node, OUTBOUND_PORT, OutboundTrafficPolicy,
+    ProxyConfig, ServiceConfig, ServicePortConfig, Tunnel,
 };
 
 /// A full config as read: the ProxyConfig and the Istio resources.

@@ -81,13 +81,6 @@ pub fn source_report(
             .map_or("unknown".to_owned(), Clone::clone)
     };
     PeerLabels {
-        reporter: "source".into(),
-        source_workload: or_unknown(&node.name),
-        source_workload_namespace: or_unknown(&node.namespace),
-        source_principal: own_id.to_owned(),
-        source_app: or_unknown(node.labels.get("app").map_or("", String::as_str)),
-        source_version: or_unknown(node.labels.get("version").map_or("", String::as_str)),
-        source_cluster: or_unknown(&node.cluster),
         destination_workload: ep_label("app"),
         destination_workload_namespace: service.namespace.clone(),
         destination_principal: endpoint
@@ -102,6 +95,40 @@ pub fn source_report(
         destination_service_namespace: service.namespace.clone(),
         destination_cluster: endpoint.map_or("unknown".into(), |e| or_unknown(&e.cluster)),
         connection_security_policy: "unknown".into(),
+        ..source_side(node, own_id)
+    }
+}
+
+/// The client side of the labels this proxy reports as the source.
+fn source_side(node: &Node, own_id: &str) -> PeerLabels {
+    PeerLabels {
+        reporter: "source".into(),
+        source_workload: or_unknown(&node.name),
+        source_workload_namespace: or_unknown(&node.namespace),
+        source_principal: own_id.to_owned(),
+        source_app: or_unknown(node.labels.get("app").map_or("", String::as_str)),
+        source_version: or_unknown(node.labels.get("version").map_or("", String::as_str)),
+        source_cluster: or_unknown(&node.cluster),
+        ..Default::default()
+    }
+}
+
+/// The labels of a captured connection to an address no service has: its upstream
+/// cluster (`PassthroughCluster` or `BlackHoleCluster`) stands for the destination
+/// service, as in Istio.
+pub fn unregistered_labels(node: &Node, own_id: &str, cluster: &str) -> PeerLabels {
+    PeerLabels {
+        destination_workload: "unknown".into(),
+        destination_workload_namespace: "unknown".into(),
+        destination_principal: "unknown".into(),
+        destination_app: "unknown".into(),
+        destination_version: "unknown".into(),
+        destination_service: cluster.to_owned(),
+        destination_service_name: cluster.to_owned(),
+        destination_service_namespace: "unknown".into(),
+        destination_cluster: "unknown".into(),
+        connection_security_policy: "unknown".into(),
+        ..source_side(node, own_id)
     }
 }
 

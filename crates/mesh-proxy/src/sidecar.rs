@@ -161,7 +161,7 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>) {
             if let Some(dst) = captured {
                 let service = outbound.store.snapshot().service_for_ip(dst.ip()).cloned();
                 match service {
-                    None => return passthrough(tcp, dst).await,
+                    None => return outbound.unregistered(tcp, dst).await,
                     Some(svc) if !crate::outbound_tcp::is_http(&tcp, &svc, dst.port()).await => {
                         return outbound.tcp(tcp, dst, svc).await;
                     }
@@ -188,16 +188,48 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>) {
     }
 }
 
-/// A captured connection to something outside the mesh goes where it was going,
-/// untouched (Istio's `ALLOW_ANY` outbound policy).
-async fn passthrough(mut downstream: tokio::net::TcpStream, dst: SocketAddr) {
-    match mesh_net::socket::connect_marked(dst).await {
-        Ok(mut upstream) => {
-            let r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-            tracing::info!(target: "access", direction = "outbound", upstream_host = %dst, upstream_cluster = "PassthroughCluster", bytes = ?r.ok(), "tcp passthrough");
+impl Outbound {
+    /// A captured connection to an address no service has: passed through untouched
+    /// to where it was going (`ALLOW_ANY`, Istio's default: `PassthroughCluster`), or
+    /// closed (`REGISTRY_ONLY`: `BlackHoleCluster`, flag UH), as the node's outbound
+    /// traffic policy says. Either way one access-log line and Istio's TCP metrics.
+    async fn unregistered(&self, mut downstream: tokio::net::TcpStream, dst: SocketAddr) {
+        let node = self.store.snapshot().node.clone();
+        let policy = node.outbound_traffic_policy;
+        let cluster = policy.cluster();
+        let labels = crate::peer::unregistered_labels(&node, &self.own_id, cluster);
+        let (flag, bytes) = match policy {
+            crate::config::OutboundTrafficPolicy::RegistryOnly => {
+                (Some(crate::ResponseFlag::NoHealthyUpstream), None)
+            }
+            crate::config::OutboundTrafficPolicy::AllowAny => {
+                match mesh_net::socket::connect_marked(dst).await {
+                    Ok(mut upstream) => {
+                        self.metrics.tcp_opened(&labels);
+                        let r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                        (None, Some(r.unwrap_or_default()))
+                    }
+                    Err(e) => {
+                        tracing::debug!(%dst, error = %e, "passthrough connect failed");
+                        (Some(crate::ResponseFlag::UpstreamConnectionFailure), None)
+                    }
+                }
+            }
+        };
+        if bytes.is_none() {
+            self.metrics.tcp_opened(&labels);
         }
-        Err(e) => {
-            tracing::info!(target: "access", direction = "outbound", upstream_host = %dst, upstream_cluster = "PassthroughCluster", response_flags = "UF", error = %e, "tcp passthrough failed");
-        }
+        let (sent, received) = bytes.unwrap_or_default();
+        self.metrics.tcp_closed(&labels, sent, received);
+        tracing::info!(
+            target: "access",
+            direction = "outbound",
+            upstream_host = %dst,
+            upstream_cluster = cluster,
+            response_flags = flag.map_or("-", crate::ResponseFlag::code),
+            bytes_sent = sent,
+            bytes_received = received,
+            "tcp to an address outside the registry"
+        );
     }
 }

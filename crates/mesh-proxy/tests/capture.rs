@@ -241,11 +241,8 @@ spec:
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let store = Arc::new(StateStore::default());
-                store
-                    .apply_yaml(
-                        &format!(
-                            "apiVersion: isthmus.dev/v1alpha1
+                let config = format!(
+                    "apiVersion: isthmus.dev/v1alpha1
 kind: ProxyConfig
 node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
 services:
@@ -274,10 +271,9 @@ spec:
   - match: [{{sniHosts: ['*.beta.secure.example'], port: 8443}}]
     route: [{{destination: {{host: secure, port: {{number: 8444}}}}}}]
 "
-                        ),
-                        "client",
-                    )
-                    .unwrap();
+                );
+                let store = Arc::new(StateStore::default());
+                store.apply_yaml(&config, "client").unwrap();
                 let _sidecar = Sidecar::start(
                     store,
                     client_mesh.identity("shop", "productpage"),
@@ -309,7 +305,21 @@ spec:
                 })
                 .await
                 .unwrap();
-                (outcome, _sidecar.metrics.encode())
+                // REGISTRY_ONLY (the mesh's outboundTrafficPolicy, on the node): an
+                // address no service has is refused; services still answer.
+                let registry_only = config.replace(
+                    "serviceAccount: productpage}",
+                    "serviceAccount: productpage, outboundTrafficPolicy: REGISTRY_ONLY}",
+                );
+                _sidecar.store.apply_yaml(&registry_only, "client").unwrap();
+                let closed = tokio::task::spawn_blocking(|| {
+                    let refused = exchange(&format!("{SERVER_IP}:9999"), b"");
+                    let meshed = http_get(&format!("{REVIEWS_VIP}:9080"), "reviews");
+                    (refused, meshed)
+                })
+                .await
+                .unwrap();
+                (outcome, closed, _sidecar.metrics.encode())
             })
         })
         .unwrap()
@@ -318,7 +328,7 @@ spec:
     let _ = stop_tx.send(());
     let server_metrics = server.join().unwrap();
 
-    let ((meshed, passthrough, direct, tcp, permissive, tls), client_metrics) = results;
+    let ((meshed, passthrough, direct, tcp, permissive, tls), closed, client_metrics) = results;
     // Istio's TCP metrics, on both sides, for the opaque TCP stream to db: the
     // client's sidecar sent the 5 bytes of "ping\n" and got the answer back.
     let db = [("destination_service", "db.shop.svc.cluster.local")];
@@ -413,6 +423,28 @@ spec:
         passthrough,
         format!("plain service sees {CLIENT_IP}\n"),
         "unmeshed traffic passes through"
+    );
+    // Istio's names for the two outbound traffic policies: three connections went to
+    // pod addresses no service has (ports 9999, 9080 and 7000) under ALLOW_ANY, one
+    // under REGISTRY_ONLY.
+    for (cluster, count) in [("PassthroughCluster", 3.0), ("BlackHoleCluster", 1.0)] {
+        assert_eq!(
+            sum(
+                &client_metrics,
+                "istio_tcp_connections_opened_total",
+                &[("destination_service", cluster)]
+            ),
+            count,
+            "{cluster}"
+        );
+    }
+    assert!(
+        closed.0.unwrap_or_default().is_empty(),
+        "REGISTRY_ONLY: nothing outside the registry answers"
+    );
+    assert!(
+        closed.1.unwrap().contains("reviews-v1"),
+        "REGISTRY_ONLY: services of the registry still answer"
     );
     let direct = direct.unwrap_or_default();
     assert!(

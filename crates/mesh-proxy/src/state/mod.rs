@@ -267,7 +267,6 @@ impl StateStore {
 mod tests {
     use super::*;
     use crate::model::{authority_port, resolve_host};
-    use std::collections::BTreeMap;
 
     #[test]
     fn hosts_resolve_like_kubernetes_dns() {
@@ -311,10 +310,7 @@ mod tests {
                     name: "web-1".into(),
                     namespace: "shop".into(),
                     service_account: "web".into(),
-                    cluster: String::new(),
-                    network: String::new(),
-                    locality: String::new(),
-                    labels: BTreeMap::new(),
+                    ..Default::default()
                 },
                 ..Default::default()
             },
