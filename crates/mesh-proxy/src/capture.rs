@@ -28,6 +28,9 @@ pub struct CaptureRules {
     pub exclude_inbound_ports: Vec<u16>,
     /// Capture inbound traffic too.
     pub inbound: bool,
+    /// Send the pod's DNS queries (UDP and TCP port 53, to any server) to the
+    /// sidecar's DNS proxy on this port.
+    pub dns_port: Option<u16>,
 }
 
 impl Default for CaptureRules {
@@ -39,6 +42,7 @@ impl Default for CaptureRules {
             exclude_uid: None,
             exclude_inbound_ports: vec![15020, 15021, 15090],
             inbound: true,
+            dns_port: None,
         }
     }
 }
@@ -64,6 +68,58 @@ impl CaptureRules {
         };
         let mark = self.exclude_mark.to_string();
         let out_port = self.outbound_port.to_string();
+        if let Some(port) = self.dns_port {
+            // Before the TCP capture below, so that TCP 53 goes to the DNS proxy too.
+            let port = port.to_string();
+            add(&["-N", "ISTHMUS_DNS"]);
+            for proto in ["udp", "tcp"] {
+                add(&[
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    proto,
+                    "--dport",
+                    "53",
+                    "-j",
+                    "ISTHMUS_DNS",
+                ]);
+            }
+            add(&[
+                "-A",
+                "ISTHMUS_DNS",
+                "-m",
+                "mark",
+                "--mark",
+                &mark,
+                "-j",
+                "RETURN",
+            ]);
+            if let Some(uid) = self.exclude_uid {
+                let uid = uid.to_string();
+                add(&[
+                    "-A",
+                    "ISTHMUS_DNS",
+                    "-m",
+                    "owner",
+                    "--uid-owner",
+                    &uid,
+                    "-j",
+                    "RETURN",
+                ]);
+            }
+            for proto in ["udp", "tcp"] {
+                add(&[
+                    "-A",
+                    "ISTHMUS_DNS",
+                    "-p",
+                    proto,
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    &port,
+                ]);
+            }
+        }
         add(&["-N", "ISTHMUS_OUTPUT"]);
         add(&["-A", "OUTPUT", "-p", "tcp", "-j", "ISTHMUS_OUTPUT"]);
         add(&[
@@ -199,5 +255,24 @@ mod tests {
         }
         .iptables_commands();
         assert!(!no_inbound.iter().any(|c| c.join(" ").contains("15006")));
+        assert!(
+            !cmds.iter().any(|c| c.contains("--dport 53")),
+            "DNS is off by default"
+        );
+        let dns: Vec<String> = CaptureRules {
+            dns_port: Some(15053),
+            ..Default::default()
+        }
+        .iptables_commands()
+        .iter()
+        .map(|c| c.join(" "))
+        .collect();
+        let at = |needle: &str| dns.iter().position(|c| c.contains(needle)).unwrap();
+        assert!(at("-p udp --dport 53 -j ISTHMUS_DNS") < at("-p tcp -j ISTHMUS_OUTPUT"));
+        assert!(at("ISTHMUS_DNS -m mark --mark 1337") < at("-p udp -j REDIRECT --to-ports 15053"));
+        assert!(
+            dns.iter()
+                .any(|c| c.ends_with("ISTHMUS_DNS -p tcp -j REDIRECT --to-ports 15053"))
+        );
     }
 }

@@ -23,6 +23,7 @@ pub mod capture;
 pub mod config;
 pub mod discovery_client;
 pub mod dns;
+pub mod dns_proxy;
 pub mod error;
 pub mod http_util;
 pub mod inbound;

@@ -33,6 +33,9 @@ pub struct SidecarOptions {
     pub tracing: mesh_telemetry::trace::Tracing,
     /// Path normalization and trusted proxies for inbound requests.
     pub requests: crate::inbound::RequestOptions,
+    /// The DNS proxy, when on: where it listens (UDP and TCP) and the resolvers it
+    /// forwards other names to.
+    pub dns: Option<crate::dns_proxy::DnsListen>,
 }
 
 /// A running sidecar. Dropping it stops its listeners.
@@ -48,6 +51,8 @@ pub struct Sidecar {
     pub inbound_addr: SocketAddr,
     /// Bound admin addresses, in the order given.
     pub admin_addrs: Vec<SocketAddr>,
+    /// Bound DNS proxy address (UDP and TCP), when on.
+    pub dns_addr: Option<SocketAddr>,
     /// Istio-standard metrics of this sidecar.
     pub metrics: MeshMetrics,
     in_flight: crate::http_util::InFlight,
@@ -122,6 +127,14 @@ impl Sidecar {
             metrics: metrics.clone(),
             identity: identity.clone(),
         };
+        let dns_addr = match &options.dns {
+            Some(listen) => {
+                let (addr, listeners) = crate::dns_proxy::start(listen, store.clone()).await?;
+                tasks.extend(listeners);
+                Some(addr)
+            }
+            None => None,
+        };
         let mut admin_addrs = Vec::new();
         for addr in &options.admin {
             let listener = TcpListener::bind(addr).await?;
@@ -134,6 +147,7 @@ impl Sidecar {
             outbound_addr,
             inbound_addr,
             admin_addrs,
+            dns_addr,
             metrics,
             in_flight,
             tasks,

@@ -1,7 +1,9 @@
 //! Transparent capture in network namespaces, as in two pods: the client application
 //! connects to the service's ClusterIP as if there were no mesh; iptables hands the
 //! connection to its sidecar, which routes it over mTLS to the server pod's sidecar.
-//! A destination outside the mesh passes through untouched.
+//! A destination outside the mesh passes through untouched. The pod's DNS queries are
+//! captured too: the application's own resolver (libc) gets the address of a service
+//! that has none in this cluster from the sidecar, and a connection to it is routed.
 
 mod support;
 
@@ -75,6 +77,7 @@ fn pod_options() -> SidecarOptions {
         admin: vec![],
         tracing: mesh_telemetry::trace::Tracing::disabled(),
         requests: Default::default(),
+        dns: None,
     }
 }
 
@@ -115,7 +118,13 @@ fn captured_traffic_crosses_pods_over_mtls_and_the_rest_passes_through() {
         &format!("{SERVER_IP}/24"),
     )
     .unwrap();
-    install_capture(&client_ns, &CaptureRules::default());
+    install_capture(
+        &client_ns,
+        &CaptureRules {
+            dns_port: Some(15053),
+            ..Default::default()
+        },
+    );
     // Port 9999 of the server pod is left out of the mesh, as Istio's
     // `traffic.sidecar.istio.io/excludeInboundPorts` does.
     let mut server_rules = CaptureRules::default();
@@ -251,6 +260,10 @@ services:
   addresses: [{REVIEWS_VIP}]
   ports: [{{name: web, port: 9080}}]
   endpoints: [{{address: {SERVER_IP}, serviceAccount: reviews}}]
+- name: ratings
+  namespace: shop
+  ports: [{{name: http, port: 9080}}]
+  endpoints: [{{address: {SERVER_IP}, serviceAccount: reviews, cluster: west}}]
 - name: db
   namespace: shop
   addresses: [{DB_VIP}]
@@ -274,13 +287,15 @@ spec:
                 );
                 let store = Arc::new(StateStore::default());
                 store.apply_yaml(&config, "client").unwrap();
-                let _sidecar = Sidecar::start(
-                    store,
-                    client_mesh.identity("shop", "productpage"),
-                    pod_options(),
-                )
-                .await
-                .unwrap();
+                let mut options = pod_options();
+                options.dns = Some(mesh_proxy::dns_proxy::DnsListen {
+                    addr: "127.0.0.1:15053".parse().unwrap(),
+                    upstreams: vec![],
+                });
+                let _sidecar =
+                    Sidecar::start(store, client_mesh.identity("shop", "productpage"), options)
+                        .await
+                        .unwrap();
                 // The application's blocking calls run off the runtime thread; the
                 // thread pool inherits this namespace.
                 let outcome = tokio::task::spawn_blocking(|| {
@@ -301,7 +316,24 @@ spec:
                     let tls_default = exchange(&secure, &client_hello("www.secure.example"));
                     let tls_beta = exchange(&secure, &client_hello("api.beta.secure.example"));
                     let tls = (tls_default, tls_beta);
-                    (meshed, passthrough, direct, tcp, permissive, tls)
+                    // Names through the pod's own resolver (libc), as any application:
+                    // a Service's ClusterIP; a service with no address in this cluster
+                    // gets one from the sidecar, and a request to it is routed.
+                    use std::net::ToSocketAddrs;
+                    let resolve = |name: &str| {
+                        (name, 9080)
+                            .to_socket_addrs()
+                            .map(|a| a.map(|a| a.ip()).collect::<Vec<_>>())
+                    };
+                    let reviews_ips = resolve("reviews.shop.svc.cluster.local");
+                    let ratings = resolve("ratings.shop.svc.cluster.local").map(|ips| {
+                        let reply = ips
+                            .first()
+                            .map(|ip| http_get(&format!("{ip}:9080"), "ratings"));
+                        (ips, reply)
+                    });
+                    let dns = (reviews_ips, ratings);
+                    (meshed, passthrough, direct, tcp, permissive, tls, dns)
                 })
                 .await
                 .unwrap();
@@ -328,7 +360,24 @@ spec:
     let _ = stop_tx.send(());
     let server_metrics = server.join().unwrap();
 
-    let ((meshed, passthrough, direct, tcp, permissive, tls), closed, client_metrics) = results;
+    let ((meshed, passthrough, direct, tcp, permissive, tls, dns), closed, client_metrics) =
+        results;
+    let (reviews_ips, ratings) = dns;
+    assert_eq!(
+        reviews_ips.unwrap(),
+        [REVIEWS_VIP.parse::<std::net::IpAddr>().unwrap()],
+        "the sidecar answers the pod's DNS query with the ClusterIP"
+    );
+    let (ratings_ips, ratings_reply) = ratings.unwrap();
+    assert!(
+        matches!(ratings_ips.as_slice(), [std::net::IpAddr::V4(v4)] if v4.octets()[..2] == [240, 240]),
+        "{ratings_ips:?}"
+    );
+    let ratings_reply = ratings_reply.unwrap().unwrap();
+    assert!(
+        ratings_reply.contains("reviews-v1 path=/reviews/1"),
+        "a request to the allocated address crossed to the other pod: {ratings_reply}"
+    );
     // Istio's TCP metrics, on both sides, for the opaque TCP stream to db: the
     // client's sidecar sent the 5 bytes of "ping\n" and got the answer back.
     let db = [("destination_service", "db.shop.svc.cluster.local")];

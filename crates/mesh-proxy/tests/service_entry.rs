@@ -80,50 +80,6 @@ async fn echo_at(name: &'static str, addr: SocketAddr) {
     });
 }
 
-/// What the test's DNS server answers to an A query: this address (TTL 1 s), or
-/// SERVFAIL when `None`.
-type Answer = std::sync::Arc<std::sync::Mutex<Option<std::net::Ipv4Addr>>>;
-
-/// A DNS server on loopback (UDP) answering every A query with `answer`, and AAAA
-/// queries with no records.
-async fn dns_server(answer: Answer) -> SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            let query = &buf[..n];
-            // The question: labels up to the zero byte, then type and class.
-            let Some(end) = query[12..].iter().position(|b| *b == 0).map(|p| 12 + p + 5) else {
-                continue;
-            };
-            let qtype = u16::from_be_bytes([query[end - 4], query[end - 3]]);
-            let ip = *answer.lock().unwrap();
-            let mut out = Vec::from(&query[..2]); // id
-            let (flags, count): (u16, u16) = match (ip, qtype) {
-                (None, _) => (0x8182, 0), // SERVFAIL
-                (Some(_), 1) => (0x8180, 1),
-                (Some(_), _) => (0x8180, 0),
-            };
-            out.extend(flags.to_be_bytes());
-            out.extend([0, 1]); // one question
-            out.extend(count.to_be_bytes());
-            out.extend([0, 0, 0, 0]);
-            out.extend(&query[12..end]);
-            if let (Some(ip), 1) = (ip, count) {
-                // The name by pointer to the question, A, IN, TTL 1 s, four bytes.
-                out.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
-                out.extend(ip.octets());
-            }
-            let _ = socket.send_to(&out, from).await;
-        }
-    });
-    addr
-}
-
 /// GET `path` with `host` through the sidecar's outbound listener.
 async fn get(sidecar: SocketAddr, host: &str, path: &str) -> (u16, String) {
     let tcp = TcpStream::connect(sidecar).await.unwrap();
@@ -314,8 +270,8 @@ async fn a_dns_entry_follows_its_name_and_keeps_the_last_answer() {
     );
     echo_at("first", SocketAddr::from((first, port))).await;
     echo_at("second", SocketAddr::from((second, port))).await;
-    let answer: Answer = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
-    let dns = dns_server(answer.clone()).await;
+    let answer: support::Answer = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
+    let dns = support::dns_server(answer.clone()).await;
 
     // No endpoints listed: the host itself is resolved.
     let config = format!(

@@ -106,6 +106,7 @@ async fn proxy_status_config_and_analyze_show_what_proxies_hold() {
             admin: vec!["127.0.0.1:0".parse().unwrap()],
             tracing: mesh_telemetry::trace::Tracing::disabled(),
             requests: Default::default(),
+            dns: None,
         },
     )
     .await

@@ -68,6 +68,16 @@ struct Args {
     /// injected pod.
     #[arg(long)]
     capture_only: bool,
+    /// Run the DNS proxy on this address (UDP and TCP; 127.0.0.1:15053 in a pod), as
+    /// Istio's ISTIO_META_DNS_CAPTURE: mesh names (services, ServiceEntry hosts, services
+    /// of other clusters) are answered here, the rest forwarded. With --capture the
+    /// pod's DNS traffic is sent to it.
+    #[arg(long, env = "ISTHMUS_DNS_PROXY")]
+    dns_proxy: Option<SocketAddr>,
+    /// Resolvers names outside the mesh are forwarded to (default: the name servers of
+    /// /etc/resolv.conf). Repeat the flag for several.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_upstream: Vec<SocketAddr>,
     /// Inbound ports left out of capture (with --capture), comma separated.
     #[arg(long, value_delimiter = ',')]
     exclude_inbound_ports: Vec<u16>,
@@ -97,10 +107,21 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     mesh_telemetry::init_logging(mesh_telemetry::LogFormat::json(args.json_logs), "info");
 
+    let dns = args.dns_proxy.map(|addr| mesh_proxy::dns_proxy::DnsListen {
+        addr,
+        upstreams: if args.dns_upstream.is_empty() {
+            mesh_proxy::dns_proxy::nameservers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            )
+        } else {
+            args.dns_upstream.clone()
+        },
+    });
     if args.capture || args.capture_only {
         let mut rules = mesh_proxy::capture::CaptureRules {
             outbound_port: args.outbound.port(),
             inbound_port: args.inbound.port(),
+            dns_port: args.dns_proxy.map(|a| a.port()),
             ..Default::default()
         };
         rules
@@ -189,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             path_normalization: args.path_normalization,
             num_trusted_proxies: args.num_trusted_proxies,
         },
+        dns,
     };
     let mut sidecar = Sidecar::start(store.clone(), identity.clone(), options).await?;
     tracing::info!(

@@ -247,6 +247,7 @@ pub async fn sidecar_as(
         admin: vec![],
         tracing: mesh_telemetry::trace::Tracing::disabled(),
         requests: Default::default(),
+        dns: None,
     };
     let sidecar = mesh_proxy::Sidecar::start(proxy.store.clone(), identity, options)
         .await

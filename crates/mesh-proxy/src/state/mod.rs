@@ -59,6 +59,31 @@ struct Index {
     ips: HashMap<std::net::IpAddr, Arc<Service>>,
     /// This node's workload port and protocol by service port.
     local_ports: HashMap<u16, (u16, Protocol)>,
+    /// The addresses the DNS proxy answers for each host name: the service's virtual
+    /// IPs, else one allocated from [`AUTO_VIPS`].
+    dns: HashMap<String, Vec<std::net::IpAddr>>,
+}
+
+/// Where addresses are allocated for hosts without an IPv4 address of their own
+/// (Istio's range for `ISTIO_META_DNS_AUTO_ALLOCATE`): 240.240.0.0/16.
+const AUTO_VIPS: [u8; 2] = [240, 240];
+
+/// The address allocated for `host`: from a hash of the name, so that it stays the
+/// same from one config to the next, moved on past addresses already `taken`.
+fn auto_vip(host: &str, taken: &HashMap<std::net::IpAddr, Arc<Service>>) -> std::net::IpAddr {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    host.hash(&mut hasher);
+    // 1..=65534: neither the network nor the broadcast address.
+    let mut n = (hasher.finish() % 65534) as u16 + 1;
+    loop {
+        let [hi, lo] = n.to_be_bytes();
+        let ip = std::net::IpAddr::from([AUTO_VIPS[0], AUTO_VIPS[1], hi, lo]);
+        if !taken.contains_key(&ip) {
+            return ip;
+        }
+        n = n % 65534 + 1;
+    }
 }
 
 impl Index {
@@ -86,6 +111,16 @@ impl Index {
             }
             for ip in &svc.addresses {
                 index.ips.entry(*ip).or_insert_with(|| svc.clone());
+            }
+            let mut answers = svc.addresses.clone();
+            if !answers.iter().any(std::net::IpAddr::is_ipv4) {
+                let vip = auto_vip(&svc.host, &index.ips);
+                index.ips.insert(vip, svc.clone());
+                answers.push(vip);
+            }
+            index.dns.insert(svc.host.clone(), answers.clone());
+            if svc.name.contains('.') {
+                index.dns.insert(svc.name.clone(), answers);
             }
             if svc.namespace == namespace {
                 for p in &svc.ports {
@@ -147,7 +182,14 @@ impl ProxyState {
             .as_ref()
     }
 
-    /// The service whose virtual IP a captured connection was sent to.
+    /// The addresses the DNS proxy answers for `name` (lower case, no trailing dot), if
+    /// it names a service: its virtual IPs, else the one allocated for it.
+    pub fn dns_addresses(&self, name: &str) -> Option<&[std::net::IpAddr]> {
+        self.index.dns.get(name).map(Vec::as_slice)
+    }
+
+    /// The service whose virtual IP (or allocated address) a captured connection was
+    /// sent to.
     pub fn service_for_ip(&self, ip: std::net::IpAddr) -> Option<&Arc<Service>> {
         self.index.ips.get(&ip)
     }

@@ -91,6 +91,7 @@ pub fn opts() -> SidecarOptions {
         admin: vec!["127.0.0.1:0".parse().unwrap()],
         tracing: mesh_telemetry::trace::Tracing::disabled(),
         requests: Default::default(),
+        dns: None,
     }
 }
 
@@ -133,4 +134,82 @@ pub async fn sidecar(mesh: &Mesh, config: &str, ns: &str, sa: &str) -> mesh_prox
     mesh_proxy::Sidecar::start(store, mesh.identity(ns, sa), opts())
         .await
         .unwrap()
+}
+
+/// What the test's DNS server answers to an A query: this address (TTL 1 s), or
+/// SERVFAIL when `None`.
+pub type Answer = std::sync::Arc<std::sync::Mutex<Option<std::net::Ipv4Addr>>>;
+
+/// The reply to one DNS query: every A query answered with `ip` (TTL 1 s), AAAA
+/// queries with no records, everything SERVFAIL when `ip` is `None`.
+fn dns_reply(query: &[u8], ip: Option<std::net::Ipv4Addr>) -> Option<Vec<u8>> {
+    // The question: labels up to the zero byte, then type and class.
+    let end = query
+        .get(12..)?
+        .iter()
+        .position(|b| *b == 0)
+        .map(|p| 12 + p + 5)?;
+    let qtype = u16::from_be_bytes([*query.get(end - 4)?, *query.get(end - 3)?]);
+    let mut out = Vec::from(query.get(..2)?); // id
+    let (flags, count): (u16, u16) = match (ip, qtype) {
+        (None, _) => (0x8182, 0), // SERVFAIL
+        (Some(_), 1) => (0x8180, 1),
+        (Some(_), _) => (0x8180, 0),
+    };
+    out.extend(flags.to_be_bytes());
+    out.extend([0, 1]); // one question
+    out.extend(count.to_be_bytes());
+    out.extend([0, 0, 0, 0]);
+    out.extend(query.get(12..end)?);
+    if let (Some(ip), 1) = (ip, count) {
+        // The name by pointer to the question, A, IN, TTL 1 s, four bytes.
+        out.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+        out.extend(ip.octets());
+    }
+    Some(out)
+}
+
+/// A DNS server on loopback, UDP and TCP on one port, answering as [`dns_reply`] with
+/// the current `answer`.
+pub async fn dns_server(answer: Answer) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let for_udp = answer.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let ip = *for_udp.lock().unwrap();
+            if let Some(out) = dns_reply(&buf[..n], ip) {
+                let _ = socket.send_to(&out, from).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = tcp.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                while let Ok(len) = stream.read_u16().await {
+                    let mut query = vec![0u8; usize::from(len)];
+                    if stream.read_exact(&mut query).await.is_err() {
+                        return;
+                    }
+                    let ip = *answer.lock().unwrap();
+                    let Some(out) = dns_reply(&query, ip) else {
+                        return;
+                    };
+                    let _ = stream.write_u16(out.len() as u16).await;
+                    let _ = stream.write_all(&out).await;
+                }
+            });
+        }
+    });
+    addr
 }
