@@ -129,6 +129,25 @@ fn decision(pod: &Value, namespace_labels: Option<&Value>) -> Result<(), &'stati
     Ok(())
 }
 
+/// Where an injected proxy's DNS proxy listens, when the pod asks for DNS capture.
+const DNS_PROXY: &str = "127.0.0.1:15053";
+
+/// Whether `pod` asks for DNS capture as Istio pods do: `ISTIO_META_DNS_CAPTURE: "true"`
+/// in the `proxyMetadata` of its `proxy.istio.io/config` annotation.
+fn dns_capture(pod: &Value) -> bool {
+    let Some(text) = pod["metadata"]["annotations"]["proxy.istio.io/config"].as_str() else {
+        return false;
+    };
+    mesh_api::split_documents(text).is_ok_and(|docs| {
+        docs.first().is_some_and(|d| {
+            matches!(
+                &d["proxyMetadata"]["ISTIO_META_DNS_CAPTURE"],
+                Value::String(v) if v == "true"
+            ) || d["proxyMetadata"]["ISTIO_META_DNS_CAPTURE"] == Value::Bool(true)
+        })
+    })
+}
+
 /// The JSON patch that injects `config` into `pod`.
 pub fn patch(pod: &Value, config: &InjectConfig) -> Vec<Value> {
     let service_account = pod["spec"]["serviceAccountName"]
@@ -142,17 +161,40 @@ pub fn patch(pod: &Value, config: &InjectConfig) -> Vec<Value> {
     ];
     env.push(json!({"name": "SERVICE_ACCOUNT", "value": service_account}));
     env.push(json!({"name": "ISTHMUS_CLUSTER", "value": config.cluster}));
+    // The proxy runs as its own user, without the capability to mark its sockets:
+    // capture leaves that user's connections alone.
+    let mut init_args = vec![
+        "--capture-only".to_owned(),
+        "--outbound".into(),
+        "0.0.0.0:15001".into(),
+        "--inbound".into(),
+        "0.0.0.0:15006".into(),
+        "--exclude-uid".into(),
+        PROXY_UID.to_string(),
+    ];
+    let mut proxy_args = vec![
+        "--discovery".to_owned(),
+        config.discovery_address.clone(),
+        "--token-file".into(),
+        "/var/run/secrets/tokens/isthmus-token".into(),
+        "--root-cert".into(),
+        "/var/run/secrets/isthmus/root-cert.pem".into(),
+        "--trust-domain".into(),
+        config.trust_domain.clone(),
+        "--outbound".into(),
+        "0.0.0.0:15001".into(),
+        "--inbound".into(),
+        "0.0.0.0:15006".into(),
+    ];
+    if dns_capture(pod) {
+        for args in [&mut init_args, &mut proxy_args] {
+            args.extend(["--dns-proxy".to_owned(), DNS_PROXY.to_owned()]);
+        }
+    }
     let proxy = json!({
         "name": PROXY_CONTAINER,
         "image": config.image,
-        "args": [
-            "--discovery", config.discovery_address,
-            "--token-file", "/var/run/secrets/tokens/isthmus-token",
-            "--root-cert", format!("/var/run/secrets/isthmus/root-cert.pem"),
-            "--trust-domain", config.trust_domain,
-            "--outbound", "0.0.0.0:15001",
-            "--inbound", "0.0.0.0:15006",
-        ],
+        "args": proxy_args,
         "env": env,
         "ports": [
             {"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"},
@@ -178,7 +220,7 @@ pub fn patch(pod: &Value, config: &InjectConfig) -> Vec<Value> {
     let init = json!({
         "name": INIT_CONTAINER,
         "image": config.image,
-        "args": ["--capture-only", "--outbound", "0.0.0.0:15001", "--inbound", "0.0.0.0:15006"],
+        "args": init_args,
         "securityContext": {
             "runAsUser": 0,
             "runAsNonRoot": false,
@@ -499,5 +541,32 @@ mod tests {
             ops[2]["value"]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
             "isthmus-ca"
         );
+        // Capture leaves the proxy's own user alone; no DNS capture unless asked.
+        let init_args = ops[0]["value"][0]["args"].to_string();
+        assert!(
+            init_args.contains(r#""--exclude-uid","1337""#),
+            "{init_args}"
+        );
+        assert!(!proxy["args"].to_string().contains("--dns-proxy"));
+    }
+
+    #[test]
+    fn istio_dns_capture_annotation_turns_the_dns_proxy_on() {
+        let pod = json!({"metadata": {"name": "p", "annotations": {"proxy.istio.io/config":
+            "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n  ISTIO_META_DNS_AUTO_ALLOCATE: \"true\"\n"}},
+            "spec": {"containers": [{"name": "app"}]}});
+        let ops = patch(&pod, &config());
+        let op = |path: &str| ops.iter().find(|o| o["path"] == path).unwrap()["value"].clone();
+        let init = op("/spec/initContainers")[0]["args"].to_string();
+        let proxy = op("/spec/containers/-")["args"].to_string();
+        for args in [init, proxy] {
+            assert!(
+                args.contains(r#""--dns-proxy","127.0.0.1:15053""#),
+                "{args}"
+            );
+        }
+        let off = json!({"metadata": {"name": "p", "annotations": {"proxy.istio.io/config":
+            "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}"}}, "spec": {"containers": []}});
+        assert!(!dns_capture(&off));
     }
 }

@@ -78,6 +78,11 @@ struct Args {
     /// /etc/resolv.conf). Repeat the flag for several.
     #[arg(long, value_name = "ADDR:PORT")]
     dns_upstream: Vec<SocketAddr>,
+    /// With --capture: connections of this user are never captured (the proxy's own,
+    /// when it runs as its own user without the capability to mark its sockets, as
+    /// injected pods run it).
+    #[arg(long, env = "ISTHMUS_PROXY_UID")]
+    exclude_uid: Option<u32>,
     /// Inbound ports left out of capture (with --capture), comma separated.
     #[arg(long, value_delimiter = ',')]
     exclude_inbound_ports: Vec<u16>,
@@ -122,6 +127,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             outbound_port: args.outbound.port(),
             inbound_port: args.inbound.port(),
             dns_port: args.dns_proxy.map(|a| a.port()),
+            exclude_uid: args.exclude_uid,
             ..Default::default()
         };
         rules
