@@ -85,6 +85,12 @@ const FILE_REGISTRY: &[&str] = &[
 ];
 const GATEWAY_NAMES: &[&str] =
     &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"];
+const JWT_E2E: &[&str] =
+    &["crates/mesh-proxy/tests/jwt::tokens_are_verified_before_policies_and_name_the_caller"];
+const JWT_AUTHZ: &[&str] = &[
+    "crates/mesh-proxy/src/authz/mod::request_principals_need_a_verified_token",
+    "crates/mesh-proxy/tests/jwt::tokens_are_verified_before_policies_and_name_the_caller",
+];
 const SERVICE_ENTRY: &[&str] = &[
     "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
 ];
@@ -98,17 +104,11 @@ const NO_ORIGINATION: &str = "TLS origination (DestinationRule tls SIMPLE/MUTUAL
 const CONNECTION_TUNING: &str =
     "a connection tuning knob the sidecar does not apply; the default behaviour stays";
 
-pub(crate) static KINDS_REFUSED: &[(&str, &str)] = &[
-    (
-        "Gateway",
-        "Isthmus runs no ingress or egress gateway yet (the east-west gateway is configured by discovery), \
+pub(crate) static KINDS_REFUSED: &[(&str, &str)] = &[(
+    "Gateway",
+    "Isthmus runs no ingress or egress gateway yet (the east-west gateway is configured by discovery), \
          so a Gateway would open no port; expose the workload another way for now",
-    ),
-    (
-        "RequestAuthentication",
-        "JWTs are not validated yet: applying it would suggest that tokens are checked when they are not",
-    ),
-];
+)];
 
 pub(crate) static FIELDS: &[FieldSupport] = &[
     // VirtualService
@@ -676,6 +676,57 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "mesh peers are always verified",
     ),
     r("ClientTlsSettings", "caCrl", NO_ORIGINATION),
+    // RequestAuthentication
+    e("RequestAuthenticationSpec", "selector", JWT_E2E),
+    r(
+        "RequestAuthenticationSpec",
+        "targetRef",
+        "policies attached to a Service or Gateway are not built; select workloads with `selector`",
+    ),
+    r(
+        "RequestAuthenticationSpec",
+        "targetRefs",
+        "policies attached to a Service or Gateway are not built; select workloads with `selector`",
+    ),
+    e("RequestAuthenticationSpec", "jwtRules", JWT_E2E),
+    e("JwtRule", "issuer", JWT_E2E),
+    en(
+        "JwtRule",
+        "audiences",
+        "a token must name one of them in `aud`; not checked when empty",
+        JWT_E2E,
+    ),
+    en(
+        "JwtRule",
+        "jwks",
+        "required: keys from the issuer (OpenID discovery or `jwksUri`) are not fetched yet; RSA, EC (P-256, P-384), Ed25519 and HMAC keys",
+        JWT_E2E,
+    ),
+    r(
+        "JwtRule",
+        "jwksUri",
+        "keys are not fetched yet; put the issuer's key set inline in `jwks`",
+    ),
+    e("JwtRule", "fromHeaders", JWT_E2E),
+    e("JwtRule", "fromParams", JWT_E2E),
+    e("JwtRule", "fromCookies", JWT_E2E),
+    e("JwtRule", "outputPayloadToHeader", JWT_E2E),
+    en(
+        "JwtRule",
+        "forwardOriginalToken",
+        "false (the default) removes the token's header before the application",
+        JWT_E2E,
+    ),
+    e("JwtRule", "outputClaimToHeaders", JWT_E2E),
+    w(
+        "JwtRule",
+        "timeout",
+        "it bounds fetching `jwksUri`, which is not built",
+    ),
+    e("JwtHeader", "name", JWT_E2E),
+    e("JwtHeader", "prefix", JWT_E2E),
+    e("ClaimToHeader", "header", JWT_E2E),
+    e("ClaimToHeader", "claim", JWT_E2E),
     // ServiceEntry
     en(
         "ServiceEntrySpec",
@@ -792,15 +843,16 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         AUTHZ_PRINCIPAL,
     ),
     e("Source", "notPrincipals", AUTHZ_PRINCIPAL),
-    r(
+    en(
         "Source",
         "requestPrincipals",
-        "it needs a JWT, and JWTs are not validated yet",
+        "`iss/sub` of the request's JWT verified by a RequestAuthentication; none without a token, and none on TCP (an ALLOW rule then misses, a DENY rule matches)",
+        JWT_AUTHZ,
     ),
-    r(
+    e(
         "Source",
         "notRequestPrincipals",
-        "it needs a JWT, and JWTs are not validated yet",
+        &["crates/mesh-proxy/src/authz/mod::request_principals_need_a_verified_token"],
     ),
     e("Source", "namespaces", AUTHZ_PRINCIPAL),
     e(

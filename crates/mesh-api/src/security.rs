@@ -292,9 +292,9 @@ impl AuthorizationPolicySpec {
     }
 }
 
-const NO_JWT: &str = "needs a request principal from a JWT, and Isthmus does not validate JWTs yet \
-     (RequestAuthentication is not enforced), so it could never be evaluated; \
-     remove it or authorize by peer identity (principals, serviceAccounts, namespaces)";
+const NO_JWT: &str = "reads the claims of a verified JWT, which authorization does not evaluate yet, \
+     so it could never be evaluated; authorize the token's `iss/sub` with \
+     `source.requestPrincipals`, or by peer identity (principals, serviceAccounts, namespaces)";
 
 impl Source {
     fn validate(&self, v: &mut Validator) {
@@ -394,7 +394,7 @@ pub enum ConditionKey {
     DestinationPort,
     /// `connection.sni`: the server name of the mTLS connection.
     ConnectionSni,
-    /// `request.auth.*`: refused until JWTs are validated.
+    /// `request.auth.*`: refused until claims are evaluated by authorization.
     RequestAuth,
 }
 
@@ -681,6 +681,14 @@ impl RequestAuthenticationSpec {
                 && serde_json::from_str::<serde_json::Value>(jwks).is_err()
             {
                 v.field("jwks", |v| v.error("is not a JSON Web Key Set document"));
+            }
+            if r.jwks.is_none() && r.jwks_uri.is_none() {
+                v.field("jwks", |v| {
+                    v.error(
+                        "the issuer's keys are needed inline (keys found from the issuer by \
+                         OpenID discovery, and `jwksUri`, are not fetched yet)",
+                    )
+                });
             }
         });
     }

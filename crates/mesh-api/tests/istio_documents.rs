@@ -573,7 +573,7 @@ spec:
 "#,
         &[
             r#"spec.http[0].match[0].headers["@request.auth.claims.groups"]"#,
-            "routing on JWT claims needs a RequestAuthentication",
+            "routing on JWT claims is not built",
         ],
     );
 }
@@ -726,14 +726,6 @@ fn authorization_policy_fields_that_cannot_be_enforced_are_refused() {
         (
             "{targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: gw}}",
             &["spec.targetRef", "selector.matchLabels"],
-        ),
-        (
-            "{rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}",
-            &["spec.rules[0].from[0].source.requestPrincipals", "JWT"],
-        ),
-        (
-            "{rules: [{from: [{source: {notRequestPrincipals: ['*']}}]}]}",
-            &["source.notRequestPrincipals", "JWT"],
         ),
         (
             "{action: DENY, rules: [{when: [{key: 'request.auth.claims[group]', values: [x]}]}]}",

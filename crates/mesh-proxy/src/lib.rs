@@ -28,6 +28,7 @@ pub mod error;
 pub mod http_util;
 pub mod inbound;
 pub mod intake;
+pub mod jwt;
 pub mod lb;
 pub mod model;
 pub mod outbound;

@@ -662,9 +662,9 @@ impl HttpMatchRequest {
         v.each_entry("headers", &self.headers, |v, k, m| {
             if k.starts_with("@request.auth.claims") {
                 v.error(
-                    "is not supported: routing on JWT claims needs a RequestAuthentication, which \
-                     Isthmus does not enforce yet, so this match could never be true; route on a \
-                     header your gateway sets instead",
+                    "is not supported: routing on JWT claims is not built (Istio applies it at \
+                     an ingress gateway, which Isthmus does not run yet), so this match could \
+                     never be true; route on a header the caller sets instead",
                 );
             } else {
                 validate_header_name(v, k);

@@ -66,6 +66,19 @@ pub struct HttpAttributes<'a> {
     pub host: &'a str,
     /// Headers.
     pub headers: &'a HeaderMap,
+    /// `iss/sub` of the request's verified JWT (RequestAuthentication), if any.
+    pub request_principal: Option<&'a str>,
+}
+
+/// Whether a policy of `namespace` with `selector` applies to `node`: the workload's
+/// namespace or the root namespace, and every label the selector names.
+pub(crate) fn selects(
+    namespace: &str,
+    selector: Option<&std::collections::BTreeMap<String, String>>,
+    node: &Node,
+) -> bool {
+    (namespace == node.namespace || namespace == ROOT_NAMESPACE)
+        && selector.is_none_or(|labels| labels.iter().all(|(k, v)| node.labels.get(k) == Some(v)))
 }
 
 /// The outcome.
@@ -133,15 +146,11 @@ impl Authorizer {
     ) -> Self {
         let mut out = Vec::new();
         for (namespace, name, spec) in policies {
-            if namespace != &node.namespace && namespace != ROOT_NAMESPACE {
-                continue;
-            }
-            let selected = spec.selector.as_ref().is_none_or(|s| {
-                s.match_labels
-                    .iter()
-                    .all(|(k, v)| node.labels.get(k) == Some(v))
-            });
-            if !selected {
+            if !selects(
+                namespace,
+                spec.selector.as_ref().map(|s| &s.match_labels),
+                node,
+            ) {
                 continue;
             }
             let name = format!("{namespace}/{name}");
@@ -206,6 +215,9 @@ pub enum Unknown {
     /// `destination.ip` without the original destination.
     #[error("destination address unknown")]
     DestinationAddress,
+    /// `requestPrincipals` on a connection that is not HTTP (no JWT to verify).
+    #[error("no request principal outside HTTP")]
+    RequestPrincipal,
 }
 
 impl CompiledPolicy {
@@ -364,6 +376,7 @@ fn ip_field(f: &Field<IpBlock>, ip: Option<IpAddr>, what: Unknown) -> Result<boo
 #[derive(Debug, Clone)]
 struct SourceMatch {
     principals: Field<StringMatcher>,
+    request_principals: Field<StringMatcher>,
     namespaces: Field<StringMatcher>,
     service_accounts: Field<ServiceAccountMatcher>,
     ip_blocks: Field<IpBlock>,
@@ -372,11 +385,12 @@ struct SourceMatch {
 
 impl SourceMatch {
     fn compile(s: &Source) -> Result<Self, String> {
-        if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
-            return Err("requestPrincipals: JWTs are not validated".into());
-        }
         Ok(Self {
             principals: named("principals", strings(&s.principals, &s.not_principals))?,
+            request_principals: named(
+                "requestPrincipals",
+                strings(&s.request_principals, &s.not_request_principals),
+            )?,
             namespaces: named("namespaces", strings(&s.namespaces, &s.not_namespaces))?,
             service_accounts: named(
                 "serviceAccounts",
@@ -402,6 +416,17 @@ impl SourceMatch {
             && self.service_accounts.check(|m| m.matches(a.principal));
         if !identity {
             return Ok(false);
+        }
+        // The `iss/sub` of a verified JWT (RequestAuthentication); none without one.
+        if !self.request_principals.is_empty() {
+            let http = a.http.as_ref().ok_or(Unknown::RequestPrincipal)?;
+            let matched = self.request_principals.check(|m| {
+                http.request_principal
+                    .is_some_and(|p| m.matches(p.as_bytes()))
+            });
+            if !matched {
+                return Ok(false);
+            }
         }
         Ok(
             ip_field(&self.ip_blocks, a.source_ip, Unknown::SourceAddress)?
@@ -562,6 +587,7 @@ mod tests {
         headers: HeaderMap,
         remote: Option<IpAddr>,
         tcp: bool,
+        request_principal: Option<&'static str>,
     }
 
     fn req(principal: &'static str) -> Req {
@@ -573,6 +599,7 @@ mod tests {
             headers: HeaderMap::new(),
             remote: Some("10.0.0.9".parse().unwrap()),
             tcp: false,
+            request_principal: None,
         }
     }
 
@@ -597,6 +624,7 @@ mod tests {
                     path: self.path,
                     host: self.host,
                     headers: &self.headers,
+                    request_principal: self.request_principal,
                 }),
             };
             a.decide(&attrs)
@@ -760,10 +788,36 @@ mod tests {
     }
 
     #[test]
+    fn request_principals_need_a_verified_token() {
+        let alice = "https://issuer.example/alice";
+        let allow = authorizer(&[&format!(
+            "rules: [{{from: [{{source: {{requestPrincipals: ['{alice}']}}}}]}}]"
+        )]);
+        let mut r = req(PRODUCTPAGE);
+        assert!(!r.decide(&allow), "no token, no request principal");
+        r.request_principal = Some(alice);
+        assert!(r.decide(&allow));
+        r.request_principal = Some("https://issuer.example/bob");
+        assert!(!r.decide(&allow));
+        // Istio's pattern to require a token: deny requests without a principal.
+        let deny = authorizer(&[
+            "{action: DENY, rules: [{from: [{source: {notRequestPrincipals: ['*']}}]}]}",
+        ]);
+        let mut r = req(PRODUCTPAGE);
+        assert!(!r.decide(&deny));
+        r.request_principal = Some(alice);
+        assert!(r.decide(&deny));
+        // A TCP connection has no request principal to check: ALLOW misses.
+        let mut r = req(PRODUCTPAGE);
+        r.tcp = true;
+        assert!(!r.decide(&allow));
+    }
+
+    #[test]
     fn fail_closed() {
         // A policy the proxy cannot compile (validation refuses these first).
         let deny = authorizer(&[
-            "{action: DENY, rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}",
+            "{action: DENY, rules: [{from: [{source: {ipBlocks: ['not-an-address']}}]}]}",
         ]);
         assert!(
             !req(PRODUCTPAGE).decide(&deny),

@@ -485,6 +485,17 @@ impl Inbound {
         if let Some(v) = &from.xfcc {
             parts.headers.insert("x-forwarded-client-cert", v.clone());
         }
+        // A verified JWT's outputs, and its token removed unless kept.
+        for (name, value) in plan.header_edits {
+            match value {
+                Some(v) => {
+                    parts.headers.insert(name, v);
+                }
+                None => {
+                    parts.headers.remove(name);
+                }
+            }
+        }
         match self
             .client_for(plan.h2)
             .request(Request::from_parts(parts, boxed(body)))

@@ -23,6 +23,8 @@ pub(super) struct InboundPlan {
     pub h2: bool,
     /// AUDIT policies that matched (logged, not enforced).
     pub audited: Vec<String>,
+    /// Header edits a verified JWT's rule asks for (`None`: remove the header).
+    pub header_edits: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
 }
 
 /// Why the sidecar answers a request itself.
@@ -37,6 +39,9 @@ pub(super) enum InboundRefusal {
     /// An AuthorizationPolicy denied the request (or could not be evaluated).
     #[error("{0}")]
     Denied(String),
+    /// The request's JWT failed verification (RequestAuthentication).
+    #[error("{0}")]
+    Unauthenticated(crate::jwt::JwtError),
     /// The URI towards the application could not be built.
     #[error("cannot build the application URI: {0}")]
     BadAppUri(String),
@@ -48,7 +53,8 @@ impl InboundRefusal {
         match self {
             Self::NoServicePort | Self::BadAppUri(_) => Some(ResponseFlag::NoRoute),
             Self::Denied(_) => Some(ResponseFlag::Unauthorized),
-            Self::InvalidPath => None,
+            // Refused by the caller's credentials, as Envoy's JWT filter does: no flag.
+            Self::InvalidPath | Self::Unauthenticated(_) => None,
         }
     }
 
@@ -58,6 +64,8 @@ impl InboundRefusal {
             // Istio's body, which clients and tests recognise.
             Self::Denied(_) => (http::StatusCode::FORBIDDEN, "RBAC: access denied".into()),
             Self::InvalidPath => (http::StatusCode::BAD_REQUEST, "invalid request path".into()),
+            // Envoy's JWT filter's status and body.
+            Self::Unauthenticated(e) => (http::StatusCode::UNAUTHORIZED, e.to_string()),
             other => {
                 let flag = other.flag().unwrap_or(ResponseFlag::NoRoute);
                 let status = flag.status();
@@ -104,6 +112,12 @@ pub(super) fn plan(
         }
         .map_err(|_| InboundRefusal::InvalidPath)?,
     };
+    // A JWT, when the request carries one, is verified before any policy (401 when it
+    // fails); a verified one names the request principal.
+    let verified = state
+        .jwt
+        .authenticate(parts)
+        .map_err(InboundRefusal::Unauthenticated)?;
     let decision = state.authz.decide(&Attributes {
         principal: &input.caller.principal,
         principal_aliases: &input.caller.aliases,
@@ -121,6 +135,7 @@ pub(super) fn plan(
             path: &path,
             host: input.authority,
             headers: &parts.headers,
+            request_principal: verified.as_ref().map(|v| v.auth.principal.as_str()),
         }),
     });
     let audited = match decision {
@@ -139,6 +154,7 @@ pub(super) fn plan(
         // streams arrive intact; everything else HTTP/1.1.
         h2: matches!(protocol, Protocol::Grpc | Protocol::Http2),
         audited,
+        header_edits: verified.map(|v| v.edits).unwrap_or_default(),
     })
 }
 

@@ -177,6 +177,10 @@ impl ProxyState {
             }
         }
         let (peer_authn, authz) = compile_security(resources, &ordered, &node);
+        let jwt = compile_jwt(resources, &node).unwrap_or_else(|e| {
+            errors.extend(e);
+            Default::default()
+        });
         for host in services.keys() {
             routes
                 .entry(host.clone())
@@ -198,6 +202,7 @@ impl ProxyState {
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),
             authz,
+            jwt,
             peer_authn,
             peer_header: std::sync::OnceLock::new(),
             index: Index::build(&services, &node.namespace),
@@ -281,4 +286,20 @@ fn add_service_entries(
             }
         }
     }
+}
+
+/// The JWT rules of the RequestAuthentications that select `node`; a rule that cannot
+/// be honoured (keys that do not parse, say) refuses the update.
+fn compile_jwt(resources: &[&Resource], node: &Node) -> Result<crate::jwt::JwtAuthn, Vec<String>> {
+    let specs: Vec<_> = resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::RequestAuthentication(ra) => {
+                let (ns, name) = namespace_and_name(r);
+                Some((ns, name, &ra.spec))
+            }
+            _ => None,
+        })
+        .collect();
+    crate::jwt::JwtAuthn::compile(&specs, node)
 }

@@ -39,6 +39,8 @@ pub struct ProxyState {
     pub tls_routes: HashMap<String, Arc<Vec<CompiledTlsRoute>>>,
     /// AuthorizationPolicies that apply to this workload.
     pub authz: crate::authz::Authorizer,
+    /// JWT rules of the RequestAuthentications that select this workload.
+    pub jwt: crate::jwt::JwtAuthn,
     /// Inbound mTLS modes from PeerAuthentications.
     pub peer_authn: crate::peer_authn::PeerAuthn,
     /// The `x-isthmus-peer` value naming this node, made on first use.
