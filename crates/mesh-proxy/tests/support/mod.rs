@@ -173,9 +173,14 @@ fn dns_reply(query: &[u8], ip: Option<std::net::Ipv4Addr>) -> Option<Vec<u8>> {
 /// the current `answer`.
 pub async fn dns_server(answer: Answer) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
+    // A UDP port whose TCP twin is free too (another test may hold it).
+    let (socket, tcp, addr) = loop {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        if let Ok(tcp) = TcpListener::bind(addr).await {
+            break (socket, tcp, addr);
+        }
+    };
     let for_udp = answer.clone();
     tokio::spawn(async move {
         let mut buf = [0u8; 512];
