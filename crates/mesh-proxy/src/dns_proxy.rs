@@ -35,9 +35,17 @@ pub async fn start(
     listen: &DnsListen,
     store: Arc<StateStore>,
 ) -> std::io::Result<(SocketAddr, [tokio::task::JoinHandle<()>; 2])> {
-    let udp = UdpSocket::bind(listen.addr).await?;
-    let addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(addr).await?;
+    // One port for both: with port 0, a UDP port whose TCP twin is free.
+    let mut tries = 0;
+    let (udp, tcp, addr) = loop {
+        let udp = UdpSocket::bind(listen.addr).await?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, tcp, addr),
+            Err(e) if listen.addr.port() != 0 || tries >= 16 => return Err(e),
+            Err(_) => tries += 1,
+        }
+    };
     let upstreams: Arc<[SocketAddr]> = listen.upstreams.clone().into();
     Ok((
         addr,

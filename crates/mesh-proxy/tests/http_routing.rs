@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use mesh_proxy::{Sidecar, StateStore};
-use support::{Mesh, backend, opts};
+use support::{Mesh, backend, get, opts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -94,31 +94,6 @@ async fn world(extra: &str, v2_delay: Duration) -> World {
         v1_inbound,
         v2_inbound,
     }
-}
-
-/// Sends a GET through the client sidecar, as an app in explicit mode does.
-async fn get(
-    sidecar: SocketAddr,
-    authority: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let tcp = TcpStream::connect(sidecar).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path).header("host", authority);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]

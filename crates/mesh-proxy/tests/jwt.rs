@@ -9,12 +9,14 @@ mod support;
 use std::net::SocketAddr;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tokio::net::{TcpListener, TcpStream};
+
+/// What the application reports: the token, the claim and the payload headers.
+const SEEN: &[&str] = &["authorization", "x-user", "x-jwt-payload"];
+
+async fn get(sidecar: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    support::get(sidecar, "reviews:9080", path, headers).await
+}
 
 const ISSUER: &str = "https://issuer.example";
 
@@ -55,66 +57,6 @@ impl Key {
         )
         .unwrap()
     }
-}
-
-/// The application: says which token, JWT payload and claim headers reached it.
-async fn app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| {
-                    let h = |n: &str| {
-                        req.headers()
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_owned()
-                    };
-                    let payload = if h("x-jwt-payload") == "-" {
-                        "-"
-                    } else {
-                        "present"
-                    };
-                    let body = format!(
-                        "authorization={} payload={payload} user={}",
-                        h("authorization"),
-                        h("x-user")
-                    );
-                    async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-async fn get(sidecar: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let tcp = TcpStream::connect(sidecar).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path).header("host", "reviews:9080");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]
@@ -158,7 +100,9 @@ spec:
     };
     let mesh = support::Mesh::new();
     let (k1, k2, stranger) = (Key::new("k1"), Key::new("k2"), Key::new("k1"));
-    let app = app().await;
+    let app = support::header_echo("app", "127.0.0.1:0".parse().unwrap(), SEEN)
+        .await
+        .port();
     let jwks = |keys: &[&Key]| serde_json::json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
     let server =
         support::sidecar(&mesh, &server_config(app, &jwks(&[&k1])), "shop", "reviews").await;
@@ -187,15 +131,18 @@ services:
     // No token: on, unauthenticated; /admin needs alice.
     assert_eq!(
         get(out, "/", &[]).await,
-        (200, "authorization=- payload=- user=-".into())
+        (200, "app authorization=- x-user=- x-jwt-payload=-".into())
     );
     assert_eq!(get(out, "/admin", &[]).await.0, 403);
     // A valid token: its header is removed (forwardOriginalToken false), the payload
     // and the `sub` claim are passed on, and alice reaches /admin.
     let auth = bearer(&alice);
+    let (status, body) = get(out, "/", &[("authorization", &auth)]).await;
+    assert_eq!(status, 200);
+    let payload = alice.split('.').nth(1).unwrap();
     assert_eq!(
-        get(out, "/", &[("authorization", &auth)]).await,
-        (200, "authorization=- payload=present user=alice".into())
+        body,
+        format!("app authorization=- x-user=alice x-jwt-payload={payload}")
     );
     assert_eq!(get(out, "/admin", &[("authorization", &auth)]).await.0, 200);
     let bob = bearer(&k1.sign(serde_json::json!({"sub": "bob"})));

@@ -10,91 +10,22 @@ mod support;
 
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use support::Mesh;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-/// A backend outside the mesh answering `NAME host=… peer=… xfcc=…`: the Host it was
-/// asked for, whether a mesh peer header reached it, and the caller identity header.
+/// What the test backends report: the Host they were asked for, the mesh's peer
+/// header and the caller identity header (`-` when absent).
+const SEEN: &[&str] = &["host", "x-isthmus-peer", "x-forwarded-client-cert"];
+
+/// A backend outside the mesh, reporting [`SEEN`]; its port.
 async fn echo(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let header = |h: &str| {
-                        req.headers()
-                            .get(h)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_owned()
-                    };
-                    let peer = if req.headers().contains_key(mesh_proxy::peer::PEER_HEADER) {
-                        "present"
-                    } else {
-                        "absent"
-                    };
-                    let body = format!(
-                        "{name} host={} peer={peer} xfcc={}",
-                        header("host"),
-                        header("x-forwarded-client-cert")
-                    );
-                    async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-/// A backend like [`echo`] on `ip:port`.
-async fn echo_at(name: &'static str, addr: SocketAddr) {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: http::Request<Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(name),
-                        )))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-}
-
-/// GET `path` with `host` through the sidecar's outbound listener.
-async fn get(sidecar: SocketAddr, host: &str, path: &str) -> (u16, String) {
-    let tcp = TcpStream::connect(sidecar).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    support::header_echo(name, "127.0.0.1:0".parse().unwrap(), SEEN)
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+        .port()
+}
+
+async fn get(sidecar: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    support::get(sidecar, host, path, &[]).await
 }
 
 const NODE: &str = "apiVersion: isthmus.dev/v1alpha1
@@ -159,7 +90,7 @@ spec:
         assert_eq!(status, 200, "{body}");
         assert_eq!(
             body,
-            "legacy-a host=legacy.internal.example:5000 peer=absent xfcc=-"
+            "legacy-a host=legacy.internal.example:5000 x-isthmus-peer=- x-forwarded-client-cert=-"
         );
     }
     // A header-free match picks subset b; a fault answers for the entry's host.
@@ -247,7 +178,7 @@ spec:
     // The sidecar in front of the VM verified the caller's certificate and names it.
     assert!(
         body.contains(
-            "xfcc=By=spiffe://mesh.example/ns/shop/sa/legacy;URI=spiffe://mesh.example/ns/shop/sa/productpage"
+            "x-forwarded-client-cert=By=spiffe://mesh.example/ns/shop/sa/legacy;URI=spiffe://mesh.example/ns/shop/sa/productpage"
         ),
         "{body}"
     );
@@ -268,8 +199,8 @@ async fn a_dns_entry_follows_its_name_and_keeps_the_last_answer() {
         std::net::Ipv4Addr::new(127, 0, octet, 1),
         std::net::Ipv4Addr::new(127, 0, octet, 2),
     );
-    echo_at("first", SocketAddr::from((first, port))).await;
-    echo_at("second", SocketAddr::from((second, port))).await;
+    support::header_echo("first", SocketAddr::from((first, port)), &[]).await;
+    support::header_echo("second", SocketAddr::from((second, port)), &[]).await;
     let answer: support::Answer = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
     let dns = support::dns_server(answer.clone()).await;
 

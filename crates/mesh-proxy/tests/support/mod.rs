@@ -218,3 +218,64 @@ pub async fn dns_server(answer: Answer) -> SocketAddr {
     });
     addr
 }
+
+/// Sends a GET through a sidecar's outbound listener, as an application in explicit
+/// mode does: `authority` in the Host header, then `headers`.
+pub async fn get(
+    sidecar: SocketAddr,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(sidecar).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", authority);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A backend on `addr` answering `NAME h=VALUE ...` for each of `headers` (`-` when the
+/// request has none): what reached the application.
+pub async fn header_echo(
+    name: &'static str,
+    addr: SocketAddr,
+    headers: &'static [&'static str],
+) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let mut body = name.to_owned();
+                    for h in headers {
+                        let v = req.headers().get(*h).and_then(|v| v.to_str().ok());
+                        body.push_str(&format!(" {h}={}", v.unwrap_or("-")));
+                    }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
