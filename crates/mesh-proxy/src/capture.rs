@@ -58,6 +58,25 @@ pub struct CaptureError {
 }
 
 impl CaptureRules {
+    /// The rules of `chain` that leave the proxy's own connections alone: its socket
+    /// mark, and its user when one is set.
+    fn exclusions(&self, chain: &str) -> Vec<Vec<String>> {
+        let rule = |m: &[&str]| {
+            let mut v: Vec<String> = ["-A", chain, "-m"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            v.extend(m.iter().map(|s| (*s).to_owned()));
+            v.extend(["-j".to_owned(), "RETURN".to_owned()]);
+            v
+        };
+        let mut out = vec![rule(&["mark", "--mark", &self.exclude_mark.to_string()])];
+        if let Some(uid) = self.exclude_uid {
+            out.push(rule(&["owner", "--uid-owner", &uid.to_string()]));
+        }
+        out
+    }
+
     /// The `iptables -t nat …` argument lists, in order.
     pub fn iptables_commands(&self) -> Vec<Vec<String>> {
         let mut cmds: Vec<Vec<String>> = Vec::new();
@@ -66,7 +85,6 @@ impl CaptureRules {
             v.extend(args.iter().map(|s| (*s).to_owned()));
             cmds.push(v);
         };
-        let mark = self.exclude_mark.to_string();
         let out_port = self.outbound_port.to_string();
         if let Some(port) = self.dns_port {
             // Before the TCP capture below, so that TCP 53 goes to the DNS proxy too.
@@ -84,28 +102,8 @@ impl CaptureRules {
                     "ISTHMUS_DNS",
                 ]);
             }
-            add(&[
-                "-A",
-                "ISTHMUS_DNS",
-                "-m",
-                "mark",
-                "--mark",
-                &mark,
-                "-j",
-                "RETURN",
-            ]);
-            if let Some(uid) = self.exclude_uid {
-                let uid = uid.to_string();
-                add(&[
-                    "-A",
-                    "ISTHMUS_DNS",
-                    "-m",
-                    "owner",
-                    "--uid-owner",
-                    &uid,
-                    "-j",
-                    "RETURN",
-                ]);
+            for args in self.exclusions("ISTHMUS_DNS") {
+                add(&args.iter().map(String::as_str).collect::<Vec<_>>());
             }
             for proto in ["udp", "tcp"] {
                 add(&[
@@ -122,27 +120,8 @@ impl CaptureRules {
         }
         add(&["-N", "ISTHMUS_OUTPUT"]);
         add(&["-A", "OUTPUT", "-p", "tcp", "-j", "ISTHMUS_OUTPUT"]);
-        add(&[
-            "-A",
-            "ISTHMUS_OUTPUT",
-            "-m",
-            "mark",
-            "--mark",
-            &mark,
-            "-j",
-            "RETURN",
-        ]);
-        if let Some(uid) = self.exclude_uid {
-            add(&[
-                "-A",
-                "ISTHMUS_OUTPUT",
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid.to_string(),
-                "-j",
-                "RETURN",
-            ]);
+        for args in self.exclusions("ISTHMUS_OUTPUT") {
+            add(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
         add(&["-A", "ISTHMUS_OUTPUT", "-o", "lo", "-j", "RETURN"]);
         add(&["-A", "ISTHMUS_OUTPUT", "-d", "127.0.0.0/8", "-j", "RETURN"]);

@@ -45,39 +45,52 @@ impl Mesh {
     }
 }
 
-/// A backend that answers `NAME path=… x-user=… xfcc=…`, optionally after a delay.
-pub async fn backend(name: &'static str, delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+/// Serves HTTP/1.1 on `listener` for the rest of the test, each request answered by
+/// `respond` after `delay`.
+fn serve<F>(listener: TcpListener, delay: Duration, respond: F)
+where
+    F: Fn(&http::Request<Incoming>) -> http::Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
+            let respond = respond.clone();
             tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<Incoming>| async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let resp = respond(&req);
+                    async move {
                         tokio::time::sleep(delay).await;
-                        let header = |h: &str| {
-                            req.headers()
-                                .get(h)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("-")
-                                .to_owned()
-                        };
-                        let body = format!(
-                            "{name} path={} x-user={} xfcc={}",
-                            req.uri().path_and_query().map_or("/", |p| p.as_str()),
-                            header("x-user"),
-                            header("x-forwarded-client-cert")
-                        );
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
-                    });
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
             });
         }
+    });
+}
+
+/// A header of `req` as text, `-` when absent.
+fn header(req: &http::Request<Incoming>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+/// A backend that answers `NAME path=… x-user=… xfcc=…`, optionally after a delay.
+pub async fn backend(name: &'static str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve(listener, delay, move |req| {
+        http::Response::new(Full::new(Bytes::from(format!(
+            "{name} path={} x-user={} xfcc={}",
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            header(req, "x-user"),
+            header(req, "x-forwarded-client-cert")
+        ))))
     });
     addr
 }
@@ -104,24 +117,10 @@ pub async fn switchable_backend(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = status.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let s = s.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
-                    let code = s.load(Ordering::SeqCst);
-                    async move {
-                        let mut resp = http::Response::new(Full::new(Bytes::from(name)));
-                        *resp.status_mut() = http::StatusCode::from_u16(code).unwrap();
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
+    serve(listener, Duration::ZERO, move |_| {
+        let mut resp = http::Response::new(Full::new(Bytes::from(name)));
+        *resp.status_mut() = http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
+        resp
     });
     (addr, status)
 }
@@ -255,27 +254,12 @@ pub async fn header_echo(
 ) -> SocketAddr {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let mut body = name.to_owned();
-                    for h in headers {
-                        let v = req.headers().get(*h).and_then(|v| v.to_str().ok());
-                        body.push_str(&format!(" {h}={}", v.unwrap_or("-")));
-                    }
-                    async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+    serve(listener, Duration::ZERO, move |req| {
+        let mut body = name.to_owned();
+        for h in headers {
+            body.push_str(&format!(" {h}={}", header(req, h)));
         }
+        http::Response::new(Full::new(Bytes::from(body)))
     });
     addr
 }
