@@ -258,7 +258,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("dr.yaml", dr("  trafficPolicy: {tls: {mode: SIMPLE}}\n"), "DestinationRule/shop/reviews", "spec.trafficPolicy.tls.mode"),
         ("dr.yaml", dr("  workloadSelector: {matchLabels: {app: frontend}}\n"), "DestinationRule/shop/reviews", "spec.workloadSelector"),
         ("ap.yaml", ap("{action: CUSTOM, provider: {name: ext}, rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.action"),
-        ("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/keys}]}\n".into(), "RequestAuthentication/shop/jwt", "spec.jwtRules[0].jwksUri"),
+        ("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: https://issuer.example}]}\n".into(), "RequestAuthentication/shop/jwt", "spec.jwtRules[0].jwks"),
         ("ap.yaml", ap("{action: DENY, rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}"), "AuthorizationPolicy/shop/no-admin", "request.auth"),
         ("ap.yaml", ap("{action: DENY, targetRefs: [{kind: Service, name: reviews}], rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.targetRefs"),
         ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: []}\n".into(), "Gateway/shop/ingress", "Gateway is not supported"),

@@ -699,13 +699,14 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "JwtRule",
         "jwks",
-        "required: keys from the issuer (OpenID discovery or `jwksUri`) are not fetched yet; RSA, EC (P-256, P-384), Ed25519 and HMAC keys",
+        "RSA, EC (P-256, P-384), Ed25519 and HMAC keys; one of `jwks` and `jwksUri` is required (OpenID discovery from the issuer is not built)",
         JWT_E2E,
     ),
-    r(
+    en(
         "JwtRule",
         "jwksUri",
-        "keys are not fetched yet; put the issuer's key set inline in `jwks`",
+        "http(s) only, fetched off the request path with the system's roots and again every 20 minutes, the last good keys kept when a fetch fails; tokens of its issuer get 401 until the first fetch",
+        &["crates/mesh-proxy/tests/jwt::keys_named_by_jwks_uri_are_fetched"],
     ),
     e("JwtRule", "fromHeaders", JWT_E2E),
     e("JwtRule", "fromParams", JWT_E2E),
@@ -721,7 +722,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     w(
         "JwtRule",
         "timeout",
-        "it bounds fetching `jwksUri`, which is not built",
+        "the `jwksUri` fetch timeout is fixed at 5 s",
     ),
     e("JwtHeader", "name", JWT_E2E),
     e("JwtHeader", "prefix", JWT_E2E),

@@ -685,8 +685,8 @@ impl RequestAuthenticationSpec {
             if r.jwks.is_none() && r.jwks_uri.is_none() {
                 v.field("jwks", |v| {
                     v.error(
-                        "the issuer's keys are needed inline (keys found from the issuer by \
-                         OpenID discovery, and `jwksUri`, are not fetched yet)",
+                        "the issuer's keys are needed, inline or by `jwksUri` (keys found \
+                         from the issuer by OpenID discovery are not fetched yet)",
                     )
                 });
             }

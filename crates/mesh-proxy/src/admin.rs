@@ -90,6 +90,10 @@ impl Admin {
             "last_rejection": self.store.last_rejection().map(|e| e.to_string()),
             // ServiceEntry names resolved by DNS: their last answer, and the last
             // lookup's failure while that answer stays in use.
+            // RequestAuthentication key sets by jwksUri: held or not, the last failure.
+            "jwks": self.store.jwks().report().into_iter().map(|(uri, held, error)| {
+                serde_json::json!({"uri": uri, "keys_held": held, "error": error})
+            }).collect::<Vec<_>>(),
             "dns": self.store.dns().report().into_iter().map(|(name, addresses, error)| {
                 serde_json::json!({"name": name, "addresses": addresses, "error": error})
             }).collect::<Vec<_>>(),

@@ -20,6 +20,19 @@ use crate::config::Node;
 /// Clock skew allowed on `exp` and `nbf`, Envoy's default.
 const LEEWAY_SECONDS: u64 = 60;
 
+/// An issuer's verification keys: by `kid` (keys without one under `None`), with
+/// their algorithm.
+pub type Keys = Vec<(Option<String>, Algorithm, DecodingKey)>;
+
+/// Where an issuer's keys come from.
+#[derive(Clone)]
+enum KeySource {
+    /// The rule's inline `jwks`.
+    Inline(std::sync::Arc<Keys>),
+    /// Its `jwksUri`, fetched in the background ([`crate::jwks`]).
+    Remote(String),
+}
+
 /// Where a token may be.
 #[derive(Debug, Clone)]
 enum Location {
@@ -35,8 +48,7 @@ struct CompiledRule {
     policy: String,
     issuer: String,
     audiences: Vec<String>,
-    /// Keys by `kid` (keys without one under `None`), with their algorithm.
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    keys: KeySource,
     locations: Vec<Location>,
     payload_header: Option<HeaderName>,
     claim_headers: Vec<(HeaderName, String)>,
@@ -48,7 +60,13 @@ impl std::fmt::Debug for CompiledRule {
         f.debug_struct("CompiledRule")
             .field("policy", &self.policy)
             .field("issuer", &self.issuer)
-            .field("keys", &self.keys.len())
+            .field(
+                "keys",
+                &match &self.keys {
+                    KeySource::Inline(k) => format!("{} inline", k.len()),
+                    KeySource::Remote(uri) => uri.clone(),
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +107,9 @@ pub enum JwtError {
     /// No key of the issuer verifies the signature.
     #[error("Jwt verification fails")]
     Signature,
+    /// The issuer's `jwksUri` has not been fetched (yet).
+    #[error("Jwks remote fetch is failed")]
+    NoKeys,
     /// Expired.
     #[error("Jwt is expired")]
     Expired,
@@ -138,8 +159,24 @@ impl JwtAuthn {
         self.rules.is_empty()
     }
 
+    /// The `jwksUri`s the rules fetch their keys from.
+    pub fn uris(&self) -> std::collections::HashSet<String> {
+        self.rules
+            .iter()
+            .filter_map(|r| match &r.keys {
+                KeySource::Remote(uri) => Some(uri.clone()),
+                KeySource::Inline(_) => None,
+            })
+            .collect()
+    }
+
     /// Checks the token of a request, if it carries one: `Ok(None)` without a token.
-    pub fn authenticate(&self, parts: &http::request::Parts) -> Result<Option<Verified>, JwtError> {
+    /// Keys of a `jwksUri` come from `jwks`.
+    pub fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        jwks: &crate::jwks::JwksCache,
+    ) -> Result<Option<Verified>, JwtError> {
         let Some((token, found)) = self.rules.iter().find_map(|r| {
             r.locations
                 .iter()
@@ -159,7 +196,11 @@ impl JwtAuthn {
             .iter()
             .find(|r| r.issuer == issuer)
             .ok_or(JwtError::UnknownIssuer)?;
-        let claims = rule.verify(&token)?;
+        let keys = match &rule.keys {
+            KeySource::Inline(k) => k.clone(),
+            KeySource::Remote(uri) => jwks.keys(uri).ok_or(JwtError::NoKeys)?,
+        };
+        let claims = rule.verify(&token, &keys)?;
         let sub = claims
             .get("sub")
             .and_then(|v| v.as_str())
@@ -197,10 +238,14 @@ impl JwtAuthn {
 
 impl CompiledRule {
     /// The claims of `token` if one of the issuer's keys verifies it.
-    fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
+    fn verify(
+        &self,
+        token: &str,
+        keys: &Keys,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         let mut last = JwtError::Signature;
-        for (kid, alg, key) in &self.keys {
+        for (kid, alg, key) in keys {
             if *alg != header.alg || (header.kid.is_some() && kid.is_some() && *kid != header.kid) {
                 continue;
             }
@@ -265,26 +310,25 @@ fn extract(parts: &http::request::Parts, location: &Location) -> Option<String> 
 
 /// One rule compiled; `Err` names the field (under `jwtRules[i].`) and why.
 fn compile_rule(rule: &JwtRule) -> Result<CompiledRule, String> {
-    let Some(jwks) = &rule.jwks else {
-        return Err(
-            "jwks: the issuer's keys are needed inline (`jwksUri` is not fetched yet)".into(),
-        );
+    let keys = match (&rule.jwks, &rule.jwks_uri) {
+        (Some(jwks), _) => KeySource::Inline(std::sync::Arc::new(
+            parse_jwks(jwks).map_err(|e| format!("jwks: {e}"))?,
+        )),
+        (None, Some(uri)) => {
+            uri.parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
+                .ok_or_else(|| format!("jwksUri: {uri:?} is not an http(s) URL"))?;
+            KeySource::Remote(uri.clone())
+        }
+        (None, None) => {
+            return Err(
+                "jwks: the issuer's keys are needed, inline or by `jwksUri` (OpenID discovery \
+                 from the issuer is not built)"
+                    .into(),
+            );
+        }
     };
-    let set: JwkSet = serde_json::from_str(jwks).map_err(|e| format!("jwks: not a JWKS: {e}"))?;
-    let mut keys = Vec::new();
-    for (i, jwk) in set.keys.iter().enumerate() {
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("jwks: key {i}: {e}"))?;
-        let alg = match jwk.common.key_algorithm {
-            Some(a) => Algorithm::from_str_lossy(a)?,
-            None => default_algorithm(&jwk.algorithm).ok_or_else(|| {
-                format!("jwks: key {i}: no `alg` and no default for its key type")
-            })?,
-        };
-        keys.push((jwk.common.key_id.clone(), alg, key));
-    }
-    if keys.is_empty() {
-        return Err("jwks: no keys".into());
-    }
     let header = |name: &str, what: &str| {
         HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{what}: {name:?} is not a header name"))
@@ -329,6 +373,25 @@ fn compile_rule(rule: &JwtRule) -> Result<CompiledRule, String> {
     })
 }
 
+/// A key set (JWKS document) read into keys.
+pub fn parse_jwks(text: &str) -> Result<Keys, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
+        let alg = match jwk.common.key_algorithm {
+            Some(a) => Algorithm::from_str_lossy(a)?,
+            None => default_algorithm(&jwk.algorithm)
+                .ok_or_else(|| format!("key {i}: no `alg` and no default for its key type"))?,
+        };
+        keys.push((jwk.common.key_id.clone(), alg, key));
+    }
+    if keys.is_empty() {
+        return Err("no keys".into());
+    }
+    Ok(keys)
+}
+
 /// The algorithm a key without `alg` is used with.
 fn default_algorithm(params: &jsonwebtoken::jwk::AlgorithmParameters) -> Option<Algorithm> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
@@ -352,6 +415,6 @@ impl FromKeyAlgorithm for Algorithm {
     fn from_str_lossy(a: jsonwebtoken::jwk::KeyAlgorithm) -> Result<Self, String> {
         a.to_string()
             .parse()
-            .map_err(|_| format!("jwks: algorithm {a} cannot verify a JWT"))
+            .map_err(|_| format!("algorithm {a} cannot verify a JWT"))
     }
 }

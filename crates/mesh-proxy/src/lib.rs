@@ -28,6 +28,7 @@ pub mod error;
 pub mod http_util;
 pub mod inbound;
 pub mod intake;
+pub mod jwks;
 pub mod jwt;
 pub mod lb;
 pub mod model;

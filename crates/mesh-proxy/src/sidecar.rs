@@ -121,6 +121,8 @@ impl Sidecar {
             tokio::spawn(Arc::new(inbound).serve(in_listener)),
             // ServiceEntry names with DNS resolution, resolved off the request path.
             tokio::spawn(crate::dns::DnsTable::run(Arc::downgrade(&store))),
+            // RequestAuthentication key sets named by `jwksUri`.
+            tokio::spawn(crate::jwks::JwksCache::run(Arc::downgrade(&store))),
         ];
         let admin = crate::admin::Admin {
             store: store.clone(),

@@ -202,3 +202,97 @@ services:
         200
     );
 }
+
+#[tokio::test]
+async fn keys_named_by_jwks_uri_are_fetched() {
+    let mesh = support::Mesh::new();
+    let k1 = Key::new("k1");
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(Some(
+        serde_json::json!({"keys": [k1.jwk()]}).to_string(),
+    )));
+    let idp = support::text_server(keys.clone()).await;
+    let app = support::header_echo("app", "127.0.0.1:0".parse().unwrap(), SEEN)
+        .await
+        .port();
+    // Two issuers: one whose jwksUri answers, one whose does not.
+    let server = support::sidecar(
+        &mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: reviews-1, namespace: shop, serviceAccount: reviews}}
+services:
+- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080, targetPort: {app}}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  jwtRules:
+  - {{issuer: {ISSUER}, jwksUri: 'http://{idp}/keys'}}
+  - {{issuer: https://down.example, jwksUri: 'http://127.0.0.1:1/keys'}}
+"
+        ),
+        "shop",
+        "reviews",
+    )
+    .await;
+    let client = support::sidecar(
+        &mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
+services:
+- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080}}], endpoints: [{{address: 127.0.0.1, inboundPort: {}}}]}}
+",
+            server.inbound_addr.port()
+        ),
+        "shop",
+        "productpage",
+    )
+    .await;
+    let out = client.outbound_addr;
+    let alice = format!("Bearer {}", k1.sign(serde_json::json!({"sub": "alice"})));
+    // Fetched in the background: the issuer's tokens are accepted once it has been.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(out, "/", &[("authorization", &alice)]).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+    // The other issuer's key set cannot be fetched: its tokens are refused, and the
+    // failure is reported; the fetched keys stay in use when the IdP goes away.
+    let down = k1.sign(serde_json::json!({"sub": "carol", "iss": "https://down.example"}));
+    let (status, body) = get(out, "/", &[("authorization", &format!("Bearer {down}"))]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (401, "Jwks remote fetch is failed")
+    );
+    *keys.lock().unwrap() = None;
+    assert_eq!(get(out, "/", &[("authorization", &alice)]).await.0, 200);
+    // (The failing fetch may still be on its way: it is reported when it has failed.)
+    let mut report = server.store.jwks().report();
+    for _ in 0..40 {
+        if report.iter().any(|(_, _, error)| error.is_some()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        report = server.store.jwks().report();
+    }
+    assert_eq!(report.len(), 2, "{report:?}");
+    let down_uri = report
+        .iter()
+        .find(|(uri, ..)| uri.starts_with("http://127.0.0.1:1/"));
+    assert!(
+        down_uri.is_some_and(|(_, held, error)| !held && error.is_some()),
+        "{report:?}"
+    );
+    let idp_uri = report
+        .iter()
+        .find(|(uri, ..)| uri.ends_with(&format!("{idp}/keys")));
+    assert!(idp_uri.is_some_and(|(_, held, _)| *held), "{report:?}");
+}

@@ -116,7 +116,7 @@ pub(super) fn plan(
     // fails); a verified one names the request principal.
     let verified = state
         .jwt
-        .authenticate(parts)
+        .authenticate(parts, &state.jwks)
         .map_err(InboundRefusal::Unauthenticated)?;
     let decision = state.authz.decide(&Attributes {
         principal: &input.caller.principal,

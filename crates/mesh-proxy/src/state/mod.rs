@@ -41,6 +41,8 @@ pub struct ProxyState {
     pub authz: crate::authz::Authorizer,
     /// JWT rules of the RequestAuthentications that select this workload.
     pub jwt: crate::jwt::JwtAuthn,
+    /// The key sets of their `jwksUri`s, as the store fetches them.
+    pub jwks: Arc<crate::jwks::JwksCache>,
     /// Inbound mTLS modes from PeerAuthentications.
     pub peer_authn: crate::peer_authn::PeerAuthn,
     /// The `x-isthmus-peer` value naming this node, made on first use.
@@ -209,6 +211,7 @@ impl ProxyState {
 pub struct StateStore {
     current: ArcSwap<ProxyState>,
     dns: Arc<crate::dns::DnsTable>,
+    jwks: Arc<crate::jwks::JwksCache>,
     last_rejection: ArcSwap<Option<ConfigError>>,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -225,6 +228,7 @@ impl StateStore {
         Self {
             current: ArcSwap::from_pointee(state),
             dns: Arc::default(),
+            jwks: Arc::default(),
             last_rejection: ArcSwap::from_pointee(None),
             ready: std::sync::atomic::AtomicBool::new(false),
         }
@@ -237,6 +241,11 @@ impl StateStore {
             dns: Arc::new(crate::dns::DnsTable::new(resolvers)),
             ..Self::new(state)
         }
+    }
+
+    /// The key sets RequestAuthentications name by `jwksUri`.
+    pub fn jwks(&self) -> &Arc<crate::jwks::JwksCache> {
+        &self.jwks
     }
 
     /// The names DNS-resolved ServiceEntries ask for and their answers.
@@ -273,7 +282,14 @@ impl StateStore {
     /// Installs a state compiled elsewhere (the config stream compiles each push once,
     /// and installs what it validated).
     pub fn install(&self, state: ProxyState) {
-        let state = state.with_dns(&self.dns);
+        let mut state = state.with_dns(&self.dns);
+        // Key sets by URI: wanted ones fetched now, others forgotten.
+        let uris = state.jwt.uris();
+        for uri in &uris {
+            self.jwks.keys(uri);
+        }
+        self.jwks.retain(&uris);
+        state.jwks = self.jwks.clone();
         tracing::info!(version = %state.version, services = state.services.len(), "config applied");
         self.current.store(Arc::new(state));
         self.last_rejection.store(Arc::new(None));

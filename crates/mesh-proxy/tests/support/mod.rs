@@ -263,3 +263,21 @@ pub async fn header_echo(
     });
     addr
 }
+
+/// A backend answering every request with the current `body`, or 503 while it is
+/// `None`.
+pub async fn text_server(body: std::sync::Arc<std::sync::Mutex<Option<String>>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve(listener, Duration::ZERO, move |_| {
+        match body.lock().unwrap().clone() {
+            Some(text) => http::Response::new(Full::new(Bytes::from(text))),
+            None => {
+                let mut r = http::Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                r
+            }
+        }
+    });
+    addr
+}
