@@ -16,6 +16,7 @@ pub(crate) struct Values {
     pub(crate) trust_domain: String,
     pub(crate) namespace: String,
     pub(crate) image: String,
+    pub(crate) outbound_traffic_policy: String,
 }
 
 /// `meshctl install` arguments.
@@ -39,6 +40,10 @@ pub(crate) struct InstallArgs {
     /// Image with the discovery, sidecar and east-west-gateway binaries.
     #[arg(long, default_value = concat!("ghcr.io/isthmus-mesh/isthmus:", env!("CARGO_PKG_VERSION")))]
     image: String,
+    /// What sidecars do with captured connections to addresses no service has (Istio's
+    /// meshConfig outboundTrafficPolicy.mode): ALLOW_ANY or REGISTRY_ONLY.
+    #[arg(long, default_value = "ALLOW_ANY", value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"])]
+    outbound_traffic_policy: String,
     /// Print the manifests instead of applying them.
     #[arg(long)]
     dry_run: bool,
@@ -67,6 +72,7 @@ pub(crate) fn render(v: &Values) -> String {
         trust_domain,
         namespace: ns,
         image,
+        outbound_traffic_policy,
     } = v;
     let istio_groups = "\"networking.istio.io\", \"security.istio.io\"";
     let validator = discovery::validate::WEBHOOK_CONFIG;
@@ -176,6 +182,7 @@ spec:
         args:
         - --cluster={cluster_name}
         - --network={network}
+        - --outbound-traffic-policy={outbound_traffic_policy}
         - --namespace={ns}
         - --cacerts-secret=cacerts
         - --injector-listen=0.0.0.0:15017
@@ -297,6 +304,7 @@ pub(crate) fn install(args: InstallArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         namespace: args.namespace,
         image: args.image,
+        outbound_traffic_policy: args.outbound_traffic_policy,
     };
     let manifests = render(&v);
     if args.dry_run {
@@ -407,6 +415,7 @@ fn helm_values() -> Values {
         trust_domain: "{{ .Values.trustDomain }}".into(),
         namespace: "{{ .Values.namespace }}".into(),
         image: "{{ .Values.image }}".into(),
+        outbound_traffic_policy: "{{ .Values.outboundTrafficPolicy }}".into(),
     }
 }
 
@@ -423,7 +432,7 @@ pub(crate) fn chart_files() -> Vec<(&'static str, String)> {
         (
             "values.yaml",
             format!(
-                "# This cluster's name (a DNS-1123 label) and network.\nclusterName: cluster1\nnetwork: network1\n# The mesh's name, the same in every cluster.\nmeshID: mesh1\n# The trust domain of the federated root.\ntrustDomain: cluster.local\n# Namespace of the control plane.\nnamespace: istio-system\n# Image with the discovery, sidecar and east-west-gateway binaries.\nimage: ghcr.io/isthmus-mesh/isthmus:{}\n",
+                "# This cluster's name (a DNS-1123 label) and network.\nclusterName: cluster1\nnetwork: network1\n# The mesh's name, the same in every cluster.\nmeshID: mesh1\n# The trust domain of the federated root.\ntrustDomain: cluster.local\n# Namespace of the control plane.\nnamespace: istio-system\n# Image with the discovery, sidecar and east-west-gateway binaries.\nimage: ghcr.io/isthmus-mesh/isthmus:{}\n# What sidecars do with captured connections to addresses no service has (Istio's\n# meshConfig outboundTrafficPolicy.mode): ALLOW_ANY or REGISTRY_ONLY.\noutboundTrafficPolicy: ALLOW_ANY\n",
                 env!("CARGO_PKG_VERSION")
             ),
         ),

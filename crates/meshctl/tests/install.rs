@@ -131,6 +131,7 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
             ("trustDomain", &default("trustDomain")),
             ("namespace", "istio-system"),
             ("image", &default("image")),
+            ("outboundTrafficPolicy", &default("outboundTrafficPolicy")),
         ]);
         apply_yaml(
             &client,
@@ -295,6 +296,32 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("DNS-1123"));
+
+    // The mesh's outbound traffic policy reaches discovery, which tells every proxy.
+    let args = |policy: &str| {
+        vec![
+            "install",
+            "--dry-run",
+            "--cluster-name",
+            "east",
+            "--network",
+            "n",
+            "--outbound-traffic-policy",
+            policy,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let strict = args("REGISTRY_ONLY");
+    let out = meshctl(&strict.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("--outbound-traffic-policy=REGISTRY_ONLY")
+    );
+    let wrong = args("SOMETIMES");
+    let out = meshctl(&wrong.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success(), "an unknown policy is refused");
 }
 
 #[test]
