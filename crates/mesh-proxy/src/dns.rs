@@ -1,20 +1,18 @@
 //! Host names that ServiceEntries with `resolution: DNS` or `DNS_ROUND_ROBIN` ask for,
-//! resolved off the request path with hickory. Installing a config looks each name up
-//! in the [`DnsTable`] (the addresses last resolved: none before the first answer) and
-//! marks it wanted; a background task ([`DnsTable::run`]) resolves wanted names when
-//! they are new and again when their TTL runs out, and swaps in a state with the new
-//! endpoints when an answer changes. A failed lookup keeps the last good answer and is
-//! tried again shortly; names no config asks for any more are forgotten.
+//! resolved off the request path with hickory, as [`crate::fetched`] fetches values:
+//! a new name at once and again when its TTL runs out; a failed lookup keeps the last
+//! good answer and is tried again shortly; a changed answer swaps in a state with the
+//! new endpoints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use tokio::time::Instant;
 
+use crate::fetched::Fetched;
 use crate::state::StateStore;
 
 /// Shortest time an answer is kept before it is asked for again (a TTL of 0 included).
@@ -34,22 +32,11 @@ pub enum Resolvers {
     Servers(Vec<SocketAddr>),
 }
 
-/// What is known of one name.
-#[derive(Debug, Clone)]
-struct Answer {
-    addresses: Vec<IpAddr>,
-    /// When to resolve it (again).
-    due: Instant,
-    /// Why the last lookup failed, while the last good answer stays in use.
-    error: Option<String>,
-}
-
 /// The names wanted and their last answers; see the module documentation.
 #[derive(Debug, Default)]
 pub struct DnsTable {
     resolvers: Resolvers,
-    names: Mutex<HashMap<String, Answer>>,
-    wake: tokio::sync::Notify,
+    names: Fetched<Vec<IpAddr>>,
 }
 
 impl DnsTable {
@@ -64,43 +51,22 @@ impl DnsTable {
     /// The addresses last resolved for `name` (none before its first answer). A name
     /// not seen before is resolved by the background task right away.
     pub fn addresses(&self, name: &str) -> Vec<IpAddr> {
-        let Ok(mut names) = self.names.lock() else {
-            return Vec::new();
-        };
-        if let Some(a) = names.get(name) {
-            return a.addresses.clone();
-        }
-        names.insert(
-            name.to_owned(),
-            Answer {
-                addresses: Vec::new(),
-                due: Instant::now(),
-                error: None,
-            },
-        );
-        self.wake.notify_one();
-        Vec::new()
+        self.names.get(name).unwrap_or_default()
     }
 
     /// Forgets every name but `wanted` (those the config in force asks for).
     pub fn retain(&self, wanted: &HashSet<String>) {
-        if let Ok(mut names) = self.names.lock() {
-            names.retain(|n, _| wanted.contains(n));
-        }
+        self.names.retain(wanted);
     }
 
     /// Each name with its addresses and, when its last lookup failed, why (for the
     /// admin endpoint).
     pub fn report(&self) -> Vec<(String, Vec<IpAddr>, Option<String>)> {
-        let Ok(names) = self.names.lock() else {
-            return Vec::new();
-        };
-        let mut out: Vec<_> = names
-            .iter()
-            .map(|(n, a)| (n.clone(), a.addresses.clone(), a.error.clone()))
-            .collect();
-        out.sort();
-        out
+        self.names
+            .report()
+            .into_iter()
+            .map(|(n, a, e)| (n, a.unwrap_or_default(), e))
+            .collect()
     }
 
     fn resolver(&self) -> Result<hickory_resolver::Resolver<TokioRuntimeProvider>, String> {
@@ -128,8 +94,8 @@ impl DnsTable {
         builder.build().map_err(|e| e.to_string())
     }
 
-    /// Resolves wanted names as they come due, for as long as `store` exists, and
-    /// swaps in a state with new endpoints whenever an answer changes.
+    /// Resolves wanted names as they come due, for as long as `store` exists; a
+    /// changed answer swaps in a state with the new endpoints.
     pub async fn run(store: Weak<StateStore>) {
         let Some(table) = store.upgrade().map(|s| s.dns().clone()) else {
             return;
@@ -141,75 +107,28 @@ impl DnsTable {
                 return;
             }
         };
-        loop {
-            let now = Instant::now();
-            let due: Vec<String> = table
-                .names
-                .lock()
-                .map(|n| {
-                    n.iter()
-                        .filter(|(_, a)| a.due <= now)
-                        .map(|(k, _)| k.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut changed = false;
-            for name in due {
+        let lookup = |name: String| {
+            let resolver = &resolver;
+            async move {
                 // A name with a dot is absolute: no search domain is tried first.
                 let query = if name.contains('.') && !name.ends_with('.') {
                     format!("{name}.")
                 } else {
-                    name.clone()
+                    name
                 };
-                let result = resolver.lookup_ip(query.as_str()).await;
-                let Ok(mut names) = table.names.lock() else {
-                    return;
-                };
-                let Some(answer) = names.get_mut(&name) else {
-                    continue; // forgotten meanwhile
-                };
-                match result {
-                    Ok(lookup) => {
-                        let mut addresses: Vec<IpAddr> = lookup.iter().collect();
-                        addresses.sort();
-                        addresses.dedup();
-                        let ttl = lookup
-                            .valid_until()
-                            .saturating_duration_since(std::time::Instant::now());
-                        answer.due = Instant::now() + ttl.clamp(MIN_REFRESH, MAX_REFRESH);
-                        answer.error = None;
-                        if answer.addresses != addresses {
-                            tracing::info!(name = %name, addresses = ?addresses, "DNS answer changed");
-                            answer.addresses = addresses;
-                            changed = true;
-                        }
-                    }
-                    Err(e) => {
-                        if answer.error.is_none() {
-                            tracing::warn!(name = %name, error = %e, kept = ?answer.addresses, "DNS lookup failed; keeping the last answer");
-                        }
-                        answer.error = Some(e.to_string());
-                        answer.due = Instant::now() + RETRY;
-                    }
-                }
+                let lookup = resolver
+                    .lookup_ip(query.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut addresses: Vec<IpAddr> = lookup.iter().collect();
+                addresses.sort();
+                addresses.dedup();
+                let ttl = lookup
+                    .valid_until()
+                    .saturating_duration_since(std::time::Instant::now());
+                Ok((addresses, ttl.clamp(MIN_REFRESH, MAX_REFRESH)))
             }
-            if changed {
-                let Some(store) = store.upgrade() else { return };
-                store.refresh_dns();
-            }
-            let next = table
-                .names
-                .lock()
-                .ok()
-                .and_then(|n| n.values().map(|a| a.due).min())
-                .unwrap_or_else(|| Instant::now() + MAX_REFRESH);
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = table.wake.notified() => {}
-            }
-            if store.strong_count() == 0 {
-                return;
-            }
-        }
+        };
+        table.names.run(store, "DNS answer", RETRY, lookup).await;
     }
 }

@@ -29,8 +29,9 @@ pub type Keys = Vec<(Option<String>, Algorithm, DecodingKey)>;
 enum KeySource {
     /// The rule's inline `jwks`.
     Inline(std::sync::Arc<Keys>),
-    /// Its `jwksUri`, fetched in the background ([`crate::jwks`]).
-    Remote(String),
+    /// Its `jwksUri`, fetched in the background ([`crate::jwks`]), with the keys the
+    /// state was derived with (none before the first fetch).
+    Remote(String, Option<std::sync::Arc<Keys>>),
 }
 
 /// Where a token may be.
@@ -64,7 +65,7 @@ impl std::fmt::Debug for CompiledRule {
                 "keys",
                 &match &self.keys {
                     KeySource::Inline(k) => format!("{} inline", k.len()),
-                    KeySource::Remote(uri) => uri.clone(),
+                    KeySource::Remote(uri, _) => uri.clone(),
                 },
             )
             .finish_non_exhaustive()
@@ -164,19 +165,25 @@ impl JwtAuthn {
         self.rules
             .iter()
             .filter_map(|r| match &r.keys {
-                KeySource::Remote(uri) => Some(uri.clone()),
+                KeySource::Remote(uri, _) => Some(uri.clone()),
                 KeySource::Inline(_) => None,
             })
             .collect()
     }
 
+    /// The same rules with the keys `jwks` holds now for each `jwksUri`.
+    pub fn with_fetched_keys(&self, jwks: &crate::jwks::JwksCache) -> Self {
+        let mut rules = self.rules.clone();
+        for r in &mut rules {
+            if let KeySource::Remote(uri, keys) = &mut r.keys {
+                *keys = jwks.keys(uri);
+            }
+        }
+        Self { rules }
+    }
+
     /// Checks the token of a request, if it carries one: `Ok(None)` without a token.
-    /// Keys of a `jwksUri` come from `jwks`.
-    pub fn authenticate(
-        &self,
-        parts: &http::request::Parts,
-        jwks: &crate::jwks::JwksCache,
-    ) -> Result<Option<Verified>, JwtError> {
+    pub fn authenticate(&self, parts: &http::request::Parts) -> Result<Option<Verified>, JwtError> {
         let Some((token, found)) = self.rules.iter().find_map(|r| {
             r.locations
                 .iter()
@@ -198,7 +205,7 @@ impl JwtAuthn {
             .ok_or(JwtError::UnknownIssuer)?;
         let keys = match &rule.keys {
             KeySource::Inline(k) => k.clone(),
-            KeySource::Remote(uri) => jwks.keys(uri).ok_or(JwtError::NoKeys)?,
+            KeySource::Remote(_, keys) => keys.clone().ok_or(JwtError::NoKeys)?,
         };
         let claims = rule.verify(&token, &keys)?;
         let sub = claims
@@ -319,7 +326,7 @@ fn compile_rule(rule: &JwtRule) -> Result<CompiledRule, String> {
                 .ok()
                 .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
                 .ok_or_else(|| format!("jwksUri: {uri:?} is not an http(s) URL"))?;
-            KeySource::Remote(uri.clone())
+            KeySource::Remote(uri.clone(), None)
         }
         (None, None) => {
             return Err(

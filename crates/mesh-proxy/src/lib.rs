@@ -25,6 +25,7 @@ pub mod discovery_client;
 pub mod dns;
 pub mod dns_proxy;
 pub mod error;
+pub mod fetched;
 pub mod http_util;
 pub mod inbound;
 pub mod intake;

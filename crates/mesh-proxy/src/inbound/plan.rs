@@ -116,7 +116,7 @@ pub(super) fn plan(
     // fails); a verified one names the request principal.
     let verified = state
         .jwt
-        .authenticate(parts, &state.jwks)
+        .authenticate(parts)
         .map_err(InboundRefusal::Unauthenticated)?;
     let decision = state.authz.decide(&Attributes {
         principal: &input.caller.principal,

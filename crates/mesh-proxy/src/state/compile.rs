@@ -203,7 +203,6 @@ impl ProxyState {
                 .collect(),
             authz,
             jwt,
-            jwks: Arc::default(),
             peer_authn,
             peer_header: std::sync::OnceLock::new(),
             index: Index::build(&services, &node.namespace),

@@ -41,8 +41,6 @@ pub struct ProxyState {
     pub authz: crate::authz::Authorizer,
     /// JWT rules of the RequestAuthentications that select this workload.
     pub jwt: crate::jwt::JwtAuthn,
-    /// The key sets of their `jwksUri`s, as the store fetches them.
-    pub jwks: Arc<crate::jwks::JwksCache>,
     /// Inbound mTLS modes from PeerAuthentications.
     pub peer_authn: crate::peer_authn::PeerAuthn,
     /// The `x-isthmus-peer` value naming this node, made on first use.
@@ -140,9 +138,18 @@ impl Index {
 }
 
 impl ProxyState {
-    /// This state with the endpoints of DNS-resolved services as `table` knows them
-    /// now (names not seen before are resolved by its background task), and every
-    /// other name forgotten.
+    /// This state with what is fetched in the background as it is known now
+    /// ([`crate::fetched`]): the endpoints of DNS-resolved services and the keys of
+    /// `jwksUri`s. Names and URIs not seen before are fetched right away; those the
+    /// state does not name are forgotten.
+    fn with_fetched(self, dns: &crate::dns::DnsTable, jwks: &crate::jwks::JwksCache) -> Self {
+        let mut state = self.with_dns(dns);
+        jwks.retain(&state.jwt.uris());
+        state.jwt = state.jwt.with_fetched_keys(jwks);
+        state
+    }
+
+    /// This state with the endpoints of DNS-resolved services as `table` knows them.
     fn with_dns(mut self, table: &crate::dns::DnsTable) -> Self {
         let mut wanted = std::collections::HashSet::new();
         let mut replaced = false;
@@ -253,11 +260,12 @@ impl StateStore {
         &self.dns
     }
 
-    /// Swaps in the current state with the endpoints of DNS-resolved services as the
-    /// table knows them now (an answer changed).
-    pub fn refresh_dns(&self) {
-        self.current
-            .rcu(|current| Arc::new(ProxyState::clone(current).with_dns(&self.dns)));
+    /// Swaps in the current state derived again with what is fetched in the
+    /// background (a DNS answer or a key set changed).
+    pub fn refresh_fetched(&self) {
+        self.current.rcu(|current| {
+            Arc::new(ProxyState::clone(current).with_fetched(&self.dns, &self.jwks))
+        });
     }
 
     /// The current snapshot.
@@ -282,14 +290,7 @@ impl StateStore {
     /// Installs a state compiled elsewhere (the config stream compiles each push once,
     /// and installs what it validated).
     pub fn install(&self, state: ProxyState) {
-        let mut state = state.with_dns(&self.dns);
-        // Key sets by URI: wanted ones fetched now, others forgotten.
-        let uris = state.jwt.uris();
-        for uri in &uris {
-            self.jwks.keys(uri);
-        }
-        self.jwks.retain(&uris);
-        state.jwks = self.jwks.clone();
+        let state = state.with_fetched(&self.dns, &self.jwks);
         tracing::info!(version = %state.version, services = state.services.len(), "config applied");
         self.current.store(Arc::new(state));
         self.last_rejection.store(Arc::new(None));
