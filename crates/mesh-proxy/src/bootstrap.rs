@@ -225,25 +225,14 @@ pub fn follow_file(
         ));
     }
     let path = path.to_owned();
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    Ok(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            let now = modified(&path);
-            if now == seen {
-                continue;
+    Ok(on_change(vec![path.clone()], every, move || {
+        match std::fs::read_to_string(&path) {
+            // Refusals are logged by the intake; the last good versions stay.
+            Ok(text) => {
+                set.apply_file(&text, &origin, &store);
             }
-            seen = now;
-            match std::fs::read_to_string(&path) {
-                // Refusals are logged by the intake; the last good versions stay.
-                Ok(text) => {
-                    set.apply_file(&text, &origin, &store);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, file = %origin, "cannot read config; keeping the last good one")
-                }
+            Err(e) => {
+                tracing::warn!(error = %e, file = %origin, "cannot read config; keeping the last good one")
             }
         }
     }))
@@ -257,39 +246,50 @@ pub fn follow_cert_dir(
     identity: Identity,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    let files: Vec<PathBuf> = ["cert-chain.pem", "key.pem", "root-cert.pem"]
+    let files = ["cert-chain.pem", "key.pem", "root-cert.pem"]
         .iter()
         .map(|f| dir.join(f))
         .collect();
-    let modified = |files: &[PathBuf]| -> Vec<_> {
+    let dir = dir.to_owned();
+    on_change(files, every, move || {
+        let result = load_identity_dir(&dir).and_then(|(cert, trust)| {
+            // During a root rotation only one order is valid: a certificate from the
+            // new root needs the new trust first, and the reverse.
+            if identity.rotate_cert(cert.clone()).is_ok() {
+                identity.update_trust(trust).map_err(|e| e.to_string())
+            } else {
+                identity.update_trust(trust).map_err(|e| e.to_string())?;
+                identity.rotate_cert(cert).map_err(|e| e.to_string())
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "certificate files refused; keeping the current certificate");
+        }
+    })
+}
+
+/// Calls `changed` whenever the modification time of one of `files` changes (checked
+/// every `every`), for as long as the task runs.
+fn on_change(
+    files: Vec<PathBuf>,
+    every: Duration,
+    mut changed: impl FnMut() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let modified = move |files: &[PathBuf]| -> Vec<_> {
         files
             .iter()
             .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
             .collect()
     };
-    let dir = dir.to_owned();
     let mut seen = modified(&files);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let now = modified(&files);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            let result = load_identity_dir(&dir).and_then(|(cert, trust)| {
-                // During a root rotation only one order is valid: a certificate from the
-                // new root needs the new trust first, and the reverse.
-                if identity.rotate_cert(cert.clone()).is_ok() {
-                    identity.update_trust(trust).map_err(|e| e.to_string())
-                } else {
-                    identity.update_trust(trust).map_err(|e| e.to_string())?;
-                    identity.rotate_cert(cert).map_err(|e| e.to_string())
-                }
-            });
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "certificate files refused; keeping the current certificate");
+            if now != seen {
+                seen = now;
+                changed();
             }
         }
     })

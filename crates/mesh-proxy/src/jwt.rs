@@ -387,7 +387,7 @@ pub fn parse_jwks(text: &str) -> Result<Keys, String> {
     for (i, jwk) in set.keys.iter().enumerate() {
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
         let alg = match jwk.common.key_algorithm {
-            Some(a) => Algorithm::from_str_lossy(a)?,
+            Some(a) => algorithm_of(a)?,
             None => default_algorithm(&jwk.algorithm)
                 .ok_or_else(|| format!("key {i}: no `alg` and no default for its key type"))?,
         };
@@ -414,14 +414,9 @@ fn default_algorithm(params: &jsonwebtoken::jwk::AlgorithmParameters) -> Option<
     }
 }
 
-trait FromKeyAlgorithm: Sized {
-    fn from_str_lossy(a: jsonwebtoken::jwk::KeyAlgorithm) -> Result<Self, String>;
-}
-
-impl FromKeyAlgorithm for Algorithm {
-    fn from_str_lossy(a: jsonwebtoken::jwk::KeyAlgorithm) -> Result<Self, String> {
-        a.to_string()
-            .parse()
-            .map_err(|_| format!("algorithm {a} cannot verify a JWT"))
-    }
+/// The JWT algorithm a JWK's `alg` names.
+fn algorithm_of(a: jsonwebtoken::jwk::KeyAlgorithm) -> Result<Algorithm, String> {
+    a.to_string()
+        .parse()
+        .map_err(|_| format!("algorithm {a} cannot verify a JWT"))
 }

@@ -214,28 +214,25 @@ impl Outbound {
         let policy = node.outbound_traffic_policy;
         let cluster = policy.cluster();
         let labels = crate::peer::unregistered_labels(&node, &self.own_id, cluster);
-        let (flag, bytes) = match policy {
+        // Counted once as it arrives, whatever becomes of it.
+        self.metrics.tcp_opened(&labels);
+        let (flag, (sent, received)) = match policy {
             crate::config::OutboundTrafficPolicy::RegistryOnly => {
-                (Some(crate::ResponseFlag::NoHealthyUpstream), None)
+                (Some(crate::ResponseFlag::NoHealthyUpstream), (0, 0))
             }
             crate::config::OutboundTrafficPolicy::AllowAny => {
                 match mesh_net::socket::connect_marked(dst).await {
                     Ok(mut upstream) => {
-                        self.metrics.tcp_opened(&labels);
                         let r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-                        (None, Some(r.unwrap_or_default()))
+                        (None, r.unwrap_or_default())
                     }
                     Err(e) => {
                         tracing::debug!(%dst, error = %e, "passthrough connect failed");
-                        (Some(crate::ResponseFlag::UpstreamConnectionFailure), None)
+                        (Some(crate::ResponseFlag::UpstreamConnectionFailure), (0, 0))
                     }
                 }
             }
         };
-        if bytes.is_none() {
-            self.metrics.tcp_opened(&labels);
-        }
-        let (sent, received) = bytes.unwrap_or_default();
         self.metrics.tcp_closed(&labels, sent, received);
         tracing::info!(
             target: "access",

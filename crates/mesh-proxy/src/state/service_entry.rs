@@ -145,14 +145,8 @@ fn endpoint(
                 .collect()
         })
         .unwrap_or_default();
-    let port = match location {
-        Location::Mesh => INBOUND_PORT,
-        Location::External => ports.first().map_or(0, |p| {
-            own_ports.get(&p.name).copied().unwrap_or(p.target_port)
-        }),
-    };
-    Endpoint {
-        inbound: SocketAddr::new(ip, port),
+    let mut endpoint = Endpoint {
+        inbound: SocketAddr::new(ip, INBOUND_PORT),
         labels: e.map(|e| e.labels.clone()).unwrap_or_default(),
         service_account: e.and_then(|e| e.service_account.clone()),
         cluster: String::new(),
@@ -164,5 +158,10 @@ fn endpoint(
         stale: false,
         ports: own_ports,
         source_labels: std::sync::OnceLock::new(),
+    };
+    if location == Location::External {
+        let port = ports.first().map_or(0, |p| endpoint.port_for(p));
+        endpoint.inbound.set_port(port);
     }
+    endpoint
 }
