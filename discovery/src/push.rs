@@ -270,6 +270,7 @@ fn node_resource(registry: &Registry, node: &WireNode, id: &SpiffeId) -> WireRes
             .map(|w| w.labels)
             .unwrap_or_else(|| node.labels.clone().into_iter().collect()),
         outbound_traffic_policy: registry.outbound_traffic_policy(),
+        ingress: node.kind == "ingress",
     };
     let body = serde_json::to_vec(&n).unwrap_or_default();
     WireResource {

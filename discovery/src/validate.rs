@@ -223,15 +223,26 @@ mod tests {
     }
 
     #[test]
-    fn a_kind_isthmus_refuses_is_refused_at_apply_with_the_reason() {
+    fn a_gateway_server_isthmus_cannot_serve_is_refused_at_apply_with_the_reason() {
         let gw = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
             "metadata": {"name": "ingress", "namespace": "shop"},
-            "spec": {"selector": {"istio": "ingressgateway"}, "servers": []}});
-        let Verdict::Refused(report) = verdict(gw) else {
-            panic!("a Gateway is allowed")
+            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                {"port": {"number": 5432, "name": "pg", "protocol": "TCP"}, "hosts": ["*"]}]}});
+        let Verdict::Refused(report) = verdict(gw.clone()) else {
+            panic!("a TCP Gateway server is allowed")
         };
         assert!(report.contains("(Gateway shop/ingress)"), "{report}");
-        assert!(report.contains("ingress or egress gateway"), "{report}");
+        assert!(
+            report.contains("spec.servers[0].port.protocol: TCP servers are not served"),
+            "{report}"
+        );
+        let mut http = gw;
+        http["spec"]["servers"][0]["port"] =
+            json!({"number": 80, "name": "http", "protocol": "HTTP"});
+        assert!(
+            matches!(verdict(http), Verdict::Allowed(_)),
+            "an HTTP server is served"
+        );
     }
 
     #[test]

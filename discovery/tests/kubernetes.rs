@@ -644,13 +644,15 @@ async fn kubectl_apply_of_an_invalid_object_fails_with_the_analyzer_message() {
         vs.data
     );
 
-    // A kind Isthmus refuses is refused at apply with its reason.
-    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
+    // A value Isthmus cannot serve is refused at apply with its reason.
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n";
     let err = apply_yaml(&client, gateway, "shop", Mode::Apply)
         .await
-        .expect_err("a Gateway is stored");
+        .expect_err("a TCP Gateway server is stored");
     assert!(
-        format!("{err:#}").contains("(Gateway shop/ingress) spec: Gateway is not supported"),
+        format!("{err:#}").contains(
+            "(Gateway shop/ingress) spec.servers[0].port.protocol: TCP servers are not served"
+        ),
         "{err:#}"
     );
 

@@ -252,7 +252,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("vs.yaml", vs("  - match: [{uri: {regex: \"(\"}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "spec.http[0].match[0].uri.regex"),
         ("vs.yaml", vs("  - route: [{destination: {host: reviews}, headers: {request: {set: {a: b}}}}]"), "VirtualService/shop/reviews", "spec.http[0].route[0].headers"),
         ("vs.yaml", vs("  - corsPolicy: {allowOrigins: [{exact: x}]}\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "spec.http[0].corsPolicy"),
-        ("vs.yaml", GOOD_VS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  gateways: [ingress]"), "VirtualService/shop/reviews", "spec.gateways[0]"),
+        ("vs.yaml", GOOD_VS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  gateways: [shop/ingress/x]"), "VirtualService/shop/reviews", "spec.gateways[0]"),
         ("vs.yaml", vs("  - match: [{headers: {\"bad header\": {exact: x}}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "headers[\"bad header\"]"),
         ("vs.yaml", vs("  - match: [{headers: {\"@request.auth.claims.group\": {exact: x}}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "JWT claims"),
         ("dr.yaml", dr("  trafficPolicy: {tls: {mode: SIMPLE}}\n"), "DestinationRule/shop/reviews", "spec.trafficPolicy.tls.mode"),
@@ -261,7 +261,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: https://issuer.example}]}\n".into(), "RequestAuthentication/shop/jwt", "spec.jwtRules[0].jwks"),
         ("ap.yaml", ap("{action: DENY, rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}"), "AuthorizationPolicy/shop/no-admin", "request.auth"),
         ("ap.yaml", ap("{action: DENY, targetRefs: [{kind: Service, name: reviews}], rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.targetRefs"),
-        ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: []}\n".into(), "Gateway/shop/ingress", "Gateway is not supported"),
+        ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n".into(), "Gateway/shop/ingress", "TCP servers are not served"),
         ("se.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\nspec: {hosts: [legacy.example], ports: [{number: 80, name: http, protocol: HTTP}], endpoints: [{address: 10.9.9.9}]}\n".into(), "ServiceEntry/shop/legacy", "spec.resolution: NONE is not enforced yet"),
         ("sidecar.yaml", "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"./*\"]}]}\n".into(), "Sidecar/shop/default", "not a kind Isthmus reads"),
     ]

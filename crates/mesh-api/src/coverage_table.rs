@@ -83,8 +83,19 @@ const PEER_AUTHN: &[&str] =
 const FILE_REGISTRY: &[&str] = &[
     "discovery/tests/file_registry::file_registry_pushes_incrementally_and_refuses_bad_resources_alone",
 ];
-const GATEWAY_NAMES: &[&str] =
-    &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"];
+const GATEWAY_NAMES: &[&str] = &[
+    "crates/mesh-proxy/src/ingress/mod::gateways_bind_virtual_services_by_name_namespace_and_host",
+    "crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused",
+];
+const INGRESS: &[&str] = &[
+    "crates/mesh-proxy/src/ingress/mod::gateways_bind_virtual_services_by_name_namespace_and_host",
+    "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
+];
+const INGRESS_PLAN: &[&str] = &[
+    "crates/mesh-proxy/src/plan::a_gateway_routes_by_server_port_and_host",
+    "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
+];
+const GATEWAY_TLS_LATER: &str = "TLS termination at the ingress gateway is not built yet: serve HTTP, and terminate TLS in front of the gateway";
 const JWT_E2E: &[&str] =
     &["crates/mesh-proxy/tests/jwt::tokens_are_verified_before_policies_and_name_the_caller"];
 const JWT_AUTHZ: &[&str] = &[
@@ -97,18 +108,14 @@ const SERVICE_ENTRY: &[&str] = &[
 const FEDERATION: &[&str] =
     &["discovery/tests/federation::linked_clusters_exchange_exported_endpoints_and_withdraw_them"];
 
-const MESH_GATEWAY_ONLY: &str = "Isthmus runs no ingress or egress gateway yet, so a route bound to a gateway other than `mesh` would do nothing; \
-     remove the gateway names (or keep `mesh`)";
+const MESH_GATEWAY_ONLY: &str = "`mesh` (the sidecars) and Gateways, as `name` (the VirtualService's namespace) or `namespace/name`, served by the Isthmus ingress gateway";
+const L4_MESH_ONLY: &str = "`mesh` only: TLS and TCP routes are served by sidecars (Gateway servers of protocol TLS and TCP are not built)";
 const NO_ORIGINATION: &str = "TLS origination (DestinationRule tls SIMPLE/MUTUAL) is not built yet; \
      traffic between sidecars is always mesh mTLS (ISTIO_MUTUAL), and workloads without a sidecar take DISABLE";
 const CONNECTION_TUNING: &str =
     "a connection tuning knob the sidecar does not apply; the default behaviour stays";
 
-pub(crate) static KINDS_REFUSED: &[(&str, &str)] = &[(
-    "Gateway",
-    "Isthmus runs no ingress or egress gateway yet (the east-west gateway is configured by discovery), \
-         so a Gateway would open no port; expose the workload another way for now",
-)];
+pub(crate) static KINDS_REFUSED: &[(&str, &str)] = &[];
 
 pub(crate) static FIELDS: &[FieldSupport] = &[
     // VirtualService
@@ -231,10 +238,10 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "derivePort",
         "the redirect keeps the request's port; set it in `authority` (HOST:PORT)",
     ),
-    r(
+    e(
         "HttpRedirect",
         "scheme",
-        "redirects keep the request's scheme",
+        &["crates/mesh-proxy/src/plan::routing_decisions_as_a_table"],
     ),
     e("HttpDirectResponse", "status", HEADER_ROUTE),
     e("HttpDirectResponse", "body", HEADER_ROUTE),
@@ -336,8 +343,8 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "TlsMatchAttributes",
         "gateways",
-        MESH_GATEWAY_ONLY,
-        GATEWAY_NAMES,
+        L4_MESH_ONLY,
+        &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"],
     ),
     e(
         "TcpRoute",
@@ -377,8 +384,8 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "L4MatchAttributes",
         "gateways",
-        MESH_GATEWAY_ONLY,
-        GATEWAY_NAMES,
+        L4_MESH_ONLY,
+        &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"],
     ),
     e(
         "RouteDestination",
@@ -780,15 +787,92 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "subjectAltNames",
         "not enforced: mesh endpoints are verified by their SPIFFE identity; set `serviceAccount` on each endpoint",
     ),
-    e("Port", "number", SERVICE_ENTRY),
+    en(
+        "Port",
+        "number",
+        "ServiceEntry ports and Gateway server ports",
+        &[
+            "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
+            "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
+        ],
+    ),
     en(
         "Port",
         "protocol",
-        "HTTP, HTTP2 and GRPC are routed as HTTP; TCP, TLS, HTTPS and MONGO as opaque TCP",
-        SERVICE_ENTRY,
+        "ServiceEntry: HTTP, HTTP2 and GRPC are routed as HTTP; TCP, TLS, HTTPS and MONGO as opaque TCP. \
+         Gateway servers: HTTP, HTTP2 and GRPC are served; HTTPS, TLS, TCP, MONGO and GRPC-WEB are refused",
+        &[
+            "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
+            "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
+            "crates/mesh-api/tests/api_coverage::refused_fields_are_refused_where_they_appear_and_warned_ones_reported",
+        ],
     ),
     e("Port", "name", SERVICE_ENTRY),
-    e("Port", "targetPort", SERVICE_ENTRY),
+    en(
+        "Port",
+        "targetPort",
+        "ServiceEntry ports; refused on Gateway servers (the gateway's --port flag maps a server port)",
+        SERVICE_ENTRY,
+    ),
+    // Gateway (served by the ingress gateway)
+    e("GatewaySpec", "servers", INGRESS),
+    en(
+        "GatewaySpec",
+        "selector",
+        "matches the labels of ingress gateway workloads in any namespace, as Istio's default",
+        INGRESS,
+    ),
+    e("Server", "port", INGRESS),
+    r(
+        "Server",
+        "bind",
+        "the ingress gateway binds every server port on one address (its --address flag); remove `bind`",
+    ),
+    en(
+        "Server",
+        "hosts",
+        "`host`, `*/host`, `./host` and `namespace/host`, with `*` and `*.domain` wildcards",
+        INGRESS,
+    ),
+    en(
+        "Server",
+        "tls",
+        "`httpsRedirect`; the other TLS settings are refused until TLS termination is built",
+        INGRESS_PLAN,
+    ),
+    r(
+        "Server",
+        "defaultEndpoint",
+        "it configures sidecar ingress listeners (the Sidecar kind), which Isthmus does not build",
+    ),
+    en(
+        "Server",
+        "name",
+        "names the server in /config_dump",
+        INGRESS,
+    ),
+    e("ServerTlsSettings", "httpsRedirect", INGRESS_PLAN),
+    r("ServerTlsSettings", "mode", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "serverCertificate", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "privateKey", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "caCertificates", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "caCrl", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "credentialName", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "credentialNames", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "subjectAltNames", GATEWAY_TLS_LATER),
+    r(
+        "ServerTlsSettings",
+        "verifyCertificateSpki",
+        GATEWAY_TLS_LATER,
+    ),
+    r(
+        "ServerTlsSettings",
+        "verifyCertificateHash",
+        GATEWAY_TLS_LATER,
+    ),
+    r("ServerTlsSettings", "minProtocolVersion", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "maxProtocolVersion", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "cipherSuites", GATEWAY_TLS_LATER),
     // WorkloadEntry (also ServiceEntry endpoints)
     e("WorkloadEntrySpec", "address", FILE_REGISTRY),
     e("WorkloadEntrySpec", "ports", FILE_REGISTRY),

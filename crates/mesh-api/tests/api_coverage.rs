@@ -154,13 +154,13 @@ spec:
         ]
     );
 
-    // A whole kind refused: Gateway (no ingress gateway yet).
+    // Gateway servers Isthmus does not serve yet are refused by value.
     let err = mesh_api::parse_resource(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: []}\n",
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n",
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("Gateway is not supported"), "{err}");
+    assert!(err.contains("spec.servers[0].port.protocol: TCP"), "{err}");
     // Refused fields of kinds that are enforced otherwise.
     let err = mesh_api::parse_resource(
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: x, namespace: shop}\nspec: {targetRef: {kind: Service, name: reviews}, jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/keys}]}\n",
@@ -200,11 +200,11 @@ fn values_isthmus_cannot_honour_are_refused() {
             "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode: Mutual",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], gateways: [shop/ingress], http: [{route: [{destination: {host: x}}]}]}\n",
-            "spec.gateways[0]: gateway \"shop/ingress\"",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], gateways: [a/b/c], http: [{route: [{destination: {host: x}}]}]}\n",
+            "spec.gateways[0]: gateway \"a/b/c\" is not `mesh`",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], http: [{match: [{gateways: [ingress]}], route: [{destination: {host: x}}]}]}\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], http: [{match: [{gateways: [Ingress]}], route: [{destination: {host: x}}]}]}\n",
             "spec.http[0].match[0].gateways[0]",
         ),
         (
@@ -235,8 +235,10 @@ fn values_isthmus_cannot_honour_are_refused() {
         let err = mesh_api::parse_resource(yaml).unwrap_err().to_string();
         assert!(err.contains(part), "{err}");
     }
-    mesh_api::parse_resource(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], gateways: [mesh], http: [{route: [{destination: {host: x}}]}]}\n",
-    )
-    .unwrap();
+    for gateways in ["[mesh]", "[ingress, shop/ingress, mesh]"] {
+        mesh_api::parse_resource(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x, namespace: shop}}\nspec: {{hosts: [x], gateways: {gateways}, http: [{{route: [{{destination: {{host: x}}}}]}}]}}\n"
+        ))
+        .unwrap();
+    }
 }

@@ -63,6 +63,10 @@ pub struct Node {
     /// meshConfig `outboundTrafficPolicy.mode`).
     #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_default")]
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// The proxy is an ingress gateway: it serves the `Gateway`s whose selector matches
+    /// its labels, and the VirtualServices bound to them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingress: bool,
 }
 
 /// Istio's `outboundTrafficPolicy.mode`.

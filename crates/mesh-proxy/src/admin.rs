@@ -87,6 +87,8 @@ impl Admin {
             "destination_rules": state.policies,
             "peer_authentication": state.peer_authn,
             "authorization_policies": state.authz.policies(),
+            // An ingress gateway's Gateways, server ports, servers and virtual hosts.
+            "ingress": state.ingress,
             "last_rejection": self.store.last_rejection().map(|e| e.to_string()),
             // ServiceEntry names resolved by DNS: their last answer, and the last
             // lookup's failure while that answer stays in use.

@@ -28,6 +28,7 @@ pub mod error;
 pub mod fetched;
 pub mod http_util;
 pub mod inbound;
+pub mod ingress;
 pub mod intake;
 pub mod jwks;
 pub mod jwt;

@@ -3,7 +3,6 @@
 //! by the VirtualService, picks an endpoint of the chosen subset, and forwards it over
 //! mTLS to that endpoint's sidecar.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,12 +102,34 @@ struct Outcome {
 }
 
 impl Outbound {
-    /// Handles one request from the application. `captured` is the original
-    /// destination of a transparently captured connection; `peer` the caller's IP.
+    /// The outbound side of a proxy with this identity, over `store`.
+    pub fn new(
+        store: Arc<StateStore>,
+        identity: &mesh_identity::Identity,
+        metrics: MeshMetrics,
+        in_flight: crate::http_util::InFlight,
+        tracing: mesh_telemetry::trace::Tracing,
+        connect_timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            store,
+            pool: MeshPool::new(identity, connect_timeout),
+            metrics,
+            own_id: identity.cert().id().to_string(),
+            in_flight,
+            health: crate::lb::HealthTracker::default(),
+            round_robin: Arc::default(),
+            tracing,
+            limits: crate::lb::PoolLimits::default(),
+        }
+    }
+
+    /// Handles one request: from the application (explicit or captured) or, on an
+    /// ingress gateway, from a client. `peer` is the caller's IP.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        captured: Option<SocketAddr>,
+        entry: crate::plan::Entry,
         peer: Option<std::net::IpAddr>,
     ) -> Response<Body> {
         let _in_flight = self.in_flight.start();
@@ -129,9 +150,7 @@ impl Outbound {
             trace: Some(span.context()),
             ..Default::default()
         };
-        let resp = self
-            .route(req, &authority, captured, peer, &mut outcome)
-            .await;
+        let resp = self.route(req, &authority, entry, peer, &mut outcome).await;
         let state = self.store.snapshot();
         let node = &state.node;
         if span.is_recording() {
@@ -208,7 +227,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         authority: &str,
-        captured: Option<SocketAddr>,
+        entry: crate::plan::Entry,
         peer: Option<std::net::IpAddr>,
         out: &mut Outcome,
     ) -> Response<Body> {
@@ -217,7 +236,7 @@ impl Outbound {
         let inputs = crate::plan::Inputs {
             parts: &parts,
             authority,
-            captured,
+            entry,
             peer,
         };
         let decision = match crate::plan::plan(&state, inputs, &crate::plan::Rolls::random()) {

@@ -30,10 +30,34 @@ pub struct Inputs<'r> {
     pub parts: &'r http::request::Parts,
     /// Its authority (the URI's, else the Host header).
     pub authority: &'r str,
-    /// The original destination of a captured connection.
-    pub captured: Option<SocketAddr>,
+    /// How it reached the proxy.
+    pub entry: Entry,
     /// The caller's address.
     pub peer: Option<IpAddr>,
+}
+
+/// How a request reached the proxy, which decides how its routes are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Sent to the outbound listener, naming the service in its Host: the service's
+    /// routes.
+    Explicit,
+    /// Captured on its way to this original destination: the routes of the service
+    /// with that address.
+    Captured(SocketAddr),
+    /// On the ingress gateway's server port with this number: the routes of the
+    /// virtual host its Host picks among the VirtualServices bound to the Gateways.
+    Gateway(u16),
+}
+
+impl Entry {
+    /// The original destination of a captured connection.
+    pub fn captured(self) -> Option<SocketAddr> {
+        match self {
+            Self::Captured(dst) => Some(dst),
+            _ => None,
+        }
+    }
 }
 
 /// The random samples a plan depends on, each in `[0, 1)`.
@@ -143,6 +167,14 @@ pub enum Why {
     /// Neither the captured address nor the Host names a known service.
     #[error("no service named {0:?}")]
     NoService(String),
+    /// No Gateway server on the port serves the Host.
+    #[error("no virtual host for {host:?} on gateway port {port}")]
+    NoVirtualHost {
+        /// The request's Host.
+        host: String,
+        /// The server port.
+        port: u16,
+    },
     /// The service's routes (its VirtualService) match nothing in the request.
     #[error("no route of {0} matches")]
     NoRouteMatches(String),
@@ -170,9 +202,10 @@ impl Why {
     /// The one place a refusal's flag is chosen (and with it the status).
     pub fn flag(&self) -> ResponseFlag {
         match self {
-            Self::NoService(_) | Self::NoRouteMatches(_) | Self::BadUpstreamUri(_) => {
-                ResponseFlag::NoRoute
-            }
+            Self::NoService(_)
+            | Self::NoVirtualHost { .. }
+            | Self::NoRouteMatches(_)
+            | Self::BadUpstreamUri(_) => ResponseFlag::NoRoute,
             Self::AllWeightsZero
             | Self::UnknownService(_)
             | Self::NoPort(_)
@@ -206,19 +239,10 @@ pub fn plan<'s>(
     let Inputs {
         parts,
         authority,
-        captured,
+        entry,
         peer,
     } = req;
-    let service = match captured {
-        Some(dst) => state.service_for_ip(dst.ip()),
-        None => state.service_for_authority(authority),
-    }
-    .ok_or_else(|| Refusal::new(Why::NoService(authority.to_owned())))?;
-    let req_port = captured
-        .map(|d| d.port())
-        .or_else(|| authority_port(authority))
-        .or_else(|| service.port(None).map(|p| p.port))
-        .unwrap_or(80);
+    let (routes, owner, req_port, gateway) = routes_for(state, entry, authority)?;
     let view = RequestView {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -228,11 +252,10 @@ pub fn plan<'s>(
         headers: &parts.headers,
         port: req_port,
     };
-    let route = state
-        .routes
-        .get(&service.host)
-        .and_then(|routes| routes.iter().find(|r| r.matches(&view)))
-        .ok_or_else(|| Refusal::new(Why::NoRouteMatches(service.host.clone())))?;
+    let route = routes
+        .iter()
+        .find(|r| r.matches(&view))
+        .ok_or_else(|| Refusal::new(Why::NoRouteMatches(owner.to_owned())))?;
     let refuse = |why: Why| Refusal {
         route: Some(route.name.clone()),
         ..Refusal::new(why)
@@ -263,12 +286,14 @@ pub fn plan<'s>(
         RouteAction::Redirect {
             uri,
             authority: new_auth,
+            scheme,
             code,
         } => {
-            let location = format!(
-                "http://{}{}",
+            let location = redirect_location(
+                scheme.as_deref(),
                 new_auth.as_deref().unwrap_or(authority),
-                uri.as_deref().unwrap_or(parts.uri.path())
+                uri.as_deref(),
+                &parts.uri,
             );
             return Ok(decided(Action::Respond(Local {
                 status: StatusCode::from_u16(*code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
@@ -314,7 +339,10 @@ pub fn plan<'s>(
         .iter()
         .find(|m| m.matches(&view))
         .and_then(|m| m.uri_prefix());
-    let uri = upstream_uri(route, port, &parts.uri, matched_prefix)
+    // A gateway forwards the Host the client sent, as Istio's gateways do; a sidecar
+    // names the destination service.
+    let keep = gateway.then_some(authority);
+    let uri = upstream_uri(route, port, keep, &parts.uri, matched_prefix)
         .map_err(|e| refuse_at(Why::BadUpstreamUri(e.to_string())))?;
     // Istio's default h2UpgradePolicy: HTTP/1.1 stays HTTP/1.1 between sidecars;
     // HTTP/2 and gRPC (or a port declared http2/grpc) use multiplexed HTTP/2, as does
@@ -337,19 +365,86 @@ pub fn plan<'s>(
     }))))
 }
 
+/// The routes a request is matched against, who owns them (for a refusal), the port
+/// its matches see, and whether it came through the ingress gateway.
+fn routes_for<'s>(
+    state: &'s ProxyState,
+    entry: Entry,
+    authority: &str,
+) -> Result<(&'s [CompiledRoute], &'s str, u16, bool), Refusal> {
+    if let Entry::Gateway(port) = entry {
+        let no_host = || {
+            Refusal::new(Why::NoVirtualHost {
+                host: authority.to_owned(),
+                port,
+            })
+        };
+        let (server, vh) = state
+            .ingress
+            .as_deref()
+            .and_then(|i| i.listeners.get(&port))
+            .and_then(|l| l.virtual_host(authority))
+            .ok_or_else(no_host)?;
+        let routes: &[CompiledRoute] = if server.https_redirect {
+            std::slice::from_ref(CompiledRoute::https_redirect())
+        } else {
+            &vh.routes
+        };
+        return Ok((routes, &vh.domain, port, true));
+    }
+    let captured = entry.captured();
+    let service = match captured {
+        Some(dst) => state.service_for_ip(dst.ip()),
+        None => state.service_for_authority(authority),
+    }
+    .ok_or_else(|| Refusal::new(Why::NoService(authority.to_owned())))?;
+    let req_port = captured
+        .map(|d| d.port())
+        .or_else(|| authority_port(authority))
+        .or_else(|| service.port(None).map(|p| p.port))
+        .unwrap_or(80);
+    let routes = state
+        .routes
+        .get(&service.host)
+        .map_or(&[][..], |r| r.as_slice());
+    Ok((routes, &service.host, req_port, false))
+}
+
+/// A redirect's `Location`: the scheme (`http` unless changed), the authority (a
+/// default port dropped when the scheme changes), and the new path or the request's
+/// path and query.
+fn redirect_location(
+    scheme: Option<&str>,
+    authority: &str,
+    path: Option<&str>,
+    uri: &Uri,
+) -> String {
+    let authority = match scheme {
+        Some(s) if s != "http" => authority
+            .strip_suffix(":80")
+            .or_else(|| authority.strip_suffix(":443"))
+            .unwrap_or(authority),
+        _ => authority,
+    };
+    let path = path.unwrap_or_else(|| uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    format!("{}://{authority}{path}", scheme.unwrap_or("http"))
+}
+
 /// The URI a request goes upstream with: the route's authority rewrite or the port's
 /// `host:port`, and the path as sent or as the route rewrites it.
 fn upstream_uri(
     route: &CompiledRoute,
     port: &ServicePort,
+    keep: Option<&str>,
     uri: &Uri,
     matched_prefix: Option<&str>,
 ) -> Result<Uri, http::Error> {
-    let authority = match (&route.rewrite_authority, &port.authority) {
-        (Some(a), _) => http::uri::Authority::try_from(a.as_str())?,
-        (None, Some(a)) => a.clone(),
+    let authority = match (&route.rewrite_authority, keep, &port.authority) {
+        (Some(a), _, _) => http::uri::Authority::try_from(a.as_str())?,
+        (None, Some(a), _) => http::uri::Authority::try_from(a)?,
+        (None, None, Some(a)) => a.clone(),
         // A host that makes no authority: the builder says why.
-        (None, None) => http::uri::Authority::try_from("")?,
+        (None, None, None) => http::uri::Authority::try_from("")?,
     };
     let path_and_query = match (&route.rewrite_uri, uri.path_and_query()) {
         (None, Some(pq)) => pq.clone(),
@@ -503,6 +598,17 @@ services:
 
     /// What one request is planned to: the outcome in one line.
     fn outcome(state: &ProxyState, uri: &str, headers: &[(&str, &str)], sample: f64) -> String {
+        outcome_at(state, Entry::Explicit, uri, headers, sample)
+    }
+
+    /// As [`outcome`], for a request that entered as `entry`.
+    fn outcome_at(
+        state: &ProxyState,
+        entry: Entry,
+        uri: &str,
+        headers: &[(&str, &str)],
+        sample: f64,
+    ) -> String {
         let parts = head("GET", uri, headers);
         let authority = parts
             .uri
@@ -512,7 +618,7 @@ services:
         let inputs = Inputs {
             parts: &parts,
             authority: &authority,
-            captured: None,
+            entry,
             peer: Some("10.0.0.9".parse().unwrap()),
         };
         match plan(state, inputs, &rolls(sample)) {
@@ -585,6 +691,8 @@ spec:
     route: [{{destination: {{host: reviews, subset: v1}}}}]
   - match: [{{uri: {{prefix: /moved}}}}]
     redirect: {{uri: /elsewhere, authority: ratings}}
+  - match: [{{uri: {{prefix: /secure}}}}]
+    redirect: {{scheme: https}}
   - match: [{{uri: {{exact: /teapot}}}}]
     directResponse: {{status: 418, body: {{string: short and stout}}}}
   - match: [{{uri: {{prefix: /split}}}}]
@@ -647,6 +755,15 @@ spec:
                 &[],
                 0.5,
                 "respond 301 http://ratings/elsewhere",
+            ),
+            // A scheme redirect keeps the host, a port that is not the default, the
+            // path and the query.
+            (
+                &routed,
+                "http://reviews:9080/secure/a?b=1",
+                &[],
+                0.5,
+                "respond 301 https://reviews:9080/secure/a?b=1",
             ),
             (
                 &routed,
@@ -742,7 +859,7 @@ spec:
             let inputs = Inputs {
                 parts: &parts,
                 authority: "reviews:9080",
-                captured: None,
+                entry: Entry::Explicit,
                 peer: None,
             };
             match plan(&s, inputs, &rolls(0.5)).unwrap().action {
@@ -763,6 +880,120 @@ spec:
         );
     }
 
+    /// An ingress gateway routes by its Gateway servers' virtual hosts: the Host picks
+    /// the VirtualService bound to the Gateway, the port picks the server, and the
+    /// client's Host goes upstream.
+    #[test]
+    fn a_gateway_routes_by_server_port_and_host() {
+        let text = NODE.replace(
+            "node: {name: web-1, namespace: shop, serviceAccount: web}",
+            "node: {name: ingress-1, namespace: istio-system, serviceAccount: ingress, ingress: true, labels: {istio: ingressgateway}}",
+        );
+        let istio = format!(
+            "{SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: public, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ['shop.example.com']
+  - port: {{number: 8080, name: to-https, protocol: HTTP}}
+    hosts: ['*']
+    tls: {{httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: front, namespace: shop}}
+spec:
+  hosts: ['shop.example.com']
+  gateways: [public]
+  http:
+  - match: [{{uri: {{prefix: /api}}, port: 80}}]
+    route:
+    - {{destination: {{host: reviews, subset: v1, port: {{number: 9080}}}}, weight: 90}}
+    - {{destination: {{host: reviews, subset: v2, port: {{number: 9080}}}}, weight: 10}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: mesh-only, namespace: shop}}
+spec:
+  hosts: ['shop.example.com']
+  http:
+  - route: [{{destination: {{host: ratings}}}}]
+"
+        );
+        let bundle =
+            crate::config::ConfigBundle::from_yaml(&format!("{text}---\n{istio}"), "test").unwrap();
+        let gw = ProxyState::compile(&bundle, "test").unwrap();
+        let rows: &[(Entry, &str, f64, &str)] = &[
+            (
+                Entry::Gateway(80),
+                "http://shop.example.com/api/items",
+                0.5,
+                "outbound_.9080_.v1_.reviews.shop.svc.cluster.local http://shop.example.com/api/items [10.1.0.1] h1",
+            ),
+            (
+                Entry::Gateway(80),
+                "http://shop.example.com:80/api",
+                0.95,
+                "outbound_.9080_.v2_.reviews.shop.svc.cluster.local http://shop.example.com:80/api [10.1.0.2] h1",
+            ),
+            (
+                Entry::Gateway(80),
+                "http://shop.example.com/other",
+                0.5,
+                "refused NR no route of shop.example.com matches",
+            ),
+            (
+                Entry::Gateway(80),
+                "http://elsewhere.example.com/api",
+                0.5,
+                "refused NR no virtual host for \"elsewhere.example.com\" on gateway port 80",
+            ),
+            (
+                Entry::Gateway(8080),
+                "http://shop.example.com:8080/api?x=1",
+                0.5,
+                "respond 301 https://shop.example.com:8080/api?x=1",
+            ),
+            (
+                Entry::Gateway(443),
+                "http://shop.example.com/api",
+                0.5,
+                "refused NR no virtual host for \"shop.example.com\" on gateway port 443",
+            ),
+            // The same proxy's sidecar routes are not the gateway's.
+            (
+                Entry::Explicit,
+                "http://shop.example.com/api",
+                0.5,
+                "refused NR no service named \"shop.example.com\"",
+            ),
+        ];
+        for (entry, uri, roll, want) in rows {
+            assert_eq!(
+                outcome_at(&gw, *entry, uri, &[], *roll),
+                *want,
+                "{entry:?} {uri}"
+            );
+        }
+        // A sidecar serves no Gateway, even one whose selector its labels match.
+        let sidecar = state(&istio.replace("istio: ingressgateway", "app: web"));
+        assert!(sidecar.ingress.is_none());
+        assert!(
+            outcome_at(
+                &sidecar,
+                Entry::Gateway(80),
+                "http://shop.example.com/api",
+                &[],
+                0.5
+            )
+            .starts_with("refused NR no virtual host")
+        );
+    }
+
     #[test]
     fn a_captured_connection_is_planned_by_its_original_destination() {
         let s = state("");
@@ -770,7 +1001,7 @@ spec:
         let inputs = Inputs {
             parts: &parts,
             authority: "whatever",
-            captured: Some("10.96.0.7:9090".parse().unwrap()),
+            entry: Entry::Captured("10.96.0.7:9090".parse().unwrap()),
             peer: None,
         };
         let Action::Forward(p) = plan(&s, inputs, &rolls(0.5)).unwrap().action else {

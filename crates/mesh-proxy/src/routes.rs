@@ -2,7 +2,7 @@
 //! weights summed, and conditions that depend only on this proxy (`sourceLabels`,
 //! `sourceNamespace`, `gateways`) decided at compile time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
@@ -179,6 +179,8 @@ pub enum RouteAction {
         uri: Option<String>,
         /// New authority, if any.
         authority: Option<String>,
+        /// New scheme, if any.
+        scheme: Option<String>,
         /// Status (3xx).
         code: u16,
     },
@@ -279,6 +281,22 @@ impl CompiledRoute {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
     }
 
+    /// The one route of a Gateway server with `tls.httpsRedirect`: a 301 to `https`.
+    pub fn https_redirect() -> &'static Self {
+        static ROUTE: std::sync::LazyLock<CompiledRoute> =
+            std::sync::LazyLock::new(|| CompiledRoute {
+                name: "https-redirect".into(),
+                action: RouteAction::Redirect {
+                    uri: None,
+                    authority: None,
+                    scheme: Some("https".into()),
+                    code: 301,
+                },
+                ..CompiledRoute::default_for("")
+            });
+        &ROUTE
+    }
+
     /// The route a service gets when no VirtualService names it: all traffic to it.
     pub fn default_for(host: &str) -> Self {
         Self {
@@ -301,19 +319,21 @@ impl CompiledRoute {
         }
     }
 
-    /// Compiles one `http` entry of a VirtualService in `namespace`. Returns `None`
-    /// when the route can never apply to this proxy (source labels, namespace or
-    /// gateways exclude it).
+    /// Compiles one `http` entry of a VirtualService in `namespace` for a proxy that
+    /// serves the gateways `serves` ([`MESH`] for a sidecar, `namespace/name` of each
+    /// Gateway for a gateway workload). Returns `None` when the route can never apply
+    /// to this proxy (source labels, namespace or gateways exclude it).
     pub(crate) fn compile(
         vs_key: &str,
         namespace: &str,
         index: usize,
         route: &HttpRoute,
         node: &Node,
+        serves: &BTreeSet<String>,
     ) -> Result<Option<Self>, String> {
         let mut matches = Vec::new();
         for (mi, m) in route.matches.iter().enumerate() {
-            if !applies_to_node(m, node) {
+            if !applies_to_node(m, node, namespace, serves) {
                 continue;
             }
             matches.push(compile_match(m).map_err(|e| format!("http[{index}].match[{mi}]: {e}"))?);
@@ -325,6 +345,7 @@ impl CompiledRoute {
             RouteAction::Redirect {
                 uri: r.uri.clone(),
                 authority: r.authority.clone(),
+                scheme: r.scheme.clone(),
                 code: r.effective_code() as u16,
             }
         } else if let Some(d) = &route.direct_response {
@@ -406,7 +427,36 @@ fn pairs(m: &BTreeMap<String, String>) -> Vec<(String, String)> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn applies_to_node(m: &HttpMatchRequest, node: &Node) -> bool {
+/// The gateway name of sidecars in `gateways` lists.
+pub const MESH: &str = "mesh";
+
+/// The key of a gateway named in a VirtualService of `namespace`: `mesh` stays, a
+/// bare name is a Gateway of the VirtualService's namespace, `ns/name` is itself.
+pub fn gateway_key(name: &str, namespace: &str) -> String {
+    if name == MESH || name.contains('/') {
+        name.to_owned()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// Whether a `gateways` list binds to a proxy serving `serves` (an empty list means
+/// sidecars only, as in Istio).
+pub fn binds(gateways: &[String], namespace: &str, serves: &BTreeSet<String>) -> bool {
+    if gateways.is_empty() {
+        return serves.contains(MESH);
+    }
+    gateways
+        .iter()
+        .any(|g| serves.contains(&gateway_key(g, namespace)))
+}
+
+fn applies_to_node(
+    m: &HttpMatchRequest,
+    node: &Node,
+    namespace: &str,
+    serves: &BTreeSet<String>,
+) -> bool {
     let labels_ok = m
         .source_labels
         .iter()
@@ -415,7 +465,8 @@ fn applies_to_node(m: &HttpMatchRequest, node: &Node) -> bool {
         .source_namespace
         .as_ref()
         .is_none_or(|ns| *ns == node.namespace);
-    let gw_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
+    // A match without gateways takes the VirtualService's, already checked.
+    let gw_ok = m.gateways.is_empty() || binds(&m.gateways, namespace, serves);
     labels_ok && ns_ok && gw_ok
 }
 
@@ -513,7 +564,8 @@ mod tests {
 
     fn route(yaml: &str, node: &Node) -> Option<CompiledRoute> {
         let r: HttpRoute = serde_saphyr::from_str(yaml).unwrap();
-        CompiledRoute::compile("shop/reviews", "shop", 0, &r, node).unwrap()
+        let mesh = BTreeSet::from([MESH.to_owned()]);
+        CompiledRoute::compile("shop/reviews", "shop", 0, &r, node, &mesh).unwrap()
     }
 
     fn view<'a>(path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
@@ -690,6 +742,7 @@ mod tests {
             uri,
             authority,
             code,
+            ..
         } = &r.action
         else {
             panic!()

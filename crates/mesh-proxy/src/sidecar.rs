@@ -13,7 +13,7 @@ use mesh_telemetry::metrics::MeshMetrics;
 
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
-use crate::pool::MeshPool;
+use crate::plan::Entry;
 use crate::state::StateStore;
 
 /// Where a sidecar listens and where its application is.
@@ -96,17 +96,14 @@ impl Sidecar {
         let inbound_addr = in_listener.local_addr()?;
         let metrics = MeshMetrics::new();
         let in_flight = crate::http_util::InFlight::default();
-        let outbound = Outbound {
-            store: store.clone(),
-            pool: MeshPool::new(&identity, options.connect_timeout),
-            metrics: metrics.clone(),
-            own_id: identity.cert().id().to_string(),
-            in_flight: in_flight.clone(),
-            health: crate::lb::HealthTracker::default(),
-            round_robin: Arc::default(),
-            tracing: options.tracing.clone(),
-            limits: crate::lb::PoolLimits::default(),
-        };
+        let outbound = Outbound::new(
+            store.clone(),
+            &identity,
+            metrics.clone(),
+            in_flight.clone(),
+            options.tracing.clone(),
+            options.connect_timeout,
+        );
         let inbound = Inbound::new(
             store.clone(),
             &identity,
@@ -116,19 +113,13 @@ impl Sidecar {
             in_flight.clone(),
             options.tracing.clone(),
         );
-        let mut tasks = vec![
-            tokio::spawn(serve_outbound(out_listener, Arc::new(outbound))),
-            tokio::spawn(Arc::new(inbound).serve(in_listener)),
-            // ServiceEntry names with DNS resolution, resolved off the request path.
-            tokio::spawn(crate::dns::DnsTable::run(Arc::downgrade(&store))),
-            // RequestAuthentication key sets named by `jwksUri`.
-            tokio::spawn(crate::jwks::JwksCache::run(Arc::downgrade(&store))),
-        ];
-        let admin = crate::admin::Admin {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            identity: identity.clone(),
-        };
+        let (admin_addrs, mut tasks) =
+            start_background(&store, &identity, &metrics, &options.admin).await?;
+        tasks.push(tokio::spawn(serve_outbound(
+            out_listener,
+            Arc::new(outbound),
+        )));
+        tasks.push(tokio::spawn(Arc::new(inbound).serve(in_listener)));
         let dns_addr = match &options.dns {
             Some(listen) => {
                 let (addr, listeners) = crate::dns_proxy::start(listen, store.clone()).await?;
@@ -137,12 +128,6 @@ impl Sidecar {
             }
             None => None,
         };
-        let mut admin_addrs = Vec::new();
-        for addr in &options.admin {
-            let listener = TcpListener::bind(addr).await?;
-            admin_addrs.push(listener.local_addr()?);
-            tasks.push(tokio::spawn(admin.clone().serve(listener)));
-        }
         Ok(Self {
             store,
             identity,
@@ -155,6 +140,33 @@ impl Sidecar {
             tasks,
         })
     }
+}
+
+/// What every proxy runs beside its data path: the admin listeners on `admin` (their
+/// bound addresses are returned), and the background fetches of what the config names
+/// without holding (ServiceEntry DNS names, `jwksUri` key sets).
+pub(crate) async fn start_background(
+    store: &Arc<StateStore>,
+    identity: &Identity,
+    metrics: &MeshMetrics,
+    admin: &[SocketAddr],
+) -> std::io::Result<(Vec<SocketAddr>, Vec<JoinHandle<()>>)> {
+    let mut tasks = vec![
+        tokio::spawn(crate::dns::DnsTable::run(Arc::downgrade(store))),
+        tokio::spawn(crate::jwks::JwksCache::run(Arc::downgrade(store))),
+    ];
+    let endpoints = crate::admin::Admin {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        identity: identity.clone(),
+    };
+    let mut bound = Vec::new();
+    for addr in admin {
+        let listener = TcpListener::bind(addr).await?;
+        bound.push(listener.local_addr()?);
+        tasks.push(tokio::spawn(endpoints.clone().serve(listener)));
+    }
+    Ok((bound, tasks))
 }
 
 async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>) {
@@ -184,11 +196,12 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>) {
                     Some(_) => {}
                 }
             }
+            let entry = captured.map_or(Entry::Explicit, Entry::Captured);
             let service = hyper::service::service_fn(move |req| {
                 let outbound = outbound.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        outbound.handle(req, captured, Some(peer.ip())).await,
+                        outbound.handle(req, entry, Some(peer.ip())).await,
                     )
                 }
             });

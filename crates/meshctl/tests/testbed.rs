@@ -33,6 +33,52 @@ fn assert_west_serves_v2(dir: &Path) {
     );
 }
 
+/// One GET from the host, as `curl http://ADDR/PATH` sends it: (status, body).
+fn host_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: curl/8\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
+}
+
+/// The testbed's Gateway and VirtualService (the seed tutorials': port 80, `/api`
+/// split 90/10 across two subsets) through east's ingress gateway, from the host.
+fn assert_ingress_splits_across_clusters(ingress: &str) {
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..100 {
+        let (status, body) = host_get(ingress, "/api");
+        assert_eq!(status, 200, "{body}");
+        if body.contains("Hello version: v1, instance: helloworld-v1, cluster: east") {
+            v1 += 1;
+        } else if body.contains("Hello version: v2, instance: helloworld-v2, cluster: west") {
+            v2 += 1;
+        } else {
+            panic!("unexpected answer through the ingress gateway: {body}");
+        }
+    }
+    assert!(v2 >= 2 && v1 >= 70, "90/10: v1 {v1}, v2 {v2}");
+    let (status, body) = host_get(ingress, "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("frontpage v1 (east) → reviews v1 (west) → ratings v1 (east)"),
+        "{body}"
+    );
+}
+
 #[test]
 fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
     ensure_binaries();
@@ -111,6 +157,11 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
 
     // curl in west reaches helloworld v2 there.
     assert_west_serves_v2(&dir);
+    // From the host, east's ingress gateway splits /api 90/10 over v1 (east) and v2
+    // (west), and routes the rest to the front page's chain across clusters.
+    let ingress = state["plan"]["clusters"][0]["ingress"].as_str().unwrap();
+    assert!(out.contains(&format!("curl http://{ingress}/api")), "{out}");
+    assert_ingress_splits_across_clusters(ingress);
 
     // Shared tracing: front page (east) → reviews (west) → ratings (east) is one trace
     // in Jaeger with spans from sidecars of both clusters.
@@ -329,6 +380,11 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         "{out}"
     );
     assert_west_serves_v2(&dir);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_ingress_splits_across_clusters(
+        state["plan"]["clusters"][0]["ingress"].as_str().unwrap(),
+    );
     let down = meshctl(&dir, &["testbed", "down"]);
     assert!(down.status.success(), "{}", text(&down));
 }

@@ -102,6 +102,32 @@ struct Args {
     /// `remote.ip` and `remoteIpBlocks` (Istio's gatewayTopology.numTrustedProxies).
     #[arg(long, env = "ISTHMUS_NUM_TRUSTED_PROXIES", default_value = "0")]
     num_trusted_proxies: usize,
+    /// Run as an ingress gateway instead of a sidecar (Istio's `proxy router`): serve
+    /// the ports of the Gateways whose selector matches this workload's labels and
+    /// route by the VirtualServices bound to them, over mesh mTLS to the services'
+    /// sidecars. No capture, no inbound listener.
+    #[arg(long, conflicts_with_all = ["capture", "capture_only", "dns_proxy"])]
+    ingress: bool,
+    /// With --ingress: the address the server ports are bound on.
+    #[arg(long, default_value = "0.0.0.0", requires = "ingress")]
+    address: IpAddr,
+    /// With --ingress: bind a Gateway server port on another port, `SERVER=LOCAL`
+    /// (e.g. `80=8080` when the gateway may not bind low ports; its Service maps 80
+    /// to 8080). Repeat the flag for several.
+    #[arg(long = "port", value_name = "SERVER=LOCAL", value_parser = port_pair, requires = "ingress")]
+    ports: Vec<(u16, u16)>,
+}
+
+fn port_pair(s: &str) -> Result<(u16, u16), String> {
+    let (server, local) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write SERVER=LOCAL, e.g. 80=8080"))?;
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{s:?}: {p:?} is not a port number"))
+    };
+    Ok((parse(server)?, parse(local)?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,7 +193,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .clone()
                     .context("--name (or POD_NAME) is needed with --discovery")?,
                 ip: args.ip,
-                kind: "sidecar",
+                kind: if args.ingress { "ingress" } else { "sidecar" },
                 admin: args.admin.first().copied(),
             };
             // The first push names the workload for tracing; listeners start either
@@ -205,6 +231,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => mesh_telemetry::trace::Tracing::disabled(),
     };
+    if args.ingress {
+        if args.config.is_some() && !store.snapshot().node.ingress {
+            anyhow::bail!(
+                "--ingress with --config: the ProxyConfig's node must say `ingress: true` (and carry the labels the Gateways select)"
+            );
+        }
+        let options = mesh_proxy::ingress::listen::IngressOptions {
+            address: args.address,
+            port_map: args.ports.iter().copied().collect(),
+            connect_timeout: Duration::from_secs(10),
+            admin: args.admin.clone(),
+            tracing: tracing.clone(),
+        };
+        let gateway = mesh_proxy::ingress::listen::IngressGateway::start(
+            store.clone(),
+            identity.clone(),
+            options,
+        )
+        .await?;
+        tracing::info!(id = %identity.cert().id(), version = %store.snapshot().version, "ingress gateway ready");
+        wait_for_signal().await?;
+        for task in &background {
+            task.abort();
+        }
+        drop(gateway);
+        tracing.flush();
+        return Ok(());
+    }
     let options = SidecarOptions {
         outbound: args.outbound,
         inbound: args.inbound,
@@ -234,16 +288,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(1),
         ));
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    wait_for_signal().await?;
     for task in &background {
         task.abort();
     }
     tracing::info!("draining");
     sidecar.drain(Duration::from_secs(args.drain_seconds)).await;
     tracing.flush();
+    Ok(())
+}
+
+/// Returns on SIGTERM or SIGINT.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(())
 }

@@ -135,6 +135,9 @@ pub enum ServerTlsMode {
     OptionalMutual,
 }
 
+/// The server protocols the ingress gateway serves.
+pub const SERVED: &[&str] = &["HTTP", "HTTP2", "GRPC"];
+
 impl GatewaySpec {
     pub(crate) fn validate(&self, v: &mut Validator) {
         if self.servers.is_empty() {
@@ -146,13 +149,30 @@ impl GatewaySpec {
                 const PROTOCOLS: &[&str] = &[
                     "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS",
                 ];
-                if !PROTOCOLS.contains(&s.port.protocol.to_ascii_uppercase().as_str()) {
+                let protocol = s.port.protocol.to_ascii_uppercase();
+                if !PROTOCOLS.contains(&protocol.as_str()) {
                     v.field("protocol", |v| {
                         v.error(format!(
                             "unknown protocol {:?}; use one of {}",
                             s.port.protocol,
                             PROTOCOLS.join(", ")
                         ))
+                    });
+                } else if !SERVED.contains(&protocol.as_str()) {
+                    v.field("protocol", |v| {
+                        v.error(format!(
+                            "{protocol} servers are not served by the Isthmus ingress gateway yet; \
+                             serve {} (route TCP and TLS from sidecars)",
+                            SERVED.join(", ")
+                        ))
+                    });
+                }
+                if s.port.target_port.is_some() {
+                    v.field("targetPort", |v| {
+                        v.error(
+                            "targetPort applies to ServiceEntry ports only; \
+                             the gateway binds a server port on another port with its --port flag",
+                        )
                     });
                 }
             });

@@ -501,22 +501,53 @@ pub struct RouteDestination {
     pub weight: Option<i32>,
 }
 
-/// Gateway names a route may bind to: only `mesh` (the sidecars), since Isthmus runs
-/// no ingress or egress gateway yet.
-pub(crate) fn validate_gateways(v: &mut Validator, gateways: &[String]) {
+/// Which gateways a list may name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// HTTP routes: `mesh` and Gateways, served by sidecars and ingress gateways.
+    Http,
+    /// TLS and TCP routes: `mesh` only (no Gateway server of protocol TLS or TCP).
+    MeshOnly,
+}
+
+/// Gateway names a route may bind to: `mesh` (the sidecars), and for HTTP routes a
+/// Gateway as `name` (in the VirtualService's namespace) or `namespace/name`.
+pub(crate) fn validate_gateways(v: &mut Validator, gateways: &[String], binding: Binding) {
     v.each("gateways", gateways, |v, g| {
-        if g != "mesh" {
+        if g == "mesh" {
+            return;
+        }
+        if binding == Binding::MeshOnly {
             v.error(format!(
-                "gateway {g:?}: Isthmus runs no ingress or egress gateway yet, so this binding would do nothing; \
-                 keep only `mesh` (or no gateways) for the sidecars"
+                "gateway {g:?}: TLS and TCP routes are served by sidecars only (Gateway servers of protocol TLS and TCP are not built), \
+                 so this binding would do nothing; keep only `mesh` (or no gateways), or route HTTP"
+            ));
+            return;
+        }
+        let parts: Vec<&str> = g.split('/').collect();
+        let ok = match parts.as_slice() {
+            [name] => is_dns_label(name),
+            [ns, name] => is_dns_label(ns) && is_dns_label(name),
+            _ => false,
+        };
+        if !ok {
+            v.error(format!(
+                "gateway {g:?} is not `mesh`, a Gateway name or `namespace/name`"
             ));
         }
     });
 }
 
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 impl VirtualServiceSpec {
     pub(crate) fn validate(&self, v: &mut Validator) {
-        validate_gateways(v, &self.gateways);
+        validate_gateways(v, &self.gateways, Binding::Http);
         if self.hosts.is_empty() && self.gateways.is_empty() {
             v.field("hosts", |v| {
                 v.error("at least one host is required (the service this VirtualService routes)")
@@ -538,7 +569,7 @@ impl VirtualServiceSpec {
                 if m.sni_hosts.is_empty() {
                     v.field("sniHosts", |v| v.error("at least one SNI host is required"));
                 }
-                validate_gateways(v, &m.gateways);
+                validate_gateways(v, &m.gateways, Binding::MeshOnly);
                 if let Some(p) = m.port {
                     v.field("port", |v| validate_port(v, p));
                 }
@@ -547,7 +578,7 @@ impl VirtualServiceSpec {
         });
         v.each("tcp", &self.tcp, |v, r| {
             v.each("match", &r.matches, |v, m| {
-                validate_gateways(v, &m.gateways);
+                validate_gateways(v, &m.gateways, Binding::MeshOnly);
                 if let Some(p) = m.port {
                     v.field("port", |v| validate_port(v, p));
                 }
@@ -648,7 +679,7 @@ impl HttpRoute {
 
 impl HttpMatchRequest {
     fn validate(&self, v: &mut Validator) {
-        validate_gateways(v, &self.gateways);
+        validate_gateways(v, &self.gateways, Binding::Http);
         for (name, m) in [
             ("uri", &self.uri),
             ("scheme", &self.scheme),

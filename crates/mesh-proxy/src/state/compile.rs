@@ -108,6 +108,7 @@ impl ProxyState {
         ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
         let mut rules_by_host: BTreeMap<String, Vec<&mesh_api::networking::DestinationRule>> =
             BTreeMap::new();
+        let mesh = std::collections::BTreeSet::from([crate::routes::MESH.to_owned()]);
         for r in ordered.iter().copied() {
             let key = r.key();
             let ns = r
@@ -117,13 +118,12 @@ impl ProxyState {
                 .unwrap_or_else(|| "default".into());
             match r {
                 Resource::VirtualService(vs) => {
-                    if !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh")
-                    {
+                    if !crate::routes::binds(&vs.spec.gateways, &ns, &mesh) {
                         continue; // gateway-only routes do not apply to sidecars
                     }
                     let mut compiled = Vec::new();
                     for (i, route) in vs.spec.http.iter().enumerate() {
-                        match CompiledRoute::compile(&key, &ns, i, route, &node) {
+                        match CompiledRoute::compile(&key, &ns, i, route, &node, &mesh) {
                             Ok(Some(c)) => compiled.push(c),
                             Ok(None) => {}
                             Err(e) => errors.push(format!("VirtualService {key}: spec.{e}")),
@@ -176,6 +176,10 @@ impl ProxyState {
                 policies.insert(fqdn.clone(), Arc::new(policy));
             }
         }
+        let ingress = crate::ingress::Ingress::compile(&ordered, &node).unwrap_or_else(|e| {
+            errors.extend(e);
+            None
+        });
         let (peer_authn, authz) = compile_security(resources, &ordered, &node);
         let jwt = compile_jwt(resources, &node).unwrap_or_else(|e| {
             errors.extend(e);
@@ -204,6 +208,7 @@ impl ProxyState {
             authz,
             jwt,
             peer_authn,
+            ingress: ingress.map(Arc::new),
             peer_header: std::sync::OnceLock::new(),
             index: Index::build(&services, &node.namespace),
             node,

@@ -43,6 +43,9 @@ pub struct ProxyState {
     pub jwt: crate::jwt::JwtAuthn,
     /// Inbound mTLS modes from PeerAuthentications.
     pub peer_authn: crate::peer_authn::PeerAuthn,
+    /// What this workload serves as an ingress gateway: the Gateways whose selector
+    /// matches its labels and the VirtualServices bound to them (none for a sidecar).
+    pub ingress: Option<Arc<crate::ingress::Ingress>>,
     /// The `x-isthmus-peer` value naming this node, made on first use.
     peer_header: std::sync::OnceLock<Option<http::HeaderValue>>,
     /// Lookups the request path makes, indexed once per compile.
@@ -221,6 +224,8 @@ pub struct StateStore {
     jwks: Arc<crate::jwks::JwksCache>,
     last_rejection: ArcSwap<Option<ConfigError>>,
     ready: std::sync::atomic::AtomicBool,
+    /// Counts the states swapped in, for what follows the config (listeners).
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for StateStore {
@@ -238,6 +243,7 @@ impl StateStore {
             jwks: Arc::default(),
             last_rejection: ArcSwap::from_pointee(None),
             ready: std::sync::atomic::AtomicBool::new(false),
+            installed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -268,6 +274,11 @@ impl StateStore {
         });
     }
 
+    /// Told each time a state is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
+    }
+
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<ProxyState> {
         self.current.load_full()
@@ -295,6 +306,7 @@ impl StateStore {
         self.current.store(Arc::new(state));
         self.last_rejection.store(Arc::new(None));
         self.ready.store(true, Ordering::Release);
+        self.installed.send_modify(|n| *n += 1);
     }
 
     /// Records why an update was refused; the current state stays.

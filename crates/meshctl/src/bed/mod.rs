@@ -373,6 +373,10 @@ fn print_next_steps(state: &supervisor::State) {
         "  meshctl testbed curl http://frontpage:9080/               # front page → reviews (other cluster) → ratings"
     );
     println!(
+        "  curl http://{}/api                              # the ingress gateway of {}: helloworld 90% v1 here, 10% v2 in the next cluster",
+        first.ingress, first.name
+    );
+    println!(
         "  meshctl testbed scenario failover                         # also: canary, strict-mtls"
     );
     println!("  meshctl proxy-status --discovery {}", first.monitor);
@@ -474,6 +478,13 @@ fn status(dir: &Path) -> anyhow::Result<()> {
             c.gateway,
             check(c.gateway_admin, "/healthz/ready"),
             supervised(&format!("gateway-{}", c.name))
+        );
+        println!(
+            "  {:<24} {:<22} {}{}",
+            "ingress gateway",
+            format!("http://{}", c.ingress),
+            check(c.ingress_admin, "/healthz/ready"),
+            supervised(&format!("ingress-{}", c.name))
         );
         for w in &c.workloads {
             println!(

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 /// The namespace of the sample apps.
 pub(crate) const NAMESPACE: &str = "sample";
 
+/// The port the ingress gateway binds for the Gateway server port 80.
+pub(crate) const INGRESS_PORT: u16 = 8080;
+
+/// The ingress gateway's service account and workload name prefix.
+pub(crate) const INGRESS_ACCOUNT: &str = "isthmus-ingressgateway";
+
 /// One sample workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -70,6 +76,11 @@ pub(crate) struct Cluster {
     pub(crate) gateway: SocketAddr,
     /// The gateway's admin address.
     pub(crate) gateway_admin: SocketAddr,
+    /// The ingress gateway's HTTP port (the Gateway server port 80, bound on 8080
+    /// on the node's address, as Istio's gateway Service maps it).
+    pub(crate) ingress: SocketAddr,
+    /// The ingress gateway's admin address.
+    pub(crate) ingress_admin: SocketAddr,
     /// Sample workloads.
     pub(crate) workloads: Vec<Workload>,
     /// The cluster network's namespace (pod mode).
@@ -182,6 +193,8 @@ impl Plan {
                     monitor: SocketAddr::new(ip(pods, c, 0, 1), 15014),
                     gateway: SocketAddr::new(ip(pods, c, 0, 2), 15443),
                     gateway_admin: SocketAddr::new(ip(pods, c, 0, 2), 15021),
+                    ingress: SocketAddr::new(ip(pods, c, 0, 2), INGRESS_PORT),
+                    ingress_admin: SocketAddr::new(ip(pods, c, 0, 2), 15020),
                     workloads,
                     netns: pods.then(|| format!("itb-{name}")),
                     services: BTreeMap::new(),
@@ -256,6 +269,28 @@ spec:
   http:
   - route: [{destination: {host: helloworld}}]
     retries: {attempts: 3, perTryTimeout: 2s, retryOn: \"5xx,connect-failure,reset\"}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: sample-gateway, namespace: sample}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sample-ingress, namespace: sample}
+spec:
+  hosts: ['*']
+  gateways: [sample-gateway]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    route:
+    - {destination: {host: helloworld, subset: v1, port: {number: 5000}}, weight: 90}
+    - {destination: {host: helloworld, subset: v2, port: {number: 5000}}, weight: 10}
+  - route: [{destination: {host: frontpage, port: {number: 9080}}}]
 ";
 
 /// The registry documents of cluster `c`: namespace, Services and WorkloadEntries.
@@ -279,6 +314,14 @@ pub(crate) fn registry_docs(plan: &Plan, c: &Cluster) -> String {
             network = c.network,
         ));
     }
+    // The ingress gateway, found by its name; its labels are what Gateways select.
+    out.push_str(&format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ingressgateway-{c}, namespace: istio-system}}\nspec: {{address: {ip}, labels: {{istio: ingressgateway, app: istio-ingressgateway}}, serviceAccount: {INGRESS_ACCOUNT}, locality: {locality}, network: {network}}}\n",
+        c = c.name,
+        ip = c.ingress.ip(),
+        locality = c.locality,
+        network = c.network,
+    ));
     let _ = plan;
     out
 }

@@ -394,8 +394,10 @@ async fn bring_up(
     std::fs::write(&root_pem_path, root.cert_pem())?;
     let mut tokens = String::new();
     let mut token_files = BTreeMap::new();
-    let mut accounts: Vec<(String, String)> =
-        vec![("istio-system".into(), "isthmus-eastwest-gateway".into())];
+    let mut accounts: Vec<(String, String)> = vec![
+        ("istio-system".into(), "isthmus-eastwest-gateway".into()),
+        ("istio-system".into(), plan::INGRESS_ACCOUNT.into()),
+    ];
     for c in &plan.clusters {
         for w in &c.workloads {
             accounts.push((NAMESPACE.into(), w.app.clone()));
@@ -655,6 +657,35 @@ async fn bring_up(
         )?;
         r.state.children.extend(p.pid());
         running.add(p);
+        // The ingress gateway: the sidecar binary as a router, on the node's address.
+        let mut cmd = Command::new(&sidecar_bin);
+        cmd.arg("--ingress")
+            .args(["--discovery", &c.discovery.to_string()])
+            .arg("--token-file")
+            .arg(&token_files[plan::INGRESS_ACCOUNT])
+            .args(&trust)
+            .args([
+                "--namespace",
+                "istio-system",
+                "--service-account",
+                plan::INGRESS_ACCOUNT,
+                "--name",
+                &format!("ingressgateway-{}", c.name),
+            ])
+            .args(["--address", &c.ingress.ip().to_string()])
+            .args(["--port", &format!("80={}", c.ingress.port())])
+            .args(["--admin", &c.ingress_admin.to_string()])
+            .args(["--drain-seconds", "1"]);
+        if let Some(endpoint) = &otlp {
+            cmd.args(["--otlp-endpoint", endpoint]);
+        }
+        let p = testbed::Process::spawn(
+            &format!("ingress-{}", c.name),
+            cmd,
+            &logs.join(format!("ingress-{}.log", c.name)),
+        )?;
+        r.state.children.extend(p.pid());
+        running.add(p);
         for w in &c.workloads {
             let mut cmd = match &w.pod {
                 Some(pod) => {
@@ -731,13 +762,15 @@ async fn bring_up(
     }
     for c in &plan.clusters {
         wait_http_ok(c.gateway_admin, "/healthz/ready", Duration::from_secs(30)).await?;
+        wait_http_ok(c.ingress_admin, "/healthz/ready", Duration::from_secs(30)).await?;
         for w in &c.workloads {
             wait_http_ok(w.admin(), "/healthz/ready", Duration::from_secs(30)).await?;
         }
     }
     let total: usize = plan.clusters.iter().map(|c| c.workloads.len()).sum();
     r.done(format!(
-        "{} gateways, {total} workloads with sidecars",
+        "{} east-west and {} ingress gateways, {total} workloads with sidecars",
+        plan.clusters.len(),
         plan.clusters.len()
     ));
 

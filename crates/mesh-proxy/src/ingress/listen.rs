@@ -1,0 +1,277 @@
+//! The ingress gateway's runtime: one listener per Gateway server port, opened and
+//! closed as the config changes, each serving HTTP/1.1 and h2c to the outbound
+//! executor with the request's [`Entry::Gateway`] port. Requests go on over mesh mTLS
+//! to the destination's sidecars, in this cluster or through an east-west gateway.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderValue;
+use mesh_identity::Identity;
+use mesh_telemetry::metrics::MeshMetrics;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::outbound::Outbound;
+use crate::plan::Entry;
+use crate::state::StateStore;
+
+/// Where an ingress gateway listens.
+#[derive(Debug, Clone)]
+pub struct IngressOptions {
+    /// The address every server port is bound on (`0.0.0.0` in a pod).
+    pub address: IpAddr,
+    /// A server port bound on another port: `80 → 8080` when the gateway may not bind
+    /// low ports (Istio's gateway Service maps them the same way); `0` picks a free
+    /// port (tests).
+    pub port_map: BTreeMap<u16, u16>,
+    /// TCP connect timeout towards sidecars.
+    pub connect_timeout: Duration,
+    /// Admin listeners: readiness (15021), agent (15020), Prometheus (15090).
+    pub admin: Vec<SocketAddr>,
+    /// Span export (propagation only when disabled).
+    pub tracing: mesh_telemetry::trace::Tracing,
+}
+
+/// A running ingress gateway. Dropping it stops its listeners.
+#[derive(Debug)]
+pub struct IngressGateway {
+    /// The live config.
+    pub store: Arc<StateStore>,
+    /// Bound admin addresses, in the order given.
+    pub admin_addrs: Vec<SocketAddr>,
+    /// Istio-standard metrics (reported as the source of each request).
+    pub metrics: MeshMetrics,
+    listeners: Arc<Mutex<BTreeMap<u16, Bound>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Bound {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for IngressGateway {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for b in self.lock().values() {
+            b.task.abort();
+        }
+    }
+}
+
+/// How often ports that could not be bound are tried again.
+const REBIND_EVERY: Duration = Duration::from_secs(5);
+
+impl IngressGateway {
+    /// Starts the admin listeners and follows the config: a listener for each server
+    /// port of the Gateways that select this workload.
+    pub async fn start(
+        store: Arc<StateStore>,
+        identity: Identity,
+        options: IngressOptions,
+    ) -> std::io::Result<Self> {
+        let metrics = MeshMetrics::new();
+        let outbound = Arc::new(Outbound::new(
+            store.clone(),
+            &identity,
+            metrics.clone(),
+            crate::http_util::InFlight::default(),
+            options.tracing.clone(),
+            options.connect_timeout,
+        ));
+        let (admin_addrs, mut tasks) =
+            crate::sidecar::start_background(&store, &identity, &metrics, &options.admin).await?;
+        let listeners = Arc::new(Mutex::new(BTreeMap::new()));
+        tasks.push(tokio::spawn(follow(
+            outbound,
+            options,
+            Arc::downgrade(&listeners),
+        )));
+        Ok(Self {
+            store,
+            admin_addrs,
+            metrics,
+            listeners,
+            tasks,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Bound>> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The address each server port is bound on now.
+    pub fn bound(&self) -> BTreeMap<u16, SocketAddr> {
+        self.lock().iter().map(|(p, b)| (*p, b.addr)).collect()
+    }
+
+    /// Waits until server port `port` is bound, up to `timeout`.
+    pub async fn wait_bound(&self, port: u16, timeout: Duration) -> Option<SocketAddr> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(addr) = self.bound().get(&port) {
+                return Some(*addr);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Opens and closes listeners as the config changes, until the gateway is dropped.
+async fn follow(
+    outbound: Arc<Outbound>,
+    options: IngressOptions,
+    listeners: std::sync::Weak<Mutex<BTreeMap<u16, Bound>>>,
+) {
+    let mut changes = outbound.store.subscribe();
+    loop {
+        let Some(listeners) = listeners.upgrade() else {
+            return;
+        };
+        let complete = reconcile(&outbound, &options, &listeners).await;
+        drop(listeners);
+        let wait = async {
+            if complete {
+                changes.changed().await.ok();
+            } else {
+                tokio::time::sleep(REBIND_EVERY).await;
+            }
+        };
+        wait.await;
+    }
+}
+
+/// Binds the ports the config wants and closes the others; false when a port could
+/// not be bound (it is tried again later).
+async fn reconcile(
+    outbound: &Arc<Outbound>,
+    options: &IngressOptions,
+    listeners: &Mutex<BTreeMap<u16, Bound>>,
+) -> bool {
+    let state = outbound.store.snapshot();
+    let wanted: Vec<u16> = state
+        .ingress
+        .as_ref()
+        .map(|i| i.listeners.keys().copied().collect())
+        .unwrap_or_default();
+    let lock = || listeners.lock().unwrap_or_else(|p| p.into_inner());
+    lock().retain(|port, bound| {
+        let keep = wanted.contains(port);
+        if !keep {
+            tracing::info!(port, addr = %bound.addr, "gateway port closed: no server uses it any more");
+            bound.task.abort();
+        }
+        keep
+    });
+    let mut complete = true;
+    for port in wanted {
+        if lock().contains_key(&port) {
+            continue;
+        }
+        let local = options.port_map.get(&port).copied().unwrap_or(port);
+        let addr = SocketAddr::new(options.address, local);
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let addr = listener.local_addr().unwrap_or(addr);
+                tracing::info!(port, %addr, "gateway port open");
+                let task = tokio::spawn(serve(listener, port, outbound.clone()));
+                lock().insert(port, Bound { addr, task });
+            }
+            Err(e) => {
+                complete = false;
+                tracing::error!(
+                    port,
+                    %addr,
+                    error = %e,
+                    "cannot open the Gateway server port; map it to a port this gateway may bind (--port {port}=8080 and a Service targetPort), tried again in {}s",
+                    REBIND_EVERY.as_secs()
+                );
+            }
+        }
+    }
+    complete
+}
+
+/// Serves one gateway port: each request goes to the outbound executor as
+/// [`Entry::Gateway`], with the client's address appended to `x-forwarded-for`.
+async fn serve(listener: TcpListener, port: u16, outbound: Arc<Outbound>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "gateway accept failed");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let outbound = outbound.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req| {
+                let outbound = outbound.clone();
+                forwarded(req.headers_mut(), peer.ip(), "http");
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        outbound
+                            .handle(req, Entry::Gateway(port), Some(peer.ip()))
+                            .await,
+                    )
+                }
+            });
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "gateway connection ended");
+            }
+        });
+    }
+}
+
+const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+/// What an edge proxy tells the services behind it, as Envoy's gateways do: the
+/// client's address appended to `x-forwarded-for`, and the scheme it used in
+/// `x-forwarded-proto`.
+fn forwarded(headers: &mut http::HeaderMap, client: IpAddr, scheme: &'static str) {
+    let list = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        headers.insert(XFF, v);
+    }
+    headers.insert(XFP, HeaderValue::from_static(scheme));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_appended_to_forwarded_for() {
+        let mut h = http::HeaderMap::new();
+        forwarded(&mut h, "203.0.113.7".parse().unwrap(), "http");
+        assert_eq!(h[&XFF], "203.0.113.7");
+        assert_eq!(h[&XFP], "http");
+        h.insert(XFF, HeaderValue::from_static("198.51.100.1"));
+        h.insert(XFP, HeaderValue::from_static("https"));
+        forwarded(&mut h, "203.0.113.7".parse().unwrap(), "http");
+        assert_eq!(h[&XFF], "198.51.100.1, 203.0.113.7");
+        assert_eq!(
+            h[&XFP], "http",
+            "the gateway says what it saw, not what it was told"
+        );
+    }
+}

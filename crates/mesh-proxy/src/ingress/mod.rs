@@ -1,0 +1,444 @@
+//! The ingress gateway (north-south traffic): the Istio `Gateway`s whose selector
+//! matches this workload, compiled into listeners, and the VirtualServices bound to
+//! them by `gateways`, compiled into virtual hosts chosen by the request's Host.
+//!
+//! Istio's rules, kept:
+//! - a Gateway selects gateway workloads by labels, in any namespace;
+//! - a server's `hosts` entry `ns/host` admits VirtualServices of `ns` only (`.` the
+//!   Gateway's own namespace, `*` or no prefix any namespace);
+//! - a VirtualService binds when its `gateways` names the Gateway (`name` in its own
+//!   namespace, or `namespace/name`), and each of its hosts that intersects a server
+//!   host becomes a virtual host named by the more specific of the two;
+//! - several VirtualServices for one host on one gateway are merged, the oldest's
+//!   routes first (Istio merges gateway-bound VirtualServices; sidecars do not);
+//! - a request's Host picks the exact name first, then the longest wildcard, then `*`;
+//! - `tls.httpsRedirect` answers every request of a plaintext server with a 301 to
+//!   `https`.
+//!
+//! [`listen`] binds a socket per server port and serves it.
+
+pub mod listen;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mesh_api::Resource;
+use mesh_api::networking::Gateway;
+
+use crate::config::Node;
+use crate::routes::{CompiledRoute, sni_matches};
+
+/// What an ingress gateway serves.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Ingress {
+    /// The Gateways that select this workload, `namespace/name`.
+    pub gateways: BTreeSet<String>,
+    /// Listeners by server port number.
+    pub listeners: BTreeMap<u16, Listener>,
+}
+
+/// One port of the gateway and the servers on it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listener {
+    /// The port number the Gateway servers name.
+    pub port: u16,
+    /// Servers on the port, oldest Gateway first.
+    pub servers: Vec<Server>,
+}
+
+/// One Gateway server.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Server {
+    /// `namespace/name` of its Gateway, then its `name`, else its port's name, else its
+    /// index in `servers`.
+    pub name: String,
+    /// The Gateway, `namespace/name`.
+    pub gateway: String,
+    /// Its hosts as written.
+    pub hosts: Vec<String>,
+    /// Every request is answered with a redirect to `https`.
+    pub https_redirect: bool,
+    /// The virtual hosts of the VirtualServices bound to it.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A host name (or wildcard) and its routes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VirtualHost {
+    /// `bookinfo.example.com`, `*.example.com` or `*`.
+    pub domain: String,
+    /// The VirtualServices whose routes these are, oldest first.
+    pub virtual_services: Vec<String>,
+    /// Routes, in order.
+    #[serde(skip)]
+    pub routes: Vec<CompiledRoute>,
+}
+
+impl Listener {
+    /// The server and virtual host a request for `host` (port stripped, any case)
+    /// takes: an exact name, else the longest matching wildcard, else `*`.
+    pub fn virtual_host(&self, host: &str) -> Option<(&Server, &VirtualHost)> {
+        let host = crate::model::strip_port(host);
+        let mut best: Option<(usize, &Server, &VirtualHost)> = None;
+        for server in &self.servers {
+            for vh in &server.virtual_hosts {
+                let rank = if vh.domain.eq_ignore_ascii_case(host) {
+                    usize::MAX
+                } else if sni_matches(&vh.domain, host) {
+                    // `*` ranks 1, `*.example.com` by its length.
+                    vh.domain.len()
+                } else {
+                    continue;
+                };
+                if best.is_none_or(|(r, _, _)| rank > r) {
+                    best = Some((rank, server, vh));
+                }
+            }
+        }
+        best.map(|(_, s, v)| (s, v))
+    }
+}
+
+/// The more specific of two host patterns when they overlap (`*` overlaps all,
+/// `*.example.com` any name under it), else `None`.
+fn intersect(a: &str, b: &str) -> Option<String> {
+    if a.eq_ignore_ascii_case(b) {
+        Some(a.to_ascii_lowercase())
+    } else if sni_matches(a, b) {
+        Some(b.to_ascii_lowercase())
+    } else if sni_matches(b, a) {
+        Some(a.to_ascii_lowercase())
+    } else {
+        None
+    }
+}
+
+/// Whether a server host `ns/host` admits a VirtualService of `vs_namespace`, and the
+/// host part.
+fn admits<'h>(
+    server_host: &'h str,
+    gateway_namespace: &str,
+    vs_namespace: &str,
+) -> Option<&'h str> {
+    match server_host.split_once('/') {
+        None => Some(server_host),
+        Some(("*", host)) => Some(host),
+        Some((".", host)) => (vs_namespace == gateway_namespace).then_some(host),
+        Some((ns, host)) => (vs_namespace == ns).then_some(host),
+    }
+}
+
+fn namespace_of(r: &Resource) -> String {
+    r.metadata()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+impl Ingress {
+    /// Compiles what `node` serves from `ordered` (oldest first), or `None` when the
+    /// node is not an ingress gateway or no Gateway selects it. A route that does not
+    /// compile is an error naming its VirtualService.
+    pub fn compile(ordered: &[&Resource], node: &Node) -> Result<Option<Self>, Vec<String>> {
+        if !node.ingress {
+            return Ok(None);
+        }
+        let gateways: Vec<(String, String, &Gateway)> = ordered
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Gateway(g)
+                    if g.spec
+                        .selector
+                        .iter()
+                        .all(|(k, v)| node.labels.get(k) == Some(v)) =>
+                {
+                    Some((r.key(), namespace_of(r), g.as_ref()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut ingress = Self {
+            gateways: gateways.iter().map(|(k, _, _)| k.clone()).collect(),
+            listeners: BTreeMap::new(),
+        };
+        let mut errors = Vec::new();
+        for (key, gw_ns, gw) in &gateways {
+            // Each VirtualService bound to this Gateway, compiled for it alone.
+            let serves = BTreeSet::from([key.clone()]);
+            let mut bound = Vec::new();
+            for r in ordered {
+                let Resource::VirtualService(vs) = r else {
+                    continue;
+                };
+                let vs_ns = namespace_of(r);
+                if !crate::routes::binds(&vs.spec.gateways, &vs_ns, &serves) {
+                    continue;
+                }
+                let mut routes = Vec::new();
+                for (i, route) in vs.spec.http.iter().enumerate() {
+                    match CompiledRoute::compile(&r.key(), &vs_ns, i, route, node, &serves) {
+                        Ok(Some(c)) => routes.push(c),
+                        Ok(None) => {}
+                        Err(e) => errors.push(format!("VirtualService {}: spec.{e}", r.key())),
+                    }
+                }
+                bound.push((r.key(), vs_ns, &vs.spec.hosts, routes));
+            }
+            for (i, s) in gw.spec.servers.iter().enumerate() {
+                let port = s.port.number as u16;
+                let mut server = Server {
+                    name: format!(
+                        "{key}.{}",
+                        s.name
+                            .clone()
+                            .filter(|n| !n.is_empty())
+                            .or_else(|| Some(s.port.name.clone()).filter(|n| !n.is_empty()))
+                            .unwrap_or_else(|| i.to_string())
+                    ),
+                    gateway: key.clone(),
+                    hosts: s.hosts.clone(),
+                    https_redirect: s.tls.as_ref().is_some_and(|t| t.https_redirect),
+                    virtual_hosts: Vec::new(),
+                };
+                for (vs_key, vs_ns, hosts, routes) in &bound {
+                    for host in hosts.iter() {
+                        for server_host in &s.hosts {
+                            let Some(domain) = admits(server_host, gw_ns, vs_ns)
+                                .and_then(|sh| intersect(host, sh))
+                            else {
+                                continue;
+                            };
+                            match server.virtual_hosts.iter_mut().find(|v| v.domain == domain) {
+                                Some(vh) => {
+                                    if !vh.virtual_services.contains(vs_key) {
+                                        vh.virtual_services.push(vs_key.clone());
+                                        vh.routes.extend(routes.iter().cloned());
+                                    }
+                                }
+                                None => server.virtual_hosts.push(VirtualHost {
+                                    domain,
+                                    virtual_services: vec![vs_key.clone()],
+                                    routes: routes.clone(),
+                                }),
+                            }
+                        }
+                    }
+                }
+                let listener = ingress.listeners.entry(port).or_insert_with(|| Listener {
+                    port,
+                    servers: Vec::new(),
+                });
+                // As in Istio, a host already served on the port by an older server
+                // stays with it.
+                server.virtual_hosts.retain(|vh| {
+                    let taken = listener
+                        .servers
+                        .iter()
+                        .any(|o| o.virtual_hosts.iter().any(|v| v.domain == vh.domain));
+                    if taken {
+                        tracing::warn!(server = %server.name, host = %vh.domain, port, "host already served on this port by an older Gateway server; ignored here");
+                    }
+                    !taken
+                });
+                listener.servers.push(server);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Some(ingress))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(yaml: &str, labels: &[(&str, &str)]) -> Ingress {
+        let docs = mesh_api::parse_resources(yaml).unwrap();
+        let resources: Vec<Resource> = docs.into_iter().map(|d| d.unwrap()).collect();
+        let mut ordered: Vec<&Resource> = resources.iter().collect();
+        ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+        let node = Node {
+            name: "ingress-1".into(),
+            namespace: "istio-system".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ingress: true,
+            ..Default::default()
+        };
+        Ingress::compile(&ordered, &node).unwrap().unwrap()
+    }
+
+    const GATEWAYS: &str = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: shop, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['./shop.example.com', '*/*.example.org', 'team-a/api.example.net']
+  - port: {number: 8080, name: redirect, protocol: HTTP}
+    hosts: ['*']
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: internal, namespace: ops}
+spec:
+  selector: {istio: other-gateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+";
+
+    fn vs(name: &str, ns: &str, created: &str, gateways: &str, hosts: &str, body: &str) -> String {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {ns}, creationTimestamp: '{created}'}}
+spec:
+  hosts: {hosts}
+  gateways: {gateways}
+  http:
+  - route: [{{destination: {{host: {body}}}}}]
+"
+        )
+    }
+
+    fn listing(i: &Ingress) -> Vec<String> {
+        let mut out = Vec::new();
+        for (port, l) in &i.listeners {
+            for s in &l.servers {
+                for vh in &s.virtual_hosts {
+                    out.push(format!(
+                        "{port} {} {} <- {}",
+                        s.name,
+                        vh.domain,
+                        vh.virtual_services.join("+")
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Which VirtualServices bind where, by Istio's host and namespace rules.
+    #[test]
+    fn gateways_bind_virtual_services_by_name_namespace_and_host() {
+        let yaml = [
+            GATEWAYS.to_owned(),
+            // In `gateways`, a bare name is a Gateway of the VirtualService's namespace.
+            vs(
+                "front",
+                "shop",
+                "2026-01-02T00:00:00Z",
+                "[public]",
+                "[shop.example.com]",
+                "web",
+            ),
+            // Same host, newer: merged after the older one's routes.
+            vs(
+                "front-extra",
+                "shop",
+                "2026-01-03T00:00:00Z",
+                "[shop/public]",
+                "['*']",
+                "extra",
+            ),
+            // Another namespace may not take `./` hosts, but may take `*/` ones.
+            vs(
+                "docs",
+                "team-b",
+                "2026-01-02T00:00:00Z",
+                "[shop/public]",
+                "[shop.example.com, docs.example.org]",
+                "docs",
+            ),
+            // `team-a/` hosts admit team-a only.
+            vs(
+                "api",
+                "team-a",
+                "2026-01-02T00:00:00Z",
+                "[shop/public]",
+                "['*.example.net']",
+                "api",
+            ),
+            vs(
+                "api-b",
+                "team-b",
+                "2026-01-02T00:00:00Z",
+                "[shop/public]",
+                "[api.example.net]",
+                "api",
+            ),
+            // Not bound: a sidecar route, and a route for a Gateway of another namespace.
+            vs(
+                "mesh-only",
+                "shop",
+                "2026-01-02T00:00:00Z",
+                "[mesh]",
+                "[shop.example.com]",
+                "x",
+            ),
+            vs(
+                "wrong-ns",
+                "team-b",
+                "2026-01-02T00:00:00Z",
+                "[public]",
+                "[shop.example.com]",
+                "x",
+            ),
+        ]
+        .concat();
+        let i = ingress(&yaml, &[("istio", "ingressgateway"), ("app", "gw")]);
+        assert_eq!(i.gateways, BTreeSet::from(["shop/public".to_owned()]));
+        assert_eq!(
+            listing(&i),
+            [
+                "80 shop/public.http api.example.net <- team-a/api",
+                "80 shop/public.http docs.example.org <- team-b/docs",
+                "80 shop/public.http shop.example.com <- shop/front+shop/front-extra",
+                "80 shop/public.http *.example.org <- shop/front-extra",
+                "8080 shop/public.redirect *.example.net <- team-a/api",
+                "8080 shop/public.redirect api.example.net <- team-b/api-b",
+                "8080 shop/public.redirect shop.example.com <- team-b/docs+shop/front",
+                "8080 shop/public.redirect docs.example.org <- team-b/docs",
+                "8080 shop/public.redirect * <- shop/front-extra",
+            ]
+        );
+        let l80 = &i.listeners[&80];
+        let pick = |h: &str| l80.virtual_host(h).map(|(_, v)| v.domain.clone());
+        assert_eq!(
+            pick("SHOP.example.com:80").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            pick("docs.example.org").as_deref(),
+            Some("docs.example.org")
+        );
+        assert_eq!(pick("www.example.org").as_deref(), Some("*.example.org"));
+        assert_eq!(pick("example.org"), None);
+        assert_eq!(pick("elsewhere.test"), None);
+        let first = &l80.virtual_host("shop.example.com").unwrap().1.routes;
+        assert_eq!(
+            first.len(),
+            2,
+            "merged: the older VirtualService's route first"
+        );
+        assert!(first[0].name.starts_with("shop/front#"));
+        let l8080 = &i.listeners[&8080];
+        assert!(l8080.servers[0].https_redirect);
+        assert_eq!(
+            l8080.virtual_host("other.test").unwrap().1.domain,
+            "*",
+            "a wildcard server takes any host"
+        );
+        // A workload the selector does not match serves nothing.
+        let none = ingress(&yaml, &[("istio", "egressgateway")]);
+        assert!(none.gateways.is_empty() && none.listeners.is_empty());
+    }
+}

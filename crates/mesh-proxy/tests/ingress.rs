@@ -1,0 +1,257 @@
+//! The ingress gateway through real sockets: a client on the host → the gateway's
+//! server port → mesh mTLS with the gateway's own identity → the destination's
+//! sidecar → its app. The Gateway and VirtualService are the seed tutorials' (port 80,
+//! a host, `/api` split 90/10 across two subsets); ports open and close as servers
+//! come and go, and a bad update keeps the last good config serving.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proxy::StateStore;
+use mesh_proxy::ingress::listen::{IngressGateway, IngressOptions};
+use support::{Mesh, get};
+
+/// What the apps report: the Host they got, who called (the identity header) and
+/// what the gateway says about the client.
+const SEEN: &[&str] = &[
+    "host",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+fn server_config(version: &str, app: u16) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: reviews-{version}, namespace: shop, serviceAccount: reviews, labels: {{app: reviews, version: {version}}}}}
+services:
+- name: reviews
+  namespace: shop
+  ports: [{{name: http, port: 9080, targetPort: {app}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: from-ingress-only, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [mesh.example/ns/istio-system/sa/ingressgateway]}}}}]
+"
+    )
+}
+
+/// The gateway's config: the node, the reviews service with both sidecars as
+/// endpoints, subsets, and the Istio documents `istio`.
+fn gateway_config(v1: SocketAddr, v2: SocketAddr, istio: &str) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: ingressgateway-1, namespace: istio-system, serviceAccount: ingressgateway, ingress: true, labels: {{istio: ingressgateway}}}}
+services:
+- name: reviews
+  namespace: shop
+  ports: [{{name: http, port: 9080}}]
+  endpoints:
+  - {{address: 127.0.0.1, inboundPort: {}, labels: {{version: v1}}, serviceAccount: reviews}}
+  - {{address: 127.0.0.1, inboundPort: {}, labels: {{version: v2}}, serviceAccount: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+{istio}",
+        v1.port(),
+        v2.port()
+    )
+}
+
+/// The seed tutorials' Gateway and VirtualService, unchanged but for the names.
+const SEED: &str = "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [shop.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [shop-gateway]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    route:
+    - {destination: {host: reviews, subset: v1, port: {number: 9080}}, weight: 90}
+    - {destination: {host: reviews, subset: v2, port: {number: 9080}}, weight: 10}
+";
+
+/// The same, with a second server on 8080 that sends everything to https.
+const WITH_REDIRECT: &str = "
+  - port: {number: 8080, name: http-redirect, protocol: HTTP}
+    hosts: ['*']
+    tls: {httpsRedirect: true}
+";
+
+fn with_redirect() -> String {
+    SEED.replace(
+        "    hosts: [shop.example.com]\n",
+        &format!("    hosts: [shop.example.com]{WITH_REDIRECT}"),
+    )
+}
+
+fn options() -> IngressOptions {
+    IngressOptions {
+        address: "127.0.0.1".parse().unwrap(),
+        // Free ports for the server ports the test uses.
+        port_map: BTreeMap::from([(80, 0), (8080, 0), (9090, 0)]),
+        connect_timeout: Duration::from_secs(1),
+        admin: vec!["127.0.0.1:0".parse().unwrap()],
+        tracing: mesh_telemetry::trace::Tracing::disabled(),
+    }
+}
+
+#[tokio::test]
+async fn the_ingress_gateway_serves_gateway_ports_to_mesh_services() {
+    let mesh = Mesh::new();
+    let mut sidecars = Vec::new();
+    for version in ["v1", "v2"] {
+        let app = support::header_echo(version, "127.0.0.1:0".parse().unwrap(), SEEN).await;
+        sidecars.push(
+            support::sidecar(
+                &mesh,
+                &server_config(version, app.port()),
+                "shop",
+                "reviews",
+            )
+            .await,
+        );
+    }
+    let (v1, v2) = (sidecars[0].inbound_addr, sidecars[1].inbound_addr);
+    let store = Arc::new(StateStore::default());
+    store
+        .apply_yaml(&gateway_config(v1, v2, &with_redirect()), "test")
+        .unwrap();
+    let gw = IngressGateway::start(
+        store.clone(),
+        mesh.identity("istio-system", "ingressgateway"),
+        options(),
+    )
+    .await
+    .unwrap();
+    let port80 = gw.wait_bound(80, Duration::from_secs(5)).await.unwrap();
+    let port8080 = gw.wait_bound(8080, Duration::from_secs(5)).await.unwrap();
+
+    // The seed's split: /api goes 90/10 to v1/v2, with the client's Host kept, the
+    // client's address forwarded, and the gateway's identity at the sidecar (whose
+    // policy allows only the gateway).
+    let mut counts = BTreeMap::<String, usize>::new();
+    for _ in 0..200 {
+        let (status, body) = get(port80, "shop.example.com", "/api/items", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(" host=shop.example.com "), "{body}");
+        assert!(
+            body.contains("URI=spiffe://mesh.example/ns/istio-system/sa/ingressgateway"),
+            "{body}"
+        );
+        assert!(
+            body.contains("x-forwarded-for=127.0.0.1 x-forwarded-proto=http"),
+            "{body}"
+        );
+        *counts
+            .entry(body.split(' ').next().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let v2_share = counts.get("v2").copied().unwrap_or(0);
+    assert!(
+        (6..=40).contains(&v2_share) && counts["v1"] + v2_share == 200,
+        "90/10 split: {counts:?}"
+    );
+    // A path the VirtualService does not route, and a host no server serves: 404.
+    let (status, body) = get(port80, "shop.example.com", "/other", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no route of shop.example.com matches"),
+        "{body}"
+    );
+    let (status, body) = get(port80, "evil.example.com", "/api", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no virtual host"), "{body}");
+    // httpsRedirect: a 301 to the same host and path over https.
+    let resp = raw_get(port8080, "shop.example.com:8080", "/api?q=1").await;
+    assert!(resp.starts_with("HTTP/1.1 301"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("location: https://shop.example.com:8080/api?q=1"),
+        "{resp}"
+    );
+
+    // A sidecar caller is not the gateway: the destination's policy refuses it.
+    let intruder = support::sidecar(
+        &mesh,
+        &gateway_config(v1, v2, "").replace(
+            "node: {name: ingressgateway-1, namespace: istio-system, serviceAccount: ingressgateway, ingress: true, labels: {istio: ingressgateway}}",
+            "node: {name: web-1, namespace: shop, serviceAccount: web}",
+        ),
+        "shop",
+        "web",
+    )
+    .await;
+    let (status, _) = get(intruder.outbound_addr, "reviews.shop:9080", "/api", &[]).await;
+    assert_eq!(status, 403, "only the gateway's identity is allowed");
+
+    // A bad update (a regex that does not compile) is refused; the routes stay.
+    let bad = SEED.replace("{uri: {prefix: /api}}", "{uri: {regex: '('}}");
+    assert!(
+        store
+            .apply_yaml(&gateway_config(v1, v2, &bad), "test")
+            .is_err()
+    );
+    assert_eq!(get(port80, "shop.example.com", "/api", &[]).await.0, 200);
+
+    // Servers come and go: 8080 closes when its server is removed, 9090 opens when
+    // one is added, and 80 keeps serving throughout.
+    let moved = SEED.replace(
+        "    hosts: [shop.example.com]\n",
+        "    hosts: [shop.example.com]\n  - port: {number: 9090, name: http-alt, protocol: HTTP}\n    hosts: [shop.example.com]\n",
+    );
+    store
+        .apply_yaml(&gateway_config(v1, v2, &moved), "test")
+        .unwrap();
+    let port9090 = gw.wait_bound(9090, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(get(port9090, "shop.example.com", "/api", &[]).await.0, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(port8080).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "8080 is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!gw.bound().contains_key(&8080));
+    assert_eq!(get(port80, "shop.example.com", "/api", &[]).await.0, 200);
+}
+
+/// One HTTP/1.1 GET written by hand, and the response head as text.
+async fn raw_get(addr: SocketAddr, host: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out
+}
