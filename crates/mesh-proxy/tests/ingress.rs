@@ -69,6 +69,14 @@ spec:
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin-at-the-edge, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ['/api/admin*']}}}}]}}]
 {istio}",
         v1.port(),
         v2.port()
@@ -121,6 +129,7 @@ fn options() -> IngressOptions {
         connect_timeout: Duration::from_secs(1),
         admin: vec!["127.0.0.1:0".parse().unwrap()],
         tracing: mesh_telemetry::trace::Tracing::disabled(),
+        requests: Default::default(),
     }
 }
 
@@ -180,6 +189,16 @@ async fn the_ingress_gateway_serves_gateway_ports_to_mesh_services() {
         (6..=40).contains(&v2_share) && counts["v1"] + v2_share == 200,
         "90/10 split: {counts:?}"
     );
+    // The gateway's own AuthorizationPolicy denies at the edge, on the normalized
+    // path (a dot segment does not get around it).
+    for path in ["/api/admin/users", "/api/x/../admin"] {
+        let (status, body) = get(port80, "shop.example.com", path, &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (403, "RBAC: access denied"),
+            "{path}"
+        );
+    }
     // A path the VirtualService does not route, and a host no server serves: 404.
     let (status, body) = get(port80, "shop.example.com", "/other", &[]).await;
     assert_eq!(status, 404, "{body}");

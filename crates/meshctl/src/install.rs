@@ -96,6 +96,10 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {{name: isthmus-eastwest-gateway, namespace: {ns}}}
 ---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: isthmus-ingressgateway, namespace: {ns}}}
+---
 # Discovery reads the registry, checks workload tokens, keeps the webhooks' caBundle
 # and publishes the root ConfigMap; nothing else.
 apiVersion: rbac.authorization.k8s.io/v1
@@ -264,6 +268,76 @@ spec:
       - name: isthmus-root
         configMap: {{name: istio-ca-root-cert}}
 ---
+# The ingress gateway: the sidecar binary as a router. It serves the Gateways that
+# select `istio: ingressgateway` (as the Istio samples do); server port 80 is bound
+# on 8080 (the gateway runs without privileges) and the Service maps it back.
+apiVersion: v1
+kind: Service
+metadata:
+  name: istio-ingressgateway
+  namespace: {ns}
+  labels: {{app: istio-ingressgateway, istio: ingressgateway}}
+spec:
+  type: LoadBalancer
+  selector: {{app: istio-ingressgateway, istio: ingressgateway}}
+  ports:
+  - {{name: http2, port: 80, targetPort: 8080, protocol: TCP}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: istio-ingressgateway
+  namespace: {ns}
+  labels: {{app: istio-ingressgateway, istio: ingressgateway}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: istio-ingressgateway, istio: ingressgateway}}}}
+  template:
+    metadata:
+      labels: {{app: istio-ingressgateway, istio: ingressgateway, sidecar.istio.io/inject: "false"}}
+    spec:
+      serviceAccountName: isthmus-ingressgateway
+      securityContext: {{runAsNonRoot: true, runAsUser: 1337, runAsGroup: 1337}}
+      containers:
+      - name: ingressgateway
+        image: {image}
+        command: [/usr/local/bin/sidecar]
+        args:
+        - --ingress
+        - --port=80=8080
+        - --discovery=isthmus-discovery.{ns}.svc:15012
+        - --token-file=/var/run/secrets/tokens/isthmus-token
+        - --root-cert=/var/run/secrets/isthmus/root-cert.pem
+        - --trust-domain={trust_domain}
+        - --admin=0.0.0.0:15021
+        - --admin=0.0.0.0:15090
+        - --json-logs
+        env:
+        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+        - {{name: INSTANCE_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+        - {{name: SERVICE_ACCOUNT, valueFrom: {{fieldRef: {{fieldPath: spec.serviceAccountName}}}}}}
+        ports:
+        - {{name: http2, containerPort: 8080}}
+        - {{name: status-port, containerPort: 15021}}
+        - {{name: http-envoy-prom, containerPort: 15090}}
+        readinessProbe:
+          httpGet: {{path: /healthz/ready, port: 15021}}
+          periodSeconds: 2
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {{drop: [ALL]}}
+        volumeMounts:
+        - {{name: isthmus-token, mountPath: /var/run/secrets/tokens, readOnly: true}}
+        - {{name: isthmus-root, mountPath: /var/run/secrets/isthmus, readOnly: true}}
+      volumes:
+      - name: isthmus-token
+        projected:
+          sources: [{{serviceAccountToken: {{audience: isthmus-ca, expirationSeconds: 43200, path: isthmus-token}}}}]
+      - name: isthmus-root
+        configMap: {{name: istio-ca-root-cert}}
+---
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
 metadata: {{name: isthmus-sidecar-injector}}
@@ -365,7 +439,7 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             }
         }
         let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &args.namespace);
-        for name in ["isthmus-discovery", "isthmus-eastwestgateway"] {
+        for name in ["isthmus-discovery", "isthmus-eastwestgateway", "istio-ingressgateway"] {
             match deployments.get_opt(name).await? {
                 Some(d) => {
                     let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);

@@ -103,6 +103,8 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
         "ClusterRole isthmus-discovery",
         "Deployment istio-system/isthmus-discovery",
         "Service istio-system/isthmus-eastwestgateway",
+        "Deployment istio-system/istio-ingressgateway",
+        "Service istio-system/istio-ingressgateway",
         "MutatingWebhookConfiguration isthmus-sidecar-injector",
         "ValidatingWebhookConfiguration isthmus-validator",
     ] {
@@ -245,7 +247,11 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
     let running = discovery::start(options).await.unwrap();
     let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
         kube::Api::namespaced(client.clone(), "istio-system");
-    for name in ["isthmus-discovery", "isthmus-eastwestgateway"] {
+    for name in [
+        "isthmus-discovery",
+        "isthmus-eastwestgateway",
+        "istio-ingressgateway",
+    ] {
         deployments
             .patch_status(
                 name,
@@ -273,6 +279,10 @@ async fn manifests_and_chart_pass_a_server_side_dry_run_and_install() {
             );
             assert!(
                 text.contains("✔ Deployment istio-system/isthmus-eastwestgateway: 1 ready"),
+                "{text}"
+            );
+            assert!(
+                text.contains("✔ Deployment istio-system/istio-ingressgateway: 1 ready"),
                 "{text}"
             );
             break;

@@ -243,6 +243,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(10),
             admin: args.admin.clone(),
             tracing: tracing.clone(),
+            requests: mesh_proxy::inbound::RequestOptions {
+                path_normalization: args.path_normalization,
+                num_trusted_proxies: args.num_trusted_proxies,
+            },
         };
         let gateway = mesh_proxy::ingress::listen::IngressGateway::start(
             store.clone(),

@@ -6,6 +6,8 @@
 
 mod plan;
 
+pub(crate) use plan::{InboundRefusal, admit};
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,7 +94,11 @@ struct Caller {
 /// `X-Forwarded-For` (each trusted proxy appended the address it saw), or the peer
 /// when no proxy is trusted or none left an entry. `None` when the header is
 /// malformed or shorter than the trusted hops (the address cannot be known).
-fn remote_ip(headers: &http::HeaderMap, peer: IpAddr, num_trusted: usize) -> Option<IpAddr> {
+pub(crate) fn remote_ip(
+    headers: &http::HeaderMap,
+    peer: IpAddr,
+    num_trusted: usize,
+) -> Option<IpAddr> {
     if num_trusted == 0 {
         return Some(peer);
     }

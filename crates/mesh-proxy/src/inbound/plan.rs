@@ -29,7 +29,7 @@ pub(super) struct InboundPlan {
 
 /// Why the sidecar answers a request itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum InboundRefusal {
+pub(crate) enum InboundRefusal {
     /// The TLS connection named no `outbound_.PORT_...` server name.
     #[error("the connection carried no outbound SNI")]
     NoServicePort,
@@ -49,7 +49,7 @@ pub(super) enum InboundRefusal {
 
 impl InboundRefusal {
     /// The flag it is recorded with (`None`: a malformed request, no proxy failure).
-    pub(super) fn flag(&self) -> Option<ResponseFlag> {
+    pub(crate) fn flag(&self) -> Option<ResponseFlag> {
         match self {
             Self::NoServicePort | Self::BadAppUri(_) => Some(ResponseFlag::NoRoute),
             Self::Denied(_) => Some(ResponseFlag::Unauthorized),
@@ -59,7 +59,7 @@ impl InboundRefusal {
     }
 
     /// The status and body the caller gets.
-    pub(super) fn answer(&self) -> (http::StatusCode, String) {
+    pub(crate) fn answer(&self) -> (http::StatusCode, String) {
         match self {
             // Istio's body, which clients and tests recognise.
             Self::Denied(_) => (http::StatusCode::FORBIDDEN, "RBAC: access denied".into()),
@@ -112,36 +112,26 @@ pub(super) fn plan(
         }
         .map_err(|_| InboundRefusal::InvalidPath)?,
     };
-    // A JWT, when the request carries one, is verified before any policy (401 when it
-    // fails); a verified one names the request principal.
-    let verified = state
-        .jwt
-        .authenticate(parts)
-        .map_err(InboundRefusal::Unauthenticated)?;
-    let decision = state.authz.decide(&Attributes {
-        principal: &input.caller.principal,
-        principal_aliases: &input.caller.aliases,
-        source_ip: Some(input.peer.ip()),
-        remote_ip: super::remote_ip(
-            &parts.headers,
-            input.peer.ip(),
-            input.options.num_trusted_proxies,
-        ),
-        destination_ip: input.caller.destination_ip,
-        port: target_port,
-        sni: &input.caller.sni,
-        http: Some(HttpAttributes {
-            method: parts.method.as_str(),
-            path: &path,
-            host: input.authority,
-            headers: &parts.headers,
-            request_principal: verified.as_ref().map(|v| v.auth.principal.as_str()),
-        }),
-    });
-    let audited = match decision {
-        Decision::Deny(reason) => return Err(InboundRefusal::Denied(reason)),
-        Decision::Allow { audited } => audited,
-    };
+    let admitted = admit(
+        state,
+        parts,
+        &path,
+        input.authority,
+        Attributes {
+            principal: &input.caller.principal,
+            principal_aliases: &input.caller.aliases,
+            source_ip: Some(input.peer.ip()),
+            remote_ip: super::remote_ip(
+                &parts.headers,
+                input.peer.ip(),
+                input.options.num_trusted_proxies,
+            ),
+            destination_ip: input.caller.destination_ip,
+            port: target_port,
+            sni: &input.caller.sni,
+            http: None,
+        },
+    )?;
     let app_uri = Uri::builder()
         .scheme("http")
         .authority(SocketAddr::new(input.app_ip, target_port).to_string())
@@ -153,9 +143,53 @@ pub(super) fn plan(
         // gRPC and HTTP/2 ports get HTTP/2 (cleartext) to the app, so trailers and
         // streams arrive intact; everything else HTTP/1.1.
         h2: matches!(protocol, Protocol::Grpc | Protocol::Http2),
-        audited,
-        header_edits: verified.map(|v| v.edits).unwrap_or_default(),
+        audited: admitted.audited,
+        header_edits: admitted.header_edits,
     })
+}
+
+/// What a request that passed [`admit`] carries on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Admitted {
+    /// AUDIT policies that matched (logged, not enforced).
+    pub audited: Vec<String>,
+    /// Header edits a verified JWT's rule asks for (`None`: remove the header).
+    pub header_edits: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+}
+
+/// The request checks of a proxy that takes requests in (a sidecar's inbound side, the
+/// ingress gateway): a JWT, when the request carries one, verified before any policy
+/// (401 when it fails; a verified one names the request principal), then the
+/// AuthorizationPolicies on the connection's `attrs` and the request (`path`
+/// normalized).
+pub(crate) fn admit(
+    state: &ProxyState,
+    parts: &Parts,
+    path: &str,
+    host: &str,
+    attrs: Attributes<'_>,
+) -> Result<Admitted, InboundRefusal> {
+    let verified = state
+        .jwt
+        .authenticate(parts)
+        .map_err(InboundRefusal::Unauthenticated)?;
+    let attrs = Attributes {
+        http: Some(HttpAttributes {
+            method: parts.method.as_str(),
+            path,
+            host,
+            headers: &parts.headers,
+            request_principal: verified.as_ref().map(|v| v.auth.principal.as_str()),
+        }),
+        ..attrs
+    };
+    match state.authz.decide(&attrs) {
+        Decision::Deny(reason) => Err(InboundRefusal::Denied(reason)),
+        Decision::Allow { audited } => Ok(Admitted {
+            audited,
+            header_edits: verified.map(|v| v.edits).unwrap_or_default(),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub struct IngressOptions {
     pub admin: Vec<SocketAddr>,
     /// Span export (propagation only when disabled).
     pub tracing: mesh_telemetry::trace::Tracing,
+    /// Path normalization and trusted proxies in front of the gateway, for its own
+    /// RequestAuthentication and AuthorizationPolicy checks.
+    pub requests: crate::inbound::RequestOptions,
 }
 
 /// A running ingress gateway. Dropping it stops its listeners.
@@ -183,7 +186,7 @@ async fn reconcile(
             Ok(listener) => {
                 let addr = listener.local_addr().unwrap_or(addr);
                 tracing::info!(port, %addr, "gateway port open");
-                let task = tokio::spawn(serve(listener, port, outbound.clone()));
+                let task = tokio::spawn(serve(listener, port, outbound.clone(), options.requests));
                 lock().insert(port, Bound { addr, task });
             }
             Err(e) => {
@@ -201,9 +204,16 @@ async fn reconcile(
     complete
 }
 
-/// Serves one gateway port: each request goes to the outbound executor as
-/// [`Entry::Gateway`], with the client's address appended to `x-forwarded-for`.
-async fn serve(listener: TcpListener, port: u16, outbound: Arc<Outbound>) {
+/// Serves one gateway port: each request is checked as the gateway's own inbound
+/// side ([`admit`]), then goes to the outbound executor as [`Entry::Gateway`], with
+/// the client's address appended to `x-forwarded-for`.
+async fn serve(
+    listener: TcpListener,
+    port: u16,
+    outbound: Arc<Outbound>,
+    requests: crate::inbound::RequestOptions,
+) {
+    let local = listener.local_addr().ok();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -214,16 +224,22 @@ async fn serve(listener: TcpListener, port: u16, outbound: Arc<Outbound>) {
         };
         let _ = tcp.set_nodelay(true);
         let outbound = outbound.clone();
+        let local = tcp.local_addr().ok().or(local);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req| {
+            let service = hyper::service::service_fn(move |req| {
                 let outbound = outbound.clone();
-                forwarded(req.headers_mut(), peer.ip(), "http");
                 async move {
-                    Ok::<_, std::convert::Infallible>(
-                        outbound
-                            .handle(req, Entry::Gateway(port), Some(peer.ip()))
-                            .await,
-                    )
+                    let state = outbound.store.snapshot();
+                    let resp = match admit(&state, req, peer, local, requests) {
+                        Ok(mut req) => {
+                            forwarded(req.headers_mut(), peer.ip(), "http");
+                            outbound
+                                .handle(req, Entry::Gateway(port), Some(peer.ip()))
+                                .await
+                        }
+                        Err(resp) => *resp,
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
                 }
             });
             let builder =
@@ -235,6 +251,99 @@ async fn serve(listener: TcpListener, port: u16, outbound: Arc<Outbound>) {
                 tracing::debug!(%peer, error = %e, "gateway connection ended");
             }
         });
+    }
+}
+
+/// The gateway's own checks of a request from a client, as a sidecar makes them
+/// inbound: the path normalized (and forwarded so), a JWT verified when one is sent
+/// (RequestAuthentication), then the AuthorizationPolicies that select the gateway
+/// (the client has no mesh identity; `source.ip`/`remote.ip` are its address, the
+/// destination port the one bound). Returns the request to forward, or the answer.
+fn admit(
+    state: &crate::state::ProxyState,
+    req: http::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    options: crate::inbound::RequestOptions,
+) -> Result<http::Request<hyper::body::Incoming>, Box<http::Response<crate::http_util::Body>>> {
+    let (mut parts, body) = req.into_parts();
+    let refuse = |refusal: crate::inbound::InboundRefusal, parts: &http::request::Parts| {
+        let (status, text) = refusal.answer();
+        tracing::info!(
+            target: "access",
+            direction = "gateway",
+            method = %parts.method,
+            path = %parts.uri.path(),
+            status = status.as_u16(),
+            response_flags = refusal.flag().map_or("-", crate::ResponseFlag::code),
+            detail = %text,
+        );
+        Box::new(crate::http_util::text_response(status, "text/plain", text))
+    };
+    let normalized = match options.path_normalization.apply(parts.uri.path()) {
+        std::borrow::Cow::Owned(p) => Some(p),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    if let Some(normal) = &normalized {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal.clone(),
+        };
+        let mut uri = http::uri::Parts::from(parts.uri.clone());
+        match pq.parse() {
+            Ok(pq) => uri.path_and_query = Some(pq),
+            Err(_) => return Err(refuse(crate::inbound::InboundRefusal::InvalidPath, &parts)),
+        }
+        match http::Uri::from_parts(uri) {
+            Ok(u) => parts.uri = u,
+            Err(_) => return Err(refuse(crate::inbound::InboundRefusal::InvalidPath, &parts)),
+        }
+    }
+    let path = normalized.unwrap_or_else(|| parts.uri.path().to_owned());
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let attrs = crate::authz::Attributes {
+        principal: "",
+        principal_aliases: &[],
+        source_ip: Some(peer.ip()),
+        remote_ip: crate::inbound::remote_ip(
+            &parts.headers,
+            peer.ip(),
+            options.num_trusted_proxies,
+        ),
+        destination_ip: local.map(|l| l.ip()),
+        port: local.map_or(0, |l| l.port()),
+        sni: "",
+        http: None,
+    };
+    match crate::inbound::admit(state, &parts, &path, &host, attrs) {
+        Ok(admitted) => {
+            for policy in &admitted.audited {
+                tracing::info!(target: "access", direction = "gateway", policy = %policy, path = %path, "audited");
+            }
+            for (name, value) in admitted.header_edits {
+                match value {
+                    Some(v) => {
+                        parts.headers.insert(name, v);
+                    }
+                    None => {
+                        parts.headers.remove(name);
+                    }
+                }
+            }
+            Ok(http::Request::from_parts(parts, body))
+        }
+        Err(refusal) => Err(refuse(refusal, &parts)),
     }
 }
 
