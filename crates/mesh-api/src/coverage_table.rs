@@ -185,7 +185,16 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     e("HttpMatchRequest", "scheme", ROUTES_MATCH),
     e("HttpMatchRequest", "method", ROUTES_MATCH),
     e("HttpMatchRequest", "authority", ROUTES_MATCH),
-    e("HttpMatchRequest", "headers", HEADER_ROUTE),
+    en(
+        "HttpMatchRequest",
+        "headers",
+        "also `@request.auth.claims.NAME` (nested `.a.b` or `[a][b]`) on routes bound to a Gateway: matched against the JWT \
+         the ingress gateway verified (a string claim, or any item of a list); refused on routes bound to `mesh` only, as Istio matches claims at gateways",
+        &[
+            "crates/mesh-proxy/tests/http_routing::header_match_rewrite_and_edits_route_as_istio_does",
+            "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
+        ],
+    ),
     e("HttpMatchRequest", "port", ROUTES_MATCH),
     e("HttpMatchRequest", "sourceLabels", ROUTES_MATCH),
     en(

@@ -392,7 +392,7 @@ fn gateway_is_refused_and_a_static_service_entry_read() {
         "{err}"
     );
     assert!(
-        err.contains("the east-west gateway is configured by discovery"),
+        err.contains("east-west gateway is configured by discovery"),
         "{err}"
     );
     // A STATIC ServiceEntry is read (and enforced by the proxies); with NONE resolution,
@@ -559,7 +559,8 @@ spec:
     );
     assert!(err.errors[0].reason.contains("is not an HTTP header name"));
 
-    // Routing on JWT claims is refused with its own reason.
+    // Routing on JWT claims on sidecars (the `mesh` gateway only) is refused with its
+    // own reason; bound to a Gateway it is read, and a malformed claim name is refused.
     refused(
         r#"
 apiVersion: networking.istio.io/v1
@@ -573,7 +574,26 @@ spec:
 "#,
         &[
             r#"spec.http[0].match[0].headers["@request.auth.claims.groups"]"#,
-            "routing on JWT claims is not built",
+            "JWT claims are matched at the ingress gateway only",
+        ],
+    );
+    let bound = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [bookinfo-gateway]
+  http:
+  - match: [{headers: {"@request.auth.claims.groups": {exact: admin}, "@request.auth.claims[org][team]": {prefix: a}}}]
+    route: [{destination: {host: reviews}}]
+"#;
+    parse_resource(bound).unwrap();
+    refused(
+        &bound.replace("claims[org][team]", "claims[]"),
+        &[
+            r#"spec.http[0].match[0].headers["@request.auth.claims[]"]"#,
+            "names no claim",
         ],
     );
 }

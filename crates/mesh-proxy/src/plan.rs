@@ -251,6 +251,11 @@ pub fn plan<'s>(
         scheme: parts.uri.scheme_str().unwrap_or("http"),
         headers: &parts.headers,
         port: req_port,
+        // Set by the ingress gateway when the request's JWT was verified.
+        claims: parts
+            .extensions
+            .get::<Arc<crate::jwt::RequestAuth>>()
+            .map(|a| &a.claims),
     };
     let route = routes
         .iter()

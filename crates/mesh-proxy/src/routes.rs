@@ -73,6 +73,8 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// Destination port.
     pub port: u16,
+    /// The claims of the request's verified JWT (at the ingress gateway), if any.
+    pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One compiled match block (all fields ANDed).
@@ -85,8 +87,33 @@ pub struct RouteMatch {
     authority: Option<StrMatch>,
     headers: Vec<(HeaderName, StrMatch)>,
     without_headers: Vec<(HeaderName, StrMatch)>,
+    /// `@request.auth.claims` conditions: the claim's path and the match.
+    claims: Vec<(Vec<String>, StrMatch)>,
     query: Vec<(String, StrMatch)>,
     port: Option<u16>,
+}
+
+/// Whether the claim at `path` is a string that `m` matches, or a list holding one
+/// (Istio's rule for list claims such as groups).
+fn claim_matches(
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    path: &[String],
+    m: &StrMatch,
+) -> bool {
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let mut value = claims.and_then(|c| c.get(first));
+    for key in rest {
+        value = value.and_then(|v| v.get(key));
+    }
+    match value {
+        Some(serde_json::Value::String(s)) => m.matches(s),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .any(|i| i.as_str().is_some_and(|s| m.matches(s))),
+        _ => false,
+    }
 }
 
 impl RouteMatch {
@@ -131,6 +158,13 @@ impl RouteMatch {
             if !ok {
                 return false;
             }
+        }
+        if !self
+            .claims
+            .iter()
+            .all(|(path, m)| claim_matches(req.claims, path, m))
+        {
+            return false;
         }
         for (name, m) in &self.without_headers {
             if req
@@ -481,6 +515,7 @@ fn compile_match(m: &HttpMatchRequest) -> Result<RouteMatch, String> {
                        field: &str|
      -> Result<Vec<(HeaderName, StrMatch)>, String> {
         map.iter()
+            .filter(|(k, _)| !k.starts_with("@request.auth.claims"))
             .map(|(k, v)| {
                 let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
                     .map_err(|_| format!("{field}: {k:?} is not a header name"))?;
@@ -499,6 +534,19 @@ fn compile_match(m: &HttpMatchRequest) -> Result<RouteMatch, String> {
         authority: one(&m.authority, "authority", false)?,
         headers: header_list(&m.headers, "headers")?,
         without_headers: header_list(&m.without_headers, "withoutHeaders")?,
+        claims: m
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let path = mesh_api::networking::jwt_claim_path(k)?;
+                Some(path.and_then(|p| {
+                    Ok((
+                        p,
+                        StrMatch::compile(v, false).map_err(|e| format!("headers[{k}]: {e}"))?,
+                    ))
+                }))
+            })
+            .collect::<Result<_, String>>()?,
         query: m
             .query_params
             .iter()
@@ -577,6 +625,7 @@ mod tests {
             scheme: "http",
             headers,
             port: 9080,
+            claims: None,
         }
     }
 

@@ -150,9 +150,37 @@ async fn the_ingress_gateway_serves_gateway_ports_to_mesh_services() {
         );
     }
     let (v1, v2) = (sidecars[0].inbound_addr, sidecars[1].inbound_addr);
+    // JWTs are verified at the edge; a VirtualService merged into the seed's host
+    // (older by name) routes the `beta` group to v2 on its token's claim.
+    let key = support::Key::new("edge");
+    let claims = format!(
+        "---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: edge-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules: [{{issuer: '{issuer}', jwks: '{jwks}'}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: beta, namespace: shop}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [shop/shop-gateway]
+  http:
+  - match: [{{uri: {{prefix: /api}}, headers: {{'@request.auth.claims.groups': {{exact: beta}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2, port: {{number: 9080}}}}}}]
+",
+        issuer = support::ISSUER,
+        jwks = serde_json::json!({"keys": [key.jwk()]}),
+    );
     let store = Arc::new(StateStore::default());
     store
-        .apply_yaml(&gateway_config(v1, v2, &with_redirect()), "test")
+        .apply_yaml(
+            &gateway_config(v1, v2, &format!("{}{claims}", with_redirect())),
+            "test",
+        )
         .unwrap();
     let gw = IngressGateway::start(
         store.clone(),
@@ -189,6 +217,48 @@ async fn the_ingress_gateway_serves_gateway_ports_to_mesh_services() {
         (6..=40).contains(&v2_share) && counts["v1"] + v2_share == 200,
         "90/10 split: {counts:?}"
     );
+    // A verified token of the beta group always reaches v2; one of another group
+    // takes the split; a forged token is refused at the edge.
+    let beta = format!(
+        "Bearer {}",
+        key.sign(serde_json::json!({"sub": "ann", "groups": ["staff", "beta"]}))
+    );
+    let staff = format!(
+        "Bearer {}",
+        key.sign(serde_json::json!({"sub": "bob", "groups": ["staff"]}))
+    );
+    let mut staff_seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (status, body) = get(
+            port80,
+            "shop.example.com",
+            "/api",
+            &[("authorization", &beta)],
+        )
+        .await;
+        assert!(status == 200 && body.starts_with("v2 "), "{status} {body}");
+        let (status, body) = get(
+            port80,
+            "shop.example.com",
+            "/api",
+            &[("authorization", &staff)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        staff_seen.insert(body.split(' ').next().unwrap().to_owned());
+    }
+    assert!(staff_seen.contains("v1"), "{staff_seen:?}");
+    let forged =
+        support::Key::new("edge").sign(serde_json::json!({"sub": "eve", "groups": ["beta"]}));
+    let (status, body) = get(
+        port80,
+        "shop.example.com",
+        "/api",
+        &[("authorization", &format!("Bearer {forged}"))],
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+
     // The gateway's own AuthorizationPolicy denies at the edge, on the normalized
     // path (a dot segment does not get around it).
     for path in ["/api/admin/users", "/api/x/../admin"] {
@@ -209,7 +279,7 @@ async fn the_ingress_gateway_serves_gateway_ports_to_mesh_services() {
     let (status, body) = get(port80, "evil.example.com", "/api", &[]).await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no virtual host"), "{body}");
-    // httpsRedirect: a 301 to the same host and path over https.
+    // A server with `tls.httpsRedirect`: a 301 to the same host and path over https.
     let resp = raw_get(port8080, "shop.example.com:8080", "/api?q=1").await;
     assert!(resp.starts_with("HTTP/1.1 301"), "{resp}");
     assert!(
@@ -241,8 +311,8 @@ async fn the_ingress_gateway_serves_gateway_ports_to_mesh_services() {
     );
     assert_eq!(get(port80, "shop.example.com", "/api", &[]).await.0, 200);
 
-    // Servers come and go: 8080 closes when its server is removed, 9090 opens when
-    // one is added, and 80 keeps serving throughout.
+    // The Gateway's `servers` come and go: 8080 closes when its server is removed,
+    // 9090 opens when one is added, and 80 keeps serving throughout.
     let moved = SEED.replace(
         "    hosts: [shop.example.com]\n",
         "    hosts: [shop.example.com]\n  - port: {number: 9090, name: http-alt, protocol: HTTP}\n    hosts: [shop.example.com]\n",

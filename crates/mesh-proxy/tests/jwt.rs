@@ -8,9 +8,6 @@ mod support;
 
 use std::net::SocketAddr;
 
-use base64::Engine as _;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-
 /// What the application reports: the token, the claim and the payload headers.
 const SEEN: &[&str] = &["authorization", "x-user", "x-jwt-payload"];
 
@@ -18,46 +15,7 @@ async fn get(sidecar: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16,
     support::get(sidecar, "reviews:9080", path, headers).await
 }
 
-const ISSUER: &str = "https://issuer.example";
-
-/// A signing key and its public JWK (`kid`).
-struct Key {
-    kid: &'static str,
-    pair: rcgen::KeyPair,
-}
-
-impl Key {
-    fn new(kid: &'static str) -> Self {
-        Self {
-            kid,
-            pair: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
-        }
-    }
-
-    fn jwk(&self) -> serde_json::Value {
-        let raw = self.pair.public_key_raw(); // 0x04 || x || y
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        serde_json::json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": self.kid,
-            "x": b64(&raw[1..33]), "y": b64(&raw[33..65])})
-    }
-
-    /// A token with these claims (plus `iss` unless given, `exp` an hour ahead).
-    fn sign(&self, claims: serde_json::Value) -> String {
-        let mut c = serde_json::json!({"iss": ISSUER, "aud": "reviews",
-            "exp": jsonwebtoken::get_current_timestamp() + 3600});
-        for (k, v) in claims.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.into());
-        jsonwebtoken::encode(
-            &header,
-            &c,
-            &EncodingKey::from_ec_der(&self.pair.serialize_der()),
-        )
-        .unwrap()
-    }
-}
+use support::{ISSUER, Key};
 
 #[tokio::test]
 async fn tokens_are_verified_before_policies_and_name_the_caller() {

@@ -150,7 +150,19 @@ impl GatewaySpec {
                     "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS",
                 ];
                 let protocol = s.port.protocol.to_ascii_uppercase();
-                if !PROTOCOLS.contains(&protocol.as_str()) {
+                let east_west = s
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == Some(ServerTlsMode::AutoPassthrough));
+                if east_west {
+                    // Istio's cross-network gateway: Isthmus needs no Gateway for it.
+                    v.field("protocol", |v| {
+                        v.error(
+                            "an AUTO_PASSTHROUGH server is Istio's east-west gateway; Isthmus's east-west gateway \
+                             is configured by discovery (from the link Secrets), so this Gateway is not needed: remove it",
+                        )
+                    });
+                } else if !PROTOCOLS.contains(&protocol.as_str()) {
                     v.field("protocol", |v| {
                         v.error(format!(
                             "unknown protocol {:?}; use one of {}",

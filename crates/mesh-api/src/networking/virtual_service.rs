@@ -558,7 +558,28 @@ impl VirtualServiceSpec {
                 v.error("host must not be empty");
             }
         });
-        v.each("http", &self.http, |v, r| r.validate(v));
+        v.each("http", &self.http, |v, r| {
+            r.validate(v);
+            // Claims are verified where a request enters: the ingress gateway.
+            v.each("match", &r.matches, |v, m| {
+                let gateways = if m.gateways.is_empty() {
+                    &self.gateways
+                } else {
+                    &m.gateways
+                };
+                if gateways.iter().all(|g| g == "mesh") {
+                    v.each_entry("headers", &m.headers, |v, k, _| {
+                        if k.starts_with("@request.auth.claims") {
+                            v.error(
+                                "JWT claims are matched at the ingress gateway only (as in Istio), \
+                                 so on sidecars this match could never be true; bind the route to a Gateway \
+                                 with `gateways`",
+                            );
+                        }
+                    });
+                }
+            });
+        });
         v.each("tls", &self.tls, |v, r| {
             if r.matches.is_empty() {
                 v.field("match", |v| {
@@ -677,6 +698,29 @@ impl HttpRoute {
     }
 }
 
+/// The claim a `headers` key names when it is `@request.auth.claims.NAME` (nested:
+/// `.a.b`, or `[a][b]` for names with dots): its path, or why it is malformed; `None`
+/// for an ordinary header.
+pub fn jwt_claim_path(key: &str) -> Option<Result<Vec<String>, String>> {
+    let rest = key.strip_prefix("@request.auth.claims")?;
+    let path: Vec<String> = if let Some(dotted) = rest.strip_prefix('.') {
+        dotted.split('.').map(str::to_owned).collect()
+    } else if rest.starts_with('[') && rest.ends_with(']') {
+        rest[1..rest.len() - 1]
+            .split("][")
+            .map(str::to_owned)
+            .collect()
+    } else {
+        vec![]
+    };
+    if path.is_empty() || path.iter().any(|p| p.is_empty() || p.contains(['[', ']'])) {
+        return Some(Err(format!(
+            "{key:?} names no claim: write @request.auth.claims.NAME (nested: .a.b, or [a][b])"
+        )));
+    }
+    Some(Ok(path))
+}
+
 impl HttpMatchRequest {
     fn validate(&self, v: &mut Validator) {
         validate_gateways(v, &self.gateways, Binding::Http);
@@ -691,14 +735,10 @@ impl HttpMatchRequest {
             }
         }
         v.each_entry("headers", &self.headers, |v, k, m| {
-            if k.starts_with("@request.auth.claims") {
-                v.error(
-                    "is not supported: routing on JWT claims is not built (Istio applies it at \
-                     an ingress gateway, which Isthmus does not run yet), so this match could \
-                     never be true; route on a header the caller sets instead",
-                );
-            } else {
-                validate_header_name(v, k);
+            match jwt_claim_path(k) {
+                Some(Err(e)) => v.error(e),
+                Some(Ok(_)) => {}
+                None => validate_header_name(v, k),
             }
             m.validate(v)
         });

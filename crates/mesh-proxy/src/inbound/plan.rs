@@ -155,6 +155,8 @@ pub(crate) struct Admitted {
     pub audited: Vec<String>,
     /// Header edits a verified JWT's rule asks for (`None`: remove the header).
     pub header_edits: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+    /// Who the verified JWT names, and its claims.
+    pub auth: Option<crate::jwt::RequestAuth>,
 }
 
 /// The request checks of a proxy that takes requests in (a sidecar's inbound side, the
@@ -185,10 +187,17 @@ pub(crate) fn admit(
     };
     match state.authz.decide(&attrs) {
         Decision::Deny(reason) => Err(InboundRefusal::Denied(reason)),
-        Decision::Allow { audited } => Ok(Admitted {
-            audited,
-            header_edits: verified.map(|v| v.edits).unwrap_or_default(),
-        }),
+        Decision::Allow { audited } => {
+            let (header_edits, auth) = match verified {
+                Some(v) => (v.edits, Some(v.auth)),
+                None => (Vec::new(), None),
+            };
+            Ok(Admitted {
+                audited,
+                header_edits,
+                auth,
+            })
+        }
     }
 }
 

@@ -341,6 +341,10 @@ fn admit(
                     }
                 }
             }
+            // The claims, for the routes that match on them.
+            if let Some(auth) = admitted.auth {
+                parts.extensions.insert(Arc::new(auth));
+            }
             Ok(http::Request::from_parts(parts, body))
         }
         Err(refusal) => Err(refuse(refusal, &parts)),

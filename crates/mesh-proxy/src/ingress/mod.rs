@@ -410,6 +410,7 @@ spec:
                 "8080 shop/public.redirect * <- shop/front-extra",
             ]
         );
+        // A listener per server `port`; the Host picks the virtual host.
         let l80 = &i.listeners[&80];
         let pick = |h: &str| l80.virtual_host(h).map(|(_, v)| v.domain.clone());
         assert_eq!(

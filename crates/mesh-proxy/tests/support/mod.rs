@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use base64::Engine as _;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -280,4 +282,46 @@ pub async fn text_server(body: std::sync::Arc<std::sync::Mutex<Option<String>>>)
         }
     });
     addr
+}
+
+/// The issuer of the test's tokens.
+pub const ISSUER: &str = "https://issuer.example";
+
+/// A signing key and its public JWK (`kid`).
+pub struct Key {
+    pub kid: &'static str,
+    pub pair: rcgen::KeyPair,
+}
+
+impl Key {
+    pub fn new(kid: &'static str) -> Self {
+        Self {
+            kid,
+            pair: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        }
+    }
+
+    pub fn jwk(&self) -> serde_json::Value {
+        let raw = self.pair.public_key_raw(); // 0x04 || x || y
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        serde_json::json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": self.kid,
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65])})
+    }
+
+    /// A token with these claims (plus `iss` unless given, `exp` an hour ahead).
+    pub fn sign(&self, claims: serde_json::Value) -> String {
+        let mut c = serde_json::json!({"iss": ISSUER, "aud": "reviews",
+            "exp": jsonwebtoken::get_current_timestamp() + 3600});
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.into());
+        jsonwebtoken::encode(
+            &header,
+            &c,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.pair.serialize_der()),
+        )
+        .unwrap()
+    }
 }
