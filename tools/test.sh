@@ -18,11 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
-# Tools the tests run, from the distribution: shellcheck (the scripts' lint test)
-# and, as root, what pods and cluster networks need (network namespaces, veth pairs,
-# iptables capture).
+# Tools the tests run, from the distribution: shellcheck (the scripts' lint test),
+# nginx (the real TLS server TLS origination is tested against) and, as root, what
+# pods and cluster networks need (network namespaces, veth pairs, iptables capture).
 pkgs=()
 command -v shellcheck >/dev/null || pkgs+=(shellcheck)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
 if [ "$(id -u)" = 0 ]; then
   command -v ip >/dev/null || pkgs+=(iproute2)
   command -v iptables >/dev/null || pkgs+=(iptables)

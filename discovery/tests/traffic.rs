@@ -255,7 +255,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("vs.yaml", GOOD_VS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  gateways: [shop/ingress/x]"), "VirtualService/shop/reviews", "spec.gateways[0]"),
         ("vs.yaml", vs("  - match: [{headers: {\"bad header\": {exact: x}}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "headers[\"bad header\"]"),
         ("vs.yaml", vs("  - match: [{headers: {\"@request.auth.claims.group\": {exact: x}}}]\n    route: [{destination: {host: reviews}}]"), "VirtualService/shop/reviews", "JWT claims"),
-        ("dr.yaml", dr("  trafficPolicy: {tls: {mode: SIMPLE}}\n"), "DestinationRule/shop/reviews", "spec.trafficPolicy.tls.mode"),
+        ("dr.yaml", dr("  trafficPolicy: {tls: {mode: MUTUAL}}\n"), "DestinationRule/shop/reviews", "spec.trafficPolicy.tls.mode"),
         ("dr.yaml", dr("  workloadSelector: {matchLabels: {app: frontend}}\n"), "DestinationRule/shop/reviews", "spec.workloadSelector"),
         ("ap.yaml", ap("{action: CUSTOM, provider: {name: ext}, rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.action"),
         ("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: https://issuer.example}]}\n".into(), "RequestAuthentication/shop/jwt", "spec.jwtRules[0].jwks"),

@@ -110,8 +110,9 @@ const FEDERATION: &[&str] =
 
 const MESH_GATEWAY_ONLY: &str = "`mesh` (the sidecars) and Gateways, as `name` (the VirtualService's namespace) or `namespace/name`, served by the Isthmus ingress gateway";
 const L4_MESH_ONLY: &str = "`mesh` only: TLS and TCP routes are served by sidecars (Gateway servers of protocol TLS and TCP are not built)";
-const NO_ORIGINATION: &str = "TLS origination (DestinationRule tls SIMPLE/MUTUAL) is not built yet; \
-     traffic between sidecars is always mesh mTLS (ISTIO_MUTUAL), and workloads without a sidecar take DISABLE";
+const NO_ORIGINATION: &str = "certificate revocation lists are not checked";
+const ORIGINATION_TEST: &str = "crates/mesh-proxy/tests/origination::tls_origination_verifies_the_server_and_presents_the_client_certificate";
+const ORIGINATION: &[&str] = &[ORIGINATION_TEST];
 const CONNECTION_TUNING: &str =
     "a connection tuning knob the sidecar does not apply; the default behaviour stays";
 
@@ -667,29 +668,58 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "ClientTlsSettings",
         "mode",
-        "ISTIO_MUTUAL and DISABLE; SIMPLE and MUTUAL are refused",
+        "ISTIO_MUTUAL (mesh mTLS between sidecars), DISABLE (plain to a workload without a sidecar), \
+         SIMPLE and MUTUAL (TLS this proxy opens to the destination's own address and port, HTTP and TCP)",
         &[
             "crates/mesh-proxy/tests/http_routing::tls_disable_sends_plain_http_to_a_workload_without_a_sidecar",
+            ORIGINATION_TEST,
         ],
     ),
-    r("ClientTlsSettings", "clientCertificate", NO_ORIGINATION),
-    r("ClientTlsSettings", "privateKey", NO_ORIGINATION),
-    r("ClientTlsSettings", "caCertificates", NO_ORIGINATION),
-    r("ClientTlsSettings", "credentialName", NO_ORIGINATION),
+    en(
+        "ClientTlsSettings",
+        "clientCertificate",
+        "a PEM file the proxy reads (mounted in its pod)",
+        ORIGINATION,
+    ),
+    en(
+        "ClientTlsSettings",
+        "privateKey",
+        "a PEM file the proxy reads (mounted in its pod)",
+        ORIGINATION,
+    ),
+    en(
+        "ClientTlsSettings",
+        "caCertificates",
+        "a PEM file the proxy reads; the system's roots when unset",
+        ORIGINATION,
+    ),
     r(
+        "ClientTlsSettings",
+        "credentialName",
+        "certificates from a Secret delivered by discovery are not built yet; mount the Secret in the pod and give \
+         clientCertificate, privateKey and caCertificates as files",
+    ),
+    en(
         "ClientTlsSettings",
         "subjectAltNames",
-        "the peer is verified by its SPIFFE identity from discovery; custom names are not checked",
+        "DNS names and IP addresses, for TLS this proxy opens (the certificate must be valid for one); \
+         refused with ISTIO_MUTUAL, where peers are verified by their SPIFFE identity",
+        ORIGINATION,
     ),
-    r(
+    en(
         "ClientTlsSettings",
         "sni",
-        "the SNI between sidecars names the service and port (outbound_.PORT_.SUBSET_.HOST)",
+        "for TLS this proxy opens (the destination host when unset); refused with ISTIO_MUTUAL, whose SNI names the service and port",
+        ORIGINATION,
     ),
-    r(
+    en(
         "ClientTlsSettings",
         "insecureSkipVerify",
-        "mesh peers are always verified",
+        "verifies nothing; `meshctl analyze` warns (ISM0002)",
+        &[
+            ORIGINATION_TEST,
+            "crates/meshctl/src/analyze::tls_origination_that_verifies_nothing_is_warned",
+        ],
     ),
     r("ClientTlsSettings", "caCrl", NO_ORIGINATION),
     // RequestAuthentication

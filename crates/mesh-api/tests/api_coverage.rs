@@ -192,12 +192,12 @@ spec:
 fn values_isthmus_cannot_honour_are_refused() {
     for (yaml, part) in [
         (
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: shop}\nspec: {host: x, trafficPolicy: {tls: {mode: SIMPLE}}}\n",
-            "spec.trafficPolicy.tls.mode: Simple",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: shop}\nspec: {host: x, trafficPolicy: {tls: {mode: ISTIO_MUTUAL, sni: x.example}}}\n",
+            "spec.trafficPolicy.tls.sni: applies to TLS this proxy opens",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: shop}\nspec: {host: x, subsets: [{name: v1, labels: {v: '1'}, trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: MUTUAL}}]}}]}\n",
-            "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode: Mutual",
+            "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode: MUTUAL needs clientCertificate and privateKey",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], gateways: [a/b/c], http: [{route: [{destination: {host: x}}]}]}\n",

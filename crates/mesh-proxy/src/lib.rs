@@ -34,6 +34,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod lb;
 pub mod model;
+pub mod origination;
 pub mod outbound;
 pub mod outbound_tcp;
 pub mod path;

@@ -450,8 +450,11 @@ impl Outbound {
             tried.push(endpoint.inbound);
             // In the clear to the endpoint's own port: outside the mesh, or a mesh
             // workload without a sidecar (tls.mode DISABLE).
+            // Or over TLS this proxy opens (tls.mode SIMPLE or MUTUAL).
+            let origination = resolved.and_then(|r| r.origination.as_deref());
             let plaintext = (target.location == crate::model::Location::External
-                || resolved.is_some_and(|r| r.plaintext))
+                || resolved.is_some_and(|r| r.plaintext)
+                || origination.is_some())
             .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(port)));
             out.upstream_host = plaintext.unwrap_or(endpoint.inbound).to_string();
             out.peers = Some(self.try_labels(state, target, endpoint, plaintext.is_some()));
@@ -475,6 +478,7 @@ impl Outbound {
                 sni: &out.upstream_cluster,
                 tunnel: endpoint.quic.then_some(state.node.cluster.as_str()),
                 plaintext,
+                origination: origination.map(|o| (o, target.host.as_str())),
                 connect_timeout: resolved.and_then(|r| r.connect_timeout),
                 reuse: crate::pool::Reuse::of(resolved),
                 http1: req.version() == http::Version::HTTP_11,
@@ -568,10 +572,17 @@ impl Outbound {
         let port = service_port.port;
         let endpoint = self.pick_one(state, &target, &mirror.subset, port, None);
         let Some(endpoint) = endpoint else { return };
-        // Outside the mesh: in the clear, to the endpoint's own port.
-        let plaintext = (target.location == crate::model::Location::External).then(|| {
-            std::net::SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(service_port))
-        });
+        // Outside the mesh, without a sidecar, or over TLS opened here: straight to the
+        // endpoint's own port.
+        let resolved = state
+            .policies
+            .get(&mirror.host)
+            .and_then(|p| p.resolve(&mirror.subset, port));
+        let origination = resolved.and_then(|r| r.origination.clone());
+        let plaintext = (target.location == crate::model::Location::External
+            || resolved.is_some_and(|r| r.plaintext)
+            || origination.is_some())
+        .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(service_port)));
         let mut req = Request::new(full(body));
         *req.method_mut() = template.method.clone();
         *req.version_mut() = template.version;
@@ -598,6 +609,7 @@ impl Outbound {
                         sni: &sni,
                         tunnel: tunnel.as_deref(),
                         plaintext,
+                        origination: origination.as_deref().map(|o| (o, target.host.as_str())),
                         connect_timeout: None,
                         reuse: crate::pool::Reuse::default(),
                         http1,

@@ -257,17 +257,27 @@ impl Outbound {
         let timeout = plan.resolved.and_then(|r| r.connect_timeout);
         // Outside the mesh: the endpoint's own port, in the clear; else mTLS to its
         // sidecar.
+        // Or over TLS opened here (tls.mode SIMPLE or MUTUAL), to the endpoint's port.
+        let origination = plan.resolved.and_then(|r| r.origination.as_deref());
         let outside = plan
             .target
             .port(Some(plan.port))
-            .filter(|_| plan.target.location == crate::model::Location::External)
+            .filter(|_| {
+                plan.target.location == crate::model::Location::External || origination.is_some()
+            })
             .map(|p| SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(p)));
         let upstream: Result<Box<dyn crate::pool::Io>, crate::pool::UpstreamError> = match outside {
-            Some(addr) => self
-                .pool
-                .connect_plain(addr, timeout)
-                .await
-                .map(|s| Box::new(s) as _),
+            Some(addr) => match (self.pool.connect_plain(addr, timeout).await, origination) {
+                (Ok(tcp), Some(o)) => o
+                    .connect(tcp, &plan.target.host)
+                    .await
+                    .map(|s| Box::new(s) as _)
+                    .map_err(|source| crate::pool::UpstreamError::OriginationHandshake {
+                        addr,
+                        source,
+                    }),
+                (tcp, _) => tcp.map(|s| Box::new(s) as _),
+            },
             None => self
                 .pool
                 .connect_stream(

@@ -25,6 +25,9 @@ pub struct DestinationPolicy {
     resolved: HashMap<(String, Option<u16>), ResolvedPolicy>,
     #[serde(skip)]
     pub(crate) round_robin: AtomicUsize,
+    /// Why a `tls` setting could not be built (the rule is then refused).
+    #[serde(skip)]
+    pub(crate) errors: Vec<String>,
 }
 
 /// The traffic policy that applies to one (subset, port).
@@ -56,6 +59,9 @@ pub struct ResolvedPolicy {
     /// `h2UpgradePolicy: UPGRADE`: HTTP/1.1 requests travel as HTTP/2 between sidecars
     /// (multiplexed); by default they stay HTTP/1.1, as in Istio.
     pub h2_upgrade: bool,
+    /// `tls.mode` SIMPLE or MUTUAL: TLS opened by this proxy to the destination's own
+    /// address and port.
+    pub origination: Option<Arc<crate::origination::Origination>>,
 }
 
 /// What a consistent hash is computed over.
@@ -124,9 +130,22 @@ impl<'a> PolicyParts<'a> {
         self.tls = tls.or(self.tls);
     }
 
-    fn resolve(&self) -> ResolvedPolicy {
+    /// The policy in force; a `tls` that cannot be built adds its reason to `errors`.
+    fn resolve(&self, errors: &mut Vec<String>) -> ResolvedPolicy {
         let outlier = self.outlier.map(OutlierPolicy::compile);
+        let origination = self
+            .tls
+            .map(crate::origination::Origination::compile)
+            .transpose()
+            .unwrap_or_else(|e| {
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+                None
+            })
+            .flatten();
         ResolvedPolicy {
+            origination,
             lb: self.lb.and_then(|l| l.simple),
             // As in Istio: failover needs outlier detection (to know an endpoint is
             // gone); weighted `distribute` does not.
@@ -203,6 +222,7 @@ impl DestinationPolicy {
     pub(crate) fn compile(rule: String, spec: &mesh_api::networking::DestinationRuleSpec) -> Self {
         use mesh_api::networking::TrafficPolicy;
         let mut resolved = HashMap::new();
+        let mut errors = Vec::new();
         let mut top = PolicyParts::default();
         if let Some(t) = &spec.traffic_policy {
             top.overlay(
@@ -247,7 +267,7 @@ impl DestinationPolicy {
                         parts = with_port(&parts, Some(sp), p);
                     }
                 }
-                resolved.insert((name.to_owned(), port), parts.resolve());
+                resolved.insert((name.to_owned(), port), parts.resolve(&mut errors));
             }
         }
         Self {
@@ -259,6 +279,7 @@ impl DestinationPolicy {
                 .collect(),
             resolved,
             round_robin: AtomicUsize::new(0),
+            errors,
         }
     }
 

@@ -73,6 +73,15 @@ pub enum UpstreamError {
         /// Why.
         source: hyper::Error,
     },
+    /// The TLS this proxy opened to a destination (DestinationRule SIMPLE or MUTUAL)
+    /// failed: the server's certificate, or ours.
+    #[error("{addr}: TLS error: {source}")]
+    OriginationHandshake {
+        /// The upstream.
+        addr: SocketAddr,
+        /// rustls's reason.
+        source: std::io::Error,
+    },
     /// No response within the route's per-try timeout.
     #[error("no response within {0:?}")]
     PerTryTimeout(Duration),
@@ -96,6 +105,7 @@ impl UpstreamError {
             | Self::InvalidSni { .. }
             | Self::HandshakeTimeout { .. }
             | Self::Handshake { .. }
+            | Self::OriginationHandshake { .. }
             | Self::HttpHandshake { .. } => ResponseFlag::UpstreamConnectionFailure,
             Self::PerTryTimeout(_) => ResponseFlag::UpstreamTimeout,
             Self::Reset { .. } => ResponseFlag::UpstreamReset,
@@ -148,6 +158,9 @@ pub struct Upstream<'a> {
     pub tunnel: Option<&'a str>,
     /// `tls.mode: DISABLE`: plain HTTP to this address (the workload's own port).
     pub plaintext: Option<SocketAddr>,
+    /// With `plaintext`: TLS opened here to that address (`tls.mode` SIMPLE or
+    /// MUTUAL), and the destination host it is for.
+    pub origination: Option<(&'a crate::origination::Origination, &'a str)>,
     /// The DestinationRule's connect timeout, else the pool's default.
     pub connect_timeout: Option<Duration>,
     /// When pooled connections are replaced.
@@ -321,7 +334,9 @@ impl MeshPool {
         req: http::Request<Body>,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         if let Some(addr) = up.plaintext {
-            return self.send_plain(addr, req, up.connect_timeout).await;
+            return self
+                .send_plain(addr, up.origination, req, up.connect_timeout)
+                .await;
         }
         if up.http1 {
             return self.send_http1(up, req).await;
@@ -503,16 +518,26 @@ impl MeshPool {
         })
     }
 
-    /// Sends `req` as plain HTTP/1.1 to a workload without a sidecar (`tls.mode:
-    /// DISABLE`), over a fresh connection that capture leaves alone.
+    /// Sends `req` as HTTP/1.1 straight to `addr` (a workload without a sidecar, or a
+    /// destination outside the mesh): in the clear, or over the TLS `origination` asks
+    /// for; over a fresh connection that capture leaves alone.
     async fn send_plain(
         &self,
         addr: SocketAddr,
+        origination: Option<(&crate::origination::Origination, &str)>,
         req: http::Request<Body>,
         connect_timeout: Option<Duration>,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let tcp = self.connect_plain(addr, connect_timeout).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let io: Box<dyn Io> = match origination {
+            Some((o, host)) => Box::new(
+                o.connect(tcp, host)
+                    .await
+                    .map_err(|source| UpstreamError::OriginationHandshake { addr, source })?,
+            ),
+            None => Box::new(tcp),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::HttpHandshake {
                 addr,

@@ -264,6 +264,24 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
             rules.entry((host, ns_of(r))).or_default().push(dr);
         }
     }
+    // TLS origination that verifies nothing.
+    for r in &resources {
+        if let Resource::DestinationRule(dr) = r {
+            for (field, tls) in client_tls(&dr.spec) {
+                if tls.insecure_skip_verify == Some(true) {
+                    out.push(Finding {
+                        severity: Severity::Warning,
+                        code: "ISM0002",
+                        object: object(r),
+                        field: format!("{field}.insecureSkipVerify"),
+                        message: "the server's certificate is not verified: anyone on the path can pose as the server".into(),
+                        fix: "give caCertificates (or rely on the system roots) and remove insecureSkipVerify".into(),
+                    });
+                }
+            }
+        }
+    }
+
     // Rules of one namespace for one host are merged as the proxies merge them; say
     // what a later rule loses and why.
     for ((host, ns), group) in &rules {
@@ -335,6 +353,41 @@ pub(crate) fn analyze(input: &Input) -> Vec<Finding> {
 }
 
 /// An error that `r` refers to something that does not exist (Istio's IST0101).
+/// Every `tls` of a DestinationRule with its field path.
+fn client_tls(
+    spec: &mesh_api::networking::DestinationRuleSpec,
+) -> Vec<(String, &mesh_api::networking::ClientTlsSettings)> {
+    fn policy<'a>(
+        out: &mut Vec<(String, &'a mesh_api::networking::ClientTlsSettings)>,
+        at: String,
+        p: Option<&'a mesh_api::networking::TrafficPolicy>,
+    ) {
+        let Some(p) = p else { return };
+        if let Some(t) = &p.tls {
+            out.push((format!("{at}.tls"), t));
+        }
+        for (i, pl) in p.port_level_settings.iter().enumerate() {
+            if let Some(t) = &pl.tls {
+                out.push((format!("{at}.portLevelSettings[{i}].tls"), t));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    policy(
+        &mut out,
+        "spec.trafficPolicy".into(),
+        spec.traffic_policy.as_ref(),
+    );
+    for (i, s) in spec.subsets.iter().enumerate() {
+        policy(
+            &mut out,
+            format!("spec.subsets[{i}].trafficPolicy"),
+            s.traffic_policy.as_ref(),
+        );
+    }
+    out
+}
+
 fn not_found(r: &Resource, field: String, message: String, fix: String) -> Finding {
     Finding {
         severity: Severity::Error,
@@ -853,6 +906,28 @@ spec:
             found[0].message.contains("has no effect"),
             "{}",
             found[0].message
+        );
+    }
+
+    #[test]
+    fn tls_origination_that_verifies_nothing_is_warned() {
+        let findings = analyze(&input(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: shop}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+    portLevelSettings: [{port: {number: 443}, tls: {mode: SIMPLE, insecureSkipVerify: true}}]
+",
+        ));
+        assert_eq!(
+            codes(&findings),
+            [(
+                "ISM0002",
+                "spec.trafficPolicy.portLevelSettings[0].tls.insecureSkipVerify".to_owned()
+            )]
         );
     }
 

@@ -533,14 +533,37 @@ fn validate_policy_parts(
     outlier: Option<&OutlierDetection>,
     tls: Option<&ClientTlsSettings>,
 ) {
-    if let Some(mode @ (ClientTlsMode::Simple | ClientTlsMode::Mutual)) = tls.and_then(|t| t.mode) {
+    if let Some(t) = tls {
         v.field("tls", |v| {
-            v.field("mode", |v| {
-                v.error(format!(
-                    "{mode:?} (TLS origination to a server outside the mesh) is not supported yet; \
-                     use ISTIO_MUTUAL between sidecars (the default) or DISABLE for a workload without a sidecar"
-                ))
-            })
+            let originates = matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual));
+            if t.mode == Some(ClientTlsMode::Mutual)
+                && (t.client_certificate.is_none() || t.private_key.is_none())
+                && t.credential_name.is_none()
+            {
+                v.field("mode", |v| {
+                    v.error("MUTUAL needs clientCertificate and privateKey (PEM files the proxy can read)")
+                });
+            }
+            if !originates {
+                for (name, set) in [
+                    ("clientCertificate", t.client_certificate.is_some()),
+                    ("privateKey", t.private_key.is_some()),
+                    ("caCertificates", t.ca_certificates.is_some()),
+                    ("sni", t.sni.is_some()),
+                    ("insecureSkipVerify", t.insecure_skip_verify.is_some()),
+                ] {
+                    if set {
+                        v.field(name, |v| {
+                            v.error("applies to TLS this proxy opens (mode SIMPLE or MUTUAL) only; between sidecars the mesh's mTLS is used")
+                        });
+                    }
+                }
+                if !t.subject_alt_names.is_empty() {
+                    v.field("subjectAltNames", |v| {
+                        v.error("applies to TLS this proxy opens (mode SIMPLE or MUTUAL) only; mesh peers are verified by their SPIFFE identity")
+                    });
+                }
+            }
         });
     }
     if let Some(lb) = lb {

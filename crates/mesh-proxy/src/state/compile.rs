@@ -173,6 +173,9 @@ impl ProxyState {
                 mesh_api::precedence::merge_destination_rules(fqdn, rules, &node.namespace)
             {
                 let policy = DestinationPolicy::compile(merged.rules.join(", "), &merged.spec);
+                for e in &policy.errors {
+                    errors.push(format!("DestinationRule {}: spec: tls: {e}", policy.rule));
+                }
                 policies.insert(fqdn.clone(), Arc::new(policy));
             }
         }
