@@ -95,7 +95,9 @@ const INGRESS_PLAN: &[&str] = &[
     "crates/mesh-proxy/src/plan::a_gateway_routes_by_server_port_and_host",
     "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
 ];
-const GATEWAY_TLS_LATER: &str = "TLS termination at the ingress gateway is not built yet: serve HTTP, and terminate TLS in front of the gateway";
+const GATEWAY_TLS_LATER: &str = "not applied by the ingress gateway's TLS (TLS 1.2 and 1.3 with rustls's default suites; client certificates checked against caCertificates only)";
+const INGRESS_TLS: &[&str] =
+    &["crates/mesh-proxy/tests/ingress::https_servers_terminate_tls_chosen_by_sni"];
 const JWT_E2E: &[&str] =
     &["crates/mesh-proxy/tests/jwt::tokens_are_verified_before_policies_and_name_the_caller"];
 const JWT_AUTHZ: &[&str] = &[
@@ -839,7 +841,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "Port",
         "protocol",
         "ServiceEntry: HTTP, HTTP2 and GRPC are routed as HTTP; TCP, TLS, HTTPS and MONGO as opaque TCP. \
-         Gateway servers: HTTP, HTTP2 and GRPC are served; HTTPS, TLS, TCP, MONGO and GRPC-WEB are refused",
+         Gateway servers: HTTP, HTTP2, GRPC and HTTPS are served; TLS, TCP, MONGO and GRPC-WEB are refused",
         &[
             "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
             "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
@@ -876,7 +878,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "Server",
         "tls",
-        "`httpsRedirect`; the other TLS settings are refused until TLS termination is built",
+        "`httpsRedirect` on HTTP servers; SIMPLE and MUTUAL termination on HTTPS servers",
         INGRESS_PLAN,
     ),
     r(
@@ -891,10 +893,52 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         INGRESS,
     ),
     e("ServerTlsSettings", "httpsRedirect", INGRESS_PLAN),
-    r("ServerTlsSettings", "mode", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "serverCertificate", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "privateKey", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "caCertificates", GATEWAY_TLS_LATER),
+    en(
+        "ServerTlsSettings",
+        "mode",
+        "SIMPLE and MUTUAL on HTTPS servers; PASSTHROUGH, ISTIO_MUTUAL and OPTIONAL_MUTUAL are refused, and \
+         AUTO_PASSTHROUGH (Istio's east-west Gateway) is refused as not needed",
+        INGRESS_TLS,
+    ),
+    en(
+        "ServerTlsSettings",
+        "serverCertificate",
+        "a PEM file the gateway reads",
+        INGRESS_TLS,
+    ),
+    en(
+        "ServerTlsSettings",
+        "privateKey",
+        "a PEM file the gateway reads",
+        INGRESS_TLS,
+    ),
+    en(
+        "ServerTlsSettings",
+        "caCertificates",
+        "a PEM file: MUTUAL requires a client certificate it signs",
+        INGRESS_TLS,
+    ),
+    r(
+        "ServerTlsSettings",
+        "credentialName",
+        "certificates from a Secret delivered by discovery are not built yet; mount the Secret in the gateway pod and give \
+         serverCertificate, privateKey and caCertificates as files",
+    ),
+    r("ServerTlsSettings", "credentialNames", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "subjectAltNames", GATEWAY_TLS_LATER),
+    r(
+        "ServerTlsSettings",
+        "verifyCertificateSpki",
+        GATEWAY_TLS_LATER,
+    ),
+    r(
+        "ServerTlsSettings",
+        "verifyCertificateHash",
+        GATEWAY_TLS_LATER,
+    ),
+    r("ServerTlsSettings", "minProtocolVersion", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "maxProtocolVersion", GATEWAY_TLS_LATER),
+    r("ServerTlsSettings", "cipherSuites", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "caCrl", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "credentialName", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "credentialNames", GATEWAY_TLS_LATER),

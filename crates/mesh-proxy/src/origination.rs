@@ -51,7 +51,7 @@ impl std::fmt::Debug for Origination {
     }
 }
 
-fn provider() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
     Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
 }
 
@@ -67,11 +67,11 @@ static SYSTEM_ROOTS: LazyLock<Arc<tokio_rustls::rustls::RootCertStore>> = LazyLo
     Arc::new(roots)
 });
 
-fn read(path: &str, what: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read(path: &str, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{what} {path:?} cannot be read: {e}"))
 }
 
-fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let list: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{what}: not PEM certificates: {e}"))?;

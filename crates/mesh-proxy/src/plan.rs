@@ -48,6 +48,14 @@ pub enum Entry {
     /// On the ingress gateway's server port with this number: the routes of the
     /// virtual host its Host picks among the VirtualServices bound to the Gateways.
     Gateway(u16),
+    /// On a TLS port of the ingress gateway, through the HTTPS server the handshake
+    /// chose (its id): the virtual hosts of that server only.
+    GatewayServer {
+        /// The server port.
+        port: u16,
+        /// The server's id.
+        server: u64,
+    },
 }
 
 impl Entry {
@@ -248,7 +256,7 @@ pub fn plan<'s>(
         path: parts.uri.path(),
         query: parts.uri.query(),
         authority,
-        scheme: parts.uri.scheme_str().unwrap_or("http"),
+        scheme: request_scheme(parts),
         headers: &parts.headers,
         port: req_port,
         // Set by the ingress gateway when the request's JWT was verified.
@@ -295,6 +303,7 @@ pub fn plan<'s>(
             code,
         } => {
             let location = redirect_location(
+                request_scheme(parts),
                 scheme.as_deref(),
                 new_auth.as_deref().unwrap_or(authority),
                 uri.as_deref(),
@@ -377,7 +386,12 @@ fn routes_for<'s>(
     entry: Entry,
     authority: &str,
 ) -> Result<(&'s [CompiledRoute], &'s str, u16, bool), Refusal> {
-    if let Entry::Gateway(port) = entry {
+    let gateway = match entry {
+        Entry::Gateway(port) => Some((port, None)),
+        Entry::GatewayServer { port, server } => Some((port, Some(server))),
+        _ => None,
+    };
+    if let Some((port, server)) = gateway {
         let no_host = || {
             Refusal::new(Why::NoVirtualHost {
                 host: authority.to_owned(),
@@ -388,7 +402,7 @@ fn routes_for<'s>(
             .ingress
             .as_deref()
             .and_then(|i| i.listeners.get(&port))
-            .and_then(|l| l.virtual_host(authority))
+            .and_then(|l| l.virtual_host(authority, server))
             .ok_or_else(no_host)?;
         let routes: &[CompiledRoute] = if server.https_redirect {
             std::slice::from_ref(CompiledRoute::https_redirect())
@@ -415,24 +429,39 @@ fn routes_for<'s>(
     Ok((routes, &service.host, req_port, false))
 }
 
-/// A redirect's `Location`: the scheme (`http` unless changed), the authority (a
-/// default port dropped when the scheme changes), and the new path or the request's
-/// path and query.
+/// How a request arrived at the proxy when the gateway terminated TLS for it (a
+/// request extension; origin-form requests carry no scheme of their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme(pub &'static str);
+
+/// The request's scheme: its URI's, else what the gateway recorded, else `http`.
+fn request_scheme(parts: &http::request::Parts) -> &str {
+    parts
+        .uri
+        .scheme_str()
+        .or_else(|| parts.extensions.get::<Scheme>().map(|s| s.0))
+        .unwrap_or("http")
+}
+
+/// A redirect's `Location`: the scheme (the request's unless changed), the authority
+/// (a default port dropped when the scheme changes), and the new path or the
+/// request's path and query.
 fn redirect_location(
+    current: &str,
     scheme: Option<&str>,
     authority: &str,
     path: Option<&str>,
     uri: &Uri,
 ) -> String {
     let authority = match scheme {
-        Some(s) if s != "http" => authority
+        Some(s) if s != current => authority
             .strip_suffix(":80")
             .or_else(|| authority.strip_suffix(":443"))
             .unwrap_or(authority),
         _ => authority,
     };
     let path = path.unwrap_or_else(|| uri.path_and_query().map_or("/", |pq| pq.as_str()));
-    format!("{}://{authority}{path}", scheme.unwrap_or("http"))
+    format!("{}://{authority}{path}", scheme.unwrap_or(current))
 }
 
 /// The URI a request goes upstream with: the route's authority rewrite or the port's

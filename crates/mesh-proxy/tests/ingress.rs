@@ -344,3 +344,134 @@ async fn raw_get(addr: SocketAddr, host: &str, path: &str) -> String {
     tcp.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// HTTPS servers: TLS terminated with the server's certificate chosen by the
+/// ClientHello's name; MUTUAL requires a client certificate of its CA; a Host cannot
+/// reach the routes of a server whose TLS the client did not pass; a certificate
+/// file that cannot be read refuses the Gateway with the last good one serving.
+#[tokio::test]
+async fn https_servers_terminate_tls_chosen_by_sni() {
+    let mesh = Mesh::new();
+    let app = support::header_echo("v1", "127.0.0.1:0".parse().unwrap(), SEEN).await;
+    let v1 = support::sidecar(&mesh, &server_config("v1", app.port()), "shop", "reviews").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (support::Ca::new("server CA"), support::Ca::new("client CA"));
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let shop = server_ca.leaf(&["shop.example.com"], None);
+    let admin = server_ca.leaf(&["admin.example.com"], None);
+    let (shop_cert, shop_key) = (write("shop.pem", &shop.0), write("shop.key", &shop.1));
+    let (admin_cert, admin_key) = (write("admin.pem", &admin.0), write("admin.key", &admin.1));
+    let client_ca_file = write("client-ca.pem", &client_ca.cert.pem());
+    let client = client_ca.leaf(&[], Some("partner"));
+    // Two HTTPS servers on one port: shop (SIMPLE) and admin (MUTUAL), each with its
+    // own VirtualService.
+    let gateway = format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tls-gateway, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-shop, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {shop_cert}, privateKey: {shop_key}}}
+  - port: {{number: 443, name: https-admin, protocol: HTTPS}}
+    hosts: [admin.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {admin_cert}, privateKey: {admin_key}, caCertificates: {client_ca_file}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [tls-gateway]
+  http: [{{route: [{{destination: {{host: reviews, port: {{number: 9080}}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: admin, namespace: shop}}
+spec:
+  hosts: [admin.example.com]
+  gateways: [tls-gateway]
+  http:
+  - match: [{{scheme: {{exact: https}}}}]
+    route: [{{destination: {{host: reviews, port: {{number: 9080}}}}}}]
+    headers: {{request: {{set: {{x-admin: 'yes'}}}}}}
+"
+    );
+    let store = Arc::new(StateStore::default());
+    store
+        .apply_yaml(
+            &gateway_config(v1.inbound_addr, v1.inbound_addr, &gateway),
+            "test",
+        )
+        .unwrap();
+    let mut options = options();
+    options.port_map.insert(443, 0);
+    let gw = IngressGateway::start(
+        store.clone(),
+        mesh.identity("istio-system", "ingressgateway"),
+        options,
+    )
+    .await
+    .unwrap();
+    let port443 = gw.wait_bound(443, Duration::from_secs(5)).await.unwrap();
+    let ca = server_ca.cert.pem();
+    let https = |sni: &'static str, host: &'static str, client: Option<&(String, String)>| {
+        let (ca, client) = (ca.clone(), client.cloned());
+        async move { support::https_get(port443, sni, host, "/api", &ca, client.as_ref()).await }
+    };
+
+    // SIMPLE: the shop certificate for its name; the app sees https.
+    let (status, body) = https("shop.example.com", "shop.example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-forwarded-proto=https"), "{body}");
+    // MUTUAL: no client certificate, no handshake; with one, the admin routes (the
+    // scheme match sees https).
+    let refused = https("admin.example.com", "admin.example.com", None).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let (status, body) = https("admin.example.com", "admin.example.com", Some(&client))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The shop server's TLS does not open the admin routes, whatever the Host says.
+    let (status, body) = https("shop.example.com", "admin.example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no virtual host"), "{body}");
+    // A name no server has: no handshake.
+    assert!(
+        https("other.example.com", "other.example.com", None)
+            .await
+            .is_err()
+    );
+
+    // A key file that is not there refuses the Gateway; the last good one serves.
+    let err = store
+        .apply_yaml(
+            &gateway_config(
+                v1.inbound_addr,
+                v1.inbound_addr,
+                &gateway.replace(&shop_key, "/nonexistent/shop.key"),
+            ),
+            "test",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Gateway shop/tls-gateway: spec.servers[0].tls: privateKey \"/nonexistent/shop.key\" cannot be read"),
+        "{err}"
+    );
+    let (status, _) = https("shop.example.com", "shop.example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::Mesh;
+use support::{Ca, Mesh};
 
 /// nginx, from the distribution; `None` (with a note) when missing outside CI.
 fn nginx() -> Option<PathBuf> {
@@ -27,44 +27,6 @@ fn nginx() -> Option<PathBuf> {
         eprintln!("nginx is missing; skipping (install nginx to run this test)");
     }
     found
-}
-
-/// A CA, and leaf certificates it signs.
-struct Ca {
-    cert: rcgen::Certificate,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            cert,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf for `dns` names (a server), or with `client` as its common name.
-    fn leaf(&self, dns: &[&str], client: Option<&str>) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        if let Some(cn) = client {
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, cn);
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        }
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
 }
 
 /// nginx serving TLS on two free loopback ports (the second requires a client

@@ -136,7 +136,7 @@ pub enum ServerTlsMode {
 }
 
 /// The server protocols the ingress gateway serves.
-pub const SERVED: &[&str] = &["HTTP", "HTTP2", "GRPC"];
+pub const SERVED: &[&str] = &["HTTP", "HTTP2", "GRPC", "HTTPS"];
 
 impl GatewaySpec {
     pub(crate) fn validate(&self, v: &mut Validator) {
@@ -188,6 +188,45 @@ impl GatewaySpec {
                     });
                 }
             });
+            let https = s.port.protocol.eq_ignore_ascii_case("HTTPS");
+            let mode = s.tls.as_ref().and_then(|t| t.mode);
+            match (https, mode) {
+                (true, Some(ServerTlsMode::Simple | ServerTlsMode::Mutual)) => {
+                    let t = s.tls.as_ref().expect("mode is set");
+                    if t.credential_name.is_none()
+                        && (t.server_certificate.is_none() || t.private_key.is_none())
+                    {
+                        v.field("tls", |v| {
+                            v.error("give serverCertificate and privateKey (PEM files the gateway can read)")
+                        });
+                    }
+                    if mode == Some(ServerTlsMode::Mutual) && t.ca_certificates.is_none() && t.credential_name.is_none() {
+                        v.field("tls", |v| {
+                            v.field("caCertificates", |v| {
+                                v.error("MUTUAL needs the CA that signs client certificates")
+                            })
+                        });
+                    }
+                }
+                (true, Some(other)) => v.field("tls", |v| {
+                    v.field("mode", |v| {
+                        v.error(format!(
+                            "{other:?} is not served by the Isthmus ingress gateway yet; use SIMPLE or MUTUAL"
+                        ))
+                    })
+                }),
+                (true, None) => v.field("tls", |v| {
+                    v.error("an HTTPS server needs tls with mode SIMPLE or MUTUAL")
+                }),
+                (false, Some(m)) if m != ServerTlsMode::AutoPassthrough => v.field("tls", |v| {
+                    v.field("mode", |v| {
+                        v.error(format!(
+                            "{m:?} terminates TLS, which needs protocol HTTPS; for a plaintext server keep only httpsRedirect"
+                        ))
+                    })
+                }),
+                _ => {}
+            }
             if s.hosts.is_empty() {
                 v.field("hosts", |v| {
                     v.error("at least one host is required (use \"*\" for all)")

@@ -54,6 +54,8 @@ pub struct IngressGateway {
 #[derive(Debug)]
 struct Bound {
     addr: SocketAddr,
+    /// Terminates TLS (HTTPS servers).
+    tls: bool,
     task: JoinHandle<()>,
 }
 
@@ -161,22 +163,23 @@ async fn reconcile(
     listeners: &Mutex<BTreeMap<u16, Bound>>,
 ) -> bool {
     let state = outbound.store.snapshot();
-    let wanted: Vec<u16> = state
+    let wanted: BTreeMap<u16, bool> = state
         .ingress
         .as_ref()
-        .map(|i| i.listeners.keys().copied().collect())
+        .map(|i| i.listeners.iter().map(|(p, l)| (*p, l.tls())).collect())
         .unwrap_or_default();
     let lock = || listeners.lock().unwrap_or_else(|p| p.into_inner());
     lock().retain(|port, bound| {
-        let keep = wanted.contains(port);
+        // A port that turns from HTTP to HTTPS (or back) is opened again.
+        let keep = wanted.get(port) == Some(&bound.tls);
         if !keep {
-            tracing::info!(port, addr = %bound.addr, "gateway port closed: no server uses it any more");
+            tracing::info!(port, addr = %bound.addr, "gateway port closed: no server uses it any more, or its TLS changed");
             bound.task.abort();
         }
         keep
     });
     let mut complete = true;
-    for port in wanted {
+    for (port, tls) in wanted {
         if lock().contains_key(&port) {
             continue;
         }
@@ -187,7 +190,7 @@ async fn reconcile(
                 let addr = listener.local_addr().unwrap_or(addr);
                 tracing::info!(port, %addr, "gateway port open");
                 let task = tokio::spawn(serve(listener, port, outbound.clone(), options.requests));
-                lock().insert(port, Bound { addr, task });
+                lock().insert(port, Bound { addr, tls, task });
             }
             Err(e) => {
                 complete = false;
@@ -226,31 +229,126 @@ async fn serve(
         let outbound = outbound.clone();
         let local = tcp.local_addr().ok().or(local);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let outbound = outbound.clone();
-                async move {
-                    let state = outbound.store.snapshot();
-                    let resp = match admit(&state, req, peer, local, requests) {
-                        Ok(mut req) => {
-                            forwarded(req.headers_mut(), peer.ip(), "http");
-                            outbound
-                                .handle(req, Entry::Gateway(port), Some(peer.ip()))
-                                .await
-                        }
-                        Err(resp) => *resp,
+            let tls = outbound
+                .store
+                .snapshot()
+                .ingress
+                .as_ref()
+                .and_then(|i| i.listeners.get(&port))
+                .is_some_and(|l| l.tls());
+            if !tls {
+                let conn = Conn {
+                    outbound,
+                    entry: Entry::Gateway(port),
+                    peer,
+                    local,
+                    requests,
+                    scheme: "http",
+                };
+                return conn.serve(tcp).await;
+            }
+            match handshake(&outbound, port, tcp).await {
+                Ok((stream, server)) => {
+                    let conn = Conn {
+                        outbound,
+                        entry: Entry::GatewayServer { port, server },
+                        peer,
+                        local,
+                        requests,
+                        scheme: "https",
                     };
-                    Ok::<_, std::convert::Infallible>(resp)
+                    conn.serve(stream).await;
                 }
-            });
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "gateway connection ended");
+                Err(e) => tracing::debug!(%peer, port, error = %e, "gateway TLS handshake failed"),
             }
         });
+    }
+}
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS handshake of an HTTPS port: the ClientHello's server name picks the server
+/// (and so its certificate and whether a client certificate is required).
+async fn handshake(
+    outbound: &Outbound,
+    port: u16,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, u64)> {
+    let fail = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+        tokio_rustls::rustls::server::Acceptor::default(),
+        tcp,
+    );
+    let start = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor)
+        .await
+        .map_err(|_| fail("no ClientHello in time".into()))??;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let state = outbound.store.snapshot();
+    let server = state
+        .ingress
+        .as_ref()
+        .and_then(|i| i.listeners.get(&port))
+        .and_then(|l| l.server_for_sni(sni.as_deref()))
+        .and_then(|s| Some((s.id, s.tls.clone()?)))
+        .ok_or_else(|| {
+            fail(format!(
+                "no HTTPS server on port {port} for the name {sni:?}"
+            ))
+        })?;
+    let stream = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        start.into_stream(server.1.config.clone()),
+    )
+    .await
+    .map_err(|_| fail("handshake timed out".into()))??;
+    Ok((stream, server.0))
+}
+
+/// One client connection to a gateway port, plain or after its TLS handshake.
+struct Conn {
+    outbound: Arc<Outbound>,
+    entry: Entry,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    requests: crate::inbound::RequestOptions,
+    scheme: &'static str,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 and HTTP/2 on `io` until the client closes it.
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let conn = Arc::new(self);
+        let service = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move {
+                let state = conn.outbound.store.snapshot();
+                let resp = match admit(&state, req, conn.peer, conn.local, conn.requests) {
+                    Ok(mut req) => {
+                        forwarded(req.headers_mut(), conn.peer.ip(), conn.scheme);
+                        req.extensions_mut()
+                            .insert(crate::plan::Scheme(conn.scheme));
+                        conn.outbound
+                            .handle(req, conn.entry, Some(conn.peer.ip()))
+                            .await
+                    }
+                    Err(resp) => *resp,
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        if let Err(e) = builder
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "gateway connection ended");
+        }
     }
 }
 

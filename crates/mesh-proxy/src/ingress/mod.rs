@@ -20,6 +20,7 @@
 pub mod listen;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use mesh_api::Resource;
 use mesh_api::networking::Gateway;
@@ -57,8 +58,95 @@ pub struct Server {
     pub hosts: Vec<String>,
     /// Every request is answered with a redirect to `https`.
     pub https_redirect: bool,
+    /// Its id in a request's [`crate::plan::Entry::GatewayServer`].
+    pub id: u64,
+    /// TLS terminated here (HTTPS servers).
+    pub tls: Option<Arc<ServerTls>>,
     /// The virtual hosts of the VirtualServices bound to it.
     pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// An HTTPS server's TLS: SIMPLE, or MUTUAL (a client certificate signed by its
+/// `caCertificates` required).
+#[derive(Clone, serde::Serialize)]
+pub struct ServerTls {
+    /// MUTUAL.
+    pub mutual: bool,
+    /// The certificate file, for `/config_dump`.
+    pub certificate: String,
+    /// The handshake's config.
+    #[serde(skip)]
+    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            if self.mutual { "MUTUAL" } else { "SIMPLE" },
+            self.certificate
+        )
+    }
+}
+
+impl ServerTls {
+    /// The TLS a server's settings ask for, read from its files.
+    fn compile(t: &mesh_api::networking::ServerTlsSettings) -> Result<Self, String> {
+        use crate::origination::{certs, provider, read};
+        use mesh_api::networking::ServerTlsMode;
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let mutual = t.mode == Some(ServerTlsMode::Mutual);
+        let (Some(cert), Some(key)) = (&t.server_certificate, &t.private_key) else {
+            return Err("serverCertificate and privateKey are needed".into());
+        };
+        let chain = certs(&read(cert, "serverCertificate")?, "serverCertificate")?;
+        let private = PrivateKeyDer::from_pem_slice(&read(key, "privateKey")?)
+            .map_err(|e| format!("privateKey {key:?}: not a PEM private key: {e}"))?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = if mutual {
+            let path = t
+                .ca_certificates
+                .as_deref()
+                .ok_or("MUTUAL needs caCertificates")?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(&read(path, "caCertificates")?, "caCertificates")? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("caCertificates {path:?}: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| format!("caCertificates {path:?}: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder
+            .with_single_cert(chain, private)
+            .map_err(|e| format!("serverCertificate and privateKey: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            mutual,
+            certificate: cert.clone(),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// A server's id: a hash of its name, stable within the process.
+fn server_id(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 /// A host name (or wildcard) and its routes.
@@ -74,12 +162,45 @@ pub struct VirtualHost {
 }
 
 impl Listener {
+    /// Whether the port terminates TLS (its servers are HTTPS).
+    pub fn tls(&self) -> bool {
+        self.servers.iter().any(|s| s.tls.is_some())
+    }
+
+    /// The HTTPS server a ClientHello's server name picks: one of its hosts equal to
+    /// the name, else the longest wildcard matching it, else (no name sent) a server
+    /// for `*`.
+    pub fn server_for_sni(&self, sni: Option<&str>) -> Option<&Server> {
+        let mut best: Option<(usize, &Server)> = None;
+        for server in self.servers.iter().filter(|s| s.tls.is_some()) {
+            for host in &server.hosts {
+                let host = host.split_once('/').map_or(host.as_str(), |(_, h)| h);
+                let rank = match sni {
+                    Some(name) if host.eq_ignore_ascii_case(name) => usize::MAX,
+                    Some(name) if sni_matches(host, name) => host.len(),
+                    None if host == "*" => 1,
+                    _ => continue,
+                };
+                if best.is_none_or(|(r, _)| rank > r) {
+                    best = Some((rank, server));
+                }
+            }
+        }
+        best.map(|(_, s)| s)
+    }
+
     /// The server and virtual host a request for `host` (port stripped, any case)
-    /// takes: an exact name, else the longest matching wildcard, else `*`.
-    pub fn virtual_host(&self, host: &str) -> Option<(&Server, &VirtualHost)> {
+    /// takes: an exact name, else the longest matching wildcard, else `*`; on a TLS
+    /// port, among the virtual hosts of the server the handshake chose (`server`)
+    /// only, so a Host cannot reach a server whose TLS the client did not pass.
+    pub fn virtual_host(&self, host: &str, server: Option<u64>) -> Option<(&Server, &VirtualHost)> {
         let host = crate::model::strip_port(host);
         let mut best: Option<(usize, &Server, &VirtualHost)> = None;
-        for server in &self.servers {
+        for server in self
+            .servers
+            .iter()
+            .filter(|s| server.is_none_or(|id| s.id == id))
+        {
             for vh in &server.virtual_hosts {
                 let rank = if vh.domain.eq_ignore_ascii_case(host) {
                     usize::MAX
@@ -185,7 +306,27 @@ impl Ingress {
             }
             for (i, s) in gw.spec.servers.iter().enumerate() {
                 let port = s.port.number as u16;
+                let tls = match s.tls.as_ref().filter(|t| {
+                    matches!(
+                        t.mode,
+                        Some(
+                            mesh_api::networking::ServerTlsMode::Simple
+                                | mesh_api::networking::ServerTlsMode::Mutual
+                        )
+                    )
+                }) {
+                    Some(t) => match ServerTls::compile(t) {
+                        Ok(t) => Some(Arc::new(t)),
+                        Err(e) => {
+                            errors.push(format!("Gateway {key}: spec.servers[{i}].tls: {e}"));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let mut server = Server {
+                    id: 0,
+                    tls,
                     name: format!(
                         "{key}.{}",
                         s.name
@@ -223,10 +364,17 @@ impl Ingress {
                         }
                     }
                 }
+                server.id = server_id(&server.name);
                 let listener = ingress.listeners.entry(port).or_insert_with(|| Listener {
                     port,
                     servers: Vec::new(),
                 });
+                if !listener.servers.is_empty() && listener.tls() != server.tls.is_some() {
+                    errors.push(format!(
+                        "Gateway {key}: spec.servers[{i}].port: port {port} has both HTTP and HTTPS servers; serve them on different ports"
+                    ));
+                    continue;
+                }
                 // As in Istio, a host already served on the port by an older server
                 // stays with it.
                 server.virtual_hosts.retain(|vh| {
@@ -412,7 +560,7 @@ spec:
         );
         // A listener per server `port`; the Host picks the virtual host.
         let l80 = &i.listeners[&80];
-        let pick = |h: &str| l80.virtual_host(h).map(|(_, v)| v.domain.clone());
+        let pick = |h: &str| l80.virtual_host(h, None).map(|(_, v)| v.domain.clone());
         assert_eq!(
             pick("SHOP.example.com:80").as_deref(),
             Some("shop.example.com")
@@ -424,7 +572,7 @@ spec:
         assert_eq!(pick("www.example.org").as_deref(), Some("*.example.org"));
         assert_eq!(pick("example.org"), None);
         assert_eq!(pick("elsewhere.test"), None);
-        let first = &l80.virtual_host("shop.example.com").unwrap().1.routes;
+        let first = &l80.virtual_host("shop.example.com", None).unwrap().1.routes;
         assert_eq!(
             first.len(),
             2,
@@ -434,7 +582,7 @@ spec:
         let l8080 = &i.listeners[&8080];
         assert!(l8080.servers[0].https_redirect);
         assert_eq!(
-            l8080.virtual_host("other.test").unwrap().1.domain,
+            l8080.virtual_host("other.test", None).unwrap().1.domain,
             "*",
             "a wildcard server takes any host"
         );
