@@ -29,19 +29,9 @@ pub fn object_from_value(doc: serde_json::Value) -> Result<Option<Object>, Strin
         "WorkloadEntry" => {
             typed(serde_json::from_value(doc).map(|o| Object::WorkloadEntry(Box::new(o))))
         }
-        "Secret" => {
-            let labelled = doc
-                .pointer(&format!(
-                    "/metadata/labels/{}",
-                    crate::links::LINK_LABEL.replace('/', "~1")
-                ))
-                .is_some();
-            if labelled {
-                typed(serde_json::from_value(doc).map(|o| Object::Secret(Box::new(o))))
-            } else {
-                Ok(None)
-            }
-        }
+        // Link Secrets, and the Secrets a Gateway's credentialName names; the registry
+        // ignores the others.
+        "Secret" => typed(serde_json::from_value(doc).map(|o| Object::Secret(Box::new(o)))),
         // Istio kinds Isthmus does not read (Sidecar, EnvoyFilter, ...) go to the
         // registry too, which refuses them by name instead of dropping them unseen.
         _ if mesh_api::is_istio_kind(&api_version, &kind)
@@ -49,7 +39,7 @@ pub fn object_from_value(doc: serde_json::Value) -> Result<Option<Object>, Strin
         {
             Ok(Some(Object::Istio(doc)))
         }
-        // Other kinds (Secrets, ConfigMaps, ...) are not the registry's.
+        // Other kinds (ConfigMaps, ...) are not the registry's.
         _ => Ok(None),
     }
 }

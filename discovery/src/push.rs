@@ -377,6 +377,10 @@ impl Stream {
     }
 
     fn visible(&self, o: &Output) -> bool {
+        // Certificates go to ingress gateways of their own namespace only.
+        if o.kind == mesh_proto::model::KIND_CREDENTIAL {
+            return self.node.kind == "ingress" && o.visible_to(&self.namespace);
+        }
         self.gateway || o.visible_to(&self.namespace)
     }
 

@@ -252,6 +252,9 @@ struct Inner {
     file_errors: Vec<String>,
     /// Cluster links by Secret key.
     links: BTreeMap<String, crate::links::Link>,
+    /// Certificates of other Secrets (a Gateway's `credentialName`) by Secret key: the
+    /// last good material of each.
+    credentials: BTreeMap<String, mesh_proto::model::Credential>,
 
     /// What local proxies receive.
     outputs: OutputLog,
@@ -532,6 +535,9 @@ impl Registry {
             }
             Object::Secret(_) => {
                 inner.links.remove(&key);
+                if inner.credentials.remove(&key).is_some() {
+                    refresh_credentials(&mut inner);
+                }
                 vec![]
             }
             Object::Istio(_) => {
@@ -540,6 +546,9 @@ impl Registry {
                 let gen_ = inner.generation + 1;
                 inner.generation = gen_;
                 set_output(&mut inner, &key, None, gen_);
+                if key.starts_with("Gateway/") {
+                    refresh_credentials(&mut inner);
+                }
                 vec![]
             }
         };
@@ -554,10 +563,14 @@ impl Registry {
         inner.errors.remove(key);
         inner.links.remove(key);
         inner.warned.remove(key);
+        let credential = inner.credentials.remove(key).is_some();
         if inner.istio.remove(key).is_some() {
             let gen_ = inner.generation + 1;
             inner.generation = gen_;
             set_output(&mut inner, key, None, gen_);
+        }
+        if credential || key.starts_with("Gateway/") {
+            refresh_credentials(&mut inner);
         }
         drop(inner);
         self.changed.send_modify(|_| {});
@@ -636,7 +649,10 @@ impl Registry {
                     vec![],
                 ),
                 InputKind::Istio => (vec![], keys(inner.istio.keys().collect())),
-                InputKind::Secret => (vec![], keys(inner.links.keys().collect())),
+                InputKind::Secret => (
+                    vec![],
+                    keys(inner.links.keys().chain(inner.credentials.keys()).collect()),
+                ),
             }
         };
         for o in &stale {
@@ -744,6 +760,18 @@ impl Registry {
                 match crate::links::Link::from_secret(&secret) {
                     Ok(None) => {
                         inner.links.remove(&key);
+                        if let Some(found) = credential_of(&secret) {
+                            match found {
+                                Ok(c) => {
+                                    inner.credentials.insert(key.clone(), c);
+                                }
+                                // The last good material stays in force.
+                                Err(reason) => return Err(refuse(inner, &key, reason)),
+                            }
+                        } else {
+                            inner.credentials.remove(&key);
+                        }
+                        refresh_credentials(inner);
                     }
                     Ok(Some(link)) => {
                         if link.cluster == self.cluster {
@@ -807,6 +835,9 @@ impl Registry {
                 let gen_ = inner.generation + 1;
                 inner.generation = gen_;
                 set_output(inner, &key, Some(output), gen_);
+                if resource.kind() == "Gateway" {
+                    refresh_credentials(inner);
+                }
                 vec![]
             }
         };
@@ -1394,6 +1425,86 @@ fn refuse(inner: &mut Inner, key: &str, reason: String) -> InputError {
     tracing::warn!(object = %err.object, reason = %err.reason, last_good_in_force = err.last_good_in_force, "input refused");
     inner.errors.insert(key.to_owned(), err.clone());
     err
+}
+
+/// The certificate material of a Secret that is not a link: `None` when it holds no
+/// certificate keys at all (not a credential), else the material or why it cannot be
+/// used (a certificate without its key, say).
+fn credential_of(
+    secret: &k8s_openapi::api::core::v1::Secret,
+) -> Option<Result<mesh_proto::model::Credential, String>> {
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
+    }
+    const KEYS: [&str; 6] = ["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
+    let tls_type = secret.type_.as_deref() == Some("kubernetes.io/tls");
+    if !tls_type && !KEYS.iter().any(|k| data.contains_key(*k)) {
+        return None;
+    }
+    let (ns, name) = ns_name(&secret.metadata);
+    Some(mesh_proto::model::Credential::from_data(&ns, &name, &data))
+}
+
+/// The Secrets a Gateway's `credentialName` names, as outputs `Credential/NS/NAME`
+/// visible in their own namespace only; the others are not sent anywhere.
+fn refresh_credentials(inner: &mut Inner) {
+    let named: BTreeSet<String> = inner
+        .istio
+        .iter()
+        .filter(|(k, _)| k.starts_with("Gateway/"))
+        .flat_map(|(_, v)| {
+            v["spec"]["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["tls"]["credentialName"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let wanted: Vec<(String, Option<Output>)> = inner
+        .credentials
+        .values()
+        .map(|c| {
+            let name = format!(
+                "{}/{}/{}",
+                mesh_proto::model::KIND_CREDENTIAL,
+                c.namespace,
+                c.name
+            );
+            let output = named.contains(&c.name).then(|| {
+                Output::new(
+                    name.clone(),
+                    mesh_proto::model::KIND_CREDENTIAL,
+                    &c.namespace,
+                    vec![".".into()],
+                    serde_json::to_vec(c).unwrap_or_default(),
+                )
+            });
+            (name, output)
+        })
+        .collect();
+    let held: Vec<String> = inner
+        .outputs
+        .outputs
+        .keys()
+        .filter(|k| k.starts_with("Credential/"))
+        .filter(|k| !wanted.iter().any(|(n, _)| n == *k))
+        .cloned()
+        .collect();
+    let gen_ = inner.generation + 1;
+    inner.generation = gen_;
+    for name in held {
+        set_output(inner, &name, None, gen_);
+    }
+    for (name, output) in wanted {
+        set_output(inner, &name, output, gen_);
+    }
 }
 
 fn set_output(inner: &mut Inner, name: &str, output: Option<Output>, gen_: u64) {

@@ -310,3 +310,142 @@ async fn proxies_keep_their_config_while_discovery_is_down_and_resync_without_a_
         second.metrics.pushed_resources.get()
     );
 }
+
+/// A Secret's certificate reaches, over the config stream, the ingress gateway whose
+/// Gateway names it in `credentialName`, and nothing else: not a sidecar of the same
+/// namespace, not a Secret no Gateway names. A Secret that loses its key is refused
+/// with the reason and the last good material stays; a Secret deleted while its
+/// Gateway still names it is refused by the gateway, which keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_secret_reaches_the_gateway_that_names_it_only() {
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+    let secret = |name: &str, with_key: bool| {
+        format!(
+            "---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+    {}
+{}",
+            indent(&cert.pem()),
+            if with_key {
+                format!("  tls.key: |\n    {}\n", indent(&key.serialize_pem()))
+            } else {
+                String::new()
+            }
+        )
+    };
+    let gateway = "
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ingressgateway-1, namespace: istio-system}
+spec: {address: 10.1.0.50, labels: {istio: ingressgateway}, serviceAccount: isthmus-ingressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+";
+    write(dir.path(), "services.yaml", SERVICES);
+    write(dir.path(), "gateway.yaml", gateway);
+    write(
+        dir.path(),
+        "secrets.yaml",
+        &format!(
+            "{}{}",
+            secret("shop-cert", true),
+            secret("unused-cert", true)
+        ),
+    );
+    let discovery = start_files("east", dir.path(), &pki).await;
+    let ingress = connect_as(
+        discovery.grpc_addr,
+        pki.identity("istio-system", "isthmus-ingressgateway"),
+        "ingressgateway-1",
+        "ingress",
+    );
+    let neighbour = connect_as(
+        discovery.grpc_addr,
+        pki.identity("istio-system", "tools"),
+        "tools-1",
+        "sidecar",
+    );
+    let serves_tls = |p: &Proxy| {
+        p.store.snapshot().ingress.as_ref().is_some_and(|i| {
+            i.listeners
+                .get(&443)
+                .is_some_and(|l| l.servers.iter().any(|s| s.tls.is_some()))
+        })
+    };
+    eventually(
+        "the gateway serves 443 with the Secret's certificate",
+        T,
+        || serves_tls(&ingress),
+    )
+    .await;
+    assert_eq!(
+        ingress.store.snapshot().credentials,
+        ["istio-system/shop-cert"],
+        "only the Secret a Gateway names"
+    );
+    eventually("the neighbour has its config", T, || {
+        neighbour.store.is_ready()
+    })
+    .await;
+    assert!(
+        neighbour.store.snapshot().credentials.is_empty(),
+        "a sidecar of the same namespace gets no certificate"
+    );
+
+    // The Secret loses its key: discovery refuses it, the gateway keeps the material.
+    write(
+        dir.path(),
+        "secrets.yaml",
+        &format!(
+            "{}{}",
+            secret("shop-cert", false),
+            secret("unused-cert", true)
+        ),
+    );
+    eventually("discovery refuses the Secret", T, || {
+        discovery.registry.errors().iter().any(|e| {
+            e.object == "Secret/istio-system/shop-cert"
+                && e.reason.contains("has a certificate but no private key")
+        })
+    })
+    .await;
+    assert!(serves_tls(&ingress));
+    assert_eq!(
+        ingress.store.snapshot().credentials,
+        ["istio-system/shop-cert"]
+    );
+
+    // Deleted while the Gateway still names it: the gateway refuses the removal and
+    // keeps serving with the last good certificate.
+    write(dir.path(), "secrets.yaml", &secret("unused-cert", true));
+    eventually("the gateway refuses the removal", T, || {
+        ingress
+            .status
+            .load()
+            .rejected
+            .iter()
+            .any(|e| e.starts_with("Credential/istio-system/shop-cert: cannot be removed"))
+    })
+    .await;
+    assert!(serves_tls(&ingress));
+}

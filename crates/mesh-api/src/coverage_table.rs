@@ -918,11 +918,15 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "a PEM file: MUTUAL requires a client certificate it signs",
         INGRESS_TLS,
     ),
-    r(
+    en(
         "ServerTlsSettings",
         "credentialName",
-        "certificates from a Secret delivered by discovery are not built yet; mount the Secret in the gateway pod and give \
-         serverCertificate, privateKey and caCertificates as files",
+        "a Secret of the gateway's namespace (kubernetes.io/tls `tls.crt`, `tls.key`, `ca.crt`, or generic `cert`, `key`, \
+         `cacert`), delivered by discovery over the config stream and held in memory; discovery reads the Secrets of its own namespace",
+        &[
+            "crates/mesh-proxy/tests/ingress::https_servers_terminate_tls_chosen_by_sni",
+            "discovery/tests/file_registry::a_credential_secret_reaches_the_gateway_that_names_it_only",
+        ],
     ),
     r("ServerTlsSettings", "credentialNames", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "subjectAltNames", GATEWAY_TLS_LATER),
@@ -940,22 +944,6 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     r("ServerTlsSettings", "maxProtocolVersion", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "cipherSuites", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "caCrl", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "credentialName", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "credentialNames", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "subjectAltNames", GATEWAY_TLS_LATER),
-    r(
-        "ServerTlsSettings",
-        "verifyCertificateSpki",
-        GATEWAY_TLS_LATER,
-    ),
-    r(
-        "ServerTlsSettings",
-        "verifyCertificateHash",
-        GATEWAY_TLS_LATER,
-    ),
-    r("ServerTlsSettings", "minProtocolVersion", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "maxProtocolVersion", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "cipherSuites", GATEWAY_TLS_LATER),
     // WorkloadEntry (also ServiceEntry endpoints)
     e("WorkloadEntrySpec", "address", FILE_REGISTRY),
     e("WorkloadEntrySpec", "ports", FILE_REGISTRY),

@@ -202,9 +202,82 @@ pub enum Tunnel {
 }
 
 /// The kind of the config-stream resource that says who the proxy is (a [`Node`] as
-/// JSON); every other kind is an Istio kind or [`KIND_SERVICE`].
+/// JSON); every other kind is an Istio kind, [`KIND_SERVICE`] or [`KIND_CREDENTIAL`].
 pub const KIND_NODE: &str = "Node";
 /// A service with its ports and endpoints ([`ServiceConfig`] as JSON).
 pub const KIND_SERVICE: &str = "Service";
 /// The name of the node resource.
 pub const NODE_RESOURCE: &str = "Node";
+/// Certificates from a Kubernetes Secret that a `credentialName` names ([`Credential`]
+/// as JSON), named `Credential/NAMESPACE/NAME`. Held in the proxy's memory only.
+pub const KIND_CREDENTIAL: &str = "Credential";
+
+/// A Secret's certificate material, as Istio reads a `credentialName` Secret:
+/// `kubernetes.io/tls` keys (`tls.crt`, `tls.key`, `ca.crt`) or the generic ones
+/// (`cert`, `key`, `cacert`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credential {
+    /// The Secret's namespace.
+    pub namespace: String,
+    /// The Secret's name.
+    pub name: String,
+    /// Certificate chain (PEM), when the Secret has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_chain: Option<String>,
+    /// Private key (PEM) of the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// CA certificates (PEM): the roots to verify peers with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+}
+
+/// The key material is never printed.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("certificate_chain", &self.certificate_chain.is_some())
+            .field("private_key", &self.private_key.is_some())
+            .field("ca_certificates", &self.ca_certificates.is_some())
+            .finish()
+    }
+}
+
+impl Credential {
+    /// The material of a Secret's `data` (`kubernetes.io/tls` or generic keys), or
+    /// why it holds none that can be used.
+    pub fn from_data(
+        namespace: &str,
+        name: &str,
+        data: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, String> {
+        let get = |keys: [&str; 2]| {
+            keys.iter()
+                .find_map(|k| data.get(*k))
+                .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let credential = Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            certificate_chain: get(["tls.crt", "cert"]),
+            private_key: get(["tls.key", "key"]),
+            ca_certificates: get(["ca.crt", "cacert"]),
+        };
+        match (&credential.certificate_chain, &credential.private_key) {
+            (Some(_), None) => Err(format!(
+                "Secret {namespace}/{name} has a certificate but no private key (tls.key or key)"
+            )),
+            (None, Some(_)) => Err(format!(
+                "Secret {namespace}/{name} has a private key but no certificate (tls.crt or cert)"
+            )),
+            (None, None) if credential.ca_certificates.is_none() => Err(format!(
+                "Secret {namespace}/{name} holds no certificate, key or CA (tls.crt, tls.key, ca.crt)"
+            )),
+            _ => Ok(credential),
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use mesh_api::Resource as IstioResource;
 use mesh_proto::config::{ConfigResponse, Rejection, Resource as WireResource};
-use mesh_proto::model::{KIND_NODE, KIND_SERVICE, NODE_RESOURCE};
+use mesh_proto::model::{KIND_CREDENTIAL, KIND_NODE, KIND_SERVICE, NODE_RESOURCE};
 
 use crate::config::{Node, ProxyConfig, ServiceConfig};
 use crate::error::ConfigError;
@@ -26,6 +26,8 @@ enum Item {
     /// service caches metric labels that name this proxy).
     Service(Arc<ServiceConfig>, Arc<Service>),
     Istio(Arc<IstioResource>),
+    /// A Secret's certificates (`credentialName`), in memory only.
+    Credential(Arc<mesh_proto::model::Credential>),
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ enum DecodeError {
     /// A service resource does not parse.
     #[error("service: {0}")]
     Service(serde_json::Error),
+    /// A credential resource does not parse.
+    #[error("credential: {0}")]
+    Credential(serde_json::Error),
     /// An Istio resource is not JSON.
     #[error("not JSON: {0}")]
     NotJson(serde_json::Error),
@@ -69,12 +74,25 @@ fn decode(r: &WireResource) -> Result<Item, DecodeError> {
                 Item::Service(Arc::new(svc), compiled)
             })
             .map_err(DecodeError::Service),
+        KIND_CREDENTIAL => serde_json::from_slice(&r.body)
+            .map(|c| Item::Credential(Arc::new(c)))
+            .map_err(DecodeError::Credential),
         _ => {
             let value: serde_json::Value =
                 serde_json::from_slice(&r.body).map_err(DecodeError::NotJson)?;
             Ok(Item::Istio(Arc::new(mesh_api::from_value(value)?)))
         }
     }
+}
+
+/// The credentials held, by `namespace/name`.
+fn credentials(held: &BTreeMap<String, Held>) -> crate::state::Credentials {
+    held.values()
+        .filter_map(|h| match &h.item {
+            Item::Credential(c) => Some((format!("{}/{}", c.namespace, c.name), c.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One resource of a push, named, and decoded or not.
@@ -111,6 +129,32 @@ fn document_name(kind: &str, doc: &serde_json::Value) -> Option<String> {
         .and_then(serde_json::Value::as_str)
         .unwrap_or("default");
     Some(format!("{kind}/{namespace}/{name}"))
+}
+
+/// A Kubernetes Secret document of a config file as the credential it holds (`data`
+/// in base64, or `stringData`).
+fn secret_document(doc: &serde_json::Value) -> Result<Item, DecodeError> {
+    use base64::Engine as _;
+    let meta = &doc["metadata"];
+    let namespace = meta["namespace"].as_str().unwrap_or("default");
+    let name = meta["name"].as_str().unwrap_or_default();
+    let mut data = BTreeMap::new();
+    for (k, v) in doc["data"].as_object().into_iter().flatten() {
+        let bytes = v
+            .as_str()
+            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+            .ok_or_else(|| DecodeError::Document(format!("data.{k} is not base64")))?;
+        data.insert(k.clone(), bytes);
+    }
+    for (k, v) in doc["stringData"].as_object().into_iter().flatten() {
+        data.insert(
+            k.clone(),
+            v.as_str().unwrap_or_default().as_bytes().to_vec(),
+        );
+    }
+    mesh_proto::model::Credential::from_data(namespace, name, &data)
+        .map(|c| Item::Credential(Arc::new(c)))
+        .map_err(DecodeError::Document)
 }
 
 /// What a config file pushes, against what is `held`: every document changed since
@@ -220,6 +264,18 @@ fn file_push(text: &str, held: &BTreeMap<String, Held>) -> Result<Push, String> 
                 mesh_api::from_value(doc)
                     .map(|r| Item::Istio(Arc::new(r)))
                     .map_err(DecodeError::from)
+            } else if kind == "Secret" && api_version == "v1" {
+                // A credentialName's Secret, as discovery would deliver it.
+                let Some(credential) = document_name(KIND_CREDENTIAL, &doc) else {
+                    continue;
+                };
+                resources.push(add(
+                    &mut present,
+                    credential,
+                    version,
+                    secret_document(&doc),
+                ));
+                continue;
             } else {
                 Err(DecodeError::Document(format!(
                     "document of kind {kind:?} ({api_version}) is not read by the proxy"
@@ -325,10 +381,16 @@ impl ResourceSet {
                 Item::Node(n) => node = Some(n),
                 Item::Service(_, compiled) => services.push(compiled.clone()),
                 Item::Istio(r) => resources.push(r.as_ref()),
+                Item::Credential(_) => {}
             }
         }
         Some(ProxyState::compile_parts(
-            node?, version, services, &resources, origin,
+            node?,
+            version,
+            services,
+            &resources,
+            &credentials(held),
+            origin,
         ))
     }
 
@@ -411,8 +473,11 @@ impl ResourceSet {
         let node_now = new_node.clone().or_else(|| self.node().cloned());
 
         let mut next = self.held.clone();
+        let mut removing = Vec::new();
         for name in &push.removed {
-            next.remove(name);
+            if let Some(h) = next.remove(name) {
+                removing.push((name.clone(), h.version));
+            }
         }
         // Which resource defines each service host, among those that stay.
         let mut hosts: HashMap<String, String> = next
@@ -445,8 +510,12 @@ impl ResourceSet {
             };
             match (&item, &node_now) {
                 (Item::Istio(res), Some(node)) => {
+                    // With the credentials held now (those of this push come first:
+                    // `Credential/...` sorts before the kinds that name them).
                     let alone = [res.as_ref()];
-                    if let Err(e) = ProxyState::compile_parts(node, "", [], &alone, &r.name) {
+                    let held = credentials(&next);
+                    if let Err(e) = ProxyState::compile_parts(node, "", [], &alone, &held, &r.name)
+                    {
                         rejected.push(reject(e.reasons.join("; ")));
                         continue;
                     }
@@ -502,6 +571,15 @@ impl ResourceSet {
                             reason: reason.clone(),
                         });
                     }
+                }
+                // A removal the rest of the set still needs (a Secret a Gateway names)
+                // is refused too: the resource stays held.
+                for (name, version) in removing {
+                    rejected.push(Rejection {
+                        name,
+                        version,
+                        reason: format!("cannot be removed: {reason}"),
+                    });
                 }
             }
             None => {

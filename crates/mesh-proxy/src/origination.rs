@@ -81,6 +81,85 @@ pub(crate) fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static
     Ok(list)
 }
 
+/// Certificate material, from files the proxy reads or from the Secret a
+/// `credentialName` names: each part as PEM with what to call it in an error.
+pub(crate) struct Material {
+    /// Where it came from: `Secret NS/NAME` or the certificate file.
+    pub source: String,
+    /// The certificate chain.
+    pub chain: Option<(Vec<u8>, String)>,
+    /// Its private key.
+    pub key: Option<(Vec<u8>, String)>,
+    /// CA certificates.
+    pub ca: Option<(Vec<u8>, String)>,
+    /// Where a CA would come from, for an error when there is none.
+    pub ca_hint: String,
+}
+
+impl Material {
+    /// From `credential` (a Secret of `namespace`, delivered by discovery) when set,
+    /// else from the `files` (certificate, key and CA fields, each with its path).
+    pub(crate) fn of(
+        credential: Option<&str>,
+        files: [(&str, Option<&str>); 3],
+        credentials: &crate::state::Credentials,
+        namespace: &str,
+    ) -> Result<Self, String> {
+        if let Some(name) = credential {
+            let key = format!("{namespace}/{name}");
+            let c = credentials.get(&key).ok_or_else(|| {
+                format!(
+                    "credentialName {name:?}: no Secret {key} with a certificate was delivered \
+                     (discovery reads Secrets of its own namespace; create the Secret there, \
+                     kubernetes.io/tls with tls.crt and tls.key, plus ca.crt for MUTUAL)"
+                )
+            })?;
+            let part = |v: &Option<String>, k: &str| {
+                v.as_ref()
+                    .map(|p| (p.as_bytes().to_vec(), format!("Secret {key} {k}")))
+            };
+            return Ok(Self {
+                source: format!("Secret {key}"),
+                chain: part(&c.certificate_chain, "tls.crt"),
+                key: part(&c.private_key, "tls.key"),
+                ca: part(&c.ca_certificates, "ca.crt"),
+                ca_hint: format!("ca.crt in Secret {key}"),
+            });
+        }
+        let load = |(what, path): (&str, Option<&str>)| {
+            path.map(|p| read(p, what).map(|b| (b, format!("{what} {p:?}"))))
+                .transpose()
+        };
+        let [c, k, a] = files;
+        Ok(Self {
+            source: c.1.unwrap_or("no certificate").to_owned(),
+            chain: load(c)?,
+            key: load(k)?,
+            ca: load(a)?,
+            ca_hint: a.0.to_owned(),
+        })
+    }
+
+    /// The certificate chain and its key, both required.
+    pub(crate) fn chain_and_key(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+        let ((chain, chain_what), (key, key_what)) = match (&self.chain, &self.key) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                return Err(format!(
+                    "{}: a certificate and its private key are needed",
+                    self.source
+                ));
+            }
+        };
+        let chain = certs(chain, chain_what)?;
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| format!("{key_what}: not a PEM private key: {e}"))?;
+        Ok((chain, key))
+    }
+}
+
 impl Origination {
     /// The origination `tls` asks for: `None` for ISTIO_MUTUAL and DISABLE (and when
     /// unset), or why it cannot be built.
@@ -90,16 +169,24 @@ impl Origination {
             Some(ClientTlsMode::Mutual) => true,
             _ => return Ok(None),
         };
+        let material = Material::of(
+            None,
+            [
+                ("clientCertificate", tls.client_certificate.as_deref()),
+                ("privateKey", tls.private_key.as_deref()),
+                ("caCertificates", tls.ca_certificates.as_deref()),
+            ],
+            &Default::default(),
+            "",
+        )?;
         let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify == Some(true) {
             Arc::new(Unverified(provider()))
         } else {
-            let roots = match &tls.ca_certificates {
-                Some(path) => {
+            let roots = match &material.ca {
+                Some((pem, what)) => {
                     let mut store = tokio_rustls::rustls::RootCertStore::empty();
-                    for c in certs(&read(path, "caCertificates")?, "caCertificates")? {
-                        store
-                            .add(c)
-                            .map_err(|e| format!("caCertificates {path:?}: {e}"))?;
+                    for c in certs(pem, what)? {
+                        store.add(c).map_err(|e| format!("{what}: {e}"))?;
                     }
                     Arc::new(store)
                 }
@@ -128,15 +215,13 @@ impl Origination {
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut config = if mutual {
-            let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) else {
+            if material.chain.is_none() || material.key.is_none() {
                 return Err(
                     "MUTUAL needs clientCertificate and privateKey (PEM files the proxy can read)"
                         .into(),
                 );
-            };
-            let chain = certs(&read(cert, "clientCertificate")?, "clientCertificate")?;
-            let key = PrivateKeyDer::from_pem_slice(&read(key, "privateKey")?)
-                .map_err(|e| format!("privateKey {key:?}: not a PEM private key: {e}"))?;
+            }
+            let (chain, key) = material.chain_and_key()?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("clientCertificate and privateKey: {e}"))?

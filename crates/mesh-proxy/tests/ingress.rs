@@ -364,8 +364,6 @@ async fn https_servers_terminate_tls_chosen_by_sni() {
     let shop = server_ca.leaf(&["shop.example.com"], None);
     let admin = server_ca.leaf(&["admin.example.com"], None);
     let (shop_cert, shop_key) = (write("shop.pem", &shop.0), write("shop.key", &shop.1));
-    let (admin_cert, admin_key) = (write("admin.pem", &admin.0), write("admin.key", &admin.1));
-    let client_ca_file = write("client-ca.pem", &client_ca.cert.pem());
     let client = client_ca.leaf(&[], Some("partner"));
     // Two HTTPS servers on one port: shop (SIMPLE) and admin (MUTUAL), each with its
     // own VirtualService.
@@ -382,7 +380,7 @@ spec:
     tls: {{mode: SIMPLE, serverCertificate: {shop_cert}, privateKey: {shop_key}}}
   - port: {{number: 443, name: https-admin, protocol: HTTPS}}
     hosts: [admin.example.com]
-    tls: {{mode: MUTUAL, serverCertificate: {admin_cert}, privateKey: {admin_key}, caCertificates: {client_ca_file}}}
+    tls: {{mode: MUTUAL, credentialName: admin-cert}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -404,13 +402,41 @@ spec:
     headers: {{request: {{set: {{x-admin: 'yes'}}}}}}
 "
     );
-    let store = Arc::new(StateStore::default());
-    store
-        .apply_yaml(
-            &gateway_config(v1.inbound_addr, v1.inbound_addr, &gateway),
-            "test",
+    // The admin server's certificate, key and client CA come from a Secret of the
+    // gateway's namespace (discovery delivers it; a file config holds it).
+    let indent = |pem: &str| pem.trim().replace('\n', "\n      ");
+    let secret = |with_key: bool| {
+        format!(
+            "---
+apiVersion: v1
+kind: Secret
+metadata: {{name: admin-cert, namespace: istio-system}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+      {}
+{}  ca.crt: |
+      {}
+",
+            indent(&admin.0),
+            if with_key {
+                format!("  tls.key: |\n      {}\n", indent(&admin.1))
+            } else {
+                String::new()
+            },
+            indent(&client_ca.cert.pem()),
         )
-        .unwrap();
+    };
+    let config = |gateway: &str, secret: &str| {
+        format!(
+            "{}{secret}",
+            gateway_config(v1.inbound_addr, v1.inbound_addr, gateway)
+        )
+    };
+    let mut intake = mesh_proxy::intake::ResourceSet::default();
+    let store = Arc::new(StateStore::default());
+    let applied = intake.apply_file(&config(&gateway, &secret(true)), "test", &store);
+    assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
     let mut options = options();
     options.port_map.insert(443, 0);
     let gw = IngressGateway::start(
@@ -455,22 +481,70 @@ spec:
     );
 
     // A key file that is not there refuses the Gateway; the last good one serves.
-    let err = store
-        .apply_yaml(
-            &gateway_config(
-                v1.inbound_addr,
-                v1.inbound_addr,
-                &gateway.replace(&shop_key, "/nonexistent/shop.key"),
-            ),
-            "test",
-        )
-        .unwrap_err()
-        .to_string();
+    let applied = intake.apply_file(
+        &config(
+            &gateway.replace(&shop_key, "/nonexistent/shop.key"),
+            &secret(true),
+        ),
+        "test",
+        &store,
+    );
+    let reasons: Vec<String> = applied.rejected.iter().map(|r| r.reason.clone()).collect();
     assert!(
-        err.contains("Gateway shop/tls-gateway: spec.servers[0].tls: privateKey \"/nonexistent/shop.key\" cannot be read"),
-        "{err}"
+        reasons.iter().any(|r| r.contains(
+            "Gateway shop/tls-gateway: spec.servers[0].tls: privateKey \"/nonexistent/shop.key\" cannot be read"
+        )),
+        "{reasons:?}"
     );
     let (status, _) = https("shop.example.com", "shop.example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // The Secret loses its key: refused with the reason, the last good one serves.
+    let applied = intake.apply_file(&config(&gateway, &secret(false)), "test", &store);
+    let reasons: Vec<String> = applied.rejected.iter().map(|r| r.reason.clone()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r
+                .contains("Secret istio-system/admin-cert has a certificate but no private key")),
+        "{reasons:?}"
+    );
+    // The Secret removed: the Gateway that names it cannot be served, so nothing of
+    // that change is taken.
+    let applied = intake.apply_file(&config(&gateway, ""), "test", &store);
+    let reasons: Vec<String> = applied.rejected.iter().map(|r| r.reason.clone()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(
+            "credentialName \"admin-cert\": no Secret istio-system/admin-cert"
+        )),
+        "{reasons:?}"
+    );
+    let (status, _) = https("admin.example.com", "admin.example.com", Some(&client))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the last good Secret stays in force");
+
+    // The same MUTUAL server from files: serverCertificate, privateKey and the client
+    // CA in caCertificates.
+    let files = gateway.replace(
+        "tls: {mode: MUTUAL, credentialName: admin-cert}",
+        &format!(
+            "tls: {{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}",
+            write("admin.pem", &admin.0),
+            write("admin.key", &admin.1),
+            write("client-ca.pem", &client_ca.cert.pem())
+        ),
+    );
+    let applied = intake.apply_file(&config(&files, ""), "test", &store);
+    assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+    assert!(store.snapshot().credentials.is_empty());
+    assert!(
+        https("admin.example.com", "admin.example.com", None)
+            .await
+            .is_err()
+    );
+    let (status, _) = https("admin.example.com", "admin.example.com", Some(&client))
         .await
         .unwrap();
     assert_eq!(status, 200);

@@ -91,51 +91,60 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    /// The TLS a server's settings ask for, read from its files.
-    fn compile(t: &mesh_api::networking::ServerTlsSettings) -> Result<Self, String> {
-        use crate::origination::{certs, provider, read};
+    /// The TLS a server's settings ask for: from the Secret `credentialName` names (in
+    /// the gateway's own namespace, as Istio reads it, delivered by discovery), or
+    /// from the files it names.
+    fn compile(
+        t: &mesh_api::networking::ServerTlsSettings,
+        credentials: &crate::state::Credentials,
+        namespace: &str,
+    ) -> Result<Self, String> {
+        use crate::origination::{Material, certs, provider};
         use mesh_api::networking::ServerTlsMode;
         use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::PrivateKeyDer;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
         let mutual = t.mode == Some(ServerTlsMode::Mutual);
-        let (Some(cert), Some(key)) = (&t.server_certificate, &t.private_key) else {
-            return Err("serverCertificate and privateKey are needed".into());
-        };
-        let chain = certs(&read(cert, "serverCertificate")?, "serverCertificate")?;
-        let private = PrivateKeyDer::from_pem_slice(&read(key, "privateKey")?)
-            .map_err(|e| format!("privateKey {key:?}: not a PEM private key: {e}"))?;
+        let material = Material::of(
+            t.credential_name.as_deref(),
+            [
+                ("serverCertificate", t.server_certificate.as_deref()),
+                ("privateKey", t.private_key.as_deref()),
+                ("caCertificates", t.ca_certificates.as_deref()),
+            ],
+            credentials,
+            namespace,
+        )?;
+        let (chain, private) = material.chain_and_key()?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
         let builder = if mutual {
-            let path = t
-                .ca_certificates
-                .as_deref()
-                .ok_or("MUTUAL needs caCertificates")?;
+            let (pem, what) = material.ca.as_ref().ok_or_else(|| {
+                format!(
+                    "MUTUAL needs the CA of client certificates ({})",
+                    material.ca_hint
+                )
+            })?;
             let mut roots = rustls::RootCertStore::empty();
-            for c in certs(&read(path, "caCertificates")?, "caCertificates")? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("caCertificates {path:?}: {e}"))?;
+            for c in certs(pem, what)? {
+                roots.add(c).map_err(|e| format!("{what}: {e}"))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),
             )
             .build()
-            .map_err(|e| format!("caCertificates {path:?}: {e}"))?;
+            .map_err(|e| format!("{what}: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
         };
         let mut config = builder
             .with_single_cert(chain, private)
-            .map_err(|e| format!("serverCertificate and privateKey: {e}"))?;
+            .map_err(|e| format!("{}: {e}", material.source))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             mutual,
-            certificate: cert.clone(),
+            certificate: material.source.clone(),
             config: Arc::new(config),
         })
     }
@@ -259,7 +268,11 @@ impl Ingress {
     /// Compiles what `node` serves from `ordered` (oldest first), or `None` when the
     /// node is not an ingress gateway or no Gateway selects it. A route that does not
     /// compile is an error naming its VirtualService.
-    pub fn compile(ordered: &[&Resource], node: &Node) -> Result<Option<Self>, Vec<String>> {
+    pub fn compile(
+        ordered: &[&Resource],
+        node: &Node,
+        credentials: &crate::state::Credentials,
+    ) -> Result<Option<Self>, Vec<String>> {
         if !node.ingress {
             return Ok(None);
         }
@@ -315,7 +328,7 @@ impl Ingress {
                         )
                     )
                 }) {
-                    Some(t) => match ServerTls::compile(t) {
+                    Some(t) => match ServerTls::compile(t, credentials, &node.namespace) {
                         Ok(t) => Some(Arc::new(t)),
                         Err(e) => {
                             errors.push(format!("Gateway {key}: spec.servers[{i}].tls: {e}"));
@@ -416,7 +429,9 @@ mod tests {
             ingress: true,
             ..Default::default()
         };
-        Ingress::compile(&ordered, &node).unwrap().unwrap()
+        Ingress::compile(&ordered, &node, &Default::default())
+            .unwrap()
+            .unwrap()
     }
 
     const GATEWAYS: &str = "

@@ -75,6 +75,7 @@ impl ProxyState {
             &bundle.proxy.version,
             bundle.proxy.services.iter().map(compile_service),
             &resources,
+            &Default::default(),
             origin,
         )
     }
@@ -86,6 +87,7 @@ impl ProxyState {
         version: &str,
         compiled: impl IntoIterator<Item = Arc<Service>>,
         resources: &[&Resource],
+        credentials: &super::Credentials,
         origin: &str,
     ) -> Result<Self, ConfigError> {
         let node = node.clone();
@@ -179,10 +181,11 @@ impl ProxyState {
                 policies.insert(fqdn.clone(), Arc::new(policy));
             }
         }
-        let ingress = crate::ingress::Ingress::compile(&ordered, &node).unwrap_or_else(|e| {
-            errors.extend(e);
-            None
-        });
+        let ingress = crate::ingress::Ingress::compile(&ordered, &node, credentials)
+            .unwrap_or_else(|e| {
+                errors.extend(e);
+                None
+            });
         let (peer_authn, authz) = compile_security(resources, &ordered, &node);
         let jwt = compile_jwt(resources, &node).unwrap_or_else(|e| {
             errors.extend(e);
@@ -212,6 +215,11 @@ impl ProxyState {
             jwt,
             peer_authn,
             ingress: ingress.map(Arc::new),
+            credentials: {
+                let mut names: Vec<String> = credentials.keys().cloned().collect();
+                names.sort();
+                names
+            },
             peer_header: std::sync::OnceLock::new(),
             index: Index::build(&services, &node.namespace),
             node,

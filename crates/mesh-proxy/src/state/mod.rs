@@ -8,6 +8,10 @@ mod service_entry;
 
 pub use compile::compile_service;
 
+/// The Secrets `credentialName`s name, delivered by discovery, by `namespace/name`.
+pub type Credentials =
+    std::collections::HashMap<String, std::sync::Arc<mesh_proto::model::Credential>>;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,6 +50,8 @@ pub struct ProxyState {
     /// What this workload serves as an ingress gateway: the Gateways whose selector
     /// matches its labels and the VirtualServices bound to them (none for a sidecar).
     pub ingress: Option<Arc<crate::ingress::Ingress>>,
+    /// The Secrets (`namespace/name`) whose certificates this proxy holds.
+    pub credentials: Vec<String>,
     /// The `x-isthmus-peer` value naming this node, made on first use.
     peer_header: std::sync::OnceLock<Option<http::HeaderValue>>,
     /// Lookups the request path makes, indexed once per compile.
