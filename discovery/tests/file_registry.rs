@@ -361,17 +361,9 @@ spec:
     hosts: [shop.example.com]
     tls: {mode: SIMPLE, credentialName: shop-cert}
 ";
+    // The Gateway first: its server waits for the Secret, which comes later.
     write(dir.path(), "services.yaml", SERVICES);
     write(dir.path(), "gateway.yaml", gateway);
-    write(
-        dir.path(),
-        "secrets.yaml",
-        &format!(
-            "{}{}",
-            secret("shop-cert", true),
-            secret("unused-cert", true)
-        ),
-    );
     let discovery = start_files("east", dir.path(), &pki).await;
     let ingress = connect_as(
         discovery.grpc_addr,
@@ -385,6 +377,27 @@ spec:
         "tools-1",
         "sidecar",
     );
+    eventually("the gateway has its config", T, || ingress.store.is_ready()).await;
+    let waiting = ingress
+        .store
+        .snapshot()
+        .ingress
+        .clone()
+        .unwrap()
+        .waiting
+        .clone();
+    assert!(
+        waiting
+            .iter()
+            .any(|w| w.contains("no Secret istio-system/shop-cert with a certificate yet")),
+        "{waiting:?}"
+    );
+    let both = format!(
+        "{}{}",
+        secret("shop-cert", true),
+        secret("unused-cert", true)
+    );
+    write(dir.path(), "secrets.yaml", &both);
     let serves_tls = |p: &Proxy| {
         p.store.snapshot().ingress.as_ref().is_some_and(|i| {
             i.listeners
@@ -439,12 +452,11 @@ spec:
     // keeps serving with the last good certificate.
     write(dir.path(), "secrets.yaml", &secret("unused-cert", true));
     eventually("the gateway refuses the removal", T, || {
-        ingress
-            .status
-            .load()
-            .rejected
-            .iter()
-            .any(|e| e.starts_with("Credential/istio-system/shop-cert: cannot be removed"))
+        ingress.status.load().rejected.iter().any(|e| {
+            e.starts_with(
+                "Credential/istio-system/shop-cert: cannot be removed: Gateway shop/shop names it",
+            )
+        })
     })
     .await;
     assert!(serves_tls(&ingress));

@@ -259,7 +259,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("dr.yaml", dr("  workloadSelector: {matchLabels: {app: frontend}}\n"), "DestinationRule/shop/reviews", "spec.workloadSelector"),
         ("ap.yaml", ap("{action: CUSTOM, provider: {name: ext}, rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.action"),
         ("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: https://issuer.example}]}\n".into(), "RequestAuthentication/shop/jwt", "spec.jwtRules[0].jwks"),
-        ("ap.yaml", ap("{action: DENY, rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}"), "AuthorizationPolicy/shop/no-admin", "request.auth"),
+        ("ap.yaml", ap("{action: DENY, rules: [{when: [{key: \"request.auth.claims[]\", values: [x]}]}]}"), "AuthorizationPolicy/shop/no-admin", "request.auth.claims[NAME]"),
         ("ap.yaml", ap("{action: DENY, targetRefs: [{kind: Service, name: reviews}], rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.targetRefs"),
         ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n".into(), "Gateway/shop/ingress", "TCP servers are not served"),
         ("se.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\nspec: {hosts: [legacy.example], ports: [{number: 80, name: http, protocol: HTTP}], endpoints: [{address: 10.9.9.9}]}\n".into(), "ServiceEntry/shop/legacy", "spec.resolution: NONE is not enforced yet"),

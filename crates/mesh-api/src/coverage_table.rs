@@ -1079,8 +1079,13 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "Condition",
         "key",
-        "request.headers[…], source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port, connection.sni; request.auth.* and experimental.* are refused",
-        AUTHZ_WHEN,
+        "request.headers[…], source.ip, remote.ip, source.namespace, source.principal, destination.ip, destination.port, connection.sni, \
+         request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[…] (nested [a][b]; a list claim \
+         matches on any item); experimental.* is refused",
+        &[
+            "crates/mesh-proxy/src/authz/mod::connection_conditions_fire",
+            "crates/mesh-proxy/src/authz/mod::request_auth_conditions_read_the_verified_claims",
+        ],
     ),
     e("Condition", "values", AUTHZ_WHEN),
     e("Condition", "notValues", AUTHZ_WHEN),

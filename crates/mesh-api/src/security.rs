@@ -292,10 +292,6 @@ impl AuthorizationPolicySpec {
     }
 }
 
-const NO_JWT: &str = "reads the claims of a verified JWT, which authorization does not evaluate yet, \
-     so it could never be evaluated; authorize the token's `iss/sub` with \
-     `source.requestPrincipals`, or by peer identity (principals, serviceAccounts, namespaces)";
-
 impl Source {
     fn validate(&self, v: &mut Validator) {
         for (name, blocks) in [
@@ -351,9 +347,6 @@ impl Operation {
 impl Condition {
     fn validate(&self, v: &mut Validator) {
         match ConditionKey::parse(&self.key) {
-            Ok(ConditionKey::RequestAuth) => v.field("key", |v| {
-                v.error(format!("{:?} {NO_JWT}", self.key));
-            }),
             Ok(key) => {
                 for (name, values) in [("values", &self.values), ("notValues", &self.not_values)] {
                     v.each(name, values, |v, value| match key {
@@ -394,8 +387,21 @@ pub enum ConditionKey {
     DestinationPort,
     /// `connection.sni`: the server name of the mTLS connection.
     ConnectionSni,
-    /// `request.auth.*`: refused until claims are evaluated by authorization.
-    RequestAuth,
+    /// `request.auth.*`: from the request's verified JWT.
+    RequestAuth(AuthAttribute),
+}
+
+/// What a `request.auth.*` condition reads from the verified JWT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthAttribute {
+    /// `request.auth.principal`: `iss/sub`.
+    Principal,
+    /// `request.auth.audiences`: the `aud` claim.
+    Audiences,
+    /// `request.auth.presenter`: the `azp` claim.
+    Presenter,
+    /// `request.auth.claims[NAME]` (nested: `[a][b]`): the claim at that path.
+    Claim(Vec<String>),
 }
 
 impl ConditionKey {
@@ -421,10 +427,19 @@ impl ConditionKey {
             "destination.ip" => Self::DestinationIp,
             "destination.port" => Self::DestinationPort,
             "connection.sni" => Self::ConnectionSni,
-            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
-                Self::RequestAuth
+            "request.auth.principal" => Self::RequestAuth(AuthAttribute::Principal),
+            "request.auth.audiences" => Self::RequestAuth(AuthAttribute::Audiences),
+            "request.auth.presenter" => Self::RequestAuth(AuthAttribute::Presenter),
+            k if k.starts_with("request.auth.claims[") && k.ends_with(']') => {
+                let inner = &k["request.auth.claims[".len()..k.len() - 1];
+                let path: Vec<String> = inner.split("][").map(str::to_owned).collect();
+                if path.iter().any(|p| p.is_empty() || p.contains(['[', ']'])) {
+                    return Err(format!(
+                        "{k:?}: write request.auth.claims[NAME], nested request.auth.claims[a][b]"
+                    ));
+                }
+                Self::RequestAuth(AuthAttribute::Claim(path))
             }
-            k if k.starts_with("request.auth.claims[") && k.ends_with(']') => Self::RequestAuth,
             k if k.starts_with("experimental.") => {
                 return Err(format!(
                     "{k:?} is an Envoy filter's metadata, which Isthmus does not have; the condition could never be evaluated"

@@ -748,8 +748,8 @@ fn authorization_policy_fields_that_cannot_be_enforced_are_refused() {
             &["spec.targetRef", "selector.matchLabels"],
         ),
         (
-            "{action: DENY, rules: [{when: [{key: 'request.auth.claims[group]', values: [x]}]}]}",
-            &["spec.rules[0].when[0].key", "JWT"],
+            "{action: DENY, rules: [{when: [{key: 'request.auth.claims[]', values: [x]}]}]}",
+            &["spec.rules[0].when[0].key", "request.auth.claims[NAME]"],
         ),
         (
             "{rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: [x]}]}]}",

@@ -85,6 +85,25 @@ fn decode(r: &WireResource) -> Result<Item, DecodeError> {
     }
 }
 
+/// A Gateway held (and not removed by `push`) that names credential `c` in a
+/// server's `credentialName`, by key.
+fn naming_gateway(
+    held: &BTreeMap<String, Held>,
+    push: &Push,
+    c: &mesh_proto::model::Credential,
+) -> Option<String> {
+    held.iter().find_map(|(name, h)| {
+        let Item::Istio(r) = &h.item else { return None };
+        let IstioResource::Gateway(g) = r.as_ref() else {
+            return None;
+        };
+        let names = g.spec.servers.iter().any(|s| {
+            s.tls.as_ref().and_then(|t| t.credential_name.as_deref()) == Some(c.name.as_str())
+        });
+        (names && !push.removed.contains(name)).then(|| r.key())
+    })
+}
+
 /// The credentials held, by `namespace/name`.
 fn credentials(held: &BTreeMap<String, Held>) -> crate::state::Credentials {
     held.values()
@@ -475,6 +494,24 @@ impl ResourceSet {
         let mut next = self.held.clone();
         let mut removing = Vec::new();
         for name in &push.removed {
+            // A Secret a held Gateway still names stays: its server keeps serving
+            // with the last good certificate.
+            if let Some(Held {
+                item: Item::Credential(c),
+                version,
+            }) = next.get(name)
+                && let Some(gateway) = naming_gateway(&next, &push, c)
+            {
+                rejected.push(Rejection {
+                    name: name.clone(),
+                    version: version.clone(),
+                    reason: format!(
+                        "cannot be removed: Gateway {gateway} names it in credentialName; \
+                         the last good certificate stays until the Gateway no longer does"
+                    ),
+                });
+                continue;
+            }
             if let Some(h) = next.remove(name) {
                 removing.push((name.clone(), h.version));
             }

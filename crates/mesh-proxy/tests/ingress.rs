@@ -510,14 +510,12 @@ stringData:
                 .contains("Secret istio-system/admin-cert has a certificate but no private key")),
         "{reasons:?}"
     );
-    // The Secret removed: the Gateway that names it cannot be served, so nothing of
-    // that change is taken.
+    // The Secret removed while the Gateway names it: the removal is refused.
     let applied = intake.apply_file(&config(&gateway, ""), "test", &store);
     let reasons: Vec<String> = applied.rejected.iter().map(|r| r.reason.clone()).collect();
     assert!(
-        reasons.iter().any(|r| r.contains(
-            "credentialName \"admin-cert\": no Secret istio-system/admin-cert"
-        )),
+        reasons.iter().any(|r| r
+            .contains("cannot be removed: Gateway shop/tls-gateway names it in credentialName")),
         "{reasons:?}"
     );
     let (status, _) = https("admin.example.com", "admin.example.com", Some(&client))

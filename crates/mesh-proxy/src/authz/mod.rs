@@ -68,6 +68,8 @@ pub struct HttpAttributes<'a> {
     pub headers: &'a HeaderMap,
     /// `iss/sub` of the request's verified JWT (RequestAuthentication), if any.
     pub request_principal: Option<&'a str>,
+    /// The claims of that JWT (`request.auth.*` conditions).
+    pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Whether a policy of `namespace` with `selector` applies to `node`: the workload's
@@ -491,6 +493,32 @@ enum ConditionMatch {
     Principal(Field<StringMatcher>),
     DestinationPort(Field<u16>),
     Sni(Field<StringMatcher>),
+    RequestAuth(mesh_api::security::AuthAttribute, Field<StringMatcher>),
+}
+
+/// The values a `request.auth.*` condition sees: none without a verified JWT; a
+/// string claim, or each string of a list claim.
+fn auth_values<'a>(
+    attr: &mesh_api::security::AuthAttribute,
+    h: &HttpAttributes<'a>,
+) -> Vec<&'a str> {
+    use mesh_api::security::AuthAttribute;
+    let Some(claims) = h.claims else {
+        return Vec::new();
+    };
+    let claim = match attr {
+        AuthAttribute::Principal => return h.request_principal.into_iter().collect(),
+        AuthAttribute::Audiences => claims.get("aud"),
+        AuthAttribute::Presenter => claims.get("azp"),
+        AuthAttribute::Claim(path) => path
+            .split_first()
+            .and_then(|(first, rest)| rest.iter().try_fold(claims.get(first)?, |v, k| v.get(k))),
+    };
+    match claim {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|i| i.as_str()).collect(),
+        _ => Vec::new(),
+    }
 }
 
 impl ConditionMatch {
@@ -509,9 +537,7 @@ impl ConditionMatch {
             ConditionKey::SourcePrincipal => Self::Principal(strings(v, n)?),
             ConditionKey::DestinationPort => Self::DestinationPort(named("values", ports(v, n))?),
             ConditionKey::ConnectionSni => Self::Sni(strings(v, n)?),
-            ConditionKey::RequestAuth => {
-                return Err(format!("key: {:?} needs a validated JWT", c.key));
-            }
+            ConditionKey::RequestAuth(attr) => Self::RequestAuth(attr, strings(v, n)?),
         })
     }
 
@@ -547,6 +573,15 @@ impl ConditionMatch {
             Self::Principal(f) => f.check(|m| principal_matches(m, a)),
             Self::DestinationPort(f) => f.check(|p| *p == a.port),
             Self::Sni(f) => f.check(|m| m.matches(a.sni.as_bytes())),
+            Self::RequestAuth(attr, f) => match &a.http {
+                Some(h) => {
+                    let values = auth_values(attr, h);
+                    f.check(|m| values.iter().any(|v| m.matches(v.as_bytes())))
+                }
+                // A TCP connection has no token: unknown, so a DENY matches and an
+                // ALLOW misses.
+                None => return Err(Unknown::RequestPrincipal),
+            },
         })
     }
 }
@@ -588,6 +623,7 @@ mod tests {
         remote: Option<IpAddr>,
         tcp: bool,
         request_principal: Option<&'static str>,
+        claims: Option<serde_json::Map<String, serde_json::Value>>,
     }
 
     fn req(principal: &'static str) -> Req {
@@ -600,6 +636,7 @@ mod tests {
             remote: Some("10.0.0.9".parse().unwrap()),
             tcp: false,
             request_principal: None,
+            claims: None,
         }
     }
 
@@ -625,6 +662,7 @@ mod tests {
                     host: self.host,
                     headers: &self.headers,
                     request_principal: self.request_principal,
+                    claims: self.claims.as_ref(),
                 }),
             };
             a.decide(&attrs)
@@ -787,6 +825,46 @@ mod tests {
         assert!(!r.decide(&a), "several values are matched joined with ','");
     }
 
+    /// `request.auth.*` conditions read the verified token: its principal, `aud`,
+    /// `azp` and any claim, a list claim matching on any of its items; without a
+    /// token an ALLOW misses and a `notValues` DENY matches.
+    #[test]
+    fn request_auth_conditions_read_the_verified_claims() {
+        let allow = authorizer(&[
+            "rules: [{when: [{key: 'request.auth.claims[groups]', values: [admin]}, \
+              {key: 'request.auth.audiences', values: [shop]}, \
+              {key: 'request.auth.presenter', values: ['web-*']}, \
+              {key: 'request.auth.principal', values: ['https://issuer.example/*']}, \
+              {key: 'request.auth.claims[org][team]', values: [payments]}]}]",
+        ]);
+        let claims = |groups: &[&str]| {
+            serde_json::json!({"aud": ["shop", "other"], "azp": "web-app", "groups": groups,
+                "org": {"team": "payments"}})
+            .as_object()
+            .cloned()
+        };
+        let mut r = req(PRODUCTPAGE);
+        assert!(!r.decide(&allow), "no token");
+        r.request_principal = Some("https://issuer.example/alice");
+        r.claims = claims(&["staff", "admin"]);
+        assert!(r.decide(&allow));
+        r.claims = claims(&["staff"]);
+        assert!(!r.decide(&allow), "not in the admin group");
+        let deny = authorizer(&[
+            "{action: DENY, rules: [{when: [{key: 'request.auth.claims[groups]', notValues: [staff]}]}]}",
+        ]);
+        let mut r = req(PRODUCTPAGE);
+        assert!(!r.decide(&deny), "no token: not in staff, denied");
+        r.request_principal = Some("https://issuer.example/alice");
+        r.claims = claims(&["staff"]);
+        assert!(r.decide(&deny));
+        r.tcp = true;
+        assert!(
+            !r.decide(&deny),
+            "TCP: the claim is unknown, the DENY matches"
+        );
+    }
+
     #[test]
     fn request_principals_need_a_verified_token() {
         let alice = "https://issuer.example/alice";
@@ -825,7 +903,7 @@ mod tests {
         );
         assert!(deny.policies()[0].fail_closed.is_some());
         let allow = authorizer(&[
-            "{rules: [{when: [{key: 'request.auth.claims[group]', values: [admin]}]}]}",
+            "{rules: [{when: [{key: 'experimental.envoy.filters.x', values: [admin]}]}]}",
         ]);
         assert!(
             !req(PRODUCTPAGE).decide(&allow),

@@ -182,6 +182,7 @@ pub(crate) fn admit(
             host,
             headers: &parts.headers,
             request_principal: verified.as_ref().map(|v| v.auth.principal.as_str()),
+            claims: verified.as_ref().map(|v| &v.auth.claims),
         }),
         ..attrs
     };

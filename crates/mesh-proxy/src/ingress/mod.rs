@@ -35,6 +35,9 @@ pub struct Ingress {
     pub gateways: BTreeSet<String>,
     /// Listeners by server port number.
     pub listeners: BTreeMap<u16, Listener>,
+    /// Servers not served and why (a `credentialName` Secret not delivered yet): each
+    /// is served once its Secret arrives.
+    pub waiting: Vec<String>,
 }
 
 /// One port of the gateway and the servers on it.
@@ -293,6 +296,7 @@ impl Ingress {
         let mut ingress = Self {
             gateways: gateways.iter().map(|(k, _, _)| k.clone()).collect(),
             listeners: BTreeMap::new(),
+            waiting: Vec::new(),
         };
         let mut errors = Vec::new();
         for (key, gw_ns, gw) in &gateways {
@@ -328,6 +332,21 @@ impl Ingress {
                         )
                     )
                 }) {
+                    Some(t)
+                        if t.credential_name.as_ref().is_some_and(|c| {
+                            !credentials.contains_key(&format!("{}/{c}", node.namespace))
+                        }) =>
+                    {
+                        let why = format!(
+                            "Gateway {key}: spec.servers[{i}].tls.credentialName: no Secret {}/{} with a certificate yet; \
+                             the server is served once it arrives",
+                            node.namespace,
+                            t.credential_name.as_deref().unwrap_or_default()
+                        );
+                        tracing::warn!(reason = %why, "Gateway server not served");
+                        ingress.waiting.push(why);
+                        continue;
+                    }
                     Some(t) => match ServerTls::compile(t, credentials, &node.namespace) {
                         Ok(t) => Some(Arc::new(t)),
                         Err(e) => {
