@@ -85,14 +85,13 @@ fn decode(r: &WireResource) -> Result<Item, DecodeError> {
     }
 }
 
-/// A Gateway held (and not removed by `push`) that names credential `c` in a
-/// server's `credentialName`, by key.
+/// A Gateway of `held` that names credential `c` in a server's `credentialName`, by
+/// key.
 fn naming_gateway(
     held: &BTreeMap<String, Held>,
-    push: &Push,
     c: &mesh_proto::model::Credential,
 ) -> Option<String> {
-    held.iter().find_map(|(name, h)| {
+    held.values().find_map(|h| {
         let Item::Istio(r) = &h.item else { return None };
         let IstioResource::Gateway(g) = r.as_ref() else {
             return None;
@@ -100,7 +99,7 @@ fn naming_gateway(
         let names = g.spec.servers.iter().any(|s| {
             s.tls.as_ref().and_then(|t| t.credential_name.as_deref()) == Some(c.name.as_str())
         });
-        (names && !push.removed.contains(name)).then(|| r.key())
+        names.then(|| r.key())
     })
 }
 
@@ -494,24 +493,6 @@ impl ResourceSet {
         let mut next = self.held.clone();
         let mut removing = Vec::new();
         for name in &push.removed {
-            // A Secret a held Gateway still names stays: its server keeps serving
-            // with the last good certificate.
-            if let Some(Held {
-                item: Item::Credential(c),
-                version,
-            }) = next.get(name)
-                && let Some(gateway) = naming_gateway(&next, &push, c)
-            {
-                rejected.push(Rejection {
-                    name: name.clone(),
-                    version: version.clone(),
-                    reason: format!(
-                        "cannot be removed: Gateway {gateway} names it in credentialName; \
-                         the last good certificate stays until the Gateway no longer does"
-                    ),
-                });
-                continue;
-            }
             if let Some(h) = next.remove(name) {
                 removing.push((name.clone(), h.version));
             }
@@ -580,6 +561,32 @@ impl ResourceSet {
             );
         }
 
+        // A Secret a Gateway of the set still names stays: its server keeps serving
+        // with the last good certificate.
+        removing.retain(|(name, version)| {
+            let Some(
+                held @ Held {
+                    item: Item::Credential(c),
+                    ..
+                },
+            ) = self.held.get(name)
+            else {
+                return true;
+            };
+            let Some(gateway) = naming_gateway(&next, c) else {
+                return true;
+            };
+            rejected.push(Rejection {
+                name: name.clone(),
+                version: version.clone(),
+                reason: format!(
+                    "cannot be removed: Gateway {gateway} names it in credentialName; \
+                     the last good certificate stays until the Gateway no longer does"
+                ),
+            });
+            next.insert(name.clone(), held.clone());
+            false
+        });
         let version = push.version;
         let mut changed = false;
         if new_node.is_some() {

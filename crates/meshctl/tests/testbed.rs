@@ -157,6 +157,30 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
 
     // curl in west reaches helloworld v2 there.
     assert_west_serves_v2(&dir);
+    // A service only west has (no Service of that name in east) resolves and routes
+    // from east: in a pod its name is answered by the sidecar's DNS proxy, with an
+    // address it allocates.
+    let remote = meshctl(&dir, &["testbed", "curl", "http://hello-west:5000/hello"]);
+    assert!(
+        text(&remote).contains("Hello version: v2, instance: helloworld-v2, cluster: west"),
+        "{}",
+        text(&remote)
+    );
+    if pods {
+        let looked_up = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "itb-curl-east",
+                "getent",
+                "hosts",
+                "hello-west.sample.svc.cluster.local",
+            ])
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&looked_up.stdout);
+        assert!(answer.starts_with("240.240."), "{answer:?}");
+    }
     // From the host, east's ingress gateway splits /api 90/10 over v1 (east) and v2
     // (west), and routes the rest to the front page's chain across clusters.
     let ingress = state["plan"]["clusters"][0]["ingress"].as_str().unwrap();

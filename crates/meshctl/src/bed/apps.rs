@@ -118,6 +118,22 @@ pub(crate) fn get_from(
     traceparent: Option<&str>,
 ) -> Result<(u16, String), String> {
     let dial = plan.dial(c, w, authority);
+    // In a pod, a name that has no Service in this cluster is looked up as an app
+    // would: through the pod's DNS, which the sidecar's DNS proxy answers (a service
+    // of another cluster resolves with no stub Service here).
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(80)),
+        None => (authority, 80),
+    };
+    let short = host.split('.').next().unwrap_or(host);
+    let lookup = (w.pod.is_some() && !c.services.contains_key(short)).then(|| {
+        let fqdn = if host.contains('.') {
+            host.to_owned()
+        } else {
+            format!("{host}.{}.svc.cluster.local", super::plan::NAMESPACE)
+        };
+        (fqdn, port)
+    });
     let (authority, path) = (authority.to_owned(), path.to_owned());
     let headers: Vec<(&'static str, http::HeaderValue)> = traceparent
         .and_then(|t| http::HeaderValue::from_str(t).ok())
@@ -125,6 +141,13 @@ pub(crate) fn get_from(
         .into_iter()
         .collect();
     let send = move || {
+        let dial = match &lookup {
+            Some((name, port)) => std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), *port))
+                .map_err(|e| format!("{name}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{name}: no address"))?,
+            None => dial,
+        };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

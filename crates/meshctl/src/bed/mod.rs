@@ -372,6 +372,13 @@ fn print_next_steps(state: &supervisor::State) {
     println!(
         "  meshctl testbed curl http://frontpage:9080/               # front page → reviews (other cluster) → ratings"
     );
+    if plan.clusters.len() > 1 {
+        println!(
+            "  meshctl testbed curl http://{}:5000/hello       # a service only {} has: no Service here, resolved by the sidecar's DNS proxy",
+            plan::REMOTE_ONLY,
+            plan.clusters[1].name
+        );
+    }
     println!(
         "  curl http://{}/api                              # the ingress gateway of {}: helloworld 90% v1 here, 10% v2 in the next cluster",
         first.ingress, first.name

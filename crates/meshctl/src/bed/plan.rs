@@ -16,6 +16,10 @@ pub(crate) const INGRESS_PORT: u16 = 8080;
 /// The ingress gateway's service account and workload name prefix.
 pub(crate) const INGRESS_ACCOUNT: &str = "isthmus-ingressgateway";
 
+/// A service that exists only in the second cluster (helloworld there, port 5000): no
+/// Service of that name anywhere else, yet it resolves and routes from every cluster.
+pub(crate) const REMOTE_ONLY: &str = "hello-west";
+
 /// One sample workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -303,6 +307,16 @@ pub(crate) fn registry_docs(plan: &Plan, c: &Cluster) -> String {
             port = vip.port()
         ));
     }
+    if plan
+        .clusters
+        .get(1)
+        .is_some_and(|second| second.name == c.name)
+    {
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {REMOTE_ONLY}, namespace: {NAMESPACE}}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: helloworld}}\n  ports: [{{name: http, port: 5000}}]\n",
+            ip = service_ip(1, 99),
+        ));
+    }
     for w in &c.workloads {
         out.push_str(&format!(
             "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nspec: {{address: {ip}, labels: {{app: {app}, version: {version}}}, serviceAccount: {app}, locality: {locality}, network: {network}}}\n",
@@ -322,6 +336,5 @@ pub(crate) fn registry_docs(plan: &Plan, c: &Cluster) -> String {
         locality = c.locality,
         network = c.network,
     ));
-    let _ = plan;
     out
 }

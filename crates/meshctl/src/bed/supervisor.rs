@@ -712,6 +712,8 @@ async fn bring_up(
             if w.pod.is_some() {
                 // As in a pod: capture everything, the app on the pod's loopback.
                 cmd.args(["--capture", "--app-ip", "127.0.0.1"])
+                    // As ISTIO_META_DNS_CAPTURE: the pod's DNS is answered by its sidecar.
+                    .args(["--dns-proxy", "127.0.0.1:15053"])
                     .args(["--inbound", "0.0.0.0:15006"])
                     .args(["--outbound", &w.outbound().to_string()])
                     .args(["--admin", "0.0.0.0:15020"]);
