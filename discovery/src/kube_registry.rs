@@ -20,6 +20,7 @@ pub const ISTIO_KINDS: &[(&str, &str, &str)] = &[
     ("networking.istio.io", "DestinationRule", "destinationrules"),
     ("networking.istio.io", "Gateway", "gateways"),
     ("networking.istio.io", "ServiceEntry", "serviceentries"),
+    ("networking.istio.io", "Sidecar", "sidecars"),
     (
         "security.istio.io",
         "PeerAuthentication",

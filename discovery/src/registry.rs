@@ -179,7 +179,7 @@ impl Output {
     pub fn visible_to(&self, namespace: &str) -> bool {
         if matches!(
             self.kind.as_str(),
-            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication"
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" | "Sidecar"
         ) {
             return self.namespace == namespace || self.namespace == ROOT_NAMESPACE;
         }

@@ -263,7 +263,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("ap.yaml", ap("{action: DENY, targetRefs: [{kind: Service, name: reviews}], rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.targetRefs"),
         ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n".into(), "Gateway/shop/ingress", "TCP servers are not served"),
         ("se.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\nspec: {hosts: [legacy.example], ports: [{number: 80, name: http, protocol: HTTP}], endpoints: [{address: 10.9.9.9}]}\n".into(), "ServiceEntry/shop/legacy", "spec.resolution: NONE is not enforced yet"),
-        ("sidecar.yaml", "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"./*\"]}]}\n".into(), "Sidecar/shop/default", "not a kind Isthmus reads"),
+        ("sidecar.yaml", "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"reviews\"]}]}\n".into(), "Sidecar/shop/default", "namespace/dnsName"),
     ]
 }
 

@@ -14,7 +14,8 @@ use schemars::JsonSchema;
 use serde_json::Value;
 
 use crate::networking::{
-    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
+    WorkloadEntrySpec,
 };
 use crate::security::{AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec};
 
@@ -30,6 +31,7 @@ pub fn kinds() -> Vec<(&'static str, Value)> {
         ("DestinationRule", spec_schema::<DestinationRuleSpec>()),
         ("Gateway", spec_schema::<GatewaySpec>()),
         ("ServiceEntry", spec_schema::<ServiceEntrySpec>()),
+        ("Sidecar", spec_schema::<SidecarSpec>()),
         ("WorkloadEntry", spec_schema::<WorkloadEntrySpec>()),
         (
             "PeerAuthentication",

@@ -107,6 +107,9 @@ const JWT_AUTHZ: &[&str] = &[
 const SERVICE_ENTRY: &[&str] = &[
     "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
 ];
+const SIDECAR: &[&str] = &[
+    "crates/mesh-proxy/tests/sidecar_resource::a_sidecar_resource_scopes_what_a_workload_reaches",
+];
 const FEDERATION: &[&str] =
     &["discovery/tests/federation::linked_clusters_exchange_exported_endpoints_and_withdraw_them"];
 
@@ -944,6 +947,50 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     r("ServerTlsSettings", "maxProtocolVersion", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "cipherSuites", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "caCrl", GATEWAY_TLS_LATER),
+    // Sidecar
+    en(
+        "SidecarSpec",
+        "workloadSelector",
+        "a workload's own Sidecar over its namespace's over the root namespace's, as in Istio",
+        SIDECAR,
+    ),
+    e("LabelSelector", "labels", SIDECAR),
+    r(
+        "SidecarSpec",
+        "ingress",
+        "inbound listeners are not built: the sidecar takes every port of its services; remove `ingress`",
+    ),
+    en(
+        "SidecarSpec",
+        "egress",
+        "one listener's hosts (or several, joined): services outside them are not compiled by the proxy, so they are \
+         unknown to it (404, the outbound traffic policy for captured traffic, no DNS answer); discovery still sends the namespace's view",
+        SIDECAR,
+    ),
+    e("SidecarSpec", "outboundTrafficPolicy", SIDECAR),
+    r("SidecarSpec", "inboundConnectionPool", CONNECTION_TUNING),
+    e("IstioEgressListener", "hosts", SIDECAR),
+    r(
+        "IstioEgressListener",
+        "port",
+        "egress listeners per port are not built; give one listener without a port",
+    ),
+    r(
+        "IstioEgressListener",
+        "bind",
+        "the sidecar's outbound listener is not rebound per Sidecar; remove `bind`",
+    ),
+    r(
+        "IstioEgressListener",
+        "captureMode",
+        "capture is set up by the init container for the whole pod; remove `captureMode`",
+    ),
+    e("OutboundTrafficPolicy", "mode", SIDECAR),
+    r(
+        "OutboundTrafficPolicy",
+        "egressProxy",
+        "sending unknown traffic to an egress proxy is not built; use ALLOW_ANY or REGISTRY_ONLY",
+    ),
     // WorkloadEntry (also ServiceEntry endpoints)
     e("WorkloadEntrySpec", "address", FILE_REGISTRY),
     e("WorkloadEntrySpec", "ports", FILE_REGISTRY),

@@ -5,7 +5,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::document::{NETWORKING_VERSIONS, SECURITY_VERSIONS};
-use crate::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry};
+use crate::networking::{
+    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Where the generated CRDs live in the repository.
@@ -21,6 +23,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         served_as(DestinationRule::crd(), NETWORKING_VERSIONS),
         served_as(Gateway::crd(), NETWORKING_VERSIONS),
         served_as(ServiceEntry::crd(), NETWORKING_VERSIONS),
+        served_as(Sidecar::crd(), NETWORKING_VERSIONS),
         served_as(WorkloadEntry::crd(), NETWORKING_VERSIONS),
         served_as(PeerAuthentication::crd(), SECURITY_VERSIONS),
         served_as(AuthorizationPolicy::crd(), SECURITY_VERSIONS),

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::validate::{FieldError, Validator};
 
@@ -26,6 +26,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("DestinationRule", NETWORKING_GROUP),
     ("Gateway", NETWORKING_GROUP),
     ("ServiceEntry", NETWORKING_GROUP),
+    ("Sidecar", NETWORKING_GROUP),
     ("PeerAuthentication", SECURITY_GROUP),
     ("AuthorizationPolicy", SECURITY_GROUP),
     ("RequestAuthentication", SECURITY_GROUP),
@@ -42,6 +43,8 @@ pub enum Resource {
     Gateway(Box<Gateway>),
     /// networking.istio.io ServiceEntry
     ServiceEntry(Box<ServiceEntry>),
+    /// networking.istio.io Sidecar
+    Sidecar(Box<Sidecar>),
     /// security.istio.io PeerAuthentication
     PeerAuthentication(Box<PeerAuthentication>),
     /// security.istio.io AuthorizationPolicy
@@ -58,6 +61,7 @@ impl Resource {
             Self::DestinationRule(_) => "DestinationRule",
             Self::Gateway(_) => "Gateway",
             Self::ServiceEntry(_) => "ServiceEntry",
+            Self::Sidecar(_) => "Sidecar",
             Self::PeerAuthentication(_) => "PeerAuthentication",
             Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Self::RequestAuthentication(_) => "RequestAuthentication",
@@ -71,6 +75,7 @@ impl Resource {
             Self::DestinationRule(r) => &r.metadata,
             Self::Gateway(r) => &r.metadata,
             Self::ServiceEntry(r) => &r.metadata,
+            Self::Sidecar(r) => &r.metadata,
             Self::PeerAuthentication(r) => &r.metadata,
             Self::AuthorizationPolicy(r) => &r.metadata,
             Self::RequestAuthentication(r) => &r.metadata,
@@ -91,6 +96,7 @@ impl Resource {
             Self::DestinationRule(r) => r.spec.validate(&mut v),
             Self::Gateway(r) => r.spec.validate(&mut v),
             Self::ServiceEntry(r) => r.spec.validate(&mut v),
+            Self::Sidecar(r) => r.spec.validate(&mut v),
             Self::PeerAuthentication(r) => r.spec.validate(&mut v),
             Self::AuthorizationPolicy(r) => r.spec.validate(&mut v),
             Self::RequestAuthentication(r) => r.spec.validate(&mut v),
@@ -340,6 +346,10 @@ pub fn from_value_with_warnings(
             spec: typed(spec, &fail)?,
         })),
         "ServiceEntry" => Resource::ServiceEntry(Box::new(ServiceEntry {
+            metadata,
+            spec: typed(spec, &fail)?,
+        })),
+        "Sidecar" => Resource::Sidecar(Box::new(Sidecar {
             metadata,
             spec: typed(spec, &fail)?,
         })),

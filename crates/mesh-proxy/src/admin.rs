@@ -89,6 +89,8 @@ impl Admin {
             "authorization_policies": state.authz.policies(),
             // An ingress gateway's Gateways, server ports, servers and virtual hosts.
             "ingress": state.ingress,
+            // The Sidecar resource in force: its egress hosts and outbound policy.
+            "sidecar_scope": state.scope,
             // The Secrets whose certificates are held (in memory; never the material).
             "credentials": state.credentials,
             "last_rejection": self.store.last_rejection().map(|e| e.to_string()),

@@ -1051,8 +1051,11 @@ mod tests {
         assert_eq!(store.snapshot().services.len(), 2);
 
         // A kind the proxy does not read is refused by name.
-        let gw = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: shop}\nspec: {}\n";
+        let gw = "---\napiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: s, namespace: shop}\nspec: {}\n";
         let applied = set.apply_file(&file("10.0.0.1", gw), "f.yaml", &store);
-        assert_eq!(applied.rejected[0].name, "Sidecar/shop/s", "{applied:?}");
+        assert_eq!(
+            applied.rejected[0].name, "EnvoyFilter/shop/s",
+            "{applied:?}"
+        );
     }
 }

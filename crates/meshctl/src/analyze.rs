@@ -1165,13 +1165,13 @@ spec: {selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}
     #[test]
     fn istio_kinds_isthmus_does_not_read_are_refused_by_name() {
         let findings = analyze(&input(
-            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"./*\"]}]}\n",
+            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: default, namespace: shop}\nspec: {configPatches: []}\n",
         ));
         assert_eq!(codes(&findings), vec![("IST0106", "kind".into())]);
         assert!(
             findings[0]
                 .message
-                .contains("\"Sidecar\" is not a kind Isthmus reads"),
+                .contains("\"EnvoyFilter\" is not a kind Isthmus reads"),
             "{}",
             findings[0]
         );

@@ -90,7 +90,7 @@ impl ProxyState {
         credentials: &super::Credentials,
         origin: &str,
     ) -> Result<Self, ConfigError> {
-        let node = node.clone();
+        let mut node = node.clone();
         let mut errors = Vec::new();
         let mut services = HashMap::new();
         for svc in compiled {
@@ -100,6 +100,19 @@ impl ProxyState {
             }
         }
         add_service_entries(resources, &mut services, &mut errors);
+        // The Sidecar in force: services outside its egress hosts are not compiled,
+        // and its outbound traffic policy replaces the mesh's.
+        let scope = {
+            let mut ordered: Vec<&Resource> = resources.to_vec();
+            ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+            super::scope::Scope::for_node(&ordered, &node)
+        };
+        if let Some(scope) = &scope {
+            services.retain(|_, svc| scope.allows(svc));
+            if let Some(policy) = scope.outbound_traffic_policy {
+                node.outbound_traffic_policy = policy;
+            }
+        }
 
         let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
         let mut tcp_routes: HashMap<String, Vec<CompiledTcpRoute>> = HashMap::new();
@@ -215,6 +228,7 @@ impl ProxyState {
             jwt,
             peer_authn,
             ingress: ingress.map(Arc::new),
+            scope,
             credentials: {
                 let mut names: Vec<String> = credentials.keys().cloned().collect();
                 names.sort();

@@ -4,6 +4,7 @@
 //! good state in force and is reported.
 
 mod compile;
+mod scope;
 mod service_entry;
 
 pub use compile::compile_service;
@@ -52,6 +53,8 @@ pub struct ProxyState {
     pub ingress: Option<Arc<crate::ingress::Ingress>>,
     /// The Secrets (`namespace/name`) whose certificates this proxy holds.
     pub credentials: Vec<String>,
+    /// The `Sidecar` resource in force for this proxy, if any.
+    pub scope: Option<scope::Scope>,
     /// The `x-isthmus-peer` value naming this node, made on first use.
     peer_header: std::sync::OnceLock<Option<http::HeaderValue>>,
     /// Lookups the request path makes, indexed once per compile.

@@ -1,0 +1,109 @@
+//! The `Sidecar` resource that applies to this proxy: the egress hosts it can reach
+//! (services outside them are not compiled, so they are unknown here: a request
+//! naming one is a 404, a captured connection to one follows the outbound traffic
+//! policy, and the DNS proxy does not answer for it) and its `outboundTrafficPolicy`.
+//!
+//! Istio's selection: a Sidecar of the workload's namespace whose `workloadSelector`
+//! matches its labels, else the namespace's Sidecar without one, else the root
+//! namespace's (`istio-system`) without one; the oldest at each level.
+
+use mesh_api::Resource;
+use mesh_api::networking::{EgressHost, OutboundTrafficMode, Sidecar};
+
+use crate::authz::ROOT_NAMESPACE;
+use crate::config::{Node, OutboundTrafficPolicy};
+use crate::model::Service;
+
+/// The Sidecar in force for a proxy, compiled.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scope {
+    /// The Sidecar, `namespace/name`.
+    pub sidecar: String,
+    /// Its egress hosts as written.
+    pub hosts: Vec<String>,
+    #[serde(skip)]
+    parsed: Vec<EgressHost>,
+    #[serde(skip)]
+    namespace: String,
+    /// Its outbound traffic policy, when it sets one.
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+impl Scope {
+    /// The Sidecar for `node` among `ordered` (oldest first), if any.
+    pub(super) fn for_node(ordered: &[&Resource], node: &Node) -> Option<Self> {
+        let sidecars: Vec<(&Resource, &Sidecar, String)> = ordered
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Sidecar(s) => Some((
+                    *r,
+                    s.as_ref(),
+                    r.metadata()
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                )),
+                _ => None,
+            })
+            .collect();
+        let selects = |s: &Sidecar| {
+            s.spec
+                .workload_selector
+                .as_ref()
+                .is_some_and(|w| w.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v)))
+        };
+        let (r, s, ns) = sidecars
+            .iter()
+            .find(|(_, s, ns)| *ns == node.namespace && selects(s))
+            .or_else(|| {
+                sidecars
+                    .iter()
+                    .find(|(_, s, ns)| *ns == node.namespace && s.spec.workload_selector.is_none())
+            })
+            .or_else(|| {
+                sidecars
+                    .iter()
+                    .find(|(_, s, ns)| ns == ROOT_NAMESPACE && s.spec.workload_selector.is_none())
+            })?;
+        let hosts: Vec<String> = s.spec.egress.iter().flat_map(|e| e.hosts.clone()).collect();
+        Some(Self {
+            sidecar: r.key(),
+            // Validation has read every host; one that does not parse admits nothing.
+            parsed: hosts
+                .iter()
+                .filter_map(|h| EgressHost::parse(h).ok())
+                .collect(),
+            hosts,
+            namespace: ns.clone(),
+            outbound_traffic_policy: s
+                .spec
+                .outbound_traffic_policy
+                .as_ref()
+                .and_then(|p| p.mode)
+                .map(|m| match m {
+                    OutboundTrafficMode::AllowAny => OutboundTrafficPolicy::AllowAny,
+                    OutboundTrafficMode::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
+                }),
+        })
+    }
+
+    /// Whether the egress hosts admit `svc` (by its namespace and host). A Sidecar
+    /// with no egress listener admits every service.
+    pub(super) fn allows(&self, svc: &Service) -> bool {
+        if self.hosts.is_empty() {
+            return true;
+        }
+        self.parsed.iter().any(|h| {
+            let namespace = match h.namespace.as_str() {
+                "*" => true,
+                "~" => false,
+                "." => svc.namespace == self.namespace,
+                ns => svc.namespace == ns,
+            };
+            namespace
+                && (h.name == "*"
+                    || h.name.eq_ignore_ascii_case(&svc.host)
+                    || crate::routes::sni_matches(&h.name, &svc.host))
+        })
+    }
+}
