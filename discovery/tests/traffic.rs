@@ -258,7 +258,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("dr.yaml", dr("  trafficPolicy: {tls: {mode: MUTUAL}}\n"), "DestinationRule/shop/reviews", "spec.trafficPolicy.tls.mode"),
         ("dr.yaml", dr("  workloadSelector: {matchLabels: {app: frontend}}\n"), "DestinationRule/shop/reviews", "spec.workloadSelector"),
         ("ap.yaml", ap("{action: CUSTOM, provider: {name: ext}, rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.action"),
-        ("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: https://issuer.example}]}\n".into(), "RequestAuthentication/shop/jwt", "spec.jwtRules[0].jwks"),
+        ("ra.yaml", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {jwtRules: [{issuer: issuer.example}]}\n".into(), "RequestAuthentication/shop/jwt", "spec.jwtRules[0].issuer"),
         ("ap.yaml", ap("{action: DENY, rules: [{when: [{key: \"request.auth.claims[]\", values: [x]}]}]}"), "AuthorizationPolicy/shop/no-admin", "request.auth.claims[NAME]"),
         ("ap.yaml", ap("{action: DENY, targetRefs: [{kind: Service, name: reviews}], rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.targetRefs"),
         ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n".into(), "Gateway/shop/ingress", "TCP servers are not served"),

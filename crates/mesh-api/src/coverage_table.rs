@@ -740,7 +740,15 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "policies attached to a Service or Gateway are not built; select workloads with `selector`",
     ),
     e("RequestAuthenticationSpec", "jwtRules", JWT_E2E),
-    e("JwtRule", "issuer", JWT_E2E),
+    en(
+        "JwtRule",
+        "issuer",
+        "with neither `jwks` nor `jwksUri`, the keys are found by OpenID discovery (`ISSUER/.well-known/openid-configuration`, its `jwks_uri`)",
+        &[
+            "crates/mesh-proxy/tests/jwt::tokens_are_verified_before_policies_and_name_the_caller",
+            "crates/mesh-proxy/tests/jwt::keys_are_found_by_openid_discovery_from_the_issuer",
+        ],
+    ),
     en(
         "JwtRule",
         "audiences",
@@ -750,7 +758,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "JwtRule",
         "jwks",
-        "RSA, EC (P-256, P-384), Ed25519 and HMAC keys; one of `jwks` and `jwksUri` is required (OpenID discovery from the issuer is not built)",
+        "RSA, EC (P-256, P-384), Ed25519 and HMAC keys; at most one of `jwks` and `jwksUri` (neither: OpenID discovery from the issuer)",
         JWT_E2E,
     ),
     en(

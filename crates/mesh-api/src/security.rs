@@ -697,12 +697,16 @@ impl RequestAuthenticationSpec {
             {
                 v.field("jwks", |v| v.error("is not a JSON Web Key Set document"));
             }
-            if r.jwks.is_none() && r.jwks_uri.is_none() {
-                v.field("jwks", |v| {
-                    v.error(
-                        "the issuer's keys are needed, inline or by `jwksUri` (keys found \
-                         from the issuer by OpenID discovery are not fetched yet)",
-                    )
+            if r.jwks.is_none()
+                && r.jwks_uri.is_none()
+                && !(r.issuer.starts_with("https://") || r.issuer.starts_with("http://"))
+            {
+                v.field("issuer", |v| {
+                    v.error(format!(
+                        "{:?} is not an http(s) URL, so its keys cannot be found by OpenID discovery; \
+                         give jwks or jwksUri",
+                        r.issuer
+                    ))
                 });
             }
         });

@@ -183,7 +183,7 @@ spec:
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("spec.jwtRules[0].jwks: the issuer's keys are needed"),
+        err.contains("spec.jwtRules[0].issuer: \"a\" is not an http(s) URL"),
         "{err}"
     );
 }

@@ -1,4 +1,5 @@
-//! Key sets that RequestAuthentications name by `jwksUri`, fetched off the request path
+//! Key sets that RequestAuthentications name by `jwksUri` (or that their issuer's OpenID
+//! configuration names, when they give neither `jwks` nor `jwksUri`), fetched off the request path
 //! as [`crate::fetched`] fetches values: a new URI at once and every [`REFRESH`] after,
 //! over HTTPS with the system's roots (or plain HTTP). A fetch that fails, or a
 //! document that is not a key set, keeps the last good keys and is tried again
@@ -14,6 +15,11 @@ use http_body_util::BodyExt;
 use crate::fetched::Fetched;
 use crate::jwt::Keys;
 use crate::state::StateStore;
+
+/// The path of an issuer's OpenID configuration (OpenID Connect Discovery 1.0), whose
+/// `jwks_uri` names its key set: a rule with neither `jwks` nor `jwksUri` is fetched
+/// through it.
+pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
 
 /// How often a key set is fetched again (istiod's default refresh of JWKS).
 const REFRESH: Duration = Duration::from_secs(20 * 60);
@@ -92,9 +98,20 @@ impl JwksCache {
         let fetch = |uri: String| {
             let client = &client;
             async move {
-                let document = tokio::time::timeout(FETCH_TIMEOUT, get(client, &uri))
+                let mut document = tokio::time::timeout(FETCH_TIMEOUT, get(client, &uri))
                     .await
                     .map_err(|_| "timed out".to_owned())??;
+                if uri.ends_with(OPENID_CONFIGURATION) {
+                    let config: serde_json::Value = serde_json::from_str(&document)
+                        .map_err(|e| format!("the OpenID configuration is not JSON: {e}"))?;
+                    let keys_uri = config["jwks_uri"]
+                        .as_str()
+                        .ok_or("the OpenID configuration names no jwks_uri")?;
+                    document = tokio::time::timeout(FETCH_TIMEOUT, get(client, keys_uri))
+                        .await
+                        .map_err(|_| format!("{keys_uri}: timed out"))?
+                        .map_err(|e| format!("{keys_uri}: {e}"))?;
+                }
                 let keys = Arc::new(crate::jwt::parse_jwks(&document)?);
                 Ok((KeySet { document, keys }, REFRESH))
             }

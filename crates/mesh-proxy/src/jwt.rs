@@ -328,12 +328,20 @@ fn compile_rule(rule: &JwtRule) -> Result<CompiledRule, String> {
                 .ok_or_else(|| format!("jwksUri: {uri:?} is not an http(s) URL"))?;
             KeySource::Remote(uri.clone(), None)
         }
+        // OpenID discovery: the issuer's configuration names its key set.
         (None, None) => {
-            return Err(
-                "jwks: the issuer's keys are needed, inline or by `jwksUri` (OpenID discovery \
-                 from the issuer is not built)"
-                    .into(),
-            );
+            let base = rule.issuer.trim_end_matches('/');
+            let uri = format!("{base}{}", crate::jwks::OPENID_CONFIGURATION);
+            uri.parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
+                .ok_or_else(|| {
+                    format!(
+                        "issuer: {:?} is not an http(s) URL, so its keys cannot be found by OpenID discovery; give jwks or jwksUri",
+                        rule.issuer
+                    )
+                })?;
+            KeySource::Remote(uri, None)
         }
     };
     let header = |name: &str, what: &str| {

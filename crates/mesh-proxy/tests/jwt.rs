@@ -254,3 +254,90 @@ services:
         .find(|(uri, ..)| uri.ends_with(&format!("{idp}/keys")));
     assert!(idp_uri.is_some_and(|(_, held, _)| *held), "{report:?}");
 }
+
+/// A rule with neither `jwks` nor `jwksUri` finds its keys by OpenID discovery: the
+/// issuer's `/.well-known/openid-configuration` names the key set.
+#[tokio::test]
+async fn keys_are_found_by_openid_discovery_from_the_issuer() {
+    let mesh = support::Mesh::new();
+    let k1 = Key::new("k1");
+    let idp = support::pages(vec![
+        (
+            "/.well-known/openid-configuration",
+            r#"{"issuer": "http://{addr}", "jwks_uri": "http://{addr}/oauth2/keys"}"#.to_owned(),
+        ),
+        (
+            "/oauth2/keys",
+            serde_json::json!({"keys": [k1.jwk()]}).to_string(),
+        ),
+    ])
+    .await;
+    let issuer = format!("http://{idp}");
+    let app = support::header_echo("app", "127.0.0.1:0".parse().unwrap(), SEEN)
+        .await
+        .port();
+    let server = support::sidecar(
+        &mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: reviews-1, namespace: shop, serviceAccount: reviews}}
+services:
+- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080, targetPort: {app}}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  jwtRules: [{{issuer: '{issuer}'}}]
+"
+        ),
+        "shop",
+        "reviews",
+    )
+    .await;
+    let client = support::sidecar(
+        &mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
+services:
+- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080}}], endpoints: [{{address: 127.0.0.1, inboundPort: {}}}]}}
+",
+            server.inbound_addr.port()
+        ),
+        "shop",
+        "productpage",
+    )
+    .await;
+    let token = k1.sign(serde_json::json!({"sub": "alice", "iss": issuer}));
+    let alice = format!("Bearer {token}");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(client.outbound_addr, "/", &[("authorization", &alice)])
+            .await
+            .0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the issuer's keys were found and fetched");
+    let report = server.store.jwks().report();
+    assert!(
+        report
+            .iter()
+            .any(|(uri, held, _)| uri.ends_with("/.well-known/openid-configuration") && *held),
+        "{report:?}"
+    );
+    // A forged token (another key) is still refused.
+    let forged = Key::new("k1").sign(serde_json::json!({"sub": "eve", "iss": issuer}));
+    let (status, _) = get(
+        client.outbound_addr,
+        "/",
+        &[("authorization", &format!("Bearer {forged}"))],
+    )
+    .await;
+    assert_eq!(status, 401);
+}

@@ -430,3 +430,25 @@ pub async fn https_get(
         String::from_utf8_lossy(&body.to_bytes()).into_owned(),
     ))
 }
+
+/// A server answering each path of `pages` with its body (the `{addr}` in a body
+/// replaced by the server's own address), 404 otherwise.
+pub async fn pages(pages: Vec<(&'static str, String)>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pages: Vec<(&'static str, String)> = pages
+        .into_iter()
+        .map(|(p, body)| (p, body.replace("{addr}", &addr.to_string())))
+        .collect();
+    serve(listener, Duration::ZERO, move |req| {
+        match pages.iter().find(|(p, _)| *p == req.uri().path()) {
+            Some((_, body)) => http::Response::new(Full::new(Bytes::from(body.clone()))),
+            None => {
+                let mut r = http::Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                r
+            }
+        }
+    });
+    addr
+}
