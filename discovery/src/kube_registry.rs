@@ -99,6 +99,17 @@ pub fn start(
         "link Secret".to_owned(),
         |o| Object::Secret(Box::new(o)),
     )));
+    // Certificates a credentialName names: kubernetes.io/tls Secrets of any namespace
+    // (a Gateway's are in its workload's namespace, a DestinationRule's in the client
+    // workload's); only those a Gateway or DestinationRule names are sent anywhere.
+    tasks.push(tokio::spawn(watch(
+        Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone()),
+        watcher::Config::default().fields("type=kubernetes.io/tls"),
+        registry.clone(),
+        InputKind::Credential,
+        "TLS Secret".to_owned(),
+        |o| Object::Secret(Box::new(o)),
+    )));
     macro_rules! typed {
         ($t:ty, $kind:expr, $wrap:expr) => {
             tasks.push(tokio::spawn(watch(

@@ -377,9 +377,16 @@ impl Stream {
     }
 
     fn visible(&self, o: &Output) -> bool {
-        // Certificates go to ingress gateways of their own namespace only.
+        // Certificates go to the proxies of their own namespace only (never by the
+        // east-west gateway's cluster-wide view): to its ingress gateways when only
+        // Gateways name them.
         if o.kind == mesh_proto::model::KIND_CREDENTIAL {
-            return self.node.kind == "ingress" && o.visible_to(&self.namespace);
+            let audience = if o.ingress_only {
+                self.node.kind == "ingress"
+            } else {
+                self.node.kind != "gateway"
+            };
+            return audience && o.visible_to(&self.namespace);
         }
         self.gateway || o.visible_to(&self.namespace)
     }

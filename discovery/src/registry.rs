@@ -78,6 +78,8 @@ pub enum InputKind {
     Istio,
     /// Link Secrets.
     Secret,
+    /// Secrets with certificates (`credentialName`), in any namespace.
+    Credential,
 }
 
 impl InputKind {
@@ -91,6 +93,7 @@ impl InputKind {
         InputKind::WorkloadEntry,
         InputKind::Istio,
         InputKind::Secret,
+        InputKind::Credential,
     ];
 }
 
@@ -105,7 +108,20 @@ impl Object {
             Self::Namespace(_) => InputKind::Namespace,
             Self::WorkloadEntry(_) => InputKind::WorkloadEntry,
             Self::Istio(_) => InputKind::Istio,
-            Self::Secret(_) => InputKind::Secret,
+            // A link Secret carries the link label; any other Secret the registry
+            // reads holds certificates.
+            Self::Secret(o) => {
+                let link = o
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(crate::links::LINK_LABEL));
+                if link {
+                    InputKind::Secret
+                } else {
+                    InputKind::Credential
+                }
+            }
         }
     }
 
@@ -155,6 +171,8 @@ pub struct Output {
     pub namespace: String,
     /// Namespaces that may see it (`*` all, `.` its own, `~` none); empty is all.
     pub export_to: Vec<String>,
+    /// For ingress gateways only (a certificate only Gateways name).
+    pub ingress_only: bool,
 }
 
 impl Output {
@@ -172,6 +190,7 @@ impl Output {
             body: bytes::Bytes::from(body),
             namespace: namespace.to_owned(),
             export_to,
+            ingress_only: false,
         }
     }
 
@@ -546,7 +565,7 @@ impl Registry {
                 let gen_ = inner.generation + 1;
                 inner.generation = gen_;
                 set_output(&mut inner, &key, None, gen_);
-                if key.starts_with("Gateway/") {
+                if key.starts_with("Gateway/") || key.starts_with("DestinationRule/") {
                     refresh_credentials(&mut inner);
                 }
                 vec![]
@@ -569,7 +588,7 @@ impl Registry {
             inner.generation = gen_;
             set_output(&mut inner, key, None, gen_);
         }
-        if credential || key.starts_with("Gateway/") {
+        if credential || key.starts_with("Gateway/") || key.starts_with("DestinationRule/") {
             refresh_credentials(&mut inner);
         }
         drop(inner);
@@ -649,10 +668,8 @@ impl Registry {
                     vec![],
                 ),
                 InputKind::Istio => (vec![], keys(inner.istio.keys().collect())),
-                InputKind::Secret => (
-                    vec![],
-                    keys(inner.links.keys().chain(inner.credentials.keys()).collect()),
-                ),
+                InputKind::Secret => (vec![], keys(inner.links.keys().collect())),
+                InputKind::Credential => (vec![], keys(inner.credentials.keys().collect())),
             }
         };
         for o in &stale {
@@ -678,7 +695,7 @@ impl Registry {
                             | "Namespace"
                     ),
                     InputKind::WorkloadEntry => k == "WorkloadEntry",
-                    InputKind::Secret => k == "Secret",
+                    InputKind::Secret | InputKind::Credential => k == "Secret",
                     _ => false,
                 }
             };
@@ -835,7 +852,7 @@ impl Registry {
                 let gen_ = inner.generation + 1;
                 inner.generation = gen_;
                 set_output(inner, &key, Some(output), gen_);
-                if resource.kind() == "Gateway" {
+                if matches!(resource.kind(), "Gateway" | "DestinationRule") {
                     refresh_credentials(inner);
                 }
                 vec![]
@@ -1451,22 +1468,45 @@ fn credential_of(
     Some(mesh_proto::model::Credential::from_data(&ns, &name, &data))
 }
 
-/// The Secrets a Gateway's `credentialName` names, as outputs `Credential/NS/NAME`
-/// visible in their own namespace only; the others are not sent anywhere.
+/// The `credentialName`s of a DestinationRule's `tls` settings (top level, per port,
+/// per subset).
+fn rule_credentials(rule: &serde_json::Value) -> Vec<String> {
+    let mut policies = vec![&rule["spec"]["trafficPolicy"]];
+    for subset in rule["spec"]["subsets"].as_array().into_iter().flatten() {
+        policies.push(&subset["trafficPolicy"]);
+    }
+    let mut out = Vec::new();
+    for p in policies {
+        let ports = p["portLevelSettings"].as_array().into_iter().flatten();
+        for tls in std::iter::once(&p["tls"]).chain(ports.map(|pl| &pl["tls"])) {
+            if let Some(name) = tls["credentialName"].as_str() {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The Secrets a Gateway's or a DestinationRule's `credentialName` names, as outputs
+/// `Credential/NS/NAME` visible in their own namespace only; the others are not sent
+/// anywhere.
 fn refresh_credentials(inner: &mut Inner) {
-    let named: BTreeSet<String> = inner
-        .istio
-        .iter()
-        .filter(|(k, _)| k.starts_with("Gateway/"))
-        .flat_map(|(_, v)| {
-            v["spec"]["servers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s["tls"]["credentialName"].as_str().map(str::to_owned))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    // Named by Gateways (for ingress gateways), by DestinationRules (for any proxy).
+    let mut by_gateways = BTreeSet::new();
+    let mut by_rules = BTreeSet::new();
+    for (k, v) in &inner.istio {
+        if k.starts_with("Gateway/") {
+            by_gateways.extend(
+                v["spec"]["servers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["tls"]["credentialName"].as_str().map(str::to_owned)),
+            );
+        } else if k.starts_with("DestinationRule/") {
+            by_rules.extend(rule_credentials(v));
+        }
+    }
     let wanted: Vec<(String, Option<Output>)> = inner
         .credentials
         .values()
@@ -1477,8 +1517,10 @@ fn refresh_credentials(inner: &mut Inner) {
                 c.namespace,
                 c.name
             );
-            let output = named.contains(&c.name).then(|| {
-                Output::new(
+            let for_rules = by_rules.contains(&c.name);
+            let output = (for_rules || by_gateways.contains(&c.name)).then(|| Output {
+                ingress_only: !for_rules,
+                ..Output::new(
                     name.clone(),
                     mesh_proto::model::KIND_CREDENTIAL,
                     &c.namespace,

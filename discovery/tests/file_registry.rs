@@ -409,6 +409,34 @@ spec:
         ["istio-system/shop-cert"],
         "only the Secret a Gateway names"
     );
+    // A DestinationRule's credentialName: the Secret of its namespace reaches the
+    // sidecars there, and not the gateway of istio-system.
+    write(
+        dir.path(),
+        "partner.yaml",
+        &format!(
+            "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: partner, namespace: shop}}
+spec:
+  host: partner.example.com
+  trafficPolicy: {{tls: {{mode: MUTUAL, credentialName: partner-cert}}}}
+",
+            secret("partner-cert", true).replace("namespace: istio-system", "namespace: shop")
+        ),
+    );
+    let frontend = connect(discovery.grpc_addr, &pki, "frontend-1", "shop", "frontend");
+    eventually(
+        "the shop sidecar holds the DestinationRule's Secret",
+        T,
+        || frontend.store.snapshot().credentials == ["shop/partner-cert"],
+    )
+    .await;
+    assert_eq!(
+        ingress.store.snapshot().credentials,
+        ["istio-system/shop-cert"]
+    );
     eventually("the neighbour has its config", T, || {
         neighbour.store.is_ready()
     })

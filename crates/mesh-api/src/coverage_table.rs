@@ -698,11 +698,15 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "a PEM file the proxy reads; the system's roots when unset",
         ORIGINATION,
     ),
-    r(
+    en(
         "ClientTlsSettings",
         "credentialName",
-        "certificates from a Secret delivered by discovery are not built yet; mount the Secret in the pod and give \
-         clientCertificate, privateKey and caCertificates as files",
+        "a Secret of the client workload's namespace (kubernetes.io/tls `tls.crt`, `tls.key`, `ca.crt`), delivered by discovery \
+         over the config stream and held in memory; until it arrives the origination fails closed (503 UF with the reason)",
+        &[
+            ORIGINATION_TEST,
+            "discovery/tests/file_registry::a_credential_secret_reaches_the_gateway_that_names_it_only",
+        ],
     ),
     en(
         "ClientTlsSettings",
@@ -933,7 +937,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "ServerTlsSettings",
         "credentialName",
         "a Secret of the gateway's namespace (kubernetes.io/tls `tls.crt`, `tls.key`, `ca.crt`, or generic `cert`, `key`, \
-         `cacert`), delivered by discovery over the config stream and held in memory; discovery reads the Secrets of its own namespace",
+         `cacert`), delivered by discovery over the config stream and held in memory; a server waits (not served) until it arrives",
         &[
             "crates/mesh-proxy/tests/ingress::https_servers_terminate_tls_chosen_by_sni",
             "discovery/tests/file_registry::a_credential_secret_reaches_the_gateway_that_names_it_only",

@@ -85,21 +85,42 @@ fn decode(r: &WireResource) -> Result<Item, DecodeError> {
     }
 }
 
-/// A Gateway of `held` that names credential `c` in a server's `credentialName`, by
-/// key.
+/// A Gateway or DestinationRule of `held` that names credential `c` in a
+/// `credentialName`, as `Kind namespace/name`.
 fn naming_gateway(
     held: &BTreeMap<String, Held>,
     c: &mesh_proto::model::Credential,
 ) -> Option<String> {
+    let name = Some(c.name.as_str());
     held.values().find_map(|h| {
         let Item::Istio(r) = &h.item else { return None };
-        let IstioResource::Gateway(g) = r.as_ref() else {
-            return None;
+        let names = match r.as_ref() {
+            IstioResource::Gateway(g) => g
+                .spec
+                .servers
+                .iter()
+                .any(|s| s.tls.as_ref().and_then(|t| t.credential_name.as_deref()) == name),
+            IstioResource::DestinationRule(d) => {
+                let mut policies = d.spec.traffic_policy.iter().chain(
+                    d.spec
+                        .subsets
+                        .iter()
+                        .filter_map(|s| s.traffic_policy.as_ref()),
+                );
+                policies.any(|p| {
+                    p.tls
+                        .iter()
+                        .chain(
+                            p.port_level_settings
+                                .iter()
+                                .filter_map(|pl| pl.tls.as_ref()),
+                        )
+                        .any(|t| t.credential_name.as_deref() == name)
+                })
+            }
+            _ => false,
         };
-        let names = g.spec.servers.iter().any(|s| {
-            s.tls.as_ref().and_then(|t| t.credential_name.as_deref()) == Some(c.name.as_str())
-        });
-        names.then(|| r.key())
+        names.then(|| format!("{} {}", r.kind(), r.key()))
     })
 }
 
@@ -580,8 +601,8 @@ impl ResourceSet {
                 name: name.clone(),
                 version: version.clone(),
                 reason: format!(
-                    "cannot be removed: Gateway {gateway} names it in credentialName; \
-                     the last good certificate stays until the Gateway no longer does"
+                    "cannot be removed: {gateway} names it in credentialName; \
+                     the last good certificate stays until it no longer does"
                 ),
             });
             next.insert(name.clone(), held.clone());

@@ -26,6 +26,10 @@ use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// How TLS is opened to a destination.
 pub struct Origination {
+    /// Why this TLS cannot be opened yet (its `credentialName` Secret has not
+    /// arrived): every connection fails with it (fail closed) until the Secret comes
+    /// and the config is compiled again.
+    pub waiting: Option<String>,
     /// SIMPLE or MUTUAL.
     pub mutual: bool,
     /// The server name sent (`sni`); the destination host when `None`.
@@ -81,6 +85,14 @@ pub(crate) fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static
     Ok(list)
 }
 
+/// Why a `credentialName` has no material here.
+pub(crate) fn missing(name: &str, namespace: &str) -> String {
+    format!(
+        "credentialName {name:?}: no Secret {namespace}/{name} with a certificate has been delivered \
+         (create it in this workload's namespace: kubernetes.io/tls with tls.crt and tls.key, plus ca.crt for MUTUAL)"
+    )
+}
+
 /// Certificate material, from files the proxy reads or from the Secret a
 /// `credentialName` names: each part as PEM with what to call it in an error.
 pub(crate) struct Material {
@@ -107,13 +119,9 @@ impl Material {
     ) -> Result<Self, String> {
         if let Some(name) = credential {
             let key = format!("{namespace}/{name}");
-            let c = credentials.get(&key).ok_or_else(|| {
-                format!(
-                    "credentialName {name:?}: no Secret {key} with a certificate was delivered \
-                     (discovery reads Secrets of its own namespace; create the Secret there, \
-                     kubernetes.io/tls with tls.crt and tls.key, plus ca.crt for MUTUAL)"
-                )
-            })?;
+            let c = credentials
+                .get(&key)
+                .ok_or_else(|| missing(name, namespace))?;
             let part = |v: &Option<String>, k: &str| {
                 v.as_ref()
                     .map(|p| (p.as_bytes().to_vec(), format!("Secret {key} {k}")))
@@ -163,21 +171,44 @@ impl Material {
 impl Origination {
     /// The origination `tls` asks for: `None` for ISTIO_MUTUAL and DISABLE (and when
     /// unset), or why it cannot be built.
-    pub fn compile(tls: &ClientTlsSettings) -> Result<Option<Arc<Self>>, String> {
+    pub fn compile(
+        tls: &ClientTlsSettings,
+        credentials: &crate::state::Credentials,
+        namespace: &str,
+    ) -> Result<Option<Arc<Self>>, String> {
         let mutual = match tls.mode {
             Some(ClientTlsMode::Simple) => false,
             Some(ClientTlsMode::Mutual) => true,
             _ => return Ok(None),
         };
+        if let Some(name) = &tls.credential_name
+            && !credentials.contains_key(&format!("{namespace}/{name}"))
+        {
+            let why = missing(name, namespace);
+            tracing::warn!(reason = %why, "TLS origination waits for its Secret");
+            return Ok(Some(Arc::new(Self {
+                waiting: Some(why.clone()),
+                mutual,
+                sni: tls.sni.clone(),
+                summary: format!("waiting: {why}"),
+                connector: tokio_rustls::TlsConnector::from(Arc::new(
+                    tokio_rustls::rustls::ClientConfig::builder_with_provider(provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| e.to_string())?
+                        .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )),
+            })));
+        }
         let material = Material::of(
-            None,
+            tls.credential_name.as_deref(),
             [
                 ("clientCertificate", tls.client_certificate.as_deref()),
                 ("privateKey", tls.private_key.as_deref()),
                 ("caCertificates", tls.ca_certificates.as_deref()),
             ],
-            &Default::default(),
-            "",
+            credentials,
+            namespace,
         )?;
         let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify == Some(true) {
             Arc::new(Unverified(provider()))
@@ -232,7 +263,10 @@ impl Origination {
         let summary = format!(
             "{} (ca: {}, sni: {}{}{})",
             if mutual { "MUTUAL" } else { "SIMPLE" },
-            tls.ca_certificates.as_deref().unwrap_or("system roots"),
+            material
+                .ca
+                .as_ref()
+                .map_or("system roots", |(_, what)| what.as_str()),
             tls.sni.as_deref().unwrap_or("the host"),
             if tls.subject_alt_names.is_empty() {
                 String::new()
@@ -246,6 +280,7 @@ impl Origination {
             }
         );
         Ok(Some(Arc::new(Self {
+            waiting: None,
             mutual,
             sni: tls.sni.clone(),
             summary,
@@ -263,6 +298,12 @@ impl Origination {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        if let Some(why) = &self.waiting {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                why.clone(),
+            ));
+        }
         let name = self.sni.as_deref().unwrap_or(host);
         let name =
             ServerName::try_from(crate::model::strip_port(name).to_owned()).map_err(|_| {

@@ -131,11 +131,11 @@ impl<'a> PolicyParts<'a> {
     }
 
     /// The policy in force; a `tls` that cannot be built adds its reason to `errors`.
-    fn resolve(&self, errors: &mut Vec<String>) -> ResolvedPolicy {
+    fn resolve(&self, secrets: Secrets<'_>, errors: &mut Vec<String>) -> ResolvedPolicy {
         let outlier = self.outlier.map(OutlierPolicy::compile);
         let origination = self
             .tls
-            .map(crate::origination::Origination::compile)
+            .map(|t| crate::origination::Origination::compile(t, secrets.0, secrets.1))
             .transpose()
             .unwrap_or_else(|e| {
                 if !errors.contains(&e) {
@@ -218,8 +218,16 @@ impl<'a> PolicyParts<'a> {
     }
 }
 
+/// The credentials held and the namespace their `credentialName`s are read in.
+#[derive(Clone, Copy)]
+pub(crate) struct Secrets<'a>(pub &'a crate::state::Credentials, pub &'a str);
+
 impl DestinationPolicy {
-    pub(crate) fn compile(rule: String, spec: &mesh_api::networking::DestinationRuleSpec) -> Self {
+    pub(crate) fn compile(
+        rule: String,
+        spec: &mesh_api::networking::DestinationRuleSpec,
+        secrets: Secrets<'_>,
+    ) -> Self {
         use mesh_api::networking::TrafficPolicy;
         let mut resolved = HashMap::new();
         let mut errors = Vec::new();
@@ -267,7 +275,7 @@ impl DestinationPolicy {
                         parts = with_port(&parts, Some(sp), p);
                     }
                 }
-                resolved.insert((name.to_owned(), port), parts.resolve(&mut errors));
+                resolved.insert((name.to_owned(), port), parts.resolve(secrets, &mut errors));
             }
         }
         Self {
@@ -491,7 +499,11 @@ mod tests {
         ))
         .unwrap()
         {
-            Resource::DestinationRule(d) => DestinationPolicy::compile("shop/r".into(), &d.spec),
+            Resource::DestinationRule(d) => DestinationPolicy::compile(
+                "shop/r".into(),
+                &d.spec,
+                Secrets(&Default::default(), "shop"),
+            ),
             _ => unreachable!(),
         }
     }
@@ -562,7 +574,11 @@ spec:
             Resource::DestinationRule(d) => d,
             _ => unreachable!(),
         };
-        let p = DestinationPolicy::compile("shop/r".into(), &dr.spec);
+        let p = DestinationPolicy::compile(
+            "shop/r".into(),
+            &dr.spec,
+            Secrets(&Default::default(), "shop"),
+        );
         let lb = |subset: &str, port: u16| p.resolve(subset, port).unwrap().lb;
         assert_eq!(lb("", 8080), Some(SimpleLb::RoundRobin), "top level");
         assert_eq!(

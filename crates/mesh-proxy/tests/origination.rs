@@ -252,6 +252,46 @@ async fn tls_origination_verifies_the_server_and_presents_the_client_certificate
     );
     assert_eq!(get().await.0, 200, "the last good rule stays in force");
 
+    // MUTUAL from a Secret of the workload's namespace (credentialName): until the
+    // Secret arrives every request fails closed with the reason; then the client
+    // certificate and the CA come from it.
+    let indent = |pem: &str| pem.trim().replace('\n', "\n      ");
+    let secret = format!(
+        "---
+apiVersion: v1
+kind: Secret
+metadata: {{name: partner-cert, namespace: shop}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+      {}
+  tls.key: |
+      {}
+  ca.crt: |
+      {}
+",
+        indent(&client.0),
+        indent(&client.1),
+        indent(&server_ca.cert.pem())
+    );
+    let by_secret = config(
+        nginx.mutual.port(),
+        "{mode: MUTUAL, credentialName: partner-cert}",
+    );
+    let mut intake = mesh_proxy::intake::ResourceSet::default();
+    let applied = intake.apply_file(&by_secret, "test", &app.store);
+    assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+    let (status, body) = get().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no Secret shop/partner-cert"), "{body}");
+    let applied = intake.apply_file(&format!("{by_secret}{secret}"), "test", &app.store);
+    assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+    let (status, body) = get().await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "nginx mtls ok client=CN=app-1\n")
+    );
+
     // insecureSkipVerify: any server certificate is taken.
     apply(
         nginx.simple.port(),

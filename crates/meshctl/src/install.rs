@@ -129,6 +129,12 @@ rules:
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, update, patch]
+# Certificates a Gateway's or a DestinationRule's credentialName names: only
+# kubernetes.io/tls Secrets are watched, and only the named ones are sent, to proxies
+# of their own namespace.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

@@ -187,7 +187,11 @@ impl ProxyState {
             if let Some(merged) =
                 mesh_api::precedence::merge_destination_rules(fqdn, rules, &node.namespace)
             {
-                let policy = DestinationPolicy::compile(merged.rules.join(", "), &merged.spec);
+                let policy = DestinationPolicy::compile(
+                    merged.rules.join(", "),
+                    &merged.spec,
+                    crate::policy::Secrets(credentials, &node.namespace),
+                );
                 for e in &policy.errors {
                     errors.push(format!("DestinationRule {}: spec: tls: {e}", policy.rule));
                 }
