@@ -274,6 +274,9 @@ struct Inner {
     /// Certificates of other Secrets (a Gateway's `credentialName`) by Secret key: the
     /// last good material of each.
     credentials: BTreeMap<String, mesh_proto::model::Credential>,
+    /// The Secrets refused as certificates (their refusals, under `errors`, belong to
+    /// the certificate input, not to the links').
+    credential_errors: BTreeSet<String>,
 
     /// What local proxies receive.
     outputs: OutputLog,
@@ -681,6 +684,10 @@ impl Registry {
         // A refused object that is gone (its file removed, or deleted while the watch
         // was down) is no longer an error: it was never stored, so it is not stale.
         {
+            let mut inner = self.lock();
+            // Link and certificate Secrets share the `Secret/` keys: a refusal belongs
+            // to the kind that refused it.
+            let credential_errors = inner.credential_errors.clone();
             let owned = |key: &str| {
                 let k = key.split('/').next().unwrap_or_default();
                 match kind {
@@ -695,14 +702,16 @@ impl Registry {
                             | "Namespace"
                     ),
                     InputKind::WorkloadEntry => k == "WorkloadEntry",
-                    InputKind::Secret | InputKind::Credential => k == "Secret",
+                    InputKind::Secret => k == "Secret" && !credential_errors.contains(key),
+                    InputKind::Credential => credential_errors.contains(key),
                     _ => false,
                 }
             };
-            let mut inner = self.lock();
             inner
                 .errors
                 .retain(|key, _| !owned(key) || present.contains(key));
+            let errors: BTreeSet<String> = inner.errors.keys().cloned().collect();
+            inner.credential_errors.retain(|k| errors.contains(k));
         }
         for o in objects {
             if let Err(e) = self.apply(o) {
@@ -780,10 +789,17 @@ impl Registry {
                         if let Some(found) = credential_of(&secret) {
                             match found {
                                 Ok(c) => {
+                                    inner.credential_errors.remove(&key);
                                     inner.credentials.insert(key.clone(), c);
                                 }
                                 // The last good material stays in force.
-                                Err(reason) => return Err(refuse(inner, &key, reason)),
+                                Err(reason) => {
+                                    inner.credential_errors.insert(key.clone());
+                                    let mut err = refuse(inner, &key, reason);
+                                    err.last_good_in_force = inner.credentials.contains_key(&key);
+                                    inner.errors.insert(key.clone(), err.clone());
+                                    return Err(err);
+                                }
                             }
                         } else {
                             inner.credentials.remove(&key);

@@ -17,6 +17,47 @@ async fn get(sidecar: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16,
 
 use support::{ISSUER, Key};
 
+/// A productpage client in shop whose reviews endpoint is `server`.
+async fn client_of(mesh: &support::Mesh, server: &mesh_proxy::Sidecar) -> mesh_proxy::Sidecar {
+    support::sidecar(
+        mesh,
+        &format!(
+            "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
+services:
+- name: reviews
+  namespace: shop
+  ports: [{{name: http, port: 9080}}]
+  endpoints: [{{address: 127.0.0.1, inboundPort: {}}}]
+",
+            server.inbound_addr.port()
+        ),
+        "shop",
+        "productpage",
+    )
+    .await
+}
+
+/// The reviews sidecar's config for its app on `app`, with the RequestAuthentication
+/// rules `rules` (the YAML after `jwtRules:`).
+fn reviews_with_rules(app: u16, rules: &str) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: reviews-1, namespace: shop, serviceAccount: reviews}}
+services:
+- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080, targetPort: {app}}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  jwtRules:{rules}
+"
+    )
+}
+
 #[tokio::test]
 async fn tokens_are_verified_before_policies_and_name_the_caller() {
     // The server sidecar's config: its app, the RequestAuthentication with `jwks`, and
@@ -64,24 +105,7 @@ spec:
     let jwks = |keys: &[&Key]| serde_json::json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
     let server =
         support::sidecar(&mesh, &server_config(app, &jwks(&[&k1])), "shop", "reviews").await;
-    let client = support::sidecar(
-        &mesh,
-        &format!(
-            "apiVersion: isthmus.dev/v1alpha1
-kind: ProxyConfig
-node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
-services:
-- name: reviews
-  namespace: shop
-  ports: [{{name: http, port: 9080}}]
-  endpoints: [{{address: 127.0.0.1, inboundPort: {}}}]
-",
-            server.inbound_addr.port()
-        ),
-        "shop",
-        "productpage",
-    )
-    .await;
+    let client = client_of(&mesh, &server).await;
     let out = client.outbound_addr;
     let alice = k1.sign(serde_json::json!({"sub": "alice"}));
     let bearer = |t: &str| format!("Bearer {t}");
@@ -175,41 +199,19 @@ async fn keys_named_by_jwks_uri_are_fetched() {
     // Two issuers: one whose jwksUri answers, one whose does not.
     let server = support::sidecar(
         &mesh,
-        &format!(
-            "apiVersion: isthmus.dev/v1alpha1
-kind: ProxyConfig
-node: {{name: reviews-1, namespace: shop, serviceAccount: reviews}}
-services:
-- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080, targetPort: {app}}}]}}
----
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  jwtRules:
+        &reviews_with_rules(
+            app,
+            &format!(
+                "
   - {{issuer: {ISSUER}, jwksUri: 'http://{idp}/keys'}}
-  - {{issuer: https://down.example, jwksUri: 'http://127.0.0.1:1/keys'}}
-"
+  - {{issuer: https://down.example, jwksUri: 'http://127.0.0.1:1/keys'}}"
+            ),
         ),
         "shop",
         "reviews",
     )
     .await;
-    let client = support::sidecar(
-        &mesh,
-        &format!(
-            "apiVersion: isthmus.dev/v1alpha1
-kind: ProxyConfig
-node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
-services:
-- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080}}], endpoints: [{{address: 127.0.0.1, inboundPort: {}}}]}}
-",
-            server.inbound_addr.port()
-        ),
-        "shop",
-        "productpage",
-    )
-    .await;
+    let client = client_of(&mesh, &server).await;
     let out = client.outbound_addr;
     let alice = format!("Bearer {}", k1.sign(serde_json::json!({"sub": "alice"})));
     // Fetched in the background: the issuer's tokens are accepted once it has been.
@@ -278,39 +280,12 @@ async fn keys_are_found_by_openid_discovery_from_the_issuer() {
         .port();
     let server = support::sidecar(
         &mesh,
-        &format!(
-            "apiVersion: isthmus.dev/v1alpha1
-kind: ProxyConfig
-node: {{name: reviews-1, namespace: shop, serviceAccount: reviews}}
-services:
-- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080, targetPort: {app}}}]}}
----
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  jwtRules: [{{issuer: '{issuer}'}}]
-"
-        ),
+        &reviews_with_rules(app, &format!(" [{{issuer: '{issuer}'}}]")),
         "shop",
         "reviews",
     )
     .await;
-    let client = support::sidecar(
-        &mesh,
-        &format!(
-            "apiVersion: isthmus.dev/v1alpha1
-kind: ProxyConfig
-node: {{name: productpage-1, namespace: shop, serviceAccount: productpage}}
-services:
-- {{name: reviews, namespace: shop, ports: [{{name: http, port: 9080}}], endpoints: [{{address: 127.0.0.1, inboundPort: {}}}]}}
-",
-            server.inbound_addr.port()
-        ),
-        "shop",
-        "productpage",
-    )
-    .await;
+    let client = client_of(&mesh, &server).await;
     let token = k1.sign(serde_json::json!({"sub": "alice", "iss": issuer}));
     let alice = format!("Bearer {token}");
     let mut status = 0;

@@ -63,6 +63,27 @@ pub(crate) struct VerifyArgs {
     namespace: String,
 }
 
+/// The rest of a gateway pod's container and its volumes (the east-west and the
+/// ingress gateway alike): readiness on 15021, a locked-down container, the CA token
+/// and the mesh root.
+const GATEWAY_POD: &str = "        readinessProbe:
+          httpGet: {path: /healthz/ready, port: 15021}
+          periodSeconds: 2
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {drop: [ALL]}
+        volumeMounts:
+        - {name: isthmus-token, mountPath: /var/run/secrets/tokens, readOnly: true}
+        - {name: isthmus-root, mountPath: /var/run/secrets/isthmus, readOnly: true}
+      volumes:
+      - name: isthmus-token
+        projected:
+          sources: [{serviceAccountToken: {audience: isthmus-ca, expirationSeconds: 43200, path: isthmus-token}}]
+      - name: isthmus-root
+        configMap: {name: istio-ca-root-cert}
+";
+
 /// The control-plane manifests (CRDs excluded; see `meshctl crds`).
 pub(crate) fn render(v: &Values) -> String {
     let Values {
@@ -75,6 +96,7 @@ pub(crate) fn render(v: &Values) -> String {
         outbound_traffic_policy,
     } = v;
     let istio_groups = "\"networking.istio.io\", \"security.istio.io\"";
+    let gateway_pod = GATEWAY_POD;
     let validator = discovery::validate::WEBHOOK_CONFIG;
     let validating = discovery::validate::webhook_configuration(&format!(
         "{{service: {{name: isthmus-discovery, namespace: {ns}, path: /validate, port: 443}}}}"
@@ -257,23 +279,7 @@ spec:
         - {{name: tls, containerPort: 15443, protocol: TCP}}
         - {{name: quic, containerPort: 15443, protocol: UDP}}
         - {{name: status-port, containerPort: 15021}}
-        readinessProbe:
-          httpGet: {{path: /healthz/ready, port: 15021}}
-          periodSeconds: 2
-        securityContext:
-          allowPrivilegeEscalation: false
-          readOnlyRootFilesystem: true
-          capabilities: {{drop: [ALL]}}
-        volumeMounts:
-        - {{name: isthmus-token, mountPath: /var/run/secrets/tokens, readOnly: true}}
-        - {{name: isthmus-root, mountPath: /var/run/secrets/isthmus, readOnly: true}}
-      volumes:
-      - name: isthmus-token
-        projected:
-          sources: [{{serviceAccountToken: {{audience: isthmus-ca, expirationSeconds: 43200, path: isthmus-token}}}}]
-      - name: isthmus-root
-        configMap: {{name: istio-ca-root-cert}}
----
+{gateway_pod}---
 # The ingress gateway: the sidecar binary as a router. It serves the Gateways that
 # select `istio: ingressgateway` (as the Istio samples do); server port 80 is bound
 # on 8080 (the gateway runs without privileges) and the Service maps it back.
@@ -327,23 +333,7 @@ spec:
         - {{name: http2, containerPort: 8080}}
         - {{name: status-port, containerPort: 15021}}
         - {{name: http-envoy-prom, containerPort: 15090}}
-        readinessProbe:
-          httpGet: {{path: /healthz/ready, port: 15021}}
-          periodSeconds: 2
-        securityContext:
-          allowPrivilegeEscalation: false
-          readOnlyRootFilesystem: true
-          capabilities: {{drop: [ALL]}}
-        volumeMounts:
-        - {{name: isthmus-token, mountPath: /var/run/secrets/tokens, readOnly: true}}
-        - {{name: isthmus-root, mountPath: /var/run/secrets/isthmus, readOnly: true}}
-      volumes:
-      - name: isthmus-token
-        projected:
-          sources: [{{serviceAccountToken: {{audience: isthmus-ca, expirationSeconds: 43200, path: isthmus-token}}}}]
-      - name: isthmus-root
-        configMap: {{name: istio-ca-root-cert}}
----
+{gateway_pod}---
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
 metadata: {{name: isthmus-sidecar-injector}}
