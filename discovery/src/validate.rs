@@ -227,13 +227,13 @@ mod tests {
         let gw = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
             "metadata": {"name": "ingress", "namespace": "shop"},
             "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
-                {"port": {"number": 5432, "name": "pg", "protocol": "TCP"}, "hosts": ["*"]}]}});
+                {"port": {"number": 27017, "name": "mongo", "protocol": "MONGO"}, "hosts": ["*"]}]}});
         let Verdict::Refused(report) = verdict(gw.clone()) else {
-            panic!("a TCP Gateway server is allowed")
+            panic!("a MONGO Gateway server is allowed")
         };
         assert!(report.contains("(Gateway shop/ingress)"), "{report}");
         assert!(
-            report.contains("spec.servers[0].port.protocol: TCP servers are not served"),
+            report.contains("spec.servers[0].port.protocol: MONGO servers are not served"),
             "{report}"
         );
         let mut http = gw;

@@ -645,13 +645,13 @@ async fn kubectl_apply_of_an_invalid_object_fails_with_the_analyzer_message() {
     );
 
     // A value Isthmus cannot serve is refused at apply with its reason.
-    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n";
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 27017, name: mongo, protocol: MONGO}, hosts: ['*']}]}\n";
     let err = apply_yaml(&client, gateway, "shop", Mode::Apply)
         .await
-        .expect_err("a TCP Gateway server is stored");
+        .expect_err("a MONGO Gateway server is stored");
     assert!(
         format!("{err:#}").contains(
-            "(Gateway shop/ingress) spec.servers[0].port.protocol: TCP servers are not served"
+            "(Gateway shop/ingress) spec.servers[0].port.protocol: MONGO servers are not served"
         ),
         "{err:#}"
     );

@@ -114,7 +114,10 @@ const FEDERATION: &[&str] =
     &["discovery/tests/federation::linked_clusters_exchange_exported_endpoints_and_withdraw_them"];
 
 const MESH_GATEWAY_ONLY: &str = "`mesh` (the sidecars) and Gateways, as `name` (the VirtualService's namespace) or `namespace/name`, served by the Isthmus ingress gateway";
-const L4_MESH_ONLY: &str = "`mesh` only: TLS and TCP routes are served by sidecars (Gateway servers of protocol TLS and TCP are not built)";
+const L4_GATEWAYS: &[&str] = &[
+    "crates/mesh-proxy/tests/ingress::passthrough_and_tcp_servers_route_connections_to_mesh_services",
+    "crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused",
+];
 const NO_ORIGINATION: &str = "certificate revocation lists are not checked";
 const ORIGINATION_TEST: &str = "crates/mesh-proxy/tests/origination::tls_origination_verifies_the_server_and_presents_the_client_certificate";
 const ORIGINATION: &[&str] = &[ORIGINATION_TEST];
@@ -358,8 +361,8 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "TlsMatchAttributes",
         "gateways",
-        L4_MESH_ONLY,
-        &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"],
+        MESH_GATEWAY_ONLY,
+        L4_GATEWAYS,
     ),
     e(
         "TcpRoute",
@@ -399,8 +402,8 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "L4MatchAttributes",
         "gateways",
-        L4_MESH_ONLY,
-        &["crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused"],
+        MESH_GATEWAY_ONLY,
+        L4_GATEWAYS,
     ),
     e(
         "RouteDestination",
@@ -856,7 +859,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "Port",
         "protocol",
         "ServiceEntry: HTTP, HTTP2 and GRPC are routed as HTTP; TCP, TLS, HTTPS and MONGO as opaque TCP. \
-         Gateway servers: HTTP, HTTP2, GRPC and HTTPS are served; TLS, TCP, MONGO and GRPC-WEB are refused",
+         Gateway servers: HTTP, HTTP2, GRPC, HTTPS, TLS (PASSTHROUGH) and TCP are served; MONGO and GRPC-WEB are refused",
         &[
             "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
             "crates/mesh-proxy/tests/ingress::the_ingress_gateway_serves_gateway_ports_to_mesh_services",
@@ -911,9 +914,12 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     en(
         "ServerTlsSettings",
         "mode",
-        "SIMPLE and MUTUAL on HTTPS servers; PASSTHROUGH, ISTIO_MUTUAL and OPTIONAL_MUTUAL are refused, and \
-         AUTO_PASSTHROUGH (Istio's east-west Gateway) is refused as not needed",
-        INGRESS_TLS,
+        "SIMPLE and MUTUAL on HTTPS servers, PASSTHROUGH on TLS and HTTPS servers (routed by `tls` routes); \
+         ISTIO_MUTUAL and OPTIONAL_MUTUAL are refused, and AUTO_PASSTHROUGH (Istio's east-west Gateway) is refused as not needed",
+        &[
+            "crates/mesh-proxy/tests/ingress::https_servers_terminate_tls_chosen_by_sni",
+            "crates/mesh-proxy/tests/ingress::passthrough_and_tcp_servers_route_connections_to_mesh_services",
+        ],
     ),
     en(
         "ServerTlsSettings",

@@ -156,11 +156,14 @@ spec:
 
     // Gateway servers Isthmus does not serve yet are refused by value.
     let err = mesh_api::parse_resource(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 5432, name: pg, protocol: TCP}, hosts: ['*']}]}\n",
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 27017, name: mongo, protocol: MONGO}, hosts: ['*']}]}\n",
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("spec.servers[0].port.protocol: TCP"), "{err}");
+    assert!(
+        err.contains("spec.servers[0].port.protocol: MONGO"),
+        "{err}"
+    );
     // Refused fields of kinds that are enforced otherwise.
     let err = mesh_api::parse_resource(
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: x, namespace: shop}\nspec: {targetRef: {kind: Service, name: reviews}, jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/keys}]}\n",
@@ -208,11 +211,11 @@ fn values_isthmus_cannot_honour_are_refused() {
             "spec.http[0].match[0].gateways[0]",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], tls: [{match: [{sniHosts: [x], gateways: [ingress]}], route: [{destination: {host: x}}]}]}\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], tls: [{match: [{sniHosts: [x], gateways: [In/gress]}], route: [{destination: {host: x}}]}]}\n",
             "spec.tls[0].match[0].gateways[0]",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], tcp: [{match: [{port: 5432, gateways: [egress]}], route: [{destination: {host: x}}]}]}\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [x], tcp: [{match: [{port: 5432, gateways: [a/b/c]}], route: [{destination: {host: x}}]}]}\n",
             "spec.tcp[0].match[0].gateways[0]",
         ),
         (

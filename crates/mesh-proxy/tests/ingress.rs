@@ -547,3 +547,201 @@ stringData:
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// A TLS server of its own (the app terminates TLS): answers every connection with
+/// one HTTP/1.1 response after reading its request head.
+async fn tls_app(cert: &(String, String)) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert.0.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = tls.read(&mut buf).await;
+                let body = "passthrough ok";
+                let _ = tls
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An echo server: every byte back.
+async fn echo_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// PASSTHROUGH and TCP servers: a TLS connection is routed by its ClientHello's name
+/// to the service whose app terminates it (the gateway holds no certificate), and a
+/// TCP port's bytes reach an echo service and come back; a name no route has is not
+/// served.
+#[tokio::test]
+async fn passthrough_and_tcp_servers_route_connections_to_mesh_services() {
+    let mesh = Mesh::new();
+    let ca = support::Ca::new("app CA");
+    let cert = ca.leaf(&["secure.example.com"], None);
+    let tls_app = tls_app(&cert).await;
+    let echo_app = echo_app().await;
+    let app_sidecar = |name: &'static str, port_name: &'static str, service_port: u16, app: u16| {
+        format!(
+            "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: {name}-1, namespace: shop, serviceAccount: {name}}}
+services:
+- {{name: {name}, namespace: shop, ports: [{{name: {port_name}, port: {service_port}, targetPort: {app}}}]}}
+"
+        )
+    };
+    let secure = support::sidecar(
+        &mesh,
+        &app_sidecar("secure", "tls", 8443, tls_app.port()),
+        "shop",
+        "secure",
+    )
+    .await;
+    let echo = support::sidecar(
+        &mesh,
+        &app_sidecar("echo", "tcp", 7000, echo_app.port()),
+        "shop",
+        "echo",
+    )
+    .await;
+    let config = format!(
+        "apiVersion: isthmus.dev/v1alpha1
+kind: ProxyConfig
+node: {{name: ingressgateway-1, namespace: istio-system, serviceAccount: ingressgateway, ingress: true, labels: {{istio: ingressgateway}}}}
+services:
+- name: secure
+  namespace: shop
+  ports: [{{name: tls, port: 8443}}]
+  endpoints: [{{address: 127.0.0.1, inboundPort: {}, serviceAccount: secure}}]
+- name: echo
+  namespace: shop
+  ports: [{{name: tcp, port: 7000}}]
+  endpoints: [{{address: 127.0.0.1, inboundPort: {}, serviceAccount: echo}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: l4, namespace: shop}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: [secure.example.com]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: 9000, name: tcp, protocol: TCP}}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: shop}}
+spec:
+  hosts: [secure.example.com]
+  gateways: [l4]
+  tls:
+  - match: [{{sniHosts: [secure.example.com], port: 443}}]
+    route: [{{destination: {{host: secure, port: {{number: 8443}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: ['*']
+  gateways: [l4]
+  tcp:
+  - match: [{{port: 9000}}]
+    route: [{{destination: {{host: echo, port: {{number: 7000}}}}}}]
+",
+        secure.inbound_addr.port(),
+        echo.inbound_addr.port()
+    );
+    let store = Arc::new(StateStore::default());
+    store.apply_yaml(&config, "test").unwrap();
+    let mut options = options();
+    options.port_map.extend([(443, 0), (9000, 0)]);
+    let gw = IngressGateway::start(
+        store.clone(),
+        mesh.identity("istio-system", "ingressgateway"),
+        options,
+    )
+    .await
+    .unwrap();
+    let port443 = gw.wait_bound(443, Duration::from_secs(5)).await.unwrap();
+    let port9000 = gw.wait_bound(9000, Duration::from_secs(5)).await.unwrap();
+
+    // TLS end to end with the app: its certificate, verified by the client.
+    let (status, body) = support::https_get(
+        port443,
+        "secure.example.com",
+        "secure.example.com",
+        "/",
+        &ca.cert.pem(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body.as_str()), (200, "passthrough ok"));
+    // A name no tls route has: the connection is closed.
+    let other = support::https_get(
+        port443,
+        "other.example.com",
+        "other.example.com",
+        "/",
+        &ca.cert.pem(),
+        None,
+    )
+    .await;
+    assert!(other.is_err(), "{other:?}");
+
+    // TCP: the bytes go to the echo service and come back.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(port9000).await.unwrap();
+    tcp.write_all(b"ping through the gateway\n").await.unwrap();
+    let mut back = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping through the gateway\n");
+}

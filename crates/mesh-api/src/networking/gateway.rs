@@ -136,7 +136,7 @@ pub enum ServerTlsMode {
 }
 
 /// The server protocols the ingress gateway serves.
-pub const SERVED: &[&str] = &["HTTP", "HTTP2", "GRPC", "HTTPS"];
+pub const SERVED: &[&str] = &["HTTP", "HTTP2", "GRPC", "HTTPS", "TLS", "TCP"];
 
 impl GatewaySpec {
     pub(crate) fn validate(&self, v: &mut Validator) {
@@ -189,8 +189,21 @@ impl GatewaySpec {
                 }
             });
             let https = s.port.protocol.eq_ignore_ascii_case("HTTPS");
+            let tls_protocol = s.port.protocol.eq_ignore_ascii_case("TLS");
             let mode = s.tls.as_ref().and_then(|t| t.mode);
-            match (https, mode) {
+            if tls_protocol && mode != Some(ServerTlsMode::Passthrough) {
+                v.field("tls", |v| {
+                    v.field("mode", |v| {
+                        v.error(
+                            "a TLS server is served with mode PASSTHROUGH (routed by the ClientHello's name \
+                             to a VirtualService's tls route); terminate TLS with protocol HTTPS",
+                        )
+                    })
+                });
+                return;
+            }
+            match (https || tls_protocol, mode) {
+                (true, Some(ServerTlsMode::Passthrough)) => {}
                 (true, Some(ServerTlsMode::Simple | ServerTlsMode::Mutual)) => {
                     let t = s.tls.as_ref().expect("mode is set");
                     if t.credential_name.is_none()
@@ -211,7 +224,7 @@ impl GatewaySpec {
                 (true, Some(other)) => v.field("tls", |v| {
                     v.field("mode", |v| {
                         v.error(format!(
-                            "{other:?} is not served by the Isthmus ingress gateway yet; use SIMPLE or MUTUAL"
+                            "{other:?} is not served by the Isthmus ingress gateway yet; use SIMPLE, MUTUAL or PASSTHROUGH"
                         ))
                     })
                 }),

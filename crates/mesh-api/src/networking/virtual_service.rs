@@ -501,27 +501,11 @@ pub struct RouteDestination {
     pub weight: Option<i32>,
 }
 
-/// Which gateways a list may name.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Binding {
-    /// HTTP routes: `mesh` and Gateways, served by sidecars and ingress gateways.
-    Http,
-    /// TLS and TCP routes: `mesh` only (no Gateway server of protocol TLS or TCP).
-    MeshOnly,
-}
-
-/// Gateway names a route may bind to: `mesh` (the sidecars), and for HTTP routes a
-/// Gateway as `name` (in the VirtualService's namespace) or `namespace/name`.
-pub(crate) fn validate_gateways(v: &mut Validator, gateways: &[String], binding: Binding) {
+/// Gateway names a route may bind to: `mesh` (the sidecars), and a Gateway as `name`
+/// (in the VirtualService's namespace) or `namespace/name`.
+pub(crate) fn validate_gateways(v: &mut Validator, gateways: &[String]) {
     v.each("gateways", gateways, |v, g| {
         if g == "mesh" {
-            return;
-        }
-        if binding == Binding::MeshOnly {
-            v.error(format!(
-                "gateway {g:?}: TLS and TCP routes are served by sidecars only (Gateway servers of protocol TLS and TCP are not built), \
-                 so this binding would do nothing; keep only `mesh` (or no gateways), or route HTTP"
-            ));
             return;
         }
         let parts: Vec<&str> = g.split('/').collect();
@@ -547,7 +531,7 @@ fn is_dns_label(s: &str) -> bool {
 
 impl VirtualServiceSpec {
     pub(crate) fn validate(&self, v: &mut Validator) {
-        validate_gateways(v, &self.gateways, Binding::Http);
+        validate_gateways(v, &self.gateways);
         if self.hosts.is_empty() && self.gateways.is_empty() {
             v.field("hosts", |v| {
                 v.error("at least one host is required (the service this VirtualService routes)")
@@ -590,7 +574,7 @@ impl VirtualServiceSpec {
                 if m.sni_hosts.is_empty() {
                     v.field("sniHosts", |v| v.error("at least one SNI host is required"));
                 }
-                validate_gateways(v, &m.gateways, Binding::MeshOnly);
+                validate_gateways(v, &m.gateways);
                 if let Some(p) = m.port {
                     v.field("port", |v| validate_port(v, p));
                 }
@@ -599,7 +583,7 @@ impl VirtualServiceSpec {
         });
         v.each("tcp", &self.tcp, |v, r| {
             v.each("match", &r.matches, |v, m| {
-                validate_gateways(v, &m.gateways, Binding::MeshOnly);
+                validate_gateways(v, &m.gateways);
                 if let Some(p) = m.port {
                     v.field("port", |v| validate_port(v, p));
                 }
@@ -723,7 +707,7 @@ pub fn jwt_claim_path(key: &str) -> Option<Result<Vec<String>, String>> {
 
 impl HttpMatchRequest {
     fn validate(&self, v: &mut Validator) {
-        validate_gateways(v, &self.gateways, Binding::Http);
+        validate_gateways(v, &self.gateways);
         for (name, m) in [
             ("uri", &self.uri),
             ("scheme", &self.scheme),

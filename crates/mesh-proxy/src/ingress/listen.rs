@@ -54,8 +54,8 @@ pub struct IngressGateway {
 #[derive(Debug)]
 struct Bound {
     addr: SocketAddr,
-    /// Terminates TLS (HTTPS servers).
-    tls: bool,
+    /// How it serves connections.
+    mode: super::Mode,
     task: JoinHandle<()>,
 }
 
@@ -163,15 +163,15 @@ async fn reconcile(
     listeners: &Mutex<BTreeMap<u16, Bound>>,
 ) -> bool {
     let state = outbound.store.snapshot();
-    let wanted: BTreeMap<u16, bool> = state
+    let wanted: BTreeMap<u16, super::Mode> = state
         .ingress
         .as_ref()
-        .map(|i| i.listeners.iter().map(|(p, l)| (*p, l.tls())).collect())
+        .map(|i| i.listeners.iter().map(|(p, l)| (*p, l.mode())).collect())
         .unwrap_or_default();
     let lock = || listeners.lock().unwrap_or_else(|p| p.into_inner());
     lock().retain(|port, bound| {
-        // A port that turns from HTTP to HTTPS (or back) is opened again.
-        let keep = wanted.get(port) == Some(&bound.tls);
+        // A port whose mode changes (HTTP to HTTPS, say) is opened again.
+        let keep = wanted.get(port) == Some(&bound.mode);
         if !keep {
             tracing::info!(port, addr = %bound.addr, "gateway port closed: no server uses it any more, or its TLS changed");
             bound.task.abort();
@@ -179,7 +179,7 @@ async fn reconcile(
         keep
     });
     let mut complete = true;
-    for (port, tls) in wanted {
+    for (port, mode) in wanted {
         if lock().contains_key(&port) {
             continue;
         }
@@ -190,7 +190,7 @@ async fn reconcile(
                 let addr = listener.local_addr().unwrap_or(addr);
                 tracing::info!(port, %addr, "gateway port open");
                 let task = tokio::spawn(serve(listener, port, outbound.clone(), options.requests));
-                lock().insert(port, Bound { addr, tls, task });
+                lock().insert(port, Bound { addr, mode, task });
             }
             Err(e) => {
                 complete = false;
@@ -229,14 +229,18 @@ async fn serve(
         let outbound = outbound.clone();
         let local = tcp.local_addr().ok().or(local);
         tokio::spawn(async move {
-            let tls = outbound
+            let mode = outbound
                 .store
                 .snapshot()
                 .ingress
                 .as_ref()
                 .and_then(|i| i.listeners.get(&port))
-                .is_some_and(|l| l.tls());
-            if !tls {
+                .map_or(super::Mode::Http, super::Listener::mode);
+            if matches!(mode, super::Mode::Passthrough | super::Mode::Tcp) {
+                return forward_l4(&outbound, port, tcp, peer, mode == super::Mode::Passthrough)
+                    .await;
+            }
+            if mode == super::Mode::Http {
                 let conn = Conn {
                     outbound,
                     entry: Entry::Gateway(port),
@@ -263,6 +267,88 @@ async fn serve(
             }
         });
     }
+}
+
+/// A connection to a PASSTHROUGH (`passthrough`) or TCP server port: routed by the
+/// `tls` route matching its ClientHello's name (the hello is read, not terminated,
+/// and sent on first) or by the first `tcp` route for the port, to an endpoint of the
+/// destination over mesh mTLS; the bytes are then copied both ways.
+async fn forward_l4(
+    outbound: &Outbound,
+    port: u16,
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    passthrough: bool,
+) {
+    use tokio::io::AsyncWriteExt;
+    let state = outbound.store.snapshot();
+    let log = |outcome: &str, detail: &str| {
+        tracing::info!(target: "access", direction = "gateway", protocol = if passthrough { "tls" } else { "tcp" }, port, %peer, outcome, detail);
+    };
+    let (hello, sni) = if passthrough {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::sni::read_client_hello(&mut tcp)).await
+        {
+            Ok(Ok((raw, sni))) => (raw, sni.unwrap_or_default()),
+            _ => return log("DC", "no complete ClientHello"),
+        }
+    } else {
+        (Vec::new(), String::new())
+    };
+    let Some(listener) = state.ingress.as_ref().and_then(|i| i.listeners.get(&port)) else {
+        return log("NR", "no server on this port");
+    };
+    let destinations = if passthrough {
+        listener
+            .servers
+            .iter()
+            .flat_map(|s| &s.tls_routes)
+            .find(|r| r.matches(&sni, port))
+            .map(|r| &r.destinations)
+    } else {
+        listener
+            .servers
+            .iter()
+            .flat_map(|s| &s.tcp_routes)
+            .find(|r| r.ports.is_empty() || r.ports.contains(&port))
+            .map(|r| &r.destinations)
+    };
+    let Some(dest) = destinations.and_then(|d| crate::routes::pick_weighted(d, rand::random()))
+    else {
+        return log("NR", &format!("no route for {sni:?}"));
+    };
+    let Some(target) = state.services.get(&dest.host) else {
+        return log("UH", &format!("unknown service {}", dest.host));
+    };
+    let Some(service_port) = dest
+        .port
+        .and_then(|p| target.port(Some(p)))
+        .or_else(|| target.port(None))
+    else {
+        return log("UH", &format!("{} has no port", target.host));
+    };
+    let Some(endpoint) = outbound.pick_one(&state, target, &dest.subset, service_port.port, None)
+    else {
+        return log("UH", &format!("no ready endpoint for {}", target.host));
+    };
+    let sni_mesh = crate::sni::outbound_sni(service_port.port, &dest.subset, &target.host);
+    let upstream = outbound
+        .pool
+        .connect_stream(
+            endpoint.inbound,
+            endpoint.quic.then_some(state.node.cluster.as_str()),
+            &sni_mesh,
+            None,
+        )
+        .await;
+    let mut upstream = match upstream {
+        Ok(u) => u,
+        Err(e) => return log("UF", &e.to_string()),
+    };
+    if upstream.write_all(&hello).await.is_err() {
+        return log("UF", "the upstream closed");
+    }
+    let copied = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+    log("-", &format!("{sni_mesh} {copied:?}"));
 }
 
 /// How long a client has to finish its TLS handshake.

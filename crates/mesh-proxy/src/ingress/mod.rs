@@ -65,8 +65,43 @@ pub struct Server {
     pub id: u64,
     /// TLS terminated here (HTTPS servers).
     pub tls: Option<Arc<ServerTls>>,
+    /// How its port serves connections.
+    pub mode: Mode,
     /// The virtual hosts of the VirtualServices bound to it.
     pub virtual_hosts: Vec<VirtualHost>,
+    /// `tls` routes (PASSTHROUGH servers) of the VirtualServices bound to it.
+    #[serde(skip)]
+    pub tls_routes: Vec<crate::routes::CompiledTlsRoute>,
+    /// `tcp` routes (TCP servers) of the VirtualServices bound to it.
+    #[serde(skip)]
+    pub tcp_routes: Vec<crate::routes::CompiledTcpRoute>,
+}
+
+/// How a gateway port serves connections (all servers of a port alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// HTTP (HTTP, HTTP2, GRPC servers).
+    Http,
+    /// TLS terminated here, then HTTP (HTTPS with SIMPLE or MUTUAL).
+    Https,
+    /// TLS passed through, routed by the ClientHello's name (PASSTHROUGH).
+    Passthrough,
+    /// Opaque TCP (TCP servers).
+    Tcp,
+}
+
+impl Mode {
+    fn of(s: &mesh_api::networking::Server) -> Self {
+        use mesh_api::networking::ServerTlsMode;
+        let protocol = s.port.protocol.to_ascii_uppercase();
+        match (protocol.as_str(), s.tls.as_ref().and_then(|t| t.mode)) {
+            (_, Some(ServerTlsMode::Passthrough)) => Self::Passthrough,
+            ("TCP", _) => Self::Tcp,
+            (_, Some(ServerTlsMode::Simple | ServerTlsMode::Mutual)) => Self::Https,
+            _ => Self::Http,
+        }
+    }
 }
 
 /// An HTTPS server's TLS: SIMPLE, or MUTUAL (a client certificate signed by its
@@ -174,9 +209,9 @@ pub struct VirtualHost {
 }
 
 impl Listener {
-    /// Whether the port terminates TLS (its servers are HTTPS).
-    pub fn tls(&self) -> bool {
-        self.servers.iter().any(|s| s.tls.is_some())
+    /// How the port serves connections.
+    pub fn mode(&self) -> Mode {
+        self.servers.first().map_or(Mode::Http, |s| s.mode)
     }
 
     /// The HTTPS server a ClientHello's server name picks: one of its hosts equal to
@@ -319,7 +354,35 @@ impl Ingress {
                         Err(e) => errors.push(format!("VirtualService {}: spec.{e}", r.key())),
                     }
                 }
-                bound.push((r.key(), vs_ns, &vs.spec.hosts, routes));
+                // L4 routes, with the matches that name other gateways left out.
+                let tls: Vec<_> = vs
+                    .spec
+                    .tls
+                    .iter()
+                    .filter_map(|t| {
+                        let mut t = t.clone();
+                        t.matches.retain(|m| {
+                            m.gateways.is_empty()
+                                || crate::routes::binds(&m.gateways, &vs_ns, &serves)
+                        });
+                        (!t.matches.is_empty())
+                            .then(|| crate::routes::CompiledTlsRoute::compile(&t, &vs_ns))
+                    })
+                    .collect();
+                let tcp: Vec<_> = vs
+                    .spec
+                    .tcp
+                    .iter()
+                    .filter(|t| {
+                        t.matches.is_empty()
+                            || t.matches.iter().any(|m| {
+                                m.gateways.is_empty()
+                                    || crate::routes::binds(&m.gateways, &vs_ns, &serves)
+                            })
+                    })
+                    .map(|t| crate::routes::CompiledTcpRoute::compile(t, &vs_ns))
+                    .collect();
+                bound.push((r.key(), vs_ns, &vs.spec.hosts, routes, tls, tcp));
             }
             for (i, s) in gw.spec.servers.iter().enumerate() {
                 let port = s.port.number as u16;
@@ -359,6 +422,9 @@ impl Ingress {
                 let mut server = Server {
                     id: 0,
                     tls,
+                    mode: Mode::of(s),
+                    tls_routes: Vec::new(),
+                    tcp_routes: Vec::new(),
                     name: format!(
                         "{key}.{}",
                         s.name
@@ -372,7 +438,23 @@ impl Ingress {
                     https_redirect: s.tls.as_ref().is_some_and(|t| t.https_redirect),
                     virtual_hosts: Vec::new(),
                 };
-                for (vs_key, vs_ns, hosts, routes) in &bound {
+                for (vs_key, vs_ns, hosts, routes, tls, tcp) in &bound {
+                    // L4 servers take the tls or tcp routes of the VirtualServices
+                    // whose hosts they admit.
+                    if matches!(server.mode, Mode::Passthrough | Mode::Tcp) {
+                        let admitted = hosts.iter().any(|h| {
+                            s.hosts.iter().any(|sh| {
+                                admits(sh, gw_ns, vs_ns)
+                                    .and_then(|sh| intersect(h, sh))
+                                    .is_some()
+                            })
+                        });
+                        if admitted {
+                            server.tls_routes.extend(tls.iter().cloned());
+                            server.tcp_routes.extend(tcp.iter().cloned());
+                        }
+                        continue;
+                    }
                     for host in hosts.iter() {
                         for server_host in &s.hosts {
                             let Some(domain) = admits(server_host, gw_ns, vs_ns)
@@ -401,9 +483,12 @@ impl Ingress {
                     port,
                     servers: Vec::new(),
                 });
-                if !listener.servers.is_empty() && listener.tls() != server.tls.is_some() {
+                if !listener.servers.is_empty() && listener.mode() != server.mode {
                     errors.push(format!(
-                        "Gateway {key}: spec.servers[{i}].port: port {port} has both HTTP and HTTPS servers; serve them on different ports"
+                        "Gateway {key}: spec.servers[{i}].port: port {port} already has {:?} servers, and this one is {:?}; \
+                         serve them on different ports",
+                        listener.mode(),
+                        server.mode
                     ));
                     continue;
                 }
