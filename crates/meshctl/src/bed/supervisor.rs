@@ -713,7 +713,11 @@ async fn bring_up(
                 // As in a pod: capture everything, the app on the pod's loopback.
                 cmd.args(["--capture", "--app-ip", "127.0.0.1"])
                     // As ISTIO_META_DNS_CAPTURE: the pod's DNS is answered by its sidecar.
+                    // Names outside the mesh go to the cluster's node address, where no
+                    // resolver listens: a testbed query never leaves the machine's
+                    // testbed networks.
                     .args(["--dns-proxy", "127.0.0.1:15053"])
+                    .args(["--dns-upstream", &format!("{}:53", c.discovery.ip())])
                     .args(["--inbound", "0.0.0.0:15006"])
                     .args(["--outbound", &w.outbound().to_string()])
                     .args(["--admin", "0.0.0.0:15020"]);
