@@ -267,3 +267,118 @@ spec:
 fn rand_octet() -> u8 {
     rand::random_range(2..250)
 }
+
+/// A backend on `addr` that answers 503 to every other request and 200 `ok` to the
+/// rest.
+async fn flaky(addr: SocketAddr) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let mut resp = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        ));
+                        if n.is_multiple_of(2) {
+                            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// A DNS-resolved entry is routed by its VirtualService like any service: a backend
+/// that fails every other request is answered 200 every time with retries, and half
+/// the time without.
+#[tokio::test]
+async fn a_dns_entry_is_routed_with_its_virtual_service_retries() {
+    let mesh = Mesh::new();
+    let ip = std::net::Ipv4Addr::new(127, 0, rand_octet(), 3);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    flaky(SocketAddr::from((ip, port))).await;
+    let dns = support::dns_server(std::sync::Arc::new(std::sync::Mutex::new(Some(ip)))).await;
+    let entry = format!(
+        "{NODE}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: shop}}
+spec:
+  hosts: [flaky.test.example]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: DNS
+"
+    );
+    let retries = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [flaky.test.example]
+  http:
+  - route: [{destination: {host: flaky.test.example}}]
+    retries: {attempts: 2, retryOn: 5xx}
+";
+    let store = std::sync::Arc::new(mesh_proxy::StateStore::with_resolvers(
+        Default::default(),
+        mesh_proxy::dns::Resolvers::Servers(vec![dns]),
+    ));
+    store
+        .apply_yaml(&format!("{entry}{retries}"), "test")
+        .unwrap();
+    let sidecar = mesh_proxy::Sidecar::start(
+        store.clone(),
+        mesh.identity("shop", "productpage"),
+        support::opts(),
+    )
+    .await
+    .unwrap();
+    let out = sidecar.outbound_addr;
+    // Wait for the name's first answer.
+    for _ in 0..100 {
+        if store.dns().report().iter().any(|(_, a, _)| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            get(out, "flaky.test.example", "/").await,
+            (200, "ok".into())
+        );
+    }
+    // Without retries (attempts 0), the failures reach the application.
+    store
+        .apply_yaml(
+            &format!("{entry}{}", retries.replace("attempts: 2", "attempts: 0")),
+            "test",
+        )
+        .unwrap();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..10 {
+            v.push(get(out, "flaky.test.example", "/").await.0);
+        }
+        v
+    };
+    assert!(
+        statuses.contains(&503) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+}
