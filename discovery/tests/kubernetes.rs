@@ -180,6 +180,45 @@ async fn kubernetes_registry_reaches_proxies_and_the_ca_checks_tokens() {
         endpoints(&proxy.store, REVIEWS) == ["10.1.0.1"]
     })
     .await;
+    // A kubernetes.io/tls Secret a DestinationRule names (credentialName) reaches the
+    // sidecars of its namespace over the stream.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["partner.example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+    let secret = format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: partner-cert, namespace: shop}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+    {}
+  tls.key: |
+    {}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: partner, namespace: shop}}
+spec:
+  host: partner.example.com
+  trafficPolicy: {{tls: {{mode: MUTUAL, credentialName: partner-cert}}}}
+",
+        indent(&cert.pem()),
+        indent(&key.serialize_pem())
+    );
+    apply_yaml(&client, &secret, "shop", Mode::Apply)
+        .await
+        .unwrap();
+    eventually(
+        "the DestinationRule's Secret reaches the sidecar",
+        T,
+        || proxy.store.snapshot().credentials == ["shop/partner-cert"],
+    )
+    .await;
+
     let state = proxy.store.snapshot();
     // Node from the Pod and its Node's topology labels.
     assert_eq!(state.node.locality, "eu-west/zone-b");

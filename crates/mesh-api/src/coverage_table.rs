@@ -709,6 +709,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         &[
             ORIGINATION_TEST,
             "discovery/tests/file_registry::a_credential_secret_reaches_the_gateway_that_names_it_only",
+            "discovery/tests/kubernetes::kubernetes_registry_reaches_proxies_and_the_ca_checks_tokens",
         ],
     ),
     en(
