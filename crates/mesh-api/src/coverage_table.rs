@@ -962,8 +962,18 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "verifyCertificateHash",
         GATEWAY_TLS_LATER,
     ),
-    r("ServerTlsSettings", "minProtocolVersion", GATEWAY_TLS_LATER),
-    r("ServerTlsSettings", "maxProtocolVersion", GATEWAY_TLS_LATER),
+    en(
+        "ServerTlsSettings",
+        "minProtocolVersion",
+        "TLSV1_2, TLSV1_3, TLS_AUTO; TLSV1_0 and TLSV1_1 are refused (rustls serves 1.2 and 1.3 only)",
+        INGRESS_TLS,
+    ),
+    en(
+        "ServerTlsSettings",
+        "maxProtocolVersion",
+        "TLSV1_2, TLSV1_3, TLS_AUTO; TLSV1_0 and TLSV1_1 are refused",
+        INGRESS_TLS,
+    ),
     r("ServerTlsSettings", "cipherSuites", GATEWAY_TLS_LATER),
     r("ServerTlsSettings", "caCrl", GATEWAY_TLS_LATER),
     // Sidecar

@@ -377,7 +377,7 @@ spec:
   servers:
   - port: {{number: 443, name: https-shop, protocol: HTTPS}}
     hosts: [shop.example.com]
-    tls: {{mode: SIMPLE, serverCertificate: {shop_cert}, privateKey: {shop_key}}}
+    tls: {{mode: SIMPLE, serverCertificate: {shop_cert}, privateKey: {shop_key}, minProtocolVersion: TLSV1_3}}
   - port: {{number: 443, name: https-admin, protocol: HTTPS}}
     hosts: [admin.example.com]
     tls: {{mode: MUTUAL, credentialName: admin-cert}}
@@ -453,6 +453,10 @@ stringData:
         async move { support::https_get(port443, sni, host, "/api", &ca, client.as_ref()).await }
     };
 
+    // minProtocolVersion TLSV1_3: a client that speaks TLS 1.2 only is refused.
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
+    assert!(!handshake_with(&TLS12, port443, "shop.example.com", &ca).await);
+    assert!(handshake_with(&TLS13, port443, "shop.example.com", &ca).await);
     // SIMPLE: the shop certificate for its name; the app sees https.
     let (status, body) = https("shop.example.com", "shop.example.com", None)
         .await
@@ -534,8 +538,16 @@ stringData:
             write("client-ca.pem", &client_ca.cert.pem())
         ),
     );
+    // And the shop server capped at TLS 1.2 (maxProtocolVersion): a TLS 1.3 client is
+    // refused, a TLS 1.2 one served.
+    let files = files.replace(
+        "minProtocolVersion: TLSV1_3",
+        "minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_2",
+    );
     let applied = intake.apply_file(&config(&files, ""), "test", &store);
     assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+    assert!(!handshake_with(&TLS13, port443, "shop.example.com", &ca).await);
+    assert!(handshake_with(&TLS12, port443, "shop.example.com", &ca).await);
     assert!(store.snapshot().credentials.is_empty());
     assert!(
         https("admin.example.com", "admin.example.com", None)
@@ -744,4 +756,33 @@ spec:
         .unwrap()
         .unwrap();
     assert_eq!(&back, b"ping through the gateway\n");
+}
+
+/// Whether a client limited to TLS `version` completes a handshake with `addr` for
+/// `sni`.
+async fn handshake_with(
+    version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .is_ok()
 }

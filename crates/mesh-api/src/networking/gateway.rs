@@ -240,6 +240,31 @@ impl GatewaySpec {
                 }),
                 _ => {}
             }
+            if let Some(t) = &s.tls {
+                v.field("tls", |v| {
+                    for (name, value) in [
+                        ("minProtocolVersion", &t.min_protocol_version),
+                        ("maxProtocolVersion", &t.max_protocol_version),
+                    ] {
+                        if let Some(version) = value
+                            && !matches!(version.as_str(), "TLS_AUTO" | "TLSV1_2" | "TLSV1_3")
+                        {
+                            v.field(name, |v| {
+                                v.error(format!(
+                                    "{version:?}: TLS 1.2 and 1.3 are served (TLSV1_2, TLSV1_3, TLS_AUTO); TLS 1.0 and 1.1 are not"
+                                ))
+                            });
+                        }
+                    }
+                    if t.min_protocol_version.as_deref() == Some("TLSV1_3")
+                        && t.max_protocol_version.as_deref() == Some("TLSV1_2")
+                    {
+                        v.field("maxProtocolVersion", |v| {
+                            v.error("is below minProtocolVersion")
+                        });
+                    }
+                });
+            }
             if s.hosts.is_empty() {
                 v.field("hosts", |v| {
                     v.error("at least one host is required (use \"*\" for all)")

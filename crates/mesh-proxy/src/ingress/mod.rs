@@ -152,9 +152,30 @@ impl ServerTls {
             namespace,
         )?;
         let (chain, private) = material.chain_and_key()?;
+        // minProtocolVersion/maxProtocolVersion: TLS 1.2 and 1.3 (validation refuses
+        // the older ones); TLS_AUTO or unset leaves both.
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+            (&rustls::version::TLS12, "TLSV1_2"),
+            (&rustls::version::TLS13, "TLSV1_3"),
+        ]
+        .into_iter()
+        .filter(|(_, name)| {
+            let rank = |v: &str| if v == "TLSV1_3" { 3 } else { 2 };
+            let min = t
+                .min_protocol_version
+                .as_deref()
+                .filter(|v| *v != "TLS_AUTO");
+            let max = t
+                .max_protocol_version
+                .as_deref()
+                .filter(|v| *v != "TLS_AUTO");
+            min.is_none_or(|m| rank(name) >= rank(m)) && max.is_none_or(|m| rank(name) <= rank(m))
+        })
+        .map(|(v, _)| v)
+        .collect();
         let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .with_protocol_versions(&versions)
+            .map_err(|e| format!("minProtocolVersion/maxProtocolVersion: {e}"))?;
         let builder = if mutual {
             let (pem, what) = material.ca.as_ref().ok_or_else(|| {
                 format!(
