@@ -756,6 +756,24 @@ spec:
         .unwrap()
         .unwrap();
     assert_eq!(&back, b"ping through the gateway\n");
+    drop(tcp);
+    // Both connections are counted in Istio's TCP metrics, as the gateway reports them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = gw.metrics.encode();
+        let closed = |service: &str| {
+            text.lines().any(|l| {
+                l.starts_with("istio_tcp_connections_closed_total")
+                    && l.contains(&format!("destination_service=\"{service}\""))
+                    && l.contains("reporter=\"source\"")
+            })
+        };
+        if closed("secure.shop.svc.cluster.local") && closed("echo.shop.svc.cluster.local") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether a client limited to TLS `version` completes a handshake with `addr` for

@@ -340,14 +340,32 @@ async fn forward_l4(
             None,
         )
         .await;
+    // Istio's TCP metrics, reported as the source: opened now, closed with the bytes.
+    let labels = crate::peer::source_labels(
+        &state.node,
+        &outbound.own_id,
+        target,
+        Some(&endpoint),
+        outbound.trust_domain(),
+    );
+    outbound.metrics.tcp_opened(&labels);
     let mut upstream = match upstream {
         Ok(u) => u,
-        Err(e) => return log("UF", &e.to_string()),
+        Err(e) => {
+            outbound.metrics.tcp_closed(&labels, 0, 0);
+            return log("UF", &e.to_string());
+        }
     };
-    if upstream.write_all(&hello).await.is_err() {
-        return log("UF", "the upstream closed");
-    }
-    let copied = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+    let hello_sent = upstream.write_all(&hello).await.is_ok();
+    let copied = if hello_sent {
+        tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await
+    } else {
+        Err(std::io::Error::other("the upstream closed"))
+    };
+    let (sent, received) = copied
+        .as_ref()
+        .map_or((0, 0), |(up, down)| (*up + hello.len() as u64, *down));
+    outbound.metrics.tcp_closed(&labels, sent, received);
     log("-", &format!("{sni_mesh} {copied:?}"));
 }
 
