@@ -5,7 +5,7 @@
 //! the push is applied; what was held before for a refused name stays in force. The
 //! set is then compiled once, reusing each service compiled when it arrived.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -361,6 +361,9 @@ fn file_push(text: &str, held: &BTreeMap<String, Held>) -> Result<Push, String> 
 pub struct ResourceSet {
     held: BTreeMap<String, Held>,
     version: String,
+    /// Credentials whose removal was refused because a held resource named them:
+    /// removed at the first push after which nothing does.
+    kept: BTreeSet<String>,
 }
 
 /// What applying one response did.
@@ -513,11 +516,14 @@ impl ResourceSet {
 
         let mut next = self.held.clone();
         let mut removing = Vec::new();
-        for name in &push.removed {
+        // The credentials kept earlier are removed again unless still named.
+        let again = self.kept.iter().filter(|k| !push.removed.contains(*k));
+        for name in push.removed.iter().chain(again) {
             if let Some(h) = next.remove(name) {
                 removing.push((name.clone(), h.version));
             }
         }
+        let mut kept = BTreeSet::new();
         // Which resource defines each service host, among those that stay.
         let mut hosts: HashMap<String, String> = next
             .iter()
@@ -585,6 +591,10 @@ impl ResourceSet {
         // A Secret a Gateway of the set still names stays: its server keeps serving
         // with the last good certificate.
         removing.retain(|(name, version)| {
+            // Sent again by this push: the new version stands.
+            if next.contains_key(name) {
+                return false;
+            }
             let Some(
                 held @ Held {
                     item: Item::Credential(c),
@@ -597,14 +607,18 @@ impl ResourceSet {
             let Some(gateway) = naming_gateway(&next, c) else {
                 return true;
             };
-            rejected.push(Rejection {
-                name: name.clone(),
-                version: version.clone(),
-                reason: format!(
-                    "cannot be removed: {gateway} names it in credentialName; \
-                     the last good certificate stays until it no longer does"
-                ),
-            });
+            // Refused once, when discovery removed it; kept quietly after that.
+            if push.removed.contains(name) {
+                rejected.push(Rejection {
+                    name: name.clone(),
+                    version: version.clone(),
+                    reason: format!(
+                        "cannot be removed: {gateway} names it in credentialName; \
+                         the last good certificate stays until it no longer does"
+                    ),
+                });
+            }
+            kept.insert(name.clone());
             next.insert(name.clone(), held.clone());
             false
         });
@@ -621,6 +635,7 @@ impl ResourceSet {
             Some(Ok(state)) => {
                 store.install(state);
                 self.held = next;
+                self.kept = kept;
                 changed = true;
             }
             Some(Err(e)) => {
@@ -1021,6 +1036,66 @@ mod tests {
         set.apply_file(&file("10.0.0.2", ""), "f.yaml", &store);
         assert!(!set.versions().contains_key("VirtualService/shop/ratings"));
         assert!(!set.versions().contains_key("VirtualService/shop/reviews"));
+    }
+
+    /// A Secret removed while a Gateway names it is refused once and kept; once the
+    /// Gateway no longer names it, the next push drops it.
+    #[test]
+    fn a_named_credential_outlives_its_removal_until_nothing_names_it() {
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: shop}\n\
+                      stringData: {ca.crt: '-----BEGIN CERTIFICATE-----'}\n";
+        let gateway = "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: shop}\n\
+                       spec: {servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], \
+                       tls: {mode: SIMPLE, credentialName: cert}}]}\n";
+        let applied = set.apply_file(
+            &file("10.0.0.1", &format!("{gateway}{secret}")),
+            "f",
+            &store,
+        );
+        assert!(applied.rejected.is_empty(), "{applied:?}");
+        assert_eq!(store.snapshot().credentials, ["shop/cert"]);
+        // Removed while named: refused once, kept.
+        let applied = set.apply_file(&file("10.0.0.1", gateway), "f", &store);
+        assert_eq!(applied.rejected.len(), 1, "{applied:?}");
+        assert!(
+            applied.rejected[0]
+                .reason
+                .contains("Gateway shop/gw names it")
+        );
+        assert_eq!(store.snapshot().credentials, ["shop/cert"]);
+        // The Gateway goes: the kept credential goes with the same push.
+        let applied = set.apply_file(&file("10.0.0.1", ""), "f", &store);
+        assert!(applied.rejected.is_empty(), "{applied:?}");
+        assert!(store.snapshot().credentials.is_empty());
+
+        // Over the stream, discovery removes the Secret once: the proxy drops it at the
+        // first push after which nothing names it, with no second removal.
+        let store = StateStore::default();
+        let mut set = ResourceSet::default();
+        let credential = res(
+            "Credential/shop/cert",
+            KIND_CREDENTIAL,
+            "c1",
+            r#"{"namespace":"shop","name":"cert","caCertificates":"-----BEGIN CERTIFICATE-----"}"#,
+        );
+        let gw = res(
+            "Gateway/shop/gw",
+            "Gateway",
+            "g1",
+            r#"{"apiVersion":"networking.istio.io/v1","kind":"Gateway","metadata":{"name":"gw","namespace":"shop"},
+               "spec":{"servers":[{"port":{"number":443,"name":"https","protocol":"HTTPS"},"hosts":["*"],
+               "tls":{"mode":"SIMPLE","credentialName":"cert"}}]}}"#,
+        );
+        set.apply(&response("1", vec![node(), credential, gw], &[]), &store);
+        assert_eq!(store.snapshot().credentials, ["shop/cert"]);
+        let applied = set.apply(&response("2", vec![], &["Credential/shop/cert"]), &store);
+        assert_eq!(applied.rejected.len(), 1, "{applied:?}");
+        assert_eq!(store.snapshot().credentials, ["shop/cert"]);
+        let applied = set.apply(&response("3", vec![], &["Gateway/shop/gw"]), &store);
+        assert!(applied.rejected.is_empty(), "{applied:?}");
+        assert!(store.snapshot().credentials.is_empty());
     }
 
     #[test]
