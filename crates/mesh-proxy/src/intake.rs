@@ -87,7 +87,7 @@ fn decode(r: &WireResource) -> Result<Item, DecodeError> {
 
 /// A Gateway or DestinationRule of `held` that names credential `c` in a
 /// `credentialName`, as `Kind namespace/name`.
-fn naming_gateway(
+fn naming_resource(
     held: &BTreeMap<String, Held>,
     c: &mesh_proto::model::Credential,
 ) -> Option<String> {
@@ -540,6 +540,7 @@ impl ResourceSet {
         // Names and versions taken from this push, for a refusal of all of them.
         let mut taken = Vec::new();
         incoming.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut held_credentials = credentials(&next);
         for r in incoming {
             let reject = |reason: String| Rejection {
                 name: r.name.clone(),
@@ -558,8 +559,8 @@ impl ResourceSet {
                     // With the credentials held now (those of this push come first:
                     // `Credential/...` sorts before the kinds that name them).
                     let alone = [res.as_ref()];
-                    let held = credentials(&next);
-                    if let Err(e) = ProxyState::compile_parts(node, "", [], &alone, &held, &r.name)
+                    if let Err(e) =
+                        ProxyState::compile_parts(node, "", [], &alone, &held_credentials, &r.name)
                     {
                         rejected.push(reject(e.reasons.join("; ")));
                         continue;
@@ -577,6 +578,9 @@ impl ResourceSet {
                     hosts.insert(host, r.name.clone());
                 }
                 _ => {}
+            }
+            if let Item::Credential(c) = &item {
+                held_credentials.insert(format!("{}/{}", c.namespace, c.name), c.clone());
             }
             taken.push((r.name.clone(), r.version.clone()));
             next.insert(
@@ -604,7 +608,7 @@ impl ResourceSet {
             else {
                 return true;
             };
-            let Some(gateway) = naming_gateway(&next, c) else {
+            let Some(named_by) = naming_resource(&next, c) else {
                 return true;
             };
             // Refused once, when discovery removed it; kept quietly after that.
@@ -613,7 +617,7 @@ impl ResourceSet {
                     name: name.clone(),
                     version: version.clone(),
                     reason: format!(
-                        "cannot be removed: {gateway} names it in credentialName; \
+                        "cannot be removed: {named_by} names it in credentialName; \
                          the last good certificate stays until it no longer does"
                     ),
                 });

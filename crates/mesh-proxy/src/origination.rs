@@ -26,17 +26,16 @@ use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// How TLS is opened to a destination.
 pub struct Origination {
-    /// Why this TLS cannot be opened yet (its `credentialName` Secret has not
-    /// arrived): every connection fails with it (fail closed) until the Secret comes
-    /// and the config is compiled again.
-    pub waiting: Option<String>,
     /// SIMPLE or MUTUAL.
     pub mutual: bool,
     /// The server name sent (`sni`); the destination host when `None`.
     pub sni: Option<String>,
     /// What `/config_dump` shows.
     pub summary: String,
-    connector: tokio_rustls::TlsConnector,
+    /// The TLS config, or why this TLS cannot be opened yet (its `credentialName`
+    /// Secret has not arrived): then every connection fails with it (fail closed)
+    /// until the Secret comes and the config is compiled again.
+    connector: Result<tokio_rustls::TlsConnector, String>,
 }
 
 /// Two originations are the same when they say the same (the config is compared, not
@@ -187,17 +186,10 @@ impl Origination {
             let why = missing(name, namespace);
             tracing::warn!(reason = %why, "TLS origination waits for its Secret");
             return Ok(Some(Arc::new(Self {
-                waiting: Some(why.clone()),
                 mutual,
                 sni: tls.sni.clone(),
                 summary: format!("waiting: {why}"),
-                connector: tokio_rustls::TlsConnector::from(Arc::new(
-                    tokio_rustls::rustls::ClientConfig::builder_with_provider(provider())
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| e.to_string())?
-                        .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )),
+                connector: Err(why),
             })));
         }
         let material = Material::of(
@@ -280,11 +272,10 @@ impl Origination {
             }
         );
         Ok(Some(Arc::new(Self {
-            waiting: None,
             mutual,
             sni: tls.sni.clone(),
             summary,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: Ok(tokio_rustls::TlsConnector::from(Arc::new(config))),
         })))
     }
 
@@ -298,12 +289,10 @@ impl Origination {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        if let Some(why) = &self.waiting {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                why.clone(),
-            ));
-        }
+        let connector = self
+            .connector
+            .as_ref()
+            .map_err(|why| std::io::Error::new(std::io::ErrorKind::NotFound, why.clone()))?;
         let name = self.sni.as_deref().unwrap_or(host);
         let name =
             ServerName::try_from(crate::model::strip_port(name).to_owned()).map_err(|_| {
@@ -312,7 +301,7 @@ impl Origination {
                     format!("{name:?} is not a server name to send"),
                 )
             })?;
-        self.connector.connect(name, tcp).await
+        connector.connect(name, tcp).await
     }
 }
 

@@ -133,6 +133,20 @@ fn options() -> IngressOptions {
     }
 }
 
+/// The ingress gateway of `mesh` over `store`: the test listener options, with free
+/// ports for `ports` too.
+async fn start_gateway(mesh: &Mesh, store: &Arc<StateStore>, ports: &[u16]) -> IngressGateway {
+    let mut options = options();
+    options.port_map.extend(ports.iter().map(|p| (*p, 0)));
+    IngressGateway::start(
+        store.clone(),
+        mesh.identity("istio-system", "ingressgateway"),
+        options,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn the_ingress_gateway_serves_gateway_ports_to_mesh_services() {
     let mesh = Mesh::new();
@@ -182,13 +196,7 @@ spec:
             "test",
         )
         .unwrap();
-    let gw = IngressGateway::start(
-        store.clone(),
-        mesh.identity("istio-system", "ingressgateway"),
-        options(),
-    )
-    .await
-    .unwrap();
+    let gw = start_gateway(&mesh, &store, &[]).await;
     let port80 = gw.wait_bound(80, Duration::from_secs(5)).await.unwrap();
     let port8080 = gw.wait_bound(8080, Duration::from_secs(5)).await.unwrap();
 
@@ -437,15 +445,7 @@ stringData:
     let store = Arc::new(StateStore::default());
     let applied = intake.apply_file(&config(&gateway, &secret(true)), "test", &store);
     assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
-    let mut options = options();
-    options.port_map.insert(443, 0);
-    let gw = IngressGateway::start(
-        store.clone(),
-        mesh.identity("istio-system", "ingressgateway"),
-        options,
-    )
-    .await
-    .unwrap();
+    let gw = start_gateway(&mesh, &store, &[443]).await;
     let port443 = gw.wait_bound(443, Duration::from_secs(5)).await.unwrap();
     let ca = server_ca.cert.pem();
     let https = |sni: &'static str, host: &'static str, client: Option<&(String, String)>| {
@@ -710,15 +710,7 @@ spec:
     );
     let store = Arc::new(StateStore::default());
     store.apply_yaml(&config, "test").unwrap();
-    let mut options = options();
-    options.port_map.extend([(443, 0), (9000, 0)]);
-    let gw = IngressGateway::start(
-        store.clone(),
-        mesh.identity("istio-system", "ingressgateway"),
-        options,
-    )
-    .await
-    .unwrap();
+    let gw = start_gateway(&mesh, &store, &[443, 9000]).await;
     let port443 = gw.wait_bound(443, Duration::from_secs(5)).await.unwrap();
     let port9000 = gw.wait_bound(9000, Duration::from_secs(5)).await.unwrap();
 
@@ -784,18 +776,13 @@ async fn handshake_with(
     sni: &str,
     ca_pem: &str,
 ) -> bool {
-    use rustls_pki_types::pem::PemObject;
     use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[version])
     .unwrap()
-    .with_root_certificates(roots)
+    .with_root_certificates(support::roots(ca_pem))
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();

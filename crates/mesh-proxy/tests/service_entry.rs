@@ -216,18 +216,7 @@ spec:
   resolution: DNS
 "
     );
-    let store = std::sync::Arc::new(mesh_proxy::StateStore::with_resolvers(
-        Default::default(),
-        mesh_proxy::dns::Resolvers::Servers(vec![dns]),
-    ));
-    store.apply_yaml(&config, "test").unwrap();
-    let sidecar = mesh_proxy::Sidecar::start(
-        store.clone(),
-        mesh.identity("shop", "productpage"),
-        support::opts(),
-    )
-    .await
-    .unwrap();
+    let (store, sidecar) = resolving_sidecar(&mesh, dns, &config).await;
     let out = sidecar.outbound_addr;
     let answers = |want: &'static str| async move {
         for _ in 0..100 {
@@ -262,6 +251,28 @@ spec:
         report[0].2.is_some(),
         "the failed lookup is reported: {report:?}"
     );
+}
+
+/// The productpage sidecar running `config`, its ServiceEntry names resolved by the
+/// test's DNS server `dns`; and its store.
+async fn resolving_sidecar(
+    mesh: &Mesh,
+    dns: SocketAddr,
+    config: &str,
+) -> (std::sync::Arc<mesh_proxy::StateStore>, mesh_proxy::Sidecar) {
+    let store = std::sync::Arc::new(mesh_proxy::StateStore::with_resolvers(
+        Default::default(),
+        mesh_proxy::dns::Resolvers::Servers(vec![dns]),
+    ));
+    store.apply_yaml(config, "test").unwrap();
+    let sidecar = mesh_proxy::Sidecar::start(
+        store.clone(),
+        mesh.identity("shop", "productpage"),
+        support::opts(),
+    )
+    .await
+    .unwrap();
+    (store, sidecar)
 }
 
 fn rand_octet() -> u8 {
@@ -335,20 +346,7 @@ spec:
   - route: [{destination: {host: flaky.test.example}}]
     retries: {attempts: 2, retryOn: 5xx}
 ";
-    let store = std::sync::Arc::new(mesh_proxy::StateStore::with_resolvers(
-        Default::default(),
-        mesh_proxy::dns::Resolvers::Servers(vec![dns]),
-    ));
-    store
-        .apply_yaml(&format!("{entry}{retries}"), "test")
-        .unwrap();
-    let sidecar = mesh_proxy::Sidecar::start(
-        store.clone(),
-        mesh.identity("shop", "productpage"),
-        support::opts(),
-    )
-    .await
-    .unwrap();
+    let (store, sidecar) = resolving_sidecar(&mesh, dns, &format!("{entry}{retries}")).await;
     let out = sidecar.outbound_addr;
     // Wait for the name's first answer.
     for _ in 0..100 {

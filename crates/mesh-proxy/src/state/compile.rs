@@ -100,19 +100,6 @@ impl ProxyState {
             }
         }
         add_service_entries(resources, &mut services, &mut errors);
-        // The Sidecar in force: services outside its egress hosts are not compiled,
-        // and its outbound traffic policy replaces the mesh's.
-        let scope = {
-            let mut ordered: Vec<&Resource> = resources.to_vec();
-            ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
-            super::scope::Scope::for_node(&ordered, &node)
-        };
-        if let Some(scope) = &scope {
-            services.retain(|_, svc| scope.allows(svc));
-            if let Some(policy) = scope.outbound_traffic_policy {
-                node.outbound_traffic_policy = policy;
-            }
-        }
 
         let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
         let mut tcp_routes: HashMap<String, Vec<CompiledTcpRoute>> = HashMap::new();
@@ -121,6 +108,15 @@ impl ProxyState {
         // Istio's precedence: the oldest object first (then name, then namespace).
         let mut ordered: Vec<&Resource> = resources.to_vec();
         ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+        // The Sidecar in force: services outside its egress hosts are not compiled,
+        // and its outbound traffic policy replaces the mesh's.
+        let scope = super::scope::Scope::for_node(&ordered, &node);
+        if let Some(scope) = &scope {
+            services.retain(|_, svc| scope.allows(svc));
+            if let Some(policy) = scope.outbound_traffic_policy {
+                node.outbound_traffic_policy = policy;
+            }
+        }
         let mut rules_by_host: BTreeMap<String, Vec<&mesh_api::networking::DestinationRule>> =
             BTreeMap::new();
         let mesh = std::collections::BTreeSet::from([crate::routes::MESH.to_owned()]);

@@ -379,14 +379,10 @@ pub async fn https_get(
     use rustls_pki_types::pem::PemObject;
     use tokio_rustls::rustls;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots);
+        .with_root_certificates(roots(ca_pem));
     let mut config = match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(
@@ -451,4 +447,14 @@ pub async fn pages(pages: Vec<(&'static str, String)>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// The certificates of `ca_pem` as trust anchors.
+pub fn roots(ca_pem: &str) -> tokio_rustls::rustls::RootCertStore {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
 }
