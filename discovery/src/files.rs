@@ -32,6 +32,17 @@ pub fn object_from_value(doc: serde_json::Value) -> Result<Option<Object>, Strin
         // Link Secrets, and the Secrets a Gateway's credentialName names; the registry
         // ignores the others.
         "Secret" => typed(serde_json::from_value(doc).map(|o| Object::Secret(Box::new(o)))),
+        "ServiceExport" if api_version.starts_with(mesh_api::mcs::MCS_GROUP) => {
+            // Written without a spec, usually.
+            let mut doc = doc;
+            if let Some(map) = doc.as_object_mut() {
+                map.entry("spec").or_insert_with(|| serde_json::json!({}));
+            }
+            typed(serde_json::from_value(doc).map(|o| Object::ServiceExport(Box::new(o))))
+        }
+        "ServiceImport" if api_version.starts_with(mesh_api::mcs::MCS_GROUP) => {
+            typed(serde_json::from_value(doc).map(|o| Object::ServiceImport(Box::new(o))))
+        }
         // Istio kinds Isthmus does not read (Sidecar, EnvoyFilter, ...) go to the
         // registry too, which refuses them by name instead of dropping them unseen.
         _ if mesh_api::is_istio_kind(&api_version, &kind)

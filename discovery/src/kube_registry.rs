@@ -50,6 +50,7 @@ async fn watch<K>(
 {
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut buffer = Vec::new();
+    let mut listed = false;
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::Init) => buffer.clear(),
@@ -58,15 +59,32 @@ async fn watch<K>(
                 let objects = std::mem::take(&mut buffer);
                 tracing::debug!(kind = %what, count = objects.len(), "listed");
                 registry.replace_all(kind, objects);
+                listed = true;
             }
             Ok(watcher::Event::Apply(o)) => {
                 let _ = registry.apply(to_object(o));
             }
             Ok(watcher::Event::Delete(o)) => registry.delete(&to_object(o)),
+            // A kind whose CRD is not installed (the MCS API, optional) has no objects:
+            // it counts as listed, and the watch keeps trying in case it is installed.
+            Err(e) if !listed && crd_missing(&e) => {
+                tracing::info!(kind = %what, "its CRD is not installed; none read until it is");
+                registry.replace_all(kind, vec![]);
+                listed = true;
+            }
             Err(e) => {
                 tracing::warn!(kind = %what, error = %e, "watch failed; retrying with backoff");
             }
         }
+    }
+}
+
+/// Whether a watch failed because the API server does not serve the kind.
+fn crd_missing(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.is_not_found(),
+        _ => false,
     }
 }
 
@@ -137,6 +155,28 @@ pub fn start(
         mesh_api::networking::WorkloadEntry,
         InputKind::WorkloadEntry,
         |o| { Object::WorkloadEntry(Box::new(o)) }
+    );
+    // A ServiceExport is usually written without a spec, which the typed form needs.
+    tasks.push(tokio::spawn(watch(
+        Api::<DynamicObject>::all_with(
+            client.clone(),
+            &ApiResource::erase::<mesh_api::mcs::ServiceExport>(&()),
+        ),
+        watcher::Config::default(),
+        registry.clone(),
+        InputKind::ServiceExport,
+        "ServiceExport".to_owned(),
+        |o| {
+            Object::ServiceExport(Box::new(mesh_api::mcs::ServiceExport {
+                metadata: o.metadata,
+                spec: Default::default(),
+            }))
+        },
+    )));
+    typed!(
+        mesh_api::mcs::ServiceImport,
+        InputKind::ServiceImport,
+        |o| { Object::ServiceImport(Box::new(o)) }
     );
 
     let (tx, mut rx) = tokio::sync::mpsc::channel(ISTIO_KINDS.len());

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+pub use mesh_api::mcs::{ServiceExport, ServiceImport};
 pub use mesh_api::networking::WorkloadEntry;
 use mesh_proto::model::{EndpointConfig, ServiceConfig, ServicePortConfig};
 use serde::Serialize;
@@ -57,6 +58,10 @@ pub enum Object {
     Istio(serde_json::Value),
     /// core/v1 Secret (cluster links; others are ignored).
     Secret(Box<k8s_openapi::api::core::v1::Secret>),
+    /// multicluster.x-k8s.io ServiceExport.
+    ServiceExport(Box<ServiceExport>),
+    /// multicluster.x-k8s.io ServiceImport.
+    ServiceImport(Box<ServiceImport>),
 }
 
 /// Which input kind, for watchers replacing a whole kind after a relist.
@@ -80,6 +85,10 @@ pub enum InputKind {
     Secret,
     /// Secrets with certificates (`credentialName`), in any namespace.
     Credential,
+    /// MCS ServiceExports.
+    ServiceExport,
+    /// MCS ServiceImports.
+    ServiceImport,
 }
 
 impl InputKind {
@@ -94,6 +103,8 @@ impl InputKind {
         InputKind::Istio,
         InputKind::Secret,
         InputKind::Credential,
+        InputKind::ServiceExport,
+        InputKind::ServiceImport,
     ];
 }
 
@@ -108,6 +119,8 @@ impl Object {
             Self::Namespace(_) => InputKind::Namespace,
             Self::WorkloadEntry(_) => InputKind::WorkloadEntry,
             Self::Istio(_) => InputKind::Istio,
+            Self::ServiceExport(_) => InputKind::ServiceExport,
+            Self::ServiceImport(_) => InputKind::ServiceImport,
             // A link Secret carries the link label; any other Secret the registry
             // reads holds certificates.
             Self::Secret(o) => {
@@ -143,6 +156,8 @@ impl Object {
             Self::Namespace(o) => cluster("Namespace", &o.metadata.name),
             Self::WorkloadEntry(o) => namespaced("WorkloadEntry", &o.metadata),
             Self::Secret(o) => namespaced("Secret", &o.metadata),
+            Self::ServiceExport(o) => namespaced("ServiceExport", &o.metadata),
+            Self::ServiceImport(o) => namespaced("ServiceImport", &o.metadata),
             Self::Istio(v) => {
                 let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned);
                 format!(
@@ -214,6 +229,14 @@ impl Output {
     }
 }
 
+/// The clusterset key of the Service `(namespace, name)`.
+fn clusterset_key((namespace, name): &(String, String)) -> (String, String) {
+    (
+        namespace.clone(),
+        mesh_api::mcs::clusterset_host(name, namespace),
+    )
+}
+
 /// A short hash of a body: the resource's version.
 pub fn content_version(body: &[u8]) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -263,6 +286,10 @@ struct Inner {
     nodes: BTreeMap<String, Node>,
     namespaces: BTreeMap<String, Namespace>,
     entries: BTreeMap<(String, String), WorkloadEntry>,
+    /// MCS: the Services this cluster exports to the clusterset.
+    service_exports: BTreeMap<(String, String), ServiceExport>,
+    /// MCS: the clusterset services' virtual IPs, by (namespace, name).
+    service_imports: BTreeMap<(String, String), ServiceImport>,
     /// Istio objects by key: the last good JSON.
     istio: BTreeMap<String, serde_json::Value>,
     errors: BTreeMap<String, InputError>,
@@ -555,6 +582,16 @@ impl Registry {
                 inner.entries.remove(&k);
                 before
             }
+            Object::ServiceExport(o) => {
+                let k = ns_name(&o.metadata);
+                inner.service_exports.remove(&k);
+                vec![clusterset_key(&k)]
+            }
+            Object::ServiceImport(o) => {
+                let k = ns_name(&o.metadata);
+                inner.service_imports.remove(&k);
+                vec![clusterset_key(&k)]
+            }
             Object::Secret(_) => {
                 inner.links.remove(&key);
                 if inner.credentials.remove(&key).is_some() {
@@ -670,6 +707,24 @@ impl Registry {
                     ),
                     vec![],
                 ),
+                InputKind::ServiceExport => (
+                    gone(
+                        "ServiceExport",
+                        &inner.service_exports,
+                        &present,
+                        Object::ServiceExport,
+                    ),
+                    vec![],
+                ),
+                InputKind::ServiceImport => (
+                    gone(
+                        "ServiceImport",
+                        &inner.service_imports,
+                        &present,
+                        Object::ServiceImport,
+                    ),
+                    vec![],
+                ),
                 InputKind::Istio => (vec![], keys(inner.istio.keys().collect())),
                 InputKind::Secret => (vec![], keys(inner.links.keys().collect())),
                 InputKind::Credential => (vec![], keys(inner.credentials.keys().collect())),
@@ -700,8 +755,11 @@ impl Registry {
                             | "Pod"
                             | "Node"
                             | "Namespace"
+                            | "ServiceExport"
+                            | "ServiceImport"
                     ),
                     InputKind::WorkloadEntry => k == "WorkloadEntry",
+                    InputKind::ServiceImport => k == "ServiceImport",
                     InputKind::Secret => k == "Secret" && !credential_errors.contains(key),
                     InputKind::Credential => credential_errors.contains(key),
                     _ => false,
@@ -781,6 +839,31 @@ impl Registry {
                 inner.entries.insert(k.clone(), *o);
                 touched.extend(services_of_workload(inner, &k));
                 touched
+            }
+            Object::ServiceExport(o) => {
+                let k = ns_name(&o.metadata);
+                inner.service_exports.insert(k.clone(), *o);
+                vec![clusterset_key(&k)]
+            }
+            Object::ServiceImport(o) => {
+                let k = ns_name(&o.metadata);
+                if let Some((i, ip)) = o
+                    .spec
+                    .ips
+                    .iter()
+                    .enumerate()
+                    .find(|(_, ip)| ip.parse::<IpAddr>().is_err())
+                {
+                    let reason = format!(
+                        "spec.ips[{i}]: {ip:?} is not an IP address; give the clusterset IP (or none, and the DNS proxy allocates one)"
+                    );
+                    let mut err = refuse(inner, &key, reason);
+                    err.last_good_in_force = inner.service_imports.contains_key(&k);
+                    inner.errors.insert(key.clone(), err.clone());
+                    return Err(err);
+                }
+                inner.service_imports.insert(k.clone(), *o);
+                vec![clusterset_key(&k)]
             }
             Object::Secret(secret) => {
                 match crate::links::Link::from_secret(&secret) {
@@ -879,32 +962,57 @@ impl Registry {
         Ok(())
     }
 
+    /// Recompiles the services `touched` names, each under its `cluster.local` name
+    /// and its `clusterset.local` one (MCS). A service's clusterset form is keyed by
+    /// (namespace, `NAME.NS.svc.clusterset.local`): it holds this cluster's endpoints
+    /// when a ServiceExport exports the Service, and those of every linked cluster that
+    /// exports it, which the federation carries under the same key.
     fn recompile_services(&self, inner: &mut Inner, touched: Vec<(String, String)>) {
-        let touched: BTreeSet<_> = touched.into_iter().collect();
+        let mut touched: BTreeSet<_> = touched.into_iter().collect();
         if touched.is_empty() {
             return;
         }
+        let clusterset: Vec<_> = touched
+            .iter()
+            .filter(|(_, name)| !name.contains('.'))
+            .map(clusterset_key)
+            .collect();
+        touched.extend(clusterset);
         let gen_ = inner.generation + 1;
         inner.generation = gen_;
         for key in touched {
             let name = format!("Service/{}/{}", key.0, key.1);
+            // The Service a clusterset key stands for.
+            let clusterset = mesh_api::mcs::parse_clusterset_host(&key.1)
+                .filter(|(_, ns)| *ns == key.0)
+                .map(|(n, _)| (key.0.clone(), n.to_owned()));
+            let base = clusterset.clone().unwrap_or_else(|| key.clone());
             let host = format!(
                 "{}.{}.svc.{}",
-                key.1,
-                key.0,
+                base.1,
+                base.0,
                 mesh_proto::model::CLUSTER_DOMAIN
             );
             let cluster_local = self.is_cluster_local(&host);
-            let local = inner.services.get(&key).map(|svc| {
-                let export_to: Vec<String> = svc
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
-                    .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
-                    .unwrap_or_default();
-                (self.compile_service(inner, svc), export_to)
-            });
+            let local = inner
+                .services
+                .get(&base)
+                .filter(|_| clusterset.is_none() || inner.service_exports.contains_key(&base))
+                .map(|svc| {
+                    let export_to: Vec<String> = svc
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+                        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+                        .unwrap_or_default();
+                    let mut cfg = self.compile_service(inner, svc);
+                    if clusterset.is_some() {
+                        cfg.name.clone_from(&key.1);
+                        cfg.addresses.clear();
+                    }
+                    (cfg, export_to)
+                });
             // What linked clusters see: local endpoints of exported services.
             let export = local
                 .as_ref()
@@ -948,6 +1056,14 @@ impl Registry {
             let output = merged.map(|(mut cfg, export_to)| {
                 for (remote, svc, _) in &remotes {
                     cfg.endpoints.extend(self.remote_endpoints(remote, svc));
+                }
+                // A clusterset service's virtual IPs are its ServiceImport's.
+                if clusterset.is_some() {
+                    cfg.addresses = inner
+                        .service_imports
+                        .get(&base)
+                        .map(|i| i.spec.ips.iter().filter_map(|ip| ip.parse().ok()).collect())
+                        .unwrap_or_default();
                 }
                 let body = serde_json::to_vec(&cfg).unwrap_or_default();
                 Output::new(

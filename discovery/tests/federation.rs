@@ -673,3 +673,111 @@ async fn handshake_refusal(
         Err(_) => "no answer".into(),
     }
 }
+
+const CLUSTERSET_REVIEWS: &str = "reviews.shop.svc.clusterset.local";
+
+fn service_export(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {{name: {name}, namespace: {ns}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusterset_service_holds_the_endpoints_of_the_clusters_that_export_it() {
+    let Pair {
+        east_pki,
+        root_pem,
+        east_dir,
+        west_dir,
+        east,
+        west,
+        ..
+    } = pair().await;
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem, false),
+    );
+    write(
+        west_dir.path(),
+        "link-east.yaml",
+        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem, false),
+    );
+    let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
+    eventually("linked", T, || {
+        endpoint_summary(&proxy.store, REVIEWS).len() == 2
+    })
+    .await;
+    // No ServiceExport anywhere: no clusterset name.
+    assert!(
+        !proxy
+            .store
+            .snapshot()
+            .services
+            .contains_key(CLUSTERSET_REVIEWS)
+    );
+
+    // West exports reviews: the clusterset name holds west's endpoints only (through
+    // its gateway), while the cluster.local name keeps both clusters'.
+    write(
+        west_dir.path(),
+        "export.yaml",
+        &service_export("shop", "reviews"),
+    );
+    eventually("exported by west", T, || {
+        endpoint_summary(&proxy.store, CLUSTERSET_REVIEWS) == ["127.0.0.1:25443 west w4 v2"]
+    })
+    .await;
+    assert_eq!(endpoint_summary(&proxy.store, REVIEWS).len(), 2);
+    // A ServiceImport's IPs are the clusterset service's virtual IPs.
+    write(
+        east_dir.path(),
+        "import.yaml",
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: reviews, namespace: shop}\nspec: {type: ClusterSetIP, ips: [242.0.0.7], ports: [{port: 9080, protocol: TCP}]}\n",
+    );
+    eventually("the ServiceImport's IP", T, || {
+        proxy
+            .store
+            .snapshot()
+            .services
+            .get(CLUSTERSET_REVIEWS)
+            .is_some_and(|s| s.addresses == ["242.0.0.7".parse::<std::net::IpAddr>().unwrap()])
+    })
+    .await;
+    // East exports it too: its own endpoint joins.
+    write(
+        east_dir.path(),
+        "export.yaml",
+        &service_export("shop", "reviews"),
+    );
+    eventually("exported by both", T, || {
+        endpoint_summary(&proxy.store, CLUSTERSET_REVIEWS)
+            == ["10.1.0.1:15006 east w1 v1", "127.0.0.1:25443 west w4 v2"]
+    })
+    .await;
+    // An import whose IP is not one is refused, naming the field; the last good one
+    // stays in force.
+    write(
+        east_dir.path(),
+        "import.yaml",
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: reviews, namespace: shop}\nspec: {ips: [not-an-ip]}\n",
+    );
+    eventually("bad import refused", T, || {
+        east.registry.errors().iter().any(|e| {
+            e.object == "ServiceImport/shop/reviews"
+                && e.reason.contains("spec.ips[0]")
+                && e.last_good_in_force
+        })
+    })
+    .await;
+    assert_eq!(
+        proxy.store.snapshot().services[CLUSTERSET_REVIEWS].addresses,
+        ["242.0.0.7".parse::<std::net::IpAddr>().unwrap()]
+    );
+    // West withdraws its export: only east's endpoint is left.
+    std::fs::remove_file(west_dir.path().join("export.yaml")).unwrap();
+    eventually("withdrawn by west", T, || {
+        endpoint_summary(&proxy.store, CLUSTERSET_REVIEWS) == ["10.1.0.1:15006 east w1 v1"]
+    })
+    .await;
+}

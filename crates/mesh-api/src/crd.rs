@@ -16,7 +16,8 @@ pub const CRD_FILE: &str = "deploy/crds/istio-crds.yaml";
 /// The command that regenerates [`CRD_FILE`].
 pub const REGENERATE: &str = "cargo run -p meshctl -- crds --out deploy/crds/istio-crds.yaml";
 
-/// Every CRD, each serving all accepted versions with `v1` as the storage version.
+/// Every CRD: the Istio kinds, each serving all accepted versions with `v1` as the
+/// storage version, and the MCS API kinds (`v1alpha1`).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         served_as(VirtualService::crd(), NETWORKING_VERSIONS),
@@ -28,6 +29,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         served_as(PeerAuthentication::crd(), SECURITY_VERSIONS),
         served_as(AuthorizationPolicy::crd(), SECURITY_VERSIONS),
         served_as(RequestAuthentication::crd(), SECURITY_VERSIONS),
+        part_of_isthmus(spec_optional(crate::mcs::ServiceExport::crd())),
+        part_of_isthmus(crate::mcs::ServiceImport::crd()),
     ]
 }
 
@@ -57,6 +60,26 @@ fn served_as(mut crd: CustomResourceDefinition, versions: &[&str]) -> CustomReso
             v
         })
         .collect();
+    part_of_isthmus(crd)
+}
+
+/// Drops `spec` from the required fields: a ServiceExport is written without one.
+fn spec_optional(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for v in &mut crd.spec.versions {
+        if let Some(schema) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Some(required) = schema.required.as_mut()
+        {
+            required.retain(|r| r != "spec");
+        }
+    }
+    crd
+}
+
+/// Labels a CRD as installed with Isthmus.
+fn part_of_isthmus(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     crd.metadata
         .labels
         .get_or_insert_with(Default::default)

@@ -28,6 +28,7 @@ mod coverage_table;
 pub mod crd;
 mod document;
 pub mod duration;
+pub mod mcs;
 pub mod networking;
 pub mod precedence;
 pub mod security;

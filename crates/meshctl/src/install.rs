@@ -137,6 +137,11 @@ rules:
 - apiGroups: [{istio_groups}]
   resources: ["*"]
   verbs: [get, list, watch]
+# The Multi-Cluster Services API: which Services this cluster exports, and the
+# clusterset IPs of the services it imports.
+- apiGroups: [multicluster.x-k8s.io]
+  resources: [serviceexports, serviceimports]
+  verbs: [get, list, watch]
 - apiGroups: [authentication.k8s.io]
   resources: [tokenreviews]
   verbs: [create]

@@ -338,6 +338,29 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         "{}",
         text(&canary)
     );
+    // The kubeconfig a user points kubectl at.
+    if kube {
+        let kc = meshctl(&dir, &["testbed", "kubeconfig", "west"]);
+        assert!(kc.status.success(), "{}", text(&kc));
+        assert_eq!(
+            text(&kc).trim(),
+            state["kubeconfigs"]["west"].as_str().unwrap(),
+            "{}",
+            text(&kc)
+        );
+    }
+    // MCS: `helloworld.sample.svc.clusterset.local` answers from the clusters whose
+    // ServiceExport exports it, and follows them as exports come and go.
+    let mcs = meshctl(&dir, &["testbed", "scenario", "clusterset"]);
+    let out = text(&mcs);
+    assert!(mcs.status.success(), "{out}");
+    assert!(
+        out.contains("exported by west: answered by {\"west\"}")
+            && out.contains("exported by both: answered by {\"east\", \"west\"}")
+            && out.contains("withdrawn by west: answered by {\"east\"}")
+            && out.contains("PASS"),
+        "{out}"
+    );
     // Strict mTLS, as an unmeshed client sees it: plaintext to the workload's own port
     // is served under PERMISSIVE (the control case) and refused under STRICT.
     let strict = meshctl(&dir, &["testbed", "scenario", "strict-mtls"]);

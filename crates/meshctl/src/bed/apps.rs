@@ -118,15 +118,16 @@ pub(crate) fn get_from(
     traceparent: Option<&str>,
 ) -> Result<(u16, String), String> {
     let dial = plan.dial(c, w, authority);
-    // In a pod, a name that has no Service in this cluster is looked up as an app
-    // would: through the pod's DNS, which the sidecar's DNS proxy answers (a service
-    // of another cluster resolves with no stub Service here).
+    // In a pod, a name that has no Service in this cluster (or a clusterset name) is
+    // looked up as an app would: through the pod's DNS, which the sidecar's DNS proxy
+    // answers (a service of another cluster resolves with no stub Service here).
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().unwrap_or(80)),
         None => (authority, 80),
     };
     let short = host.split('.').next().unwrap_or(host);
-    let lookup = (w.pod.is_some() && !c.services.contains_key(short)).then(|| {
+    let clusterset = mesh_api::mcs::parse_clusterset_host(host).is_some();
+    let lookup = (w.pod.is_some() && (clusterset || !c.services.contains_key(short))).then(|| {
         let fqdn = if host.contains('.') {
             host.to_owned()
         } else {

@@ -10,6 +10,7 @@ mod network;
 mod plan;
 mod supervisor;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,8 @@ pub(crate) enum TestbedCommand {
         /// Pods (network namespaces, transparent capture; root) or loopback.
         #[arg(long, value_enum, default_value_t = WorkloadMode::Auto)]
         workloads: WorkloadMode,
-        /// Then run these scenarios (repeatable): failover, canary, strict-mtls.
+        /// Then run these scenarios (repeatable): failover, canary, strict-mtls,
+        /// clusterset.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         #[command(flatten)]
@@ -60,6 +62,14 @@ pub(crate) enum TestbedCommand {
     },
     /// What is running and whether it is healthy.
     Status {
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print the kubeconfig of a cluster's API server, for `kubectl --kubeconfig
+    /// $(meshctl testbed kubeconfig east) apply -f my-istio.yaml`.
+    Kubeconfig {
+        /// The cluster (default: the first).
+        cluster: Option<String>,
         #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
         dir: Option<PathBuf>,
     },
@@ -79,7 +89,8 @@ pub(crate) enum TestbedCommand {
         #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
         dir: Option<PathBuf>,
     },
-    /// Run a scenario and print what it measured: failover, canary, strict-mtls.
+    /// Run a scenario and print what it measured: failover, canary, strict-mtls,
+    /// clusterset.
     Scenario {
         name: String,
         #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
@@ -136,6 +147,27 @@ pub(crate) fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
         }
         TestbedCommand::Status { dir } => status(&default_dir(dir)),
         TestbedCommand::Down { dir } => down(&default_dir(dir)),
+        TestbedCommand::Kubeconfig { cluster, dir } => {
+            let (state, plan) = ready_state(&default_dir(dir))?;
+            let name = match cluster {
+                Some(c) => c,
+                None => plan.clusters.first().context("no cluster")?.name.clone(),
+            };
+            let path = state.kubeconfigs.get(&name).with_context(|| {
+                if state.kubeconfigs.is_empty() {
+                    "this testbed runs the file registry (no API server); bring it up as root \
+                     with the Kubernetes binaries (tools/build-kube-bins.sh) to get one"
+                        .to_owned()
+                } else {
+                    format!(
+                        "no cluster {name:?}; the clusters are {:?}",
+                        state.kubeconfigs.keys().collect::<Vec<_>>()
+                    )
+                }
+            })?;
+            println!("{path}");
+            Ok(())
+        }
         TestbedCommand::Curl { url, cluster, dir } => {
             let (status, body) = curl(&default_dir(dir), cluster.as_deref(), &url)?;
             print!("{body}");
@@ -616,7 +648,10 @@ fn scenario(dir: &Path, name: &str) -> anyhow::Result<()> {
         "failover" => failover(dir),
         "canary" => canary(dir),
         "strict-mtls" => strict_mtls(dir),
-        other => anyhow::bail!("unknown scenario {other:?}; try failover, canary or strict-mtls"),
+        "clusterset" => clusterset(dir),
+        other => anyhow::bail!(
+            "unknown scenario {other:?}; try failover, canary, strict-mtls or clusterset"
+        ),
     }
 }
 
@@ -722,6 +757,89 @@ fn canary(dir: &Path) -> anyhow::Result<()> {
         "canary scenario FAILED"
     );
     println!("  PASS: the split follows the weights (±6 points).");
+    Ok(())
+}
+
+/// The Multi-Cluster Services API: a ServiceExport of helloworld in the second cluster
+/// makes `helloworld.NS.svc.clusterset.local` answer from that cluster only; one in
+/// the first cluster adds its endpoints; deleting the second's withdraws them. Each
+/// step is observed from the first cluster's client over 40 requests.
+fn clusterset(dir: &Path) -> anyhow::Result<()> {
+    let (state, plan) = ready_state(dir)?;
+    anyhow::ensure!(
+        plan.clusters.len() >= 2,
+        "the clusterset scenario needs two clusters"
+    );
+    let (first, second) = (&plan.clusters[0], &plan.clusters[1]);
+    let curl = first
+        .workloads
+        .iter()
+        .find(|w| w.app == "curl")
+        .context("curl")?;
+    let host = mesh_api::mcs::clusterset_host("helloworld", plan::NAMESPACE);
+    let authority = format!("{host}:5000");
+    println!(
+        "\nScenario clusterset: ServiceExports of helloworld; curl in {} → {authority}.",
+        first.name
+    );
+    let export = format!(
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {{name: helloworld, namespace: {}}}\n",
+        plan::NAMESPACE
+    );
+    let sender = Sender {
+        plan: &plan,
+        cluster: first,
+        workload: curl,
+    };
+    // The clusters that answered 40 requests (an error fails the step).
+    let observe = || -> Result<BTreeSet<String>, String> {
+        let mut seen = BTreeSet::new();
+        for _ in 0..40 {
+            match sender.get(&authority, "/hello") {
+                Ok((200, body)) => {
+                    let cluster = body.rsplit("cluster: ").next().unwrap_or_default();
+                    seen.insert(cluster.trim().to_owned());
+                }
+                Ok((status, body)) => return Err(format!("{status}: {body}")),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(seen)
+    };
+    // Waits until 40 requests answer from exactly `want`.
+    let expect = |step: &str, want: &[&str]| -> anyhow::Result<()> {
+        let want: BTreeSet<String> = want.iter().map(|c| (*c).to_owned()).collect();
+        let start = Instant::now();
+        loop {
+            let seen = observe();
+            if seen.as_ref().is_ok_and(|s| *s == want) {
+                println!("  {step}: answered by {want:?}");
+                return Ok(());
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "clusterset scenario FAILED at {step}: wanted answers from {want:?}, saw {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let result = (|| {
+        configure_in(
+            &state,
+            Some(&second.name),
+            "mcs-export.yaml",
+            &export,
+            false,
+        )?;
+        expect(&format!("exported by {}", second.name), &[&second.name])?;
+        configure_in(&state, Some(&first.name), "mcs-export.yaml", &export, false)?;
+        expect("exported by both", &[&first.name, &second.name])?;
+        configure_in(&state, Some(&second.name), "mcs-export.yaml", &export, true)?;
+        expect(&format!("withdrawn by {}", second.name), &[&first.name])
+    })();
+    configure(&state, "mcs-export.yaml", &export, true)?;
+    result?;
+    println!("  PASS: the clusterset name follows the clusters that export the service.");
     Ok(())
 }
 
