@@ -286,6 +286,9 @@ struct Inner {
     nodes: BTreeMap<String, Node>,
     namespaces: BTreeMap<String, Namespace>,
     entries: BTreeMap<(String, String), WorkloadEntry>,
+    /// ServiceEntries with a `workloadSelector`, by object key: discovery compiles the
+    /// service each host defines from the workloads selected.
+    selecting: BTreeMap<String, SelectingEntry>,
     /// MCS: the Services this cluster exports to the clusterset.
     service_exports: BTreeMap<(String, String), ServiceExport>,
     /// MCS: the clusterset services' virtual IPs, by (namespace, name).
@@ -380,6 +383,28 @@ impl OutputLog {
             }
         }
         delta
+    }
+}
+
+/// A ServiceEntry that selects workloads (pods and WorkloadEntries of its namespace).
+#[derive(Debug, Clone)]
+struct SelectingEntry {
+    namespace: String,
+    selector: BTreeMap<String, String>,
+    /// Hosts as written, lower-cased: each is a service keyed `(namespace, host)`.
+    hosts: Vec<String>,
+    spec: mesh_api::networking::ServiceEntrySpec,
+}
+
+impl SelectingEntry {
+    fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.namespace == namespace && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.hosts
+            .iter()
+            .map(|h| (self.namespace.clone(), h.clone()))
     }
 }
 
@@ -608,7 +633,11 @@ impl Registry {
                 if key.starts_with("Gateway/") || key.starts_with("DestinationRule/") {
                     refresh_credentials(&mut inner);
                 }
-                vec![]
+                inner
+                    .selecting
+                    .remove(&key)
+                    .map(|e| e.keys().collect())
+                    .unwrap_or_default()
             }
         };
         self.recompile_services(&mut inner, touched);
@@ -631,6 +660,12 @@ impl Registry {
         if credential || key.starts_with("Gateway/") || key.starts_with("DestinationRule/") {
             refresh_credentials(&mut inner);
         }
+        let touched = inner
+            .selecting
+            .remove(key)
+            .map(|e| e.keys().collect())
+            .unwrap_or_default();
+        self.recompile_services(&mut inner, touched);
         drop(inner);
         self.changed.send_modify(|_| {});
     }
@@ -947,14 +982,53 @@ impl Registry {
                     .unwrap_or_else(|| "default".into());
                 let body = serde_json::to_vec(&value).unwrap_or_default();
                 inner.istio.insert(key.clone(), value);
-                let output = Output::new(key.clone(), resource.kind(), &ns, export_to, body);
+                // A ServiceEntry that selects workloads is sent as the services it
+                // defines (compiled from the workloads), not as itself.
+                let mut touched: Vec<_> = inner
+                    .selecting
+                    .remove(&key)
+                    .map(|e| e.keys().collect())
+                    .unwrap_or_default();
+                let selecting = match &resource {
+                    mesh_api::Resource::ServiceEntry(se) => {
+                        se.spec
+                            .workload_selector
+                            .as_ref()
+                            .map(|sel| SelectingEntry {
+                                namespace: ns.clone(),
+                                selector: sel.labels.clone(),
+                                hosts: se
+                                    .spec
+                                    .hosts
+                                    .iter()
+                                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                                    .collect(),
+                                spec: se.spec.clone(),
+                            })
+                    }
+                    _ => None,
+                };
+                let output = match selecting {
+                    Some(entry) => {
+                        touched.extend(entry.keys());
+                        inner.selecting.insert(key.clone(), entry);
+                        None
+                    }
+                    None => Some(Output::new(
+                        key.clone(),
+                        resource.kind(),
+                        &ns,
+                        export_to,
+                        body,
+                    )),
+                };
                 let gen_ = inner.generation + 1;
                 inner.generation = gen_;
-                set_output(inner, &key, Some(output), gen_);
+                set_output(inner, &key, output, gen_);
                 if matches!(resource.kind(), "Gateway" | "DestinationRule") {
                     refresh_credentials(inner);
                 }
-                vec![]
+                touched
             }
         };
         inner.errors.remove(&key);
@@ -987,32 +1061,55 @@ impl Registry {
                 .filter(|(_, ns)| *ns == key.0)
                 .map(|(n, _)| (key.0.clone(), n.to_owned()));
             let base = clusterset.clone().unwrap_or_else(|| key.clone());
-            let host = format!(
-                "{}.{}.svc.{}",
-                base.1,
-                base.0,
-                mesh_proto::model::CLUSTER_DOMAIN
-            );
+            // A ServiceEntry's host (a Service's name has no dot).
+            let entry_host = clusterset.is_none() && key.1.contains('.');
+            let host = if entry_host {
+                key.1.clone()
+            } else {
+                format!(
+                    "{}.{}.svc.{}",
+                    base.1,
+                    base.0,
+                    mesh_proto::model::CLUSTER_DOMAIN
+                )
+            };
             let cluster_local = self.is_cluster_local(&host);
-            let local = inner
-                .services
-                .get(&base)
-                .filter(|_| clusterset.is_none() || inner.service_exports.contains_key(&base))
-                .map(|svc| {
-                    let export_to: Vec<String> = svc
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
-                        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
-                        .unwrap_or_default();
-                    let mut cfg = self.compile_service(inner, svc);
-                    if clusterset.is_some() {
-                        cfg.name.clone_from(&key.1);
-                        cfg.addresses.clear();
-                    }
-                    (cfg, export_to)
+            let selected = entry_host
+                .then(|| {
+                    inner
+                        .selecting
+                        .values()
+                        .find(|e| e.namespace == key.0 && e.hosts.contains(&key.1))
+                })
+                .flatten()
+                .map(|e| {
+                    (
+                        self.compile_entry(inner, e, &key.1),
+                        e.spec.export_to.clone(),
+                    )
                 });
+            let local = selected.or_else(|| {
+                inner
+                    .services
+                    .get(&base)
+                    .filter(|_| clusterset.is_none() || inner.service_exports.contains_key(&base))
+                    .map(|svc| {
+                        let export_to: Vec<String> = svc
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+                            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+                            .unwrap_or_default();
+                        let mut cfg = self.compile_service(inner, svc);
+                        if clusterset.is_some() {
+                            cfg.name.clone_from(&key.1);
+                            cfg.addresses.clear();
+                        }
+                        (cfg, export_to)
+                    })
+                    .filter(|_| !entry_host)
+            });
             // What linked clusters see: local endpoints of exported services.
             let export = local
                 .as_ref()
@@ -1386,6 +1483,74 @@ impl Registry {
         }
     }
 
+    /// The service `host` of a ServiceEntry that selects workloads: the entry's ports
+    /// and addresses, and as endpoints the pods (by readiness) and WorkloadEntries of
+    /// its namespace whose labels it selects, each at its sidecar.
+    fn compile_entry(&self, inner: &Inner, entry: &SelectingEntry, host: &str) -> ServiceConfig {
+        let ns = &entry.namespace;
+        let pods = in_namespace(&inner.pods, ns)
+            .map(|p| self.pod_workload(inner, p))
+            .map(|w| (w, None));
+        let entries =
+            in_namespace(&inner.entries, ns).map(|we| (self.entry_workload(we), we.spec.weight));
+        let mut endpoints: Vec<EndpointConfig> = pods
+            .chain(entries)
+            .filter(|(w, _)| entry.selects(ns, &w.labels))
+            .filter_map(|(w, weight)| {
+                let mut labels = w.labels;
+                labels
+                    .entry(CLUSTER_LABEL.into())
+                    .or_insert_with(|| self.cluster.clone());
+                labels
+                    .entry(NETWORK_LABEL.into())
+                    .or_insert_with(|| w.network.clone());
+                Some(EndpointConfig {
+                    address: w.ip?,
+                    inbound_port: w.inbound_port,
+                    labels,
+                    service_account: Some(w.service_account),
+                    cluster: self.cluster.clone(),
+                    network: w.network,
+                    locality: w.locality,
+                    weight,
+                    ready: w.ready,
+                    tunnel: None,
+                    stale: false,
+                })
+            })
+            .collect();
+        endpoints.sort_by_key(|e| e.address);
+        let ports = entry
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(ServicePortConfig {
+                    name: if p.name.is_empty() {
+                        format!("{}-{}", p.protocol.to_ascii_lowercase(), p.number)
+                    } else {
+                        p.name.clone()
+                    },
+                    port: u16::try_from(p.number).ok()?,
+                    target_port: p.target_port.and_then(|t| u16::try_from(t).ok()),
+                    app_protocol: Some(p.protocol.clone()),
+                })
+            })
+            .collect();
+        ServiceConfig {
+            name: host.to_owned(),
+            namespace: ns.clone(),
+            addresses: entry
+                .spec
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            ports,
+            endpoints,
+        }
+    }
+
     fn pod_workload(&self, inner: &Inner, pod: &Pod) -> Workload {
         let (namespace, name) = ns_name(&pod.metadata);
         let labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
@@ -1708,6 +1873,20 @@ fn services_of_workload(inner: &Inner, key: &(String, String)) -> Vec<(String, S
         });
         if refers {
             out.extend(slice_service(slice));
+        }
+    }
+    // ServiceEntries that select the pod or WorkloadEntry by its labels.
+    let labels = [
+        inner.pods.get(key).and_then(|p| p.metadata.labels.clone()),
+        inner.entries.get(key).map(|we| we.spec.labels.clone()),
+    ];
+    for labels in labels.iter().flatten() {
+        for e in inner
+            .selecting
+            .values()
+            .filter(|e| e.selects(&key.0, labels))
+        {
+            out.extend(e.keys());
         }
     }
     if let Some(we) = inner.entries.get(key) {

@@ -781,3 +781,145 @@ async fn a_clusterset_service_holds_the_endpoints_of_the_clusters_that_export_it
     })
     .await;
 }
+
+const DB: &str = "db.shop.internal";
+
+/// A ServiceEntry selecting the workloads labelled `app: db` in namespace shop.
+const DB_ENTRY: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db.shop.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-db, protocol: TCP}]
+  workloadSelector: {labels: {app: db}}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_entry_selecting_workloads_is_served_and_exported_like_a_service() {
+    let Pair {
+        east_pki,
+        west_pki,
+        root_pem,
+        east_dir,
+        west_dir,
+        east,
+        west,
+    } = pair().await;
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem, false),
+    );
+    write(
+        west_dir.path(),
+        "link-east.yaml",
+        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem, false),
+    );
+    // West: the entry (workloadSelector app: db), a ready pod and a WorkloadEntry it
+    // selects, a pod that is not ready, and a pod it does not select.
+    let pod = |name: &str, ip: &str, app: &str, ready: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\nspec: {{serviceAccountName: db, containers: [{{name: db, image: db}}]}}\nstatus: {{podIP: {ip}, conditions: [{{type: Ready, status: \"{}\"}}]}}\n",
+            if ready { "True" } else { "False" }
+        )
+    };
+    write(
+        west_dir.path(),
+        "db.yaml",
+        &[
+            DB_ENTRY.to_owned(),
+            pod("db-0", "10.2.5.1", "db", true),
+            pod("db-1", "10.2.5.2", "db", false),
+            pod("cache-0", "10.2.5.3", "cache", true),
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: db-vm, namespace: shop}\nspec: {address: 10.2.5.9, labels: {app: db}, serviceAccount: db}\n".to_owned(),
+        ]
+        .join("---\n"),
+    );
+    // West's own proxies reach the selected workloads at their sidecars.
+    let west_proxy = connect(west.grpc_addr, &west_pki, "ratings-1", "shop", "ratings");
+    eventually("west's selected workloads", T, || {
+        endpoint_summary(&west_proxy.store, DB)
+            == [
+                "10.2.5.1:15006 west w1 ",
+                "10.2.5.2:15006 west w1 ",
+                "10.2.5.9:15006 west w1 ",
+            ]
+    })
+    .await;
+    let state = west_proxy.store.snapshot();
+    let db = &state.services[DB];
+    assert_eq!(db.ports[0].port, 5432);
+    assert!(
+        !db.endpoints
+            .iter()
+            .any(|e| e.inbound.ip().to_string() == "10.2.5.2" && e.ready)
+    );
+    assert!(
+        db.endpoints
+            .iter()
+            .all(|e| e.service_account.as_deref() == Some("db"))
+    );
+    // East has no ServiceEntry for the host, yet reaches west's two ready workloads
+    // through west's gateway, as for a Service only west has.
+    let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
+    eventually("exported to east", T, || {
+        endpoint_summary(&proxy.store, DB) == ["127.0.0.1:25443 west w2 "]
+    })
+    .await;
+    // A workload that starts to match joins, in both clusters.
+    write(
+        west_dir.path(),
+        "db-2.yaml",
+        &pod("db-2", "10.2.5.4", "db", true),
+    );
+    eventually("a new selected pod", T, || {
+        endpoint_summary(&proxy.store, DB) == ["127.0.0.1:25443 west w3 "]
+    })
+    .await;
+    // East applies the same entry and has a workload of its own: both merge.
+    write(
+        east_dir.path(),
+        "db.yaml",
+        &[
+            DB_ENTRY.to_owned(),
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: db-east, namespace: shop}\nspec: {address: 10.1.5.1, labels: {app: db}, serviceAccount: db}\n".to_owned(),
+        ]
+        .join("---\n"),
+    );
+    eventually("merged", T, || {
+        endpoint_summary(&proxy.store, DB)
+            == ["10.1.5.1:15006 east w1 ", "127.0.0.1:25443 west w3 "]
+    })
+    .await;
+    // West deletes its entry: its workloads are withdrawn.
+    write(
+        west_dir.path(),
+        "db.yaml",
+        &[
+            pod("db-0", "10.2.5.1", "db", true),
+            pod("db-1", "10.2.5.2", "db", false),
+        ]
+        .join("---\n"),
+    );
+    eventually("withdrawn by west", T, || {
+        endpoint_summary(&proxy.store, DB) == ["10.1.5.1:15006 east w1 "]
+    })
+    .await;
+    // An entry that selects workloads must be MESH_INTERNAL: refused, named.
+    write(
+        east_dir.path(),
+        "db.yaml",
+        &DB_ENTRY.replace("MESH_INTERNAL", "MESH_EXTERNAL"),
+    );
+    eventually("refused", T, || {
+        east.registry.errors().iter().any(|e| {
+            e.object == "ServiceEntry/shop/db"
+                && e.reason.contains("location")
+                && e.reason.contains("MESH_INTERNAL")
+                && e.last_good_in_force
+        })
+    })
+    .await;
+}

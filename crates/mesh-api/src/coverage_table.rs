@@ -831,10 +831,16 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         ],
     ),
     e("ServiceEntrySpec", "endpoints", SERVICE_ENTRY),
-    r(
+    en(
         "ServiceEntrySpec",
         "workloadSelector",
-        "selecting pods and WorkloadEntries for a ServiceEntry is not built; list the endpoints under `endpoints`",
+        "MESH_INTERNAL with STATIC (or unset) resolution: the pods (by readiness) and WorkloadEntries of the entry's \
+         namespace whose labels match are its endpoints, reached at their sidecars, and are exported to linked \
+         clusters as a Service's are (a cluster without the entry still routes to them); in a sidecar's config \
+         file, where no workloads are known, it is refused",
+        &[
+            "discovery/tests/federation::a_service_entry_selecting_workloads_is_served_and_exported_like_a_service",
+        ],
     ),
     en(
         "ServiceEntrySpec",

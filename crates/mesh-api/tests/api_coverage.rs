@@ -172,12 +172,25 @@ spec:
     .to_string();
     assert!(err.contains("spec.targetRef: is not supported"), "{err}");
     let err = mesh_api::parse_resource(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [a.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, workloadSelector: {labels: {app: vm}}}\n",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x, namespace: shop}\nspec: {host: reviews, workloadSelector: {matchLabels: {app: vm}}}\n",
     )
     .unwrap_err()
     .to_string();
     assert!(
         err.contains("spec.workloadSelector: is not supported"),
+        "{err}"
+    );
+    // A ServiceEntry's workloadSelector selects mesh workloads: MESH_EXTERNAL (the
+    // default) is refused, naming the field to set.
+    let err = mesh_api::parse_resource(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [a.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, workloadSelector: {labels: {app: vm}}}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "spec.location: a workloadSelector selects mesh workloads; set location: MESH_INTERNAL"
+        ),
         "{err}"
     );
     let err = mesh_api::parse_resource(

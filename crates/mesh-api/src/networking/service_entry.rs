@@ -146,7 +146,9 @@ impl ServiceEntrySpec {
                 ));
             }
         });
-        if matches!(self.resolution, None | Some(ServiceEntryResolution::None)) {
+        if matches!(self.resolution, None | Some(ServiceEntryResolution::None))
+            && self.workload_selector.is_none()
+        {
             v.field("resolution", |v| {
                 v.error(
                     "NONE is not enforced yet (unset means NONE); use STATIC with the \
@@ -176,6 +178,25 @@ impl ServiceEntrySpec {
         });
         if !self.endpoints.is_empty() && self.workload_selector.is_some() {
             v.error("set only one of endpoints and workloadSelector");
+        }
+        if self.workload_selector.is_some() {
+            // The selected workloads run sidecars: they are reached over mesh mTLS, at
+            // their pod or WorkloadEntry address.
+            if self.location != Some(ServiceEntryLocation::MeshInternal) {
+                v.field("location", |v| {
+                    v.error(
+                        "a workloadSelector selects mesh workloads; set location: MESH_INTERNAL",
+                    )
+                });
+            }
+            if !matches!(
+                self.resolution,
+                Some(ServiceEntryResolution::Static) | None | Some(ServiceEntryResolution::None)
+            ) {
+                v.field("resolution", |v| {
+                    v.error("the selected workloads' addresses are the endpoints; set resolution: STATIC")
+                });
+            }
         }
     }
 }

@@ -30,9 +30,18 @@ pub(super) type Refusals = Vec<String>;
 /// The services `spec` (in `namespace`) defines, one per host, or every reason it
 /// cannot be honoured.
 pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Service>, Refusals> {
-    // NONE resolution, selectors, SANs and wildcards are refused by the API's validation
+    // NONE resolution, SANs and wildcards are refused by the API's validation
     // (`mesh_api`), which every reader shares; what is left here cannot fail there.
     let mut errors = Vec::new();
+    // Discovery resolves a selector into the workloads it selects and sends the
+    // service it defines in place of the entry; only a config file brings one here.
+    if spec.workload_selector.is_some() {
+        errors.push(
+            "workloadSelector: selecting workloads needs discovery, which knows them; in a \
+             config file list the workloads under endpoints"
+                .to_owned(),
+        );
+    }
     let dns = matches!(
         spec.resolution,
         Some(ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin)
@@ -164,4 +173,27 @@ fn endpoint(
         endpoint.inbound.set_port(port);
     }
     endpoint
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_selector_without_discovery_is_refused_not_ignored() {
+        let se = mesh_api::parse_resource(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db, namespace: shop}\nspec: {hosts: [db.shop.internal], location: MESH_INTERNAL, resolution: STATIC, ports: [{number: 5432, name: tcp, protocol: TCP}], workloadSelector: {labels: {app: db}}}\n",
+        )
+        .unwrap();
+        let mesh_api::Resource::ServiceEntry(se) = se else {
+            panic!("a ServiceEntry")
+        };
+        let refused = compile(&se.spec, "shop").unwrap_err();
+        assert!(
+            refused
+                .iter()
+                .any(|r| r.starts_with("workloadSelector: selecting workloads needs discovery")),
+            "{refused:?}"
+        );
+    }
 }
