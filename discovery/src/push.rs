@@ -251,6 +251,30 @@ fn wire(o: &Output) -> WireResource {
 /// The proxy's node as the registry knows it (labels, service account, locality,
 /// network), falling back to what the proxy said.
 fn node_resource(registry: &Registry, node: &WireNode, id: &SpiffeId) -> WireResource {
+    let (_, version, body) = node_and_body(registry, node, id);
+    WireResource {
+        name: NODE_RESOURCE.into(),
+        version,
+        kind: KIND_NODE.into(),
+        body: body.into(),
+    }
+}
+
+/// The proxy's node and the version of its resource.
+fn node_of(
+    registry: &Registry,
+    node: &WireNode,
+    id: &SpiffeId,
+) -> (mesh_proto::model::Node, String) {
+    let (n, version, _) = node_and_body(registry, node, id);
+    (n, version)
+}
+
+fn node_and_body(
+    registry: &Registry,
+    node: &WireNode,
+    id: &SpiffeId,
+) -> (mesh_proto::model::Node, String, Vec<u8>) {
     let ip = node.ip.parse().ok();
     let workload = registry.workload(&node.namespace, &node.name, ip);
     let n = mesh_proto::model::Node {
@@ -273,12 +297,7 @@ fn node_resource(registry: &Registry, node: &WireNode, id: &SpiffeId) -> WireRes
         ingress: node.kind == "ingress",
     };
     let body = serde_json::to_vec(&n).unwrap_or_default();
-    WireResource {
-        name: NODE_RESOURCE.into(),
-        version: content_version(&body),
-        kind: KIND_NODE.into(),
-        body: body.into(),
-    }
+    (n, content_version(&body), body)
 }
 
 struct InFlight {
@@ -306,6 +325,12 @@ struct Stream {
     nonce: u64,
     /// Unanswered responses, oldest first.
     in_flight: VecDeque<InFlight>,
+    /// The Sidecar in force for this proxy, chosen as the proxy itself chooses it:
+    /// services outside its egress hosts are not sent.
+    scope: Option<mesh_proxy::state::Scope>,
+    /// What the scope was computed from: the registry's Sidecar counter and the
+    /// node's version.
+    scope_from: Option<(u64, String)>,
 }
 
 impl Stream {
@@ -388,11 +413,60 @@ impl Stream {
             };
             return audience && o.visible_to(&self.namespace);
         }
-        self.gateway || o.visible_to(&self.namespace)
+        if self.gateway {
+            return true;
+        }
+        o.visible_to(&self.namespace) && self.in_scope(o)
+    }
+
+    /// Whether the proxy's Sidecar admits a service output.
+    fn in_scope(&self, o: &Output) -> bool {
+        let Some(scope) = &self.scope else {
+            return true;
+        };
+        if o.kind != mesh_proto::model::KIND_SERVICE {
+            return true;
+        }
+        let name = o.name.rsplit('/').next().unwrap_or_default();
+        scope.allows_host(
+            &o.namespace,
+            &mesh_proxy::model::resolve_host(name, &o.namespace),
+        )
+    }
+
+    /// Recomputes the Sidecar in force when a Sidecar or the node changed; true when
+    /// the egress hosts in force changed.
+    fn refresh_scope(&mut self, node: &mesh_proto::model::Node, node_version: &str) -> bool {
+        if self.gateway {
+            return false;
+        }
+        let (counter, sidecars) = self.registry.sidecars();
+        let from = (counter, node_version.to_owned());
+        if self.scope_from.as_ref() == Some(&from) {
+            return false;
+        }
+        self.scope_from = Some(from);
+        let resources: Vec<mesh_api::Resource> = sidecars
+            .iter()
+            .filter(|o| o.visible_to(&self.namespace))
+            .filter_map(|o| serde_json::from_slice(&o.body).ok())
+            .filter_map(|v| mesh_api::from_value(v).ok())
+            .collect();
+        let mut ordered: Vec<&mesh_api::Resource> = resources.iter().collect();
+        ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+        let scope = mesh_proxy::state::Scope::for_node(&ordered, node);
+        let key = |s: &Option<mesh_proxy::state::Scope>| {
+            s.as_ref().map(|s| (s.sidecar.clone(), s.hosts.clone()))
+        };
+        let changed = key(&scope) != key(&self.scope);
+        self.scope = scope;
+        changed
     }
 
     /// The first push: everything visible that the proxy does not hold at that version.
     async fn initial(&mut self, held: &HashMap<String, String>) -> bool {
+        let (node, node_version) = node_of(&self.registry, &self.node, &self.id);
+        self.refresh_scope(&node, &node_version);
         let mut all = self.view_all();
         self.generation = all.generation;
         all.updated.sort_by(|a, b| a.name.cmp(&b.name));
@@ -420,9 +494,14 @@ impl Stream {
         self.send(resources, removed, None).await
     }
 
-    /// A push of what changed after the generation the proxy holds.
+    /// A push of what changed after the generation the proxy holds; everything, when
+    /// the Sidecar in force changed what it admits.
     async fn update(&mut self, event_at: Option<Instant>) -> bool {
+        let (node, node_version) = node_of(&self.registry, &self.node, &self.id);
         let delta = self.view_since(self.generation);
+        if self.refresh_scope(&node, &node_version) {
+            return self.resync(delta.removed, event_at).await;
+        }
         if delta.generation == self.generation {
             return true;
         }
@@ -444,6 +523,26 @@ impl Stream {
         if resources.is_empty() && removed.is_empty() {
             return true;
         }
+        self.send(resources, removed, event_at).await
+    }
+
+    /// Every visible resource, the removal of every service now outside the proxy's
+    /// Sidecar, and `removed` (what was deleted since the last push).
+    async fn resync(&mut self, removed: Vec<String>, event_at: Option<Instant>) -> bool {
+        let all = self.view_all();
+        self.generation = all.generation;
+        let mut resources = Vec::new();
+        let mut removed = removed;
+        for o in &all.updated {
+            if self.visible(o) {
+                resources.push(wire(o));
+            } else if o.kind == mesh_proto::model::KIND_SERVICE {
+                removed.push(o.name.clone());
+            }
+        }
+        let node = node_resource(&self.registry, &self.node, &self.id);
+        self.node_version = node.version.clone();
+        resources.push(node);
         self.send(resources, removed, event_at).await
     }
 
@@ -579,6 +678,8 @@ impl ConfigDiscovery for ConfigService {
             node_version: String::new(),
             nonce: 0,
             in_flight: VecDeque::new(),
+            scope: None,
+            scope_from: None,
         };
         let mut published = self.published.clone();
         let mut shutdown = self.shutdown.clone();

@@ -310,6 +310,10 @@ struct Inner {
 
     /// What local proxies receive.
     outputs: OutputLog,
+    /// The Sidecar outputs (each proxy's push is scoped by the one in force for it),
+    /// and a counter that moves when one changes.
+    sidecars: BTreeMap<String, Arc<Output>>,
+    sidecars_changed: u64,
     /// What linked clusters receive: local endpoints of exported services.
     exports: OutputLog,
     /// Services received from linked clusters, by cluster.
@@ -1657,6 +1661,15 @@ impl Registry {
         inner.outputs.all(inner.generation)
     }
 
+    /// The Sidecar outputs, and a counter that moves whenever one changes.
+    pub fn sidecars(&self) -> (u64, Vec<Arc<Output>>) {
+        let inner = self.lock();
+        (
+            inner.sidecars_changed,
+            inner.sidecars.values().cloned().collect(),
+        )
+    }
+
     /// Every exported output (local endpoints of services linked clusters may see).
     pub fn exports_all(&self) -> Delta {
         let inner = self.lock();
@@ -1849,6 +1862,13 @@ fn refresh_credentials(inner: &mut Inner) {
 fn set_output(inner: &mut Inner, name: &str, output: Option<Output>, gen_: u64) {
     if inner.outputs.set(name, output, gen_) {
         inner.pending_since.get_or_insert_with(Instant::now);
+        if name.starts_with("Sidecar/") {
+            match inner.outputs.outputs.get(name) {
+                Some(o) => inner.sidecars.insert(name.to_owned(), o.clone()),
+                None => inner.sidecars.remove(name),
+            };
+            inner.sidecars_changed += 1;
+        }
     }
 }
 

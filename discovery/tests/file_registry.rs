@@ -482,3 +482,79 @@ spec:
     .await;
     assert!(serves_tls(&ingress));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_resource_scopes_what_discovery_sends_each_proxy() {
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    let service = |ns: &str, name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{selector: {{app: {name}}}, ports: [{{name: http, port: 80}}]}}\n"
+        )
+    };
+    write(
+        dir.path(),
+        "services.yaml",
+        &[
+            service("shop", "a"),
+            service("shop", "b"),
+            service("other", "c"),
+            service("other", "d"),
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: frontend-1, namespace: shop}\nspec: {address: 10.1.0.9, labels: {app: frontend}, serviceAccount: frontend}\n".to_owned(),
+        ]
+        .join("---\n"),
+    );
+    let discovery = start_files("east", dir.path(), &pki).await;
+    let proxy = connect(discovery.grpc_addr, &pki, "frontend-1", "shop", "frontend");
+    let services = |p: &Proxy| {
+        let mut v: Vec<String> = p.store.snapshot().services.keys().cloned().collect();
+        v.sort();
+        v
+    };
+    let held = |p: &Proxy| p.status.load().held;
+    // No Sidecar: the four services and the node.
+    eventually("every service", T, || {
+        services(&proxy).len() == 4 && held(&proxy) == 5
+    })
+    .await;
+
+    // The namespace's Sidecar admits its own namespace: the two other services are
+    // removed from the proxy, not only hidden by it (the Sidecar, the node and two
+    // services are held).
+    write(
+        dir.path(),
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"./*\"]}]}\n",
+    );
+    eventually("scoped to shop", T, || {
+        services(&proxy) == ["a.shop.svc.cluster.local", "b.shop.svc.cluster.local"]
+            && held(&proxy) == 4
+    })
+    .await;
+    // A Sidecar selecting the workload wins over the namespace's: what it admits is
+    // sent, what it does not is removed.
+    write(
+        dir.path(),
+        "sidecar-frontend.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: frontend, namespace: shop}\nspec: {workloadSelector: {labels: {app: frontend}}, egress: [{hosts: [\"other/c.other.svc.cluster.local\"]}]}\n",
+    );
+    eventually("the workload's Sidecar", T, || {
+        services(&proxy) == ["c.other.svc.cluster.local"] && held(&proxy) == 4
+    })
+    .await;
+    // A service created later is sent only when admitted.
+    write(
+        dir.path(),
+        "more.yaml",
+        &[service("other", "e"), service("shop", "f")].join("---\n"),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(held(&proxy), 4, "{:?}", services(&proxy));
+    // Without Sidecars, everything again.
+    std::fs::remove_file(dir.path().join("sidecar.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("sidecar-frontend.yaml")).unwrap();
+    eventually("unscoped", T, || {
+        services(&proxy).len() == 6 && held(&proxy) == 7
+    })
+    .await;
+}

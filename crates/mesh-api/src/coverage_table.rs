@@ -1004,7 +1004,15 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     ),
     e("SidecarSpec", "outboundTrafficPolicy", SIDECAR),
     r("SidecarSpec", "inboundConnectionPool", CONNECTION_TUNING),
-    e("IstioEgressListener", "hosts", SIDECAR),
+    en(
+        "IstioEgressListener",
+        "hosts",
+        "`namespace/dnsName` with `.`, `*` and `~`: the proxy compiles only the admitted services, and discovery sends it only those",
+        &[
+            "crates/mesh-proxy/tests/sidecar_resource::a_sidecar_resource_scopes_what_a_workload_reaches",
+            "discovery/tests/file_registry::a_sidecar_resource_scopes_what_discovery_sends_each_proxy",
+        ],
+    ),
     r(
         "IstioEgressListener",
         "port",

@@ -61,6 +61,8 @@ pub struct StreamStatus {
     pub rejected: Vec<String>,
     /// Last error that closed a stream.
     pub last_error: Option<String>,
+    /// Resources held from discovery (a Sidecar's egress hosts keep it small).
+    pub held: usize,
 }
 
 /// Keeps the config stream up for as long as the task runs, applying every response
@@ -147,6 +149,7 @@ async fn stream_once(
         let applied = set.apply(&response, store);
         status.rcu(|s| StreamStatus {
             responses: s.responses + 1,
+            held: set.len(),
             rejected: applied
                 .rejected
                 .iter()

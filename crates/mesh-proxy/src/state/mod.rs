@@ -8,6 +8,7 @@ mod scope;
 mod service_entry;
 
 pub use compile::compile_service;
+pub use scope::Scope;
 
 /// The Secrets `credentialName`s name, delivered by discovery, by `namespace/name`.
 pub type Credentials =

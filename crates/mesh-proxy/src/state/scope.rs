@@ -30,8 +30,9 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// The Sidecar for `node` among `ordered` (oldest first), if any.
-    pub(super) fn for_node(ordered: &[&Resource], node: &Node) -> Option<Self> {
+    /// The Sidecar for `node` among `ordered` (oldest first), if any. Discovery calls
+    /// it too, to send a proxy only the services its Sidecar admits.
+    pub fn for_node(ordered: &[&Resource], node: &Node) -> Option<Self> {
         let sidecars: Vec<(&Resource, &Sidecar, String)> = ordered
             .iter()
             .filter_map(|r| match r {
@@ -90,20 +91,26 @@ impl Scope {
     /// Whether the egress hosts admit `svc` (by its namespace and host). A Sidecar
     /// with no egress listener admits every service.
     pub(super) fn allows(&self, svc: &Service) -> bool {
+        self.allows_host(&svc.namespace, &svc.host)
+    }
+
+    /// Whether the egress hosts admit the service `host` (fully qualified) of
+    /// `namespace`.
+    pub fn allows_host(&self, namespace: &str, host: &str) -> bool {
         if self.hosts.is_empty() {
             return true;
         }
         self.parsed.iter().any(|h| {
-            let namespace = match h.namespace.as_str() {
+            let in_namespace = match h.namespace.as_str() {
                 "*" => true,
                 "~" => false,
-                "." => svc.namespace == self.namespace,
-                ns => svc.namespace == ns,
+                "." => namespace == self.namespace,
+                ns => namespace == ns,
             };
-            namespace
+            in_namespace
                 && (h.name == "*"
-                    || h.name.eq_ignore_ascii_case(&svc.host)
-                    || crate::routes::sni_matches(&h.name, &svc.host))
+                    || h.name.eq_ignore_ascii_case(host)
+                    || crate::routes::sni_matches(&h.name, host))
         })
     }
 }
