@@ -1484,6 +1484,7 @@ impl Registry {
             addresses,
             ports,
             endpoints,
+            headless: spec.cluster_ip.as_deref() == Some("None"),
         }
     }
 
@@ -1552,6 +1553,7 @@ impl Registry {
                 .collect(),
             ports,
             endpoints,
+            headless: false,
         }
     }
 

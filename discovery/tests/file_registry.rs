@@ -558,3 +558,24 @@ async fn a_sidecar_resource_scopes_what_discovery_sends_each_proxy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_service_resolves_to_its_endpoints_in_the_proxy() {
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "db.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec: {clusterIP: None, selector: {app: db}, ports: [{name: tcp, port: 5432}]}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: db-0, namespace: shop}\nspec: {address: 10.1.7.1, labels: {app: db}, serviceAccount: db}\n",
+    );
+    let discovery = start_files("east", dir.path(), &pki).await;
+    let proxy = connect(discovery.grpc_addr, &pki, "frontend-1", "shop", "frontend");
+    eventually("the headless service", T, || {
+        let state = proxy.store.snapshot();
+        state.dns_addresses("db.shop.svc.cluster.local") == Some(&["10.1.7.1".parse().unwrap()][..])
+            && state
+                .service_for_ip("10.1.7.1".parse().unwrap())
+                .is_some_and(|s| s.headless && s.endpoints.len() == 1)
+    })
+    .await;
+}

@@ -129,6 +129,10 @@ pub struct ServiceConfig {
     /// Endpoints (in any cluster or network).
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// A headless Service (`clusterIP: None`): its name resolves to its endpoints'
+    /// addresses, and a connection to one of them goes to that endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
 }
 
 /// A service port.

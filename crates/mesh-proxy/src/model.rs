@@ -151,6 +151,8 @@ pub struct Service {
     /// For a ServiceEntry with DNS resolution: the names its endpoints come from (the
     /// endpoints above are their addresses last resolved).
     pub dns: Option<Arc<DnsEndpoints>>,
+    /// A headless Service: see [`crate::config::ServiceConfig::headless`].
+    pub headless: bool,
     /// The metric labels of requests to this service before an endpoint is chosen
     /// (refused or failed ones), made on first use. They name the calling proxy, so a
     /// compiled service is valid for the node it was compiled under (the config
@@ -202,6 +204,7 @@ impl Service {
             endpoints,
             location: self.location,
             dns: self.dns.clone(),
+            headless: self.headless,
             source_labels: std::sync::OnceLock::new(),
         }
     }

@@ -61,6 +61,7 @@ pub fn compile_service(svc: &ServiceConfig) -> Arc<Service> {
         endpoints,
         location: Location::Mesh,
         dns: None,
+        headless: svc.headless,
         source_labels: std::sync::OnceLock::new(),
     })
 }
@@ -235,7 +236,7 @@ impl ProxyState {
                 names
             },
             peer_header: std::sync::OnceLock::new(),
-            index: Index::build(&services, &node.namespace),
+            index: Index::build(&services, &node.namespace, &node.network),
             node,
             services,
         })

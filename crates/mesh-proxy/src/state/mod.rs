@@ -102,7 +102,7 @@ fn auto_vip(host: &str, taken: &HashMap<std::net::IpAddr, Arc<Service>>) -> std:
 }
 
 impl Index {
-    fn build(services: &HashMap<String, Arc<Service>>, namespace: &str) -> Self {
+    fn build(services: &HashMap<String, Arc<Service>>, namespace: &str, network: &str) -> Self {
         let mut hosts: Vec<&Arc<Service>> = services.values().collect();
         hosts.sort_by(|a, b| a.host.cmp(&b.host));
         let mut index = Self::default();
@@ -128,6 +128,24 @@ impl Index {
                 index.ips.entry(*ip).or_insert_with(|| svc.clone());
             }
             let mut answers = svc.addresses.clone();
+            // A headless Service: its name answers the addresses of its ready
+            // endpoints this node reaches directly (on its network; the others sit
+            // behind their gateway), and a connection to one goes to that endpoint
+            // alone, through the service's routes and policies.
+            if svc.headless {
+                for e in svc.endpoints.iter().filter(|e| {
+                    e.ready && !e.quic && (e.network.is_empty() || e.network == network)
+                }) {
+                    let ip = e.inbound.ip();
+                    if !answers.contains(&ip) {
+                        answers.push(ip);
+                    }
+                    index
+                        .ips
+                        .entry(ip)
+                        .or_insert_with(|| Arc::new(svc.with_endpoints(vec![e.clone()])));
+                }
+            }
             if !answers.iter().any(std::net::IpAddr::is_ipv4) {
                 let vip = auto_vip(&svc.host, &index.ips);
                 index.ips.insert(vip, svc.clone());
@@ -184,7 +202,7 @@ impl ProxyState {
         }
         table.retain(&wanted);
         if replaced {
-            self.index = Index::build(&self.services, &self.node.namespace);
+            self.index = Index::build(&self.services, &self.node.namespace, &self.node.network);
         }
         self
     }
@@ -444,6 +462,66 @@ mod tests {
     }
 
     #[test]
+    fn a_headless_service_resolves_to_its_endpoints_and_pins_each() {
+        let endpoint = |ip: &str, network: &str, ready: bool| crate::config::EndpointConfig {
+            address: ip.parse().unwrap(),
+            network: network.into(),
+            inbound_port: None,
+            labels: Default::default(),
+            service_account: None,
+            cluster: String::new(),
+            locality: String::new(),
+            weight: None,
+            ready,
+            tunnel: None,
+            stale: false,
+        };
+        let mut bundle = ConfigBundle::default();
+        bundle.proxy.node.namespace = "shop".into();
+        bundle.proxy.node.network = "net-1".into();
+        bundle.proxy.services = vec![crate::config::ServiceConfig {
+            name: "db".into(),
+            namespace: "shop".into(),
+            ports: vec![crate::config::ServicePortConfig {
+                name: "tcp".into(),
+                port: 5432,
+                ..Default::default()
+            }],
+            endpoints: vec![
+                endpoint("10.0.0.1", "net-1", true),
+                endpoint("10.0.0.2", "", true),
+                endpoint("10.0.0.3", "net-1", false),
+                // Another network's endpoint, behind its gateway.
+                endpoint("192.0.2.1", "net-2", true),
+            ],
+            headless: true,
+            ..Default::default()
+        }];
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        let ips = |v: &[&str]| -> Vec<std::net::IpAddr> {
+            v.iter().map(|i| i.parse().unwrap()).collect()
+        };
+        assert_eq!(
+            state.dns_addresses("db.shop.svc.cluster.local"),
+            Some(&ips(&["10.0.0.1", "10.0.0.2"])[..])
+        );
+        // A connection to one endpoint's address goes to that endpoint only.
+        for ip in ["10.0.0.1", "10.0.0.2"] {
+            let svc = state.service_for_ip(ip.parse().unwrap()).unwrap();
+            assert_eq!(svc.host, "db.shop.svc.cluster.local");
+            let pinned: Vec<_> = svc.endpoints.iter().map(|e| e.inbound.ip()).collect();
+            assert_eq!(pinned, ips(&[ip]));
+        }
+        assert!(state.service_for_ip("10.0.0.3".parse().unwrap()).is_none());
+        assert!(state.service_for_ip("192.0.2.1".parse().unwrap()).is_none());
+        // With no endpoint reachable directly, the name gets an allocated address.
+        bundle.proxy.services[0].endpoints.truncate(0);
+        let state = ProxyState::compile(&bundle, "test").unwrap();
+        let answer = state.dns_addresses("db.shop.svc.cluster.local").unwrap();
+        assert!(answer[0].to_string().starts_with("240.240."), "{answer:?}");
+    }
+
+    #[test]
     fn indexed_lookups_answer_as_resolving_and_scanning_did() {
         let svc = |name: &str, namespace: &str, ip: &str, port: u16, target: u16| {
             crate::config::ServiceConfig {
@@ -457,6 +535,7 @@ mod tests {
                     ..Default::default()
                 }],
                 endpoints: vec![],
+                headless: false,
             }
         };
         let mut bundle = ConfigBundle::default();

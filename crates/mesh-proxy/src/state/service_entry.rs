@@ -101,6 +101,7 @@ pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Se
             endpoints: fixed,
             location,
             dns,
+            headless: false,
             source_labels: std::sync::OnceLock::new(),
         });
     }
