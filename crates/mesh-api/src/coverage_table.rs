@@ -823,10 +823,12 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "ServiceEntrySpec",
         "resolution",
         "STATIC, DNS and DNS_ROUND_ROBIN (names resolved off the request path, TTLs honoured, the last answer kept when a lookup fails); \
-         NONE (also when unset) is refused until it is built",
+         NONE (also when unset) with `addresses`: a connection goes to the address it was sent to, a request by name to one of them; \
+         NONE without addresses (every address on the ports) is refused",
         &[
             "crates/mesh-proxy/tests/service_entry::a_static_entry_routes_outside_the_mesh_with_subsets_and_faults",
             "crates/mesh-proxy/tests/service_entry::a_dns_entry_follows_its_name_and_keeps_the_last_answer",
+            "crates/mesh-proxy/src/plan::a_none_entry_sends_each_connection_to_the_address_it_was_sent_to",
             "crates/mesh-api/tests/api_coverage::values_isthmus_cannot_honour_are_refused",
         ],
     ),

@@ -233,11 +233,11 @@ fn values_isthmus_cannot_honour_are_refused() {
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: NONE}\n",
-            "spec.resolution: NONE is not enforced yet",
+            "spec.resolution: NONE (also when unset) needs the entry's `addresses`",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}]}\n",
-            "spec.resolution: NONE is not enforced yet (unset means NONE)",
+            "spec.resolution: NONE (also when unset) needs the entry's `addresses`",
         ),
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: ['*.example.com'], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 10.0.0.1}]}\n",

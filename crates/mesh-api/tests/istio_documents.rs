@@ -395,8 +395,8 @@ fn gateway_is_refused_and_a_static_service_entry_read() {
         err.contains("east-west gateway is configured by discovery"),
         "{err}"
     );
-    // A STATIC ServiceEntry is read (and enforced by the proxies); with NONE resolution,
-    // not built yet, it is refused with the reason.
+    // A STATIC ServiceEntry is read (and enforced by the proxies); with NONE resolution
+    // it needs addresses and takes no endpoints, refused with the reasons.
     let entry = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -419,7 +419,8 @@ spec:
         .to_string();
     assert!(err.contains("ServiceEntry default/external-svc"), "{err}");
     assert!(
-        err.contains("spec.resolution: NONE is not enforced yet"),
+        err.contains("spec.resolution: NONE (also when unset) needs the entry's `addresses`")
+            && err.contains("spec.endpoints: resolution NONE takes no endpoints"),
         "{err}"
     );
 }

@@ -327,9 +327,14 @@ pub fn plan<'s>(
     };
     let dest =
         pick_weighted(dests, rolls.destination).ok_or_else(|| refuse(Why::AllWeightsZero))?;
-    let target = state
-        .services
-        .get(&dest.host)
+    // A captured connection to one endpoint of a headless service (or one address of
+    // a ServiceEntry with resolution NONE) goes to that endpoint.
+    let pinned = entry
+        .captured()
+        .and_then(|dst| state.service_for_ip(dst.ip()))
+        .filter(|s| s.headless && s.host == dest.host);
+    let target = pinned
+        .or_else(|| state.services.get(&dest.host))
         .ok_or_else(|| refuse(Why::UnknownService(dest.host.clone())))?;
     let port = target
         .port(dest.port.or(Some(req_port)))
@@ -1042,5 +1047,35 @@ spec:
             panic!("not forwarded");
         };
         assert_eq!(&*p.sni, "outbound_.9090_._.reviews.shop.svc.cluster.local");
+    }
+
+    #[test]
+    fn a_none_entry_sends_each_connection_to_the_address_it_was_sent_to() {
+        let s = state(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: shop}
+spec:
+  hosts: [legacy.example]
+  addresses: [192.0.2.10, 192.0.2.11]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+",
+        );
+        // Captured: the address it was sent to, and only it (resolution NONE).
+        for ip in ["192.0.2.10", "192.0.2.11"] {
+            let got = outcome_at(
+                &s,
+                Entry::Captured(format!("{ip}:8080").parse().unwrap()),
+                "http://legacy.example:8080/",
+                &[],
+                0.5,
+            );
+            assert!(got.contains(&format!("[{ip}]")), "{got}");
+        }
+        // By name (explicit mode): one of the entry's addresses.
+        let got = outcome(&s, "http://legacy.example:8080/", &[], 0.5);
+        assert!(got.contains("[192.0.2.10 192.0.2.11]"), "{got}");
     }
 }

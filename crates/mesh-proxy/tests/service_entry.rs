@@ -112,8 +112,8 @@ spec:
     let (status, _) = get(out, "nothing.internal.example:5000", "/").await;
     assert_eq!(status, 404);
 
-    // An entry the sidecar cannot honour (resolution NONE) is refused by field, and
-    // the last good config keeps routing.
+    // An entry that cannot be honoured (resolution NONE with endpoints) is refused by
+    // field, and the last good config keeps routing.
     let refused = client
         .store
         .apply_yaml(
@@ -123,7 +123,7 @@ spec:
         .unwrap_err()
         .to_string();
     assert!(
-        refused.contains("spec.resolution: NONE is not enforced yet"),
+        refused.contains("spec.endpoints: resolution NONE takes no endpoints"),
         "{refused}"
     );
     let (status, _) = get(out, "legacy.internal.example:5000", "/").await;

@@ -149,12 +149,21 @@ impl ServiceEntrySpec {
         if matches!(self.resolution, None | Some(ServiceEntryResolution::None))
             && self.workload_selector.is_none()
         {
-            v.field("resolution", |v| {
-                v.error(
-                    "NONE is not enforced yet (unset means NONE); use STATIC with the \
-                     endpoints' IP addresses, or DNS",
-                )
-            });
+            // NONE: connections keep the address they were sent to. Without addresses
+            // the entry would take every address on its ports, which is not built.
+            if self.addresses.is_empty() {
+                v.field("resolution", |v| {
+                    v.error(
+                        "NONE (also when unset) needs the entry's `addresses`, each passed \
+                         through as sent; give them, or use STATIC with endpoints, or DNS",
+                    )
+                });
+            }
+            if !self.endpoints.is_empty() {
+                v.field("endpoints", |v| {
+                    v.error("resolution NONE takes no endpoints (connections go to the address they were sent to); use STATIC")
+                });
+            }
         }
         v.each("ports", &self.ports, |v, p| {
             v.field("number", |v| validate_port(v, p.number));

@@ -140,10 +140,13 @@ impl Index {
                     if !answers.contains(&ip) {
                         answers.push(ip);
                     }
-                    index
-                        .ips
-                        .entry(ip)
-                        .or_insert_with(|| Arc::new(svc.with_endpoints(vec![e.clone()])));
+                    // Pinned, over the service itself (a NONE entry's addresses are
+                    // its endpoints) but not over another service's address.
+                    if index.ips.get(&ip).is_none_or(|cur| Arc::ptr_eq(cur, svc)) {
+                        index
+                            .ips
+                            .insert(ip, Arc::new(svc.with_endpoints(vec![e.clone()])));
+                    }
                 }
             }
             if !answers.iter().any(std::net::IpAddr::is_ipv4) {

@@ -30,7 +30,7 @@ pub(super) type Refusals = Vec<String>;
 /// The services `spec` (in `namespace`) defines, one per host, or every reason it
 /// cannot be honoured.
 pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Service>, Refusals> {
-    // NONE resolution, SANs and wildcards are refused by the API's validation
+    // NONE without addresses, SANs and wildcards are refused by the API's validation
     // (`mesh_api`), which every reader shares; what is left here cannot fail there.
     let mut errors = Vec::new();
     // Discovery resolves a selector into the workloads it selects and sends the
@@ -46,6 +46,8 @@ pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Se
         spec.resolution,
         Some(ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin)
     );
+    let passthrough = matches!(spec.resolution, None | Some(ServiceEntryResolution::None))
+        && spec.workload_selector.is_none();
     let location = match spec.location {
         Some(ServiceEntryLocation::MeshInternal) => Location::Mesh,
         Some(ServiceEntryLocation::MeshExternal) | None => Location::External,
@@ -66,6 +68,9 @@ pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Se
         // with DNS and none listed, the host itself.
         let listed: Vec<(&str, Option<&WorkloadEntrySpec>)> = if dns && spec.endpoints.is_empty() {
             vec![(written.as_str(), None)]
+        } else if passthrough {
+            // NONE: each address is its own endpoint, a connection to it goes to it.
+            spec.addresses.iter().map(|a| (a.as_str(), None)).collect()
         } else {
             spec.endpoints
                 .iter()
@@ -101,7 +106,7 @@ pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Se
             endpoints: fixed,
             location,
             dns,
-            headless: false,
+            headless: passthrough,
             source_labels: std::sync::OnceLock::new(),
         });
     }
