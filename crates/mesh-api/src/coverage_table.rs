@@ -850,10 +850,15 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         "`.`, `*` and namespace names, as for VirtualServices",
         FILE_REGISTRY,
     ),
-    r(
+    en(
         "ServiceEntrySpec",
         "subjectAltNames",
-        "not enforced: mesh endpoints are verified by their SPIFFE identity; set `serviceAccount` on each endpoint",
+        "MESH_INTERNAL: the endpoint's mesh certificate must name one of these SPIFFE IDs, checked on every new \
+         connection and again before a pooled one is reused (a narrowed list retires the others); other values, or \
+         MESH_EXTERNAL (use the DestinationRule's tls.subjectAltNames), are refused",
+        &[
+            "crates/mesh-proxy/tests/service_entry::a_mesh_internal_entry_goes_over_mtls_to_its_sidecar",
+        ],
     ),
     en(
         "Port",

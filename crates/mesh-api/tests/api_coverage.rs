@@ -240,6 +240,14 @@ fn values_isthmus_cannot_honour_are_refused() {
             "spec.resolution: NONE (also when unset) needs the entry's `addresses`",
         ),
         (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [a.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 10.0.0.1}], subjectAltNames: [spiffe://td/ns/a/sa/b]}\n",
+            "spec.subjectAltNames: they are checked against mesh endpoints' certificates (location: MESH_INTERNAL)",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: [a.example.com], location: MESH_INTERNAL, ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 10.0.0.1}], subjectAltNames: [db.example.com]}\n",
+            "spec.subjectAltNames[0]: \"db.example.com\" is not a SPIFFE ID",
+        ),
+        (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x, namespace: shop}\nspec: {hosts: ['*.example.com'], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 10.0.0.1}]}\n",
             "spec.hosts[0]: wildcard host",
         ),

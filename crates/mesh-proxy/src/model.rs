@@ -153,6 +153,9 @@ pub struct Service {
     pub dns: Option<Arc<DnsEndpoints>>,
     /// A headless Service: see [`crate::config::ServiceConfig::headless`].
     pub headless: bool,
+    /// The identities its endpoints' certificates may have (a MESH_INTERNAL
+    /// ServiceEntry's `subjectAltNames`); any of the mesh's trust when empty.
+    pub subject_alt_names: Vec<String>,
     /// The metric labels of requests to this service before an endpoint is chosen
     /// (refused or failed ones), made on first use. They name the calling proxy, so a
     /// compiled service is valid for the node it was compiled under (the config
@@ -205,6 +208,7 @@ impl Service {
             location: self.location,
             dns: self.dns.clone(),
             headless: self.headless,
+            subject_alt_names: self.subject_alt_names.clone(),
             source_labels: std::sync::OnceLock::new(),
         }
     }

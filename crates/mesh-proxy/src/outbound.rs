@@ -482,6 +482,7 @@ impl Outbound {
                 connect_timeout: resolved.and_then(|r| r.connect_timeout),
                 reuse: crate::pool::Reuse::of(resolved),
                 http1: req.version() == http::Version::HTTP_11,
+                subject_alt_names: &target.subject_alt_names,
             };
             let send = self.pool.send(&upstream, req);
             let result = match per_try {
@@ -613,6 +614,7 @@ impl Outbound {
                         connect_timeout: None,
                         reuse: crate::pool::Reuse::default(),
                         http1,
+                        subject_alt_names: &target.subject_alt_names,
                     },
                     req,
                 )

@@ -285,6 +285,7 @@ impl Outbound {
                     endpoint.quic.then_some(state.node.cluster.as_str()),
                     &plan.cluster,
                     timeout,
+                    &plan.target.subject_alt_names,
                 )
                 .await
                 .map(|s| Box::new(s) as _),

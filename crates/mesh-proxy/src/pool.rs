@@ -168,11 +168,17 @@ pub struct Upstream<'a> {
     /// HTTP/1.1 between the sidecars (one request at a time per pooled connection)
     /// rather than HTTP/2 (multiplexed).
     pub http1: bool,
+    /// The identities the endpoint's certificate may have (a ServiceEntry's
+    /// `subjectAltNames`); any of the mesh's trust when empty.
+    pub subject_alt_names: &'a [String],
 }
 
 /// One pooled connection and how it has been used.
 struct Pooled {
     sender: SendRequest<Body>,
+    /// The peer's identity, checked again on reuse against the current
+    /// `subjectAltNames` (a narrowed list retires connections it no longer admits).
+    peer: Arc<str>,
     requests: u32,
     last_used: std::time::Instant,
 }
@@ -180,6 +186,25 @@ struct Pooled {
 /// Pooled connections by endpoint, then SNI: found by the request's `&str` without
 /// building a key.
 type ByEndpoint<T> = HashMap<SocketAddr, HashMap<Arc<str>, T>>;
+
+/// The SPIFFE identity of an mTLS peer (empty when it has none, which the handshake
+/// does not let happen).
+fn peer_of(tls: &MeshStream) -> Arc<str> {
+    mesh_identity::verify::peer_id(tls.get_ref().1.peer_certificates(), "upstream")
+        .map(|id| Arc::from(id.to_string()))
+        .unwrap_or_else(|_| Arc::from(""))
+}
+
+/// Whether `subjectAltNames` admit the peer `id` (any peer when there are none).
+fn admits(subject_alt_names: &[String], id: &str) -> Result<(), String> {
+    if subject_alt_names.is_empty() || subject_alt_names.iter().any(|san| san == id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the peer is {id}, which is not one of the subjectAltNames {subject_alt_names:?}"
+        ))
+    }
+}
 
 /// Open HTTP/2 connections by (endpoint, SNI).
 type Connections = ByEndpoint<Pooled>;
@@ -195,6 +220,8 @@ const MAX_IDLE: Duration = Duration::from_secs(3600);
 /// and its response are on it.
 struct Pooled1 {
     sender: hyper::client::conn::http1::SendRequest<Body>,
+    /// As [`Pooled::peer`].
+    peer: Arc<str>,
     requests: u32,
     last_used: std::time::Instant,
     endpoint: SocketAddr,
@@ -352,7 +379,9 @@ impl MeshPool {
         let cached = self.conns.lock().ok().and_then(|mut m| {
             let by_sni = m.get_mut(&endpoint)?;
             let p = by_sni.get_mut(sni)?;
-            let worn = reuse.worn(p.requests, p.last_used) || p.sender.is_closed();
+            let worn = reuse.worn(p.requests, p.last_used)
+                || p.sender.is_closed()
+                || admits(up.subject_alt_names, &p.peer).is_err();
             if worn {
                 // Dropping the sender closes the connection once its requests finish.
                 by_sni.remove(sni);
@@ -369,14 +398,22 @@ impl MeshPool {
                 // The request that opens a connection passes its trace position to
                 // a gateway tunnel, so the gateway's span joins that trace.
                 let trace = tunnel.and_then(|_| TraceParent::from_headers(req.headers()));
-                let s = self
-                    .connect(endpoint, tunnel, sni, connect_timeout, trace)
+                let (s, peer) = self
+                    .connect(
+                        endpoint,
+                        tunnel,
+                        sni,
+                        connect_timeout,
+                        trace,
+                        up.subject_alt_names,
+                    )
                     .await?;
                 if let Ok(mut m) = self.conns.lock() {
                     m.entry(endpoint).or_default().insert(
                         Arc::from(sni),
                         Pooled {
                             sender: s.clone(),
+                            peer,
                             requests: 1,
                             last_used: std::time::Instant::now(),
                         },
@@ -455,7 +492,11 @@ impl MeshPool {
             let idle = self.idle1.lock().ok().and_then(|mut m| {
                 let list = m.get_mut(&up.endpoint)?.get_mut(up.sni)?;
                 // Worn connections are dropped (closing them).
-                list.retain(|p| !p.sender.is_closed() && !reuse.worn(p.requests, p.last_used));
+                list.retain(|p| {
+                    !p.sender.is_closed()
+                        && !reuse.worn(p.requests, p.last_used)
+                        && admits(up.subject_alt_names, &p.peer).is_ok()
+                });
                 list.pop()
             });
             let Some(mut c) = idle else {
@@ -495,12 +536,13 @@ impl MeshPool {
             .tls(
                 &self.h1_connector,
                 up.endpoint,
-                up.tunnel,
-                up.sni,
+                (up.tunnel, up.sni),
                 up.connect_timeout,
                 trace,
+                up.subject_alt_names,
             )
             .await?;
+        let peer = peer_of(&tls);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|source| UpstreamError::HttpHandshake {
@@ -511,6 +553,7 @@ impl MeshPool {
         tokio::spawn(conn);
         Ok(Pooled1 {
             sender,
+            peer,
             requests: 0,
             last_used: std::time::Instant::now(),
             endpoint: up.endpoint,
@@ -579,19 +622,41 @@ impl MeshPool {
         tunnel: Option<&str>,
         sni: &str,
         connect_timeout: Option<Duration>,
+        subject_alt_names: &[String],
     ) -> Result<MeshStream, UpstreamError> {
         self.tls(
             &self.tcp_connector,
             endpoint,
-            tunnel,
-            sni,
+            (tunnel, sni),
             connect_timeout,
             None,
+            subject_alt_names,
         )
         .await
     }
 
+    /// The mTLS handshake, then the check of the peer's identity against
+    /// `subject_alt_names` (when there are any).
     async fn tls(
+        &self,
+        connector: &TlsConnector,
+        endpoint: SocketAddr,
+        (tunnel, sni): (Option<&str>, &str),
+        connect_timeout: Option<Duration>,
+        trace: Option<TraceParent>,
+        subject_alt_names: &[String],
+    ) -> Result<MeshStream, UpstreamError> {
+        let tls = self
+            .handshake(connector, endpoint, tunnel, sni, connect_timeout, trace)
+            .await?;
+        admits(subject_alt_names, &peer_of(&tls)).map_err(|reason| UpstreamError::Handshake {
+            addr: endpoint,
+            reason,
+        })?;
+        Ok(tls)
+    }
+
+    async fn handshake(
         &self,
         connector: &TlsConnector,
         endpoint: SocketAddr,
@@ -681,17 +746,19 @@ impl MeshPool {
         sni: &str,
         connect_timeout: Option<Duration>,
         trace: Option<TraceParent>,
-    ) -> Result<SendRequest<Body>, UpstreamError> {
+        subject_alt_names: &[String],
+    ) -> Result<(SendRequest<Body>, Arc<str>), UpstreamError> {
         let tls = self
             .tls(
                 &self.connector,
                 endpoint,
-                tunnel,
-                sni,
+                (tunnel, sni),
                 connect_timeout,
                 trace,
+                subject_alt_names,
             )
             .await?;
+        let peer = peer_of(&tls);
         let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
@@ -705,7 +772,7 @@ impl MeshPool {
                 tracing::debug!(%endpoint, error = %e, "upstream connection closed");
             }
         });
-        Ok(sender)
+        Ok((sender, peer))
     }
 }
 

@@ -182,6 +182,33 @@ spec:
         ),
         "{body}"
     );
+
+    // subjectAltNames: the endpoint must present one of these identities. Its
+    // own is accepted; one it does not have fails the connection, naming both.
+    let client_config = |sans: &str| format!("{NODE}{}  subjectAltNames: [{sans}]\n", entry(5000));
+    client
+        .store
+        .apply_yaml(
+            &client_config("spiffe://mesh.example/ns/shop/sa/legacy"),
+            "sans",
+        )
+        .unwrap();
+    let (status, body) = get(client.outbound_addr, "vm.mesh.example:5000", "/").await;
+    assert_eq!(status, 200, "{body}");
+    client
+        .store
+        .apply_yaml(
+            &client_config("spiffe://mesh.example/ns/shop/sa/db"),
+            "sans",
+        )
+        .unwrap();
+    // The connection pooled under the old names is not reused: the next one fails.
+    let (status, body) = get(client.outbound_addr, "vm.mesh.example:5000", "/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("the peer is spiffe://mesh.example/ns/shop/sa/legacy, which is not one of the subjectAltNames"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

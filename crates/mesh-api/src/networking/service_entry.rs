@@ -188,6 +188,22 @@ impl ServiceEntrySpec {
         if !self.endpoints.is_empty() && self.workload_selector.is_some() {
             v.error("set only one of endpoints and workloadSelector");
         }
+        // Checked against the mesh certificate of a MESH_INTERNAL endpoint, which
+        // carries a SPIFFE identity only.
+        if !self.subject_alt_names.is_empty()
+            && self.location != Some(ServiceEntryLocation::MeshInternal)
+        {
+            v.field("subjectAltNames", |v| {
+                v.error("they are checked against mesh endpoints' certificates (location: MESH_INTERNAL); for TLS to an external service set the DestinationRule's tls.subjectAltNames")
+            });
+        }
+        v.each("subjectAltNames", &self.subject_alt_names, |v, san| {
+            if !san.starts_with("spiffe://") {
+                v.error(format!(
+                    "{san:?} is not a SPIFFE ID; mesh certificates name their workload as spiffe://TRUST_DOMAIN/ns/NS/sa/SA"
+                ));
+            }
+        });
         if self.workload_selector.is_some() {
             // The selected workloads run sidecars: they are reached over mesh mTLS, at
             // their pod or WorkloadEntry address.

@@ -338,6 +338,7 @@ async fn forward_l4(
             endpoint.quic.then_some(state.node.cluster.as_str()),
             &sni_mesh,
             None,
+            &target.subject_alt_names,
         )
         .await;
     // Istio's TCP metrics, reported as the source: opened now, closed with the bytes.

@@ -62,6 +62,7 @@ pub fn compile_service(svc: &ServiceConfig) -> Arc<Service> {
         location: Location::Mesh,
         dns: None,
         headless: svc.headless,
+        subject_alt_names: vec![],
         source_labels: std::sync::OnceLock::new(),
     })
 }

@@ -107,6 +107,11 @@ pub(super) fn compile(spec: &ServiceEntrySpec, namespace: &str) -> Result<Vec<Se
             location,
             dns,
             headless: passthrough,
+            subject_alt_names: if location == Location::Mesh {
+                spec.subject_alt_names.clone()
+            } else {
+                vec![]
+            },
             source_labels: std::sync::OnceLock::new(),
         });
     }
