@@ -262,7 +262,7 @@ fn refused_shapes() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("ap.yaml", ap("{action: DENY, rules: [{when: [{key: \"request.auth.claims[]\", values: [x]}]}]}"), "AuthorizationPolicy/shop/no-admin", "request.auth.claims[NAME]"),
         ("ap.yaml", ap("{action: DENY, targetRefs: [{kind: Service, name: reviews}], rules: [{}]}"), "AuthorizationPolicy/shop/no-admin", "spec.targetRefs"),
         ("gw.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: shop}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 27017, name: mongo, protocol: MONGO}, hosts: ['*']}]}\n".into(), "Gateway/shop/ingress", "MONGO servers are not served"),
-        ("se.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\nspec: {hosts: [legacy.example], ports: [{number: 80, name: http, protocol: HTTP}], endpoints: [{address: 10.9.9.9}]}\n".into(), "ServiceEntry/shop/legacy", "spec.resolution: NONE is not enforced yet"),
+        ("se.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\nspec: {hosts: [legacy.example], ports: [{number: 80, name: http, protocol: HTTP}], endpoints: [{address: 10.9.9.9}]}\n".into(), "ServiceEntry/shop/legacy", "spec.resolution: NONE (also when unset) needs the entry's `addresses`"),
         ("sidecar.yaml", "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {egress: [{hosts: [\"reviews\"]}]}\n".into(), "Sidecar/shop/default", "namespace/dnsName"),
     ]
 }
