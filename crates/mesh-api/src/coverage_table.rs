@@ -110,6 +110,9 @@ const SERVICE_ENTRY: &[&str] = &[
 const SIDECAR: &[&str] = &[
     "crates/mesh-proxy/tests/sidecar_resource::a_sidecar_resource_scopes_what_a_workload_reaches",
 ];
+const SIDECAR_INGRESS: &[&str] = &[
+    "crates/mesh-proxy/tests/sidecar_resource::sidecar_ingress_listeners_forward_to_the_default_endpoint",
+];
 const FEDERATION: &[&str] =
     &["discovery/tests/federation::linked_clusters_exchange_exported_endpoints_and_withdraw_them"];
 
@@ -916,7 +919,7 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
     r(
         "Server",
         "defaultEndpoint",
-        "it configures sidecar ingress listeners (the Sidecar kind), which Isthmus does not build",
+        "on a Gateway server it has no meaning in Isthmus (Istio reads it for Sidecar ingress listeners, where Isthmus honours it); route with the VirtualServices bound to the Gateway",
     ),
     en(
         "Server",
@@ -997,16 +1000,41 @@ pub(crate) static FIELDS: &[FieldSupport] = &[
         SIDECAR,
     ),
     e("LabelSelector", "labels", SIDECAR),
-    r(
+    en(
         "SidecarSpec",
         "ingress",
-        "inbound listeners are not built: the sidecar takes every port of its services; remove `ingress`",
+        "a listener per workload port: mesh and permitted plaintext traffic to that port goes to the application at \
+         its `defaultEndpoint` port, handled as the listener's protocol; policies see the listener's port",
+        SIDECAR_INGRESS,
     ),
+    e("IstioIngressListener", "port", SIDECAR_INGRESS),
+    en(
+        "IstioIngressListener",
+        "defaultEndpoint",
+        "`127.0.0.1:PORT` or `0.0.0.0:PORT` (the workload itself); Unix sockets and other addresses are refused",
+        SIDECAR_INGRESS,
+    ),
+    r(
+        "IstioIngressListener",
+        "bind",
+        "the sidecar takes inbound traffic on its one inbound port; remove `bind`",
+    ),
+    r(
+        "IstioIngressListener",
+        "captureMode",
+        "capture is set up by the init container for the whole pod; remove `captureMode`",
+    ),
+    r(
+        "IstioIngressListener",
+        "tls",
+        "inbound traffic is mesh mTLS (PeerAuthentication decides plaintext); TLS of the application's own is not terminated here",
+    ),
+    r("IstioIngressListener", "connectionPool", CONNECTION_TUNING),
     en(
         "SidecarSpec",
         "egress",
         "one listener's hosts (or several, joined): services outside them are not compiled by the proxy, so they are \
-         unknown to it (404, the outbound traffic policy for captured traffic, no DNS answer); discovery still sends the namespace's view",
+         unknown to it (404, the outbound traffic policy for captured traffic, no DNS answer), and discovery does not send them",
         SIDECAR,
     ),
     e("SidecarSpec", "outboundTrafficPolicy", SIDECAR),

@@ -162,3 +162,82 @@ async fn a_sidecar_resource_scopes_what_a_workload_reaches() {
     );
     assert_eq!(get("ratings.ops:9080").await.0, 200);
 }
+
+#[tokio::test]
+async fn sidecar_ingress_listeners_forward_to_the_default_endpoint() {
+    let mesh = Mesh::new();
+    let app = support::backend("reviews", std::time::Duration::ZERO).await;
+    // The workload port the Service targets: free, nothing listens there.
+    let workload_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ingress = format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  workloadSelector: {{labels: {{app: reviews}}}}
+  ingress:
+  - port: {{number: {workload_port}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:{}
+",
+        app.port()
+    );
+    let reviews = support::sidecar(
+        &mesh,
+        &server("reviews", "shop", workload_port),
+        "shop",
+        "reviews",
+    )
+    .await;
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let web = support::sidecar(
+        &mesh,
+        &client(reviews.inbound_addr, unused, ""),
+        "shop",
+        "web",
+    )
+    .await;
+    let get = || support::get(web.outbound_addr, "reviews.shop:9080", "/", &[]);
+    // Without the listener the workload port has no application behind it.
+    let (status, body) = get().await;
+    assert_eq!(status, 503, "{body}");
+    // The ingress listener takes the workload port and forwards to the application's
+    // defaultEndpoint.
+    reviews
+        .store
+        .apply_yaml(
+            &format!("{}{ingress}", server("reviews", "shop", workload_port)),
+            "test",
+        )
+        .unwrap();
+    let (status, body) = get().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("reviews"), "{body}");
+    // A defaultEndpoint that is not the workload itself is refused, naming the
+    // field, and the listener in force stays.
+    let refused = reviews
+        .store
+        .apply_yaml(
+            &format!(
+                "{}{}",
+                server("reviews", "shop", workload_port),
+                ingress.replace("127.0.0.1:", "10.1.2.3:")
+            ),
+            "test",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("spec.ingress[0].defaultEndpoint")
+            && refused.contains("the endpoint is the workload itself"),
+        "{refused}"
+    );
+    assert_eq!(get().await.0, 200);
+}

@@ -3,7 +3,7 @@
 mod destination_rule;
 mod gateway;
 mod service_entry;
-mod sidecar;
+pub mod sidecar;
 mod virtual_service;
 
 pub use destination_rule::*;

@@ -130,9 +130,49 @@ impl EgressHost {
     }
 }
 
+/// The application port an ingress listener's `defaultEndpoint` names
+/// (`127.0.0.1:PORT`, `0.0.0.0:PORT`, `[::1]:PORT` or `[::]:PORT`: the workload's own
+/// address), or why it cannot be honoured.
+pub fn default_endpoint_port(endpoint: &str) -> Result<u16, String> {
+    if endpoint.starts_with("unix://") {
+        return Err(format!(
+            "{endpoint:?}: Unix domain sockets are not built; give 127.0.0.1:PORT"
+        ));
+    }
+    let addr: std::net::SocketAddr = endpoint
+        .parse()
+        .map_err(|_| format!("{endpoint:?}: write 127.0.0.1:PORT (or 0.0.0.0:PORT)"))?;
+    if !(addr.ip().is_loopback() || addr.ip().is_unspecified()) {
+        return Err(format!(
+            "{endpoint:?}: the endpoint is the workload itself: give 127.0.0.1:PORT or 0.0.0.0:PORT"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!("{endpoint:?}: port 0"));
+    }
+    Ok(addr.port())
+}
+
 impl SidecarSpec {
     pub(crate) fn validate(&self, v: &mut Validator) {
-        if self.egress.is_empty() && self.outbound_traffic_policy.is_none() {
+        let mut seen = std::collections::BTreeSet::new();
+        v.each("ingress", &self.ingress, |v, l| {
+            v.field("port", |v| {
+                v.field("number", |v| crate::common::validate_port(v, l.port.number));
+                if !seen.insert(l.port.number) {
+                    v.error(format!("port {} has two ingress listeners", l.port.number));
+                }
+            });
+            if let Some(e) = &l.default_endpoint
+                && let Err(reason) = default_endpoint_port(e)
+            {
+                v.field("defaultEndpoint", |v| v.error(reason));
+            }
+        });
+        if self.egress.is_empty()
+            && self.outbound_traffic_policy.is_none()
+            && self.ingress.is_empty()
+        {
             v.field("egress", |v| {
                 v.error("give at least one egress listener with hosts (e.g. `./*` and `istio-system/*`)")
             });

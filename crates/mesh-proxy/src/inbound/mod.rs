@@ -275,7 +275,10 @@ impl Inbound {
         }) {
             return refuse(&reason);
         }
-        let app = SocketAddr::new(self.app_ip, port);
+        let app = SocketAddr::new(
+            self.app_ip,
+            state.app_port(port, crate::model::Protocol::Unknown).0,
+        );
         match tokio::net::TcpStream::connect(app).await {
             Ok(mut upstream) => {
                 let bytes = tokio::io::copy_bidirectional(&mut tcp, &mut upstream)
@@ -328,8 +331,8 @@ impl Inbound {
                 "TCP stream without outbound SNI".to_owned(),
             ),
             Some(service_port) => {
-                let (target_port, _) = state.local_port(service_port);
-                let app = SocketAddr::new(self.app_ip, target_port);
+                let (target_port, protocol) = state.local_port(service_port);
+                let app = SocketAddr::new(self.app_ip, state.app_port(target_port, protocol).0);
                 let decision = state.authz.decide(&Attributes {
                     principal: &caller.principal,
                     principal_aliases: &caller.aliases,

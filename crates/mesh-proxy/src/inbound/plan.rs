@@ -101,6 +101,9 @@ pub(super) fn plan(
 ) -> Result<InboundPlan, InboundRefusal> {
     let service_port = input.service_port.ok_or(InboundRefusal::NoServicePort)?;
     let (target_port, protocol) = state.local_port(service_port);
+    // Policies see the workload port; a Sidecar ingress listener may send it on to
+    // another port of the application.
+    let (app_port, protocol) = state.app_port(target_port, protocol);
     // Policies and the application see the normalized path.
     let path = input.options.path_normalization.apply(parts.uri.path());
     // Parsed once: an unchanged path reuses the request's own.
@@ -134,7 +137,7 @@ pub(super) fn plan(
     )?;
     let app_uri = Uri::builder()
         .scheme("http")
-        .authority(SocketAddr::new(input.app_ip, target_port).to_string())
+        .authority(SocketAddr::new(input.app_ip, app_port).to_string())
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| InboundRefusal::BadAppUri(e.to_string()))?;

@@ -210,6 +210,15 @@ impl ProxyState {
         self
     }
 
+    /// Where the application takes traffic sent to the workload's `port` (a Sidecar
+    /// ingress listener's `defaultEndpoint`), and the protocol it is handled as.
+    pub fn app_port(&self, port: u16, protocol: Protocol) -> (u16, Protocol) {
+        match self.scope.as_ref().and_then(|s| s.ingress_port(port)) {
+            Some(l) => (l.forward_to, l.protocol),
+            None => (port, protocol),
+        }
+    }
+
     /// The workload port and protocol behind one of this node's service ports (the
     /// port itself, protocol unknown, when no service of the node declares it).
     pub fn local_port(&self, service_port: u16) -> (u16, Protocol) {

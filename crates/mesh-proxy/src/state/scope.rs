@@ -27,6 +27,20 @@ pub struct Scope {
     namespace: String,
     /// Its outbound traffic policy, when it sets one.
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// Its ingress listeners.
+    pub ingress: Vec<IngressPort>,
+}
+
+/// A Sidecar ingress listener: traffic to the workload's `port` goes to the
+/// application's `forward_to` port (its `defaultEndpoint`), handled as `protocol`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct IngressPort {
+    /// The workload port the listener takes.
+    pub port: u16,
+    /// The application's port.
+    pub forward_to: u16,
+    /// The listener's protocol.
+    pub protocol: crate::model::Protocol,
 }
 
 impl Scope {
@@ -67,6 +81,27 @@ impl Scope {
                     .find(|(_, s, ns)| ns == ROOT_NAMESPACE && s.spec.workload_selector.is_none())
             })?;
         let hosts: Vec<String> = s.spec.egress.iter().flat_map(|e| e.hosts.clone()).collect();
+        // Validation has read every listener; one that does not parse is left out.
+        let ingress = s
+            .spec
+            .ingress
+            .iter()
+            .filter_map(|l| {
+                let port = u16::try_from(l.port.number).ok()?;
+                let forward_to = match &l.default_endpoint {
+                    Some(e) => mesh_api::networking::sidecar::default_endpoint_port(e).ok()?,
+                    None => port,
+                };
+                Some(IngressPort {
+                    port,
+                    forward_to,
+                    protocol: crate::model::Protocol::from_port(
+                        &l.port.name,
+                        Some(&l.port.protocol),
+                    ),
+                })
+            })
+            .collect();
         Some(Self {
             sidecar: r.key(),
             // Validation has read every host; one that does not parse admits nothing.
@@ -75,6 +110,7 @@ impl Scope {
                 .filter_map(|h| EgressHost::parse(h).ok())
                 .collect(),
             hosts,
+            ingress,
             namespace: ns.clone(),
             outbound_traffic_policy: s
                 .spec
@@ -86,6 +122,11 @@ impl Scope {
                     OutboundTrafficMode::RegistryOnly => OutboundTrafficPolicy::RegistryOnly,
                 }),
         })
+    }
+
+    /// The ingress listener taking the workload port `port`, if any.
+    pub fn ingress_port(&self, port: u16) -> Option<&IngressPort> {
+        self.ingress.iter().find(|l| l.port == port)
     }
 
     /// Whether the egress hosts admit `svc` (by its namespace and host). A Sidecar
