@@ -755,6 +755,32 @@ async fn a_clusterset_service_holds_the_endpoints_of_the_clusters_that_export_it
             == ["10.1.0.1:15006 east w1 v1", "127.0.0.1:25443 west w4 v2"]
     })
     .await;
+    // A VirtualService and a DestinationRule target the clusterset host like any
+    // other: a subset by cluster label holds west's endpoint only.
+    write(
+        east_dir.path(),
+        "mcs-routing.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews-set, namespace: shop}\nspec:\n  host: reviews.shop.svc.clusterset.local\n  subsets: [{name: west, labels: {topology.istio.io/cluster: west}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-set, namespace: shop}\nspec:\n  hosts: [reviews.shop.svc.clusterset.local]\n  http: [{route: [{destination: {host: reviews.shop.svc.clusterset.local, subset: west}}]}]\n",
+    );
+    eventually(
+        "routed by a VirtualService and a DestinationRule",
+        T,
+        || {
+            let state = proxy.store.snapshot();
+            let (Some(svc), Some(policy)) = (
+                state.services.get(CLUSTERSET_REVIEWS),
+                state.policies.get(CLUSTERSET_REVIEWS),
+            ) else {
+                return false;
+            };
+            let west: Vec<String> =
+                mesh_proxy::policy::DestinationPolicy::select(Some(policy), svc, "west")
+                    .map(|eps| eps.iter().map(|e| e.cluster.clone()).collect())
+                    .unwrap_or_default();
+            state.routes.contains_key(CLUSTERSET_REVIEWS) && west == ["west"]
+        },
+    )
+    .await;
     // An import whose IP is not one is refused, naming the field; the last good one
     // stays in force.
     write(
