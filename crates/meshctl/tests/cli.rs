@@ -343,3 +343,31 @@ fn remote_secret_prints_a_link_that_discovery_reads_and_refuses_bad_input() {
     let err = fails(&strs(&args("10.0.2.1", "west")));
     assert!(err.contains("HOST:PORT"), "{err}");
 }
+
+#[test]
+fn testbed_pods_without_iptables_says_what_to_install() {
+    // A PATH with `ip` but no `iptables`.
+    let bin = tempfile::tempdir().unwrap();
+    let ip = bin.path().join("ip");
+    std::fs::write(&ip, "#!/bin/sh\nexit 0\n").unwrap();
+    let mut perms = std::fs::metadata(&ip).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&ip, perms).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["testbed", "up", "--workloads", "pods", "--dir"])
+        .arg(dir.path())
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            err.contains("`iptables` is not installed; install it with `apt-get install iptables`"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("not running as root"), "{err}");
+    }
+}

@@ -49,7 +49,10 @@ pub(crate) fn available() -> Result<(), String> {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            return Err(format!("`{tool}` is not installed"));
+            let package = if tool == "ip" { "iproute2" } else { tool };
+            return Err(format!(
+                "`{tool}` is not installed; install it with `apt-get install {package}` (Debian/Ubuntu) or `dnf install {package}` (Fedora)"
+            ));
         }
     }
     Ok(())
