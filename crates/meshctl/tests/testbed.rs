@@ -181,6 +181,17 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         let answer = String::from_utf8_lossy(&looked_up.stdout);
         assert!(answer.starts_with("240.240."), "{answer:?}");
     }
+    // A ServiceEntry of west selecting its helloworld workloads is exported like a
+    // Service: east, which has no such entry, reaches them by the entry's host.
+    let entry = meshctl(
+        &dir,
+        &["testbed", "curl", "http://hello.vm.internal:5000/hello"],
+    );
+    assert!(
+        text(&entry).contains("Hello version: v2, instance: helloworld-v2, cluster: west"),
+        "{}",
+        text(&entry)
+    );
     // From the host, east's ingress gateway splits /api 90/10 over v1 (east) and v2
     // (west), and routes the rest to the front page's chain across clusters.
     let ingress = state["plan"]["clusters"][0]["ingress"].as_str().unwrap();

@@ -20,6 +20,10 @@ pub(crate) const INGRESS_ACCOUNT: &str = "isthmus-ingressgateway";
 /// Service of that name anywhere else, yet it resolves and routes from every cluster.
 pub(crate) const REMOTE_ONLY: &str = "hello-west";
 
+/// A ServiceEntry host of the second cluster whose endpoints its `workloadSelector`
+/// picks (helloworld there): exported like a Service, it routes from every cluster.
+pub(crate) const SELECTED_ENTRY: &str = "hello.vm.internal";
+
 /// One sample workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -315,6 +319,9 @@ pub(crate) fn registry_docs(plan: &Plan, c: &Cluster) -> String {
         out.push_str(&format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {REMOTE_ONLY}, namespace: {NAMESPACE}}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: helloworld}}\n  ports: [{{name: http, port: 5000}}]\n",
             ip = service_ip(1, 99),
+        ));
+        out.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: hello-vm, namespace: {NAMESPACE}}}\nspec:\n  hosts: [{SELECTED_ENTRY}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 5000, name: http, protocol: HTTP}}]\n  workloadSelector: {{labels: {{app: helloworld}}}}\n"
         ));
     }
     for w in &c.workloads {
