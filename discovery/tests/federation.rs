@@ -110,6 +110,27 @@ async fn pair() -> Pair {
     }
 }
 
+/// Links east and west to each other (their gateways are addresses on their
+/// networks where nothing listens).
+fn link_both(
+    east_dir: &tempfile::TempDir,
+    west_dir: &tempfile::TempDir,
+    east: &discovery::Discovery,
+    west: &discovery::Discovery,
+    root_pem: &str,
+) {
+    write(
+        east_dir.path(),
+        "link-west.yaml",
+        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", root_pem, false),
+    );
+    write(
+        west_dir.path(),
+        "link-east.yaml",
+        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", root_pem, false),
+    );
+}
+
 fn endpoint_summary(store: &mesh_proxy::StateStore, host: &str) -> Vec<String> {
     let state = store.snapshot();
     let mut v: Vec<String> = state
@@ -147,16 +168,7 @@ async fn linked_clusters_exchange_exported_endpoints_and_withdraw_them() {
     } = pair().await;
 
     // Link each to the other (the gateways are addresses on their networks).
-    write(
-        east_dir.path(),
-        "link-west.yaml",
-        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem, false),
-    );
-    write(
-        west_dir.path(),
-        "link-east.yaml",
-        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem, false),
-    );
+    link_both(&east_dir, &west_dir, &east, &west, &root_pem);
     // A link to oneself is ignored with a reason.
     write(
         east_dir.path(),
@@ -693,16 +705,7 @@ async fn a_clusterset_service_holds_the_endpoints_of_the_clusters_that_export_it
         west,
         ..
     } = pair().await;
-    write(
-        east_dir.path(),
-        "link-west.yaml",
-        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem, false),
-    );
-    write(
-        west_dir.path(),
-        "link-east.yaml",
-        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem, false),
-    );
+    link_both(&east_dir, &west_dir, &east, &west, &root_pem);
     let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
     eventually("linked", T, || {
         endpoint_summary(&proxy.store, REVIEWS).len() == 2
@@ -833,16 +836,7 @@ async fn a_service_entry_selecting_workloads_is_served_and_exported_like_a_servi
         east,
         west,
     } = pair().await;
-    write(
-        east_dir.path(),
-        "link-west.yaml",
-        &link_secret("west", west.grpc_addr, "127.0.0.1:25443", &root_pem, false),
-    );
-    write(
-        west_dir.path(),
-        "link-east.yaml",
-        &link_secret("east", east.grpc_addr, "127.0.0.1:15443", &root_pem, false),
-    );
+    link_both(&east_dir, &west_dir, &east, &west, &root_pem);
     // West: the entry (workloadSelector app: db), a ready pod and a WorkloadEntry it
     // selects, a pod that is not ready, and a pod it does not select.
     let pod = |name: &str, ip: &str, app: &str, ready: bool| {

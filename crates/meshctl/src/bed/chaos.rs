@@ -219,11 +219,7 @@ impl Bed<'_> {
     }
 
     fn curl(&self) -> anyhow::Result<&Workload> {
-        self.east()
-            .workloads
-            .iter()
-            .find(|w| w.app == "curl")
-            .context("no curl workload")
+        super::curl_of(self.east())
     }
 
     fn get_json(&self, addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {

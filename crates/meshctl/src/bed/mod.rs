@@ -589,11 +589,7 @@ fn curl(dir: &Path, cluster: Option<&str>, url: &str) -> anyhow::Result<(u16, St
             .with_context(|| format!("no cluster {name:?}"))?,
         None => &plan.clusters[0],
     };
-    let curl = c
-        .workloads
-        .iter()
-        .find(|w| w.app == "curl")
-        .context("no curl workload")?;
+    let curl = curl_of(c)?;
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -655,6 +651,24 @@ fn scenario(dir: &Path, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The state and plan of a ready testbed of at least two clusters, for `scenario`.
+fn two_clusters(dir: &Path, scenario: &str) -> anyhow::Result<(supervisor::State, plan::Plan)> {
+    let (state, plan) = ready_state(dir)?;
+    anyhow::ensure!(
+        plan.clusters.len() >= 2,
+        "the {scenario} scenario needs two clusters"
+    );
+    Ok((state, plan))
+}
+
+/// The curl workload of cluster `c`, the scenarios' client.
+pub(crate) fn curl_of(c: &plan::Cluster) -> anyhow::Result<&plan::Workload> {
+    c.workloads
+        .iter()
+        .find(|w| w.app == "curl")
+        .with_context(|| format!("no curl workload in cluster {}", c.name))
+}
+
 /// Applies (or, with `remove`, deletes) Istio YAML in every cluster, as a user would:
 /// `kubectl apply` to the API servers, or a file in each registry directory.
 fn configure(
@@ -707,16 +721,8 @@ fn configure_in(
 /// An 80/20 split between helloworld v1 and v2 (in two clusters): the split observed
 /// over 500 requests against the weights.
 fn canary(dir: &Path) -> anyhow::Result<()> {
-    let (state, plan) = ready_state(dir)?;
-    anyhow::ensure!(
-        plan.clusters.len() >= 2,
-        "the canary scenario needs two clusters"
-    );
-    let curl = plan.clusters[0]
-        .workloads
-        .iter()
-        .find(|w| w.app == "curl")
-        .context("curl")?;
+    let (state, plan) = two_clusters(dir, "canary")?;
+    let curl = curl_of(&plan.clusters[0])?;
     println!(
         "\nScenario canary: helloworld 80 % v1 ({}) / 20 % v2 ({}).",
         plan.clusters[0].name, plan.clusters[1].name
@@ -765,17 +771,9 @@ fn canary(dir: &Path) -> anyhow::Result<()> {
 /// the first cluster adds its endpoints; deleting the second's withdraws them. Each
 /// step is observed from the first cluster's client over 40 requests.
 fn clusterset(dir: &Path) -> anyhow::Result<()> {
-    let (state, plan) = ready_state(dir)?;
-    anyhow::ensure!(
-        plan.clusters.len() >= 2,
-        "the clusterset scenario needs two clusters"
-    );
+    let (state, plan) = two_clusters(dir, "clusterset")?;
     let (first, second) = (&plan.clusters[0], &plan.clusters[1]);
-    let curl = first
-        .workloads
-        .iter()
-        .find(|w| w.app == "curl")
-        .context("curl")?;
+    let curl = curl_of(first)?;
     let host = mesh_api::mcs::clusterset_host("helloworld", plan::NAMESPACE);
     let authority = format!("{host}:5000");
     println!(
@@ -850,11 +848,7 @@ fn clusterset(dir: &Path) -> anyhow::Result<()> {
 fn strict_mtls(dir: &Path) -> anyhow::Result<()> {
     let (state, plan) = ready_state(dir)?;
     let c = &plan.clusters[0];
-    let curl = c
-        .workloads
-        .iter()
-        .find(|w| w.app == "curl")
-        .context("curl")?;
+    let curl = curl_of(c)?;
     let target = c
         .workloads
         .iter()
@@ -950,17 +944,9 @@ fn strict_mtls(dir: &Path) -> anyhow::Result<()> {
 /// Requests flow from curl in the first cluster to helloworld (v1, local); v1 starts
 /// failing; traffic must move to v2 in the next cluster with no failed request.
 fn failover(dir: &Path) -> anyhow::Result<()> {
-    let (state, plan) = ready_state(dir)?;
-    anyhow::ensure!(
-        plan.clusters.len() >= 2,
-        "the failover scenario needs two clusters"
-    );
+    let (state, plan) = two_clusters(dir, "failover")?;
     let (first, second) = (&plan.clusters[0], &plan.clusters[1]);
-    let curl = first
-        .workloads
-        .iter()
-        .find(|w| w.app == "curl")
-        .context("curl")?;
+    let curl = curl_of(first)?;
     let v1 = &first.workloads[0].name;
     println!(
         "\nScenario failover: curl in {} → helloworld; {v1} starts failing.",

@@ -782,11 +782,7 @@ async fn bring_up(
 
     r.start("first cross-cluster request");
     let first = &plan.clusters[0];
-    let curl = first
-        .workloads
-        .iter()
-        .find(|w| w.app == "curl")
-        .context("curl")?;
+    let curl = super::curl_of(first)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         // Each attempt starts a trace of its own; the one that succeeds is reported.
