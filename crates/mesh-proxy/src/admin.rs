@@ -51,6 +51,10 @@ impl Admin {
                 self.metrics.encode(),
             ),
             "/config_dump" => (StatusCode::OK, "application/json", self.config_dump()),
+            "/debug/diagnose" => match self.diagnose(req.uri().query().unwrap_or_default()) {
+                Ok(doc) => (StatusCode::OK, "application/json", doc),
+                Err(e) => (StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            },
             "/certs" => (
                 StatusCode::OK,
                 "application/json",
@@ -59,11 +63,62 @@ impl Admin {
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "endpoints: /healthz/ready /healthz/live /stats/prometheus /config_dump /certs\n"
+                "endpoints: /healthz/ready /healthz/live /stats/prometheus /config_dump /certs /debug/diagnose?url=URL[&method=M][&header=NAME:VALUE]\n"
                     .to_owned(),
             ),
         };
         crate::http_util::text_response(status, content_type, body)
+    }
+
+    /// `/debug/diagnose?url=URL&method=M&header=NAME:VALUE...`: what this proxy does
+    /// with that request, from its live state ([`crate::plan::explain`]).
+    fn diagnose(&self, query: &str) -> Result<String, String> {
+        let mut builder = http::Request::builder();
+        let mut url = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "url" => url = Some(v.into_owned()),
+                "method" => builder = builder.method(&*v),
+                "header" => {
+                    let (name, value) = v
+                        .split_once(':')
+                        .ok_or_else(|| format!("header {v:?}: write NAME:VALUE"))?;
+                    builder = builder.header(name.trim(), value.trim());
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?}; use url, method, header"
+                    ));
+                }
+            }
+        }
+        let url = url.ok_or("give the request's url, e.g. ?url=http://reviews:9080/")?;
+        let (parts, ()) = builder
+            .uri(&url)
+            .body(())
+            .map_err(|e| format!("{url}: {e}"))?
+            .into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| format!("{url}: no host"))?;
+        let state = self.store.snapshot();
+        let mut doc = crate::plan::explain(&state, &parts, &authority);
+        doc["proxy"] = serde_json::json!({
+            "node": format!("{}.{}", state.node.name, state.node.namespace),
+            "cluster": state.node.cluster,
+            "network": state.node.network,
+            "locality": state.node.locality,
+        });
+        serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())
     }
 
     fn config_dump(&self) -> String {

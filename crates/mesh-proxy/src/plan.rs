@@ -251,20 +251,7 @@ pub fn plan<'s>(
         peer,
     } = req;
     let (routes, owner, req_port, gateway) = routes_for(state, entry, authority)?;
-    let view = RequestView {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        authority,
-        scheme: request_scheme(parts),
-        headers: &parts.headers,
-        port: req_port,
-        // Set by the ingress gateway when the request's JWT was verified.
-        claims: parts
-            .extensions
-            .get::<Arc<crate::jwt::RequestAuth>>()
-            .map(|a| &a.claims),
-    };
+    let view = request_view(parts, authority, req_port);
     let route = routes
         .iter()
         .find(|r| r.matches(&view))
@@ -432,6 +419,172 @@ fn routes_for<'s>(
         .get(&service.host)
         .map_or(&[][..], |r| r.as_slice());
     Ok((routes, &service.host, req_port, false))
+}
+
+/// What route matches see of a request.
+fn request_view<'r>(
+    parts: &'r http::request::Parts,
+    authority: &'r str,
+    port: u16,
+) -> RequestView<'r> {
+    RequestView {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        authority,
+        scheme: request_scheme(parts),
+        headers: &parts.headers,
+        port,
+        // Set by the ingress gateway when the request's JWT was verified.
+        claims: parts
+            .extensions
+            .get::<Arc<crate::jwt::RequestAuth>>()
+            .map(|a| &a.claims),
+    }
+}
+
+/// What this proxy does with a request and why, from its live state (`meshctl
+/// diagnose`): the service the request names and each of its routes, whether it
+/// matches (the first that does is used), then, for each destination of that route
+/// with its weight, the decision [`plan`] makes, the same planner every request goes
+/// through: the service, port, subset, DestinationRule policy, the endpoints it
+/// chooses among (cluster, locality, through a gateway or not) and the mTLS SNI, or
+/// why the request is refused. Faults are listed, not rolled.
+pub fn explain(
+    state: &ProxyState,
+    parts: &http::request::Parts,
+    authority: &str,
+) -> serde_json::Value {
+    use serde_json::json;
+    let entry = Entry::Explicit;
+    let refused = |r: &Refusal| {
+        json!({
+            "flag": r.flag().code(),
+            "status": r.why.flag().status().as_u16(),
+            "reason": r.why.to_string(),
+            "route": r.route,
+        })
+    };
+    let (routes, owner, port, _) = match routes_for(state, entry, authority) {
+        Ok(found) => found,
+        Err(r) => return json!({ "authority": authority, "refused": refused(&r) }),
+    };
+    let view = request_view(parts, authority, port);
+    let tried: Vec<_> = routes
+        .iter()
+        .map(|r| json!({ "route": r.name, "matches": r.matches(&view) }))
+        .collect();
+    let mut out = json!({
+        "authority": authority,
+        "service": owner,
+        "port": port,
+        "routes": tried,
+    });
+    let Some(route) = routes.iter().find(|r| r.matches(&view)) else {
+        out["refused"] = refused(&Refusal::new(Why::NoRouteMatches(owner.to_owned())));
+        return out;
+    };
+    out["route"] = json!(route.name);
+    if let Some(f) = &route.fault {
+        out["fault"] = json!({
+            "delay": f.delay.map(|(d, pct)| json!({ "delay": format!("{d:?}"), "percent": pct })),
+            "abort": f.abort.map(|(status, pct)| json!({ "status": status, "percent": pct })),
+        });
+    }
+    let no_fault = |destination: f64| Rolls {
+        delay: 1.0,
+        abort: 1.0,
+        destination,
+        cookie: || "diagnose".into(),
+    };
+    let inputs = || Inputs {
+        parts,
+        authority,
+        entry,
+        peer: None,
+    };
+    let RouteAction::Forward(dests) = &route.action else {
+        out["decision"] = match plan(state, inputs(), &no_fault(0.0)) {
+            Ok(Decision {
+                action: Action::Respond(l),
+                ..
+            }) => {
+                json!({ "respond": l.status.as_u16(), "location": l.location.and_then(|v| v.to_str().ok().map(str::to_owned)) })
+            }
+            Ok(_) => json!(null),
+            Err(r) => json!({ "refused": refused(&r) }),
+        };
+        return out;
+    };
+    let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
+    let mut before = 0u64;
+    let mut decisions = Vec::new();
+    for d in dests {
+        // The roll that lands on this destination.
+        let roll = (before as f64 + f64::from(d.weight) / 2.0) / total.max(1) as f64;
+        before += u64::from(d.weight);
+        let decided = match plan(state, inputs(), &no_fault(roll)) {
+            Err(r) => json!({ "refused": refused(&r) }),
+            Ok(Decision {
+                action: Action::Respond(l),
+                ..
+            }) => json!({ "respond": l.status.as_u16() }),
+            Ok(Decision {
+                action: Action::Forward(p),
+                ..
+            }) => {
+                let endpoints: Vec<_> = p
+                    .candidates
+                    .iter()
+                    .map(|e| {
+                        let remote = !e.cluster.is_empty() && e.cluster != state.node.cluster;
+                        json!({
+                            "address": e.inbound.to_string(),
+                            "cluster": e.cluster,
+                            "network": e.network,
+                            "locality": e.locality,
+                            "labels": e.labels,
+                            "weight": e.weight,
+                            "stale": e.stale,
+                            // Another network's endpoints are its east-west gateway.
+                            "through_gateway": remote && e.network != state.node.network,
+                            "tunnel": if e.quic { "quic" } else { "tcp" },
+                        })
+                    })
+                    .collect();
+                let security = match p.resolved {
+                    Some(r) if r.plaintext => "plaintext (DestinationRule tls DISABLE)",
+                    Some(r) if r.origination.is_some() => {
+                        "TLS originated by this proxy (DestinationRule tls)"
+                    }
+                    _ if p.target.location == crate::model::Location::External => {
+                        "plaintext (MESH_EXTERNAL)"
+                    }
+                    _ => "mutual TLS (ISTIO_MUTUAL)",
+                };
+                json!({
+                    "service": p.target.host,
+                    "port": p.port.port,
+                    "subset": p.subset,
+                    "destination_rule": p.policy.map(|pol| pol.rule.clone()),
+                    "load_balancer": p.resolved.and_then(|r| r.lb).map(|lb| format!("{lb:?}")),
+                    "outlier_detection": p.resolved.and_then(|r| r.outlier.clone()),
+                    "locality": p.resolved.and_then(|r| r.locality.clone()),
+                    "sni": &*p.sni,
+                    "security": security,
+                    "endpoints": endpoints,
+                })
+            }
+        };
+        decisions.push(json!({
+            "host": d.host,
+            "subset": d.subset,
+            "weight": d.weight,
+            "decision": decided,
+        }));
+    }
+    out["destinations"] = json!(decisions);
+    out
 }
 
 /// How a request arrived at the proxy when the gateway terminated TLS for it (a
@@ -1047,6 +1200,74 @@ spec:
             panic!("not forwarded");
         };
         assert_eq!(&*p.sni, "outbound_.9090_._.reviews.shop.svc.cluster.local");
+    }
+
+    #[test]
+    fn explain_lists_the_routes_tried_and_plans_each_destination() {
+        let s = state(&format!(
+            "{SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: testers
+    match: [{{headers: {{x-tester: {{exact: 'on'}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - name: split
+    route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 80}}
+    - {{destination: {{host: reviews, subset: v2}}, weight: 20}}
+"
+        ));
+        let explained = |headers: &[(&str, &str)]| {
+            let parts = head("GET", "http://reviews:9080/x", headers);
+            explain(&s, &parts, "reviews:9080")
+        };
+        // The first route does not match; the split does, and each of its
+        // destinations is planned with its own endpoints.
+        let e = explained(&[]);
+        assert_eq!(e["service"], "reviews.shop.svc.cluster.local");
+        assert_eq!(e["routes"][0]["matches"], false);
+        assert_eq!(e["routes"][1]["matches"], true);
+        assert_eq!(e["route"], e["routes"][1]["route"]);
+        let d = &e["destinations"];
+        assert_eq!(
+            (d[0]["subset"].as_str(), d[0]["weight"].as_u64()),
+            (Some("v1"), Some(80))
+        );
+        assert_eq!(
+            (d[1]["subset"].as_str(), d[1]["weight"].as_u64()),
+            (Some("v2"), Some(20))
+        );
+        let addresses = |i: usize| -> Vec<String> {
+            d[i]["decision"]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["address"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(addresses(0), ["10.1.0.1:15006"]);
+        assert_eq!(addresses(1), ["10.1.0.2:15006"]);
+        assert_eq!(
+            d[1]["decision"]["sni"],
+            "outbound_.9080_.v2_.reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(d[1]["decision"]["security"], "mutual TLS (ISTIO_MUTUAL)");
+        // With the header, the first route matches.
+        let e = explained(&[("x-tester", "on")]);
+        assert_eq!(e["routes"][0]["matches"], true);
+        assert_eq!(e["destinations"].as_array().unwrap().len(), 1);
+        // A name the proxy does not know is refused, as the request would be.
+        let parts = head("GET", "http://nope:80/", &[]);
+        let e = explain(&s, &parts, "nope:80");
+        assert_eq!(e["refused"]["status"], 404, "{e}");
+        assert!(
+            e["refused"]["reason"].as_str().unwrap().contains("nope"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod analyze;
 mod bed;
 mod ca;
 mod crds;
+mod diagnose;
 mod install;
 mod multicluster;
 mod proxy;
@@ -61,6 +62,10 @@ enum Command {
     },
     /// One trace from Jaeger as a waterfall: `meshctl trace --last` or `meshctl trace ID`.
     Trace(trace::TraceArgs),
+    /// What the mesh does with a request from a workload, and why: the routes tried,
+    /// each destination's policy and endpoints (cluster, gateway), or the refusal,
+    /// from the source sidecar's own planner.
+    Diagnose(diagnose::DiagnoseArgs),
     /// A local multi-cluster mesh with sample apps: up, status, curl, scenario, down.
     #[command(subcommand)]
     Testbed(bed::TestbedCommand),
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Command::Testbed(cmd) => bed::run(cmd),
         Command::Install(args) => install::install(args),
         Command::Trace(args) => trace::run(args),
+        Command::Diagnose(args) => diagnose::run(args),
         Command::VerifyInstall(args) => install::verify(args),
         Command::WriteChart { out } => install::write_chart(&out),
     };

@@ -192,6 +192,23 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         "{}",
         text(&entry)
     );
+    // Diagnose, from east's curl sidecar: the route used, and helloworld's endpoints,
+    // east's own and west's through west's east-west gateway.
+    let diagnosed = meshctl(&dir, &["diagnose", "http://helloworld:5000/hello"]);
+    let explained = text(&diagnosed);
+    assert!(diagnosed.status.success(), "{explained}");
+    assert!(
+        explained.contains("← used")
+            && explained.contains("DestinationRule sample/helloworld")
+            && explained.contains("cluster east locality")
+            && explained.contains("through cluster west's east-west gateway"),
+        "{explained}"
+    );
+    // A request the mesh refuses says why, with a failing exit status.
+    let refused = meshctl(&dir, &["diagnose", "http://no-such-service:5000/"]);
+    let explained = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{explained}");
+    assert!(explained.contains("refused: 404 NR"), "{explained}");
     // From the host, east's ingress gateway splits /api 90/10 over v1 (east) and v2
     // (west), and routes the rest to the front page's chain across clusters.
     let ingress = state["plan"]["clusters"][0]["ingress"].as_str().unwrap();

@@ -651,6 +651,22 @@ fn scenario(dir: &Path, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The admin address of the curl workload's sidecar in `cluster` (default: the first)
+/// of the testbed in `dir`.
+pub(crate) fn curl_admin(
+    dir: Option<PathBuf>,
+    cluster: Option<&str>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let (_, plan) = ready_state(&default_dir(dir))?;
+    let c = match cluster {
+        Some(name) => plan
+            .cluster(name)
+            .with_context(|| format!("no testbed cluster {name:?}"))?,
+        None => plan.clusters.first().context("no cluster")?,
+    };
+    Ok(curl_of(c)?.admin())
+}
+
 /// The state and plan of a ready testbed of at least two clusters, for `scenario`.
 fn two_clusters(dir: &Path, scenario: &str) -> anyhow::Result<(supervisor::State, plan::Plan)> {
     let (state, plan) = ready_state(dir)?;
