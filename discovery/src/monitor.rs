@@ -11,6 +11,10 @@
 //! - `/debug/proxy?name=NAME.NAMESPACE`: the resources (name, version) that proxy sees.
 //! - `/debug/certs`: discovery's own certificate, its issuer and the roots it trusts.
 //! - `/debug/peering-refusals`: the last peering subscriptions refused, with why.
+//! - `/debug/authorize?namespace=NS&labels=k=v,...&principal=ID&port=P&method=M&path=/p&host=H&header=n:v`:
+//!   whether the workload with those labels would admit that request (its
+//!   PeerAuthentication mode and its AuthorizationPolicies, compiled with the
+//!   proxy's own code): the destination side of `meshctl diagnose`.
 
 use std::sync::Arc;
 
@@ -90,6 +94,10 @@ pub async fn serve(listener: TcpListener, views: Views) {
                 )
             }
             "/debug/registry" => json(registry.summary()),
+            "/debug/authorize" => match authorize(registry, req.uri().query().unwrap_or_default()) {
+                Ok(v) => json(v),
+                Err(e) => text_response(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            },
             "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
             "/debug/certs" => json(identity.report()),
             "/debug/peering-refusals" => {
@@ -171,6 +179,106 @@ pub async fn serve(listener: TcpListener, views: Views) {
 }
 
 /// The value of `key` in the request's query string.
+/// `/debug/authorize`: the workload's PeerAuthentication mode on the port and its
+/// AuthorizationPolicies' decision on the request, as its sidecar compiles them (the
+/// request path normalized as by default).
+fn authorize(registry: &Registry, query: &str) -> Result<serde_json::Value, String> {
+    let mut node = mesh_proto::model::Node {
+        cluster: registry.cluster().to_owned(),
+        network: registry.network().to_owned(),
+        ..Default::default()
+    };
+    let (mut principal, mut port, mut method, mut path, mut host) = (
+        String::new(),
+        0u16,
+        "GET".to_owned(),
+        "/".to_owned(),
+        String::new(),
+    );
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "namespace" => node.namespace = v.into_owned(),
+            "labels" => {
+                for kv in v.split(',').filter(|kv| !kv.is_empty()) {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("label {kv:?}: write key=value"))?;
+                    node.labels.insert(k.to_owned(), v.to_owned());
+                }
+            }
+            "principal" => principal = v.trim_start_matches("spiffe://").to_owned(),
+            "port" => port = v.parse().map_err(|_| format!("port {v:?}"))?,
+            "method" => method = v.into_owned(),
+            "path" => path = v.into_owned(),
+            "host" => host = v.into_owned(),
+            "header" => {
+                let (n, val) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("header {v:?}: write NAME:VALUE"))?;
+                let name = http::HeaderName::from_bytes(n.trim().as_bytes())
+                    .map_err(|e| format!("header {n:?}: {e}"))?;
+                let value = http::HeaderValue::from_str(val.trim())
+                    .map_err(|e| format!("header {n:?}: {e}"))?;
+                headers.append(name, value);
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    if node.namespace.is_empty() {
+        return Err("give the workload's namespace".into());
+    }
+    // The policies its proxy receives: its namespace's and the root namespace's.
+    let resources: Vec<mesh_api::Resource> = registry
+        .all()
+        .updated
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.kind.as_str(),
+                "AuthorizationPolicy" | "PeerAuthentication"
+            ) && o.visible_to(&node.namespace)
+        })
+        .filter_map(|o| serde_json::from_slice(&o.body).ok())
+        .filter_map(|v| mesh_api::from_value(v).ok())
+        .collect();
+    let refs: Vec<&mesh_api::Resource> = resources.iter().collect();
+    let (peer_authn, authz) = mesh_proxy::state::security_for(&refs, &node);
+    let path = mesh_proxy::path::PathNormalization::default()
+        .apply(&path)
+        .into_owned();
+    let decision = authz.decide(&mesh_proxy::authz::Attributes {
+        principal: &principal,
+        principal_aliases: &[],
+        source_ip: None,
+        remote_ip: None,
+        destination_ip: None,
+        port,
+        sni: "",
+        http: Some(mesh_proxy::authz::HttpAttributes {
+            method: &method,
+            path: &path,
+            host: &host,
+            headers: &headers,
+            request_principal: None,
+            claims: None,
+        }),
+    });
+    let (allowed, reason) = match decision {
+        mesh_proxy::authz::Decision::Allow { audited } => (true, audited.join(", ")),
+        mesh_proxy::authz::Decision::Deny(reason) => (false, reason),
+    };
+    Ok(serde_json::json!({
+        "cluster": registry.cluster(),
+        "namespace": node.namespace,
+        "labels": node.labels,
+        "mtls": format!("{:?}", peer_authn.mode_for(port)).to_ascii_uppercase(),
+        "policies": authz.policies(),
+        "allowed": allowed,
+        "reason": reason,
+    }))
+}
+
 fn query(req: &http::Request<hyper::body::Incoming>, key: &str) -> String {
     req.uri()
         .query()

@@ -579,3 +579,40 @@ async fn a_headless_service_resolves_to_its_endpoints_in_the_proxy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_answers_as_the_destination_workload_would() {
+    let pki = Pki::new("east");
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: shop}\nspec: {selector: {matchLabels: {app: reviews}}, action: DENY, rules: [{to: [{operation: {paths: [/admin/*]}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    let discovery = start_files("east", dir.path(), &pki).await;
+    let monitor = discovery.monitor_addr.unwrap();
+    let ask = |query: &'static str| async move {
+        let (status, body) = mesh_net::http::get(monitor, &format!("/debug/authorize?{query}"))
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{status}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    eventually("the policies are read", T, || {
+        discovery.registry.all().updated.len() >= 2
+    })
+    .await;
+    // The path is normalized first, as the sidecar does: `/x/../admin/` is `/admin/`.
+    let denied = ask("namespace=shop&labels=app=reviews,version=v1&principal=spiffe://td/ns/shop/sa/web&port=9080&path=/x/../admin/users").await;
+    assert_eq!(denied["allowed"], false, "{denied}");
+    assert!(
+        denied["reason"].as_str().unwrap().contains("shop/no-admin"),
+        "{denied}"
+    );
+    assert_eq!(denied["mtls"], "STRICT");
+    let allowed = ask("namespace=shop&labels=app=reviews&port=9080&path=/reviews/1").await;
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    // A workload the policy does not select is not denied.
+    let other = ask("namespace=shop&labels=app=ratings&port=9080&path=/admin/users").await;
+    assert_eq!(other["allowed"], true, "{other}");
+}

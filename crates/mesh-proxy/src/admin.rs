@@ -117,6 +117,7 @@ impl Admin {
             "cluster": state.node.cluster,
             "network": state.node.network,
             "locality": state.node.locality,
+            "identity": self.identity.cert().id().to_string(),
         });
         serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())
     }

@@ -564,7 +564,9 @@ pub fn explain(
                 };
                 json!({
                     "service": p.target.host,
+                    "namespace": p.target.namespace,
                     "port": p.port.port,
+                    "target_port": p.port.target_port,
                     "subset": p.subset,
                     "destination_rule": p.policy.map(|pol| pol.rule.clone()),
                     "load_balancer": p.resolved.and_then(|r| r.lb).map(|lb| format!("{lb:?}")),

@@ -3,6 +3,7 @@
 //! proxy's planner (the code every request goes through) on its live state, so the
 //! answer is the proxy's decision, not a second reading of the config.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -27,6 +28,11 @@ pub(crate) struct DiagnoseArgs {
     /// A request header, `NAME: VALUE` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// A cluster's discovery monitoring address (port 15014), `CLUSTER=ADDR`
+    /// (repeatable): the destination's policies are checked there. The testbed's are
+    /// used by default.
+    #[arg(long = "discovery")]
+    discoveries: Vec<String>,
     /// The proxy's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -42,6 +48,17 @@ pub(crate) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
             "give the source sidecar's admin address with --proxy, or bring the testbed up",
         )?,
     };
+    let mut discoveries: BTreeMap<String, SocketAddr> =
+        crate::bed::monitors(args.dir.clone()).unwrap_or_default();
+    for d in &args.discoveries {
+        let (cluster, addr) = d
+            .split_once('=')
+            .with_context(|| format!("--discovery {d:?}: write CLUSTER=ADDR"))?;
+        let addr = addr
+            .parse()
+            .with_context(|| format!("--discovery {d:?}: {addr:?} is not an address"))?;
+        discoveries.insert(cluster.to_owned(), addr);
+    }
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("url", &args.url);
     query.append_pair("method", &args.method);
@@ -63,7 +80,8 @@ pub(crate) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         println!("{body}");
         return Ok(());
     }
-    let doc: Value = serde_json::from_str(&body).context("the sidecar's answer is not JSON")?;
+    let mut doc: Value = serde_json::from_str(&body).context("the sidecar's answer is not JSON")?;
+    rt.block_on(check_destinations(&mut doc, &discoveries, &args));
     print!("{}", render(&args.method, &args.url, &doc));
     // A request the mesh refuses is an answer, not a failure of the command; the
     // exit status says which it is.
@@ -71,14 +89,89 @@ pub(crate) fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the request is refused whatever destination is rolled.
+/// Asks each destination endpoint's cluster discovery whether that workload admits
+/// the request from the source's identity (its AuthorizationPolicies and mTLS mode,
+/// compiled with the proxy's code), recording the answer on the endpoint.
+async fn check_destinations(
+    doc: &mut Value,
+    discoveries: &BTreeMap<String, SocketAddr>,
+    args: &DiagnoseArgs,
+) {
+    let principal = doc["proxy"]["identity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let uri: http::Uri = args.url.parse().unwrap_or_default();
+    let Some(dests) = doc["destinations"].as_array_mut() else {
+        return;
+    };
+    for d in dests {
+        let plan = &mut d["decision"];
+        let namespace = plan["namespace"].as_str().unwrap_or_default().to_owned();
+        let port = plan["target_port"].as_u64().unwrap_or(0);
+        let Some(endpoints) = plan["endpoints"].as_array_mut() else {
+            continue;
+        };
+        for e in endpoints {
+            let cluster = e["cluster"].as_str().unwrap_or_default().to_owned();
+            let Some(discovery) = discoveries.get(&cluster) else {
+                e["authorization"] = serde_json::json!({
+                    "unknown": format!("give --discovery {cluster}=ADDR to check its policies")
+                });
+                continue;
+            };
+            let labels: Vec<String> = e["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("namespace", &namespace)
+                .append_pair("labels", &labels.join(","))
+                .append_pair("principal", &principal)
+                .append_pair("port", &port.to_string())
+                .append_pair("method", &args.method)
+                .append_pair("path", uri.path())
+                .append_pair("host", uri.authority().map_or("", |a| a.as_str()));
+            for h in &args.headers {
+                q.append_pair("header", h);
+            }
+            let path = format!("/debug/authorize?{}", q.finish());
+            e["authorization"] = match mesh_net::http::get(*discovery, &path).await {
+                Ok((status, body)) if status.is_success() => serde_json::from_str(&body)
+                    .unwrap_or_else(|_| serde_json::json!({ "unknown": body })),
+                Ok((status, body)) => {
+                    serde_json::json!({ "unknown": format!("{status}: {}", body.trim()) })
+                }
+                Err(e) => serde_json::json!({
+                    "unknown": format!("discovery of {cluster} at {discovery}: {e}")
+                }),
+            };
+        }
+    }
+}
+
+/// Whether the request is refused whatever destination is rolled: refused by the
+/// source, or denied by every endpoint whose policies were checked.
 fn refused_everywhere(doc: &Value) -> bool {
     if doc.get("refused").is_some() {
         return true;
     }
+    let denied = |d: &Value| {
+        d["decision"].get("refused").is_some()
+            || d["decision"]["endpoints"].as_array().is_some_and(|eps| {
+                !eps.is_empty()
+                    && eps
+                        .iter()
+                        .all(|e| e["authorization"]["allowed"].as_bool() == Some(false))
+            })
+    };
     doc["destinations"]
         .as_array()
-        .is_some_and(|d| !d.is_empty() && d.iter().all(|d| d["decision"].get("refused").is_some()))
+        .is_some_and(|d| !d.is_empty() && d.iter().all(denied))
 }
 
 fn refusal(r: &Value) -> String {
@@ -209,6 +302,25 @@ fn render(method: &str, url: &str, doc: &Value) -> String {
                 s(&e["cluster"]),
                 s(&e["locality"])
             ));
+            let a = &e["authorization"];
+            if let Some(allowed) = a["allowed"].as_bool() {
+                let policies = a["policies"].as_array().map_or(0, Vec::len);
+                let verdict = if allowed {
+                    format!(
+                        "admitted by the destination ({policies} AuthorizationPolicy(ies) apply)"
+                    )
+                } else {
+                    format!("DENIED by the destination: {}", s(&a["reason"]))
+                };
+                out.push_str(&format!(
+                    "            {verdict}; mTLS {} there\n",
+                    s(&a["mtls"])
+                ));
+            } else if let Some(why) = a["unknown"].as_str() {
+                out.push_str(&format!(
+                    "            destination policies not checked: {why}\n"
+                ));
+            }
         }
     }
     out
@@ -228,7 +340,8 @@ mod tests {
                   "decision": {"security": "mutual TLS (ISTIO_MUTUAL)", "sni": "outbound_.5000_._.helloworld.sample.svc.cluster.local",
                     "destination_rule": "sample/helloworld", "load_balancer": null, "outlier_detection": {"consecutive5xx": 1},
                     "locality": {"failover_priority": ["topology.istio.io/network", "topology.istio.io/cluster"], "failover": [], "distribute": []},
-                    "endpoints": [{"address": "127.241.0.2:15443", "cluster": "west", "locality": "r2/z1", "through_gateway": true, "tunnel": "quic", "stale": false}]}}]}"#,
+                    "endpoints": [{"address": "127.241.0.2:15443", "cluster": "west", "locality": "r2/z1", "through_gateway": true, "tunnel": "quic", "stale": false,
+                      "authorization": {"allowed": true, "mtls": "STRICT", "policies": [], "reason": ""}}]}}]}"#,
         )
         .unwrap();
         let text = render("GET", "http://helloworld:5000/hello", &doc);
@@ -242,7 +355,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("outlier detection on, endpoints prioritized by topology.istio.io/network then topology.istio.io/cluster"), "{text}");
+        assert!(
+            text.contains(
+                "admitted by the destination (0 AuthorizationPolicy(ies) apply); mTLS STRICT there"
+            ),
+            "{text}"
+        );
         assert!(!refused_everywhere(&doc));
+        // Denied by the destination's policy on every endpoint: an answer of refusal.
+        let mut denied = doc.clone();
+        denied["destinations"][0]["decision"]["endpoints"][0]["authorization"] = serde_json::json!(
+            {"allowed": false, "mtls": "STRICT", "policies": ["sample/deny"], "reason": "rbac_access_denied_matched_policy[sample/deny]"}
+        );
+        let text = render("GET", "http://helloworld:5000/hello", &denied);
+        assert!(
+            text.contains(
+                "DENIED by the destination: rbac_access_denied_matched_policy[sample/deny]"
+            ),
+            "{text}"
+        );
+        assert!(refused_everywhere(&denied));
         let refused: Value = serde_json::from_str(
             r#"{"refused": {"status": 404, "flag": "NR", "reason": "no service named \"nope\""}}"#,
         )

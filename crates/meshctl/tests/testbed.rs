@@ -201,7 +201,8 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
         explained.contains("← used")
             && explained.contains("DestinationRule sample/helloworld")
             && explained.contains("cluster east locality")
-            && explained.contains("through cluster west's east-west gateway"),
+            && explained.contains("through cluster west's east-west gateway")
+            && explained.matches("admitted by the destination").count() == 2,
         "{explained}"
     );
     // A request the mesh refuses says why, with a failing exit status.

@@ -253,6 +253,18 @@ fn namespace_and_name(r: &Resource) -> (String, String) {
     )
 }
 
+/// The PeerAuthentication and AuthorizationPolicy among `resources` that apply to
+/// `node`, compiled as the node's own proxy compiles them: discovery evaluates a
+/// request against a workload's policies with it (`meshctl diagnose`).
+pub fn security_for(
+    resources: &[&Resource],
+    node: &Node,
+) -> (crate::peer_authn::PeerAuthn, crate::authz::Authorizer) {
+    let mut ordered: Vec<&Resource> = resources.to_vec();
+    ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
+    compile_security(resources, &ordered, node)
+}
+
 /// PeerAuthentication (`ordered`: oldest first, so that at one level the first policy
 /// applies) and AuthorizationPolicy, compiled for `node`.
 fn compile_security(

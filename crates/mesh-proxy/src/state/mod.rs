@@ -7,7 +7,7 @@ mod compile;
 mod scope;
 mod service_entry;
 
-pub use compile::compile_service;
+pub use compile::{compile_service, security_for};
 pub use scope::Scope;
 
 /// The Secrets `credentialName`s name, delivered by discovery, by `namespace/name`.

@@ -667,6 +667,18 @@ pub(crate) fn curl_admin(
     Ok(curl_of(c)?.admin())
 }
 
+/// Each testbed cluster's discovery monitoring address, by cluster name.
+pub(crate) fn monitors(
+    dir: Option<PathBuf>,
+) -> anyhow::Result<std::collections::BTreeMap<String, std::net::SocketAddr>> {
+    let (_, plan) = ready_state(&default_dir(dir))?;
+    Ok(plan
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.monitor))
+        .collect())
+}
+
 /// The state and plan of a ready testbed of at least two clusters, for `scenario`.
 fn two_clusters(dir: &Path, scenario: &str) -> anyhow::Result<(supervisor::State, plan::Plan)> {
     let (state, plan) = ready_state(dir)?;
