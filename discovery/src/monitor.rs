@@ -272,7 +272,11 @@ fn authorize(registry: &Registry, query: &str) -> Result<serde_json::Value, Stri
         "cluster": registry.cluster(),
         "namespace": node.namespace,
         "labels": node.labels,
-        "mtls": format!("{:?}", peer_authn.mode_for(port)).to_ascii_uppercase(),
+        // Unset all the way up is Istio's PERMISSIVE.
+        "mtls": match peer_authn.mode_for(port) {
+            mesh_api::security::MtlsMode::Unset => "PERMISSIVE".to_owned(),
+            mode => format!("{mode:?}").to_ascii_uppercase(),
+        },
         "policies": authz.policies(),
         "allowed": allowed,
         "reason": reason,

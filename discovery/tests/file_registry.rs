@@ -615,4 +615,7 @@ async fn authorize_answers_as_the_destination_workload_would() {
     // A workload the policy does not select is not denied.
     let other = ask("namespace=shop&labels=app=ratings&port=9080&path=/admin/users").await;
     assert_eq!(other["allowed"], true, "{other}");
+    // No PeerAuthentication anywhere for a namespace: Istio's PERMISSIVE.
+    let elsewhere = ask("namespace=other&labels=app=x&port=80").await;
+    assert_eq!(elsewhere["mtls"], "PERMISSIVE", "{elsewhere}");
 }
