@@ -98,18 +98,8 @@ impl Admin {
             .body(())
             .map_err(|e| format!("{url}: {e}"))?
             .into_parts();
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .ok_or_else(|| format!("{url}: no host"))?;
+        let authority =
+            crate::http_util::request_authority(&parts).ok_or_else(|| format!("{url}: no host"))?;
         let state = self.store.snapshot();
         let mut doc = crate::plan::explain(&state, &parts, &authority);
         doc["proxy"] = serde_json::json!({

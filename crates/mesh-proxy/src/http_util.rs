@@ -45,6 +45,21 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// A request's authority: its URI's, else its Host header.
+pub fn request_authority(parts: &http::request::Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
 /// The declared body length, 0 when absent or unreadable (for metrics).
 pub fn content_length(headers: &http::HeaderMap) -> u64 {
     headers

@@ -120,14 +120,7 @@ async fn check_destinations(
                 });
                 continue;
             };
-            let labels: Vec<String> = e["labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let labels = crate::proxy::label_pairs(&e["labels"]);
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("namespace", &namespace)
                 .append_pair("labels", &labels.join(","))

@@ -224,14 +224,7 @@ pub(crate) fn config(args: ProxyConfigArgs) -> anyhow::Result<()> {
             services.sort_by_key(|s| s["host"].as_str().unwrap_or_default().to_owned());
             for svc in services {
                 for ep in svc["endpoints"].as_array().cloned().unwrap_or_default() {
-                    let labels: Vec<String> = ep["labels"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let labels = label_pairs(&ep["labels"]);
                     rows.push([
                         s(&svc, "host"),
                         s(&ep, "inbound"),
@@ -269,4 +262,16 @@ pub(crate) fn config(args: ProxyConfigArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A labels object as `key=value` strings.
+pub(crate) fn label_pairs(labels: &Value) -> Vec<String> {
+    labels
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -503,18 +503,7 @@ fn admit(
         }
     }
     let path = normalized.unwrap_or_else(|| parts.uri.path().to_owned());
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let host = crate::http_util::request_authority(&parts).unwrap_or_default();
     let attrs = crate::authz::Attributes {
         principal: "",
         principal_aliases: &[],
