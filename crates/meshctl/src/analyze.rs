@@ -24,6 +24,16 @@ pub(crate) struct AnalyzeArgs {
     /// Services and Namespaces count as known).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Analyze several clusters and the drift between them that breaks cross-cluster
+    /// behaviour: each `--cluster NAME=KUBECONFIG`, or the testbed's clusters.
+    #[arg(long)]
+    all_clusters: bool,
+    /// A cluster for --all-clusters, `NAME=KUBECONFIG` (repeatable).
+    #[arg(long = "cluster", requires = "all_clusters")]
+    clusters: Vec<String>,
+    /// The testbed's directory (for --all-clusters without --cluster).
+    #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// How bad a finding is.
@@ -805,8 +815,69 @@ fn read_path(path: &PathBuf, input: &mut Input) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `meshctl analyze --all-clusters`: each cluster's own findings, then the drift
+/// between them.
+fn run_all_clusters(args: &AnalyzeArgs) -> anyhow::Result<()> {
+    let mut kubeconfigs: Vec<(String, PathBuf)> = Vec::new();
+    for c in &args.clusters {
+        let (name, path) = c
+            .split_once('=')
+            .with_context(|| format!("--cluster {c:?}: write NAME=KUBECONFIG"))?;
+        kubeconfigs.push((name.to_owned(), PathBuf::from(path)));
+    }
+    if kubeconfigs.is_empty() {
+        kubeconfigs = crate::bed::kubeconfigs(args.dir.clone())
+            .context("give each cluster with --cluster NAME=KUBECONFIG")?;
+    }
+    anyhow::ensure!(
+        kubeconfigs.len() >= 2,
+        "--all-clusters compares clusters: give at least two"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut clusters = Vec::new();
+    for (name, path) in kubeconfigs {
+        let mut input = Input::default();
+        rt.block_on(from_cluster(&path, &mut input, true))
+            .with_context(|| format!("reading cluster {name}"))?;
+        clusters.push((name, input));
+    }
+    let mut findings: Vec<(String, Finding)> = Vec::new();
+    for (name, input) in &clusters {
+        findings.extend(analyze(input).into_iter().map(|f| (name.clone(), f)));
+    }
+    let names: Vec<&str> = clusters.iter().map(|(n, _)| n.as_str()).collect();
+    let across = names.join("+");
+    findings.extend(
+        crate::drift::drift(&clusters)
+            .into_iter()
+            .map(|f| (across.clone(), f)),
+    );
+    for (cluster, f) in &findings {
+        println!("[{cluster}] {f}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|(_, f)| f.severity == Severity::Error)
+        .count();
+    if findings.is_empty() {
+        println!(
+            "✔ No problems found in {} and no drift between them.",
+            names.join(", ")
+        );
+    }
+    if errors > 0 {
+        anyhow::bail!("{errors} error(s), {} warning(s)", findings.len() - errors);
+    }
+    Ok(())
+}
+
 /// Runs `meshctl analyze`.
 pub(crate) fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
+    if args.all_clusters {
+        return run_all_clusters(&args);
+    }
     let mut input = Input::default();
     for path in &args.files {
         read_path(path, &mut input)?;

@@ -9,6 +9,7 @@ mod bed;
 mod ca;
 mod crds;
 mod diagnose;
+mod drift;
 mod install;
 mod multicluster;
 mod proxy;

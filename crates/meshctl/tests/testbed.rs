@@ -210,6 +210,67 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
     let explained = text(&refused);
     assert_eq!(refused.status.code(), Some(1), "{explained}");
     assert!(explained.contains("refused: 404 NR"), "{explained}");
+    // Drift between clusters, planted in west only: `analyze --all-clusters` finds
+    // it; and a DENY policy there shows in `diagnose` as the destination's refusal.
+    if kube {
+        let west_kubeconfig = state["kubeconfigs"]["west"].as_str().unwrap().to_owned();
+        let apply = |yaml: &str, remove: bool| {
+            let path = std::path::PathBuf::from(&west_kubeconfig);
+            let yaml = yaml.to_owned();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let client = discovery::kube_client(&path).await.unwrap();
+                    let mode = if remove {
+                        testbed::apply::Mode::Delete
+                    } else {
+                        testbed::apply::Mode::Apply
+                    };
+                    testbed::apply::apply_yaml(&client, &yaml, "sample", mode)
+                        .await
+                        .unwrap();
+                });
+        };
+        let clean = meshctl(&dir, &["analyze", "--all-clusters"]);
+        assert!(
+            clean.status.success() && !text(&clean).contains("ISM0103"),
+            "{}",
+            text(&clean)
+        );
+        let west_only = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings-west, namespace: sample}\nspec: {hosts: [ratings], http: [{route: [{destination: {host: ratings}}]}]}\n";
+        apply(west_only, false);
+        let drifted = meshctl(&dir, &["analyze", "--all-clusters"]);
+        assert!(
+            text(&drifted).contains("ISM0103")
+                && text(&drifted).contains("VirtualService sample/ratings-west")
+                && text(&drifted).contains("it exists in west but not in east"),
+            "{}",
+            text(&drifted)
+        );
+        apply(west_only, true);
+        let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-hello, namespace: sample}\nspec: {selector: {matchLabels: {app: helloworld}}, action: DENY, rules: [{to: [{operation: {paths: [/hello]}}]}]}\n";
+        apply(deny, false);
+        let start = std::time::Instant::now();
+        loop {
+            let denied = meshctl(&dir, &["diagnose", "http://helloworld:5000/hello"]);
+            let out = text(&denied);
+            if out.contains(
+                "DENIED by the destination: rbac_access_denied_matched_policy[sample/no-hello]",
+            ) {
+                // East's endpoint is still admitted (no such policy there).
+                assert!(out.contains("admitted by the destination"), "{out}");
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        apply(deny, true);
+    }
     // From the host, east's ingress gateway splits /api 90/10 over v1 (east) and v2
     // (west), and routes the rest to the front page's chain across clusters.
     let ingress = state["plan"]["clusters"][0]["ingress"].as_str().unwrap();

@@ -667,6 +667,26 @@ pub(crate) fn curl_admin(
     Ok(curl_of(c)?.admin())
 }
 
+/// Each testbed cluster's kubeconfig (with the Kubernetes registry), in plan order.
+pub(crate) fn kubeconfigs(dir: Option<PathBuf>) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let (state, plan) = ready_state(&default_dir(dir))?;
+    plan.clusters
+        .iter()
+        .map(|c| {
+            state
+                .kubeconfigs
+                .get(&c.name)
+                .map(|k| (c.name.clone(), PathBuf::from(k)))
+                .with_context(|| {
+                    format!(
+                        "cluster {} of the testbed has no API server (file registry)",
+                        c.name
+                    )
+                })
+        })
+        .collect()
+}
+
 /// Each testbed cluster's discovery monitoring address, by cluster name.
 pub(crate) fn monitors(
     dir: Option<PathBuf>,
