@@ -914,10 +914,11 @@ pub(crate) fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn input(yaml: &str) -> Input {
+    /// What analyze reads from `yaml`.
+    pub(crate) fn input(yaml: &str) -> Input {
         let mut input = Input::default();
         for doc in mesh_api::split_documents(yaml).unwrap() {
             input.add_document(doc);

@@ -195,14 +195,7 @@ fn differing_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn input(yaml: &str) -> Input {
-        let mut input = Input::default();
-        for doc in mesh_api::split_documents(yaml).unwrap() {
-            input.add_document(doc);
-        }
-        input
-    }
+    use crate::analyze::tests::input;
 
     const SAME: &str = "apiVersion: v1
 kind: Service
