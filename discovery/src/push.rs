@@ -249,32 +249,12 @@ fn wire(o: &Output) -> WireResource {
 }
 
 /// The proxy's node as the registry knows it (labels, service account, locality,
-/// network), falling back to what the proxy said.
-fn node_resource(registry: &Registry, node: &WireNode, id: &SpiffeId) -> WireResource {
-    let (_, version, body) = node_and_body(registry, node, id);
-    WireResource {
-        name: NODE_RESOURCE.into(),
-        version,
-        kind: KIND_NODE.into(),
-        body: body.into(),
-    }
-}
-
-/// The proxy's node and the version of its resource.
-fn node_of(
+/// network), falling back to what the proxy said, and its resource.
+fn node_resource(
     registry: &Registry,
     node: &WireNode,
     id: &SpiffeId,
-) -> (mesh_proto::model::Node, String) {
-    let (n, version, _) = node_and_body(registry, node, id);
-    (n, version)
-}
-
-fn node_and_body(
-    registry: &Registry,
-    node: &WireNode,
-    id: &SpiffeId,
-) -> (mesh_proto::model::Node, String, Vec<u8>) {
+) -> (mesh_proto::model::Node, WireResource) {
     let ip = node.ip.parse().ok();
     let workload = registry.workload(&node.namespace, &node.name, ip);
     let n = mesh_proto::model::Node {
@@ -297,7 +277,13 @@ fn node_and_body(
         ingress: node.kind == "ingress",
     };
     let body = serde_json::to_vec(&n).unwrap_or_default();
-    (n, content_version(&body), body)
+    let resource = WireResource {
+        name: NODE_RESOURCE.into(),
+        version: content_version(&body),
+        kind: KIND_NODE.into(),
+        body: body.into(),
+    };
+    (n, resource)
 }
 
 struct InFlight {
@@ -446,13 +432,15 @@ impl Stream {
             return false;
         }
         self.scope_from = Some(from);
-        let resources: Vec<mesh_api::Resource> = sidecars
+        // A proxy receives its namespace's Sidecars and the root namespace's.
+        let mut ordered: Vec<&mesh_api::Resource> = sidecars
             .iter()
-            .filter(|o| o.visible_to(&self.namespace))
-            .filter_map(|o| serde_json::from_slice(&o.body).ok())
-            .filter_map(|v| mesh_api::from_value(v).ok())
+            .map(AsRef::as_ref)
+            .filter(|r| {
+                let ns = r.metadata().namespace.as_deref().unwrap_or("default");
+                ns == self.namespace || ns == crate::registry::ROOT_NAMESPACE
+            })
             .collect();
-        let mut ordered: Vec<&mesh_api::Resource> = resources.iter().collect();
         ordered.sort_by(|a, b| mesh_api::precedence::older_first(a.metadata(), b.metadata()));
         let scope = mesh_proxy::state::Scope::for_node(&ordered, node);
         let key = |s: &Option<mesh_proxy::state::Scope>| {
@@ -465,8 +453,8 @@ impl Stream {
 
     /// The first push: everything visible that the proxy does not hold at that version.
     async fn initial(&mut self, held: &HashMap<String, String>) -> bool {
-        let (node, node_version) = node_of(&self.registry, &self.node, &self.id);
-        self.refresh_scope(&node, &node_version);
+        let (node, node_resource) = node_resource(&self.registry, &self.node, &self.id);
+        self.refresh_scope(&node, &node_resource.version);
         let mut all = self.view_all();
         self.generation = all.generation;
         all.updated.sort_by(|a, b| a.name.cmp(&b.name));
@@ -481,10 +469,9 @@ impl Stream {
                 resources.push(wire(o));
             }
         }
-        let node = node_resource(&self.registry, &self.node, &self.id);
-        self.node_version = node.version.clone();
-        if held.get(NODE_RESOURCE) != Some(&node.version) {
-            resources.push(node);
+        self.node_version = node_resource.version.clone();
+        if held.get(NODE_RESOURCE) != Some(&node_resource.version) {
+            resources.push(node_resource);
         }
         let removed = held
             .keys()
@@ -497,10 +484,10 @@ impl Stream {
     /// A push of what changed after the generation the proxy holds; everything, when
     /// the Sidecar in force changed what it admits.
     async fn update(&mut self, event_at: Option<Instant>) -> bool {
-        let (node, node_version) = node_of(&self.registry, &self.node, &self.id);
+        let (node, node_resource) = node_resource(&self.registry, &self.node, &self.id);
         let delta = self.view_since(self.generation);
-        if self.refresh_scope(&node, &node_version) {
-            return self.resync(delta.removed, event_at).await;
+        if self.refresh_scope(&node, &node_resource.version) {
+            return self.resync(delta.removed, node_resource, event_at).await;
         }
         if delta.generation == self.generation {
             return true;
@@ -515,10 +502,9 @@ impl Stream {
                 removed.push(o.name.clone());
             }
         }
-        let node = node_resource(&self.registry, &self.node, &self.id);
-        if node.version != self.node_version {
-            self.node_version = node.version.clone();
-            resources.push(node);
+        if node_resource.version != self.node_version {
+            self.node_version = node_resource.version.clone();
+            resources.push(node_resource);
         }
         if resources.is_empty() && removed.is_empty() {
             return true;
@@ -526,9 +512,15 @@ impl Stream {
         self.send(resources, removed, event_at).await
     }
 
-    /// Every visible resource, the removal of every service now outside the proxy's
-    /// Sidecar, and `removed` (what was deleted since the last push).
-    async fn resync(&mut self, removed: Vec<String>, event_at: Option<Instant>) -> bool {
+    /// Every visible resource and the proxy's node, the removal of every service now
+    /// outside the proxy's Sidecar, and `removed` (what was deleted since the last
+    /// push).
+    async fn resync(
+        &mut self,
+        removed: Vec<String>,
+        node_resource: WireResource,
+        event_at: Option<Instant>,
+    ) -> bool {
         let all = self.view_all();
         self.generation = all.generation;
         let mut resources = Vec::new();
@@ -540,9 +532,8 @@ impl Stream {
                 removed.push(o.name.clone());
             }
         }
-        let node = node_resource(&self.registry, &self.node, &self.id);
-        self.node_version = node.version.clone();
-        resources.push(node);
+        self.node_version = node_resource.version.clone();
+        resources.push(node_resource);
         self.send(resources, removed, event_at).await
     }
 
@@ -726,7 +717,7 @@ mod tests {
             ..Default::default()
         };
         let decode = |registry: &Registry| -> mesh_proto::model::Node {
-            serde_json::from_slice(&node_resource(registry, &proxy, &id).body).unwrap()
+            serde_json::from_slice(&node_resource(registry, &proxy, &id).1.body).unwrap()
         };
         let default = Registry::new("east", "net", &[]);
         assert_eq!(

@@ -310,9 +310,9 @@ struct Inner {
 
     /// What local proxies receive.
     outputs: OutputLog,
-    /// The Sidecar outputs (each proxy's push is scoped by the one in force for it),
-    /// and a counter that moves when one changes.
-    sidecars: BTreeMap<String, Arc<Output>>,
+    /// The Sidecars in force, read once per change (each proxy's push is scoped by
+    /// the one in force for it), and a counter that moves when one changes.
+    sidecars: Arc<Vec<Arc<mesh_api::Resource>>>,
     sidecars_changed: u64,
     /// What linked clusters receive: local endpoints of exported services.
     exports: OutputLog,
@@ -618,6 +618,7 @@ impl Registry {
             }
             Object::ServiceImport(o) => {
                 let k = ns_name(&o.metadata);
+                inner.warned.remove(&key);
                 inner.service_imports.remove(&k);
                 vec![clusterset_key(&k)]
             }
@@ -900,6 +901,34 @@ impl Registry {
                     err.last_good_in_force = inner.service_imports.contains_key(&k);
                     inner.errors.insert(key.clone(), err.clone());
                     return Err(err);
+                }
+                // What Isthmus does not build is refused; what it takes elsewhere is
+                // reported as without effect.
+                let unsupported = match (
+                    o.spec.type_.as_deref(),
+                    o.spec.session_affinity.as_deref(),
+                ) {
+                    (Some(t), _) if t != "ClusterSetIP" => Some(format!(
+                        "spec.type {t:?}: only ClusterSetIP clusterset services are built; headless ones are not"
+                    )),
+                    (_, Some(a)) if a != "None" => Some(format!(
+                        "spec.sessionAffinity {a:?}: not applied; remove it, or set it to None"
+                    )),
+                    _ => None,
+                };
+                if let Some(reason) = unsupported {
+                    let mut err = refuse(inner, &key, reason);
+                    err.last_good_in_force = inner.service_imports.contains_key(&k);
+                    inner.errors.insert(key.clone(), err.clone());
+                    return Err(err);
+                }
+                if o.spec.ports.is_empty() {
+                    inner.warned.remove(&key);
+                } else {
+                    inner.warned.insert(
+                        key.clone(),
+                        vec!["spec.ports: the clusterset service has the ports of the Services exported as it".into()],
+                    );
                 }
                 inner.service_imports.insert(k.clone(), *o);
                 vec![clusterset_key(&k)]
@@ -1663,13 +1692,10 @@ impl Registry {
         inner.outputs.all(inner.generation)
     }
 
-    /// The Sidecar outputs, and a counter that moves whenever one changes.
-    pub fn sidecars(&self) -> (u64, Vec<Arc<Output>>) {
+    /// The Sidecars in force, and a counter that moves whenever one changes.
+    pub fn sidecars(&self) -> (u64, Arc<Vec<Arc<mesh_api::Resource>>>) {
         let inner = self.lock();
-        (
-            inner.sidecars_changed,
-            inner.sidecars.values().cloned().collect(),
-        )
+        (inner.sidecars_changed, inner.sidecars.clone())
     }
 
     /// Every exported output (local endpoints of services linked clusters may see).
@@ -1865,10 +1891,14 @@ fn set_output(inner: &mut Inner, name: &str, output: Option<Output>, gen_: u64) 
     if inner.outputs.set(name, output, gen_) {
         inner.pending_since.get_or_insert_with(Instant::now);
         if name.starts_with("Sidecar/") {
-            match inner.outputs.outputs.get(name) {
-                Some(o) => inner.sidecars.insert(name.to_owned(), o.clone()),
-                None => inner.sidecars.remove(name),
-            };
+            let sidecars = inner
+                .istio
+                .iter()
+                .filter(|(k, _)| k.starts_with("Sidecar/"))
+                .filter_map(|(_, v)| mesh_api::from_value(v.clone()).ok())
+                .map(Arc::new)
+                .collect();
+            inner.sidecars = Arc::new(sidecars);
             inner.sidecars_changed += 1;
         }
     }

@@ -803,6 +803,32 @@ async fn a_clusterset_service_holds_the_endpoints_of_the_clusters_that_export_it
         proxy.store.snapshot().services[CLUSTERSET_REVIEWS].addresses,
         ["242.0.0.7".parse::<std::net::IpAddr>().unwrap()]
     );
+    // What is not built is refused too (a headless clusterset service), and the
+    // ports it takes from the exported Services are reported as without effect.
+    write(
+        east_dir.path(),
+        "import.yaml",
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: reviews, namespace: shop}\nspec: {type: Headless}\n",
+    );
+    eventually("headless import refused", T, || {
+        east.registry.errors().iter().any(|e| {
+            e.object == "ServiceImport/shop/reviews" && e.reason.contains("spec.type \"Headless\"")
+        })
+    })
+    .await;
+    write(
+        east_dir.path(),
+        "import.yaml",
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: reviews, namespace: shop}\nspec: {type: ClusterSetIP, ips: [242.0.0.7], ports: [{port: 9080, protocol: TCP}]}\n",
+    );
+    eventually("ports warned", T, || {
+        east.registry
+            .errors()
+            .iter()
+            .all(|e| e.object != "ServiceImport/shop/reviews")
+            && east.registry.input_health().1 == 1
+    })
+    .await;
     // West withdraws its export: only east's endpoint is left.
     std::fs::remove_file(west_dir.path().join("export.yaml")).unwrap();
     eventually("withdrawn by west", T, || {

@@ -250,7 +250,7 @@ pub fn plan<'s>(
         entry,
         peer,
     } = req;
-    let (routes, owner, req_port, gateway) = routes_for(state, entry, authority)?;
+    let (routes, owner, req_port, gateway, captured) = routes_for(state, entry, authority)?;
     let view = request_view(parts, authority, req_port);
     let route = routes
         .iter()
@@ -316,10 +316,7 @@ pub fn plan<'s>(
         pick_weighted(dests, rolls.destination).ok_or_else(|| refuse(Why::AllWeightsZero))?;
     // A captured connection to one endpoint of a headless service (or one address of
     // a ServiceEntry with resolution NONE) goes to that endpoint.
-    let pinned = entry
-        .captured()
-        .and_then(|dst| state.service_for_ip(dst.ip()))
-        .filter(|s| s.headless && s.host == dest.host);
+    let pinned = captured.filter(|s| s.headless && s.host == dest.host);
     let target = pinned
         .or_else(|| state.services.get(&dest.host))
         .ok_or_else(|| refuse(Why::UnknownService(dest.host.clone())))?;
@@ -371,13 +368,25 @@ pub fn plan<'s>(
     }))))
 }
 
+/// What [`routes_for`] finds: the routes, who owns them, the port matches see,
+/// whether the request came through the ingress gateway, and the service a captured
+/// connection was sent to.
+type Found<'s> = (
+    &'s [CompiledRoute],
+    &'s str,
+    u16,
+    bool,
+    Option<&'s Arc<Service>>,
+);
+
 /// The routes a request is matched against, who owns them (for a refusal), the port
-/// its matches see, and whether it came through the ingress gateway.
+/// its matches see, whether it came through the ingress gateway, and the service the
+/// captured connection was sent to (pinned to one endpoint for a headless service).
 fn routes_for<'s>(
     state: &'s ProxyState,
     entry: Entry,
     authority: &str,
-) -> Result<(&'s [CompiledRoute], &'s str, u16, bool), Refusal> {
+) -> Result<Found<'s>, Refusal> {
     let gateway = match entry {
         Entry::Gateway(port) => Some((port, None)),
         Entry::GatewayServer { port, server } => Some((port, Some(server))),
@@ -401,11 +410,12 @@ fn routes_for<'s>(
         } else {
             &vh.routes
         };
-        return Ok((routes, &vh.domain, port, true));
+        return Ok((routes, &vh.domain, port, true, None));
     }
     let captured = entry.captured();
+    let by_ip = captured.and_then(|dst| state.service_for_ip(dst.ip()));
     let service = match captured {
-        Some(dst) => state.service_for_ip(dst.ip()),
+        Some(_) => by_ip,
         None => state.service_for_authority(authority),
     }
     .ok_or_else(|| Refusal::new(Why::NoService(authority.to_owned())))?;
@@ -418,7 +428,7 @@ fn routes_for<'s>(
         .routes
         .get(&service.host)
         .map_or(&[][..], |r| r.as_slice());
-    Ok((routes, &service.host, req_port, false))
+    Ok((routes, &service.host, req_port, false, by_ip))
 }
 
 /// What route matches see of a request.
@@ -465,7 +475,7 @@ pub fn explain(
             "route": r.route,
         })
     };
-    let (routes, owner, port, _) = match routes_for(state, entry, authority) {
+    let (routes, owner, port, _, _) = match routes_for(state, entry, authority) {
         Ok(found) => found,
         Err(r) => return json!({ "authority": authority, "refused": refused(&r) }),
     };

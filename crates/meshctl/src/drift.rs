@@ -93,28 +93,28 @@ fn service_ports(clusters: &[(String, Input)], out: &mut Vec<Finding>) {
     }
 }
 
-/// The objects of `kind` by `namespace/name` in each cluster, as their specs.
-fn specs<'a>(input: &'a Input, kind: &str) -> BTreeMap<String, serde_json::Value> {
-    input
-        .resources
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .filter(|r| r.kind() == kind)
-        .map(|r: &'a Resource| {
-            let meta = r.metadata();
-            let key = format!(
-                "{}/{}",
-                meta.namespace.as_deref().unwrap_or("default"),
-                meta.name.as_deref().unwrap_or_default()
-            );
-            let spec = match r {
-                Resource::DestinationRule(o) => serde_json::to_value(&o.spec),
-                Resource::VirtualService(o) => serde_json::to_value(&o.spec),
-                _ => Ok(serde_json::Value::Null),
-            };
-            (key, spec.unwrap_or_default())
-        })
-        .collect()
+/// The objects of `kind` in one cluster, by `namespace/name`, as their specs.
+fn specs(input: &Input, kind: &str) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for r in input.resources.iter().filter_map(|r| r.as_ref().ok()) {
+        let spec = match r {
+            Resource::DestinationRule(o) if kind == "DestinationRule" => {
+                serde_json::to_value(&o.spec)
+            }
+            Resource::VirtualService(o) if kind == "VirtualService" => {
+                serde_json::to_value(&o.spec)
+            }
+            _ => continue,
+        };
+        let meta = r.metadata();
+        let key = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default()
+        );
+        out.insert(key, spec.unwrap_or_default());
+    }
+    out
 }
 
 /// A DestinationRule or VirtualService whose copies differ between clusters (traffic
