@@ -6,6 +6,8 @@
 //! stops it when dropped; the binary is a thin `main` around it.
 
 pub mod ca;
+pub mod dashboard;
+pub mod edges;
 pub mod files;
 pub mod inject;
 pub mod kube_registry;
@@ -135,6 +137,9 @@ pub struct Options {
     pub gateway_service_accounts: Vec<(String, String)>,
     /// The mesh's outbound traffic policy, told to every proxy.
     pub outbound_traffic_policy: mesh_proto::model::OutboundTrafficPolicy,
+    /// Jaeger's query API, for the dashboard's traces (none: the dashboard draws the
+    /// graph and says traces are not configured).
+    pub jaeger_query: Option<SocketAddr>,
 }
 
 impl Options {
@@ -160,6 +165,7 @@ impl Options {
             tracing: mesh_telemetry::trace::Tracing::disabled(),
             gateway_service_accounts: Vec::new(),
             outbound_traffic_policy: Default::default(),
+            jaeger_query: None,
         }
     }
 }
@@ -388,6 +394,7 @@ pub async fn start(options: Options) -> anyhow::Result<Discovery> {
                     links: links.clone(),
                     link_sync_timeout: options.link_sync_timeout,
                     identity: identity.clone(),
+                    jaeger: options.jaeger_query,
                 },
             )));
             Some(a)

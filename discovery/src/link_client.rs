@@ -544,6 +544,12 @@ async fn subscribe_once(
         }
         let lease = Duration::from_secs(u64::from(update.lease_seconds.max(1)));
         *lock(last_seen) = Some((Instant::now(), lease));
+        if update.has_edges {
+            writer
+                .registry
+                .edges()
+                .set_remote(cluster, update.edges.clone());
+        }
         let decode = |svc: &ExportedService| {
             serde_json::from_slice::<mesh_proto::model::ServiceConfig>(&svc.body)
                 .map(|cfg| ((svc.namespace.clone(), svc.name.clone()), cfg, svc.export_to.clone()))

@@ -46,9 +46,13 @@ struct Args {
     /// Config stream and CA (gRPC over TLS).
     #[arg(long, default_value = "0.0.0.0:15012")]
     grpc: SocketAddr,
-    /// Monitoring: /ready, /metrics, /debug/*.
+    /// Monitoring: /ready, /metrics, /debug/*, and the dashboard at /dashboard/.
     #[arg(long, default_value = "0.0.0.0:15014")]
     monitor: SocketAddr,
+    /// Jaeger's query API (HOST:PORT, e.g. jaeger-query.observability:16686), for the
+    /// dashboard's traces.
+    #[arg(long)]
+    jaeger_query: Option<String>,
     /// CA: authenticate workloads with this bootstrap token file (`TOKEN NS/SA` per
     /// line) instead of TokenReview.
     #[arg(long)]
@@ -150,6 +154,15 @@ async fn main() -> anyhow::Result<()> {
     options.namespace = args.namespace.clone();
     options.grpc = args.grpc;
     options.monitor = Some(args.monitor);
+    options.jaeger_query = match &args.jaeger_query {
+        Some(a) => Some(
+            std::net::ToSocketAddrs::to_socket_addrs(a)
+                .with_context(|| format!("--jaeger-query {a}: not HOST:PORT"))?
+                .next()
+                .with_context(|| format!("--jaeger-query {a}: no address"))?,
+        ),
+        None => None,
+    };
     if let Some(endpoint) = &args.otlp_endpoint {
         options.tracing = mesh_telemetry::trace::Tracing::otlp(
             endpoint,

@@ -1,5 +1,6 @@
 //! Discovery's monitoring port (15014, as istiod's): readiness, metrics and `/debug`.
 //!
+//! - `/dashboard/`: the mesh dashboard (see [`crate::dashboard`]).
 //! - `/ready`: 200 once every registry kind has been listed and every link has synced
 //!   (or waited its bound).
 //! - `/debug/links`: every cluster link (state, services and endpoints received,
@@ -19,7 +20,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use mesh_net::http::{serve_endpoints, text_response};
+use mesh_net::http::{serve_endpoints_async, text_response};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -41,11 +42,36 @@ pub struct Views {
     pub link_sync_timeout: std::time::Duration,
     /// Discovery's own identity (its certificate and the trust it holds).
     pub identity: mesh_identity::Identity,
+    /// Jaeger's query API, for the dashboard's traces.
+    pub jaeger: Option<std::net::SocketAddr>,
 }
 
-/// Serves the monitoring endpoints until dropped.
+/// Serves the monitoring endpoints and the dashboard until dropped.
 pub async fn serve(listener: TcpListener, views: Views) {
-    serve_endpoints(listener, move |req| {
+    let dashboard = crate::dashboard::Dashboard::local(
+        views.registry.clone(),
+        views.links.clone(),
+        views.jaeger,
+    );
+    serve_endpoints_async(listener, move |req| {
+        let (views, dashboard) = (views.clone(), dashboard.clone());
+        async move {
+            let query = req.uri().query().unwrap_or_default();
+            match dashboard.answer(req.uri().path(), query, false).await {
+                Some(resp) => resp,
+                None => answer(&views, &req),
+            }
+        }
+    })
+    .await;
+}
+
+/// The answer of a monitoring endpoint.
+fn answer(
+    views: &Views,
+    req: &http::Request<hyper::body::Incoming>,
+) -> http::Response<mesh_net::http::Body> {
+    {
         let Views {
             registry,
             statuses,
@@ -53,7 +79,8 @@ pub async fn serve(listener: TcpListener, views: Views) {
             links,
             link_sync_timeout,
             identity,
-        } = &views;
+            jaeger: _,
+        } = views;
         let json = |v: serde_json::Value| {
             text_response(
                 StatusCode::OK,
@@ -170,12 +197,11 @@ pub async fn serve(listener: TcpListener, views: Views) {
             _ => text_response(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "endpoints: /ready /metrics /debug/registry /debug/syncz /debug/links /debug/proxy?name= /debug/resource?name=\n"
+                "endpoints: /ready /metrics /dashboard/ /debug/registry /debug/syncz /debug/links /debug/proxy?name= /debug/resource?name=\n"
                     .into(),
             ),
         }
-    })
-    .await;
+    }
 }
 
 /// The value of `key` in the request's query string.

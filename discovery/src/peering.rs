@@ -25,6 +25,9 @@ use crate::push::Published;
 use crate::registry::{Delta, Output, Registry};
 use crate::server::PeerInfo;
 
+/// How often a subscriber gets this cluster's edges (the mesh graph).
+pub const EDGES_EVERY: Duration = Duration::from_secs(2);
+
 /// How long what a peer sent stays valid without a message.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
@@ -183,6 +186,7 @@ impl Peering for PeeringService {
                         .collect(),
                     lease_seconds: lease.as_secs() as u32,
                     generation: delta.generation,
+                    ..Default::default()
                 }
             };
             let all = registry.exports_all();
@@ -192,6 +196,10 @@ impl Peering for PeeringService {
             }
             let mut heartbeat = tokio::time::interval(lease / 3);
             heartbeat.tick().await;
+            // The graph's edges, every few seconds while there are any (and once more
+            // when they end, so the peer stops drawing them).
+            let mut edges_tick = tokio::time::interval(EDGES_EVERY);
+            let mut sent_edges = false;
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.changed() => break,
@@ -208,6 +216,18 @@ impl Peering for PeeringService {
                         update(delta, false)
                     }
                     _ = heartbeat.tick() => update(Delta { generation, ..Default::default() }, false),
+                    _ = edges_tick.tick() => {
+                        let edges = registry.edges().local();
+                        if edges.is_empty() && !sent_edges {
+                            continue;
+                        }
+                        sent_edges = !edges.is_empty();
+                        ExportUpdate {
+                            has_edges: true,
+                            edges,
+                            ..update(Delta { generation, ..Default::default() }, false)
+                        }
+                    }
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     break;

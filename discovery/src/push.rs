@@ -584,6 +584,41 @@ impl Stream {
 impl ConfigDiscovery for ConfigService {
     type StreamStream = ReceiverStream<Result<ConfigResponse, Status>>;
 
+    async fn report_edges(
+        &self,
+        request: Request<mesh_proto::config::ProxyEdges>,
+    ) -> Result<Response<mesh_proto::edges::EdgeReportAck>, Status> {
+        /// More edges than this in one report are not one proxy's calls.
+        const MAX_EDGES: usize = 4096;
+        let id = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.id.clone())
+            .ok_or_else(|| Status::unauthenticated("edge reports need a workload certificate"))?;
+        let report = request.into_inner();
+        if report.edges.len() > MAX_EDGES {
+            return Err(Status::invalid_argument(format!(
+                "{} edges in one report (at most {MAX_EDGES})",
+                report.edges.len()
+            )));
+        }
+        // A proxy speaks for calls from its own namespace, in this cluster.
+        let cluster = self.registry.cluster();
+        let edges = report
+            .edges
+            .into_iter()
+            .filter(|e| e.source_namespace == id.namespace())
+            .map(|mut e| {
+                e.source_cluster = cluster.to_owned();
+                e
+            })
+            .collect();
+        self.registry
+            .edges()
+            .report(&format!("{}.{}", report.proxy, id.namespace()), edges);
+        Ok(Response::new(mesh_proto::edges::EdgeReportAck {}))
+    }
+
     async fn stream(
         &self,
         request: Request<Streaming<ConfigRequest>>,

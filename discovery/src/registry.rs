@@ -438,6 +438,8 @@ pub struct Registry {
     changed: watch::Sender<u64>,
     expected_kinds: BTreeSet<InputKind>,
     outbound_traffic_policy: mesh_proto::model::OutboundTrafficPolicy,
+    /// The calls of this cluster's proxies and of the linked clusters' (the graph).
+    edges: crate::edges::EdgeBook,
 }
 
 /// Outputs changed between two generations.
@@ -473,7 +475,13 @@ impl Registry {
             changed: watch::channel(0).0,
             expected_kinds: expected_kinds.iter().copied().collect(),
             outbound_traffic_policy: Default::default(),
+            edges: crate::edges::EdgeBook::default(),
         }
+    }
+
+    /// The calls of this cluster's proxies and of the linked clusters' proxies.
+    pub fn edges(&self) -> &crate::edges::EdgeBook {
+        &self.edges
     }
 
     /// Sets the mesh's outbound traffic policy, told to every proxy in its node.

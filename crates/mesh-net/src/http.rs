@@ -35,6 +35,20 @@ where
         + Sync
         + 'static,
 {
+    serve_endpoints_async(listener, move |req| {
+        let resp = handle(&req);
+        async move { resp }
+    })
+    .await;
+}
+
+/// As [`serve_endpoints`], with answers that take their time (a page that asks
+/// another server).
+pub async fn serve_endpoints_async<F, Fut>(listener: tokio::net::TcpListener, handle: F)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Body>> + Send + 'static,
+{
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -42,8 +56,8 @@ where
         let handle = handle.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let resp = handle(&req);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
+                let resp = handle(req);
+                async move { Ok::<_, std::convert::Infallible>(resp.await) }
             });
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())

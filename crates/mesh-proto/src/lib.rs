@@ -5,6 +5,7 @@
 //!   acknowledged;
 //! - [`ca`]: workload certificate signing (workload → discovery's CA);
 //! - [`peering`]: discovery ⇄ discovery, what a linked cluster exports;
+//! - [`edges`]: the mesh graph's edges (proxy → discovery → linked discoveries);
 //! - [`model`]: the services, endpoints and node identity those streams carry.
 
 pub mod model;
@@ -25,6 +26,13 @@ pub mod ca {
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod peering {
     tonic::include_proto!("isthmus.peering.v1");
+}
+
+/// The mesh graph's edges (`isthmus.edges.v1`), reported by proxies and exchanged
+/// over peering.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod edges {
+    tonic::include_proto!("isthmus.edges.v1");
 }
 
 /// The port discovery serves the config stream and the CA on.

@@ -35,6 +35,8 @@ pub struct DiscoveryClientOptions {
     pub initial_backoff: Duration,
     /// Longest reconnect delay.
     pub max_backoff: Duration,
+    /// How often the calls this proxy made are reported (the mesh graph).
+    pub edge_report_every: Duration,
 }
 
 impl DiscoveryClientOptions {
@@ -46,6 +48,7 @@ impl DiscoveryClientOptions {
             node,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            edge_report_every: Duration::from_secs(2),
         }
     }
 }
@@ -76,6 +79,7 @@ pub async fn run(
     // What is held outlives each stream: a reconnect sends its versions, so discovery
     // resends only what differs.
     let backoff = mesh_net::backoff::Backoff::new(options.initial_backoff, options.max_backoff);
+    store.edges().enable();
     let address = options.address;
     let context = (options, identity, store, status.clone());
     mesh_net::watch::reconnecting(
@@ -97,6 +101,30 @@ pub async fn run(
         },
     )
     .await;
+}
+
+/// Sends the calls of the window just ended to discovery, on the stream's connection,
+/// without holding up the stream; a window that cannot be sent is dropped (the graph
+/// shows rates over the last seconds, not totals).
+fn report_edges(
+    client: &ConfigDiscoveryClient<tonic::transport::Channel>,
+    proxy: &str,
+    store: &StateStore,
+) {
+    let edges = store.edges().take();
+    if edges.is_empty() {
+        return;
+    }
+    let mut client = client.clone();
+    let report = mesh_proto::config::ProxyEdges {
+        proxy: proxy.to_owned(),
+        edges,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = client.report_edges(report).await {
+            tracing::debug!(error = %e.message(), "edge report not taken");
+        }
+    });
 }
 
 async fn stream_once(
@@ -140,8 +168,17 @@ async fn stream_once(
         ..(**s).clone()
     });
     tracing::info!(discovery = %options.address, held = set.len(), "config stream open");
+    let mut report = tokio::time::interval(options.edge_report_every);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let response = match responses.message().await {
+        let message = tokio::select! {
+            m = responses.message() => m,
+            _ = report.tick() => {
+                report_edges(&client, &options.node.name, store);
+                continue;
+            }
+        };
+        let response = match message {
             Ok(Some(r)) => r,
             Ok(None) => return Err("discovery closed the stream".into()),
             Err(e) => return Err(format!("config stream: {}", e.message())),

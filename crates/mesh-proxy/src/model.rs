@@ -107,6 +107,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Whether a proxy on `node` reaches this endpoint through its network's east-west
+    /// gateway (another cluster on another network: its address is the gateway's).
+    pub fn through_gateway(&self, node: &crate::config::Node) -> bool {
+        !self.cluster.is_empty() && self.cluster != node.cluster && self.network != node.network
+    }
+
     /// The port this endpoint serves `port` on: its own mapping for the port's name,
     /// else the service's target port.
     pub fn port_for(&self, port: &ServicePort) -> u16 {

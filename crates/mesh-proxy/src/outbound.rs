@@ -98,6 +98,8 @@ struct Outcome {
     upstream_cluster: Arc<str>,
     flag: Option<ResponseFlag>,
     peers: Option<Arc<PeerLabels>>,
+    /// The endpoint tried last is another network's, through its east-west gateway.
+    via_gateway: bool,
     trace: Option<mesh_telemetry::trace::TraceParent>,
 }
 
@@ -187,7 +189,20 @@ impl Outbound {
         match &outcome.peers {
             Some(peers) => {
                 self.metrics
-                    .record(peers, response, elapsed, request_bytes, response_bytes)
+                    .record(peers, response, elapsed, request_bytes, response_bytes);
+                self.metrics.edges().observe(
+                    peers,
+                    mesh_telemetry::edges::Call {
+                        protocol: if grpc {
+                            mesh_telemetry::edges::Protocol::Grpc
+                        } else {
+                            mesh_telemetry::edges::Protocol::Http
+                        },
+                        via_gateway: outcome.via_gateway,
+                        failed: response.code >= 500,
+                        duration_ms: Some(elapsed),
+                    },
+                );
             }
             // No service was found: the authority asked for names the series.
             None => self.metrics.request(
@@ -458,6 +473,7 @@ impl Outbound {
             .then(|| std::net::SocketAddr::new(endpoint.inbound.ip(), endpoint.port_for(port)));
             out.upstream_host = plaintext.unwrap_or(endpoint.inbound).to_string();
             out.peers = Some(self.try_labels(state, target, endpoint, plaintext.is_some()));
+            out.via_gateway = endpoint.through_gateway(&state.node);
 
             let body = match (&buffered, streaming.take()) {
                 (Some(b), _) => full(b.clone()),
@@ -534,7 +550,7 @@ impl Outbound {
 
     /// Who calls whom on one try, for its metrics: over mTLS, or in the clear for
     /// `tls.mode: DISABLE`.
-    fn try_labels(
+    pub(crate) fn try_labels(
         &self,
         state: &crate::state::ProxyState,
         target: &crate::model::Service,

@@ -181,6 +181,8 @@ struct TcpOutcome<'a> {
     endpoint: Option<&'a Arc<crate::model::Endpoint>>,
     /// Bytes to and from the upstream.
     bytes: (u64, u64),
+    /// The connection left in the clear or over TLS opened here, not over mesh mTLS.
+    plaintext: bool,
     /// Whether the connection was counted as opened when it was (a connection that
     /// never reached an upstream is counted opened and closed at its end).
     counted_open: bool,
@@ -234,6 +236,7 @@ impl Outbound {
                     cluster: "-",
                     endpoint: None,
                     bytes: (0, 0),
+                    plaintext: false,
                     counted_open: false,
                 });
             }
@@ -251,6 +254,7 @@ impl Outbound {
                 cluster: &plan.cluster,
                 endpoint: None,
                 bytes: (0, 0),
+                plaintext: false,
                 counted_open: false,
             });
         };
@@ -292,12 +296,11 @@ impl Outbound {
         };
         let counted_open = upstream.is_ok();
         if counted_open {
-            self.metrics.tcp_opened(&crate::peer::source_labels(
-                &state.node,
-                &self.own_id,
+            self.metrics.tcp_opened(&self.try_labels(
+                &state,
                 plan.target,
-                Some(&endpoint),
-                self.trust_domain(),
+                &endpoint,
+                outside.is_some(),
             ));
         }
         let (flag, bytes) = match upstream {
@@ -324,6 +327,7 @@ impl Outbound {
             cluster: &plan.cluster,
             endpoint: Some(&endpoint),
             bytes,
+            plaintext: outside.is_some(),
             counted_open,
         });
     }
@@ -354,17 +358,29 @@ impl Outbound {
             bytes_received = o.bytes.1,
             duration_ms = started.elapsed().as_millis() as u64,
         );
-        let labels = crate::peer::source_labels(
-            &state.node,
-            &self.own_id,
-            o.service,
-            o.endpoint.map(AsRef::as_ref),
-            self.trust_domain(),
-        );
+        let labels = match o.endpoint {
+            Some(e) => self.try_labels(state, o.service, e, o.plaintext),
+            None => crate::peer::source_labels(
+                &state.node,
+                &self.own_id,
+                o.service,
+                None,
+                self.trust_domain(),
+            ),
+        };
         if !o.counted_open {
             self.metrics.tcp_opened(&labels);
         }
         self.metrics.tcp_closed(&labels, o.bytes.0, o.bytes.1);
+        self.metrics.edges().observe(
+            &labels,
+            mesh_telemetry::edges::Call {
+                protocol: mesh_telemetry::edges::Protocol::Tcp,
+                via_gateway: o.endpoint.is_some_and(|e| e.through_gateway(&state.node)),
+                failed: o.flag.is_some(),
+                duration_ms: None,
+            },
+        );
     }
 }
 

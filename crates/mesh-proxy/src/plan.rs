@@ -547,7 +547,6 @@ pub fn explain(
                     .candidates
                     .iter()
                     .map(|e| {
-                        let remote = !e.cluster.is_empty() && e.cluster != state.node.cluster;
                         json!({
                             "address": e.inbound.to_string(),
                             "cluster": e.cluster,
@@ -556,8 +555,7 @@ pub fn explain(
                             "labels": e.labels,
                             "weight": e.weight,
                             "stale": e.stale,
-                            // Another network's endpoints are its east-west gateway.
-                            "through_gateway": remote && e.network != state.node.network,
+                            "through_gateway": e.through_gateway(&state.node),
                             "tunnel": if e.quic { "quic" } else { "tcp" },
                         })
                     })

@@ -94,7 +94,7 @@ impl Sidecar {
         let in_listener = TcpListener::bind(options.inbound).await?;
         let outbound_addr = out_listener.local_addr()?;
         let inbound_addr = in_listener.local_addr()?;
-        let metrics = MeshMetrics::new();
+        let metrics = MeshMetrics::new().with_edges(store.edges().clone());
         let in_flight = crate::http_util::InFlight::default();
         let outbound = Outbound::new(
             store.clone(),

@@ -1,9 +1,11 @@
 //! Logging and tracing setup shared by every Isthmus binary: one call at start-up
 //! installs a `tracing` subscriber that writes human-readable or JSON lines to stderr,
 //! filtered by `RUST_LOG` (default `info`); [`metrics`] holds Istio's standard
-//! metrics in a Prometheus registry; [`trace`] continues W3C/B3 traces across hops
+//! metrics in a Prometheus registry; [`edges`] the calls a proxy made, for the mesh
+//! graph; [`trace`] continues W3C/B3 traces across hops
 //! and exports spans over OTLP.
 
+pub mod edges;
 pub mod metrics;
 pub mod trace;
 

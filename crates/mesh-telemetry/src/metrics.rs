@@ -171,6 +171,7 @@ pub struct MeshMetrics {
     tcp_opened: Family<PeerLabels, Counter>,
     tcp_closed: Family<PeerLabels, Counter>,
     series: Arc<Mutex<HashMap<SeriesKey, Series>>>,
+    edges: crate::edges::EdgeRecorder,
 }
 
 impl Default for MeshMetrics {
@@ -251,7 +252,20 @@ impl MeshMetrics {
             tcp_opened,
             tcp_closed,
             series: Arc::default(),
+            edges: crate::edges::EdgeRecorder::default(),
         }
+    }
+
+    /// These metrics, with the calls counted into `edges` (shared with whoever
+    /// reports them).
+    pub fn with_edges(mut self, edges: crate::edges::EdgeRecorder) -> Self {
+        self.edges = edges;
+        self
+    }
+
+    /// The calls this proxy made, for the mesh graph (recorded once enabled).
+    pub fn edges(&self) -> &crate::edges::EdgeRecorder {
+        &self.edges
     }
 
     /// Records one finished request.

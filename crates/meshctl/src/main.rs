@@ -8,6 +8,7 @@ mod analyze;
 mod bed;
 mod ca;
 mod crds;
+mod dashboard;
 mod diagnose;
 mod drift;
 mod install;
@@ -67,6 +68,9 @@ enum Command {
     /// each destination's policy and endpoints (cluster, gateway), or the refusal,
     /// from the source sidecar's own planner.
     Diagnose(diagnose::DiagnoseArgs),
+    /// The mesh dashboard on a local port: every cluster and the calls between them,
+    /// live, with an edge's traces as a waterfall.
+    Dashboard(dashboard::DashboardArgs),
     /// A local multi-cluster mesh with sample apps: up, status, curl, scenario, down.
     #[command(subcommand)]
     Testbed(bed::TestbedCommand),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Install(args) => install::install(args),
         Command::Trace(args) => trace::run(args),
         Command::Diagnose(args) => diagnose::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::VerifyInstall(args) => install::verify(args),
         Command::WriteChart { out } => install::write_chart(&out),
     };

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use discovery::dashboard::jaeger::{Span, spans};
 use serde_json::Value;
 
 /// `meshctl trace` arguments.
@@ -21,62 +22,6 @@ pub(crate) struct TraceArgs {
     /// Jaeger's query address.
     #[arg(long, env = "ISTHMUS_JAEGER", default_value = "127.0.0.1:16686")]
     jaeger: SocketAddr,
-}
-
-/// One span, flattened from Jaeger's JSON.
-#[derive(Debug, Clone)]
-pub(crate) struct Span {
-    pub(crate) id: String,
-    pub(crate) parent: Option<String>,
-    pub(crate) operation: String,
-    pub(crate) service: String,
-    pub(crate) cluster: String,
-    pub(crate) start_us: u64,
-    pub(crate) duration_us: u64,
-}
-
-fn tag<'a>(tags: &'a Value, key: &str) -> Option<&'a Value> {
-    tags.as_array()?
-        .iter()
-        .find(|t| t["key"] == key)
-        .map(|t| &t["value"])
-}
-
-/// The spans of one trace in Jaeger's JSON (`data[0]`).
-pub(crate) fn spans(trace: &Value) -> Vec<Span> {
-    let processes = &trace["processes"];
-    let mut out: Vec<Span> = trace["spans"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|s| {
-            let process = &processes[s["processID"].as_str().unwrap_or_default()];
-            let cluster = tag(&s["tags"], "istio.cluster_id")
-                .or_else(|| tag(&process["tags"], "istio.cluster_id"))
-                .and_then(Value::as_str)
-                .unwrap_or("-")
-                .to_owned();
-            Span {
-                id: s["spanID"].as_str().unwrap_or_default().to_owned(),
-                parent: s["references"]
-                    .as_array()
-                    .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
-                    .and_then(|r| r["spanID"].as_str())
-                    .map(str::to_owned),
-                operation: s["operationName"].as_str().unwrap_or_default().to_owned(),
-                service: process["serviceName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                cluster,
-                start_us: s["startTime"].as_u64().unwrap_or(0),
-                duration_us: s["duration"].as_u64().unwrap_or(0),
-            }
-        })
-        .collect();
-    out.sort_by_key(|s| s.start_us);
-    out
 }
 
 /// The waterfall: one line per span, children under their parent.
@@ -132,14 +77,9 @@ pub(crate) fn waterfall(spans: &[Span]) -> String {
 }
 
 async fn query(jaeger: SocketAddr, path: &str) -> anyhow::Result<Value> {
-    let (status, body) = mesh_net::http::get(jaeger, path)
+    discovery::dashboard::jaeger::query(jaeger, path)
         .await
-        .map_err(|e| anyhow::anyhow!("{e} (is Jaeger running? `meshctl testbed up` starts one)"))?;
-    anyhow::ensure!(
-        status.is_success(),
-        "GET http://{jaeger}{path}: {status}: {body}"
-    );
-    serde_json::from_str(&body).with_context(|| format!("GET http://{jaeger}{path}: not JSON"))
+        .map_err(anyhow::Error::msg)
 }
 
 /// The trace `id`, or the most recent one (through `service` when given).

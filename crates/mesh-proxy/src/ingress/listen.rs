@@ -81,7 +81,7 @@ impl IngressGateway {
         identity: Identity,
         options: IngressOptions,
     ) -> std::io::Result<Self> {
-        let metrics = MeshMetrics::new();
+        let metrics = MeshMetrics::new().with_edges(store.edges().clone());
         let outbound = Arc::new(Outbound::new(
             store.clone(),
             &identity,

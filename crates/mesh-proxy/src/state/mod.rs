@@ -266,6 +266,9 @@ pub struct StateStore {
     ready: std::sync::atomic::AtomicBool,
     /// Counts the states swapped in, for what follows the config (listeners).
     installed: tokio::sync::watch::Sender<u64>,
+    /// The calls this proxy makes, counted by its listeners and reported to
+    /// discovery by the config stream's client.
+    edges: mesh_telemetry::edges::EdgeRecorder,
 }
 
 impl Default for StateStore {
@@ -284,7 +287,13 @@ impl StateStore {
             last_rejection: ArcSwap::from_pointee(None),
             ready: std::sync::atomic::AtomicBool::new(false),
             installed: tokio::sync::watch::Sender::new(0),
+            edges: mesh_telemetry::edges::EdgeRecorder::default(),
         }
+    }
+
+    /// The calls this proxy makes, for the mesh graph.
+    pub fn edges(&self) -> &mesh_telemetry::edges::EdgeRecorder {
+        &self.edges
     }
 
     /// A store starting with `state` whose ServiceEntry names are resolved by

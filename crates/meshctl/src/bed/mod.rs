@@ -396,6 +396,11 @@ fn build_missing_binaries(exe: &Path) -> anyhow::Result<()> {
 fn print_next_steps(state: &supervisor::State) {
     let Some(plan) = &state.plan else { return };
     let first = &plan.clusters[0];
+    if let Some(d) = &state.dashboard {
+        println!(
+            "\nDashboard: http://{d}/  (every cluster and the calls between them, live; click an edge for its traces)"
+        );
+    }
     println!("\nTry:");
     println!(
         "  meshctl testbed curl http://helloworld:5000/hello        # from {}: v1 here, v2 in the next cluster on failover",
@@ -697,6 +702,12 @@ pub(crate) fn monitors(
         .iter()
         .map(|c| (c.name.clone(), c.monitor))
         .collect())
+}
+
+/// The testbed's Jaeger query address, when tracing runs.
+pub(crate) fn jaeger(dir: Option<PathBuf>) -> Option<std::net::SocketAddr> {
+    let (state, _) = ready_state(&default_dir(dir)).ok()?;
+    state.jaeger?.parse().ok()
 }
 
 /// The state and plan of a ready testbed of at least two clusters, for `scenario`.

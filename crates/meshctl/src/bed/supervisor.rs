@@ -56,6 +56,9 @@ pub(crate) struct State {
     pub(crate) registry_dirs: BTreeMap<String, String>,
     /// Jaeger's query address (UI and API), when tracing runs.
     pub(crate) jaeger: Option<String>,
+    /// The dashboard's address (`http://ADDR/`).
+    #[serde(default)]
+    pub(crate) dashboard: Option<String>,
     pub(crate) tracing_note: String,
     /// Network namespaces the testbed made (pod mode), for `down`.
     #[serde(default)]
@@ -269,6 +272,20 @@ async fn run(args: SuperviseArgs) -> anyhow::Result<()> {
     // not), /kill/NAME, /stop/NAME and /start/NAME (a component).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     r.state.control = Some(listener.local_addr()?.to_string());
+    // The dashboard, on a port a person can remember when it is free.
+    if let Some(plan) = &r.state.plan {
+        let first = plan.clusters[0].monitor;
+        let dashboard = match tokio::net::TcpListener::bind("127.0.0.1:15000").await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        };
+        r.state.dashboard = Some(dashboard.local_addr()?.to_string());
+        let jaeger = r.state.jaeger.as_deref().and_then(|j| j.parse().ok());
+        running.tasks.push(tokio::spawn(discovery::dashboard::serve(
+            dashboard,
+            discovery::dashboard::Dashboard::remote(first, jaeger),
+        )));
+    }
     r.state.ready = true;
     r.save();
     let controls = Arc::new(controls);
@@ -559,6 +576,9 @@ async fn bring_up(
         };
         if let Some(endpoint) = &otlp {
             cmd.args(["--otlp-endpoint", endpoint]);
+        }
+        if let Some(query) = &r.state.jaeger {
+            cmd.args(["--jaeger-query", query]);
         }
         let p = testbed::Process::spawn(
             &format!("discovery-{}", c.name),
