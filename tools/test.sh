@@ -19,11 +19,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Tools the tests run, from the distribution: shellcheck (the scripts' lint test),
-# nginx (the real TLS server TLS origination is tested against) and, as root, what
-# pods and cluster networks need (network namespaces, veth pairs, iptables capture).
+# nginx (the real TLS server TLS origination is tested against), chromium (the
+# dashboard is tested in a real headless browser) and, as root, what pods and
+# cluster networks need (network namespaces, veth pairs, iptables capture).
 pkgs=()
 command -v shellcheck >/dev/null || pkgs+=(shellcheck)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
+command -v chromium >/dev/null || pkgs+=(chromium)
 if [ "$(id -u)" = 0 ]; then
   command -v ip >/dev/null || pkgs+=(iproute2)
   command -v iptables >/dev/null || pkgs+=(iptables)

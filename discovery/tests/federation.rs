@@ -969,3 +969,108 @@ async fn a_service_entry_selecting_workloads_is_served_and_exported_like_a_servi
     })
     .await;
 }
+
+/// The graph's edges: a proxy's report counts for calls from its own namespace only,
+/// and reaches the linked cluster's discovery over peering, where the whole mesh is
+/// drawn (east's edge, said by east, with its rate and gateway hop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_reported_in_one_cluster_are_drawn_by_the_linked_one() {
+    use mesh_proto::config::config_discovery_client::ConfigDiscoveryClient;
+    let Pair {
+        east_pki,
+        root_pem,
+        east_dir,
+        west_dir,
+        east,
+        west,
+        ..
+    } = pair().await;
+    link_both(&east_dir, &west_dir, &east, &west, &root_pem);
+
+    let identity = east_pki.identity("shop", "frontend");
+    let discovery_id =
+        mesh_identity::SpiffeId::new(TD.parse().unwrap(), "istio-system", "isthmus-discovery")
+            .unwrap();
+    let channel = mesh_net::channel::channel(east.grpc_addr, &identity, vec![discovery_id])
+        .await
+        .unwrap();
+    let mut client = ConfigDiscoveryClient::new(channel);
+    let edge = |ns: &str, app: &str| mesh_proto::edges::Edge {
+        source_cluster: "somewhere-else".into(),
+        source_namespace: ns.into(),
+        source_app: app.into(),
+        destination_service: REVIEWS.into(),
+        destination_cluster: "west".into(),
+        destination_namespace: "shop".into(),
+        destination_app: "reviews".into(),
+        destination_version: "v2".into(),
+        protocol: "http".into(),
+        mtls: true,
+        via_gateway: true,
+        requests: 40,
+        errors: 2,
+        latency: vec![40],
+        window_ms: 2000,
+        ..Default::default()
+    };
+    client
+        .report_edges(mesh_proto::config::ProxyEdges {
+            proxy: "frontend-1".into(),
+            // The second claims calls from another namespace's workload.
+            edges: vec![edge("shop", "frontend"), edge("payments", "billing")],
+        })
+        .await
+        .unwrap();
+
+    let graph = |addr| async move {
+        let (status, body) = mesh_net::http::get(addr, "/dashboard/api/graph")
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{status} {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let seen_in_west = {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let g = graph(west.monitor_addr.unwrap()).await;
+            let edges = g["edges"].as_array().cloned().unwrap_or_default();
+            if !edges.is_empty() {
+                break g;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "east's edges never reached west: {g}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let edges = seen_in_west["edges"].as_array().unwrap();
+    assert_eq!(
+        edges.len(),
+        1,
+        "only the proxy's own namespace: {seen_in_west}"
+    );
+    let e = &edges[0];
+    assert_eq!(e["source"]["app"], "frontend");
+    // The cluster is the reporting discovery's, whatever the proxy wrote.
+    assert_eq!(e["source"]["cluster"], "east");
+    assert_eq!(e["reportedBy"], "east");
+    assert_eq!(
+        (e["requests"].as_u64(), e["errors"].as_u64()),
+        (Some(40), Some(2))
+    );
+    assert!(e["rps"].as_f64().unwrap() > 0.0, "{e}");
+    assert_eq!(e["viaGateway"], true);
+    let clusters: Vec<&str> = seen_in_west["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(clusters, ["west", "east"], "{seen_in_west}");
+
+    // East draws the same edge from its own book.
+    let in_east = graph(east.monitor_addr.unwrap()).await;
+    assert_eq!(in_east["edges"][0]["reportedBy"], "east", "{in_east}");
+    assert_eq!(in_east["edges"].as_array().unwrap().len(), 1, "{in_east}");
+}

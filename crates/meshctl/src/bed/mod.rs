@@ -540,6 +540,9 @@ fn status(dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(d) = &state.dashboard {
+        println!("\ndashboard                  http://{d}/");
+    }
     Ok(())
 }
 
