@@ -92,6 +92,12 @@ pub(crate) struct Input {
     /// Workload labels (Pods, WorkloadEntries) by namespace; `None` when no workload
     /// was given, so nothing can be said about selectors.
     pub(crate) workloads: Option<BTreeMap<String, Vec<BTreeMap<String, String>>>>,
+    /// The cluster's CA roots as its discovery publishes them (the
+    /// `istio-ca-root-cert` ConfigMap), when read from a cluster that has them.
+    pub(crate) ca_roots: Option<String>,
+    /// The cluster's link Secrets (`meshctl remote-secret`), or why one could not be
+    /// read (`Secret NS/NAME: why`).
+    pub(crate) links: Vec<Result<discovery::links::Link, String>>,
 }
 
 /// What analyze knows of one Service.
@@ -767,6 +773,34 @@ async fn from_cluster(
         input.add_workload(ns_of_meta(&e.metadata), labels);
     }
     if istio {
+        // How this cluster is linked to others, and the roots it signs under.
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), discovery::NAMESPACE);
+        let linked = kube::api::ListParams::default()
+            .labels(&format!("{}=true", discovery::links::LINK_LABEL));
+        for secret in secrets
+            .list(&linked)
+            .await
+            .with_context(|| format!("listing link Secrets in {}", discovery::NAMESPACE))?
+        {
+            let name = format!(
+                "Secret {}/{}",
+                discovery::NAMESPACE,
+                secret.metadata.name.as_deref().unwrap_or_default()
+            );
+            match discovery::links::Link::from_secret(&secret) {
+                Ok(Some(link)) => input.links.push(Ok(link)),
+                Ok(None) => {}
+                Err(e) => input.links.push(Err(format!("{name}: {e}"))),
+            }
+        }
+        let maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client.clone(), discovery::NAMESPACE);
+        input.ca_roots = maps
+            .get_opt(discovery::inject::ROOT_CONFIGMAP)
+            .await
+            .context("reading the CA root ConfigMap")?
+            .and_then(|m| m.data?.remove("root-cert.pem"));
         for (group, kind, plural) in discovery::kube_registry::ISTIO_KINDS {
             let gvk = kube::api::GroupVersionKind::gvk(group, "v1", kind);
             let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
@@ -861,6 +895,11 @@ fn run_all_clusters(args: &AnalyzeArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|(_, f)| f.severity == Severity::Error)
         .count();
+    let links: usize = clusters.iter().map(|(_, i)| i.links.len()).sum();
+    println!(
+        "Compared {}: Services, DestinationRules, VirtualServices, {links} link(s) checked against the roots each cluster signs under.",
+        names.join(", ")
+    );
     if findings.is_empty() {
         println!(
             "✔ No problems found in {} and no drift between them.",

@@ -2,7 +2,9 @@
 //! cross-cluster behaviour. Services of one name and namespace are one service across
 //! linked clusters (namespace sameness), so their ports and protocols must agree; a
 //! DestinationRule or VirtualService for one host decides traffic that may land in any
-//! cluster, so its copies must agree too, and exist wherever the callers are.
+//! cluster, so its copies must agree too, and exist wherever the callers are. A link
+//! must trust the roots the linked cluster signs under, and links go both ways; a
+//! service whose namespace differs between clusters is two services.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +19,162 @@ pub(crate) fn drift(clusters: &[(String, Input)]) -> Vec<Finding> {
     for kind in ["DestinationRule", "VirtualService"] {
         copies(clusters, kind, &mut out);
     }
+    links(clusters, &mut out);
+    namespace_sameness(clusters, &mut out);
     out
+}
+
+/// The certificates of a PEM bundle (nothing when it does not parse).
+fn certs(pem: &str) -> Vec<Vec<u8>> {
+    mesh_identity::cert::parse_certs(pem.as_bytes(), "bundle")
+        .map(|v| v.iter().map(|c| c.to_vec()).collect())
+        .unwrap_or_default()
+}
+
+/// A root as a person tells it apart: subject and serial.
+fn describe(der: &[u8]) -> String {
+    mesh_identity::cert::CertInfo::parse(der, "root").map_or_else(
+        |_| "an unreadable certificate".into(),
+        |i| format!("{} (serial {})", i.subject, i.serial),
+    )
+}
+
+/// Links between the clusters analyzed: each must trust the roots the cluster it
+/// names signs under (else neither discovery's peering nor the workloads' mTLS across
+/// them verifies), and a link one way only carries endpoints one way only.
+fn links(clusters: &[(String, Input)], out: &mut Vec<Finding>) {
+    let by_name: BTreeMap<&str, &Input> = clusters.iter().map(|(n, i)| (n.as_str(), i)).collect();
+    for (cluster, input) in clusters {
+        for link in &input.links {
+            let link = match link {
+                Ok(l) => l,
+                Err(e) => {
+                    out.push(Finding {
+                        severity: Severity::Error,
+                        code: "ISM0105",
+                        object: e.split(':').next().unwrap_or_default().to_owned(),
+                        field: "data".into(),
+                        message: format!("in cluster {cluster}, a link Secret cannot be read: {e}"),
+                        fix: "create it again with `meshctl remote-secret` in the cluster it names"
+                            .into(),
+                    });
+                    continue;
+                }
+            };
+            let object = format!("Secret {}/{}", discovery::NAMESPACE, link.secret);
+            let Some(peer) = by_name.get(link.cluster.as_str()) else {
+                continue;
+            };
+            if let Some(roots) = &peer.ca_roots {
+                let trusted = certs(&link.trust_bundle);
+                let theirs = certs(roots);
+                let missing: Vec<String> = theirs
+                    .iter()
+                    .filter(|r| !trusted.contains(r))
+                    .map(|r| describe(r))
+                    .collect();
+                if !theirs.is_empty() && !missing.is_empty() {
+                    let none = missing.len() == theirs.len();
+                    out.push(Finding {
+                        severity: if none { Severity::Error } else { Severity::Warning },
+                        code: "ISM0105",
+                        object: object.clone(),
+                        field: "data.trustBundle".into(),
+                        message: format!(
+                            "cluster {cluster}'s link to {} does not trust {} root(s) {} signs under: {}; {}",
+                            link.cluster,
+                            if none { "any of the" } else { "all the" },
+                            link.cluster,
+                            missing.join(", "),
+                            if none {
+                                "peering with it and mTLS from its workloads fail"
+                            } else {
+                                "workloads with certificates from the missing root are refused (a root rotation half done?)"
+                            }
+                        ),
+                        fix: format!(
+                            "run `meshctl remote-secret` in {} again and apply its output in {cluster}",
+                            link.cluster
+                        ),
+                    });
+                }
+            }
+            let back = peer.links.iter().flatten().any(|l| l.cluster == *cluster);
+            if !back {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    code: "ISM0106",
+                    object,
+                    field: "data.cluster".into(),
+                    message: format!(
+                        "cluster {cluster} is linked to {} but {} is not linked to {cluster}: endpoints go from {} to {cluster} only, so {}'s callers never fail over to {cluster}",
+                        link.cluster, link.cluster, link.cluster, link.cluster
+                    ),
+                    fix: format!(
+                        "run `meshctl remote-secret` in {cluster} and apply its output in {}",
+                        link.cluster
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Namespaces every cluster has for itself, whose Services are not the application's.
+const SYSTEM_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "istio-system",
+];
+
+/// Namespace sameness: a service is its name in its namespace in every cluster. A
+/// name found in one namespace in some clusters and in another elsewhere, and never in
+/// both, is two services: calls to one never reach the other's endpoints.
+fn namespace_sameness(clusters: &[(String, Input)], out: &mut Vec<Finding>) {
+    // name → namespace → clusters
+    let mut names: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    for (cluster, input) in clusters {
+        for (host, info) in &input.service_info {
+            if SYSTEM_NAMESPACES.contains(&info.namespace.as_str()) {
+                continue;
+            }
+            let name = host.split('.').next().unwrap_or_default();
+            names
+                .entry(name)
+                .or_default()
+                .entry(info.namespace.as_str())
+                .or_default()
+                .push(cluster);
+        }
+    }
+    for (name, spaces) in names.iter().filter(|(_, s)| s.len() > 1) {
+        let disjoint = spaces.values().enumerate().all(|(i, a)| {
+            spaces
+                .values()
+                .skip(i + 1)
+                .all(|b| a.iter().all(|c| !b.contains(c)))
+        });
+        // In several namespaces of one cluster: a deliberate layout, not drift.
+        if !disjoint {
+            continue;
+        }
+        let layout: Vec<String> = spaces
+            .iter()
+            .map(|(ns, cs)| format!("{ns}/{name} in {}", cs.join(", ")))
+            .collect();
+        out.push(Finding {
+            severity: Severity::Warning,
+            code: "ISM0107",
+            object: format!("Service {name}"),
+            field: "metadata.namespace".into(),
+            message: format!(
+                "{}: by namespace sameness these are different services, so callers of one never reach the other's endpoints across clusters",
+                layout.join("; ")
+            ),
+            fix: "put the service in the same namespace in every cluster (or, if they are different services, give them different names)".into(),
+        });
+    }
 }
 
 /// A Service port: number, name, appProtocol.
@@ -239,5 +396,89 @@ spec:
             "{text:#?}"
         );
         assert!(found.iter().any(|f| f.severity == Severity::Error));
+    }
+
+    fn link(cluster: &str, bundle: &str) -> discovery::links::Link {
+        discovery::links::Link {
+            secret: format!("istio-remote-secret-{cluster}"),
+            cluster: cluster.into(),
+            network: format!("net-{cluster}"),
+            discovery_address: "10.0.0.1:15012".into(),
+            gateway_address: "10.0.0.1:15443".into(),
+            gateway_quic: false,
+            trust_bundle: bundle.into(),
+            trust_domain: "mesh.example".into(),
+        }
+    }
+
+    #[test]
+    fn links_must_trust_the_peers_roots_and_go_both_ways() {
+        let td: mesh_identity::TrustDomain = "mesh.example".parse().unwrap();
+        let year = std::time::Duration::from_secs(365 * 24 * 3600);
+        let root = mesh_identity::ca::RootCa::generate(&td, year).unwrap();
+        let other = mesh_identity::ca::RootCa::generate(&td, year).unwrap();
+        let cluster = |roots: &str, links: Vec<discovery::links::Link>| {
+            let mut i = input("");
+            i.ca_roots = Some(roots.to_owned());
+            i.links = links.into_iter().map(Ok).collect();
+            i
+        };
+        // One root, linked both ways: nothing to say.
+        let east = cluster(root.cert_pem(), vec![link("west", root.cert_pem())]);
+        let west = cluster(root.cert_pem(), vec![link("east", root.cert_pem())]);
+        let clean = drift(&[("east".into(), east), ("west".into(), west)]);
+        assert!(clean.is_empty(), "{clean:?}");
+
+        // West moved to another root; east's link still trusts the old one only. And
+        // west has no link back to east.
+        let east = cluster(root.cert_pem(), vec![link("west", root.cert_pem())]);
+        let west = cluster(other.cert_pem(), vec![]);
+        let found = drift(&[("east".into(), east), ("west".into(), west)]);
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        let untrusted = found.iter().find(|f| f.code == "ISM0105").unwrap();
+        assert_eq!(untrusted.severity, Severity::Error, "{text:#?}");
+        assert!(
+            untrusted
+                .message
+                .contains("does not trust any of the root(s) west signs under")
+                && untrusted.message.contains(&other.info().serial),
+            "{text:#?}"
+        );
+        assert!(
+            found.iter().any(|f| f.code == "ISM0106"
+                && f.message
+                    .contains("east is linked to west but west is not linked to east")),
+            "{text:#?}"
+        );
+
+        // Mid-rotation: west signs under both, east trusts one: a warning.
+        let both = format!("{}{}", root.cert_pem(), other.cert_pem());
+        let east = cluster(root.cert_pem(), vec![link("west", root.cert_pem())]);
+        let west = cluster(&both, vec![link("east", &both)]);
+        let found = drift(&[("east".into(), east), ("west".into(), west)]);
+        let half: Vec<&Finding> = found.iter().filter(|f| f.code == "ISM0105").collect();
+        assert_eq!(half.len(), 1, "{found:?}");
+        assert_eq!(half[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_service_in_different_namespaces_across_clusters_is_two_services() {
+        let east = input(SAME);
+        let west = input(&SAME.replace("namespace: shop", "namespace: shop-prod"));
+        let found = drift(&[("east".into(), east), ("west".into(), west)]);
+        let sameness = found.iter().find(|f| f.code == "ISM0107").unwrap();
+        assert!(
+            sameness
+                .message
+                .contains("shop/reviews in east; shop-prod/reviews in west"),
+            "{sameness}"
+        );
+        // The same name in two namespaces of one cluster is a layout, not drift.
+        let both = format!(
+            "{SAME}---\n{}",
+            SAME.replace("namespace: shop", "namespace: shop-prod")
+        );
+        let found = drift(&[("east".into(), input(&both)), ("west".into(), input(SAME))]);
+        assert!(!found.iter().any(|f| f.code == "ISM0107"), "{found:?}");
     }
 }

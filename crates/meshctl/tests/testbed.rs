@@ -213,9 +213,8 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
     // Drift between clusters, planted in west only: `analyze --all-clusters` finds
     // it; and a DENY policy there shows in `diagnose` as the destination's refusal.
     if kube {
-        let west_kubeconfig = state["kubeconfigs"]["west"].as_str().unwrap().to_owned();
-        let apply = |yaml: &str, remove: bool| {
-            let path = std::path::PathBuf::from(&west_kubeconfig);
+        let apply_in = |cluster: &str, yaml: &str, remove: bool| {
+            let path = std::path::PathBuf::from(state["kubeconfigs"][cluster].as_str().unwrap());
             let yaml = yaml.to_owned();
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -233,9 +232,12 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
                         .unwrap();
                 });
         };
+        let apply = |yaml: &str, remove: bool| apply_in("west", yaml, remove);
+        // Clean, with both link Secrets read and their trust checked against the
+        // roots each cluster publishes.
         let clean = meshctl(&dir, &["analyze", "--all-clusters"]);
         assert!(
-            clean.status.success() && !text(&clean).contains("ISM0103"),
+            clean.status.success() && text(&clean).contains(" 2 link(s) checked"),
             "{}",
             text(&clean)
         );
@@ -250,6 +252,21 @@ fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
             text(&drifted)
         );
         apply(west_only, true);
+        // A service in another namespace in each cluster: by namespace sameness, two.
+        let payments = |ns: &str| {
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: payments, namespace: {ns}}}\nspec: {{selector: {{app: payments}}, ports: [{{name: http, port: 8080}}]}}\n"
+            )
+        };
+        apply_in("east", &payments("sample"), false);
+        apply_in("west", &payments("sample-prod"), false);
+        let drifted = meshctl(&dir, &["analyze", "--all-clusters"]);
+        assert!(
+            text(&drifted).contains("ISM0107")
+                && text(&drifted).contains("sample/payments in east; sample-prod/payments in west"),
+            "{}",
+            text(&drifted)
+        );
         let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-hello, namespace: sample}\nspec: {selector: {matchLabels: {app: helloworld}}, action: DENY, rules: [{to: [{operation: {paths: [/hello]}}]}]}\n";
         apply(deny, false);
         let start = std::time::Instant::now();
