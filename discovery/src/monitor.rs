@@ -262,7 +262,7 @@ fn authorize(registry: &Registry, query: &str) -> Result<serde_json::Value, Stri
         .filter(|o| {
             matches!(
                 o.kind.as_str(),
-                "AuthorizationPolicy" | "PeerAuthentication"
+                "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication"
             ) && o.visible_to(&node.namespace)
         })
         .filter_map(|o| serde_json::from_slice(&o.body).ok())
@@ -270,29 +270,51 @@ fn authorize(registry: &Registry, query: &str) -> Result<serde_json::Value, Stri
         .collect();
     let refs: Vec<&mesh_api::Resource> = resources.iter().collect();
     let (peer_authn, authz) = mesh_proxy::state::security_for(&refs, &node);
-    let path = mesh_proxy::path::PathNormalization::default()
-        .apply(&path)
-        .into_owned();
-    let decision = authz.decide(&mesh_proxy::authz::Attributes {
-        principal: &principal,
-        principal_aliases: &[],
-        source_ip: None,
-        remote_ip: None,
-        destination_ip: None,
-        port,
-        sni: "",
-        http: Some(mesh_proxy::authz::HttpAttributes {
-            method: &method,
-            path: &path,
-            host: &host,
-            headers: &headers,
-            request_principal: None,
-            claims: None,
-        }),
-    });
-    let (allowed, reason) = match decision {
-        mesh_proxy::authz::Decision::Allow { audited } => (true, audited.join(", ")),
-        mesh_proxy::authz::Decision::Deny(reason) => (false, reason),
+    let request_authn: Vec<(
+        String,
+        String,
+        &mesh_api::security::RequestAuthenticationSpec,
+    )> = resources
+        .iter()
+        .filter_map(|r| match r {
+            mesh_api::Resource::RequestAuthentication(ra) => Some((
+                ra.metadata.namespace.clone().unwrap_or_default(),
+                ra.metadata.name.clone().unwrap_or_default(),
+                &ra.spec,
+            )),
+            _ => None,
+        })
+        .collect();
+    // Rules that cannot be compiled refuse the workload's config: its sidecar keeps
+    // its last good one, which cannot be known here.
+    let jwt = mesh_proxy::jwt::JwtAuthn::compile(&request_authn, &node).map_err(|e| {
+        format!(
+            "the workload's RequestAuthentications do not compile: {}",
+            e.join("; ")
+        )
+    })?;
+    let mut request = http::Request::builder().method(method.as_str()).uri(&path);
+    if !host.is_empty() {
+        request = request.header(http::header::HOST, &host);
+    }
+    let (mut parts, ()) = request
+        .body(())
+        .map_err(|e| format!("request {method} {path}: {e}"))?
+        .into_parts();
+    parts.headers.extend(headers);
+    let verdict = mesh_proxy::inbound::verdict(&jwt, &authz, &parts, &principal, port);
+    // Keys named by jwksUri are fetched by the sidecars, not here.
+    let keys_elsewhere = !jwt.uris().is_empty()
+        && verdict
+            .refusal
+            .as_ref()
+            .is_some_and(|(_, why)| why == &mesh_proxy::jwt::JwtError::NoKeys.to_string());
+    let (allowed, reason) = match &verdict.refusal {
+        // Undecided: neither admitted nor refused.
+        Some(_) if keys_elsewhere => (None, String::new()),
+        None => (Some(true), verdict.audited.join(", ")),
+        Some((401, why)) => (Some(false), format!("the token: {why} (401)")),
+        Some((_, why)) => (Some(false), why.clone()),
     };
     Ok(serde_json::json!({
         "cluster": registry.cluster(),
@@ -306,6 +328,12 @@ fn authorize(registry: &Registry, query: &str) -> Result<serde_json::Value, Stri
         "policies": authz.policies(),
         "allowed": allowed,
         "reason": reason,
+        "jwtRules": !jwt.is_empty(),
+        "requestPrincipal": verdict.request_principal,
+        "undecided": keys_elsewhere.then(|| format!(
+            "the token's keys come from {} (jwksUri), which the workload's sidecar fetches and discovery does not: the token was not checked here",
+            jwt.uris().into_iter().collect::<Vec<_>>().join(", ")
+        )),
     }))
 }
 

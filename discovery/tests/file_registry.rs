@@ -591,12 +591,13 @@ async fn authorize_answers_as_the_destination_workload_would() {
     );
     let discovery = start_files("east", dir.path(), &pki).await;
     let monitor = discovery.monitor_addr.unwrap();
-    let ask = |query: &'static str| async move {
-        let (status, body) = mesh_net::http::get(monitor, &format!("/debug/authorize?{query}"))
-            .await
-            .unwrap();
-        assert!(status.is_success(), "{status}: {body}");
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    let ask = |query: &str| {
+        let path = format!("/debug/authorize?{query}");
+        async move {
+            let (status, body) = mesh_net::http::get(monitor, &path).await.unwrap();
+            assert!(status.is_success(), "{status}: {body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
     };
     eventually("the policies are read", T, || {
         discovery.registry.all().updated.len() >= 2
@@ -618,4 +619,49 @@ async fn authorize_answers_as_the_destination_workload_would() {
     // No PeerAuthentication anywhere for a namespace: Istio's PERMISSIVE.
     let elsewhere = ask("namespace=other&labels=app=x&port=80").await;
     assert_eq!(elsewhere["mtls"], "PERMISSIVE", "{elsewhere}");
+
+    // Tokens: checked before the policies, as the sidecar does. In `signed`, inline
+    // keys and a policy that wants a request principal; in `remote`, keys by jwksUri.
+    write(
+        dir.path(),
+        "jwt.yaml",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: inline, namespace: signed}\nspec: {jwtRules: [{issuer: https://issuer.example, jwks: '{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"alg\": \"ES256\", \"x\": \"CV-ReB6hX0MPpejCzDg2p60vfdsMD89N6IdnpyTkCLE\", \"y\": \"7fHqgBq1FPDGhV7KibukZRoStKN9OT3RLgS_uVJSxIo\"}]}'}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: signed-in, namespace: signed}\nspec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: remote, namespace: remote}\nspec: {jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/keys}]}\n",
+    );
+    eventually("the token rules are read", T, || {
+        discovery.registry.all().updated.len() >= 5
+    })
+    .await;
+    // No token: the policy's 403.
+    let anonymous = ask("namespace=signed&labels=app=a&port=80&path=/").await;
+    assert_eq!(anonymous["allowed"], false, "{anonymous}");
+    assert!(
+        anonymous["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rbac_access_denied"),
+        "{anonymous}"
+    );
+    // A token that is not a JWT: 401 before any policy.
+    let garbled =
+        ask("namespace=signed&labels=app=a&port=80&path=/&header=authorization:Bearer%20abc").await;
+    assert_eq!(garbled["allowed"], false, "{garbled}");
+    assert_eq!(
+        garbled["reason"], "the token: Jwt is not in the form of Header.Payload.Signature (401)",
+        "{garbled}"
+    );
+    assert_eq!(garbled["jwtRules"], true);
+    // Keys only the sidecar fetches: the answer says it cannot decide.
+    let token = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIn0.c2ln";
+    let remote = ask(&format!(
+        "namespace=remote&labels=app=a&port=80&path=/&header=authorization:Bearer%20{token}"
+    ))
+    .await;
+    assert!(remote["allowed"].is_null(), "{remote}");
+    assert!(
+        remote["undecided"]
+            .as_str()
+            .unwrap()
+            .contains("https://issuer.example/keys"),
+        "{remote}"
+    );
 }

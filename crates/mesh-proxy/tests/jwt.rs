@@ -316,3 +316,75 @@ async fn keys_are_found_by_openid_discovery_from_the_issuer() {
     .await;
     assert_eq!(status, 401);
 }
+
+/// The destination's answer as `meshctl diagnose` gets it through discovery: the same
+/// checks, in the same order, as a request taken in. A valid token names the request
+/// principal a policy admits; a token of another issuer is 401 before any policy; no
+/// token meets the policy's 403.
+#[test]
+fn the_destination_verdict_checks_the_token_before_the_policies() {
+    let key = Key::new("k1");
+    let jwks = serde_json::json!({"keys": [key.jwk()]}).to_string();
+    let docs = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  jwtRules: [{{issuer: {ISSUER:?}, jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: signed-in, namespace: shop}}
+spec:
+  rules: [{{from: [{{source: {{requestPrincipals: [\"*\"]}}}}]}}]
+"
+    );
+    let resources: Vec<mesh_api::Resource> = mesh_api::parse_resources(&docs)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let refs: Vec<&mesh_api::Resource> = resources.iter().collect();
+    let node = mesh_proto::model::Node {
+        name: "reviews-1".into(),
+        namespace: "shop".into(),
+        ..Default::default()
+    };
+    let (_, authz) = mesh_proxy::state::security_for(&refs, &node);
+    let specs: Vec<_> = resources
+        .iter()
+        .filter_map(|r| match r {
+            mesh_api::Resource::RequestAuthentication(ra) => {
+                Some(("shop".to_owned(), "reviews".to_owned(), &ra.spec))
+            }
+            _ => None,
+        })
+        .collect();
+    let jwt = mesh_proxy::jwt::JwtAuthn::compile(&specs, &node).unwrap();
+    let verdict = |token: Option<String>| {
+        let mut req = http::Request::get("/reviews/1").header("host", "reviews:9080");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let parts = req.body(()).unwrap().into_parts().0;
+        mesh_proxy::inbound::verdict(&jwt, &authz, &parts, "td/ns/shop/sa/productpage", 9080)
+    };
+    let signed = verdict(Some(key.sign(serde_json::json!({"sub": "alice"}))));
+    assert_eq!(signed.refusal, None, "{signed:?}");
+    assert_eq!(
+        signed.request_principal.as_deref(),
+        Some(format!("{ISSUER}/alice").as_str())
+    );
+    let stranger = verdict(Some(
+        key.sign(serde_json::json!({"sub": "alice", "iss": "https://other.example"})),
+    ));
+    assert_eq!(
+        stranger.refusal,
+        Some((401, "Jwt issuer is not configured".into())),
+        "{stranger:?}"
+    );
+    let anonymous = verdict(None);
+    let (status, why) = anonymous.refusal.unwrap();
+    assert_eq!(status, 403);
+    assert!(why.contains("rbac_access_denied"), "{why}");
+}

@@ -296,11 +296,20 @@ fn render(method: &str, url: &str, doc: &Value) -> String {
                 s(&e["locality"])
             ));
             let a = &e["authorization"];
-            if let Some(allowed) = a["allowed"].as_bool() {
+            if let Some(why) = a["undecided"].as_str() {
+                out.push_str(&format!(
+                    "            UNDECIDED at the destination: {why}; mTLS {} there\n",
+                    s(&a["mtls"])
+                ));
+            } else if let Some(allowed) = a["allowed"].as_bool() {
                 let policies = a["policies"].as_array().map_or(0, Vec::len);
+                let token = a["requestPrincipal"]
+                    .as_str()
+                    .map(|p| format!(", its token verified as {p}"))
+                    .unwrap_or_default();
                 let verdict = if allowed {
                     format!(
-                        "admitted by the destination ({policies} AuthorizationPolicy(ies) apply)"
+                        "admitted by the destination ({policies} AuthorizationPolicy(ies) apply{token})"
                     )
                 } else {
                     format!("DENIED by the destination: {}", s(&a["reason"]))

@@ -7,6 +7,7 @@
 mod plan;
 
 pub(crate) use plan::{InboundRefusal, admit};
+pub use plan::{Verdict, verdict};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -174,8 +174,19 @@ pub(crate) fn admit(
     host: &str,
     attrs: Attributes<'_>,
 ) -> Result<Admitted, InboundRefusal> {
-    let verified = state
-        .jwt
+    admit_with(&state.jwt, &state.authz, parts, path, host, attrs)
+}
+
+/// [`admit`] with the workload's compiled JWT rules and policies.
+fn admit_with(
+    jwt: &crate::jwt::JwtAuthn,
+    authz: &crate::authz::Authorizer,
+    parts: &Parts,
+    path: &str,
+    host: &str,
+    attrs: Attributes<'_>,
+) -> Result<Admitted, InboundRefusal> {
+    let verified = jwt
         .authenticate(parts)
         .map_err(InboundRefusal::Unauthenticated)?;
     let attrs = Attributes {
@@ -189,7 +200,7 @@ pub(crate) fn admit(
         }),
         ..attrs
     };
-    match state.authz.decide(&attrs) {
+    match authz.decide(&attrs) {
         Decision::Deny(reason) => Err(InboundRefusal::Denied(reason)),
         Decision::Allow { audited } => {
             let (header_edits, auth) = match verified {
@@ -203,6 +214,59 @@ pub(crate) fn admit(
             })
         }
     }
+}
+
+/// What a workload's sidecar answers one HTTP request that arrives over mTLS from
+/// `principal` on workload port `port`: the same checks, in the same order, as every
+/// request it takes in ([`admit`]), with the path normalized by default. For `meshctl
+/// diagnose`, through discovery, which compiles the workload's rules with
+/// [`crate::state::security_for`] and [`crate::jwt::JwtAuthn::compile`].
+pub fn verdict(
+    jwt: &crate::jwt::JwtAuthn,
+    authz: &crate::authz::Authorizer,
+    parts: &Parts,
+    principal: &str,
+    port: u16,
+) -> Verdict {
+    let path = crate::path::PathNormalization::default().apply(parts.uri.path());
+    let host = crate::http_util::request_authority(parts).unwrap_or_default();
+    let attrs = Attributes {
+        principal,
+        principal_aliases: &[],
+        source_ip: None,
+        remote_ip: None,
+        destination_ip: None,
+        port,
+        sni: "",
+        http: None,
+    };
+    match admit_with(jwt, authz, parts, &path, &host, attrs) {
+        Ok(a) => Verdict {
+            refusal: None,
+            audited: a.audited,
+            request_principal: a.auth.map(|a| a.principal),
+        },
+        Err(refusal) => {
+            let (status, _) = refusal.answer();
+            Verdict {
+                refusal: Some((status.as_u16(), refusal.to_string())),
+                audited: Vec::new(),
+                request_principal: None,
+            }
+        }
+    }
+}
+
+/// A workload sidecar's answer to one request (see [`verdict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Refused: the status the caller gets (401 for a token that fails, 403 for a
+    /// policy) and why; `None` when admitted.
+    pub refusal: Option<(u16, String)>,
+    /// AUDIT policies that matched.
+    pub audited: Vec<String>,
+    /// The request principal (`iss/sub`) of the token it verified.
+    pub request_principal: Option<String>,
 }
 
 #[cfg(test)]
