@@ -182,3 +182,128 @@ fn the_dashboard_draws_both_clusters_the_call_across_and_its_trace() {
         "west marked stale",
     );
 }
+
+/// The page draws what the graph says, whatever it says: a plaintext edge with an
+/// open lock, an mTLS one with a closed lock, a TCP edge in connections per second, a
+/// withdrawn cluster dashed with its services and workloads, and, without Jaeger, an
+/// edge's traces say why they are missing. The graph comes from a stand-in for
+/// discovery's monitoring port, through `meshctl dashboard`.
+#[test]
+fn the_page_draws_locks_protocols_and_stale_clusters_as_the_graph_says() {
+    let Some(chromium) = browser::chromium() else {
+        eprintln!("skipped: no chromium (apt-get install chromium)");
+        return;
+    };
+    let edge = |app: &str, dst: &str, cluster: &str, protocol: &str, mtls: bool| {
+        serde_json::json!({
+            "source": {"cluster": "east", "namespace": "shop", "app": app, "version": "v1"},
+            "destination": {"service": format!("{dst}.shop.svc.cluster.local"), "cluster": cluster,
+                            "namespace": "shop", "app": dst, "version": "v1"},
+            "protocol": protocol, "mtls": mtls, "viaGateway": cluster != "east",
+            "requests": 50, "errors": 0, "rps": 5.0, "errorRate": 0.0, "p50Ms": 2.0, "p99Ms": 9.0,
+            "reportedBy": "east", "ageMs": null, "stale": cluster == "west",
+        })
+    };
+    let graph = serde_json::json!({
+        "cluster": "east", "windowSeconds": 10,
+        "clusters": [
+            {"name": "east", "network": "net-east", "state": "local", "stale": false},
+            {"name": "west", "network": "net-west", "state": "withdrawn", "stale": true,
+             "endpoints": 0, "staleSince": "2026-12-05T08:00:00Z"},
+        ],
+        "edges": [
+            edge("web", "legacy", "east", "http", false),
+            edge("web", "reviews", "east", "http", true),
+            edge("web", "db", "east", "tcp", true),
+            edge("web", "search", "west", "http", true),
+        ],
+    })
+    .to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    rt.spawn(mesh_net::http::serve_endpoints(fake, move |req| {
+        let status = if req.uri().path() == "/dashboard/api/graph" {
+            http::StatusCode::OK
+        } else {
+            http::StatusCode::NOT_FOUND
+        };
+        mesh_net::http::text_response(status, "application/json", graph.clone())
+    }));
+    let mut dashboard = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["dashboard", "--listen", "127.0.0.1:0", "--discovery"])
+        .arg(fake_addr.to_string())
+        .env_remove("ISTHMUS_JAEGER")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(dashboard.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let url = first
+        .strip_prefix("Dashboard: ")
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+
+    let mut page = browser::Browser::launch(&chromium, 1400, 700);
+    page.open(&url);
+    let lock = |dst: &str| {
+        format!(
+            "(() => {{ const e = document.querySelector('g.edge[data-dest=\"{dst}\"]'); if (!e) return null; \
+             const l = document.querySelector(`g.edge-label[data-key=\"${{e.dataset.key}}\"]`); \
+             return (l.querySelector('.lock.closed') ? 'closed' : '') + (l.querySelector('.lock.open') ? 'open' : '') \
+             + ' ' + l.textContent; }})()"
+        )
+    };
+    let legacy = page.wait_for(
+        &lock("legacy"),
+        Duration::from_secs(20),
+        "the plaintext edge",
+    );
+    assert!(legacy.as_str().unwrap().starts_with("open "), "{legacy}");
+    let reviews = page.eval(&lock("reviews"));
+    assert!(
+        reviews.as_str().unwrap().starts_with("closed "),
+        "{reviews}"
+    );
+    let db = page.eval(&lock("db"));
+    assert!(db.as_str().unwrap().contains("conn/s"), "{db}");
+    assert!(!db.as_str().unwrap().contains("p99"), "{db}");
+    // West withdrawn: its band dashed, its nodes marked, the edge to it stale.
+    let west = page.eval(
+        "[document.querySelector('g.cluster[data-cluster=\"west\"]').getAttribute('class'), \
+          [...document.querySelectorAll('g.node.stale')].map(n => n.dataset.label).sort().join(','), \
+          document.querySelector('g.edge[data-dest=\"search\"]').dataset.stale]",
+    );
+    assert_eq!(west[0], "cluster stale", "{west}");
+    assert_eq!(west[1], "search v1,search.shop", "{west}");
+    assert_eq!(west[2], "true", "{west}");
+
+    // No Jaeger: the edge's traces say why.
+    let key = page.eval("document.querySelector('g.edge[data-dest=\"reviews\"]').dataset.key");
+    page.click(&format!(
+        r#"g.edge-label[data-key="{}"]"#,
+        key.as_str().unwrap()
+    ));
+    let why = page.wait_for(
+        "document.querySelector('#traces .error-text')?.textContent",
+        Duration::from_secs(10),
+        "why there are no traces",
+    );
+    assert!(
+        why.as_str().unwrap().contains("no Jaeger query address"),
+        "{why}"
+    );
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
+}
