@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mesh_identity::{Identity, SpiffeId, TrustBundle, TrustConfig};
 use mesh_proto::peering::peering_client::PeeringClient;
-use mesh_proto::peering::{ExportedService, SubscribeRequest};
+use mesh_proto::peering::{ExportUpdate, SubscribeRequest};
 use tokio::sync::mpsc;
 
 use crate::links::Link;
@@ -550,17 +550,9 @@ async fn subscribe_once(
                 .edges()
                 .set_remote(cluster, update.edges.clone());
         }
-        let decode = |svc: &ExportedService| {
-            serde_json::from_slice::<mesh_proto::model::ServiceConfig>(&svc.body)
-                .map(|cfg| ((svc.namespace.clone(), svc.name.clone()), cfg, svc.export_to.clone()))
-                .map_err(|e| tracing::warn!(peer = %cluster, service = %format!("{}/{}", svc.namespace, svc.name), error = %e, "exported service refused"))
-                .ok()
-        };
         if update.full {
-            let services = update
-                .services
-                .iter()
-                .filter_map(decode)
+            let services = decode_services(cluster, &update)
+                .into_iter()
                 .map(|(k, cfg, e)| (k, (cfg, e)))
                 .collect();
             let network = if update.network.is_empty() {
@@ -592,12 +584,8 @@ async fn subscribe_once(
                 Some(true) => {}
             }
             if !update.services.is_empty() || !update.removed.is_empty() {
-                let upserts = update.services.iter().filter_map(decode).collect();
-                let removed = update
-                    .removed
-                    .iter()
-                    .filter_map(|r| r.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned())))
-                    .collect();
+                let upserts = decode_services(cluster, &update);
+                let removed = removed_services(&update);
                 writer.owned(|r, c| r.update_remote(c, upserts, removed));
             }
         }
@@ -615,6 +603,37 @@ async fn subscribe_once(
             s.last_error.clear();
         });
     }
+}
+
+/// The services of a peer's update, each body read as the proxy's service form; one
+/// that does not read is refused alone (logged) and the rest are taken.
+pub fn decode_services(
+    peer: &str,
+    update: &ExportUpdate,
+) -> Vec<(
+    (String, String),
+    mesh_proto::model::ServiceConfig,
+    Vec<String>,
+)> {
+    update
+        .services
+        .iter()
+        .filter_map(|svc| {
+            serde_json::from_slice::<mesh_proto::model::ServiceConfig>(&svc.body)
+                .map(|cfg| ((svc.namespace.clone(), svc.name.clone()), cfg, svc.export_to.clone()))
+                .map_err(|e| tracing::warn!(peer = %peer, service = %format!("{}/{}", svc.namespace, svc.name), error = %e, "exported service refused"))
+                .ok()
+        })
+        .collect()
+}
+
+/// The services a peer's update says are no longer exported (`namespace/name`).
+pub fn removed_services(update: &ExportUpdate) -> Vec<(String, String)> {
+    update
+        .removed
+        .iter()
+        .filter_map(|r| r.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect()
 }
 
 /// Subscribes once to the peering service at `addr` as `cluster`, presenting

@@ -82,6 +82,20 @@ impl Resource {
         }
     }
 
+    /// The object as JSON (apiVersion `v1` of its group), as `from_value` reads it.
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Self::VirtualService(r) => serde_json::to_value(r),
+            Self::DestinationRule(r) => serde_json::to_value(r),
+            Self::Gateway(r) => serde_json::to_value(r),
+            Self::ServiceEntry(r) => serde_json::to_value(r),
+            Self::Sidecar(r) => serde_json::to_value(r),
+            Self::PeerAuthentication(r) => serde_json::to_value(r),
+            Self::AuthorizationPolicy(r) => serde_json::to_value(r),
+            Self::RequestAuthentication(r) => serde_json::to_value(r),
+        }
+    }
+
     /// `namespace/name` (or just the name when no namespace is set).
     pub fn key(&self) -> String {
         let m = self.metadata();

@@ -144,7 +144,9 @@ pub async fn read_header(recv: &mut quinn::RecvStream) -> std::io::Result<Tunnel
     Ok(parse_header(&line))
 }
 
-fn parse_header(line: &str) -> TunnelHeader {
+/// Reads a tunnel stream's first line (without its newline): the target, the caller's
+/// cluster (`unknown` unless a DNS label) and the trace position, each optional.
+pub fn parse_header(line: &str) -> TunnelHeader {
     let mut parts = line.split_whitespace();
     let target = parts.next().unwrap_or_default().to_owned();
     let source_cluster = parts

@@ -86,7 +86,7 @@ impl Report {
         self.timings.push((what.into(), d.as_secs_f64()));
     }
 
-    fn passed(&self) -> bool {
+    pub(super) fn passed(&self) -> bool {
         self.checks.iter().all(|(_, ok)| *ok)
     }
 
@@ -108,7 +108,7 @@ impl Report {
         self.max_ms = ms.last().copied().unwrap_or(0.0);
     }
 
-    fn print(&self) {
+    pub(super) fn print(&self) {
         println!("chaos {}:", self.scenario);
         if self.requests > 0 {
             println!(
@@ -202,19 +202,19 @@ pub(crate) fn run(dir: &Path, name: &str, outage: Duration, json: bool) -> anyho
 }
 
 /// The testbed a scenario works on.
-struct Bed<'a> {
-    dir: &'a Path,
-    state: &'a State,
-    plan: &'a Plan,
-    rt: tokio::runtime::Runtime,
+pub(super) struct Bed<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) state: &'a State,
+    pub(super) plan: &'a Plan,
+    pub(super) rt: tokio::runtime::Runtime,
 }
 
 impl Bed<'_> {
-    fn east(&self) -> &Cluster {
+    pub(super) fn east(&self) -> &Cluster {
         &self.plan.clusters[0]
     }
 
-    fn west(&self) -> &Cluster {
+    pub(super) fn west(&self) -> &Cluster {
         &self.plan.clusters[1]
     }
 
@@ -271,7 +271,7 @@ impl Bed<'_> {
     }
 
     /// Requests every `interval` in the background until stopped.
-    fn load(&self, authority: &str, expect: &'static str) -> anyhow::Result<Load> {
+    pub(super) fn load(&self, authority: &str, expect: &'static str) -> anyhow::Result<Load> {
         let (plan, cluster, curl) = (self.plan.clone(), self.east().clone(), self.curl()?.clone());
         let authority = authority.to_owned();
         let authority_now = authority.clone();
@@ -317,7 +317,7 @@ impl Bed<'_> {
     }
 
     /// Waits until `f` holds (polling), or `timeout`: how long it took.
-    fn wait(
+    pub(super) fn wait(
         &self,
         what: &str,
         timeout: Duration,
@@ -352,17 +352,17 @@ struct Sample {
     detail: String,
 }
 
-struct Load {
+pub(super) struct Load {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<Vec<Sample>>,
 }
 
-struct LoadResult {
+pub(super) struct LoadResult {
     samples: Vec<Sample>,
 }
 
 impl Load {
-    fn finish(self) -> LoadResult {
+    pub(super) fn finish(self) -> LoadResult {
         self.stop.store(true, Ordering::SeqCst);
         LoadResult {
             samples: self.handle.join().unwrap_or_default(),
@@ -371,16 +371,16 @@ impl Load {
 }
 
 impl LoadResult {
-    fn sent(&self) -> u64 {
+    pub(super) fn sent(&self) -> u64 {
         self.samples.len() as u64
     }
 
-    fn failed(&self) -> u64 {
+    pub(super) fn failed(&self) -> u64 {
         self.samples.iter().filter(|s| !s.ok).count() as u64
     }
 
     /// The first failures, for the report.
-    fn failures(&self) -> Vec<String> {
+    pub(super) fn failures(&self) -> Vec<String> {
         self.samples
             .iter()
             .filter(|s| !s.ok)
@@ -399,7 +399,7 @@ impl LoadResult {
 
 /// The cross-cluster chain: curl (first cluster) → frontpage → reviews (second) →
 /// ratings (first).
-const CHAIN: &str = "frontpage:9080";
+pub(super) const CHAIN: &str = "frontpage:9080";
 
 fn finish_load(report: &mut Report, load: Load) -> LoadResult {
     let result = load.finish();
@@ -583,7 +583,7 @@ fn apply_link(bed: &Bed, cluster: &Cluster, peer: &Cluster, yaml: &str) -> anyho
     )
 }
 
-fn link_rotation(bed: &Bed, report: &mut Report) -> anyhow::Result<()> {
+pub(super) fn link_rotation(bed: &Bed, report: &mut Report) -> anyhow::Result<()> {
     let (east, west) = (bed.east(), bed.west());
     let td: mesh_identity::TrustDomain = bed.plan.trust_domain.parse()?;
     let extra = mesh_identity::RootCa::generate(&td, mesh_identity::ca::ROOT_VALIDITY)?;

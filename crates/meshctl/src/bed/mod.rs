@@ -8,6 +8,7 @@ mod chaos;
 mod children;
 mod network;
 mod plan;
+mod soak;
 mod supervisor;
 
 use std::collections::BTreeSet;
@@ -111,6 +112,22 @@ pub(crate) enum TestbedCommand {
         #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
         dir: Option<PathBuf>,
     },
+    /// A long run under steady load with a config change, endpoint churn and a link
+    /// rotation in turn every few minutes; every component's memory and descriptors
+    /// sampled each minute (`tools/soak.sh` runs it and plots them).
+    Soak {
+        /// How long.
+        #[arg(long, default_value = "30m")]
+        duration: String,
+        /// A change every.
+        #[arg(long, default_value = "3m")]
+        every: String,
+        /// Where samples.csv and events.csv go.
+        #[arg(long, default_value = "soak")]
+        out: PathBuf,
+        #[arg(long, env = "ISTHMUS_TESTBED_DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The background supervisor (started by `up`).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -186,6 +203,24 @@ pub(crate) fn run(cmd: TestbedCommand) -> anyhow::Result<()> {
                 .map(Duration::from)
                 .map_err(|e| anyhow::anyhow!("--outage: {e}"))?;
             chaos::run(&default_dir(dir), &name, outage, json)
+        }
+        TestbedCommand::Soak {
+            duration,
+            every,
+            out,
+            dir,
+        } => {
+            let parse = |what: &str, v: &str| {
+                v.parse::<mesh_api::Duration>()
+                    .map(Duration::from)
+                    .map_err(|e| anyhow::anyhow!("--{what}: {e}"))
+            };
+            soak::run(
+                &default_dir(dir),
+                parse("duration", &duration)?,
+                parse("every", &every)?,
+                &out,
+            )
         }
         TestbedCommand::Supervise(args) => supervisor::supervise(args),
     }
