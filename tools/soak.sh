@@ -42,16 +42,18 @@ status=0
 "$meshctl" testbed soak --dir "$bed" --duration "$duration" --every "$every" --out "$out" \
   | tee "$out/summary.txt" || status=$?
 
-# One line per component: RSS (MiB) against minutes, the changes marked.
+# One line per mesh component (the API servers and Jaeger are test infrastructure):
+# RSS (MiB) against minutes.
 series="$out/series"
 rm -rf "$series" && mkdir -p "$series"
-awk -F, -v d="$series" 'NR > 1 { printf "%s %.1f\n", $1, $3 / 1024 > (d "/" $2 ".dat") }' "$out/samples.csv"
+awk -F, -v d="$series" 'NR > 1 && $2 !~ /^apiserver-/ && $2 != "jaeger" { printf "%s %.1f\n", $1, $3 / 1024 > (d "/" $2 ".dat") }' "$out/samples.csv"
 gnuplot <<PLOT
 set terminal pngcairo size 1280,720 font ",10"
 set output "$out/rss.png"
-set title "Resident memory of every testbed component over the soak ($duration, a change every $every)"
+set title "Resident memory of every mesh component over the soak ($duration, a change every $every)"
 set xlabel "minute"
 set ylabel "RSS (MiB)"
+set yrange [0:*]
 set key outside right
 set grid
 files = system("ls $series/*.dat")
