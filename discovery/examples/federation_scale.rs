@@ -21,21 +21,18 @@
 //! Every discovery and every simulated proxy runs in this one process, so memory and
 //! CPU are the whole mesh's, proxies' decoding included: an upper bound for discovery.
 
+mod sim;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use discovery::registry::{EXPORT_TO_ANNOTATION, Object};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use discovery::registry::Object;
 use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
 use mesh_identity::{ClusterCa, RootCa, SpiffeId, TrustBundle, TrustConfig};
-use mesh_proto::config::config_discovery_client::ConfigDiscoveryClient;
-use mesh_proto::config::{ConfigRequest, Node};
-use tokio::sync::{Mutex, mpsc};
+use sim::rss_bytes;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -66,19 +63,6 @@ struct Args {
 const NS: &str = "shop";
 const TD: &str = "bench.example";
 
-fn rss_bytes() -> u64 {
-    proc_field("/proc/self/status", "VmRSS:") * 1024
-}
-
-fn proc_field(file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// User and system CPU time of this process, in seconds.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -92,65 +76,15 @@ fn cpu_seconds() -> f64 {
     ticks as f64 / 100.0
 }
 
-fn meta(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
-    let map = |kv: &[(&str, &str)]| {
-        (!kv.is_empty()).then(|| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-    };
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some(NS.into()),
-        labels: map(labels),
-        annotations: map(annotations),
-        ..Default::default()
-    }
-}
-
 fn service(name: &str) -> Object {
-    Object::Service(Box::new(Service {
-        metadata: meta(name, &[], &[(EXPORT_TO_ANNOTATION, "*")]),
-        spec: Some(ServiceSpec {
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 9080,
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
+    sim::service(NS, name, "*")
 }
 
-/// `count` endpoints of `name` in cluster `c`, shifted by `generation`.
+/// `count` endpoints of `name` in cluster `c` (its own 10.c.0.0/16), shifted by
+/// `generation`.
 fn slice(c: usize, name: &str, first: u32, count: usize, generation: u32) -> Object {
     let base = u32::from(std::net::Ipv4Addr::new(10, c as u8, 0, 0)) + first;
-    let endpoints = (0..count as u32)
-        .map(|i| Endpoint {
-            addresses: vec![std::net::Ipv4Addr::from(base + i + generation).to_string()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .collect();
-    Object::EndpointSlice(Box::new(EndpointSlice {
-        metadata: meta(
-            &format!("{name}-abc"),
-            &[("kubernetes.io/service-name", name)],
-            &[],
-        ),
-        address_type: "IPv4".into(),
-        endpoints,
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
-    }))
+    sim::slice(NS, name, base, count, generation)
 }
 
 /// The link Secret to `peer` (as `meshctl remote-secret` renders it), as an object.
@@ -264,59 +198,34 @@ fn connect_proxies(
         trust,
     )?;
     for p in 0..proxies {
-        let (addr, probe, discovery_id, identity) =
-            (d.grpc_addr, probe.clone(), d.spiffe_id(), identity.clone());
-        tokio::spawn(async move {
-            let channel = mesh_net::channel::channel(addr, &identity, vec![discovery_id])
-                .await
-                .expect("connect");
-            let mut client =
-                ConfigDiscoveryClient::new(channel).max_decoding_message_size(256 << 20);
-            let (tx, rx) = mpsc::channel(4);
-            tx.send(ConfigRequest {
-                node: Some(Node {
-                    name: format!("proxy-{index}-{p}"),
-                    namespace: NS.into(),
-                    kind: "sidecar".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .ok();
-            let mut stream = client
-                .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .expect("stream")
-                .into_inner();
-            let mut first = true;
-            while let Ok(Some(resp)) = stream.message().await {
-                let now = Instant::now();
-                let hit = {
-                    let target = probe.target.lock().await;
-                    target.as_ref().and_then(|(name, at, clusters)| {
+        let probe = probe.clone();
+        let first = std::sync::atomic::AtomicBool::new(true);
+        sim::spawn_proxy(
+            d.grpc_addr,
+            identity.clone(),
+            d.spiffe_id(),
+            format!("proxy-{index}-{p}"),
+            NS.into(),
+            move |resp, now| {
+                let hit = probe
+                    .target
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .and_then(|(name, at, clusters)| {
                         (clusters.contains(&index)
                             && resp.resources.iter().any(|r| &r.name == name))
                         .then_some(*at)
-                    })
-                };
-                tx.send(ConfigRequest {
-                    response_nonce: resp.nonce.clone(),
-                    applied_version: resp.system_version.clone(),
-                    ..Default::default()
-                })
-                .await
-                .ok();
+                    });
                 if let Some(at) = hit {
-                    probe.latencies.lock().await.push(now.duration_since(at));
+                    probe.latencies.lock().unwrap().push(now.duration_since(at));
                     probe.acked.fetch_add(1, Ordering::SeqCst);
                 }
-                if first {
-                    first = false;
+                if first.swap(false, Ordering::SeqCst) {
                     probe.synced.fetch_add(1, Ordering::SeqCst);
                 }
-            }
-        });
+            },
+        );
     }
     Ok(())
 }
@@ -459,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
         let others: Vec<usize> = (0..n).filter(|c| *c != src).collect();
         probe.acked.store(0, Ordering::SeqCst);
         let at = Instant::now();
-        *probe.target.lock().await = Some((format!("Service/{NS}/{svc}"), at, others));
+        *probe.target.lock().unwrap() = Some((format!("Service/{NS}/{svc}"), at, others));
         let per_service = per_cluster / args.services.max(1);
         apply(
             &clusters[src].discovery,
@@ -476,10 +385,10 @@ async fn main() -> anyhow::Result<()> {
             probe.acked.load(Ordering::SeqCst) >= expected
         })
         .await?;
-        *probe.target.lock().await = None;
+        *probe.target.lock().unwrap() = None;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut lat = probe.latencies.lock().await.clone();
+    let mut lat = probe.latencies.lock().unwrap().clone();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
     println!(
@@ -533,7 +442,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     probe.acked.store(0, Ordering::SeqCst);
     let at = Instant::now();
-    *probe.target.lock().await = Some((format!("Service/{NS}/only-new"), at, (0..n).collect()));
+    *probe.target.lock().unwrap() = Some((format!("Service/{NS}/only-new"), at, (0..n).collect()));
     for i in 0..n {
         apply(
             &clusters[new].discovery,

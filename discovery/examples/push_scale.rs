@@ -17,21 +17,17 @@
 //! process, so the per-proxy memory figure is an upper bound (both ends of the
 //! connection are counted).
 
+mod sim;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use discovery::registry::Object;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_identity::ca::{INTERMEDIATE_VALIDITY, ROOT_VALIDITY};
 use mesh_identity::{RootCa, SpiffeId, TrustBundle, TrustConfig};
-use mesh_proto::config::config_discovery_client::ConfigDiscoveryClient;
-use mesh_proto::config::{ConfigRequest, Node};
-use tokio::sync::{Mutex, mpsc};
+use sim::{rss_bytes, service, slice};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -56,81 +52,6 @@ struct Args {
     /// Debounce quiet time, milliseconds.
     #[arg(long, default_value_t = 10)]
     debounce_ms: u64,
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
-fn meta(ns: &str, name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
-    let map = |kv: &[(&str, &str)]| {
-        (!kv.is_empty()).then(|| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-    };
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some(ns.into()),
-        labels: map(labels),
-        annotations: map(annotations),
-        ..Default::default()
-    }
-}
-
-fn service(ns: &str, name: &str, export_to: &str) -> Object {
-    Object::Service(Box::new(Service {
-        metadata: meta(
-            ns,
-            name,
-            &[],
-            &[(discovery::registry::EXPORT_TO_ANNOTATION, export_to)],
-        ),
-        spec: Some(ServiceSpec {
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 9080,
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
-}
-
-fn slice(ns: &str, name: &str, first_ip: u32, count: usize, generation: u32) -> Object {
-    let endpoints = (0..count as u32)
-        .map(|i| Endpoint {
-            addresses: vec![std::net::Ipv4Addr::from(first_ip + i + generation).to_string()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .collect();
-    Object::EndpointSlice(Box::new(EndpointSlice {
-        metadata: meta(
-            ns,
-            &format!("{name}-abc"),
-            &[("kubernetes.io/service-name", name)],
-            &[],
-        ),
-        address_type: "IPv4".into(),
-        endpoints,
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
-    }))
 }
 
 /// What the simulated proxies report: per round, each proxy's event-to-ACK time.
@@ -219,59 +140,35 @@ async fn main() -> anyhow::Result<()> {
     for p in 0..args.proxies {
         let ns = format!("ns-{}", p % args.namespaces);
         let identity = identities[&ns].clone();
-        let (addr, probe, discovery_id) = (d.grpc_addr, probe.clone(), discovery_id.clone());
-        tokio::spawn(async move {
-            let channel = mesh_net::channel::channel(addr, &identity, vec![discovery_id])
-                .await
-                .expect("connect");
-            let mut client =
-                ConfigDiscoveryClient::new(channel).max_decoding_message_size(256 << 20);
-            let (tx, rx) = mpsc::channel(4);
-            tx.send(ConfigRequest {
-                node: Some(Node {
-                    name: format!("proxy-{p}"),
-                    namespace: ns,
-                    kind: "sidecar".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .ok();
-            let mut stream = client
-                .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .expect("stream")
-                .into_inner();
-            let mut first = true;
-            while let Ok(Some(resp)) = stream.message().await {
-                let now = Instant::now();
-                let hit = {
-                    let target = probe.target.lock().await;
-                    target.as_ref().and_then(|(name, at)| {
+        let probe = probe.clone();
+        let first = std::sync::atomic::AtomicBool::new(true);
+        sim::spawn_proxy(
+            d.grpc_addr,
+            identity,
+            discovery_id.clone(),
+            format!("proxy-{p}"),
+            ns,
+            move |resp, now| {
+                let hit = probe
+                    .target
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .and_then(|(name, at)| {
                         resp.resources
                             .iter()
                             .any(|r| &r.name == name)
                             .then_some(*at)
-                    })
-                };
-                tx.send(ConfigRequest {
-                    response_nonce: resp.nonce.clone(),
-                    applied_version: resp.system_version.clone(),
-                    ..Default::default()
-                })
-                .await
-                .ok();
+                    });
                 if let Some(at) = hit {
-                    probe.latencies.lock().await.push(now.duration_since(at));
+                    probe.latencies.lock().unwrap().push(now.duration_since(at));
                     probe.acked.fetch_add(1, Ordering::SeqCst);
                 }
-                if first {
-                    first = false;
+                if first.swap(false, Ordering::SeqCst) {
                     probe.synced.fetch_add(1, Ordering::SeqCst);
                 }
-            }
-        });
+            },
+        );
     }
     while probe.synced.load(Ordering::SeqCst) < args.proxies {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -295,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("global-{}", round % args.global.max(1));
         probe.acked.store(0, Ordering::SeqCst);
         let at = Instant::now();
-        *probe.target.lock().await = Some((format!("Service/global/{name}"), at));
+        *probe.target.lock().unwrap() = Some((format!("Service/global/{name}"), at));
         d.registry
             .apply(slice(
                 "global",
@@ -312,10 +209,10 @@ async fn main() -> anyhow::Result<()> {
                 "round {round} did not converge"
             );
         }
-        *probe.target.lock().await = None;
+        *probe.target.lock().unwrap() = None;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut lat = probe.latencies.lock().await.clone();
+    let mut lat = probe.latencies.lock().unwrap().clone();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
     println!(

@@ -29,13 +29,7 @@ fn the_dashboard_draws_both_clusters_the_call_across_and_its_trace() {
         eprintln!("skipped: no Jaeger (tools/build-jaeger.sh)");
         return;
     }
-    ensure_binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("bed");
-    let _down = Down(dir.clone());
-    let up = meshctl(&dir, &["testbed", "up"]);
-    let out = text(&up);
-    assert!(up.status.success(), "{out}");
+    let (tmp, _down, dir, out) = testbed_up();
     let url = out
         .lines()
         .find_map(|l| l.strip_prefix("Dashboard: "))

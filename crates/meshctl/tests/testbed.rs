@@ -81,17 +81,7 @@ fn assert_ingress_splits_across_clusters(ingress: &str) {
 
 #[test]
 fn testbed_up_crosses_clusters_fails_over_and_goes_down_clean() {
-    ensure_binaries();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("bed");
-    let _down = Down(dir.clone());
-    let up = meshctl(&dir, &["testbed", "up"]);
-    let out = text(&up);
-    assert!(
-        up.status.success(),
-        "{out}\n{}",
-        std::fs::read_to_string(dir.join("supervisor.log")).unwrap_or_default()
-    );
+    let (_tmp, _down, dir, out) = testbed_up();
     assert!(out.contains("Ready in"), "{out}");
     assert!(
         out.contains("frontpage v1 (east) → reviews v1 (west) → ratings v1 (east)"),

@@ -7,17 +7,24 @@ use serde_json::Value;
 
 /// Asks Jaeger's query API at `jaeger` for `path` (JSON), within a few seconds.
 pub async fn query(jaeger: SocketAddr, path: &str) -> Result<Value, String> {
+    get_json(jaeger, path)
+        .await
+        .map_err(|e| format!("{e} (is Jaeger running? `meshctl testbed up` starts one)"))
+}
+
+/// `GET http://addr/path` as JSON, within 5 seconds; the error names the address.
+pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> Result<Value, String> {
     let (status, body) = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        mesh_net::http::get(jaeger, path),
+        mesh_net::http::get(addr, path),
     )
     .await
-    .map_err(|_| format!("GET http://{jaeger}{path}: no answer in 5 s"))?
-    .map_err(|e| format!("{e} (is Jaeger running? `meshctl testbed up` starts one)"))?;
+    .map_err(|_| format!("GET http://{addr}{path}: no answer in 5 s"))?
+    .map_err(|e| e.to_string())?;
     if !status.is_success() {
-        return Err(format!("GET http://{jaeger}{path}: {status}: {body}"));
+        return Err(format!("GET http://{addr}{path}: {status}: {body}"));
     }
-    serde_json::from_str(&body).map_err(|e| format!("GET http://{jaeger}{path}: not JSON: {e}"))
+    serde_json::from_str(&body).map_err(|e| format!("GET http://{addr}{path}: not JSON: {e}"))
 }
 
 /// One span, flattened from Jaeger's JSON.

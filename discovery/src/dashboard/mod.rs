@@ -130,24 +130,12 @@ impl Dashboard {
             Graph::Local(registry, links) => Ok(registry
                 .edges()
                 .graph((registry.cluster(), registry.network()), &links.list())),
-            Graph::Discovery(addr) => {
-                let path = "/dashboard/api/graph";
-                let (status, body) = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    mesh_net::http::get(*addr, path),
-                )
+            Graph::Discovery(addr) => jaeger::get_json(*addr, "/dashboard/api/graph")
                 .await
-                .map_err(|_| format!("discovery at {addr}: no answer in 5 s"))?
-                .map_err(|e| format!("discovery at {addr}: {e}"))?;
-                if !status.is_success() {
-                    return Err(format!("discovery at {addr}: {status}: {body}"));
-                }
-                serde_json::from_str(&body).map_err(|e| format!("discovery at {addr}: {e}"))
-            }
+                .map_err(|e| format!("discovery: {e}")),
         }
     }
 
-    /// Jaeger's query address, or the answer that says there is none.
     fn jaeger(&self) -> Result<SocketAddr, Box<http::Response<Body>>> {
         self.jaeger.ok_or_else(|| {
             Box::new(error(

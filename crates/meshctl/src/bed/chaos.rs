@@ -160,14 +160,7 @@ pub(crate) fn run(dir: &Path, name: &str, outage: Duration, json: bool) -> anyho
         if !json {
             println!("\nScenario {n}: {what}.");
         }
-        let bed = Bed {
-            dir,
-            state: &state,
-            plan: &plan,
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-        };
+        let bed = Bed::new(dir, &state, &plan)?;
         let mut report = Report {
             scenario: n.into(),
             ..Default::default()
@@ -209,7 +202,19 @@ pub(super) struct Bed<'a> {
     pub(super) rt: tokio::runtime::Runtime,
 }
 
-impl Bed<'_> {
+impl<'a> Bed<'a> {
+    /// The testbed in `dir`, as `state` and `plan` describe it.
+    pub(super) fn new(dir: &'a Path, state: &'a State, plan: &'a Plan) -> anyhow::Result<Self> {
+        Ok(Bed {
+            dir,
+            state,
+            plan,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
     pub(super) fn east(&self) -> &Cluster {
         &self.plan.clusters[0]
     }

@@ -133,14 +133,7 @@ pub(crate) fn run(
     writeln!(samples, "minute,component,rss_kib,fds")?;
     let mut events = std::fs::File::create(out.join("events.csv"))?;
     writeln!(events, "minute,event,failed_requests")?;
-    let bed = Bed {
-        dir,
-        state: &state,
-        plan: &plan,
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-    };
+    let bed = Bed::new(dir, &state, &plan)?;
     println!(
         "Soak: {} min, a change every {} s (config, endpoints, links in turn), samples each minute into {}",
         duration.as_secs() / 60,

@@ -71,3 +71,21 @@ impl Drop for Down {
         let _ = meshctl(&self.0, &["testbed", "down"]);
     }
 }
+
+/// `meshctl testbed up` in a new directory: the guard that brings it down, the
+/// directory and what `up` printed (asserted to have succeeded, with the
+/// supervisor's log when it did not).
+pub fn testbed_up() -> (tempfile::TempDir, Down, PathBuf, String) {
+    ensure_binaries();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bed");
+    let down = Down(dir.clone());
+    let up = meshctl(&dir, &["testbed", "up"]);
+    let out = text(&up);
+    assert!(
+        up.status.success(),
+        "{out}\n{}",
+        std::fs::read_to_string(dir.join("supervisor.log")).unwrap_or_default()
+    );
+    (tmp, down, dir, out)
+}
