@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
     };
     let seconds = value("--seconds").unwrap_or(60);
     let seed = value("--seed").unwrap_or_else(rand::random);
-    let corpus = mesh_fuzz::runner::corpus(&mesh_fuzz::runner::corpus_dir(name));
+    let corpus = mesh_fuzz::runner::inputs(name);
     let stats = mesh_fuzz::runner::run(*target, &corpus, Duration::from_secs(seconds), seed);
     println!(
         "{name}: {} corpus inputs, {} mutated inputs in {seconds} s (seed {seed})",

@@ -20,11 +20,27 @@ pub struct Stats {
     pub failure: Option<(Vec<u8>, String)>,
 }
 
-/// The corpus directory of `target` in this repository.
+/// The corpus directory of `target` in this repository (what cargo-fuzz grows and
+/// minimizes).
 pub fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fuzz/corpus")
         .join(target)
+}
+
+/// The inputs that once failed `target`, kept apart from the corpus so that no
+/// minimization drops them.
+pub fn regressions_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions")
+        .join(target)
+}
+
+/// Every input of `target` kept in the repository: its regressions, then its corpus.
+pub fn inputs(target: &str) -> Vec<Vec<u8>> {
+    let mut all = corpus(&regressions_dir(target));
+    all.extend(corpus(&corpus_dir(target)));
+    all
 }
 
 /// The inputs of a corpus directory, by file name.

@@ -10,7 +10,7 @@ fn fuzz(name: &str) {
         .iter()
         .find(|(n, _)| *n == name)
         .expect("a target of that name");
-    let corpus = mesh_fuzz::runner::corpus(&mesh_fuzz::runner::corpus_dir(name));
+    let corpus = mesh_fuzz::runner::inputs(name);
     assert!(!corpus.is_empty(), "fuzz/corpus/{name} is empty");
     let seconds = std::env::var("ISTHMUS_FUZZ_SECONDS")
         .ok()
