@@ -389,16 +389,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut lat = probe.latencies.lock().unwrap().clone();
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    let (summary, p99) = sim::percentiles(&mut lat);
     println!(
-        "endpoint change in one cluster → ACK by every other cluster's proxies, {} updates over {} rounds: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "endpoint change in one cluster → ACK by every other cluster's proxies, {} updates over {} rounds: {summary}",
         lat.len(),
         args.rounds,
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.9).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        lat.last().map_or(0.0, |l| l.as_secs_f64() * 1e3)
     );
 
     // Steady churn: every cluster changes one service's endpoints each second.
@@ -474,7 +469,7 @@ async fn main() -> anyhow::Result<()> {
         took.as_secs_f64() * 1e3
     );
     let summary: BTreeMap<&str, f64> = [
-        ("p99_ms", pct(0.99).as_secs_f64() * 1e3),
+        ("p99_ms", p99.as_secs_f64() * 1e3),
         (
             "bytes_per_remote_endpoint",
             linked.saturating_sub(loaded) as f64 / remote_total as f64,

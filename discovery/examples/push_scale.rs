@@ -213,16 +213,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut lat = probe.latencies.lock().unwrap().clone();
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    let (summary, _) = sim::percentiles(&mut lat);
     println!(
-        "endpoint change → ACK over {} proxy updates ({} rounds): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce {} ms included)",
+        "endpoint change → ACK over {} proxy updates ({} rounds): {summary} (debounce {} ms included)",
         lat.len(),
         args.rounds,
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.9).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        lat.last().unwrap().as_secs_f64() * 1e3,
         args.debounce_ms
     );
     Ok(())

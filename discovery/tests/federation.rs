@@ -110,6 +110,13 @@ async fn pair() -> Pair {
     }
 }
 
+/// [`pair`], linked both ways.
+async fn linked_pair() -> Pair {
+    let p = pair().await;
+    link_both(&p.east_dir, &p.west_dir, &p.east, &p.west, &p.root_pem);
+    p
+}
+
 /// Links east and west to each other (their gateways are addresses on their
 /// networks where nothing listens).
 fn link_both(
@@ -698,14 +705,13 @@ fn service_export(ns: &str, name: &str) -> String {
 async fn a_clusterset_service_holds_the_endpoints_of_the_clusters_that_export_it() {
     let Pair {
         east_pki,
-        root_pem,
+        root_pem: _root_pem,
         east_dir,
         west_dir,
         east,
-        west,
+        west: _west,
         ..
-    } = pair().await;
-    link_both(&east_dir, &west_dir, &east, &west, &root_pem);
+    } = linked_pair().await;
     let proxy = connect(east.grpc_addr, &east_pki, "frontend-1", "shop", "frontend");
     eventually("linked", T, || {
         endpoint_summary(&proxy.store, REVIEWS).len() == 2
@@ -978,14 +984,13 @@ async fn edges_reported_in_one_cluster_are_drawn_by_the_linked_one() {
     use mesh_proto::config::config_discovery_client::ConfigDiscoveryClient;
     let Pair {
         east_pki,
-        root_pem,
-        east_dir,
-        west_dir,
+        root_pem: _root_pem,
+        east_dir: _east_dir,
+        west_dir: _west_dir,
         east,
         west,
         ..
-    } = pair().await;
-    link_both(&east_dir, &west_dir, &east, &west, &root_pem);
+    } = linked_pair().await;
 
     let identity = east_pki.identity("shop", "frontend");
     let discovery_id =

@@ -1,7 +1,7 @@
 //! What the scale examples share: registry objects made in bulk, simulated proxies
 //! (mTLS, the config stream, an ACK per response) and this process's resident memory.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use discovery::registry::{EXPORT_TO_ANNOTATION, Object};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -128,4 +128,28 @@ pub(crate) fn spawn_proxy(
             seen(&resp, now);
         }
     });
+}
+
+/// `p50 …, p90 …, p99 …, max …` of `latencies` (sorted here), and the p99.
+pub(crate) fn percentiles(latencies: &mut [Duration]) -> (String, Duration) {
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(
+                ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len().max(1)) - 1,
+            )
+            .copied()
+            .unwrap_or_default()
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (
+        format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(pct(0.5)),
+            ms(pct(0.9)),
+            ms(pct(0.99)),
+            ms(latencies.last().copied().unwrap_or_default())
+        ),
+        pct(0.99),
+    )
 }
