@@ -252,6 +252,14 @@ impl Counts {
     }
 }
 
+/// Links `from` to `to`: `to`'s link Secret applied in `from`.
+fn link_to(from: &Cluster, to: &Cluster, root_pem: &str, one_network: bool) -> anyhow::Result<()> {
+    apply(
+        &from.discovery,
+        link(&to.discovery, &to.name, root_pem, one_network)?,
+    )
+}
+
 /// Applies `object` to `d`'s registry.
 fn apply(d: &discovery::Discovery, object: Object) -> anyhow::Result<()> {
     d.registry
@@ -315,15 +323,7 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     for i in 0..n {
         for j in (0..n).filter(|j| *j != i) {
-            apply(
-                &clusters[i].discovery,
-                link(
-                    &clusters[j].discovery,
-                    &clusters[j].name,
-                    &root_pem,
-                    args.one_network,
-                )?,
-            )?;
+            link_to(&clusters[i], &clusters[j], &root_pem, args.one_network)?;
         }
     }
     let remote_each = (n - 1) * per_cluster;
@@ -439,24 +439,8 @@ async fn main() -> anyhow::Result<()> {
     let at = Instant::now();
     *probe.target.lock().unwrap() = Some((format!("Service/{NS}/only-new"), at, (0..n).collect()));
     for i in 0..n {
-        apply(
-            &clusters[new].discovery,
-            link(
-                &clusters[i].discovery,
-                &clusters[i].name,
-                &root_pem,
-                args.one_network,
-            )?,
-        )?;
-        apply(
-            &clusters[i].discovery,
-            link(
-                &clusters[new].discovery,
-                &clusters[new].name,
-                &root_pem,
-                args.one_network,
-            )?,
-        )?;
+        link_to(&clusters[new], &clusters[i], &root_pem, args.one_network)?;
+        link_to(&clusters[i], &clusters[new], &root_pem, args.one_network)?;
     }
     let took = wait_until(
         "the new cluster routable everywhere",

@@ -23,10 +23,16 @@ const REMOTE_KEPT: Duration = Duration::from_secs(15);
 /// hold); past it the oldest reporter is forgotten.
 const MAX_REPORTERS: usize = 20_000;
 
+/// How long a computed aggregate of this cluster's edges serves: every linked
+/// cluster's stream sends it every few seconds, and they share one computation.
+const LOCAL_FRESH: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Default)]
 struct Book {
     /// By proxy (`name.namespace`): its reports of the window, oldest first.
     local: HashMap<String, VecDeque<(Instant, Vec<Edge>)>>,
+    /// The last aggregate of `local` and when it was made (cleared by a report).
+    aggregate: Option<(Instant, Vec<Edge>)>,
     /// By linked cluster: its edges and when they came.
     remote: BTreeMap<String, (Instant, Vec<Edge>)>,
 }
@@ -82,6 +88,7 @@ impl EdgeBook {
                 book.local.remove(&k);
             }
         }
+        book.aggregate = None;
         let reports = book.local.entry(proxy.to_owned()).or_default();
         reports.push_back((now, edges));
         while reports
@@ -99,6 +106,11 @@ impl EdgeBook {
     pub fn local(&self) -> Vec<Edge> {
         let now = Instant::now();
         let mut book = self.lock();
+        if let Some((at, edges)) = &book.aggregate
+            && now.duration_since(*at) < LOCAL_FRESH
+        {
+            return edges.clone();
+        }
         book.local.retain(|_, reports| {
             while reports
                 .front()
@@ -144,11 +156,14 @@ impl EdgeBook {
             })
             .collect();
         out.sort_by(|a, b| key(a).cmp(&key(b)));
+        book.aggregate = Some((now, out.clone()));
         out
     }
 
-    /// Replaces what linked cluster `cluster` last sent.
+    /// Replaces what linked cluster `cluster` last sent. A linked cluster speaks for
+    /// its own proxies only: edges from other clusters' callers are dropped.
     pub fn set_remote(&self, cluster: &str, mut edges: Vec<Edge>) {
+        edges.retain(|e| e.source_cluster == cluster);
         for e in &mut edges {
             e.latency.truncate(BUCKETS);
         }
@@ -208,8 +223,6 @@ impl EdgeBook {
             edges.extend(
                 remote
                     .iter()
-                    // A linked cluster speaks for its own proxies only.
-                    .filter(|e| e.source_cluster == from)
                     .map(|e| edge_json(e, &from, Some(age), &unhealthy)),
             );
         }

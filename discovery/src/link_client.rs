@@ -544,12 +544,6 @@ async fn subscribe_once(
         }
         let lease = Duration::from_secs(u64::from(update.lease_seconds.max(1)));
         *lock(last_seen) = Some((Instant::now(), lease));
-        if update.has_edges {
-            writer
-                .registry
-                .edges()
-                .set_remote(cluster, update.edges.clone());
-        }
         if update.full {
             let services = decode_services(cluster, &update)
                 .into_iter()
@@ -588,6 +582,10 @@ async fn subscribe_once(
                 let removed = removed_services(&update);
                 writer.owned(|r, c| r.update_remote(c, upserts, removed));
             }
+        }
+        // Taken once the update is (a replaced link version has returned above).
+        if update.has_edges {
+            writer.registry.edges().set_remote(cluster, update.edges);
         }
         let (services, endpoints) = registry.remote_counts(cluster);
         let now = SystemTime::now();

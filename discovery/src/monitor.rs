@@ -71,140 +71,137 @@ fn answer(
     views: &Views,
     req: &http::Request<hyper::body::Incoming>,
 ) -> http::Response<mesh_net::http::Body> {
-    {
-        let Views {
-            registry,
-            statuses,
-            metrics,
-            links,
-            link_sync_timeout,
-            identity,
-            jaeger: _,
-        } = views;
-        let json = |v: serde_json::Value| {
+    let Views {
+        registry,
+        statuses,
+        metrics,
+        links,
+        link_sync_timeout,
+        identity,
+        jaeger: _,
+    } = views;
+    let json = |v: serde_json::Value| {
+        text_response(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+        )
+    };
+    match req.uri().path() {
+        "/ready" if registry.is_synced() && links.settled(*link_sync_timeout) => {
+            text_response(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        "/ready" => text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "registry or links not synced yet\n".into(),
+        ),
+        "/metrics" => {
+            let (refused, warned) = registry.input_health();
+            metrics.config_refused.set(refused as i64);
+            metrics.config_warned_fields.set(warned as i64);
+            metrics.remote_endpoints.clear();
+            for l in links.list() {
+                let stale = l.state == "stale";
+                for (flag, count) in [(true, if stale { l.endpoints } else { 0 }), (false, if stale { 0 } else { l.endpoints })] {
+                    metrics
+                        .remote_endpoints
+                        .get_or_create(&crate::metrics::RemoteLabels {
+                            cluster: l.link.cluster.clone(),
+                            stale: flag.to_string(),
+                        })
+                        .set(count as i64);
+                }
+            }
             text_response(
                 StatusCode::OK,
-                "application/json",
-                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+                "text/plain; version=0.0.4",
+                metrics.encode(),
             )
-        };
-        match req.uri().path() {
-            "/ready" if registry.is_synced() && links.settled(*link_sync_timeout) => {
-                text_response(StatusCode::OK, "text/plain", "ready\n".into())
-            }
-            "/ready" => text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "registry or links not synced yet\n".into(),
-            ),
-            "/metrics" => {
-                let (refused, warned) = registry.input_health();
-                metrics.config_refused.set(refused as i64);
-                metrics.config_warned_fields.set(warned as i64);
-                metrics.remote_endpoints.clear();
-                for l in links.list() {
-                    let stale = l.state == "stale";
-                    for (flag, count) in [(true, if stale { l.endpoints } else { 0 }), (false, if stale { 0 } else { l.endpoints })] {
-                        metrics
-                            .remote_endpoints
-                            .get_or_create(&crate::metrics::RemoteLabels {
-                                cluster: l.link.cluster.clone(),
-                                stale: flag.to_string(),
-                            })
-                            .set(count as i64);
-                    }
-                }
-                text_response(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    metrics.encode(),
-                )
-            }
-            "/debug/registry" => json(registry.summary()),
-            "/debug/authorize" => match authorize(registry, req.uri().query().unwrap_or_default()) {
-                Ok(v) => json(v),
-                Err(e) => text_response(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
-            },
-            "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
-            "/debug/certs" => json(identity.report()),
-            "/debug/peering-refusals" => {
-                json(serde_json::to_value(links.refusals()).unwrap_or_default())
-            }
-            "/debug/syncz" => {
-                let list: Vec<_> = statuses
-                    .list()
-                    .into_iter()
-                    .map(|s| {
-                        let mut v = serde_json::to_value(&s).unwrap_or_default();
-                        v["state"] = s.state().into();
-                        v
-                    })
-                    .collect();
-                json(list.into())
-            }
-            "/debug/proxy" => {
-                let name = query(req, "name");
-                let status = statuses.list().into_iter().find(|s| s.proxy == name);
-                match status {
-                    Some(s) => {
-                        let ns = s
-                            .identity
-                            .split("/ns/")
-                            .nth(1)
-                            .and_then(|r| r.split('/').next())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let mut visible: Vec<(String, String)> = registry
-                            .all()
-                            .updated
-                            .iter()
-                            .filter(|o| o.visible_to(&ns))
-                            .map(|o| (o.name.clone(), o.version.clone()))
-                            .collect();
-                        visible.sort();
-                        json(serde_json::json!({
-                            "proxy": s.proxy,
-                            "namespace": ns,
-                            "status": s,
-                            "resources": visible
-                                .into_iter()
-                                .map(|(n, v)| serde_json::json!({"name": n, "version": v}))
-                                .collect::<Vec<_>>(),
-                        }))
-                    }
-                    None => text_response(
-                        StatusCode::NOT_FOUND,
-                        "text/plain",
-                        format!("no proxy {name:?}; see /debug/syncz\n"),
-                    ),
-                }
-            }
-            "/debug/resource" => {
-                let name = query(req, "name");
-                match registry.output(&name) {
-                    Some(o) => text_response(
-                        StatusCode::OK,
-                        "application/json",
-                        String::from_utf8_lossy(&o.body).into_owned(),
-                    ),
-                    None => text_response(
-                        StatusCode::NOT_FOUND,
-                        "text/plain",
-                        format!("no resource {name:?}\n"),
-                    ),
-                }
-            }
-            _ => text_response(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "endpoints: /ready /metrics /dashboard/ /debug/registry /debug/syncz /debug/links /debug/proxy?name= /debug/resource?name=\n"
-                    .into(),
-            ),
         }
+        "/debug/registry" => json(registry.summary()),
+        "/debug/authorize" => match authorize(registry, req.uri().query().unwrap_or_default()) {
+            Ok(v) => json(v),
+            Err(e) => text_response(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+        },
+        "/debug/links" => json(serde_json::to_value(links.list()).unwrap_or_default()),
+        "/debug/certs" => json(identity.report()),
+        "/debug/peering-refusals" => {
+            json(serde_json::to_value(links.refusals()).unwrap_or_default())
+        }
+        "/debug/syncz" => {
+            let list: Vec<_> = statuses
+                .list()
+                .into_iter()
+                .map(|s| {
+                    let mut v = serde_json::to_value(&s).unwrap_or_default();
+                    v["state"] = s.state().into();
+                    v
+                })
+                .collect();
+            json(list.into())
+        }
+        "/debug/proxy" => {
+            let name = query(req, "name");
+            let status = statuses.list().into_iter().find(|s| s.proxy == name);
+            match status {
+                Some(s) => {
+                    let ns = s
+                        .identity
+                        .split("/ns/")
+                        .nth(1)
+                        .and_then(|r| r.split('/').next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut visible: Vec<(String, String)> = registry
+                        .all()
+                        .updated
+                        .iter()
+                        .filter(|o| o.visible_to(&ns))
+                        .map(|o| (o.name.clone(), o.version.clone()))
+                        .collect();
+                    visible.sort();
+                    json(serde_json::json!({
+                        "proxy": s.proxy,
+                        "namespace": ns,
+                        "status": s,
+                        "resources": visible
+                            .into_iter()
+                            .map(|(n, v)| serde_json::json!({"name": n, "version": v}))
+                            .collect::<Vec<_>>(),
+                    }))
+                }
+                None => text_response(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!("no proxy {name:?}; see /debug/syncz\n"),
+                ),
+            }
+        }
+        "/debug/resource" => {
+            let name = query(req, "name");
+            match registry.output(&name) {
+                Some(o) => text_response(
+                    StatusCode::OK,
+                    "application/json",
+                    String::from_utf8_lossy(&o.body).into_owned(),
+                ),
+                None => text_response(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!("no resource {name:?}\n"),
+                ),
+            }
+        }
+        _ => text_response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "endpoints: /ready /metrics /dashboard/ /debug/registry /debug/syncz /debug/links /debug/proxy?name= /debug/resource?name=\n"
+                .into(),
+        ),
     }
 }
 
-/// The value of `key` in the request's query string.
 /// `/debug/authorize`: the workload's PeerAuthentication mode on the port and its
 /// AuthorizationPolicies' decision on the request, as its sidecar compiles them (the
 /// request path normalized as by default).
@@ -304,11 +301,7 @@ fn authorize(registry: &Registry, query: &str) -> Result<serde_json::Value, Stri
     parts.headers.extend(headers);
     let verdict = mesh_proxy::inbound::verdict(&jwt, &authz, &parts, &principal, port);
     // Keys named by jwksUri are fetched by the sidecars, not here.
-    let keys_elsewhere = !jwt.uris().is_empty()
-        && verdict
-            .refusal
-            .as_ref()
-            .is_some_and(|(_, why)| why == &mesh_proxy::jwt::JwtError::NoKeys.to_string());
+    let keys_elsewhere = verdict.keys_missing;
     let (allowed, reason) = match &verdict.refusal {
         // Undecided: neither admitted nor refused.
         Some(_) if keys_elsewhere => (None, String::new()),
@@ -337,6 +330,7 @@ fn authorize(registry: &Registry, query: &str) -> Result<serde_json::Value, Stri
     }))
 }
 
+/// The value of `key` in the request's query string.
 fn query(req: &http::Request<hyper::body::Incoming>, key: &str) -> String {
     req.uri()
         .query()

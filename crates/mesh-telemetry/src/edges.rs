@@ -198,7 +198,7 @@ impl EdgeRecorder {
 
     /// The window since the last take, one edge per distinct caller, callee, protocol,
     /// security and hop (labels interned twice, say across a config push, are one
-    /// edge), and a new window begun.
+    /// edge), in no order, and a new window begun.
     pub fn take(&self) -> Vec<Edge> {
         let Ok(mut w) = self.window.lock() else {
             return Vec::new();
@@ -241,15 +241,7 @@ impl EdgeRecorder {
                 *sum += n;
             }
         }
-        let mut out: Vec<Edge> = edges.into_values().collect();
-        out.sort_by(|a, b| {
-            (&a.source_app, &a.destination_service, &a.destination_app).cmp(&(
-                &b.source_app,
-                &b.destination_service,
-                &b.destination_app,
-            ))
-        });
-        out
+        edges.into_values().collect()
     }
 }
 

@@ -245,10 +245,15 @@ pub fn verdict(
             refusal: None,
             audited: a.audited,
             request_principal: a.auth.map(|a| a.principal),
+            keys_missing: false,
         },
         Err(refusal) => {
             let (status, _) = refusal.answer();
             Verdict {
+                keys_missing: matches!(
+                    refusal,
+                    InboundRefusal::Unauthenticated(crate::jwt::JwtError::NoKeys)
+                ),
                 refusal: Some((status.as_u16(), refusal.to_string())),
                 audited: Vec::new(),
                 request_principal: None,
@@ -267,6 +272,9 @@ pub struct Verdict {
     pub audited: Vec<String>,
     /// The request principal (`iss/sub`) of the token it verified.
     pub request_principal: Option<String>,
+    /// Refused because the keys of the token's issuer (by `jwksUri`) were not at
+    /// hand: the answer depends on keys the caller of [`verdict`] does not hold.
+    pub keys_missing: bool,
 }
 
 #[cfg(test)]

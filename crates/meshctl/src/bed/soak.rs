@@ -68,11 +68,13 @@ fn round(bed: &Bed, n: usize, report: &mut Report) -> anyhow::Result<String> {
         0 => {
             // ratings' routes: retries toggled between 2 and 3 attempts.
             let attempts = 2 + (n / 3) % 2;
-            let vs = format!(
-                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: soak-ratings, namespace: {ns}}}\nspec: {{hosts: [ratings], http: [{{route: [{{destination: {{host: ratings}}}}], retries: {{attempts: {attempts}, perTryTimeout: 2s}}}}]}}\n",
-                ns = super::plan::NAMESPACE
-            );
-            configure_in(bed.state, None, "soak-ratings.yaml", &vs, false)?;
+            configure_in(
+                bed.state,
+                None,
+                "soak-ratings.yaml",
+                &ratings_routes(attempts),
+                false,
+            )?;
             Ok(format!(
                 "config: ratings retries {attempts} in every cluster"
             ))
@@ -105,6 +107,14 @@ fn round(bed: &Bed, n: usize, report: &mut Report) -> anyhow::Result<String> {
             Ok("links: rotated to a second root and back".into())
         }
     }
+}
+
+/// ratings' routes with `attempts` retries (the config the soak changes).
+fn ratings_routes(attempts: usize) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: soak-ratings, namespace: {ns}}}\nspec: {{hosts: [ratings], http: [{{route: [{{destination: {{host: ratings}}}}], retries: {{attempts: {attempts}, perTryTimeout: 2s}}}}]}}\n",
+        ns = super::plan::NAMESPACE
+    )
 }
 
 fn extra_endpoint(cluster: &Cluster, ip: &str) -> String {
@@ -181,11 +191,14 @@ pub(crate) fn run(
         all.push((m, name, rss, fds));
     }
     // Take away what the soak added.
-    let vs = format!(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: soak-ratings, namespace: {}}}\nspec: {{hosts: [ratings]}}\n",
-        super::plan::NAMESPACE
-    );
-    configure_in(bed.state, None, "soak-ratings.yaml", &vs, true).ok();
+    configure_in(
+        bed.state,
+        None,
+        "soak-ratings.yaml",
+        &ratings_routes(2),
+        true,
+    )
+    .ok();
     let east = bed.east();
     configure_in(
         bed.state,
